@@ -1,0 +1,341 @@
+package scenario
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// LoadFile reads, decodes, defaults and validates a scenario file. On any
+// problem it returns an ErrorList with every problem found, each with its
+// file:line:col; other errors (an unreadable file) are returned as they are.
+func LoadFile(path string) (*Suite, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Load(path, data)
+}
+
+// Load is LoadFile for data already read; name is used in positions and to
+// resolve relative paths in the file.
+func Load(name string, data []byte) (s *Suite, err error) {
+	defer func() {
+		// The decoder is written not to panic; if it ever does, the user still
+		// gets an error with the file name instead of a crash.
+		if r := recover(); r != nil {
+			s, err = nil, ErrorList{{Pos: Position{File: name}, Message: fmt.Sprintf("internal error while loading: %v", r)}}
+		}
+	}()
+	root, err := parse(name, data)
+	if err != nil {
+		return nil, err
+	}
+	d := &decoder{file: name, substituted: map[*yaml.Node]bool{}, failed: map[string]bool{}}
+	s = &Suite{}
+	d.decode(root, reflect.ValueOf(s).Elem(), "")
+	// Checks run even after decode errors, so that one run reports every
+	// mistake; a check of a value that failed to decode is not repeated.
+	s.setDefaults(filepath.Dir(name))
+	for _, e := range s.validate() {
+		if !d.failed[e.Path] {
+			d.errs = append(d.errs, e)
+		}
+	}
+	if len(d.errs) > 0 {
+		return nil, d.errs.sortAndDedupe()
+	}
+	return s, nil
+}
+
+// parse reads exactly one YAML document.
+func parse(name string, data []byte) (*yaml.Node, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, ErrorList{{Pos: Position{File: name, Line: 1, Column: 1}, Message: "the file is empty; want a Suite document (apiVersion: " + APIVersion + ")"}}
+		}
+		return nil, ErrorList{syntaxError(name, err)}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, ErrorList{{Pos: Position{File: name, Line: extra.Line, Column: extra.Column}, Message: "a scenario file holds one document; found a second"}}
+	} else if !errors.Is(err, io.EOF) {
+		return nil, ErrorList{syntaxError(name, err)}
+	}
+	if len(doc.Content) == 0 {
+		return nil, ErrorList{{Pos: Position{File: name, Line: 1, Column: 1}, Message: "the file is empty"}}
+	}
+	return doc.Content[0], nil
+}
+
+var yamlLine = regexp.MustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
+
+// syntaxError turns a YAML parser error into an Error with the line it names.
+func syntaxError(name string, err error) *Error {
+	msg := err.Error()
+	line := 1
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		if m[1] != "" {
+			fmt.Sscan(m[1], &line)
+		}
+		msg = m[2]
+	}
+	return &Error{Pos: Position{File: name, Line: line, Column: 1}, Message: "YAML syntax error: " + msg}
+}
+
+// DefaultWorkloads are deployed when a file lists none: two workloads in the
+// mesh and one outside it, which is what an mTLS proof needs.
+func DefaultWorkloads() []Workload {
+	inMesh, outOfMesh := true, false
+	return []Workload{
+		{Name: "service-a", Mesh: &inMesh},
+		{Name: "service-b", Mesh: &inMesh},
+		{Name: "legacy", Mesh: &outOfMesh},
+	}
+}
+
+// DefaultPorts are the ports of a workload that lists none: a second port
+// lets scenarios test port-level policies.
+func DefaultPorts() []Port {
+	return []Port{{Name: "http", Number: 8080}, {Name: "http-alt", Number: 9090}}
+}
+
+// Suite-wide defaults.
+const (
+	DefaultNamespace   = "meshproof"
+	DefaultTrustDomain = "cluster.local"
+	DefaultHub         = "docker.io/istio"
+	// IstioRootNamespace is where a mesh-wide PeerAuthentication lives.
+	IstioRootNamespace = "istio-system"
+)
+
+func (s *Suite) setDefaults(dir string) {
+	df := &s.Defaults
+	orDuration(&df.Timeout, "2m")
+	orDuration(&df.SetupTimeout, "15m")
+	orDuration(&df.Interval, "2s")
+	orDuration(&df.RequestTimeout, "3s")
+	if df.Requests == 0 {
+		df.Requests = 3
+	}
+	if df.Consecutive == 0 {
+		df.Consecutive = 3
+	}
+	for i := range s.Clusters {
+		c := &s.Clusters[i]
+		if c.Provider == "" {
+			c.Provider = ProviderKind
+		}
+		if c.Provider == ProviderKind && c.Kind == nil {
+			c.Kind = &KindCluster{}
+		}
+		if c.Kind != nil && c.Kind.ConfigFile != "" {
+			c.Kind.ConfigFile = resolve(dir, c.Kind.ConfigFile)
+		}
+		if c.Existing != nil && c.Existing.Kubeconfig != "" {
+			c.Existing.Kubeconfig = resolve(dir, c.Existing.Kubeconfig)
+		}
+		in := &c.Istio
+		if in.Charts != "" {
+			in.Charts = resolve(dir, in.Charts)
+		}
+		if in.Hub == "" {
+			in.Hub = DefaultHub
+		}
+		if in.Tag == "" {
+			in.Tag = in.Version
+		}
+		if in.TrustDomain == "" {
+			in.TrustDomain = DefaultTrustDomain
+		}
+	}
+	if s.Fixtures.Namespace == "" {
+		s.Fixtures.Namespace = DefaultNamespace
+	}
+	if len(s.Fixtures.Workloads) == 0 {
+		s.Fixtures.Workloads = DefaultWorkloads()
+	}
+	for i := range s.Fixtures.Workloads {
+		w := &s.Fixtures.Workloads[i]
+		if w.Namespace == "" {
+			w.Namespace = s.Fixtures.Namespace
+		}
+		if w.ServiceAccount == "" {
+			w.ServiceAccount = w.Name
+		}
+		if w.Mesh == nil {
+			inMesh := true
+			w.Mesh = &inMesh
+		}
+		if len(w.Ports) == 0 {
+			w.Ports = DefaultPorts()
+		}
+	}
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		if sc.Cluster == "" && len(s.Clusters) == 1 {
+			sc.Cluster = s.Clusters[0].Name
+		}
+		for j := range sc.Steps {
+			st := &sc.Steps[j]
+			if st.Timeout.IsZero() {
+				st.Timeout = df.Timeout
+			}
+			if st.Rotate != nil && st.Rotate.Within.IsZero() {
+				st.Rotate.Within = st.Timeout
+			}
+			if st.Name == "" {
+				st.Name = st.defaultName(j)
+			}
+			s.defaultPolicyNamespaces(st)
+			if st.Expect != nil {
+				for k := range st.Expect.Table {
+					e := &st.Expect.Table[k]
+					if w := s.Workload(e.To); e.Port == 0 && w != nil {
+						e.Port = w.Ports[0].Number
+					}
+				}
+			}
+		}
+	}
+}
+
+func (s *Suite) defaultPolicyNamespaces(st *Step) {
+	if st.MTLS == nil {
+		return
+	}
+	for k := range st.MTLS.PeerAuthentications {
+		pa := &st.MTLS.PeerAuthentications[k]
+		if pa.Namespace != "" {
+			continue
+		}
+		switch pa.Scope {
+		case ScopeMesh:
+			pa.Namespace = IstioRootNamespace
+		case ScopeWorkload:
+			if w := s.Workload(pa.Workload); w != nil {
+				pa.Namespace = w.Namespace
+			}
+		default:
+			pa.Namespace = s.Fixtures.Namespace
+		}
+	}
+}
+
+// defaultName names a step after its kind and position.
+func (st *Step) defaultName(index int) string {
+	kind := st.Kind()
+	detail := ""
+	switch {
+	case st.MTLS != nil:
+		var modes []string
+		for _, pa := range st.MTLS.PeerAuthentications {
+			m := string(pa.Scope) + " " + string(pa.Mode)
+			if pa.Workload != "" {
+				m = pa.Workload + " " + string(pa.Mode)
+			}
+			modes = append(modes, m)
+		}
+		for _, dr := range st.MTLS.DestinationRules {
+			modes = append(modes, "DR "+dr.Workload+" "+string(dr.Mode))
+		}
+		detail = strings.Join(modes, ", ")
+	case st.Rotate != nil:
+		detail = st.Rotate.Workload
+	case st.Restart != nil:
+		detail = strings.Join(st.Restart.Workloads, ", ")
+	case st.Expect != nil && len(st.Expect.Table) == 1:
+		detail = "(1 pair)"
+	case st.Expect != nil:
+		detail = fmt.Sprintf("(%d pairs)", len(st.Expect.Table))
+	}
+	if detail == "" {
+		return fmt.Sprintf("%d %s", index+1, kind)
+	}
+	return fmt.Sprintf("%d %s %s", index+1, kind, detail)
+}
+
+// Kind names the kind of a step ("mtls", "expect", ...), or "" if none is set.
+func (st *Step) Kind() string {
+	kinds := st.kinds()
+	if len(kinds) == 0 {
+		return ""
+	}
+	return kinds[0]
+}
+
+func (st *Step) kinds() []string {
+	var k []string
+	for name, set := range map[string]bool{
+		"mtls": st.MTLS != nil, "expect": st.Expect != nil, "rotate": st.Rotate != nil,
+		"restart": st.Restart != nil, "wait": st.Wait != nil, "upgrade": st.Upgrade != nil,
+		"rotateRoot": st.RotateRoot != nil, "transition": st.Transition != nil,
+	} {
+		if set {
+			k = append(k, name)
+		}
+	}
+	sortStrings(k)
+	return k
+}
+
+func orDuration(d *Duration, def string) {
+	if d.IsZero() {
+		_ = d.UnmarshalJSON([]byte(`"` + def + `"`))
+	}
+}
+
+func resolve(dir, p string) string {
+	if filepath.IsAbs(p) || strings.HasPrefix(p, "~") {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+// Workload returns the workload of that name, or nil.
+func (s *Suite) Workload(name string) *Workload {
+	for i := range s.Fixtures.Workloads {
+		if s.Fixtures.Workloads[i].Name == name {
+			return &s.Fixtures.Workloads[i]
+		}
+	}
+	return nil
+}
+
+// Cluster returns the cluster of that name, or nil.
+func (s *Suite) Cluster(name string) *Cluster {
+	for i := range s.Clusters {
+		if s.Clusters[i].Name == name {
+			return &s.Clusters[i]
+		}
+	}
+	return nil
+}
+
+// InMesh reports whether the workload gets a sidecar.
+func (w *Workload) InMesh() bool { return w.Mesh == nil || *w.Mesh }
+
+// HasPort reports whether the workload serves that port.
+func (w *Workload) HasPort(n int) bool {
+	for _, p := range w.Ports {
+		if p.Number == n {
+			return true
+		}
+	}
+	return false
+}
+
+// SPIFFEID is the workload's identity in a trust domain.
+func (w *Workload) SPIFFEID(trustDomain string) string {
+	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, w.Namespace, w.ServiceAccount)
+}

@@ -1,0 +1,345 @@
+package scenario
+
+// This file holds the scenario language's API types. The JSON schema
+// (scenarios.schema.json) and the README's scenario reference are generated
+// from these declarations and their doc comments: the comment on a type or
+// field is its description, so write it for a user.
+
+// APIVersion is the only apiVersion this loader understands.
+const APIVersion = "meshproof.dev/v1alpha1"
+
+// SuiteKind is the kind of a scenario file's top-level document.
+const SuiteKind = "Suite"
+
+// Suite is a scenario file: the clusters to run on, the workloads to deploy
+// and the scenarios that prove how the mesh treats traffic between them.
+type Suite struct {
+	// APIVersion must be meshproof.dev/v1alpha1.
+	APIVersion string `json:"apiVersion"`
+	// Kind must be Suite.
+	Kind string `json:"kind"`
+	// Defaults apply to every scenario and step unless they say otherwise.
+	Defaults Defaults `json:"defaults,omitempty"`
+	// Clusters meshproof creates or reuses. At least one.
+	Clusters []Cluster `json:"clusters"`
+	// Fixtures are the workloads deployed into every cluster.
+	Fixtures Fixtures `json:"fixtures,omitempty"`
+	// Scenarios run in order; each is an ordered list of steps.
+	Scenarios []Scenario `json:"scenarios"`
+
+	Source Source `json:"-"`
+}
+
+// Defaults tune probing and timeouts for the whole suite.
+type Defaults struct {
+	// Timeout bounds every step that sets no timeout of its own. Default 2m.
+	Timeout Duration `json:"timeout,omitempty"`
+	// SetupTimeout bounds cluster creation, Istio installation and fixture
+	// deployment. Default 15m.
+	SetupTimeout Duration `json:"setupTimeout,omitempty"`
+	// Requests is the number of requests each client sends to each target in
+	// one probe round. Default 3.
+	Requests int `json:"requests,omitempty"`
+	// Interval is the pause between two probe rounds. Default 2s.
+	Interval Duration `json:"interval,omitempty"`
+	// Consecutive is how many rounds in a row must match an expectation
+	// before it holds; it absorbs the propagation delay of policy changes
+	// without a fixed sleep. Default 3.
+	Consecutive int `json:"consecutive,omitempty"`
+	// RequestTimeout bounds a single probe request. Default 3s.
+	RequestTimeout Duration `json:"requestTimeout,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Cluster is a Kubernetes cluster with Istio installed on it.
+type Cluster struct {
+	// Name of the cluster; scenarios refer to it. For kind it is also the
+	// kind cluster name.
+	Name string `json:"name"`
+	// Provider says where the cluster comes from. Default kind.
+	Provider Provider `json:"provider,omitempty"`
+	// Kind configures a cluster created (or reused) with kind.
+	Kind *KindCluster `json:"kind,omitempty"`
+	// Existing points at a cluster that already runs; meshproof never deletes
+	// it and removes only the objects labelled with its own run id.
+	Existing *ExistingCluster `json:"existing,omitempty"`
+	// Istio is the mesh installed on this cluster.
+	Istio Istio `json:"istio"`
+
+	Source Source `json:"-"`
+}
+
+// KindCluster configures a kind cluster.
+type KindCluster struct {
+	// NodeImage is the kind node image, e.g. kindest/node:v1.35.0. Default:
+	// the image kind's library was released with.
+	NodeImage string `json:"nodeImage,omitempty"`
+	// Config is a kind cluster configuration (kind.x-k8s.io/v1alpha4), inline.
+	Config string `json:"config,omitempty"`
+	// ConfigFile is a path to a kind cluster configuration, relative to the
+	// scenario file. Mutually exclusive with config.
+	ConfigFile string `json:"configFile,omitempty"`
+	// Reuse an existing kind cluster of the same name instead of failing;
+	// a reused cluster is never deleted at the end of a run.
+	Reuse bool `json:"reuse,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// ExistingCluster selects a running cluster through a kubeconfig.
+type ExistingCluster struct {
+	// Kubeconfig is the path of the kubeconfig file, relative to the scenario
+	// file. Default: $KUBECONFIG, then ~/.kube/config.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// Context in the kubeconfig. Default: its current context.
+	Context string `json:"context,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Istio is the Istio installation of a cluster.
+type Istio struct {
+	// Version of Istio to install, e.g. 1.30.3. Required.
+	Version string `json:"version"`
+	// Charts is a local directory holding the base/ and istiod/ charts of
+	// that version (relative to the scenario file), for air-gapped use.
+	// Default: the official Istio chart repository.
+	Charts string `json:"charts,omitempty"`
+	// Revision installs istiod as a revision; namespaces are then labelled
+	// istio.io/rev=<revision> instead of istio-injection=enabled.
+	Revision string `json:"revision,omitempty"`
+	// Hub is the container registry of Istio's images. Default docker.io/istio.
+	Hub string `json:"hub,omitempty"`
+	// Tag of Istio's images. Default: the version.
+	Tag string `json:"tag,omitempty"`
+	// TrustDomain of the mesh; SPIFFE identities are
+	// spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
+	// Default cluster.local.
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// WorkloadCertTTL sets istio-agent's SECRET_TTL, the lifetime of
+	// workload certificates; they rotate at half of it. Default: Istio's (24h).
+	WorkloadCertTTL Duration `json:"workloadCertTTL,omitempty"`
+	// PluggedCA makes meshproof generate a root and intermediate CA and
+	// create the cacerts secret before istiod starts.
+	PluggedCA bool `json:"pluggedCA,omitempty"`
+	// Values are passed through to the istiod chart, deep-merged over
+	// meshproof's own values.
+	Values Values `json:"values,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Fixtures are the workloads meshproof deploys.
+type Fixtures struct {
+	// Namespace the workloads live in unless they name their own.
+	// Default meshproof.
+	Namespace string `json:"namespace,omitempty"`
+	// Workloads to deploy. Default: service-a and service-b in the mesh,
+	// legacy out of the mesh, each with ports http 8080 and http-alt 9090.
+	Workloads []Workload `json:"workloads,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Workload is a Deployment with a Service and a ServiceAccount of its own,
+// running meshproof's echo server; it is both a client and a server.
+type Workload struct {
+	// Name of the Deployment and Service; steps refer to it.
+	Name string `json:"name"`
+	// Namespace of the workload. Default: fixtures.namespace.
+	Namespace string `json:"namespace,omitempty"`
+	// ServiceAccount the workload runs as, which is its SPIFFE identity.
+	// Default: the workload's name.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// Mesh says whether the workload gets an Istio sidecar. Default true.
+	Mesh *bool `json:"mesh,omitempty"`
+	// Ports the workload serves. Default http 8080 and http-alt 9090.
+	Ports []Port `json:"ports,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Port is a named service port.
+type Port struct {
+	// Name of the port, e.g. http; Istio uses the prefix for protocol selection.
+	Name string `json:"name"`
+	// Number of the port.
+	Number int `json:"number"`
+
+	Source Source `json:"-"`
+}
+
+// Scenario is an ordered list of steps run against one cluster.
+type Scenario struct {
+	// Name of the scenario; unique in the file. A matrix scenario's
+	// expansions are named name[var=value,...].
+	Name string `json:"name"`
+	// Labels select scenarios (ginkgo --label-filter).
+	Labels []string `json:"labels,omitempty"`
+	// Cluster the scenario runs on. Default: the only cluster.
+	Cluster string `json:"cluster,omitempty"`
+	// Matrix expands the scenario once per combination of its variables;
+	// ${var} in any string of the steps is replaced by the value.
+	Matrix *Matrix `json:"matrix,omitempty"`
+	// Steps run in order; a failed step ends the scenario.
+	Steps []Step `json:"steps"`
+
+	// MatrixValues are the variables of this expansion of a matrix scenario.
+	MatrixValues map[string]string `json:"-"`
+
+	path string // YAML path of the scenario in its file
+	// Source is where the scenario was written, for error messages.
+	Source Source `json:"-"`
+}
+
+// Step is one action or assertion; exactly one of its kinds is set.
+type Step struct {
+	// Name of the step, shown in reports. Default: derived from its kind.
+	Name string `json:"name,omitempty"`
+	// Timeout of the step. Default: defaults.timeout.
+	Timeout Duration `json:"timeout,omitempty"`
+	// MTLS replaces the mesh's authentication policies with the ones given;
+	// the previous step's policies are removed.
+	MTLS *MTLSStep `json:"mtls,omitempty"`
+	// Expect asserts the result of traffic between workloads.
+	Expect *ExpectStep `json:"expect,omitempty"`
+	// Rotate waits for a workload certificate rotation and checks it.
+	Rotate *RotateStep `json:"rotate,omitempty"`
+	// Restart restarts workloads and waits for their rollout.
+	Restart *RestartStep `json:"restart,omitempty"`
+	// Wait waits for workloads to be ready, or for a duration.
+	Wait *WaitStep `json:"wait,omitempty"`
+	// Upgrade is reserved: an Istio upgrade under traffic (not implemented yet).
+	Upgrade *Reserved `json:"upgrade,omitempty"`
+	// RotateRoot is reserved: a root CA rotation (not implemented yet).
+	RotateRoot *Reserved `json:"rotateRoot,omitempty"`
+	// Transition is reserved: a mode change under traffic (not implemented yet).
+	Transition *Reserved `json:"transition,omitempty"`
+
+	// Source is where the step was written, for error messages.
+	Source Source `json:"-"`
+}
+
+// MTLSStep is the complete authentication state of the mesh after the step.
+type MTLSStep struct {
+	// PeerAuthentications to apply (server side: what a workload accepts).
+	PeerAuthentications []PeerAuthentication `json:"peerAuthentications,omitempty"`
+	// DestinationRules to apply (client side: what a client sends). None
+	// means Istio's auto mTLS.
+	DestinationRules []DestinationRule `json:"destinationRules,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// PeerAuthentication is a security.istio.io/v1 PeerAuthentication.
+type PeerAuthentication struct {
+	// Scope: mesh (in Istio's root namespace), namespace, or workload.
+	Scope PolicyScope `json:"scope"`
+	// Namespace for scope namespace. Default: fixtures.namespace.
+	Namespace string `json:"namespace,omitempty"`
+	// Workload selected by a workload-scoped policy.
+	Workload string `json:"workload,omitempty"`
+	// Mode of mutual TLS.
+	Mode MTLSMode `json:"mode"`
+	// Ports override the mode per port (workload scope only).
+	Ports []PortMode `json:"ports,omitempty"`
+
+	// Source is where the policy was written, for error messages.
+	Source Source `json:"-"`
+}
+
+// PortMode is a port-level mTLS override.
+type PortMode struct {
+	// Port is the workload's port number (the container port).
+	Port int `json:"port"`
+	// Mode of mutual TLS on that port.
+	Mode MTLSMode `json:"mode"`
+
+	Source Source `json:"-"`
+}
+
+// DestinationRule is a networking.istio.io/v1 DestinationRule setting the
+// client-side TLS mode towards a workload.
+type DestinationRule struct {
+	// Workload whose service the rule applies to.
+	Workload string `json:"workload"`
+	// Mode of client-side TLS.
+	Mode TLSMode `json:"mode"`
+	// Port limits the rule to one port of the service.
+	Port int `json:"port,omitempty"`
+
+	// Source is where the rule was written, for error messages.
+	Source Source `json:"-"`
+}
+
+// ExpectStep is a table of expected outcomes, or auto (reserved: the
+// outcome predicted from the policies, not implemented yet).
+type ExpectStep struct {
+	// Table of expectations.
+	Table []Expectation `json:"-"`
+	// Auto is set by `expect: auto`.
+	Auto bool `json:"-"`
+}
+
+// Expectation is one row of an expect table.
+type Expectation struct {
+	// From is the client workload.
+	From string `json:"from"`
+	// To is the server workload.
+	To string `json:"to"`
+	// Port of the server. Default: its first port.
+	Port int `json:"port,omitempty"`
+	// Result expected: mtls, plaintext or fail.
+	Result Result `json:"result"`
+	// Reason a fail is expected for: reset, refused, timeout, eof, tls, dns,
+	// upstream-503 or http-<code>. Default: any reason.
+	Reason string `json:"reason,omitempty"`
+
+	// Source is where the row was written, for error messages.
+	Source Source `json:"-"`
+}
+
+// RotateStep waits for a workload's certificate to rotate.
+type RotateStep struct {
+	// Workload whose served certificate must rotate.
+	Workload string `json:"workload"`
+	// Within is how long the rotation may take. Default: the step timeout.
+	Within Duration `json:"within,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// RestartStep restarts workloads (a rollout restart) and waits for them.
+type RestartStep struct {
+	// Workloads to restart.
+	Workloads []string `json:"workloads"`
+
+	Source Source `json:"-"`
+}
+
+// WaitStep waits for workloads to be ready, or for a fixed duration.
+type WaitStep struct {
+	// Workloads that must be rolled out and ready.
+	Workloads []string `json:"workloads,omitempty"`
+	// Duration to wait; prefer workloads, which wait exactly as long as needed.
+	Duration Duration `json:"duration,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Reserved is a step kind that the language reserves for a later version.
+type Reserved struct {
+	Source Source `json:"-"`
+}
+
+// Matrix expands a scenario over combinations of values.
+type Matrix struct {
+	// Variables maps a variable name to its values; every combination is a
+	// scenario.
+	Variables map[string][]string `json:"-"`
+	// Include adds variables to matching combinations, or adds combinations.
+	Include []map[string]string `json:"include,omitempty"`
+
+	order []string // variable names in file order
+}

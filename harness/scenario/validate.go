@@ -1,0 +1,341 @@
+package scenario
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+var (
+	dnsLabel    = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	istioVer    = regexp.MustCompile(`^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$`)
+	httpReason  = regexp.MustCompile(`^http-[1-5]\d\d$`)
+	portNameRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	reservedMsg = "the %s step is reserved in %s and not implemented yet"
+)
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+// validator checks what the decoder cannot: references between parts of the
+// file, uniqueness, and combinations that Istio or Kubernetes would refuse.
+type validator struct {
+	s    *Suite
+	errs ErrorList
+}
+
+func (v *validator) errorf(p Position, path, format string, args ...any) {
+	v.errs = append(v.errs, &Error{Pos: p, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+func (s *Suite) validate() ErrorList {
+	v := &validator{s: s}
+	if s.APIVersion != APIVersion {
+		v.errorf(s.Source.At("apiVersion"), "apiVersion", "unsupported apiVersion %q; want %s", s.APIVersion, APIVersion)
+	}
+	if s.Kind != SuiteKind {
+		v.errorf(s.Source.At("kind"), "kind", "unsupported kind %q; want %s", s.Kind, SuiteKind)
+	}
+	v.defaults()
+	v.clusters()
+	v.workloads()
+	v.scenarios()
+	return v.errs
+}
+
+func (v *validator) defaults() {
+	d := v.s.Defaults
+	for _, f := range []struct {
+		name string
+		val  int
+	}{{"requests", d.Requests}, {"consecutive", d.Consecutive}} {
+		if f.val < 1 {
+			v.errorf(d.Source.At(f.name), "defaults."+f.name, "must be at least 1, got %d", f.val)
+		}
+	}
+}
+
+func (v *validator) clusters() {
+	if len(v.s.Clusters) == 0 {
+		v.errorf(v.s.Source.At("clusters"), "clusters", "at least one cluster is needed")
+	}
+	seen := map[string]Position{}
+	for i, c := range v.s.Clusters {
+		path := fmt.Sprintf("clusters[%d]", i)
+		v.name(c.Name, c.Source, path, "cluster")
+		if first, dup := seen[c.Name]; dup {
+			v.errorf(c.Source.At("name"), path+".name", "duplicate cluster name %q (first at %s)", c.Name, first)
+		}
+		seen[c.Name] = c.Source.At("name")
+		switch c.Provider {
+		case ProviderKind:
+			if c.Existing != nil {
+				v.errorf(c.Source.At("existing"), path+".existing", "only for provider existing; this cluster's provider is kind")
+			}
+			if c.Kind != nil && c.Kind.Config != "" && c.Kind.ConfigFile != "" {
+				v.errorf(c.Kind.Source.At("configFile"), path+".kind.configFile", "set either config or configFile, not both")
+			}
+		case ProviderExisting:
+			if c.Kind != nil {
+				v.errorf(c.Source.At("kind"), path+".kind", "only for provider kind; this cluster's provider is existing")
+			}
+		}
+		in := c.Istio
+		ipath := path + ".istio"
+		if !istioVer.MatchString(in.Version) {
+			v.errorf(in.Source.At("version"), ipath+".version", "Istio version %q is not a full release version such as 1.30.3", in.Version)
+		}
+		if in.Revision != "" && !dnsLabel.MatchString(in.Revision) {
+			v.errorf(in.Source.At("revision"), ipath+".revision", "revision %q must be a DNS label (lower case letters, digits and -), e.g. 1-30-3", in.Revision)
+		}
+	}
+}
+
+// name checks a Kubernetes object name of something the file declares.
+func (v *validator) name(name string, src Source, path, what string) {
+	if len(name) > 63 || !dnsLabel.MatchString(name) {
+		v.errorf(src.At("name"), path+".name", "%s name %q must be a DNS label: at most 63 lower case letters, digits and -, starting and ending with a letter or digit", what, name)
+	}
+}
+
+func (v *validator) workloads() {
+	f := v.s.Fixtures
+	if _, set := f.Source.fields["namespace"]; set && !dnsLabel.MatchString(f.Namespace) {
+		v.errorf(f.Source.At("namespace"), "fixtures.namespace", "namespace %q must be a DNS label", f.Namespace)
+	}
+	seen := map[string]Position{}
+	for i, w := range f.Workloads {
+		path := fmt.Sprintf("fixtures.workloads[%d]", i)
+		v.name(w.Name, w.Source, path, "workload")
+		if first, dup := seen[w.Name]; dup {
+			v.errorf(w.Source.At("name"), path+".name", "duplicate workload name %q (first at %s)", w.Name, first)
+		}
+		seen[w.Name] = w.Source.At("name")
+		if w.Namespace != "" && !dnsLabel.MatchString(w.Namespace) {
+			v.errorf(w.Source.At("namespace"), path+".namespace", "namespace %q must be a DNS label", w.Namespace)
+		}
+		if !dnsLabel.MatchString(w.ServiceAccount) {
+			v.errorf(w.Source.At("serviceAccount"), path+".serviceAccount", "service account %q must be a DNS label", w.ServiceAccount)
+		}
+		ports := map[int]bool{}
+		names := map[string]bool{}
+		for j, p := range w.Ports {
+			ppath := fmt.Sprintf("%s.ports[%d]", path, j)
+			if p.Number < 1 || p.Number > 65535 {
+				v.errorf(p.Source.At("number"), ppath+".number", "port %d is out of range 1-65535", p.Number)
+			}
+			if p.Number >= 15000 && p.Number <= 15090 {
+				v.errorf(p.Source.At("number"), ppath+".number", "port %d is in the range 15000-15090 that Istio's sidecar uses", p.Number)
+			}
+			if ports[p.Number] {
+				v.errorf(p.Source.At("number"), ppath+".number", "duplicate port %d", p.Number)
+			}
+			ports[p.Number] = true
+			if len(p.Name) > 15 || !portNameRE.MatchString(p.Name) {
+				v.errorf(p.Source.At("name"), ppath+".name", "port name %q must be at most 15 lower case letters, digits and -", p.Name)
+			}
+			if names[p.Name] {
+				v.errorf(p.Source.At("name"), ppath+".name", "duplicate port name %q", p.Name)
+			}
+			names[p.Name] = true
+		}
+	}
+}
+
+func (v *validator) workloadNames() []string {
+	names := make([]string, len(v.s.Fixtures.Workloads))
+	for i, w := range v.s.Fixtures.Workloads {
+		names[i] = w.Name
+	}
+	return names
+}
+
+// workload checks a reference to a workload and returns it, or nil.
+func (v *validator) workload(name string, src Source, field, path string) *Workload {
+	w := v.s.Workload(name)
+	if w == nil {
+		v.errorf(src.At(field), join(path, field), "no workload named %q%s; the workloads are %s",
+			name, suggest(name, v.workloadNames()), strings.Join(v.workloadNames(), ", "))
+	}
+	return w
+}
+
+func (v *validator) scenarios() {
+	if len(v.s.Scenarios) == 0 {
+		v.errorf(v.s.Source.At("scenarios"), "scenarios", "at least one scenario is needed")
+	}
+	seen := map[string]Position{}
+	var clusterNames []string
+	for _, c := range v.s.Clusters {
+		clusterNames = append(clusterNames, c.Name)
+	}
+	for _, sc := range v.s.Scenarios {
+		path := sc.path
+		if strings.TrimSpace(sc.Name) == "" {
+			v.errorf(sc.Source.At("name"), path+".name", "a scenario needs a name")
+		}
+		if first, dup := seen[sc.Name]; dup {
+			v.errorf(sc.Source.At("name"), path+".name", "duplicate scenario name %q (first at %s)", sc.Name, first)
+		}
+		seen[sc.Name] = sc.Source.At("name")
+		switch {
+		case sc.Cluster == "":
+			v.errorf(sc.Source.Position, path, "with several clusters, each scenario must name its cluster (one of %s)", strings.Join(clusterNames, ", "))
+		case v.s.Cluster(sc.Cluster) == nil:
+			v.errorf(sc.Source.At("cluster"), path+".cluster", "no cluster named %q%s", sc.Cluster, suggest(sc.Cluster, clusterNames))
+		}
+		for _, l := range sc.Labels {
+			if strings.ContainsAny(l, "&|!,()/") || strings.TrimSpace(l) != l || l == "" {
+				v.errorf(sc.Source.At("labels"), path+".labels", "label %q may not be empty or contain &|!,()/ or surrounding spaces (Ginkgo label rules)", l)
+			}
+		}
+		if len(sc.Steps) == 0 {
+			v.errorf(sc.Source.At("steps"), path+".steps", "a scenario needs at least one step")
+		}
+		for j := range sc.Steps {
+			v.step(&sc.Steps[j], fmt.Sprintf("%s.steps[%d]", path, j))
+		}
+	}
+}
+
+func (v *validator) step(st *Step, path string) {
+	kinds := st.kinds()
+	switch len(kinds) {
+	case 0:
+		v.errorf(st.Source.Position, path, "a step needs one of mtls, expect, rotate, restart, wait")
+		return
+	case 1:
+	default:
+		v.errorf(st.Source.Position, path, "a step has exactly one kind; this one has %s: split it into steps", strings.Join(kinds, ", "))
+		return
+	}
+	switch {
+	case st.MTLS != nil:
+		v.mtls(st.MTLS, path+".mtls")
+	case st.Expect != nil:
+		v.expect(st.Expect, st.Source, path+".expect")
+	case st.Rotate != nil:
+		r := st.Rotate
+		if w := v.workload(r.Workload, r.Source, "workload", path+".rotate"); w != nil && !w.InMesh() {
+			v.errorf(r.Source.At("workload"), path+".rotate.workload", "workload %q is out of the mesh: it has no workload certificate to rotate", r.Workload)
+		}
+	case st.Restart != nil:
+		if len(st.Restart.Workloads) == 0 {
+			v.errorf(st.Restart.Source.At("workloads"), path+".restart.workloads", "name at least one workload")
+		}
+		for _, name := range st.Restart.Workloads {
+			v.workload(name, st.Restart.Source, "workloads", path+".restart")
+		}
+	case st.Wait != nil:
+		w := st.Wait
+		if (len(w.Workloads) == 0) == w.Duration.IsZero() {
+			v.errorf(w.Source.Position, path+".wait", "set either workloads or duration")
+		}
+		for _, name := range w.Workloads {
+			v.workload(name, w.Source, "workloads", path+".wait")
+		}
+	case st.Upgrade != nil:
+		v.errorf(st.Source.At("upgrade"), path+".upgrade", reservedMsg, "upgrade", APIVersion)
+	case st.RotateRoot != nil:
+		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", reservedMsg, "rotateRoot", APIVersion)
+	case st.Transition != nil:
+		v.errorf(st.Source.At("transition"), path+".transition", reservedMsg, "transition", APIVersion)
+	}
+}
+
+func (v *validator) mtls(m *MTLSStep, path string) {
+	if len(m.PeerAuthentications) == 0 && len(m.DestinationRules) == 0 {
+		v.errorf(m.Source.Position, path, "set peerAuthentications, destinationRules or both (an empty mtls step would only remove policies: say so with an empty list of peerAuthentications)")
+	}
+	// Istio applies only the oldest of several policies for the same scope,
+	// so two of them in one step would make the outcome depend on timing.
+	scopes := map[string]Position{}
+	for i, pa := range m.PeerAuthentications {
+		ppath := fmt.Sprintf("%s.peerAuthentications[%d]", path, i)
+		key := string(pa.Scope) + "/" + pa.Namespace
+		switch pa.Scope {
+		case ScopeMesh:
+			if pa.Workload != "" {
+				v.errorf(pa.Source.At("workload"), ppath+".workload", "a mesh-wide policy selects no workload; use scope: workload")
+			}
+			if pa.Namespace != IstioRootNamespace {
+				v.errorf(pa.Source.At("namespace"), ppath+".namespace", "a mesh-wide policy lives in Istio's root namespace %s", IstioRootNamespace)
+			}
+		case ScopeNamespace:
+			if pa.Workload != "" {
+				v.errorf(pa.Source.At("workload"), ppath+".workload", "a namespace-wide policy selects no workload; use scope: workload")
+			}
+		case ScopeWorkload:
+			key += "/" + pa.Workload
+			if pa.Workload == "" {
+				v.errorf(pa.Source.Position, ppath, "a workload policy needs workload")
+				break
+			}
+			w := v.workload(pa.Workload, pa.Source, "workload", ppath)
+			if w == nil {
+				break
+			}
+			if w.Namespace != pa.Namespace {
+				v.errorf(pa.Source.At("namespace"), ppath+".namespace", "workload %q lives in namespace %q", w.Name, w.Namespace)
+			}
+			for j, pm := range pa.Ports {
+				if !w.HasPort(pm.Port) {
+					v.errorf(pm.Source.At("port"), fmt.Sprintf("%s.ports[%d].port", ppath, j), "workload %q has no port %d", w.Name, pm.Port)
+				}
+			}
+		}
+		if len(pa.Ports) > 0 && pa.Scope != ScopeWorkload {
+			v.errorf(pa.Source.At("ports"), ppath+".ports", "port-level modes need scope: workload (Istio ignores them without a selector)")
+		}
+		if first, dup := scopes[key]; dup {
+			v.errorf(pa.Source.Position, ppath, "a second policy for the same %s scope (first at %s): Istio would apply only the oldest", pa.Scope, first)
+		}
+		scopes[key] = pa.Source.Position
+	}
+	hosts := map[string]Position{}
+	for i, dr := range m.DestinationRules {
+		dpath := fmt.Sprintf("%s.destinationRules[%d]", path, i)
+		w := v.workload(dr.Workload, dr.Source, "workload", dpath)
+		if w != nil && dr.Port != 0 && !w.HasPort(dr.Port) {
+			v.errorf(dr.Source.At("port"), dpath+".port", "workload %q has no port %d", w.Name, dr.Port)
+		}
+		key := dr.Workload + ":" + strconv.Itoa(dr.Port)
+		if first, dup := hosts[key]; dup {
+			v.errorf(dr.Source.Position, dpath, "a second destination rule for the same workload and port (first at %s)", first)
+		}
+		hosts[key] = dr.Source.Position
+	}
+}
+
+func (v *validator) expect(e *ExpectStep, stepSrc Source, path string) {
+	if e.Auto {
+		v.errorf(stepSrc.At("expect"), path, "expect: auto (predicted expectations) is reserved in %s and not implemented yet; write the table", APIVersion)
+		return
+	}
+	if len(e.Table) == 0 {
+		v.errorf(stepSrc.At("expect"), path, "an expect step needs at least one row")
+	}
+	seen := map[string]Position{}
+	for i, x := range e.Table {
+		xpath := fmt.Sprintf("%s[%d]", path, i)
+		v.workload(x.From, x.Source, "from", xpath)
+		to := v.workload(x.To, x.Source, "to", xpath)
+		if to != nil && !to.HasPort(x.Port) {
+			v.errorf(x.Source.At("port"), xpath+".port", "workload %q has no port %d", to.Name, x.Port)
+		}
+		if x.Reason != "" {
+			if x.Result != ResultFail {
+				v.errorf(x.Source.At("reason"), xpath+".reason", "a reason goes only with result: fail")
+			} else if !contains(FailReasons, x.Reason) && !httpReason.MatchString(x.Reason) {
+				v.errorf(x.Source.At("reason"), xpath+".reason", "unknown reason %q; want one of %s or http-<code>%s",
+					x.Reason, strings.Join(FailReasons, ", "), suggest(x.Reason, FailReasons))
+			}
+		}
+		key := fmt.Sprintf("%s>%s:%d", x.From, x.To, x.Port)
+		if first, dup := seen[key]; dup {
+			v.errorf(x.Source.Position, xpath, "a second row for %s -> %s port %d (first at %s)", x.From, x.To, x.Port, first)
+		}
+		seen[key] = x.Source.Position
+	}
+}

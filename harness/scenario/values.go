@@ -1,0 +1,142 @@
+package scenario
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Provider is where a cluster comes from.
+type Provider string
+
+const (
+	ProviderKind     Provider = "kind"
+	ProviderExisting Provider = "existing"
+)
+
+// Values lists the valid providers.
+func (Provider) Values() []string { return []string{string(ProviderKind), string(ProviderExisting)} }
+
+// PolicyScope is where a PeerAuthentication applies.
+type PolicyScope string
+
+const (
+	ScopeMesh      PolicyScope = "mesh"
+	ScopeNamespace PolicyScope = "namespace"
+	ScopeWorkload  PolicyScope = "workload"
+)
+
+// Values lists the valid scopes.
+func (PolicyScope) Values() []string {
+	return []string{string(ScopeMesh), string(ScopeNamespace), string(ScopeWorkload)}
+}
+
+// MTLSMode is a PeerAuthentication mutual TLS mode, spelled as Istio's API
+// spells it.
+type MTLSMode string
+
+const (
+	ModeUnset      MTLSMode = "UNSET"
+	ModeDisable    MTLSMode = "DISABLE"
+	ModePermissive MTLSMode = "PERMISSIVE"
+	ModeStrict     MTLSMode = "STRICT"
+)
+
+// Values lists the valid modes.
+func (MTLSMode) Values() []string {
+	return []string{string(ModeUnset), string(ModeDisable), string(ModePermissive), string(ModeStrict)}
+}
+
+// TLSMode is a DestinationRule client TLS mode. Only the modes that matter
+// for mesh mTLS are allowed: no DestinationRule at all means auto mTLS.
+type TLSMode string
+
+const (
+	TLSDisable     TLSMode = "DISABLE"
+	TLSIstioMutual TLSMode = "ISTIO_MUTUAL"
+)
+
+// Values lists the valid client TLS modes.
+func (TLSMode) Values() []string { return []string{string(TLSDisable), string(TLSIstioMutual)} }
+
+// Result is the observed class of a request.
+type Result string
+
+const (
+	// ResultMTLS: answered, and the server's sidecar saw a client certificate
+	// (X-Forwarded-Client-Cert with the client's SPIFFE URI).
+	ResultMTLS Result = "mtls"
+	// ResultPlaintext: answered without mutual TLS.
+	ResultPlaintext Result = "plaintext"
+	// ResultFail: not answered (reset, refused, timeout, 503 ...).
+	ResultFail Result = "fail"
+)
+
+// Values lists the valid results.
+func (Result) Values() []string {
+	return []string{string(ResultMTLS), string(ResultPlaintext), string(ResultFail)}
+}
+
+// FailReasons are the reasons a probe gives for a failed request, besides
+// http-<code>.
+var FailReasons = []string{"reset", "refused", "timeout", "eof", "tls", "dns", "upstream-503"}
+
+// Duration is a time.Duration written as a Go duration string ("90s", "2m").
+type Duration struct{ time.Duration }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// IsZero reports whether the duration was left unset.
+func (d Duration) IsZero() bool { return d.Duration == 0 }
+
+// Values is free-form configuration passed through to a Helm chart.
+type Values map[string]any
+
+// Position is a place in a scenario file.
+type Position struct {
+	File   string
+	Line   int
+	Column int
+}
+
+func (p Position) String() string {
+	if p.Line == 0 {
+		return p.File
+	}
+	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Column)
+}
+
+// IsValid reports whether the position points into a file.
+func (p Position) IsValid() bool { return p.Line > 0 }
+
+// Source records where a mapping and each of its fields were written, so
+// that a problem found after decoding (a dangling reference, a policy the API
+// server rejects) is reported at the exact line and column.
+type Source struct {
+	Position
+	fields map[string]Position
+}
+
+// At returns the position of a field's value, or of the mapping itself when
+// the field was not written.
+func (s Source) At(field string) Position {
+	if p, ok := s.fields[field]; ok {
+		return p
+	}
+	return s.Position
+}
