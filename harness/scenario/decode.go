@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -12,7 +13,7 @@ import (
 
 // maxNodes bounds the work of one decode, so that a file of nested aliases
 // (a "billion laughs" document) is an error instead of a hang.
-const maxNodes = 1 << 20
+const maxNodes = 1 << 18
 
 // decoder turns a YAML node tree into the API types strictly: every unknown
 // field, wrong type, bad enum and unparsable duration becomes an Error with
@@ -188,22 +189,39 @@ type structField struct {
 	required bool
 }
 
-// fieldsOf lists the YAML fields of a struct type from its json tags.
-func fieldsOf(t reflect.Type) (fields []structField, sourceIndex int) {
-	sourceIndex = -1
+// structInfo is what decoding needs to know of a struct type.
+type structInfo struct {
+	fields      []structField
+	byName      map[string]structField
+	names       []string
+	sourceIndex int // index of the Source field, or -1
+}
+
+var structInfos sync.Map // reflect.Type → *structInfo
+
+// infoOf lists the YAML fields of a struct type from its json tags.
+func infoOf(t reflect.Type) *structInfo {
+	if info, ok := structInfos.Load(t); ok {
+		return info.(*structInfo)
+	}
+	info := &structInfo{byName: map[string]structField{}, sourceIndex: -1}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		if f.Type == sourceType {
-			sourceIndex = i
+			info.sourceIndex = i
 			continue
 		}
 		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
 		if name == "-" || name == "" || !f.IsExported() {
 			continue
 		}
-		fields = append(fields, structField{index: i, name: name, required: !strings.Contains(opts, "omitempty")})
+		sf := structField{index: i, name: name, required: !strings.Contains(opts, "omitempty")}
+		info.fields = append(info.fields, sf)
+		info.byName[name] = sf
+		info.names = append(info.names, name)
 	}
-	return fields, sourceIndex
+	structInfos.Store(t, info)
+	return info
 }
 
 // mappingPairs returns a mapping's key/value pairs, with YAML merge keys
@@ -245,16 +263,10 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		d.errorf(n, path, "must be a mapping, got %s", describe(n))
 		return
 	}
-	fields, sourceIndex := fieldsOf(v.Type())
-	src := Source{Position: d.pos(n), fields: map[string]Position{}}
-	if sourceIndex >= 0 {
-		defer func() { v.Field(sourceIndex).Set(reflect.ValueOf(src)) }()
-	}
-	byName := map[string]structField{}
-	names := make([]string, 0, len(fields))
-	for _, f := range fields {
-		byName[f.name] = f
-		names = append(names, f.name)
+	info := infoOf(v.Type())
+	src := Source{Position: d.pos(n), fields: make(map[string]Position, len(n.Content)/2)}
+	if info.sourceIndex >= 0 {
+		defer func() { v.Field(info.sourceIndex).Set(reflect.ValueOf(src)) }()
 	}
 	pairs, explicit := d.mappingPairs(n, path)
 	seen := map[string]*yaml.Node{}
@@ -264,9 +276,9 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			d.errorf(k, path, "field names must be plain strings")
 			continue
 		}
-		f, ok := byName[k.Value]
+		f, ok := info.byName[k.Value]
 		if !ok {
-			d.errorf(k, join(path, k.Value), "unknown field %q%s", k.Value, suggest(k.Value, names))
+			d.errorf(k, join(path, k.Value), "unknown field %q%s", k.Value, suggest(k.Value, info.names))
 			continue
 		}
 		if prev, dup := seen[k.Value]; dup && explicit[prev] && explicit[k] {
@@ -279,7 +291,7 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		fv.Set(reflect.Zero(fv.Type())) // an explicit key overrides a merged one
 		d.decode(val, fv, join(path, k.Value))
 	}
-	for _, f := range fields {
+	for _, f := range info.fields {
 		if _, ok := seen[f.name]; !ok && f.required {
 			d.errorf(n, path, "missing required field %q", f.name)
 			d.failed[join(path, f.name)] = true

@@ -29,26 +29,41 @@ func LoadFile(path string) (*Suite, error) {
 // resolve relative paths in the file.
 func Load(name string, data []byte) (s *Suite, err error) {
 	defer func() {
-		// The decoder is written not to panic; if it ever does, the user still
-		// gets an error with the file name instead of a crash.
+		// The decoder is written not to panic (the fuzz target holds it to
+		// that); if it ever does, the user still gets an error naming the
+		// file instead of a crash.
 		if r := recover(); r != nil {
 			s, err = nil, ErrorList{{Pos: Position{File: name}, Message: fmt.Sprintf("internal error while loading: %v", r)}}
 		}
 	}()
+	return load(name, data)
+}
+
+func load(name string, data []byte) (*Suite, error) {
 	root, err := parse(name, data)
 	if err != nil {
 		return nil, err
 	}
 	d := &decoder{file: name, substituted: map[*yaml.Node]bool{}, failed: map[string]bool{}}
-	s = &Suite{}
+	s := &Suite{}
 	d.decode(root, reflect.ValueOf(s).Elem(), "")
 	// Checks run even after decode errors, so that one run reports every
 	// mistake; a check of a value that failed to decode is not repeated.
 	s.setDefaults(filepath.Dir(name))
+	decodeErrors := len(d.errs)
 	for _, e := range s.validate() {
-		if !d.failed[e.Path] {
-			d.errs = append(d.errs, e)
+		if d.failed[e.Path] {
+			continue
 		}
+		if !e.Pos.IsValid() {
+			// The value lies in a part of the file that failed to decode
+			// (e.g. the document is not a mapping): that error says it all.
+			if decodeErrors > 0 {
+				continue
+			}
+			e.Pos = d.pos(root)
+		}
+		d.errs = append(d.errs, e)
 	}
 	if len(d.errs) > 0 {
 		return nil, d.errs.sortAndDedupe()

@@ -46,13 +46,15 @@ func (d *decoder) decodeScenarios(n *yaml.Node, v reflect.Value, path string) {
 func (d *decoder) expandMatrix(item, matrixNode *yaml.Node, path string) []Scenario {
 	var m Matrix
 	d.decode(matrixNode, reflect.ValueOf(&m).Elem(), join(path, "matrix"))
-	combos := m.Combinations()
-	switch {
-	case len(combos) == 0:
-		d.errorf(matrixNode, join(path, "matrix"), "a matrix needs at least one variable with values")
+	if size := m.size(); size > maxCombinations {
+		d.errorf(matrixNode, join(path, "matrix"), "%d combinations; at most %d are allowed", size, maxCombinations)
+		d.failed["scenarios"] = true
 		return nil
-	case len(combos) > maxCombinations:
-		d.errorf(matrixNode, join(path, "matrix"), "%d combinations; at most %d are allowed", len(combos), maxCombinations)
+	}
+	combos := m.Combinations()
+	if len(combos) == 0 {
+		d.errorf(matrixNode, join(path, "matrix"), "a matrix needs at least one variable with values")
+		d.failed["scenarios"] = true
 		return nil
 	}
 	body := withoutKey(item, "matrix")
@@ -130,6 +132,22 @@ func (c Combination) label(vars map[string][]string) string {
 	return strings.Join(parts, ",")
 }
 
+// size is the number of combinations before include adds any, computed
+// without building them.
+func (m *Matrix) size() int {
+	if len(m.Variables) == 0 {
+		return 0
+	}
+	n := 1
+	for _, vals := range m.Variables {
+		n *= len(vals)
+		if n > 1<<20 {
+			return n
+		}
+	}
+	return n
+}
+
 // Combinations expands the matrix like GitHub Actions does: the cartesian
 // product of the variables, then each include entry adds its extra
 // variables to every combination it matches, or is added as a combination
@@ -151,9 +169,6 @@ func (m *Matrix) Combinations() []Combination {
 			for _, c := range combos {
 				for _, val := range m.Variables[n] {
 					next = append(next, c.with(n, val))
-				}
-				if len(next) > maxCombinations {
-					return next
 				}
 			}
 			combos = next
