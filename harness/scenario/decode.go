@@ -26,8 +26,8 @@ type decoder struct {
 	substituted map[*yaml.Node]bool
 	// failed holds the paths that had decode errors; checks of the decoded
 	// values would only repeat those errors, so they are dropped.
-	failed map[string]bool
-	visited     int
+	failed  map[string]bool
+	visited int
 	// combination names the matrix combination being decoded, if any.
 	combination string
 }
