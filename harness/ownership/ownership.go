@@ -5,8 +5,10 @@ package ownership
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -49,4 +51,37 @@ func NewRunID(now time.Time) string {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
 	return now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// LabelValue turns a name into a valid label value: at most 63 characters
+// of [A-Za-z0-9._-], starting and ending with an alphanumeric. Names that
+// had to change get a short hash, so two different names stay different.
+func LabelValue(name string) string {
+	var b strings.Builder
+	changed := false
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+			changed = true
+		}
+	}
+	v := strings.Trim(b.String(), "-_.")
+	if v != b.String() {
+		changed = true
+	}
+	if !changed && len(v) <= 63 {
+		return v
+	}
+	sum := sha256.Sum256([]byte(name))
+	suffix := hex.EncodeToString(sum[:4])
+	if len(v) > 63-len(suffix)-1 {
+		v = strings.TrimRight(v[:63-len(suffix)-1], "-_.")
+	}
+	if v == "" {
+		return suffix
+	}
+	return v + "-" + suffix
 }

@@ -1,0 +1,99 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+const suiteYAML = `apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+scenarios:
+- name: "port[level=1]"
+  steps:
+  - mtls:
+      peerAuthentications:
+      - {scope: mesh, mode: STRICT}
+      - {scope: namespace, mode: PERMISSIVE}
+      - {scope: workload, workload: service-b, mode: STRICT, ports: [{port: 9090, mode: DISABLE}]}
+      destinationRules:
+      - {workload: service-b, mode: ISTIO_MUTUAL}
+      - {workload: legacy, mode: DISABLE, port: 9090}
+`
+
+func objects(t *testing.T) []Object {
+	t.Helper()
+	s, err := scenario.Load("p.yaml", []byte(suiteYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := ForMTLS(s, s.Scenarios[0].Steps[0].MTLS, Step{RunID: "run1", Scenario: s.Scenarios[0].Name, Index: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func TestPeerAuthenticationsAtEveryScope(t *testing.T) {
+	objs := objects(t)
+	if len(objs) != 5 {
+		t.Fatalf("got %d objects, want 5", len(objs))
+	}
+	mesh := objs[0].Object.(*securityv1.PeerAuthentication)
+	if mesh.Namespace != "istio-system" || mesh.Spec.Selector != nil || mesh.Spec.Mtls.Mode.String() != "STRICT" {
+		t.Errorf("mesh policy = %s/%s %v", mesh.Namespace, mesh.Name, &mesh.Spec)
+	}
+	ns := objs[1].Object.(*securityv1.PeerAuthentication)
+	if ns.Namespace != "meshproof" || ns.Name != "meshproof-namespace" || ns.Spec.Mtls.Mode.String() != "PERMISSIVE" {
+		t.Errorf("namespace policy = %s/%s %v", ns.Namespace, ns.Name, &ns.Spec)
+	}
+	wl := objs[2].Object.(*securityv1.PeerAuthentication)
+	if wl.Name != "meshproof-service-b" || wl.Spec.Selector.MatchLabels["app"] != "service-b" || wl.Spec.PortLevelMtls[9090].Mode.String() != "DISABLE" {
+		t.Errorf("workload policy = %v", &wl.Spec)
+	}
+	if objs[2].Source.Line != 11 {
+		t.Errorf("source of the workload policy = %v, want line 11", objs[2].Source)
+	}
+}
+
+func TestDestinationRules(t *testing.T) {
+	objs := objects(t)
+	b := objs[3].Object.(*networkingv1.DestinationRule)
+	if b.Spec.Host != "service-b.meshproof.svc.cluster.local" || b.Spec.TrafficPolicy.Tls.Mode.String() != "ISTIO_MUTUAL" {
+		t.Errorf("service-b rule = %v", &b.Spec)
+	}
+	l := objs[4].Object.(*networkingv1.DestinationRule)
+	pl := l.Spec.TrafficPolicy.PortLevelSettings
+	if l.Name != "meshproof-legacy-9090" || len(pl) != 1 || pl[0].Port.Number != 9090 || pl[0].Tls.Mode.String() != "DISABLE" {
+		t.Errorf("legacy rule = %v", &l.Spec)
+	}
+}
+
+func TestLabelsAndYAML(t *testing.T) {
+	for _, o := range objects(t) {
+		for k, v := range o.GetLabels() {
+			if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+				t.Errorf("%s: label %s=%q: %v", o.GetName(), k, v, errs)
+			}
+		}
+		b, err := yaml.Marshal(o.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := string(b)
+		if !strings.Contains(out, "apiVersion: ") || !strings.Contains(out, "meshproof.dev/step: \"0\"") {
+			t.Errorf("YAML of %s:\n%s", o.GetName(), out)
+		}
+	}
+	b, _ := yaml.Marshal(objects(t)[2].Object)
+	if !strings.Contains(string(b), "portLevelMtls:\n    \"9090\":\n      mode: DISABLE") {
+		t.Errorf("port-level YAML:\n%s", b)
+	}
+}
