@@ -121,8 +121,8 @@ func (g *schemaGen) typeSchema(t reflect.Type) map[string]any {
 	case reflect.TypeOf(Matrix{}):
 		values := map[string]any{"type": "array", "minItems": 1, "items": map[string]any{"type": []any{"string", "number", "boolean"}}}
 		return map[string]any{
-			"type":       "object",
-			"properties": map[string]any{"include": map[string]any{"type": "array", "items": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": []any{"string", "number", "boolean"}}}}},
+			"type":                 "object",
+			"properties":           map[string]any{"include": map[string]any{"type": "array", "items": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": []any{"string", "number", "boolean"}}}}},
 			"propertyNames":        map[string]any{"pattern": "^[A-Za-z][-_A-Za-z0-9]*$"},
 			"additionalProperties": values,
 		}

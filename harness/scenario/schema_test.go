@@ -3,6 +3,7 @@ package scenario
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,10 +15,19 @@ import (
 
 var repoRoot = filepath.Join("..", "..")
 
+// update rewrites the generated files instead of comparing them (`make generate`).
+var update = flag.Bool("update", false, "rewrite scenarios.schema.json and README.md's reference from the API types")
+
 // The checked-in schema is generated from the types; regenerate it with
 // `make generate` when this fails.
 func TestCheckedInSchemaIsCurrent(t *testing.T) {
-	got, err := os.ReadFile(filepath.Join(repoRoot, "scenarios.schema.json"))
+	path := filepath.Join(repoRoot, "scenarios.schema.json")
+	if *update {
+		if err := os.WriteFile(path, JSONSchema(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,18 +38,25 @@ func TestCheckedInSchemaIsCurrent(t *testing.T) {
 
 // The README's scenario reference is generated from the types too.
 func TestREADMEReferenceIsCurrent(t *testing.T) {
-	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	path := filepath.Join(repoRoot, "README.md")
+	readme, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const begin, end = "<!-- BEGIN SCENARIO REFERENCE (make generate) -->\n", "<!-- END SCENARIO REFERENCE -->"
-	_, rest, ok := strings.Cut(string(readme), begin)
+	head, rest, ok := strings.Cut(string(readme), begin)
 	if !ok {
 		t.Fatalf("README.md lacks %q", begin)
 	}
-	body, _, ok := strings.Cut(rest, end)
+	body, tail, ok := strings.Cut(rest, end)
 	if !ok {
 		t.Fatalf("README.md lacks %q", end)
+	}
+	if *update {
+		body = Reference()
+		if err := os.WriteFile(path, []byte(head+begin+body+end+tail), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if body != Reference() {
 		t.Fatal("README.md's scenario reference is stale: run `make generate`")

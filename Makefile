@@ -1,0 +1,42 @@
+# meshproof's two commands (see README.md):
+#   make test   needs only Go: unit, loopback TLS and real kube-apiserver tests
+#   make e2e    needs Go and Docker: the scenarios on a kind cluster with Istio
+GO ?= go
+# Istio's charts for the chart-dependent tests; CI and this project's
+# machines have them beside the repository.
+export MESHPROOF_ISTIO_CHARTS ?= $(abspath ../shared/istio-charts)
+SCENARIOS ?= scenarios.yaml
+GINKGO_FLAGS ?=
+TEST_TIMEOUT ?= 30m
+
+.PHONY: test e2e validate lint generate envtest clean
+
+test: lint
+	@# envtest binaries (kube-apiserver, etcd) are built from source once and
+	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
+	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/testenv/assets)" && export KUBEBUILDER_ASSETS && \
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@# The e2e suites need a cluster; here they are only compiled, so they cannot rot.
+	$(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
+
+e2e:
+	$(GO) tool ginkgo -tags e2e -v --timeout 2h $(GINKGO_FLAGS) ./suites/... -- --scenarios $(abspath $(SCENARIOS))
+
+validate:
+	$(GO) run ./cmd/meshproof validate $(SCENARIOS)
+
+lint:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./...
+
+# Regenerates the files generated from the scenario API types.
+generate:
+	$(GO) test ./harness/scenario -run 'IsCurrent' -update
+
+envtest:
+	$(GO) run ./harness/testenv/assets
+
+clean:
+	find reports -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
