@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+var defaultScenarios = filepath.Join("..", "..", "scenarios.yaml")
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	code = run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestValidateDefaultScenarios(t *testing.T) {
+	code, out, errOut := runCLI("validate", defaultScenarios)
+	if code != exitOK || errOut != "" {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+	if !strings.Contains(out, "valid: 8 scenarios") {
+		t.Errorf("stdout = %q", out)
+	}
+}
+
+// The acceptance case: three independent mistakes, three file:line:col lines.
+func TestValidateThreeMistakes(t *testing.T) {
+	file := filepath.Join("testdata", "three-mistakes.yaml")
+	code, out, errOut := runCLI("validate", file)
+	if code != exitInvalid || out != "" {
+		t.Fatalf("exit %d (want 1), stdout %q", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	want := []string{file + ":11:34:", file + ":12:7:", file + ":14:14:"}
+	if len(lines) != len(want) {
+		t.Fatalf("want %d lines, got:\n%s", len(want), errOut)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("line %d = %q, want prefix %q", i, lines[i], w)
+		}
+	}
+	for i, frag := range []string{`unknown value "STRCT"`, `unknown field "sidecar"`, `no workload named "servce-a"`} {
+		if !strings.Contains(lines[i], frag) {
+			t.Errorf("line %d = %q, want it to say %s", i, lines[i], frag)
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"validate", "does-not-exist.yaml"},
+		{"validate", "-no-such-flag"},
+		{"plan", "-o", "json", defaultScenarios},
+		{"plan", "a.yaml", "b.yaml"},
+		{"schema", "-o", "xml"},
+	} {
+		if code, _, errOut := runCLI(args...); code != exitUsage || errOut == "" {
+			t.Errorf("meshproof %v: exit %d (want 2), stderr %q", args, code, errOut)
+		}
+	}
+	if _, _, errOut := runCLI("validate", "does-not-exist.yaml"); !strings.Contains(errOut, "does-not-exist.yaml: no such file") {
+		t.Errorf("missing file message = %q", errOut)
+	}
+}
+
+func TestValidateReportsEveryFile(t *testing.T) {
+	code, out, errOut := runCLI("validate", defaultScenarios, filepath.Join("testdata", "three-mistakes.yaml"))
+	if code != exitInvalid || !strings.Contains(out, "valid") || strings.Count(errOut, "\n") != 3 {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+func TestPlanText(t *testing.T) {
+	code, out, errOut := runCLI("plan", defaultScenarios, "--run-id", "r1")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"Run r1: 8 scenarios, 18 steps, 1 cluster",
+		`install Istio 1.30.3`,
+		"Scenario strict [strict, peer-authentication] on meshproof",
+		"apply PeerAuthentication STRICT for meshproof namespace",
+		"legacy -> service-b:8080",
+		"fail (reset)",
+		"Scenario client-tls-towards-strict[tls=DISABLE]",
+		"wait up to 2m0s for a new serial with the same identity spiffe://cluster.local/ns/meshproof/sa/service-b",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestPlanYAMLDocuments(t *testing.T) {
+	code, out, errOut := runCLI("plan", "-o", "yaml", "--run-id", "r1", defaultScenarios)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	kinds := map[string]int{}
+	for _, m := range regexp.MustCompile(`(?m)^kind: (\w+)$`).FindAllStringSubmatch(out, -1) {
+		kinds[m[1]]++
+	}
+	want := map[string]int{"Namespace": 1, "ServiceAccount": 3, "Deployment": 3, "Service": 3, "PeerAuthentication": 8, "DestinationRule": 3}
+	for k, n := range want {
+		if kinds[k] != n {
+			t.Errorf("%d objects of kind %s, want %d (all: %v)", kinds[k], k, n, kinds)
+		}
+	}
+	if strings.Count(out, "meshproof.dev/run-id: r1") < 21 {
+		t.Error("every object must carry the run id")
+	}
+}
+
+func TestSchemaCommandPrintsTheCheckedInSchema(t *testing.T) {
+	_, out, _ := runCLI("schema")
+	onDisk, err := os.ReadFile(filepath.Join("..", "..", "scenarios.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != string(onDisk) {
+		t.Error("meshproof schema differs from scenarios.schema.json")
+	}
+	if _, md, _ := runCLI("schema", "-o", "markdown"); md != scenario.Reference() {
+		t.Error("meshproof schema -o markdown differs from the reference")
+	}
+}
+
+func TestVersion(t *testing.T) {
+	if code, out, _ := runCLI("version"); code != exitOK || !strings.HasPrefix(out, "meshproof ") || !strings.Contains(out, scenario.APIVersion) {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}

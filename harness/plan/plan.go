@@ -1,0 +1,272 @@
+// Package plan computes what a run of a scenario file does, without a
+// cluster: the setup of each cluster, the ordered operations of every
+// scenario step, and every Kubernetes object meshproof would apply. The
+// `meshproof plan` command prints it; the Ginkgo suite names its specs after
+// the same scenarios and steps, so the two listings agree.
+package plan
+
+import (
+	"fmt"
+	"strings"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/policy"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// PlaceholderImage stands for the echo image in a plan: the real tag is the
+// digest of the binary, known once the image is built at run time.
+const PlaceholderImage = "meshproof.local/echo:planned"
+
+// Plan is everything a run does, in order.
+type Plan struct {
+	RunID     string
+	Suite     *scenario.Suite
+	Clusters  []ClusterPlan
+	Scenarios []ScenarioPlan
+}
+
+// ClusterPlan is the setup of one cluster and the fixtures deployed on it.
+type ClusterPlan struct {
+	Cluster  *scenario.Cluster
+	Setup    []string
+	Fixtures []client.Object
+}
+
+// ScenarioPlan is one scenario's steps.
+type ScenarioPlan struct {
+	Scenario *scenario.Scenario
+	Steps    []StepPlan
+}
+
+// StepPlan is what one step does, and the policies it applies.
+type StepPlan struct {
+	Step       *scenario.Step
+	Operations []string
+	Policies   []policy.Object
+}
+
+// Build computes the plan of a loaded, valid suite.
+func Build(s *scenario.Suite, runID string) (*Plan, error) {
+	p := &Plan{RunID: runID, Suite: s}
+	for i := range s.Clusters {
+		cp, err := clusterPlan(s, &s.Clusters[i], runID)
+		if err != nil {
+			return nil, err
+		}
+		p.Clusters = append(p.Clusters, cp)
+	}
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		sp := ScenarioPlan{Scenario: sc}
+		for j := range sc.Steps {
+			st, err := stepPlan(s, sc, j, runID)
+			if err != nil {
+				return nil, err
+			}
+			sp.Steps = append(sp.Steps, st)
+		}
+		p.Scenarios = append(p.Scenarios, sp)
+	}
+	return p, nil
+}
+
+// FixtureOptions are the manifests options for a suite's workloads on a
+// cluster: namespaces are labelled for injection by that cluster's Istio.
+func FixtureOptions(s *scenario.Suite, c *scenario.Cluster, runID, image string) manifests.Options {
+	opts := manifests.Options{RunID: runID, Image: image}
+	seen := map[string]bool{}
+	for _, w := range s.Fixtures.Workloads {
+		if !seen[w.Namespace] {
+			seen[w.Namespace] = true
+			opts.Namespaces = append(opts.Namespaces, manifests.Namespace{Name: w.Namespace, Revision: c.Istio.Revision})
+		}
+		mw := manifests.Workload{Name: w.Name, ServiceAccount: w.ServiceAccount, Namespace: w.Namespace, InMesh: w.InMesh()}
+		for _, port := range w.Ports {
+			mw.Ports = append(mw.Ports, manifests.Port{Name: port.Name, Number: int32(port.Number)})
+		}
+		opts.Workloads = append(opts.Workloads, mw)
+	}
+	return opts
+}
+
+func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterPlan, error) {
+	cp := ClusterPlan{Cluster: c}
+	add := func(format string, args ...any) { cp.Setup = append(cp.Setup, fmt.Sprintf(format, args...)) }
+	switch c.Provider {
+	case scenario.ProviderKind:
+		image := c.Kind.NodeImage
+		if image == "" {
+			image = "kind's default node image"
+		}
+		verb := "create kind cluster"
+		if c.Kind.Reuse {
+			verb = "create kind cluster (or reuse it if it exists)"
+		}
+		config := ""
+		switch {
+		case c.Kind.ConfigFile != "":
+			config = ", config " + c.Kind.ConfigFile
+		case c.Kind.Config != "":
+			config = ", inline config"
+		}
+		add("%s %q with %s%s; wait for every node and kube-system pod to be Ready", verb, c.Name, image, config)
+	case scenario.ProviderExisting:
+		kc, ctx := "$KUBECONFIG or ~/.kube/config", "current context"
+		if c.Existing != nil && c.Existing.Kubeconfig != "" {
+			kc = c.Existing.Kubeconfig
+		}
+		if c.Existing != nil && c.Existing.Context != "" {
+			ctx = "context " + c.Existing.Context
+		}
+		add("use existing cluster %q from %s (%s); never deleted", c.Name, kc, ctx)
+		add("remove leftovers of earlier meshproof runs (objects labelled app.kubernetes.io/managed-by=meshproof)")
+	}
+	in := c.Istio
+	if in.PluggedCA {
+		add("generate a root and an intermediate CA; create secret istio-system/cacerts before istiod starts")
+	}
+	charts := "the official Istio chart repository"
+	if in.Charts != "" {
+		charts = in.Charts
+	}
+	var extra []string
+	if in.Revision != "" {
+		extra = append(extra, "revision "+in.Revision)
+	}
+	if !in.WorkloadCertTTL.IsZero() {
+		extra = append(extra, "workload certificate TTL "+in.WorkloadCertTTL.String()+" (SECRET_TTL)")
+	}
+	if in.TrustDomain != scenario.DefaultTrustDomain {
+		extra = append(extra, "trust domain "+in.TrustDomain)
+	}
+	if len(in.Values) > 0 {
+		extra = append(extra, "with Helm values from the file")
+	}
+	add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
+	add("wait until istiod is Available and the sidecar injector injects")
+	if c.Provider == scenario.ProviderKind {
+		add("build the echo image and load it into every node")
+	} else {
+		add("build the echo image (the cluster must be able to pull it: push it to a registry it reaches)")
+	}
+	opts := FixtureOptions(s, c, runID, PlaceholderImage)
+	objs, err := manifests.Render(opts)
+	if err != nil {
+		return cp, fmt.Errorf("cluster %s: rendering fixtures: %w", c.Name, err)
+	}
+	cp.Fixtures = objs
+	var ws []string
+	for _, w := range opts.Workloads {
+		where := "in the mesh"
+		if !w.InMesh {
+			where = "out of the mesh"
+		}
+		var ports []string
+		for _, p := range w.Ports {
+			ports = append(ports, fmt.Sprintf("%s %d", p.Name, p.Number))
+		}
+		ws = append(ws, fmt.Sprintf("%s/%s (%s; %s)", w.Namespace, w.Name, where, strings.Join(ports, ", ")))
+	}
+	add("deploy fixtures: %s; wait for their rollout", strings.Join(ws, ", "))
+	return cp, nil
+}
+
+func prefixed(prefix, s string) string {
+	if s == "" {
+		return ""
+	}
+	return prefix + s
+}
+
+func stepPlan(s *scenario.Suite, sc *scenario.Scenario, index int, runID string) (StepPlan, error) {
+	st := &sc.Steps[index]
+	sp := StepPlan{Step: st}
+	add := func(format string, args ...any) { sp.Operations = append(sp.Operations, fmt.Sprintf(format, args...)) }
+	td := s.Cluster(sc.Cluster).Istio.TrustDomain
+	switch {
+	case st.MTLS != nil:
+		objs, err := policy.ForMTLS(s, st.MTLS, policy.Step{RunID: runID, Scenario: sc.Name, Index: index})
+		if err != nil {
+			return sp, fmt.Errorf("scenario %s, step %q: %w", sc.Name, st.Name, err)
+		}
+		sp.Policies = objs
+		add("remove the policies of the previous step, if any")
+		for _, pa := range st.MTLS.PeerAuthentications {
+			ports := ""
+			for _, pm := range pa.Ports {
+				ports += fmt.Sprintf(", port %d %s", pm.Port, pm.Mode)
+			}
+			target := pa.Namespace + " namespace"
+			switch pa.Scope {
+			case scenario.ScopeMesh:
+				target = "the whole mesh"
+			case scenario.ScopeWorkload:
+				target = "workload " + pa.Workload
+			}
+			add("apply PeerAuthentication %s for %s%s", pa.Mode, target, ports)
+		}
+		for _, dr := range st.MTLS.DestinationRules {
+			port := ""
+			if dr.Port != 0 {
+				port = fmt.Sprintf(" port %d", dr.Port)
+			}
+			add("apply DestinationRule tls %s towards %s%s", dr.Mode, dr.Workload, port)
+		}
+		if len(st.MTLS.DestinationRules) == 0 {
+			add("no DestinationRule: clients use auto mTLS")
+		}
+	case st.Expect != nil:
+		add("probe every %s (%d requests per pair per round, each at most %s) until %d rounds in a row match:",
+			s.Defaults.Interval, s.Defaults.Requests, s.Defaults.RequestTimeout, s.Defaults.Consecutive)
+		for _, e := range st.Expect.Table {
+			add("  %s -> %s:%d  %s", e.From, e.To, e.Port, describeResult(s, e, td))
+		}
+	case st.Rotate != nil:
+		w := s.Workload(st.Rotate.Workload)
+		add("record the certificate %s serves (TLS handshake from an out-of-mesh client, and its sidecar's config dump)", w.Name)
+		add("wait up to %s for a new serial with the same identity %s, a later notBefore, a chain to the mesh root, and no failed mTLS request meanwhile", st.Rotate.Within, w.SPIFFEID(td))
+	case st.Restart != nil:
+		add("restart %s and wait for the rollout", strings.Join(st.Restart.Workloads, ", "))
+	case st.Wait != nil:
+		if len(st.Wait.Workloads) > 0 {
+			add("wait until %s are rolled out and ready", strings.Join(st.Wait.Workloads, ", "))
+		} else {
+			add("wait %s", st.Wait.Duration)
+		}
+	}
+	return sp, nil
+}
+
+func describeResult(s *scenario.Suite, e scenario.Expectation, trustDomain string) string {
+	switch e.Result {
+	case scenario.ResultMTLS:
+		from, to := s.Workload(e.From), s.Workload(e.To)
+		return fmt.Sprintf("mtls (client %s, server %s)", from.SPIFFEID(trustDomain), to.SPIFFEID(trustDomain))
+	case scenario.ResultFail:
+		if e.Reason != "" {
+			return "fail (" + e.Reason + ")"
+		}
+		return "fail (any reason)"
+	}
+	return string(e.Result)
+}
+
+// Objects lists every object of the plan: each cluster's fixtures, then
+// every step's policies in run order.
+func (p *Plan) Objects() []client.Object {
+	var out []client.Object
+	for _, c := range p.Clusters {
+		out = append(out, c.Fixtures...)
+	}
+	for _, sc := range p.Scenarios {
+		for _, st := range sc.Steps {
+			for _, o := range st.Policies {
+				out = append(out, o.Object)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,113 @@
+package plan
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"sigs.k8s.io/yaml"
+)
+
+// WriteText prints the plan for a person: each cluster's setup, then each
+// scenario's steps with their operations and where they were written.
+func (p *Plan) WriteText(w io.Writer) error {
+	var b bytes.Buffer
+	steps := 0
+	for _, sc := range p.Scenarios {
+		steps += len(sc.Steps)
+	}
+	fmt.Fprintf(&b, "Run %s: %s, %s, %s\n", p.RunID, count(len(p.Scenarios), "scenario"), count(steps, "step"), count(len(p.Clusters), "cluster"))
+	for _, c := range p.Clusters {
+		fmt.Fprintf(&b, "\nSetup of cluster %s (at most %s)\n", c.Cluster.Name, p.Suite.Defaults.SetupTimeout)
+		for i, op := range c.Setup {
+			fmt.Fprintf(&b, "  %d. %s\n", i+1, op)
+		}
+	}
+	for _, sc := range p.Scenarios {
+		s := sc.Scenario
+		labels := ""
+		if len(s.Labels) > 0 {
+			labels = " [" + strings.Join(s.Labels, ", ") + "]"
+		}
+		fmt.Fprintf(&b, "\nScenario %s%s on %s (%s)\n", s.Name, labels, s.Cluster, s.Source.Position)
+		for _, st := range sc.Steps {
+			fmt.Fprintf(&b, "  Step %s (at most %s, %s)\n", st.Step.Name, st.Step.Timeout, st.Step.Source.Position)
+			for _, op := range st.Operations {
+				fmt.Fprintf(&b, "      %s\n", op)
+			}
+		}
+	}
+	fmt.Fprintf(&b, "\nTeardown\n")
+	fmt.Fprintf(&b, "  remove every object labelled meshproof.dev/run-id=%s; on failure first collect diagnostics\n", p.RunID)
+	for _, c := range p.Clusters {
+		switch {
+		case c.Cluster.Kind != nil && c.Cluster.Kind.Reuse:
+			fmt.Fprintf(&b, "  keep cluster %s (reuse: it may have existed before the run)\n", c.Cluster.Name)
+		case c.Cluster.Kind != nil:
+			fmt.Fprintf(&b, "  delete kind cluster %s (unless --keep)\n", c.Cluster.Name)
+		default:
+			fmt.Fprintf(&b, "  leave cluster %s as it was\n", c.Cluster.Name)
+		}
+	}
+	_, err := w.Write(alignArrows(b.Bytes()))
+	return err
+}
+
+// alignArrows lines up the "->" rows of expect tables.
+func alignArrows(text []byte) []byte {
+	var out bytes.Buffer
+	tw := tabwriter.NewWriter(&out, 0, 4, 2, ' ', 0)
+	for _, line := range strings.SplitAfter(string(text), "\n") {
+		if strings.Contains(line, " -> ") {
+			from, rest, _ := strings.Cut(line, " -> ")
+			to, result, _ := strings.Cut(rest, "  ")
+			line = from + " -> " + to + "\t" + result
+		}
+		fmt.Fprint(tw, line)
+	}
+	tw.Flush()
+	return out.Bytes()
+}
+
+// WriteYAML prints every object of the plan as multi-document YAML, each
+// introduced by a comment saying where it comes from, ready for
+// `kubectl apply --dry-run=server -f -`.
+func (p *Plan) WriteYAML(w io.Writer) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# meshproof plan, run %s. The echo image is built at run time; it shows here as %s.\n", p.RunID, PlaceholderImage)
+	doc := func(comment string, obj any) error {
+		y, err := yaml.Marshal(obj)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "---\n# %s\n%s", comment, y)
+		return nil
+	}
+	for _, c := range p.Clusters {
+		for _, o := range c.Fixtures {
+			if err := doc("cluster "+c.Cluster.Name+": fixture", o); err != nil {
+				return err
+			}
+		}
+	}
+	for _, sc := range p.Scenarios {
+		for _, st := range sc.Steps {
+			for _, o := range st.Policies {
+				if err := doc(fmt.Sprintf("scenario %s, step %s (%s)", sc.Scenario.Name, st.Step.Name, o.Source), o.Object); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
