@@ -1,0 +1,101 @@
+package istio
+
+// Where values go in Istio's charts (read from 1.29/1.30 values.yaml and
+// templates): both charts keep their defaults under
+// "_internal_defaults_do_not_set", and templates/zzz_profile.yaml deep-merges
+// the user's values (the top level of .Values) over those defaults. So user
+// values are written at their plain paths (global.hub, meshConfig, revision,
+// env ...), never under the internal key. The istiod chart also copies
+// anything under "pilot" to the top level (templates/zzy_descope_legacy.yaml),
+// so "pilot.env" and "env" are equivalent; meshproof writes "env", the path
+// values.yaml declares.
+
+// baseValues are the values of the base release (CRDs and the default
+// validating webhook).
+func (i *Installer) baseValues(defaultRevision string) map[string]any {
+	return map[string]any{
+		"global": map[string]any{"istioNamespace": i.s.namespace},
+		// The default validator (istiod-default-validator) must point at a
+		// control plane that exists: istiod for the default revision,
+		// istiod-<rev> otherwise.
+		"defaultRevision": revisionLabelValue(defaultRevision),
+	}
+}
+
+// istiodValues are the values of the istiod release of control plane p: the
+// Installer's settings, then the caller's WithValues deep-merged on top.
+func (i *Installer) istiodValues(p plane) map[string]any {
+	proxyMetadata := map[string]any{}
+	env := map[string]any{}
+	mesh := map[string]any{}
+	if i.s.workloadCertTTL > 0 {
+		// Istio parses SECRET_TTL as a Go duration, so Duration.String's
+		// format ("1m0s") is exactly what the agent reads.
+		proxyMetadata["SECRET_TTL"] = i.s.workloadCertTTL.String()
+	}
+	if i.s.multiRoot {
+		env["ISTIO_MULTIROOT_MESH"] = "true"
+		// Proxy metadata values are strings; the agent needs its own xDS
+		// proxy to receive the trust bundle of several roots.
+		proxyMetadata["PROXY_CONFIG_XDS_AGENT"] = "true"
+	}
+	if i.s.trustDomain != "" {
+		mesh["trustDomain"] = i.s.trustDomain
+	}
+	if len(proxyMetadata) > 0 {
+		mesh["defaultConfig"] = map[string]any{"proxyMetadata": proxyMetadata}
+	}
+
+	v := map[string]any{
+		"global": map[string]any{
+			"hub":            i.s.hub,
+			"tag":            p.tag,
+			"istioNamespace": i.s.namespace,
+		},
+	}
+	if p.revision != "" {
+		v["revision"] = p.revision
+	}
+	if len(mesh) > 0 {
+		v["meshConfig"] = mesh
+	}
+	if len(env) > 0 {
+		v["env"] = env
+	}
+	return deepMerge(v, i.s.values)
+}
+
+// deepMerge returns a new map with over merged into base: nested maps are
+// merged key by key, any other value in over replaces the one in base.
+// Neither argument is modified, so options can be reused safely.
+func deepMerge(base, over map[string]any) map[string]any {
+	out := make(map[string]any, len(base)+len(over))
+	for k, v := range base {
+		out[k] = deepCopyValue(v)
+	}
+	for k, v := range over {
+		if om, ok := v.(map[string]any); ok {
+			if bm, ok := out[k].(map[string]any); ok {
+				out[k] = deepMerge(bm, om)
+				continue
+			}
+		}
+		out[k] = deepCopyValue(v)
+	}
+	return out
+}
+
+func deepCopyValue(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		return deepMerge(t, nil)
+	case []any:
+		c := make([]any, len(t))
+		for i, e := range t {
+			c[i] = deepCopyValue(e)
+		}
+		return c
+	default:
+		return v
+	}
+}
