@@ -1,0 +1,306 @@
+// Package engine runs scenario steps against a cluster: it applies mtls
+// policies, probes traffic from inside the client pods until the expected
+// results hold (or the step times out with a table of what was seen),
+// waits for and checks workload certificate rotation, and restarts
+// workloads. It is independent of Ginkgo: the suites drive it, and so can
+// any Go program.
+//
+// The engine talks to the API server through a controller-runtime client and
+// to pods through two small interfaces, Prober and CertReader, so that its
+// step logic is tested against a real API server with only the in-pod
+// transport scripted.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/klient/wait"
+
+	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/apply"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/policy"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// Pod names a pod.
+type Pod struct {
+	Namespace, Name string
+	IP              string
+}
+
+func (p Pod) String() string { return p.Namespace + "/" + p.Name }
+
+// Prober runs one probe batch inside a client pod: one exec per client per
+// round, all its targets at once.
+type Prober interface {
+	Probe(ctx context.Context, client Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error)
+}
+
+// Recorder receives every observation as it happens (results.json).
+type Recorder interface {
+	Record(Observation)
+}
+
+// Engine runs the steps of a suite's scenarios on one cluster.
+type Engine struct {
+	suite   *scenario.Suite
+	cluster *scenario.Cluster
+	kube    client.Client
+	prober  Prober
+	certs   CertReader
+	runID   string
+	rec     Recorder
+	logf    func(format string, args ...any)
+	now     func() time.Time
+}
+
+// Option configures an Engine.
+type Option func(*Engine)
+
+// WithRecorder sends every observation to r.
+func WithRecorder(r Recorder) Option { return func(e *Engine) { e.rec = r } }
+
+// WithLogger receives progress lines.
+func WithLogger(logf func(format string, args ...any)) Option { return func(e *Engine) { e.logf = logf } }
+
+// WithCertReader reads served certificates for rotate steps.
+func WithCertReader(c CertReader) Option { return func(e *Engine) { e.certs = c } }
+
+// WithClock replaces time.Now, for observation timestamps.
+func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
+
+type discard struct{}
+
+func (discard) Record(Observation) {}
+
+// New returns an engine for the scenarios that run on cluster clusterName.
+func New(suite *scenario.Suite, clusterName string, kube client.Client, prober Prober, runID string, opts ...Option) (*Engine, error) {
+	c := suite.Cluster(clusterName)
+	if c == nil {
+		return nil, fmt.Errorf("engine: no cluster named %q in the suite", clusterName)
+	}
+	e := &Engine{suite: suite, cluster: c, kube: kube, prober: prober, runID: runID,
+		rec: discard{}, logf: func(string, ...any) {}, now: time.Now}
+	for _, o := range opts {
+		o(e)
+	}
+	return e, nil
+}
+
+// RunStep runs step index of a scenario.
+func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) error {
+	st := &sc.Steps[index]
+	ctx, cancel := context.WithTimeout(ctx, st.Timeout.Duration)
+	defer cancel()
+	switch {
+	case st.MTLS != nil:
+		return e.applyPolicies(ctx, sc, index)
+	case st.Expect != nil:
+		return e.expect(ctx, sc, st)
+	case st.Rotate != nil:
+		return e.rotate(ctx, sc, st)
+	case st.Restart != nil:
+		return e.restart(ctx, st.Restart.Workloads)
+	case st.Wait != nil:
+		if len(st.Wait.Workloads) > 0 {
+			return e.waitRolledOut(ctx, st.Wait.Workloads)
+		}
+		select {
+		case <-time.After(st.Wait.Duration.Duration):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return fmt.Errorf("step %q: no step kind the engine knows", st.Name)
+}
+
+// applyPolicies applies an mtls step's policies and then removes every other
+// policy of this run: the new policies are in force before the old ones go,
+// so the mesh never passes through "no policy at all".
+func (e *Engine) applyPolicies(ctx context.Context, sc *scenario.Scenario, index int) error {
+	objs, err := policy.ForMTLS(e.suite, sc.Steps[index].MTLS, policy.Step{RunID: e.runID, Scenario: sc.Name, Index: index})
+	if err != nil {
+		return err
+	}
+	if err := apply.Policies(ctx, e.kube, objs...); err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, o := range objs {
+		keep[apply.Describe(o.Object)] = true
+	}
+	removed, err := e.removePolicies(ctx, keep)
+	for _, r := range removed {
+		e.logf("removed %s", r)
+	}
+	return err
+}
+
+// RemovePolicies removes every policy this run applied; the suites call it
+// between scenarios so that each starts from Istio's defaults.
+func (e *Engine) RemovePolicies(ctx context.Context) error {
+	removed, err := e.removePolicies(ctx, nil)
+	for _, r := range removed {
+		e.logf("removed %s", r)
+	}
+	return err
+}
+
+func (e *Engine) removePolicies(ctx context.Context, keep map[string]bool) ([]string, error) {
+	sel := client.MatchingLabels(ownership.Labels(e.runID))
+	var pas securityv1.PeerAuthenticationList
+	if err := e.kube.List(ctx, &pas, sel); err != nil {
+		return nil, fmt.Errorf("listing this run's PeerAuthentications: %w", err)
+	}
+	var drs networkingv1.DestinationRuleList
+	if err := e.kube.List(ctx, &drs, sel); err != nil {
+		return nil, fmt.Errorf("listing this run's DestinationRules: %w", err)
+	}
+	var objs []client.Object
+	for _, p := range pas.Items {
+		p.Kind = "PeerAuthentication"
+		objs = append(objs, p)
+	}
+	for _, d := range drs.Items {
+		d.Kind = "DestinationRule"
+		objs = append(objs, d)
+	}
+	var removed []string
+	var errs []error
+	for _, o := range objs {
+		name := apply.Describe(o)
+		if keep[name] {
+			continue
+		}
+		if err := e.kube.Delete(ctx, o); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
+			continue
+		}
+		removed = append(removed, name)
+	}
+	sort.Strings(removed)
+	return removed, errors.Join(errs...)
+}
+
+// readyPod returns the newest ready, running pod of a workload.
+func (e *Engine) readyPod(ctx context.Context, workload string) (Pod, error) {
+	w := e.suite.Workload(workload)
+	if w == nil {
+		return Pod{}, fmt.Errorf("no workload named %q", workload)
+	}
+	var pods corev1.PodList
+	if err := e.kube.List(ctx, &pods, client.InNamespace(w.Namespace), client.MatchingLabels{"app": w.Name}); err != nil {
+		return Pod{}, fmt.Errorf("listing pods of %s: %w", w.Name, err)
+	}
+	var best *corev1.Pod
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !podReady(p) {
+			continue
+		}
+		if best == nil || p.CreationTimestamp.After(best.CreationTimestamp.Time) {
+			best = p
+		}
+	}
+	if best == nil {
+		return Pod{}, fmt.Errorf("workload %s has no ready pod (%d pods)", w.Name, len(pods.Items))
+	}
+	return Pod{Namespace: best.Namespace, Name: best.Name, IP: best.Status.PodIP}, nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// restart does what `kubectl rollout restart` does, then waits for the
+// rollout.
+func (e *Engine) restart(ctx context.Context, workloads []string) error {
+	stamp := e.now().UTC().Format(time.RFC3339Nano)
+	for _, name := range workloads {
+		w := e.suite.Workload(name)
+		var d appsv1.Deployment
+		if err := e.kube.Get(ctx, client.ObjectKey{Namespace: w.Namespace, Name: w.Name}, &d); err != nil {
+			return fmt.Errorf("restarting %s: %w", name, err)
+		}
+		patch := client.MergeFrom(d.DeepCopy())
+		if d.Spec.Template.Annotations == nil {
+			d.Spec.Template.Annotations = map[string]string{}
+		}
+		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = stamp
+		if err := e.kube.Patch(ctx, &d, patch); err != nil {
+			return fmt.Errorf("restarting %s: %w", name, err)
+		}
+		e.logf("restarted %s/%s", w.Namespace, w.Name)
+	}
+	return e.waitRolledOut(ctx, workloads)
+}
+
+// waitRolledOut waits until every workload's Deployment has rolled out its
+// latest template with all replicas ready, as `kubectl rollout status` does.
+func (e *Engine) waitRolledOut(ctx context.Context, workloads []string) error {
+	var pending string
+	err := wait.For(func(ctx context.Context) (bool, error) {
+		for _, name := range workloads {
+			w := e.suite.Workload(name)
+			var d appsv1.Deployment
+			if err := e.kube.Get(ctx, client.ObjectKey{Namespace: w.Namespace, Name: w.Name}, &d); err != nil {
+				pending = fmt.Sprintf("%s: %v", name, err)
+				return false, nil
+			}
+			if why := rolloutPending(&d); why != "" {
+				pending = fmt.Sprintf("%s: %s", name, why)
+				return false, nil
+			}
+		}
+		return true, nil
+	}, wait.WithContext(ctx), wait.WithInterval(time.Second), wait.WithTimeout(timeLeft(ctx)), wait.WithImmediate())
+	if err != nil {
+		return fmt.Errorf("waiting for rollout: %s: %w", pending, err)
+	}
+	return nil
+}
+
+// rolloutPending says why a Deployment is not rolled out yet, or "".
+func rolloutPending(d *appsv1.Deployment) string {
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	s := d.Status
+	switch {
+	case s.ObservedGeneration < d.Generation:
+		return "the controller has not seen the latest spec"
+	case s.UpdatedReplicas < want:
+		return fmt.Sprintf("%d of %d replicas updated", s.UpdatedReplicas, want)
+	case s.Replicas > s.UpdatedReplicas:
+		return fmt.Sprintf("%d old replicas still terminating", s.Replicas-s.UpdatedReplicas)
+	case s.AvailableReplicas < want:
+		return fmt.Sprintf("%d of %d updated replicas available", s.AvailableReplicas, want)
+	}
+	return ""
+}
+
+// timeLeft is the time until ctx's deadline, for waits bounded by the step.
+func timeLeft(ctx context.Context) time.Duration {
+	if d, ok := ctx.Deadline(); ok {
+		return max(time.Until(d), time.Millisecond)
+	}
+	return 10 * time.Minute
+}

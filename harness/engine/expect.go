@@ -1,0 +1,126 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"sigs.k8s.io/e2e-framework/klient/wait"
+
+	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// expect probes every row of the table in rounds until `consecutive` rounds
+// in a row match all of them. A round is one exec per client workload,
+// batching all its targets. At the step's timeout the error is the table of
+// expected against last observed.
+func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, st *scenario.Step) error {
+	table := st.Expect.Table
+	rows := make([]*rowHistory, len(table))
+	for i, x := range table {
+		rows[i] = &rowHistory{expectation: x, counts: map[string]int{}}
+	}
+	need := e.suite.Defaults.Consecutive
+	streak, rounds := 0, 0
+	var lastErr error
+	start := e.now()
+	err := wait.For(func(ctx context.Context) (bool, error) {
+		rounds++
+		ok, err := e.round(ctx, sc, st, rows)
+		lastErr = err
+		switch {
+		case err != nil:
+			streak = 0
+			e.logf("%s: round %d: %v", st.Name, rounds, err)
+		case ok:
+			streak++
+		default:
+			streak = 0
+		}
+		return streak >= need, nil
+	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(timeLeft(ctx)))
+	if err == nil {
+		e.logf("%s: held for %d rounds in a row after %d rounds (%s)", st.Name, need, rounds, e.now().Sub(start).Round(time.Millisecond))
+		return nil
+	}
+	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ctx.Err() // interrupted, not timed out
+	}
+	return &ExpectationError{Step: st.Name, Timeout: st.Timeout.Duration, Rounds: rounds, rows: rows, Cause: lastErr}
+}
+
+// round runs one probe round and reports whether every row matched.
+func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, rows []*rowHistory) (bool, error) {
+	// One batch per client workload, in the order the table names them.
+	var clients []string
+	byClient := map[string][]*rowHistory{}
+	for _, r := range rows {
+		if _, ok := byClient[r.expectation.From]; !ok {
+			clients = append(clients, r.expectation.From)
+		}
+		byClient[r.expectation.From] = append(byClient[r.expectation.From], r)
+	}
+	td := e.cluster.Istio.TrustDomain
+	all := true
+	for _, from := range clients {
+		pod, err := e.readyPod(ctx, from)
+		if err != nil {
+			return false, err
+		}
+		spec := echoapi.ProbeSpec{
+			RequestsPerTarget: e.suite.Defaults.Requests,
+			Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
+			Deadline:          echoapi.Duration(e.batchDeadline(len(byClient[from]))),
+		}
+		for _, r := range byClient[from] {
+			spec.Targets = append(spec.Targets, e.target(r.expectation))
+		}
+		results, err := e.prober.Probe(ctx, pod, spec)
+		if err != nil {
+			return false, fmt.Errorf("probing from %s (%s): %w", from, pod, err)
+		}
+		now := e.now()
+		for _, r := range byClient[from] {
+			x := r.expectation
+			name := targetName(x.To, x.Port)
+			ids := expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: e.suite.Workload(x.To).SPIFFEID(td)}
+			r.last, r.lastWhy = r.last[:0], ""
+			for _, res := range results {
+				if res.Target != name {
+					continue
+				}
+				o := observation(now, sc.Name, st.Name, from, x, pod.Name, res)
+				e.rec.Record(o)
+				r.last = append(r.last, o)
+				r.counts[describe(o)]++
+				if why := mismatch(x, ids, o); why != "" && r.lastWhy == "" {
+					r.lastWhy = why
+				}
+			}
+			if len(r.last) == 0 {
+				r.lastWhy = "the probe returned no result for this target"
+			}
+			if r.lastWhy != "" {
+				all = false
+			}
+		}
+	}
+	return all, nil
+}
+
+// target is the URL a row probes: the server's Service, so that the client's
+// sidecar routes it and any DestinationRule for that host applies.
+func (e *Engine) target(x scenario.Expectation) echoapi.Target {
+	w := e.suite.Workload(x.To)
+	u := url.URL{Scheme: "http", Host: fmt.Sprintf("%s.%s.svc.cluster.local:%d", w.Name, w.Namespace, x.Port), Path: "/"}
+	return echoapi.Target{Name: targetName(x.To, x.Port), URL: u.String(), Port: x.Port}
+}
+
+// batchDeadline bounds one probe batch: every request may take the whole
+// request timeout, plus a second of slack for the exec itself.
+func (e *Engine) batchDeadline(targets int) time.Duration {
+	return time.Duration(targets*e.suite.Defaults.Requests)*e.suite.Defaults.RequestTimeout.Duration + time.Second
+}

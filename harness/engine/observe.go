@@ -1,0 +1,176 @@
+package engine
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// Observation is one probe request as the engine saw it: who asked whom,
+// what came back and which identities the server's sidecar reported.
+type Observation struct {
+	Time     time.Time       `json:"time"`
+	Scenario string          `json:"scenario"`
+	Step     string          `json:"step"`
+	From     string          `json:"from"`
+	To       string          `json:"to"`
+	Port     int             `json:"port"`
+	Pod      string          `json:"pod,omitempty"` // the client pod
+	Result   scenario.Result `json:"result"`
+	Reason   string          `json:"reason,omitempty"`
+	Status   int             `json:"status,omitempty"`
+	Latency  time.Duration   `json:"latencyNs"`
+	// ClientID and ServerID are the SPIFFE identities of the X-Forwarded-
+	// Client-Cert element the server's sidecar added (URI and By).
+	ClientID string `json:"clientId,omitempty"`
+	ServerID string `json:"serverId,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// pair is a client, server and port: one row of an expect table.
+type pair struct {
+	from, to string
+	port     int
+}
+
+func (p pair) String() string { return fmt.Sprintf("%s -> %s:%d", p.from, p.to, p.port) }
+
+func pairOf(e scenario.Expectation) pair { return pair{e.From, e.To, e.Port} }
+
+// targetName is how a pair's target is named in a probe batch; the echo
+// program hands it back in every result.
+func targetName(to string, port int) string { return fmt.Sprintf("%s:%d", to, port) }
+
+// observation turns a probe result into an Observation.
+func observation(now time.Time, scenarioName, step, from string, e scenario.Expectation, pod string, r echoapi.ProbeResult) Observation {
+	o := Observation{
+		Time: now, Scenario: scenarioName, Step: step, From: from, To: e.To, Port: e.Port, Pod: pod,
+		Result: scenario.Result(r.Result), Reason: r.Reason, Status: r.StatusCode,
+		Latency: time.Duration(r.LatencyNS), Error: r.Error,
+	}
+	// The sidecar appends its element last; the last one is the hop that
+	// terminated mTLS in front of the echo server.
+	if n := len(r.XFCC); n > 0 {
+		o.ClientID, o.ServerID = r.XFCC[n-1].URI, r.XFCC[n-1].By
+	}
+	return o
+}
+
+// expectedIDs are the identities an mtls row must show.
+type expectedIDs struct{ client, server string }
+
+// mismatch says why an observation does not match a row, or "" if it does.
+func mismatch(e scenario.Expectation, ids expectedIDs, o Observation) string {
+	if o.Result != e.Result {
+		return fmt.Sprintf("got %s", describe(o))
+	}
+	switch e.Result {
+	case scenario.ResultFail:
+		if e.Reason != "" && o.Reason != e.Reason {
+			return fmt.Sprintf("failed with %s, want %s", o.Reason, e.Reason)
+		}
+	case scenario.ResultMTLS:
+		if o.ClientID != ids.client {
+			return fmt.Sprintf("mtls with client identity %q, want %q", o.ClientID, ids.client)
+		}
+		if o.ServerID != ids.server {
+			return fmt.Sprintf("mtls with server identity %q, want %q", o.ServerID, ids.server)
+		}
+	}
+	return ""
+}
+
+// describe renders an observation's outcome for a person.
+func describe(o Observation) string {
+	if o.Result == scenario.ResultFail {
+		return "fail (" + o.Reason + ")"
+	}
+	return string(o.Result)
+}
+
+func describeExpectation(e scenario.Expectation) string {
+	if e.Result == scenario.ResultFail {
+		if e.Reason == "" {
+			return "fail (any reason)"
+		}
+		return "fail (" + e.Reason + ")"
+	}
+	return string(e.Result)
+}
+
+// rowHistory is what the engine saw of one row over a whole wait.
+type rowHistory struct {
+	expectation scenario.Expectation
+	last        []Observation  // the latest round's observations
+	counts      map[string]int // outcome → count over the whole wait
+	lastWhy     string
+}
+
+// ExpectationError is an expect step that did not hold within its timeout:
+// the table of expected against last observed, with the counts of every
+// outcome over the whole wait.
+type ExpectationError struct {
+	Step    string
+	Timeout time.Duration
+	Rounds  int
+	rows    []*rowHistory
+	Cause   error // set when probing itself failed, e.g. no ready client pod
+}
+
+func (e *ExpectationError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "step %q: expectations did not hold within %s (%d probe rounds)", e.Step, e.Timeout, e.Rounds)
+	if e.Cause != nil {
+		fmt.Fprintf(&b, "; last probe error: %v", e.Cause)
+	}
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM\tTO\tPORT\tEXPECTED\tLAST OBSERVED\tOVER THE WAIT\tWHY")
+	for _, r := range e.rows {
+		last := "nothing"
+		if len(r.last) > 0 {
+			last = summarize(r.last)
+		}
+		why := r.lastWhy
+		if why == "" {
+			why = "ok"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.expectation.From, r.expectation.To, r.expectation.Port,
+			describeExpectation(r.expectation), last, formatCounts(r.counts), why)
+	}
+	tw.Flush()
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func (e *ExpectationError) Unwrap() error { return e.Cause }
+
+// summarize renders a round's observations of one row, e.g. "mtls x3" or
+// "plaintext x2, fail (reset) x1".
+func summarize(obs []Observation) string {
+	counts := map[string]int{}
+	for _, o := range obs {
+		counts[describe(o)]++
+	}
+	return formatCounts(counts)
+}
+
+func formatCounts(counts map[string]int) string {
+	if len(counts) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s x%d", k, counts[k])
+	}
+	return strings.Join(parts, ", ")
+}

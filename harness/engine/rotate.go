@@ -1,0 +1,244 @@
+package engine
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/klient/wait"
+
+	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// RootCertConfigMap is the ConfigMap istiod writes into every namespace with
+// the mesh's root certificate(s).
+const (
+	RootCertConfigMap = "istio-ca-root-cert"
+	RootCertKey       = "root-cert.pem"
+)
+
+// ServedCert is what a rotation check knows of one served certificate.
+type ServedCert struct {
+	Serial    string
+	NotBefore time.Time
+	NotAfter  time.Time
+	SPIFFEID  string
+	Chain     []*x509.Certificate
+}
+
+func servedCert(chain []*x509.Certificate) (ServedCert, error) {
+	if len(chain) == 0 {
+		return ServedCert{}, errors.New("no certificate was presented")
+	}
+	leaf := chain[0]
+	s := ServedCert{Serial: leaf.SerialNumber.Text(16), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Chain: chain}
+	for _, u := range leaf.URIs {
+		if u.Scheme == "spiffe" {
+			s.SPIFFEID = u.String()
+		}
+	}
+	return s, nil
+}
+
+// RotationCheck is the decision of a rotate step, separate from how the
+// certificates were read so that it can be tested on its own.
+type RotationCheck struct {
+	WantID        string
+	Before        ServedCert
+	After         ServedCert // read through a TLS handshake
+	AfterSidecar  ServedCert // read from the sidecar's config dump
+	Roots         []*x509.Certificate
+	TrafficFailed int // failed mTLS requests during the window
+	TrafficTotal  int
+}
+
+// Verify returns every way the rotation falls short, or nil.
+func (r RotationCheck) Verify() error {
+	var errs []error
+	if r.After.Serial == r.Before.Serial {
+		errs = append(errs, fmt.Errorf("the served certificate did not change (serial %s)", r.Before.Serial))
+	}
+	if r.After.SPIFFEID != r.WantID || r.Before.SPIFFEID != r.WantID {
+		errs = append(errs, fmt.Errorf("identity changed or is wrong: before %q, after %q, want %q", r.Before.SPIFFEID, r.After.SPIFFEID, r.WantID))
+	}
+	if !r.After.NotBefore.After(r.Before.NotBefore) {
+		errs = append(errs, fmt.Errorf("the new certificate is not newer: notBefore %s, the old one's %s", r.After.NotBefore.Format(time.RFC3339), r.Before.NotBefore.Format(time.RFC3339)))
+	}
+	if r.AfterSidecar.Serial != r.After.Serial {
+		errs = append(errs, fmt.Errorf("the sidecar's config dump holds serial %s but the handshake presented %s", r.AfterSidecar.Serial, r.After.Serial))
+	}
+	if len(r.Roots) == 0 {
+		errs = append(errs, errors.New("no mesh root certificate to verify the new chain against"))
+	} else if id, err := ca.VerifyWorkloadChain(r.After.Chain, r.Roots...); err != nil {
+		errs = append(errs, fmt.Errorf("the new chain does not verify against the mesh root: %w", err))
+	} else if id != r.WantID {
+		errs = append(errs, fmt.Errorf("the new chain verifies for %q, want %q", id, r.WantID))
+	}
+	if r.TrafficFailed > 0 {
+		errs = append(errs, fmt.Errorf("%d of %d mTLS requests failed during the rotation", r.TrafficFailed, r.TrafficTotal))
+	}
+	if r.TrafficTotal == 0 {
+		errs = append(errs, errors.New("no mTLS request ran during the rotation window"))
+	}
+	return errors.Join(errs...)
+}
+
+// rotate waits for a workload's served certificate to change and checks
+// the new one while mTLS traffic keeps flowing to the workload.
+func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario.Step) error {
+	if e.certs == nil {
+		return errors.New("the engine has no CertReader: rotate steps cannot run")
+	}
+	w := e.suite.Workload(st.Rotate.Workload)
+	outside, inside := e.observers(w.Name)
+	if outside == "" || inside == "" {
+		return fmt.Errorf("a rotate step needs an out-of-mesh workload (to read the served certificate) and another in-mesh workload (to keep traffic flowing); have %q and %q", outside, inside)
+	}
+	server, err := e.readyPod(ctx, w.Name)
+	if err != nil {
+		return err
+	}
+	reader, err := e.readyPod(ctx, outside)
+	if err != nil {
+		return err
+	}
+	port := w.Ports[0].Number
+	read := func(ctx context.Context) (ServedCert, error) {
+		chain, err := e.certs.HandshakeChain(ctx, reader, server, port)
+		if err != nil {
+			return ServedCert{}, err
+		}
+		return servedCert(chain)
+	}
+	before, err := read(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the certificate %s serves: %w", w.Name, err)
+	}
+	e.logf("%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
+
+	traffic := e.startTraffic(ctx, sc, st, inside, w.Name, port)
+	var after ServedCert
+	waitErr := wait.For(func(ctx context.Context) (bool, error) {
+		c, err := read(ctx)
+		if err != nil {
+			e.logf("%s: reading the served certificate: %v", st.Name, err)
+			return false, nil
+		}
+		after = c
+		return c.Serial != before.Serial, nil
+	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
+	failed, total := traffic.stop()
+	if waitErr != nil {
+		return fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
+	}
+	e.logf("%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
+
+	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, After: after, TrafficFailed: failed, TrafficTotal: total}
+	chain, sidecarRoots, err := e.certs.SidecarSecrets(ctx, server)
+	if err != nil {
+		return fmt.Errorf("reading %s's sidecar secrets: %w", w.Name, err)
+	}
+	if check.AfterSidecar, err = servedCert(chain); err != nil {
+		return fmt.Errorf("%s's sidecar secret default: %w", w.Name, err)
+	}
+	if check.Roots, err = e.meshRoots(ctx, w.Namespace); err != nil {
+		return err
+	}
+	if len(sidecarRoots) > 0 && !sameCerts(sidecarRoots, check.Roots) {
+		e.logf("note: %s's sidecar ROOTCA differs from ConfigMap %s (a root rotation may be in progress)", w.Name, RootCertConfigMap)
+	}
+	return check.Verify()
+}
+
+func sameCerts(a, b []*x509.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// observers picks the workloads a rotation check reads and probes from.
+func (e *Engine) observers(target string) (outside, inside string) {
+	for _, w := range e.suite.Fixtures.Workloads {
+		switch {
+		case !w.InMesh() && outside == "":
+			outside = w.Name
+		case w.InMesh() && w.Name != target && inside == "":
+			inside = w.Name
+		}
+	}
+	return outside, inside
+}
+
+// meshRoots reads the mesh's root certificates as istiod distributes them.
+func (e *Engine) meshRoots(ctx context.Context, namespace string) ([]*x509.Certificate, error) {
+	var cm corev1.ConfigMap
+	if err := e.kube.Get(ctx, client.ObjectKey{Namespace: namespace, Name: RootCertConfigMap}, &cm); err != nil {
+		return nil, fmt.Errorf("reading the mesh root from ConfigMap %s/%s: %w", namespace, RootCertConfigMap, err)
+	}
+	roots, err := ca.ParseCertificatesPEM([]byte(cm.Data[RootCertKey]))
+	if err != nil {
+		return nil, fmt.Errorf("ConfigMap %s/%s: %w", namespace, RootCertConfigMap, err)
+	}
+	return roots, nil
+}
+
+// trafficLoop probes client -> server continuously and counts failures.
+type trafficLoop struct {
+	cancel        context.CancelFunc
+	done          chan struct{}
+	mu            sync.Mutex
+	failed, total int
+}
+
+func (t *trafficLoop) stop() (failed, total int) {
+	t.cancel()
+	<-t.done
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed, t.total
+}
+
+func (e *Engine) startTraffic(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from, to string, port int) *trafficLoop {
+	ctx, cancel := context.WithCancel(ctx)
+	t := &trafficLoop{cancel: cancel, done: make(chan struct{})}
+	x := scenario.Expectation{From: from, To: to, Port: port, Result: scenario.ResultMTLS}
+	rows := []*rowHistory{{expectation: x, counts: map[string]int{}}}
+	go func() {
+		defer close(t.done)
+		ticker := time.NewTicker(e.suite.Defaults.Interval.Duration)
+		defer ticker.Stop()
+		for {
+			if _, err := e.round(ctx, sc, st, rows); err != nil && ctx.Err() == nil {
+				e.logf("%s: background probe: %v", st.Name, err)
+			}
+			if ctx.Err() == nil { // a round cut short by stop() proves nothing
+				t.mu.Lock()
+				for _, o := range rows[0].last {
+					t.total++
+					if o.Result != scenario.ResultMTLS {
+						t.failed++
+					}
+				}
+				t.mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
+	return t
+}
