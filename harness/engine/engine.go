@@ -72,7 +72,9 @@ type Option func(*Engine)
 func WithRecorder(r Recorder) Option { return func(e *Engine) { e.rec = r } }
 
 // WithLogger receives progress lines.
-func WithLogger(logf func(format string, args ...any)) Option { return func(e *Engine) { e.logf = logf } }
+func WithLogger(logf func(format string, args ...any)) Option {
+	return func(e *Engine) { e.logf = logf }
+}
 
 // WithCertReader reads served certificates for rotate steps.
 func WithCertReader(c CertReader) Option { return func(e *Engine) { e.certs = c } }

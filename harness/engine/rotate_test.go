@@ -46,8 +46,11 @@ func TestRotationCheck(t *testing.T) {
 		mutate func(*RotationCheck)
 		want   string
 	}{
-		"unchanged":        {func(r *RotationCheck) { r.After = r.Before; r.AfterSidecar = r.Before }, "did not change"},
-		"other identity":   {func(r *RotationCheck) { r.After = issue(t, mesh, "spiffe://cluster.local/ns/x/sa/y"); r.AfterSidecar = r.After }, "identity changed or is wrong"},
+		"unchanged": {func(r *RotationCheck) { r.After = r.Before; r.AfterSidecar = r.Before }, "did not change"},
+		"other identity": {func(r *RotationCheck) {
+			r.After = issue(t, mesh, "spiffe://cluster.local/ns/x/sa/y")
+			r.AfterSidecar = r.After
+		}, "identity changed or is wrong"},
 		"older":            {func(r *RotationCheck) { r.Before, r.After, r.AfterSidecar = r.After, r.Before, r.Before }, "not newer"},
 		"sources disagree": {func(r *RotationCheck) { r.AfterSidecar = r.Before }, "config dump holds serial"},
 		"wrong root":       {func(r *RotationCheck) { r.Roots = []*x509.Certificate{other.Root} }, "does not verify against the mesh root"},
