@@ -51,13 +51,35 @@ func newChartSource(version, dir, repoURL, cacheRoot string) (chartSource, error
 		return chartSource{}, errors.New("istio: neither a charts dir nor a chart repository URL is set")
 	}
 	if cacheRoot == "" {
-		userCache, err := os.UserCacheDir()
+		root, err := defaultChartCacheRoot()
 		if err != nil {
-			return chartSource{}, fmt.Errorf("istio: no chart cache dir: %w (set one with WithChartCacheDir, or use local charts with WithChartsDir)", err)
+			return chartSource{}, err
 		}
-		cacheRoot = filepath.Join(userCache, "meshproof", "charts")
+		cacheRoot = root
 	}
 	return chartSource{version: version, repoURL: repoURL, cacheDir: filepath.Join(cacheRoot, version)}, nil
+}
+
+// cacheEnv overrides the root of meshproof's cache directory (shared with
+// the other meshproof caches).
+const cacheEnv = "MESHPROOF_CACHE"
+
+// defaultChartCacheRoot is <meshproof cache>/charts: $MESHPROOF_CACHE/charts,
+// else <user cache dir>/meshproof/charts ($HOME/.cache/meshproof/charts on
+// Linux).
+func defaultChartCacheRoot() (string, error) {
+	if dir := os.Getenv(cacheEnv); dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return "", fmt.Errorf("istio: %s=%s: %w", cacheEnv, dir, err)
+		}
+		return filepath.Join(abs, "charts"), nil
+	}
+	userCache, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("istio: no chart cache dir: %w (set %s or use WithChartCacheDir, or use local charts with WithChartsDir)", err, cacheEnv)
+	}
+	return filepath.Join(userCache, "meshproof", "charts"), nil
 }
 
 // checkChartsDir fails early, naming what is missing, when dir is not a

@@ -35,7 +35,17 @@ func TestChartSourceDefaultsToOfficialRepository(t *testing.T) {
 		t.Errorf("base archive cached at %s, want %s", src.archivePath(baseChart), want)
 	}
 
-	// Without WithChartCacheDir the cache is <user cache>/meshproof/charts/<version>.
+	// Without WithChartCacheDir the cache is $MESHPROOF_CACHE/charts/<version>,
+	// else <user cache>/meshproof/charts/<version>.
+	t.Setenv(cacheEnv, filepath.Join(cache, "meshproof-cache"))
+	in, err = New(nil, WithVersion("1.30.3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(cache, "meshproof-cache", "charts", "1.30.3"); in.current.charts.cacheDir != want {
+		t.Errorf("cache dir = %s, want %s", in.current.charts.cacheDir, want)
+	}
+	t.Setenv(cacheEnv, "")
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(cache, "xdg"))
 	in, err = New(nil, WithVersion("1.30.3"), WithChartRepository("https://mirror.example/istio"))
 	if err != nil {

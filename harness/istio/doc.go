@@ -43,6 +43,7 @@
 //
 // By default the charts of the selected version are pulled from Istio's
 // chart repository (DefaultChartRepository) and cached as archives in
+// $MESHPROOF_CACHE/charts/<version> or, by default,
 // <user cache dir>/meshproof/charts/<version>. WithChartsDir uses a local
 // directory with base/ and istiod/ instead (air-gapped users; the project's
 // tests). Istio's charts ship no image hub/tag of a release, so global.hub

@@ -94,8 +94,8 @@ func WithChartsDir(dir string) Option { return func(s *settings) { s.chartsDir =
 func WithChartRepository(url string) Option { return func(s *settings) { s.chartRepository = url } }
 
 // WithChartCacheDir sets where pulled chart archives are kept; charts for
-// version v go to <dir>/<v>. The default is <user cache dir>/meshproof/charts
-// ($HOME/.cache/meshproof/charts on Linux).
+// version v go to <dir>/<v>. The default is $MESHPROOF_CACHE/charts, else
+// <user cache dir>/meshproof/charts ($HOME/.cache/meshproof/charts on Linux).
 func WithChartCacheDir(dir string) Option { return func(s *settings) { s.chartCacheDir = dir } }
 
 // WithNamespace sets the namespace of istiod and of the Helm release records.

@@ -27,6 +27,8 @@ type leftoverKind struct {
 	isIstio func(*unstructured.Unstructured) bool
 }
 
+var crdKind = leftoverKind{schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}, isIstioCRD}
+
 // The kinds are ordered for deletion: webhooks first, so that a dangling
 // webhook (its istiod is gone) cannot block the deletions that follow.
 var leftoverKinds = []leftoverKind{
@@ -34,7 +36,7 @@ var leftoverKinds = []leftoverKind{
 	{schema.GroupVersionResource{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingwebhookconfigurations"}, isIstioObject},
 	{schema.GroupVersionResource{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"}, isIstioObject},
 	{schema.GroupVersionResource{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"}, isIstioObject},
-	{schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}, isIstioCRD},
+	crdKind,
 	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"}, isIstioObject},
 	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"}, isIstioObject},
 	// istiod creates GatewayClasses when the Gateway API CRDs exist.
@@ -109,6 +111,11 @@ func (i *Installer) purge(ctx context.Context) error {
 			}
 		}
 	}
+	if len(errs) == 0 {
+		if err := i.waitCRDsGone(ctx, dc); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := i.purgeRootCertConfigMaps(ctx, dc); err != nil {
 		errs = append(errs, err)
 	}
@@ -119,6 +126,25 @@ func (i *Installer) purge(ctx context.Context) error {
 		return fmt.Errorf("istio: purge incomplete: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// waitCRDsGone waits until the API server has finished deleting the Istio
+// CRDs (it removes their custom resources first), so that a following
+// Install does not meet CRDs that are still terminating.
+func (i *Installer) waitCRDsGone(ctx context.Context, dc dynamic.Interface) error {
+	ctx, cancel := context.WithTimeout(ctx, i.s.operationTimeout)
+	defer cancel()
+	return poll(ctx, "the Istio CRDs to be deleted", func(ctx context.Context) (bool, string, error) {
+		objs, err := listIstio(ctx, dc, crdKind)
+		if err != nil {
+			return false, "", err
+		}
+		names := make([]string, 0, len(objs))
+		for _, o := range objs {
+			names = append(names, o.GetName())
+		}
+		return len(objs) == 0, fmt.Sprintf("%d still present: %s", len(objs), strings.Join(names, ", ")), nil
+	})
 }
 
 var configMapsGVR = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
