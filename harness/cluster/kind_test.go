@@ -81,7 +81,9 @@ func newTestKind(t *testing.T, fk *fakeKind, objs []runtime.Object, opts ...Opti
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.check = func(context.Context) (kindcluster.ProviderOption, error) { return kindcluster.ProviderWithDocker(), nil }
+	k.check = func(context.Context) (kindcluster.ProviderOption, error) {
+		return kindcluster.ProviderWithDocker(), nil
+	}
 	k.newProvider = func(kindcluster.ProviderOption, kindlog.Logger) kindProvider { return fk }
 	k.newClientset = func(rc *rest.Config) (kubernetes.Interface, error) {
 		if rc == nil || rc.Host != "https://127.0.0.1:6443" {
