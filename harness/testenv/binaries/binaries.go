@@ -171,7 +171,7 @@ func build(ctx context.Context, root, dir string, log io.Writer) error {
 			continue
 		}
 		start := time.Now()
-		fmt.Fprintf(log, "binaries: building %s (%s) into %s; a cold kube-apiserver build takes several minutes\n", b.name, b.pkg, target)
+		fmt.Fprintf(log, "binaries: building %s (%s) into %s (minutes when the Go build cache is cold)\n", b.name, b.pkg, target)
 		if err := buildOne(ctx, filepath.Join(root, wrapperModulesDir, b.module), b, target, log); err != nil {
 			return err
 		}
@@ -194,15 +194,17 @@ func buildOne(ctx context.Context, moduleDir string, b binary, target string, lo
 	tmp.Close()
 	defer os.Remove(tmpName) // no-op once renamed
 
-	args := []string{"build", "-mod=readonly", "-trimpath", "-o", tmpName}
+	// -s -w drops the symbol table and DWARF, as release builds do: the binaries are
+	// run, never debugged, and kube-apiserver shrinks from ~170 MB to ~115 MB.
+	ldflags := "-s -w"
 	if b.ldflags != nil {
 		flags, err := b.ldflags(ctx, moduleDir)
 		if err != nil {
 			return err
 		}
-		args = append(args, "-ldflags="+flags)
+		ldflags += " " + flags
 	}
-	args = append(args, b.pkg)
+	args := []string{"build", "-mod=readonly", "-trimpath", "-ldflags=" + ldflags, "-o", tmpName, b.pkg}
 	cmd := goCommand(ctx, moduleDir, args...)
 	// Static binaries, as Kubernetes and etcd release them.
 	cmd.Env = append(cmd.Env, "CGO_ENABLED=0")

@@ -1,0 +1,286 @@
+// Package testenv runs a real Kubernetes control plane (kube-apiserver and etcd, no
+// nodes) with Istio's real CustomResourceDefinitions installed, for the tests of
+// meshproof's Kubernetes-facing packages. It is imported only from _test.go files.
+//
+// The binaries come from package binaries (built from source and cached; see
+// `go run ./harness/testenv/assets`). The CRDs are read from the istio.io/api module
+// that meshproof's go.mod pins, so the schemas the tests validate against are
+// exactly the ones Istio ships for that release.
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/version"
+	"k8s.io/client-go/discovery"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/meshproof/meshproof/harness/testenv/binaries"
+)
+
+const (
+	// IstioCRDsEnv overrides where Istio's CRD file is read from.
+	IstioCRDsEnv = "MESHPROOF_ISTIO_CRDS"
+
+	istioAPIModule = "istio.io/api"
+	// istioCRDFile is the file, inside the istio.io/api module, that holds every Istio CRD.
+	istioCRDFile = "kubernetes/customresourcedefinitions.gen.yaml"
+
+	// establishTimeout bounds the wait for the installed CRDs to be Established.
+	establishTimeout = time.Minute
+	// startTimeout bounds how long each control-plane process may take to come up;
+	// generous because CI machines are shared and slow.
+	startTimeout = 90 * time.Second
+	stopTimeout  = 30 * time.Second
+)
+
+// Env is a running control plane and clients for it.
+type Env struct {
+	// Config authenticates as a cluster admin (system:masters).
+	Config *rest.Config
+	// Scheme knows the built-in Kubernetes types, apiextensions/v1 and Istio's
+	// security/v1 and networking/v1 types.
+	Scheme *runtime.Scheme
+	// Client is an uncached controller-runtime client using Scheme.
+	Client client.Client
+	// Discovery talks to the API server's discovery endpoints.
+	Discovery *discovery.DiscoveryClient
+	// Istio is Istio's typed clientset, which also serves Istio's apply configurations.
+	Istio istioclient.Interface
+	// Metadata lists and gets any resource as PartialObjectMetadata.
+	Metadata metadata.Interface
+	// ServerVersion is what the API server answered on /version.
+	ServerVersion *version.Info
+	// IstioCRDs are the installed Istio CRDs, all Established.
+	IstioCRDs []*apiextensionsv1.CustomResourceDefinition
+
+	environment *envtest.Environment
+}
+
+// Start starts a control plane for t and stops it in t.Cleanup. It fails t (never
+// skips it) when the control plane cannot be started, saying why and how to fix it.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	env, stop, err := StartEnv(ctx)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("testenv: stopping the control plane: %v", err)
+		}
+	})
+	t.Logf("testenv: kube-apiserver %s (built %s) at %s with %d Istio CRDs", env.ServerVersion.GitVersion, env.ServerVersion.BuildDate, env.Config.Host, len(env.IstioCRDs))
+	return env
+}
+
+// StartEnv starts a control plane and returns it with the function that stops it;
+// it suits TestMain, where no testing.TB exists. The caller must call stop once the
+// Env is no longer needed, also when the tests fail, or kube-apiserver and etcd
+// processes are left behind.
+//
+// When KUBEBUILDER_ASSETS is unset the binaries are built first if they are not
+// cached, which takes minutes on a cold machine; ctx bounds that and the start.
+func StartEnv(ctx context.Context) (*Env, func() error, error) {
+	assets, err := binaries.Ensure(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("no kube-apiserver/etcd binaries: %w\n"+
+			"Fix: run `go run ./harness/testenv/assets` from the meshproof checkout (it builds them through the Go module proxy and prints their directory), "+
+			"or set %s to a directory holding kube-apiserver and etcd", err, binaries.AssetsEnv)
+	}
+	crdFile, err := IstioCRDFile(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	scheme, err := NewScheme()
+	if err != nil {
+		return nil, nil, err
+	}
+
+	environment := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		// USE_EXISTING_CLUSTER must not silently turn these tests against a real cluster.
+		UseExistingCluster:       ptr.To(false),
+		Scheme:                   scheme,
+		ControlPlaneStartTimeout: startTimeout,
+		ControlPlaneStopTimeout:  stopTimeout,
+		ErrorIfCRDPathMissing:    true,
+		CRDInstallOptions: envtest.CRDInstallOptions{
+			Paths:              []string{crdFile},
+			MaxTime:            establishTimeout,
+			Scheme:             scheme,
+			ErrorIfPathMissing: true,
+		},
+	}
+	if _, err := environment.Start(); err != nil {
+		// Start may fail after the processes are up (for example while installing
+		// CRDs); stopping here is what keeps them from outliving the test binary.
+		return nil, nil, errors.Join(fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err), stopError(environment.Stop()))
+	}
+	env, err := newEnv(ctx, environment, scheme)
+	if err != nil {
+		return nil, nil, errors.Join(err, stopError(environment.Stop()))
+	}
+	return env, environment.Stop, nil
+}
+
+func stopError(err error) error {
+	if err != nil {
+		return fmt.Errorf("and stopping the control plane failed too: %w", err)
+	}
+	return nil
+}
+
+func newEnv(ctx context.Context, environment *envtest.Environment, scheme *runtime.Scheme) (*Env, error) {
+	cfg := environment.Config
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating a client: %w", err)
+	}
+	disco, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating a discovery client: %w", err)
+	}
+	istio, err := istioclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating an Istio client: %w", err)
+	}
+	// Listing every type, as LeftoversWithLabel does, touches deprecated ones
+	// (ComponentStatus, Endpoints) whose warnings are only noise in test output.
+	quiet := rest.CopyConfig(cfg)
+	quiet.WarningHandler = rest.NoWarnings{}
+	meta, err := metadata.NewForConfig(quiet)
+	if err != nil {
+		return nil, fmt.Errorf("creating a metadata client: %w", err)
+	}
+	serverVersion, err := disco.ServerVersionWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("asking the API server for /version: %w", err)
+	}
+	crds, err := waitEstablished(ctx, c, environment.CRDs)
+	if err != nil {
+		return nil, err
+	}
+	return &Env{
+		Config:        cfg,
+		Scheme:        scheme,
+		Client:        c,
+		Discovery:     disco,
+		Istio:         istio,
+		Metadata:      meta,
+		ServerVersion: serverVersion,
+		IstioCRDs:     crds,
+		environment:   environment,
+	}, nil
+}
+
+// waitEstablished waits until every installed CRD reports Established=True. envtest
+// itself only waits for the resources to appear in discovery, which can precede
+// the CRD being ready to serve.
+func waitEstablished(ctx context.Context, c client.Client, installed []*apiextensionsv1.CustomResourceDefinition) ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	if len(installed) == 0 {
+		return nil, errors.New("no Istio CRDs were installed: the CRD file held none")
+	}
+	current := make([]*apiextensionsv1.CustomResourceDefinition, len(installed))
+	var pending []string
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, establishTimeout, true, func(ctx context.Context) (bool, error) {
+		pending = pending[:0]
+		for i, crd := range installed {
+			got := &apiextensionsv1.CustomResourceDefinition{}
+			if err := c.Get(ctx, types.NamespacedName{Name: crd.Name}, got); err != nil {
+				return false, fmt.Errorf("reading CRD %s: %w", crd.Name, err)
+			}
+			current[i] = got
+			if !isEstablished(got) {
+				pending = append(pending, crd.Name)
+			}
+		}
+		return len(pending) == 0, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("Istio CRDs not Established within %s (still pending: %s): %w", establishTimeout, strings.Join(pending, ", "), err)
+	}
+	return current, nil
+}
+
+func isEstablished(crd *apiextensionsv1.CustomResourceDefinition) bool {
+	for _, cond := range crd.Status.Conditions {
+		if cond.Type == apiextensionsv1.Established {
+			return cond.Status == apiextensionsv1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// NewScheme returns a scheme with the built-in Kubernetes types, apiextensions/v1,
+// and Istio's security/v1 and networking/v1 types.
+func NewScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{
+		clientgoscheme.AddToScheme,
+		apiextensionsv1.AddToScheme,
+		securityv1.AddToScheme,
+		networkingv1.AddToScheme,
+	} {
+		if err := add(scheme); err != nil {
+			return nil, fmt.Errorf("building the test scheme: %w", err)
+		}
+	}
+	return scheme, nil
+}
+
+// IstioCRDFile locates Istio's CRD file in the istio.io/api module of the current
+// module graph (the version meshproof's go.mod pins), or returns $MESHPROOF_ISTIO_CRDS.
+func IstioCRDFile(ctx context.Context) (string, error) {
+	if path := os.Getenv(IstioCRDsEnv); path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return "", fmt.Errorf("%s: %w", IstioCRDsEnv, err)
+		}
+		return path, nil
+	}
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", istioAPIModule)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		return "", fmt.Errorf("locating module %s to read Istio's CRDs (go list -m in %s): %v %s\n"+
+			"Fix: run the tests from the meshproof checkout with its modules downloaded (`go mod download %s`), or set %s to the CRD file",
+			istioAPIModule, workingDir(), err, strings.TrimSpace(stderr.String()), istioAPIModule, IstioCRDsEnv)
+	}
+	path := filepath.Join(dir, filepath.FromSlash(istioCRDFile))
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("Istio's CRD file is missing from module %s: %w", istioAPIModule, err)
+	}
+	return path, nil
+}
+
+func workingDir() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "the working directory"
+	}
+	return wd
+}
