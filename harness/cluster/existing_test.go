@@ -236,4 +236,19 @@ func TestExistingE2EFrameworkMethods(t *testing.T) {
 	if e.Name() != "mesh" || e.KubernetesRestConfig().Host != "https://mesh.example:6443" {
 		t.Errorf("name/version/path changed an existing cluster: %q %q", e.Name(), e.KubernetesRestConfig().Host)
 	}
+	applied := false
+	p.WithOpts(func(c support.E2EClusterProvider) { applied = c == p })
+	if !applied {
+		t.Error("WithOpts did not apply the option to the provider")
+	}
+	path, err := e.GenerateKubeconfig()
+	if err != nil || path == "" || path != e.GetKubeconfig() {
+		t.Errorf("GenerateKubeconfig = %q, %v", path, err)
+	}
+	if _, err := e.GenerateKubeconfig("--minify"); err == nil {
+		t.Error("GenerateKubeconfig accepted CLI arguments")
+	}
+	if err := e.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }

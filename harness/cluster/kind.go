@@ -261,6 +261,9 @@ func (k *Kind) writeKubeconfig(path string) error {
 // CreateWithConfig is Create with the kind configuration read from
 // configFile (as WithConfigFile); an empty path means kind's default.
 func (k *Kind) CreateWithConfig(ctx context.Context, configFile string) (string, error) {
+	if err := k.ensureProvider(ctx); err != nil {
+		return "", err
+	}
 	if configFile != "" {
 		if k.rawConfig != nil {
 			return "", fmt.Errorf("kind cluster %q: CreateWithConfig(%q) conflicts with the WithConfig option; give the configuration one way only", k.name, configFile)
@@ -455,7 +458,8 @@ func (k *Kind) SetDefaults() support.E2EClusterProvider {
 	return k
 }
 
-// WithName renames the cluster; the name is validated by Create.
+// WithName renames the cluster; call it before Create, which validates the
+// name.
 func (k *Kind) WithName(name string) support.E2EClusterProvider {
 	k.name = name
 	return k

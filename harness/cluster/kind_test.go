@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
 	kindcluster "sigs.k8s.io/kind/pkg/cluster"
 	"sigs.k8s.io/kind/pkg/cluster/nodes"
 	kindlog "sigs.k8s.io/kind/pkg/log"
@@ -250,5 +251,60 @@ func TestKindExportLogs(t *testing.T) {
 	}
 	if !slices.Equal(fk.logsDirs, []string{dest}) {
 		t.Errorf("logs collected into %v, want %s", fk.logsDirs, dest)
+	}
+}
+
+// restOnlyClient is the part of e2e-framework's klient.Client that
+// WaitForControlPlane uses.
+type restOnlyClient struct{ rc *rest.Config }
+
+func (c restOnlyClient) RESTConfig() *rest.Config                 { return c.rc }
+func (c restOnlyClient) Resources(...string) *resources.Resources { return nil }
+
+func TestKindWaitForControlPlane(t *testing.T) {
+	k := newTestKind(t, &fakeKind{}, readyCluster())
+	client := restOnlyClient{&rest.Config{Host: "https://127.0.0.1:6443"}}
+	if err := k.WaitForControlPlane(context.Background(), client); err != nil {
+		t.Fatal(err)
+	}
+	k = newTestKind(t, &fakeKind{}, nil, WithWaitTimeout(20*time.Millisecond))
+	if err := k.WaitForControlPlane(context.Background(), client); err == nil || !strings.Contains(err.Error(), "no nodes registered yet") {
+		t.Errorf("WaitForControlPlane on an empty cluster = %v", err)
+	}
+}
+
+func TestKindCreateWithConfig(t *testing.T) {
+	cfgFile := filepath.Join(t.TempDir(), "kind.yaml")
+	fk := &fakeKind{}
+	k := newTestKind(t, fk, readyCluster(), WithKubeconfigDir(t.TempDir()))
+	if _, err := k.CreateWithConfig(context.Background(), cfgFile); err != nil {
+		t.Fatal(err)
+	}
+	// kubeconfig path, no usage, no salutation, config file
+	if k.configFile != cfgFile || fk.createOpts != 4 {
+		t.Errorf("config file %q, %d create options", k.configFile, fk.createOpts)
+	}
+
+	k = newTestKind(t, &fakeKind{}, readyCluster(), WithConfig([]byte("kind: Cluster")))
+	if _, err := k.CreateWithConfig(context.Background(), cfgFile); err == nil || !strings.Contains(err.Error(), "conflicts with the WithConfig option") {
+		t.Errorf("CreateWithConfig with WithConfig = %v", err)
+	}
+}
+
+func TestKindGenerateKubeconfigRestoresMode(t *testing.T) {
+	k := newTestKind(t, &fakeKind{}, readyCluster(), WithKubeconfigDir(t.TempDir()))
+	path, err := k.Create(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	again, err := k.GenerateKubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != path || fileMode(t, path) != 0o600 || mustRead(t, path) != fakeKubeconfig {
+		t.Errorf("GenerateKubeconfig wrote %s mode %04o", again, fileMode(t, path))
 	}
 }
