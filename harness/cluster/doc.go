@@ -30,7 +30,8 @@
 //
 // Only a machine with a running Docker or Podman engine can check the parts
 // that are kind itself: that a cluster is really created from the node
-// image and kind configuration, that its nodes and kube-system pods become
+// image and kind configuration (kind parses and validates the configuration
+// only inside its Create, so a malformed one is reported there), that its nodes and kube-system pods become
 // Ready within the timeout, that an existing cluster is found by kind's
 // List and reused, that Delete removes the node containers, that
 // ExportLogs writes the node logs, and that LoadImageArchive makes an image
