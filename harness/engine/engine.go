@@ -24,10 +24,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/apply"
+	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
@@ -254,49 +254,14 @@ func (e *Engine) restart(ctx context.Context, workloads []string) error {
 	return e.waitRolledOut(ctx, workloads)
 }
 
-// waitRolledOut waits until every workload's Deployment has rolled out its
-// latest template with all replicas ready, as `kubectl rollout status` does.
+// waitRolledOut waits for the workloads' Deployments to roll out.
 func (e *Engine) waitRolledOut(ctx context.Context, workloads []string) error {
-	var pending string
-	err := wait.For(func(ctx context.Context) (bool, error) {
-		for _, name := range workloads {
-			w := e.suite.Workload(name)
-			var d appsv1.Deployment
-			if err := e.kube.Get(ctx, client.ObjectKey{Namespace: w.Namespace, Name: w.Name}, &d); err != nil {
-				pending = fmt.Sprintf("%s: %v", name, err)
-				return false, nil
-			}
-			if why := rolloutPending(&d); why != "" {
-				pending = fmt.Sprintf("%s: %s", name, why)
-				return false, nil
-			}
-		}
-		return true, nil
-	}, wait.WithContext(ctx), wait.WithInterval(time.Second), wait.WithTimeout(timeLeft(ctx)), wait.WithImmediate())
-	if err != nil {
-		return fmt.Errorf("waiting for rollout: %s: %w", pending, err)
+	keys := make([]client.ObjectKey, len(workloads))
+	for i, name := range workloads {
+		w := e.suite.Workload(name)
+		keys[i] = client.ObjectKey{Namespace: w.Namespace, Name: w.Name}
 	}
-	return nil
-}
-
-// rolloutPending says why a Deployment is not rolled out yet, or "".
-func rolloutPending(d *appsv1.Deployment) string {
-	want := int32(1)
-	if d.Spec.Replicas != nil {
-		want = *d.Spec.Replicas
-	}
-	s := d.Status
-	switch {
-	case s.ObservedGeneration < d.Generation:
-		return "the controller has not seen the latest spec"
-	case s.UpdatedReplicas < want:
-		return fmt.Sprintf("%d of %d replicas updated", s.UpdatedReplicas, want)
-	case s.Replicas > s.UpdatedReplicas:
-		return fmt.Sprintf("%d old replicas still terminating", s.Replicas-s.UpdatedReplicas)
-	case s.AvailableReplicas < want:
-		return fmt.Sprintf("%d of %d updated replicas available", s.AvailableReplicas, want)
-	}
-	return ""
+	return deploy.WaitRolledOut(ctx, e.kube, keys...)
 }
 
 // timeLeft is the time until ctx's deadline, for waits bounded by the step.

@@ -28,8 +28,16 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, st *scenario
 	var lastErr error
 	start := e.now()
 	err := wait.For(func(ctx context.Context) (bool, error) {
+		// A round that cannot finish before the deadline would only replace
+		// the last real observations with "cut short".
+		if d, ok := ctx.Deadline(); ok && time.Until(d) < e.suite.Defaults.Interval.Duration {
+			return false, nil
+		}
 		rounds++
 		ok, err := e.round(ctx, sc, st, rows)
+		if ctx.Err() != nil {
+			return false, nil // a round cut short by the timeout tells nothing
+		}
 		lastErr = err
 		switch {
 		case err != nil:
@@ -65,50 +73,64 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 	}
 	td := e.cluster.Istio.TrustDomain
 	all := true
+	var errs []error
 	for _, from := range clients {
 		pod, err := e.readyPod(ctx, from)
-		if err != nil {
-			return false, err
+		if err == nil {
+			err = e.probeClient(ctx, sc, st, from, pod, byClient[from], td)
 		}
-		spec := echoapi.ProbeSpec{
-			RequestsPerTarget: e.suite.Defaults.Requests,
-			Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
-			Deadline:          echoapi.Duration(e.batchDeadline(len(byClient[from]))),
+		if err != nil {
+			errs = append(errs, err)
+			for _, r := range byClient[from] {
+				r.last, r.lastWhy = nil, "not observed: "+err.Error()
+			}
 		}
 		for _, r := range byClient[from] {
-			spec.Targets = append(spec.Targets, e.target(r.expectation))
-		}
-		results, err := e.prober.Probe(ctx, pod, spec)
-		if err != nil {
-			return false, fmt.Errorf("probing from %s (%s): %w", from, pod, err)
-		}
-		now := e.now()
-		for _, r := range byClient[from] {
-			x := r.expectation
-			name := targetName(x.To, x.Port)
-			ids := expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: e.suite.Workload(x.To).SPIFFEID(td)}
-			r.last, r.lastWhy = r.last[:0], ""
-			for _, res := range results {
-				if res.Target != name {
-					continue
-				}
-				o := observation(now, sc.Name, st.Name, from, x, pod.Name, res)
-				e.rec.Record(o)
-				r.last = append(r.last, o)
-				r.counts[describe(o)]++
-				if why := mismatch(x, ids, o); why != "" && r.lastWhy == "" {
-					r.lastWhy = why
-				}
-			}
-			if len(r.last) == 0 {
-				r.lastWhy = "the probe returned no result for this target"
-			}
 			if r.lastWhy != "" {
 				all = false
 			}
 		}
 	}
-	return all, nil
+	return all, errors.Join(errs...)
+}
+
+// probeClient runs one client's batch and scores its rows.
+func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pod Pod, rows []*rowHistory, td string) error {
+	spec := echoapi.ProbeSpec{
+		RequestsPerTarget: e.suite.Defaults.Requests,
+		Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
+		Deadline:          echoapi.Duration(e.batchDeadline(len(rows))),
+	}
+	for _, r := range rows {
+		spec.Targets = append(spec.Targets, e.target(r.expectation))
+	}
+	results, err := e.prober.Probe(ctx, pod, spec)
+	if err != nil {
+		return fmt.Errorf("probing from %s (%s): %w", from, pod, err)
+	}
+	now := e.now()
+	for _, r := range rows {
+		x := r.expectation
+		name := targetName(x.To, x.Port)
+		ids := expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: e.suite.Workload(x.To).SPIFFEID(td)}
+		r.last, r.lastWhy = r.last[:0], ""
+		for _, res := range results {
+			if res.Target != name {
+				continue
+			}
+			o := observation(now, sc.Name, st.Name, from, x, pod.Name, res)
+			e.rec.Record(o)
+			r.last = append(r.last, o)
+			r.counts[describe(o)]++
+			if why := mismatch(x, ids, o); why != "" && r.lastWhy == "" {
+				r.lastWhy = why
+			}
+		}
+		if len(r.last) == 0 {
+			r.lastWhy = "the probe returned no result for this target"
+		}
+	}
+	return nil
 }
 
 // target is the URL a row probes: the server's Service, so that the client's
