@@ -253,7 +253,11 @@ type recorded struct {
 }
 
 func (r *recorded) Record(o Observation) { r.mu.Lock(); r.obs = append(r.obs, o); r.mu.Unlock() }
-func (r *recorded) all() []Observation   { r.mu.Lock(); defer r.mu.Unlock(); return append([]Observation(nil), r.obs...) }
+func (r *recorded) all() []Observation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Observation(nil), r.obs...)
+}
 
 func TestExpectFailsAtTimeoutWithATable_ScriptedTransport(t *testing.T) {
 	s, ns := suiteIn(t, `  - timeout: 2s
