@@ -29,12 +29,12 @@
 // kubeconfig handling, and DeleteRunObjects.
 //
 // Only a machine with a running Docker or Podman engine can check the parts
-// that are kind itself: that a cluster is really created from the node
-// image and kind configuration (kind parses and validates the configuration
-// only inside its Create, so a malformed one is reported there), that its nodes and kube-system pods become
-// Ready within the timeout, that an existing cluster is found by kind's
-// List and reused, that Delete removes the node containers, that
-// ExportLogs writes the node logs, and that LoadImageArchive makes an image
-// available to the nodes' containerd. meshproof's end-to-end suites exercise
-// these.
+// that are kind itself: that a cluster is really created from the node image
+// and kind configuration (kind parses and validates the configuration only
+// inside its Create, so a malformed one is reported there), that its nodes and
+// kube-system pods become Ready within the timeout, that an existing cluster
+// is found by kind's List and reused, that Delete removes the node
+// containers, that ExportLogs writes the node logs, and that LoadImageArchive
+// makes an image available to the nodes' containerd. meshproof's end-to-end
+// suites exercise these.
 package cluster
