@@ -211,6 +211,9 @@ func buildOne(ctx context.Context, moduleDir string, b binary, target string, lo
 	cmd.Stdout = log
 	cmd.Stderr = log
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("build of %s interrupted, nothing was installed: %w", b.name, context.Cause(ctx))
+		}
 		return fmt.Errorf("go %s (in %s): %w", strings.Join(args, " "), moduleDir, err)
 	}
 	if err := os.Chmod(tmpName, 0o755); err != nil {

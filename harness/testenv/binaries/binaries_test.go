@@ -287,3 +287,26 @@ func TestKubeVersionLDFlagsStampBothVersionPackages(t *testing.T) {
 		t.Errorf("build date was not taken from the module's publication time: %q", flags)
 	}
 }
+
+func TestBuildOneCancelledLeavesNoFile(t *testing.T) {
+	module := t.TempDir()
+	files := map[string]string{
+		"go.mod":  "module example.com/cancelled\n\ngo 1.26.0\n",
+		"main.go": "package main\n\nfunc main() {}\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(module, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	out := t.TempDir()
+	err := buildOne(ctx, module, binary{name: "cancelled", pkg: "example.com/cancelled"}, filepath.Join(out, "cancelled"), &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("cancelled build returned %v, want an interruption error", err)
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 0 {
+		t.Errorf("a cancelled build left files behind: %v", entries)
+	}
+}
