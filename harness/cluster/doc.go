@@ -9,8 +9,9 @@
 //     LoadImageArchive loads an image tarball into every node in parallel;
 //     ExportLogs collects kind's node logs.
 //   - Existing uses a cluster meshproof did not create, through a kubeconfig
-//     context. It never deletes the cluster; DeleteRunObjects removes what a
-//     run created there, selected by the run-id label of package ownership.
+//     context. It never deletes the cluster; what a run created there is
+//     removed with deploy.Sweep(deploy.RunSelector(runID)), which selects by
+//     the run-id label of package ownership across every resource type.
 //
 // Before any other work, every Kind operation checks that a container engine
 // answers (kind's own detection only finds a client binary); without one it
@@ -26,7 +27,7 @@
 // keep-or-delete decision against a fake kind provider and a fake API
 // server, the readiness wait (including the error naming what is not
 // ready), parallel archive loading into fake nodes, the Existing provider's
-// kubeconfig handling, and DeleteRunObjects.
+// kubeconfig handling.
 //
 // Only a machine with a running Docker or Podman engine can check the parts
 // that are kind itself: that a cluster is really created from the node image

@@ -21,7 +21,9 @@ var _ support.E2EClusterProvider = (*Existing)(nil)
 // Existing is an e2e-framework cluster provider for a cluster meshproof did
 // not create, reached through a kubeconfig context. It never deletes the
 // cluster: Destroy does nothing to it. What a run created there is removed
-// by its run-id label only (DeleteRunObjects).
+// by its run-id label only, with deploy.Sweep(deploy.RunSelector(runID))
+// (package harness/deploy), which looks across every resource type the API
+// server reports.
 type Existing struct {
 	settings
 	name        string
@@ -166,7 +168,7 @@ func (e *Existing) WaitForControlPlane(ctx context.Context, client klient.Client
 
 // Destroy never deletes the cluster; it says so in the log and removes only
 // the temporary kubeconfig directory, if Create made one. Remove the run's
-// objects with DeleteRunObjects.
+// objects with deploy.Sweep(deploy.RunSelector(runID)).
 func (e *Existing) Destroy(ctx context.Context) error {
 	e.logger.Info("not deleting the existing cluster: meshproof only removes the objects of its run, by label", "context", e.contextName)
 	if e.tempDir == "" {
