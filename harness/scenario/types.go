@@ -24,7 +24,8 @@ type Suite struct {
 	Clusters []Cluster `json:"clusters"`
 	// Fixtures are the workloads deployed into every cluster.
 	Fixtures Fixtures `json:"fixtures,omitempty"`
-	// Scenarios run in order; each is an ordered list of steps.
+	// Scenarios are independent of each other: each starts without any of
+	// meshproof's policies, runs its steps in order, and removes its policies.
 	Scenarios []Scenario `json:"scenarios"`
 
 	Source Source `json:"-"`
