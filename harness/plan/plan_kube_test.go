@@ -1,0 +1,318 @@
+package plan_test
+
+// These tests hold the plan to a real kube-apiserver with Istio's real CRDs
+// (harness/testenv): every object `meshproof plan -o yaml` prints must be
+// accepted by server-side apply, and a policy the CRD schema refuses must be
+// reported with the API server's words at the scenario line it came from.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/meshproof/meshproof/harness/apply"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/plan"
+	"github.com/meshproof/meshproof/harness/policy"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	e, stop, err := testenv.StartEnv(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "plan tests need a real API server: %v\n", err)
+		os.Exit(1)
+	}
+	env = e
+	code := m.Run()
+	if err := stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// scenariosFile is the repository's own scenario file.
+const scenariosFile = "../../scenarios.yaml"
+
+// loadRepoScenarios loads the repository's scenarios.yaml under the name a
+// user running `meshproof` from the repository root sees in positions.
+func loadRepoScenarios(t *testing.T) (*scenario.Suite, []string) {
+	t.Helper()
+	data, err := os.ReadFile(scenariosFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := scenario.Load("scenarios.yaml", data)
+	if err != nil {
+		t.Fatalf("the repository's scenarios.yaml does not load: %v", err)
+	}
+	return s, strings.Split(string(data), "\n")
+}
+
+func ensureNamespace(t *testing.T, name string) {
+	t.Helper()
+	err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("creating namespace %s: %v", name, err)
+	}
+}
+
+// yamlDocuments parses multi-document YAML into objects. Documents holding
+// only comments (the plan's header) yield nothing; any other document that
+// is not an object is an error.
+func yamlDocuments(t *testing.T, data []byte) []*unstructured.Unstructured {
+	t.Helper()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var objs []*unstructured.Unstructured
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs
+		}
+		if err != nil {
+			t.Fatalf("reading the plan's YAML: %v", err)
+		}
+		var m map[string]any
+		if err := sigsyaml.Unmarshal(doc, &m); err != nil {
+			t.Fatalf("plan YAML document does not parse: %v\n%s", err, doc)
+		}
+		if m == nil {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: m}
+		if u.GetKind() == "" || u.GetAPIVersion() == "" || u.GetName() == "" {
+			t.Fatalf("plan YAML document is not a Kubernetes object:\n%s", doc)
+		}
+		objs = append(objs, u)
+	}
+}
+
+func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, _ := loadRepoScenarios(t)
+	const runID = "plan-accept"
+	p, err := plan.Build(s, runID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	planned := p.Objects()
+	// The mesh-wide policies live in Istio's root namespace, which Istio's
+	// install creates, not meshproof; the fixtures' namespace is in the plan.
+	ensureNamespace(t, scenario.IstioRootNamespace)
+
+	// What `meshproof plan -o yaml` prints is applied as printed.
+	var out bytes.Buffer
+	if err := p.WriteYAML(&out); err != nil {
+		t.Fatal(err)
+	}
+	printed := yamlDocuments(t, out.Bytes())
+	if len(printed) != len(planned) {
+		t.Fatalf("WriteYAML printed %d objects, Objects() has %d", len(printed), len(planned))
+	}
+	printedObjs := make([]client.Object, len(printed))
+	for i, u := range printed {
+		printedObjs[i] = u
+	}
+	if err := apply.Objects(ctx, env.Client, printedObjs...); err != nil {
+		t.Fatalf("the API server refused the plan's YAML: %v", err)
+	}
+
+	// Every object is stored, labelled as this run's.
+	stored := storedState(ctx, t, printedObjs, runID)
+	// Several steps apply the same policy (same kind, namespace and name),
+	// one after the other as a run does; the last one wins.
+	t.Logf("applied %d objects (%d distinct) to kube-apiserver %s", len(printed), len(stored), env.ServerVersion.GitVersion)
+
+	// The typed objects are the same objects: applied in the same order to
+	// the same starting point, they are accepted and end in the same stored
+	// state. The policies go first, so that each pass starts from no
+	// policies: re-applying over a later step's policy is a different case.
+	for _, o := range printed {
+		if k := o.GetKind(); k == "PeerAuthentication" || k == "DestinationRule" {
+			if err := env.Client.Delete(ctx, o); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := apply.Objects(ctx, env.Client, planned...); err != nil {
+		t.Fatalf("the API server refused a planned object: %v", err)
+	}
+	for name, want := range storedState(ctx, t, planned, runID) {
+		if !reflect.DeepEqual(want, stored[name]) {
+			t.Errorf("%s: applying the typed object stored\n%v\nbut its printed YAML stored\n%v", name, want, stored[name])
+		}
+	}
+}
+
+// storedState reads back every object as stored, checks that it carries the
+// run's label, and returns what was applied of it (labels, annotations and
+// everything outside metadata and status) by object name.
+func storedState(ctx context.Context, t *testing.T, objs []client.Object, runID string) map[string]map[string]any {
+	t.Helper()
+	state := map[string]map[string]any{}
+	for _, o := range objs {
+		u, err := apply.ToUnstructured(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &unstructured.Unstructured{}
+		got.SetGroupVersionKind(u.GroupVersionKind())
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(u), got); err != nil {
+			t.Fatalf("%s was applied but cannot be read back: %v", apply.Describe(u), err)
+		}
+		if got.GetLabels()[ownership.RunIDLabel] != runID {
+			t.Errorf("%s: run-id label %q, want %q", apply.Describe(u), got.GetLabels()[ownership.RunIDLabel], runID)
+		}
+		s := map[string]any{"labels": got.GetLabels(), "annotations": got.GetAnnotations()}
+		for k, v := range got.Object {
+			if k != "metadata" && k != "status" {
+				s[k] = v
+			}
+		}
+		state[apply.Describe(u)] = s
+	}
+	return state
+}
+
+// firstPolicy returns the first policy of the suite's mtls steps for which
+// pick returns true, with the line of scenarios.yaml it was written at.
+func firstPolicy(t *testing.T, s *scenario.Suite, pick func(client.Object) bool) policy.Object {
+	t.Helper()
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		for j := range sc.Steps {
+			if sc.Steps[j].MTLS == nil {
+				continue
+			}
+			objs, err := policy.ForMTLS(s, sc.Steps[j].MTLS, policy.Step{RunID: "plan-invalid", Scenario: sc.Name, Index: j})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range objs {
+				if pick(o.Object) {
+					return o
+				}
+			}
+		}
+	}
+	t.Fatal("scenarios.yaml has no policy of the kind this test needs")
+	return policy.Object{}
+}
+
+// applyWithField applies the policy with one field of its spec replaced,
+// as though the loader had let a bad value through, and returns the error.
+func applyWithField(t *testing.T, o policy.Object, value string, field ...string) error {
+	t.Helper()
+	u, err := apply.ToUnstructured(o.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, found, err := unstructured.NestedFieldNoCopy(u.Object, field...); !found || err != nil {
+		t.Fatalf("%s has no field %s (err %v):\n%v", apply.Describe(u), strings.Join(field, "."), err, u.Object)
+	}
+	if err := unstructured.SetNestedField(u.Object, value, field...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ensureNamespace(t, u.GetNamespace())
+	err = apply.Policies(ctx, env.Client, policy.Object{Object: u, Source: o.Source})
+	if err == nil {
+		t.Fatalf("the API server accepted %s with %s=%q", apply.Describe(u), strings.Join(field, "."), value)
+	}
+	return err
+}
+
+// assertRefusedAtLine checks that err is meshproof's report of the API
+// server's refusal, at the scenario position of the policy, and that this
+// position really is where the policy is written in the file.
+func assertRefusedAtLine(t *testing.T, err error, o policy.Object, lines []string, apiMessage string) {
+	t.Helper()
+	var applyErr *apply.Error
+	if !errors.As(err, &applyErr) {
+		t.Fatalf("error is %T, not *apply.Error: %v", err, err)
+	}
+	if !apierrors.IsInvalid(err) {
+		t.Errorf("error does not carry the API server's Invalid status: %v", err)
+	}
+	pos := applyErr.Source
+	prefix := fmt.Sprintf("scenarios.yaml:%d:%d: ", pos.Line, pos.Column)
+	if !strings.HasPrefix(err.Error(), prefix) {
+		t.Errorf("error does not start with the policy's position %q:\n%v", prefix, err)
+	}
+	if !strings.Contains(err.Error(), apiMessage) {
+		t.Errorf("error does not contain the API server's message %q:\n%v", apiMessage, err)
+	}
+	if !strings.Contains(err.Error(), apply.Describe(o.Object)) {
+		t.Errorf("error does not name the refused object %s:\n%v", apply.Describe(o.Object), err)
+	}
+	if pos.Line < 1 || pos.Line > len(lines) || pos.Column < 1 || pos.Column > len(lines[pos.Line-1]) {
+		t.Fatalf("position %s is outside scenarios.yaml", pos)
+	}
+	at := lines[pos.Line-1][pos.Column-1:]
+	t.Logf("refused at %s (%q): %v", pos, at, err)
+	if !strings.Contains(at, "mode:") {
+		t.Errorf("position %s points at %q, not at the policy mapping that sets its mode", pos, at)
+	}
+}
+
+func TestInvalidPeerAuthenticationModeIsReportedAtItsScenarioLine(t *testing.T) {
+	s, lines := loadRepoScenarios(t)
+	pa := firstPolicy(t, s, func(o client.Object) bool {
+		return o.GetObjectKind().GroupVersionKind().Kind == "PeerAuthentication"
+	})
+	err := applyWithField(t, pa, "STRCT", "spec", "mtls", "mode")
+	assertRefusedAtLine(t, err, pa, lines, `Unsupported value: "STRCT"`)
+
+	// The refused object did not reach storage.
+	got := &unstructured.Unstructured{}
+	got.SetGroupVersionKind(pa.Object.GetObjectKind().GroupVersionKind())
+	err = env.Client.Get(context.Background(), client.ObjectKeyFromObject(pa.Object), got)
+	if err == nil {
+		if mode, _, _ := unstructured.NestedString(got.Object, "spec", "mtls", "mode"); mode == "STRCT" {
+			t.Errorf("the refused mode was stored")
+		}
+	} else if !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+}
+
+func TestInvalidDestinationRuleTLSModeIsReportedAtItsScenarioLine(t *testing.T) {
+	s, lines := loadRepoScenarios(t)
+	dr := firstPolicy(t, s, func(o client.Object) bool {
+		if o.GetObjectKind().GroupVersionKind().Kind != "DestinationRule" {
+			return false
+		}
+		u, err := apply.ToUnstructured(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, found, _ := unstructured.NestedString(u.Object, "spec", "trafficPolicy", "tls", "mode")
+		return found
+	})
+	err := applyWithField(t, dr, "ISTIO_MUTAL", "spec", "trafficPolicy", "tls", "mode")
+	assertRefusedAtLine(t, err, dr, lines, `Unsupported value: "ISTIO_MUTAL"`)
+}
