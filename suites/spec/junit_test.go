@@ -110,17 +110,17 @@ func isDecimal(s string) bool { return decimal.MatchString(s) }
 
 var decimal = regexp.MustCompile(`^[+-]?(\d+(\.\d*)?|\.\d+)$`)
 
-// runTiny runs the tiny suite in testdata with `go test` — a real Ginkgo run
-// in its own process — and returns its JUnit report.
+// runTiny runs the tiny suite in testdata — a real Ginkgo run in its own
+// process — and returns its JUnit report.
 func runTiny(t *testing.T, env ...string) []byte {
 	t.Helper()
 	report := filepath.Join(t.TempDir(), "junit.xml")
-	cmd := exec.Command("go", "test", "-count=1", "./testdata/tiny")
+	cmd := exec.Command("go", "run", "./testdata/tiny")
 	cmd.Env = append(append(os.Environ(), "MESHPROOF_TINY_JUNIT="+report), env...)
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) { // the suite has failing specs: it must exit non-zero
-		t.Fatalf("go test of the tiny suite: want a failing exit, got %v\n%s", err, out)
+		t.Fatalf("the tiny suite: want a failing exit, got %v\n%s", err, out)
 	}
 	data, err := os.ReadFile(report)
 	if err != nil {

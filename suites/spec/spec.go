@@ -92,7 +92,9 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 }
 
 func declareScenario(sc *scenario.Scenario, r Runner) {
-	Describe(sc.Name, Ordered, Label(sc.Labels...), func() {
+	// Serial: scenarios on one cluster share its mesh-wide and namespace
+	// policies, so two of them must never run at once.
+	Describe(sc.Name, Ordered, Serial, Label(sc.Labels...), func() {
 		BeforeAll(func(ctx SpecContext) {
 			progress("scenario %s on %s", sc.Name, sc.Cluster)
 			if err := r.BeginScenario(ctx, sc); err != nil {

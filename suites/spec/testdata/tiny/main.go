@@ -1,15 +1,19 @@
-// Package tiny is a small real Ginkgo suite declared by package spec with a
+// Command tiny is a small real Ginkgo suite declared by package spec with a
 // scripted Runner: one scenario passes, one fails in a step, one fails in its
-// setup. spec's tests run it with `go test` and check the JUnit it writes.
-// MESHPROOF_TINY_SETUP_FAILS=1 makes the whole suite's setup fail instead,
-// as a cluster or Istio installation failure would.
-package tiny
+// setup. spec's tests run it with `go run` and check the JUnit it writes to
+// $MESHPROOF_TINY_JUNIT. MESHPROOF_TINY_SETUP_FAILS=1 makes the whole suite's
+// setup fail instead, as a cluster or Istio installation failure would.
+//
+// It is a program rather than a _test.go suite so that `ginkgo ./suites/...`
+// does not list it among meshproof's own suites.
+package main
 
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"os"
-	"testing"
 
 	. "github.com/onsi/ginkgo/v2"
 
@@ -61,11 +65,22 @@ func (scripted) EndScenario(context.Context, *scenario.Scenario) error      { re
 func (scripted) Diagnose(context.Context, *scenario.Scenario, string) error { return nil }
 func (scripted) Teardown(context.Context) error                             { return nil }
 
-func TestTiny(t *testing.T) {
+// failureFlag is the testing.T stand-in Ginkgo reports the suite's outcome to.
+type failureFlag struct{ failed bool }
+
+func (f *failureFlag) Fail() { f.failed = true }
+
+func main() {
+	flag.Parse() // Ginkgo's -ginkgo.* flags
 	s, err := scenario.Load("tiny.yaml", []byte(suiteYAML))
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
 	spec.Declare(s, scripted{}, spec.WithJUnit(os.Getenv("MESHPROOF_TINY_JUNIT")))
-	RunSpecs(t, "tiny")
+	var t failureFlag
+	RunSpecs(&t, "tiny")
+	if t.failed {
+		os.Exit(1)
+	}
 }
