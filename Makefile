@@ -6,6 +6,8 @@ GO ?= go
 # machines have them beside the repository.
 export MESHPROOF_ISTIO_CHARTS ?= $(abspath ../shared/istio-charts)
 SCENARIOS ?= scenarios.yaml
+# ISTIO_VERSION, when set, overrides the Istio version of every cluster.
+ISTIO_VERSION ?=
 GINKGO_FLAGS ?=
 TEST_TIMEOUT ?= 30m
 
@@ -20,7 +22,8 @@ test: lint
 	$(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
 
 e2e:
-	$(GO) tool ginkgo -tags e2e -v --timeout 2h $(GINKGO_FLAGS) ./suites/... -- --scenarios $(abspath $(SCENARIOS))
+	$(GO) tool ginkgo -tags e2e -v --timeout 2h $(GINKGO_FLAGS) ./suites/mtls -- \
+		--scenarios $(abspath $(SCENARIOS)) --reports $(abspath reports) $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
 
 validate:
 	$(GO) run ./cmd/meshproof validate $(SCENARIOS)
@@ -30,6 +33,7 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
+	$(GO) tool actionlint .github/workflows/*.yaml
 
 # Regenerates the files generated from the scenario API types.
 generate:

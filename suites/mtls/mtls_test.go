@@ -26,6 +26,7 @@ var (
 	scenariosFile = flag.String("scenarios", "../../scenarios.yaml", "the scenario file to run")
 	reportsDir    = flag.String("reports", "../../reports", "where run folders (junit.xml, results.json, diagnostics) are written")
 	keep          = flag.Bool("keep", false, "leave clusters, Istio and fixtures in place after the run, for debugging")
+	istioVersion  = flag.String("istio-version", "", "install this Istio version on every cluster instead of the file's (CI's version matrix)")
 )
 
 func TestMTLS(t *testing.T) {
@@ -33,6 +34,9 @@ func TestMTLS(t *testing.T) {
 	s, err := scenario.LoadFile(*scenariosFile)
 	if err != nil {
 		t.Fatalf("%s:\n%v", *scenariosFile, err)
+	}
+	if *istioVersion != "" {
+		overrideIstioVersion(s, *istioVersion)
 	}
 	suiteConfig, reporterConfig := GinkgoConfiguration()
 	if !e2eBuild && !suiteConfig.DryRun {
@@ -42,4 +46,16 @@ func TestMTLS(t *testing.T) {
 	r, junit := newRunner(t, s)
 	spec.Declare(s, r, spec.WithJUnit(junit))
 	RunSpecs(t, "meshproof mtls ("+*scenariosFile+")", suiteConfig, reporterConfig)
+}
+
+// overrideIstioVersion installs version on every cluster; an image tag that
+// followed the file's version follows the new one.
+func overrideIstioVersion(s *scenario.Suite, version string) {
+	for i := range s.Clusters {
+		in := &s.Clusters[i].Istio
+		if in.Tag == in.Version {
+			in.Tag = version
+		}
+		in.Version = version
+	}
 }
