@@ -8,8 +8,10 @@ package apply
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -20,21 +22,31 @@ import (
 // FieldManager owns the fields meshproof applies.
 const FieldManager = "meshproof"
 
-// Error is an object the API server refused.
+// Error is an object that could not be applied: the API server refused it
+// (Err carries the server's status, e.g. a CRD schema violation), or the
+// request never got an answer (the run was interrupted, the server was
+// unreachable).
 type Error struct {
 	// Source is the scenario line the object comes from; invalid for objects
 	// that no scenario line wrote (the fixtures).
 	Source scenario.Position
-	// Object names the refused object: Kind namespace/name.
+	// Object names the object: Kind namespace/name.
 	Object string
 	Err    error
 }
 
 func (e *Error) Error() string {
-	if e.Source.IsValid() {
-		return fmt.Sprintf("%s: the API server refused %s: %v", e.Source, e.Object, e.Err)
+	// Only an answer from the API server is a refusal; saying "refused" of a
+	// cancelled or failed request would send the user looking at the object.
+	what := "the API server refused " + e.Object
+	var status apierrors.APIStatus
+	if !errors.As(e.Err, &status) {
+		what = "applying " + e.Object
 	}
-	return fmt.Sprintf("the API server refused %s: %v", e.Object, e.Err)
+	if e.Source.IsValid() {
+		return fmt.Sprintf("%s: %s: %v", e.Source, what, e.Err)
+	}
+	return fmt.Sprintf("%s: %v", what, e.Err)
 }
 
 func (e *Error) Unwrap() error { return e.Err }
