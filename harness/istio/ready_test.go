@@ -1,0 +1,158 @@
+package istio
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+func TestDeploymentAvailable(t *testing.T) {
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "istiod", Generation: 2},
+		Status: appsv1.DeploymentStatus{
+			ObservedGeneration: 2, Replicas: 1, ReadyReplicas: 1, AvailableReplicas: 1,
+			Conditions: []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue}},
+		},
+	}
+	cs := fake.NewClientset(d)
+	ok, state, err := deploymentAvailable(context.Background(), cs, "istio-system", "istiod")
+	if err != nil || !ok {
+		t.Errorf("available Deployment: ok=%v state=%q err=%v", ok, state, err)
+	}
+
+	// Available, but the controller has not seen the latest spec yet.
+	d.Generation = 3
+	d.Status.Conditions = []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionFalse, Reason: "MinimumReplicasUnavailable", Message: "Deployment does not have minimum availability."}}
+	cs = fake.NewClientset(d)
+	ok, state, err = deploymentAvailable(context.Background(), cs, "istio-system", "istiod")
+	if err != nil || ok {
+		t.Errorf("unavailable Deployment: ok=%v err=%v", ok, err)
+	}
+	for _, want := range []string{"generation 3 observed 2", "Available=False", "MinimumReplicasUnavailable"} {
+		if !strings.Contains(state, want) {
+			t.Errorf("state %q lacks %q", state, want)
+		}
+	}
+}
+
+// injectorFake is a clientset whose pod admission behaves like Istio's
+// injector: dry-run pod creates come back with an istio-proxy native
+// sidecar once `readyAfter` attempts have failed as a starting webhook does.
+func injectorFake(t *testing.T, readyAfter int32) (*fake.Clientset, *atomic.Int32) {
+	cs := fake.NewClientset()
+	var attempts atomic.Int32
+	cs.PrependReactor("create", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		ns := a.(k8stesting.CreateAction).GetObject().(*corev1.Namespace)
+		if ns.Name == "" {
+			ns.Name = ns.GenerateName + "x1"
+		}
+		return false, nil, nil // let the tracker store it
+	})
+	cs.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		ca := a.(k8stesting.CreateActionImpl)
+		opts := ca.GetCreateOptions()
+		if len(opts.DryRun) != 1 || opts.DryRun[0] != metav1.DryRunAll {
+			t.Errorf("probe pod created without server-side dry run: %+v", opts)
+		}
+		n := attempts.Add(1)
+		if n <= readyAfter {
+			return true, nil, apierrors.NewInternalError(errWebhook)
+		}
+		pod := ca.GetObject().(*corev1.Pod).DeepCopy()
+		always := corev1.ContainerRestartPolicyAlways
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "istio-proxy", RestartPolicy: &always})
+		return true, pod, nil
+	})
+	return cs, &attempts
+}
+
+var errWebhook = &webhookError{}
+
+type webhookError struct{}
+
+func (*webhookError) Error() string {
+	return `failed calling webhook "namespace.sidecar-injector.istio.io": connection refused`
+}
+
+func TestWaitInjectionSucceedsOnceTheWebhookInjects(t *testing.T) {
+	cs, attempts := injectorFake(t, 1)
+	in, err := New(nil, WithRevision("canary"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var createdNS *corev1.Namespace
+	cs.PrependReactor("delete", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		obj, err := cs.Tracker().Get(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", a.(k8stesting.DeleteAction).GetName())
+		if err == nil {
+			createdNS = obj.(*corev1.Namespace)
+		}
+		return false, nil, nil
+	})
+	if err := in.waitInjection(ctx, cs, "canary"); err != nil {
+		t.Fatal(err)
+	}
+	if attempts.Load() != 2 {
+		t.Errorf("%d dry-run creates, want 2 (one refused, one injected)", attempts.Load())
+	}
+	if createdNS == nil {
+		t.Fatal("probe namespace not deleted after the check")
+	}
+	if createdNS.Labels["istio.io/rev"] != "canary" || createdNS.Labels["istio-injection"] != "" {
+		t.Errorf("probe namespace labels %v, want istio.io/rev=canary only", createdNS.Labels)
+	}
+	list, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil || len(list.Items) != 0 {
+		t.Errorf("namespaces left after the check: %v (err %v)", list.Items, err)
+	}
+}
+
+func TestWaitInjectionTimesOutWithLastState(t *testing.T) {
+	cs := fake.NewClientset()
+	cs.PrependReactor("create", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		ns := a.(k8stesting.CreateAction).GetObject().(*corev1.Namespace)
+		ns.Name = ns.GenerateName + "x2"
+		if ns.Labels["istio-injection"] != "enabled" {
+			t.Errorf("default-revision probe namespace labels %v, want istio-injection=enabled", ns.Labels)
+		}
+		return false, nil, nil
+	})
+	// Admission lets the pod through untouched: the webhook does not match.
+	cs.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, a.(k8stesting.CreateAction).GetObject(), nil
+	})
+	in, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err = in.waitInjection(ctx, cs, "")
+	if err == nil {
+		t.Fatal("waitInjection succeeded without injection")
+	}
+	for _, want := range []string{`revision "default"`, "last observed: pod admitted without istio-proxy; containers: probe"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestPollRequiresABound(t *testing.T) {
+	err := poll(context.Background(), "anything", func(context.Context) (bool, string, error) { return true, "", nil })
+	if err == nil || !strings.Contains(err.Error(), "no deadline") {
+		t.Errorf("unbounded poll: err = %v, want a refusal", err)
+	}
+}
