@@ -167,7 +167,7 @@ func newEnv(ctx context.Context, environment *envtest.Environment, scheme *runti
 	if err != nil {
 		return nil, fmt.Errorf("creating an Istio client: %w", err)
 	}
-	// Listing every type, as LeftoversWithLabel does, touches deprecated ones
+	// Listing every type, as deploy.Find does, touches deprecated ones
 	// (ComponentStatus, Endpoints) whose warnings are only noise in test output.
 	quiet := rest.CopyConfig(cfg)
 	quiet.WarningHandler = rest.NoWarnings{}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/meshproof/meshproof/harness/deploy"
 	"net"
 	"net/url"
 	"os"
@@ -196,7 +197,9 @@ func TestMisspelledPeerAuthenticationModeIsRejectedByCRDSchema(t *testing.T) {
 	}
 }
 
-func TestLeftoversWithLabelFindsLabelledObjectsOfEveryScope(t *testing.T) {
+// deploy.Find is meshproof's lister of leftovers; here it runs against the
+// real API server with Istio's CRDs.
+func TestFindListsLabelledObjectsOfEveryScope(t *testing.T) {
 	ctx := testContext(t)
 	ns := createNamespace(t, ctx, "leftovers")
 	run := "run-" + randomSuffix(t)
@@ -227,7 +230,7 @@ func TestLeftoversWithLabelFindsLabelledObjectsOfEveryScope(t *testing.T) {
 		}
 	}
 
-	found, err := shared.LeftoversWithLabel(ctx, labels.SelectorFromSet(mine))
+	found, err := deploy.Find(ctx, shared.Discovery, shared.Metadata, labels.SelectorFromSet(mine))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +244,7 @@ func TestLeftoversWithLabelFindsLabelledObjectsOfEveryScope(t *testing.T) {
 		"PeerAuthentication.security.istio.io " + ns + "/labelled",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("LeftoversWithLabel(%s) found:\n  %s\nwant:\n  %s", labels.SelectorFromSet(mine), strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+		t.Errorf("deploy.Find(%s) found:\n  %s\nwant:\n  %s", labels.SelectorFromSet(mine), strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 	for _, ref := range found {
 		if ref.UID == "" || ref.Resource.Resource == "" || ref.Resource.Version == "" {
