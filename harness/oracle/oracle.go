@@ -1,0 +1,115 @@
+// Package oracle predicts, from a scenario's policies alone, what Istio does
+// with traffic between the fixtures: for every client, server and port,
+// whether a request arrives over Istio mutual TLS, in plaintext, or fails
+// (and with which reason the probe reports, where that is determinate).
+//
+// The prediction is a model of Istio's sidecar mode, written from Istio's
+// documentation and source; every rule in rules.go names the place it comes
+// from. It needs no cluster: `meshproof predict` prints it, and a test holds
+// it against every expect table of the repository's scenarios.yaml.
+package oracle
+
+import (
+	"fmt"
+
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// Prediction is the expected outcome of requests from one workload to a
+// port of another.
+type Prediction struct {
+	From string
+	To   string
+	Port int
+	// Result is mtls, plaintext or fail.
+	Result scenario.Result
+	// Reason is the fail reason the probe reports (reset, upstream-503), set
+	// only for a fail whose reason is determinate.
+	Reason string
+	// Why names the rules that decided, client side then server side.
+	Why string
+}
+
+// Agrees reports whether an expect row says the same as the prediction: the
+// same result and, when the row names a reason, the same reason.
+func (p Prediction) Agrees(x scenario.Expectation) bool {
+	if p.Result != x.Result {
+		return false
+	}
+	return x.Reason == "" || x.Reason == p.Reason
+}
+
+// String is "from -> to:port result (reason)".
+func (p Prediction) String() string {
+	s := fmt.Sprintf("%s -> %s:%d %s", p.From, p.To, p.Port, p.Result)
+	if p.Reason != "" {
+		s += " (" + p.Reason + ")"
+	}
+	return s
+}
+
+// Find returns the prediction for one pair and port.
+func Find(ps []Prediction, from, to string, port int) (Prediction, bool) {
+	for _, p := range ps {
+		if p.From == from && p.To == to && p.Port == port {
+			return p, true
+		}
+	}
+	return Prediction{}, false
+}
+
+// PolicyAt returns the authentication state of the mesh while step
+// stepIndex (0-based) of the scenario runs: the policies of the last mtls
+// step at or before it, since each mtls step states the complete set and no
+// other step kind changes it. Nil means no meshproof policy at all, i.e.
+// Istio's defaults (PERMISSIVE everywhere, auto mTLS).
+func PolicyAt(sc *scenario.Scenario, stepIndex int) (*scenario.MTLSStep, error) {
+	if stepIndex < 0 || stepIndex >= len(sc.Steps) {
+		return nil, fmt.Errorf("scenario %q has steps 1 to %d; there is no step %d", sc.Name, len(sc.Steps), stepIndex+1)
+	}
+	for i := stepIndex; i >= 0; i-- {
+		if m := sc.Steps[i].MTLS; m != nil {
+			return m, nil
+		}
+	}
+	return nil, nil
+}
+
+// Predict returns the expected outcome of every (client, server, port) with
+// client != server, in the order of the suite's workloads and the server's
+// ports, while step stepIndex (0-based) of the scenario runs.
+//
+// It fails when the policies leave the outcome to timing (several
+// DestinationRules for one workload, several PeerAuthentications for one
+// scope): Istio then applies only the oldest, which a scenario file cannot
+// pin down.
+func Predict(s *scenario.Suite, sc *scenario.Scenario, stepIndex int) ([]Prediction, error) {
+	m, err := PolicyAt(sc, stepIndex)
+	if err != nil {
+		return nil, err
+	}
+	return PredictPolicies(s, m)
+}
+
+// PredictPolicies is Predict for a given authentication state; nil means no
+// meshproof policy.
+func PredictPolicies(s *scenario.Suite, m *scenario.MTLSStep) ([]Prediction, error) {
+	pol, err := indexPolicies(s, m)
+	if err != nil {
+		return nil, err
+	}
+	var out []Prediction
+	for i := range s.Fixtures.Workloads {
+		client := &s.Fixtures.Workloads[i]
+		for j := range s.Fixtures.Workloads {
+			server := &s.Fixtures.Workloads[j]
+			if client.Name == server.Name {
+				continue
+			}
+			for _, port := range server.Ports {
+				out = append(out, pol.predict(client, server, port.Number))
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,279 @@
+package oracle
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// The rules below model Istio's sidecar data plane with enableAutoMtls on
+// (Istio's default since 1.5; meshproof never turns it off). Each names its
+// source: Istio's documentation and the istiod code that generates the
+// Envoy configuration (links to istio/istio master, which 1.29 and 1.30
+// match for the functions named).
+//
+// Sources, referred to below by their letter:
+//
+//	[PA]   PeerAuthentication reference,
+//	       https://istio.io/latest/docs/reference/config/security/peer_authentication/
+//	[AUTO] Auto mutual TLS, https://istio.io/latest/docs/concepts/security/#auto-mutual-tls
+//	[DR]   DestinationRule ClientTLSSettings reference,
+//	       https://istio.io/latest/docs/reference/config/networking/destination-rule/#ClientTLSSettings
+//	[TASK] Authentication policy task (a client without sidecar against STRICT
+//	       gets "000 command terminated with exit code 56", curl's
+//	       "connection reset by peer"),
+//	       https://istio.io/latest/docs/tasks/security/authentication/authn-policy/
+//	[COMPOSE] ComposePeerAuthentication,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/security/authn/policy_applier.go
+//	[NSMODE] AuthenticationPolicies.GetNamespaceMutualTLSMode,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/model/authentication.go
+//	[INFER] PushContext.BestEffortInferServiceMTLSMode,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/model/push_context.go
+//	[UPTLS] ClusterBuilder.buildUpstreamTLSSettings,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/cluster_builder.go
+//	[TSM]  applyUpstreamTLSSettings (auto-detected mTLS becomes a transport
+//	       socket match on the endpoint label tlsMode=istio),
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/cluster_tls.go
+//	[EPCHK] mtlsChecker.checkMtlsEnabled (EDS clears tlsMode=istio on endpoints
+//	       whose PeerAuthentication is DISABLE),
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/xds/endpoints/mtls_checker.go
+//	[FCM]  getFilterChainMatchOptions (inbound filter chains per mode),
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/filterchain_options.go
+//	[DRMERGE] PushContext.mergeDestinationRule,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/model/destination_rule.go
+
+// policies is one mtls step's policies, indexed the way istiod looks them up.
+type policies struct {
+	suite *scenario.Suite
+	// mesh is the selector-less PeerAuthentication in Istio's root namespace.
+	mesh *scenario.PeerAuthentication
+	// namespace holds the selector-less PeerAuthentication of each namespace.
+	namespace map[string]*scenario.PeerAuthentication
+	// workload holds the PeerAuthentication selecting each workload.
+	workload map[string]*scenario.PeerAuthentication
+	// dr holds the one DestinationRule of each workload's service.
+	dr map[string]*scenario.DestinationRule
+}
+
+func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
+	p := &policies{
+		suite:     s,
+		namespace: map[string]*scenario.PeerAuthentication{},
+		workload:  map[string]*scenario.PeerAuthentication{},
+		dr:        map[string]*scenario.DestinationRule{},
+	}
+	if m == nil {
+		return p, nil
+	}
+	var problems []string
+	for i := range m.PeerAuthentications {
+		pa := &m.PeerAuthentications[i]
+		switch {
+		// [PA]: "For mesh level, put the policy in root-namespace"; [COMPOSE]
+		// classifies by selector and namespace, not by name, so a
+		// namespace-scoped policy written for the root namespace is mesh-wide.
+		case pa.Scope != scenario.ScopeWorkload && pa.Namespace == scenario.IstioRootNamespace:
+			if p.mesh != nil {
+				problems = append(problems, fmt.Sprintf("two mesh-wide PeerAuthentications (in %s)", scenario.IstioRootNamespace))
+			}
+			p.mesh = pa
+		case pa.Scope != scenario.ScopeWorkload:
+			if p.namespace[pa.Namespace] != nil {
+				problems = append(problems, fmt.Sprintf("two namespace-wide PeerAuthentications in %s", pa.Namespace))
+			}
+			p.namespace[pa.Namespace] = pa
+		// [PA]: "PeerAuthentication policies with workload selectors are
+		// ignored when deployed in the root namespace."
+		case pa.Namespace == scenario.IstioRootNamespace:
+		default:
+			if p.workload[pa.Workload] != nil {
+				problems = append(problems, fmt.Sprintf("two PeerAuthentications select workload %s", pa.Workload))
+			}
+			p.workload[pa.Workload] = pa
+		}
+	}
+	for i := range m.DestinationRules {
+		dr := &m.DestinationRules[i]
+		// [DRMERGE]: DestinationRules for the same host are merged, but a
+		// top-level trafficPolicy (tls, or portLevelSettings) is taken from
+		// the oldest rule only; meshproof writes one object per workload and
+		// port, so a second rule for a workload would be dropped or not
+		// depending on creation time.
+		if first := p.dr[dr.Workload]; first != nil {
+			problems = append(problems, fmt.Sprintf("two DestinationRules for workload %s (%s and %s): Istio applies the trafficPolicy of only the oldest",
+				dr.Workload, drString(first), drString(dr)))
+			continue
+		}
+		p.dr[dr.Workload] = dr
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("cannot predict: the outcome would depend on which policy Istio sees first: %s", strings.Join(problems, "; "))
+	}
+	return p, nil
+}
+
+func drString(dr *scenario.DestinationRule) string {
+	if dr.Port == 0 {
+		return string(dr.Mode)
+	}
+	return fmt.Sprintf("%s on port %d", dr.Mode, dr.Port)
+}
+
+// isSet reports whether a mode decides anything; UNSET (or nothing) inherits.
+func isSet(m scenario.MTLSMode) bool { return m != "" && m != scenario.ModeUnset }
+
+// serverMode is the PeerAuthentication mode the server's sidecar enforces on
+// a port, and the policy it comes from.
+//
+// [COMPOSE], as documented in [PA]: start from PERMISSIVE; a mesh-wide mode
+// replaces it, then a namespace-wide mode, then the workload's mode; UNSET at
+// any level inherits the level above. A port-level mode (keyed by the
+// workload's target port) overrides the result for that port; a port-level
+// UNSET inherits the workload's resulting mode.
+func (p *policies) serverMode(w *scenario.Workload, port int) (scenario.MTLSMode, string) {
+	mode, from := scenario.ModePermissive, "no PeerAuthentication: Istio's default PERMISSIVE"
+	if p.mesh != nil && isSet(p.mesh.Mode) {
+		mode, from = p.mesh.Mode, "mesh-wide "+string(p.mesh.Mode)
+	}
+	if ns := p.namespace[w.Namespace]; ns != nil && isSet(ns.Mode) {
+		mode, from = ns.Mode, "namespace "+string(ns.Mode)
+	}
+	wl := p.workload[w.Name]
+	if wl == nil {
+		return mode, from
+	}
+	if isSet(wl.Mode) {
+		mode, from = wl.Mode, "workload "+string(wl.Mode)
+	}
+	for _, pm := range wl.Ports {
+		if pm.Port != port {
+			continue
+		}
+		if isSet(pm.Mode) {
+			return pm.Mode, fmt.Sprintf("port %d %s", port, pm.Mode)
+		}
+		return mode, fmt.Sprintf("port %d UNSET inherits %s", port, from)
+	}
+	return mode, from
+}
+
+// namespaceHint is the mode istiod assumes for every service of a namespace
+// when it builds a client's cluster: [INFER] asks [NSMODE], which looks only
+// at the namespace-wide policy (UNSET inheriting the mesh-wide one) and else
+// the mesh-wide policy, and falls back to PERMISSIVE. Workload and port
+// policies play no part here.
+func (p *policies) namespaceHint(namespace string) scenario.MTLSMode {
+	global := scenario.MTLSMode("")
+	if p.mesh != nil && isSet(p.mesh.Mode) {
+		global = p.mesh.Mode
+	}
+	if ns := p.namespace[namespace]; ns != nil && isSet(ns.Mode) {
+		return ns.Mode
+	}
+	if global != "" {
+		return global
+	}
+	return scenario.ModePermissive
+}
+
+// clientTLS is the client-side TLS mode a DestinationRule sets towards a
+// server port, if any. [DR] / [EPCHK] trafficPolicyTLSModeForPort: a
+// port-level setting for the port wins over the rule's top-level tls.
+// meshproof writes either one or the other in a rule.
+func (p *policies) clientTLS(server *scenario.Workload, port int) (scenario.TLSMode, bool) {
+	dr := p.dr[server.Name]
+	if dr == nil || (dr.Port != 0 && dr.Port != port) {
+		return "", false
+	}
+	return dr.Mode, true
+}
+
+// sends decides what the client puts on the wire towards the server port:
+// Istio mutual TLS or plaintext.
+func (p *policies) sends(client, server *scenario.Workload, port int) (mtls bool, why string) {
+	// Without a sidecar nothing wraps the application's request, and the
+	// echo probe speaks plain HTTP. [AUTO]: auto mTLS is a client sidecar
+	// feature.
+	if !client.InMesh() {
+		return false, "client without sidecar sends plaintext"
+	}
+	// [UPTLS]: a DestinationRule's tls is used as it is (userSupplied):
+	// DISABLE builds no TLS at all, ISTIO_MUTUAL always originates Istio
+	// mTLS, whatever the server runs. [DR] "ISTIO_MUTUAL ... uses
+	// Istio-provisioned certificates for mutual TLS".
+	if mode, ok := p.clientTLS(server, port); ok {
+		if mode == scenario.TLSIstioMutual {
+			return true, "DestinationRule ISTIO_MUTUAL: client sidecar sends mTLS"
+		}
+		return false, "DestinationRule DISABLE: client sidecar sends plaintext"
+	}
+	// [UPTLS]: without a DestinationRule, a cluster whose service mode
+	// ([INFER], namespace or mesh only) is DISABLE gets no TLS at all, even
+	// if a workload or port policy of the server says STRICT.
+	if p.namespaceHint(server.Namespace) == scenario.ModeDisable {
+		return false, "auto mTLS: namespace (or mesh) DISABLE leaves the client's cluster without TLS"
+	}
+	// [TSM] + [AUTO]: otherwise mTLS is sent only to endpoints labelled
+	// tlsMode=istio, the label the sidecar injector puts on pods with a
+	// sidecar; plaintext to the others.
+	if !server.InMesh() {
+		return false, "auto mTLS: server has no sidecar, client sidecar sends plaintext"
+	}
+	// [EPCHK]: EDS drops that label from endpoints whose own
+	// PeerAuthentication (workload or port level included) is DISABLE, so
+	// auto mTLS honours the server's DISABLE.
+	if mode, from := p.serverMode(server, port); mode == scenario.ModeDisable {
+		return false, "auto mTLS: server's " + from + ", client sidecar sends plaintext"
+	}
+	return true, "auto mTLS: server has a sidecar, client sidecar sends mTLS"
+}
+
+// predict combines what the client sends with what the server accepts.
+func (p *policies) predict(client, server *scenario.Workload, port int) Prediction {
+	out := Prediction{From: client.Name, To: server.Name, Port: port}
+	mtls, sent := p.sends(client, server, port)
+	result, reason, accepted := p.accepts(client, server, port, mtls)
+	out.Result, out.Reason, out.Why = result, reason, sent+"; "+accepted
+	return out
+}
+
+// accepts decides what the server side makes of it.
+func (p *policies) accepts(client, server *scenario.Workload, port int, mtls bool) (scenario.Result, string, string) {
+	if !server.InMesh() {
+		// [PA] defines what a sidecar accepts: a workload without one
+		// serves whatever reaches the application. The echo server speaks
+		// plain HTTP: a TLS ClientHello fails the client sidecar's
+		// handshake, and Envoy answers its client with a local 503
+		// "upstream connect error or disconnect/reset before headers".
+		if mtls {
+			return scenario.ResultFail, "upstream-503", "server without sidecar cannot terminate mTLS: the client sidecar's TLS handshake fails (503)"
+		}
+		return scenario.ResultPlaintext, "", "server without sidecar serves plaintext"
+	}
+	mode, from := p.serverMode(server, port)
+	switch {
+	case mode == scenario.ModeStrict && !mtls:
+		// [FCM]: STRICT inbound filter chains match only transport
+		// protocol tls, so a plaintext connection matches none and the
+		// sidecar closes it.
+		if client.InMesh() {
+			// The client's own sidecar sees its upstream connection closed
+			// and answers the probe with its local 503.
+			return scenario.ResultFail, "upstream-503", "server's " + from + " rejects plaintext: the client sidecar answers 503"
+		}
+		// [TASK]: the client without sidecar sees the connection reset.
+		return scenario.ResultFail, "reset", "server's " + from + " rejects plaintext: the connection is reset"
+	case mode == scenario.ModeDisable && mtls:
+		// [FCM]: DISABLE inbound filter chains match only transport
+		// protocol raw_buffer, so a TLS connection matches none and is
+		// closed during the client sidecar's handshake: 503.
+		return scenario.ResultFail, "upstream-503", "server's " + from + " does not terminate mTLS: the client sidecar's handshake fails (503)"
+	case mtls:
+		// [PA]: STRICT and PERMISSIVE accept mutual TLS.
+		return scenario.ResultMTLS, "", "server's " + from + " accepts mTLS"
+	default:
+		// [PA]: PERMISSIVE and DISABLE accept plaintext.
+		return scenario.ResultPlaintext, "", "server's " + from + " accepts plaintext"
+	}
+}
