@@ -65,7 +65,11 @@ func Objects(ctx context.Context, c client.Client, objs ...client.Object) error 
 // the scenario line.
 func Policies(ctx context.Context, c client.Client, objs ...policy.Object) error {
 	for _, o := range objs {
-		if err := one(ctx, c, o.Object); err != nil {
+		u, err := o.Unstructured()
+		if err == nil {
+			err = applyUnstructured(ctx, c, u)
+		}
+		if err != nil {
 			return &Error{Source: o.Source, Object: Describe(o.Object), Err: err}
 		}
 	}
@@ -77,6 +81,10 @@ func one(ctx context.Context, c client.Client, o client.Object) error {
 	if err != nil {
 		return err
 	}
+	return applyUnstructured(ctx, c, u)
+}
+
+func applyUnstructured(ctx context.Context, c client.Client, u *unstructured.Unstructured) error {
 	return c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager), client.ForceOwnership)
 }
 

@@ -432,3 +432,37 @@ func TestRestartPatchesTheTemplateAndWaitsForTheRollout(t *testing.T) {
 		t.Error("the pod template was not stamped with restartedAt")
 	}
 }
+
+// Zero-valued modes (DestinationRule DISABLE, PeerAuthentication UNSET) must
+// replace a previously applied mode; Istio's JSON leaves zero values out,
+// which server-side apply used to turn into a refused null.
+func TestMTLSStepCanSwitchToZeroValuedModes(t *testing.T) {
+	s, ns := suiteIn(t, `  - mtls:
+      peerAuthentications: [{scope: workload, workload: service-b, mode: STRICT, ports: [{port: 9090, mode: STRICT}]}]
+      destinationRules: [{workload: service-b, mode: ISTIO_MUTUAL}, {workload: legacy, port: 9090, mode: ISTIO_MUTUAL}]
+  - mtls:
+      peerAuthentications: [{scope: workload, workload: service-b, mode: UNSET, ports: [{port: 9090, mode: UNSET}]}]
+      destinationRules: [{workload: service-b, mode: DISABLE}, {workload: legacy, port: 9090, mode: DISABLE}]
+`)
+	e := newEngine(t, s, nil)
+	ctx := context.Background()
+	for i := range s.Scenarios[0].Steps {
+		if err := e.RunStep(ctx, &s.Scenarios[0], i); err != nil {
+			t.Fatalf("step %d: %v", i+1, err)
+		}
+	}
+	var b networkingv1.DestinationRule
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "meshproof-service-b"}, &b); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Spec.GetTrafficPolicy().GetTls().GetMode().String(); got != "DISABLE" || b.Spec.GetTrafficPolicy().GetTls() == nil {
+		t.Errorf("service-b rule tls mode = %s", got)
+	}
+	var pa securityv1.PeerAuthentication
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "meshproof-service-b"}, &pa); err != nil {
+		t.Fatal(err)
+	}
+	if pa.Spec.GetMtls().GetMode().String() != "UNSET" || pa.Spec.GetPortLevelMtls()[9090].GetMode().String() != "UNSET" {
+		t.Errorf("service-b policy = %v", &pa.Spec)
+	}
+}

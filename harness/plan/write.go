@@ -95,7 +95,11 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 	for _, sc := range p.Scenarios {
 		for _, st := range sc.Steps {
 			for _, o := range st.Policies {
-				if err := doc(fmt.Sprintf("scenario %s, step %s (%s)", sc.Scenario.Name, st.Step.Name, o.Source), o.Object); err != nil {
+				u, err := o.Unstructured() // what is sent: every mode written out
+				if err != nil {
+					return err
+				}
+				if err := doc(fmt.Sprintf("scenario %s, step %s (%s)", sc.Scenario.Name, st.Step.Name, o.Source), u.Object); err != nil {
 					return err
 				}
 			}

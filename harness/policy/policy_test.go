@@ -97,3 +97,42 @@ func TestLabelsAndYAML(t *testing.T) {
 		t.Errorf("port-level YAML:\n%s", b)
 	}
 }
+
+func TestUnstructuredWritesZeroModes(t *testing.T) {
+	s, err := scenario.Load("p.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+scenarios:
+- name: zero
+  steps:
+  - mtls:
+      peerAuthentications: [{scope: workload, workload: service-b, mode: UNSET, ports: [{port: 9090, mode: UNSET}]}]
+      destinationRules: [{workload: service-b, mode: DISABLE}, {workload: legacy, mode: DISABLE, port: 9090}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := ForMTLS(s, s.Scenarios[0].Steps[0].MTLS, Step{RunID: "r", Scenario: "zero"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs []string
+	for _, o := range objs {
+		u, err := o.Unstructured()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := yaml.Marshal(u.Object["spec"])
+		docs = append(docs, string(b))
+	}
+	want := []string{
+		"mtls:\n  mode: UNSET\nportLevelMtls:\n  \"9090\":\n    mode: UNSET\nselector:\n  matchLabels:\n    app: service-b\n",
+		"host: service-b.meshproof.svc.cluster.local\ntrafficPolicy:\n  tls:\n    mode: DISABLE\n",
+		"host: legacy.meshproof.svc.cluster.local\ntrafficPolicy:\n  portLevelSettings:\n  - port:\n      number: 9090\n    tls:\n      mode: DISABLE\n",
+	}
+	for i := range want {
+		if docs[i] != want[i] {
+			t.Errorf("object %d spec:\n%s\nwant:\n%s", i, docs[i], want[i])
+		}
+	}
+}
