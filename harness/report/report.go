@@ -4,9 +4,10 @@
 // leaves a readable folder: results.json holds every probe observation made
 // up to that point.
 //
-// The folder holds no secrets (kubeconfigs with credentials are written
-// elsewhere with mode 0600 by their owners), so directories are 0755 and
-// files 0644, readable by whoever collects CI artifacts.
+// What this package writes holds no secrets, so directories are 0755 and
+// files 0644, readable by whoever collects CI artifacts. A file with
+// credentials that another package puts in the folder (a cluster
+// provider's kubeconfig) carries its own 0600 mode.
 package report
 
 import (
