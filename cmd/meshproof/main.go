@@ -42,6 +42,7 @@ const usage = `meshproof proves that a service mesh enforces mutual TLS.
 Usage:
   meshproof validate [FILE...]              check scenario files (default scenarios.yaml)
   meshproof plan [FILE] [-o text|yaml]      print what a run would do, without a cluster
+  meshproof predict [FILE] [-o table|json]  predict each pair's outcome from Istio's rules, without a cluster
   meshproof schema [-o json|markdown]       print the scenario file's JSON schema or reference
   meshproof version                         print the version
 
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return validate(rest, stdout, stderr)
 	case "plan":
 		return planCmd(rest, stdout, stderr)
+	case "predict":
+		return predictCmd(rest, stdout, stderr)
 	case "schema":
 		return schema(rest, stdout, stderr)
 	case "version":

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// The acceptance case: a matrix for every step of every default scenario,
+// with every asserted cell agreeing.
+func TestPredictTableEveryStep(t *testing.T) {
+	code, out, errOut := runCLI("predict", defaultScenarios, "-o", "table")
+	if code != exitOK || errOut != "" {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+	s, err := scenario.LoadFile(defaultScenarios)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := 0
+	for _, sc := range s.Scenarios {
+		if !strings.Contains(out, "\nScenario "+sc.Name+" (") {
+			t.Errorf("no section for scenario %s", sc.Name)
+		}
+		for _, st := range sc.Steps {
+			steps++
+			if !strings.Contains(out, "  Step "+st.Name+"\n    client \\ server  service-a:8080  service-a:9090  service-b:8080") {
+				t.Errorf("%s: no matrix under step %q", sc.Name, st.Name)
+			}
+		}
+	}
+	if got := strings.Count(out, "client \\ server"); got != steps {
+		t.Errorf("%d matrices for %d steps", got, steps)
+	}
+	// Rows are clients; the strict scenario's first matrix reads:
+	for _, row := range []string{
+		"    service-a        -               -               mtls            mtls            plaintext    plaintext\n",
+		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -\n",
+	} {
+		if !strings.Contains(out, row) {
+			t.Errorf("table lacks the row\n%s\nin:\n%s", row, out)
+		}
+	}
+	// Matrix rows and notes are indented; only the legend may say "!".
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "    ") && strings.Contains(line, "!") {
+			t.Errorf("a default expectation disagrees with the prediction: %q", line)
+		}
+	}
+	if n := strings.Count(out, "*"); n < 19 {
+		t.Errorf("%d cells marked as asserted, want one per expect row (19)", n)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimRight(line, " ") != line {
+			t.Errorf("trailing spaces in %q", line)
+			break
+		}
+	}
+}
+
+func decodeRows(t *testing.T, out string) []predictedRow {
+	t.Helper()
+	var rows []predictedRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("stdout is not a JSON list of predictions: %v\n%s", err, out)
+	}
+	return rows
+}
+
+func TestPredictJSON(t *testing.T) {
+	code, out, errOut := runCLI("predict", "-o", "json", defaultScenarios)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	rows := decodeRows(t, out)
+	// 18 steps, each 3 clients x 2 other servers x 2 ports.
+	if len(rows) != 18*12 {
+		t.Errorf("%d rows, want %d", len(rows), 18*12)
+	}
+	want := predictedRow{Scenario: "strict", Step: 1, From: "legacy", To: "service-b", Port: 8080, Result: scenario.ResultFail, Reason: "reset"}
+	found := false
+	for _, r := range rows {
+		if r == want {
+			found = true
+		}
+		if r.Reason != "" && r.Result != scenario.ResultFail {
+			t.Errorf("a reason on a %s row: %+v", r.Result, r)
+		}
+	}
+	if !found {
+		t.Errorf("no row %+v", want)
+	}
+	// The reason is left out, not empty, when there is none.
+	if !strings.Contains(out, `"result": "mtls"`) || strings.Contains(out, `"reason": ""`) {
+		t.Errorf("unexpected JSON shape:\n%.400s", out)
+	}
+}
+
+func TestPredictOneStep(t *testing.T) {
+	// Flags after the file work too.
+	code, out, errOut := runCLI("predict", defaultScenarios, "--scenario", "port-level-override", "--step", "2", "-o", "json")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	rows := decodeRows(t, out)
+	if len(rows) != 12 {
+		t.Fatalf("%d rows, want 12", len(rows))
+	}
+	got := map[string]scenario.Result{}
+	for _, r := range rows {
+		if r.Scenario != "port-level-override" || r.Step != 2 {
+			t.Errorf("row of another step: %+v", r)
+		}
+		got[fmt.Sprintf("%s>%s:%d", r.From, r.To, r.Port)] = r.Result
+	}
+	if got["legacy>service-b:8080"] != scenario.ResultFail || got["legacy>service-b:9090"] != scenario.ResultPlaintext {
+		t.Errorf("port-level override not predicted: %v", got)
+	}
+}
+
+func TestPredictMatrixScenarioBaseName(t *testing.T) {
+	code, out, errOut := runCLI("predict", "--scenario", "client-tls-towards-strict", defaultScenarios)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, name := range []string{"client-tls-towards-strict[tls=DISABLE]", "client-tls-towards-strict[tls=ISTIO_MUTUAL]"} {
+		if !strings.Contains(out, "Scenario "+name+" (") {
+			t.Errorf("expansion %s not selected:\n%s", name, out)
+		}
+	}
+	if strings.Contains(out, "Scenario strict (") {
+		t.Error("selected a scenario of another name")
+	}
+}
+
+func writeSuite(t *testing.T, scenarios string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "suite.yaml")
+	head := "apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters:\n- name: c\n  istio: {version: 1.30.3}\nscenarios:\n"
+	if err := os.WriteFile(path, []byte(head+scenarios), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestPredictMarksDisagreements(t *testing.T) {
+	file := writeSuite(t, `- name: wrong
+  steps:
+  - mtls:
+      peerAuthentications:
+      - {scope: namespace, mode: STRICT}
+  - expect:
+    - {from: legacy, to: service-b, result: plaintext}
+    - {from: service-a, to: service-b, result: mtls}
+`)
+	code, out, errOut := runCLI("predict", file)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "fail(reset)!") || !strings.Contains(out, "mtls*") {
+		t.Errorf("cells not marked:\n%s", out)
+	}
+	note := "    ! legacy -> service-b:8080 (" + file + ":13:7): expects plaintext, predicted fail (reset) because client without sidecar sends plaintext; server's namespace STRICT rejects plaintext"
+	if !strings.Contains(out, note) {
+		t.Errorf("no note\n%s\nin:\n%s", note, out)
+	}
+}
+
+func TestPredictRefusesTimingDependentPolicies(t *testing.T) {
+	file := writeSuite(t, `- name: two-rules
+  steps:
+  - mtls:
+      destinationRules:
+      - {workload: service-b, mode: ISTIO_MUTUAL}
+      - {workload: service-b, mode: DISABLE, port: 9090}
+`)
+	code, out, errOut := runCLI("predict", file)
+	if code != exitInvalid {
+		t.Fatalf("exit %d, want %d", code, exitInvalid)
+	}
+	if !strings.Contains(out, "no prediction: cannot predict") || !strings.Contains(errOut, "two-rules step 1") || !strings.Contains(errOut, "two DestinationRules for workload service-b") {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+}
+
+func TestPredictUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"predict", "-o", "yaml", defaultScenarios}, "-o must be table or json"},
+		{[]string{"predict", "a.yaml", "b.yaml"}, "takes one scenario file"},
+		{[]string{"predict", "--step", "1", defaultScenarios}, "--step needs --scenario"},
+		{[]string{"predict", "--scenario", "strickt", defaultScenarios}, `no scenario named "strickt"`},
+		{[]string{"predict", "--scenario", "strict", "--step", "3", defaultScenarios}, "has steps 1 to 2; there is no step 3"},
+		{[]string{"predict", "does-not-exist.yaml"}, "does-not-exist.yaml: no such file"},
+		{[]string{"predict", "--no-such-flag"}, "flag provided but not defined"},
+	} {
+		code, out, errOut := runCLI(c.args...)
+		if code != exitUsage || !strings.Contains(errOut, c.want) || out != "" {
+			t.Errorf("meshproof %v: exit %d (want 2), stdout %q, stderr %q (want it to say %q)", c.args, code, out, errOut, c.want)
+		}
+	}
+}
