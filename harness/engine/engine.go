@@ -109,7 +109,7 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 	case st.MTLS != nil:
 		return e.applyPolicies(ctx, sc, index)
 	case st.Expect != nil:
-		return e.expect(ctx, sc, st)
+		return e.expect(ctx, sc, index)
 	case st.Rotate != nil:
 		return e.rotate(ctx, sc, st)
 	case st.Restart != nil:

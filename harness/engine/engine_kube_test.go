@@ -466,3 +466,46 @@ func TestMTLSStepCanSwitchToZeroValuedModes(t *testing.T) {
 		t.Errorf("service-b policy = %v", &pa.Spec)
 	}
 }
+
+func TestExpectAutoChecksEveryPairAgainstTheOracle_ScriptedTransport(t *testing.T) {
+	s, ns := suiteIn(t, `  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+  - expect: auto
+`)
+	readyPod(t, ns, "service-a", "10.0.0.1")
+	readyPod(t, ns, "service-b", "10.0.0.2")
+	readyPod(t, ns, "legacy", "10.0.0.3")
+	inMesh := map[string]bool{"service-a": true, "service-b": true}
+	// What a STRICT namespace does, written out by hand.
+	p := &scriptedProber{script: func(_ int, client Pod, tgt echoapi.Target) echoapi.ProbeResult {
+		from := strings.TrimSuffix(client.Name, "-0")
+		to, _, _ := strings.Cut(tgt.Name, ":")
+		switch {
+		case !inMesh[from]:
+			return echoapi.ProbeResult{Result: echoapi.ResultFail, Reason: "reset"}
+		case !inMesh[to]:
+			return echoapi.ProbeResult{StatusCode: 200, Result: echoapi.ResultPlaintext}
+		}
+		return mtlsResult(ns, from, to)
+	}}
+	e := newEngine(t, s, p)
+	sc := &s.Scenarios[0]
+	for i := range sc.Steps {
+		if err := e.RunStep(context.Background(), sc, i); err != nil {
+			t.Fatalf("step %d: %v", i+1, err)
+		}
+	}
+	table, err := Table(s, sc, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(table) != 12 { // 3 clients x 2 other workloads x 2 ports
+		t.Errorf("auto table has %d rows, want 12", len(table))
+	}
+	var targets int
+	for _, spec := range p.specs[:3] {
+		targets += len(spec.Targets)
+	}
+	if targets != 12 {
+		t.Errorf("the first round probed %d targets, want 12", targets)
+	}
+}

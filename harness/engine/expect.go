@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -17,8 +18,12 @@ import (
 // in a row match all of them. A round is one exec per client workload,
 // batching all its targets. At the step's timeout the error is the table of
 // expected against last observed.
-func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, st *scenario.Step) error {
-	table := st.Expect.Table
+func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) error {
+	st := &sc.Steps[index]
+	table, err := Table(e.suite, sc, index)
+	if err != nil {
+		return err
+	}
 	rows := make([]*rowHistory, len(table))
 	for i, x := range table {
 		rows[i] = &rowHistory{expectation: x, counts: map[string]int{}}
@@ -27,7 +32,7 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, st *scenario
 	streak, rounds := 0, 0
 	var lastErr error
 	start := e.now()
-	err := wait.For(func(ctx context.Context) (bool, error) {
+	err = wait.For(func(ctx context.Context) (bool, error) {
 		// A round that cannot finish before the deadline would only replace
 		// the last real observations with "cut short".
 		if d, ok := ctx.Deadline(); ok && time.Until(d) < e.suite.Defaults.Interval.Duration {
@@ -58,6 +63,24 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, st *scenario
 		return ctx.Err() // interrupted, not timed out
 	}
 	return &ExpectationError{Step: st.Name, Timeout: st.Timeout.Duration, Rounds: rounds, rows: rows, Cause: lastErr}
+}
+
+// Table is the expect table of step index: the rows written in the file, or
+// for `expect: auto` the oracle's prediction for every pair and port.
+func Table(s *scenario.Suite, sc *scenario.Scenario, index int) ([]scenario.Expectation, error) {
+	st := &sc.Steps[index]
+	if !st.Expect.Auto {
+		return st.Expect.Table, nil
+	}
+	preds, err := oracle.Predict(s, sc, index)
+	if err != nil {
+		return nil, fmt.Errorf("%s: expect: auto: %w", st.Source.At("expect"), err)
+	}
+	table := make([]scenario.Expectation, len(preds))
+	for i, p := range preds {
+		table[i] = scenario.Expectation{From: p.From, To: p.To, Port: p.Port, Result: p.Result, Reason: p.Reason, Source: st.Source}
+	}
+	return table, nil
 }
 
 // round runs one probe round and reports whether every row matched.

@@ -71,6 +71,9 @@ func PolicyAt(sc *scenario.Scenario, stepIndex int) (*scenario.MTLSStep, error) 
 		if m := sc.Steps[i].MTLS; m != nil {
 			return m, nil
 		}
+		if t := sc.Steps[i].Transition; t != nil { // its policies stay in force after it
+			return &t.To, nil
+		}
 	}
 	return nil, nil
 }

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -219,15 +220,51 @@ func stepPlan(s *scenario.Suite, sc *scenario.Scenario, index int, runID string)
 			add("no DestinationRule: clients use auto mTLS")
 		}
 	case st.Expect != nil:
+		table, err := engine.Table(s, sc, index)
+		if err != nil {
+			return sp, err
+		}
+		if st.Expect.Auto {
+			add("expectations predicted from the policies in force (meshproof predict):")
+		}
 		add("probe every %s (%d requests per pair per round, each at most %s) until %d rounds in a row match:",
 			s.Defaults.Interval, s.Defaults.Requests, s.Defaults.RequestTimeout, s.Defaults.Consecutive)
-		for _, e := range st.Expect.Table {
+		for _, e := range table {
 			add("  %s -> %s:%d  %s", e.From, e.To, e.Port, describeResult(s, e, td))
 		}
 	case st.Rotate != nil:
 		w := s.Workload(st.Rotate.Workload)
 		add("record the certificate %s serves (TLS handshake from an out-of-mesh client, and its sidecar's config dump)", w.Name)
 		add("wait up to %s for a new serial with the same identity %s, a later notBefore, a chain to the mesh root, and no failed mTLS request meanwhile", st.Rotate.Within, w.SPIFFEID(td))
+	case st.Transition != nil:
+		tr := st.Transition
+		objs, err := policy.ForMTLS(s, &tr.To, policy.Step{RunID: runID, Scenario: sc.Name, Index: index})
+		if err != nil {
+			return sp, fmt.Errorf("scenario %s, step %q: %w", sc.Name, st.Name, err)
+		}
+		sp.Policies = objs
+		addTraffic(add, tr.Traffic)
+		add("apply the new policies (%s), remove the previous ones, and keep probing for %s", tr.To.Summary(), tr.Observe)
+		add("record each pair's timeline and the time until every pair settled; at most %d failed requests", tr.Traffic.MaxFailures)
+		if !tr.NoPlaintextAfter.IsZero() {
+			add("fail if a STRICT server still accepts plaintext %s after the change", tr.NoPlaintextAfter)
+		}
+	case st.Upgrade != nil:
+		u := st.Upgrade
+		addTraffic(add, u.Traffic)
+		switch u.Method {
+		case scenario.UpgradeCanary:
+			add("install istiod %s as revision %s beside the current one; relabel the fixture namespaces istio.io/rev=%s", u.To, u.Revision, u.Revision)
+			add("restart every in-mesh workload onto the new proxies; remove the old istiod")
+		default:
+			add("helm upgrade base, then istiod, to %s; restart every in-mesh workload onto the new proxies", u.To)
+		}
+		add("check every sidecar runs proxy %s; at most %d failed requests and no plaintext accepted by a STRICT server", u.To, u.Traffic.MaxFailures)
+	case st.RotateRoot != nil:
+		r := st.RotateRoot
+		addTraffic(add, r.Traffic)
+		add("Istio's multi-root rotation, each phase within %s: trust old and new roots, issue from a new intermediate, drop the old root", r.Within)
+		add("check every workload chain verifies against the new root only; at most %d failed requests", r.Traffic.MaxFailures)
 	case st.Restart != nil:
 		add("restart %s and wait for the rollout", strings.Join(st.Restart.Workloads, ", "))
 	case st.Wait != nil:
@@ -238,6 +275,15 @@ func stepPlan(s *scenario.Suite, sc *scenario.Scenario, index int, runID string)
 		}
 	}
 	return sp, nil
+}
+
+// addTraffic describes the continuous probing of a step.
+func addTraffic(add func(string, ...any), t scenario.Traffic) {
+	var pairs []string
+	for _, p := range t.Pairs {
+		pairs = append(pairs, fmt.Sprintf("%s -> %s:%d", p.From, p.To, p.Port))
+	}
+	add("probe continuously every %s: %s", t.Every, strings.Join(pairs, ", "))
 }
 
 func describeResult(s *scenario.Suite, e scenario.Expectation, trustDomain string) string {

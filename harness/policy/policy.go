@@ -59,12 +59,25 @@ func ForMTLS(suite *scenario.Suite, m *scenario.MTLSStep, step Step) ([]Object, 
 		}
 		out = append(out, Object{Object: obj, Source: pa.Source.Position})
 	}
+	// One DestinationRule per workload: Istio keeps only the oldest rule's
+	// traffic policy when several rules name the same host
+	// (mergeDestinationRule in pilot/pkg/model/destination_rule.go), so a
+	// whole-workload mode and port modes must share one object.
+	var order []string
+	byWorkload := map[string][]scenario.DestinationRule{}
 	for _, dr := range m.DestinationRules {
-		obj, err := destinationRule(suite, dr, step)
+		if _, seen := byWorkload[dr.Workload]; !seen {
+			order = append(order, dr.Workload)
+		}
+		byWorkload[dr.Workload] = append(byWorkload[dr.Workload], dr)
+	}
+	for _, name := range order {
+		rules := byWorkload[name]
+		obj, err := destinationRule(suite, rules, step)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Object{Object: obj, Source: dr.Source.Position})
+		out = append(out, Object{Object: obj, Source: rules[0].Source.Position})
 	}
 	return out, nil
 }
@@ -104,30 +117,36 @@ func peerAuthentication(suite *scenario.Suite, pa scenario.PeerAuthentication, s
 	return obj, nil
 }
 
-func destinationRule(suite *scenario.Suite, dr scenario.DestinationRule, step Step) (*networkingv1.DestinationRule, error) {
-	w := suite.Workload(dr.Workload)
+// destinationRule builds the rule of one workload from the scenario's rules
+// for it: the one without a port sets the workload's mode, the others
+// override single ports.
+func destinationRule(suite *scenario.Suite, rules []scenario.DestinationRule, step Step) (*networkingv1.DestinationRule, error) {
+	w := suite.Workload(rules[0].Workload)
 	if w == nil {
-		return nil, fmt.Errorf("%s: no workload named %q", dr.Source.At("workload"), dr.Workload)
-	}
-	mode, err := tlsMode(dr.Mode)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", dr.Source.At("mode"), err)
+		return nil, fmt.Errorf("%s: no workload named %q", rules[0].Source.At("workload"), rules[0].Workload)
 	}
 	obj := &networkingv1.DestinationRule{
 		TypeMeta:   metav1.TypeMeta{APIVersion: networkingv1.SchemeGroupVersion.String(), Kind: "DestinationRule"},
 		ObjectMeta: metav1.ObjectMeta{Name: namePrefix + w.Name, Namespace: w.Namespace, Labels: step.Labels()},
 	}
-	tls := &networkingapi.ClientTLSSettings{Mode: mode}
+	// The spec is a protobuf message: it is filled in place, never copied.
 	spec := &obj.Spec
 	spec.Host = fmt.Sprintf("%s.%s.svc.cluster.local", w.Name, w.Namespace)
-	if dr.Port == 0 {
-		spec.TrafficPolicy = &networkingapi.TrafficPolicy{Tls: tls}
-	} else {
-		obj.Name = fmt.Sprintf("%s%s-%d", namePrefix, w.Name, dr.Port)
-		spec.TrafficPolicy = &networkingapi.TrafficPolicy{PortLevelSettings: []*networkingapi.TrafficPolicy_PortTrafficPolicy{{
+	spec.TrafficPolicy = &networkingapi.TrafficPolicy{}
+	for _, dr := range rules {
+		mode, err := tlsMode(dr.Mode)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", dr.Source.At("mode"), err)
+		}
+		tls := &networkingapi.ClientTLSSettings{Mode: mode}
+		if dr.Port == 0 {
+			spec.TrafficPolicy.Tls = tls
+			continue
+		}
+		spec.TrafficPolicy.PortLevelSettings = append(spec.TrafficPolicy.PortLevelSettings, &networkingapi.TrafficPolicy_PortTrafficPolicy{
 			Port: &networkingapi.PortSelector{Number: uint32(dr.Port)},
 			Tls:  tls,
-		}}}
+		})
 	}
 	return obj, nil
 }

@@ -71,8 +71,36 @@ func TestDestinationRules(t *testing.T) {
 	}
 	l := objs[4].Object.(*networkingv1.DestinationRule)
 	pl := l.Spec.TrafficPolicy.PortLevelSettings
-	if l.Name != "meshproof-legacy-9090" || len(pl) != 1 || pl[0].Port.Number != 9090 || pl[0].Tls.Mode.String() != "DISABLE" {
+	if l.Name != "meshproof-legacy" || len(pl) != 1 || pl[0].Port.Number != 9090 || pl[0].Tls.Mode.String() != "DISABLE" {
 		t.Errorf("legacy rule = %v", &l.Spec)
+	}
+}
+
+func TestOneDestinationRulePerWorkload(t *testing.T) {
+	s, err := scenario.Load("p.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+scenarios:
+- name: merged
+  steps:
+  - mtls:
+      destinationRules:
+      - {workload: service-b, mode: ISTIO_MUTUAL}
+      - {workload: service-b, port: 9090, mode: DISABLE}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := ForMTLS(s, s.Scenarios[0].Steps[0].MTLS, Step{RunID: "r", Scenario: "merged"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 1 {
+		t.Fatalf("got %d DestinationRules for one host, want 1", len(objs))
+	}
+	tp := objs[0].Object.(*networkingv1.DestinationRule).Spec.TrafficPolicy
+	if tp.Tls.Mode.String() != "ISTIO_MUTUAL" || len(tp.PortLevelSettings) != 1 || tp.PortLevelSettings[0].Port.Number != 9090 {
+		t.Errorf("merged traffic policy = %v", tp)
 	}
 }
 

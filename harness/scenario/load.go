@@ -209,6 +209,7 @@ func (s *Suite) setDefaults(dir string) {
 			if st.Rotate != nil && st.Rotate.Within.IsZero() {
 				st.Rotate.Within = st.Timeout
 			}
+			s.defaultContinuousSteps(st, dir)
 			if st.Name == "" {
 				st.Name = st.defaultName(j)
 			}
@@ -225,12 +226,70 @@ func (s *Suite) setDefaults(dir string) {
 	}
 }
 
-func (s *Suite) defaultPolicyNamespaces(st *Step) {
-	if st.MTLS == nil {
+// defaultContinuousSteps fills in the defaults of the steps that probe
+// through a change: transition, upgrade and rotateRoot.
+func (s *Suite) defaultContinuousSteps(st *Step, dir string) {
+	var t *Traffic
+	switch {
+	case st.Transition != nil:
+		t = &st.Transition.Traffic
+		orDuration(&st.Transition.Observe, "30s")
+	case st.Upgrade != nil:
+		u := st.Upgrade
+		t = &u.Traffic
+		if u.Method == "" {
+			u.Method = UpgradeInPlace
+		}
+		if u.Method == UpgradeCanary && u.Revision == "" {
+			u.Revision = strings.ReplaceAll(u.To, ".", "-")
+		}
+		if u.Charts != "" {
+			u.Charts = resolve(dir, u.Charts)
+		}
+	case st.RotateRoot != nil:
+		t = &st.RotateRoot.Traffic
+		if st.RotateRoot.Within.IsZero() {
+			st.RotateRoot.Within = st.Timeout
+		}
+	default:
 		return
 	}
-	for k := range st.MTLS.PeerAuthentications {
-		pa := &st.MTLS.PeerAuthentications[k]
+	orDuration(&t.Every, "500ms")
+	if len(t.Pairs) == 0 {
+		t.Pairs = s.defaultPairs()
+	}
+	for i := range t.Pairs {
+		if w := s.Workload(t.Pairs[i].To); t.Pairs[i].Port == 0 && w != nil {
+			t.Pairs[i].Port = w.Ports[0].Number
+		}
+	}
+}
+
+// defaultPairs is every in-mesh client to every other in-mesh workload.
+func (s *Suite) defaultPairs() []Pair {
+	var pairs []Pair
+	for _, from := range s.Fixtures.Workloads {
+		for _, to := range s.Fixtures.Workloads {
+			if from.Name != to.Name && from.InMesh() && to.InMesh() {
+				pairs = append(pairs, Pair{From: from.Name, To: to.Name})
+			}
+		}
+	}
+	return pairs
+}
+
+func (s *Suite) defaultPolicyNamespaces(st *Step) {
+	if st.Transition != nil {
+		s.defaultMTLSNamespaces(&st.Transition.To)
+	}
+	if st.MTLS != nil {
+		s.defaultMTLSNamespaces(st.MTLS)
+	}
+}
+
+func (s *Suite) defaultMTLSNamespaces(m *MTLSStep) {
+	for k := range m.PeerAuthentications {
+		pa := &m.PeerAuthentications[k]
 		if pa.Namespace != "" {
 			continue
 		}
@@ -253,22 +312,17 @@ func (st *Step) defaultName(index int) string {
 	detail := ""
 	switch {
 	case st.MTLS != nil:
-		var modes []string
-		for _, pa := range st.MTLS.PeerAuthentications {
-			m := string(pa.Scope) + " " + string(pa.Mode)
-			if pa.Workload != "" {
-				m = pa.Workload + " " + string(pa.Mode)
-			}
-			modes = append(modes, m)
-		}
-		for _, dr := range st.MTLS.DestinationRules {
-			modes = append(modes, "DR "+dr.Workload+" "+string(dr.Mode))
-		}
-		detail = strings.Join(modes, ", ")
+		detail = st.MTLS.Summary()
+	case st.Transition != nil:
+		detail = "to " + st.Transition.To.Summary()
+	case st.Upgrade != nil:
+		detail = fmt.Sprintf("to %s (%s)", st.Upgrade.To, st.Upgrade.Method)
 	case st.Rotate != nil:
 		detail = st.Rotate.Workload
 	case st.Restart != nil:
 		detail = strings.Join(st.Restart.Workloads, ", ")
+	case st.Expect != nil && st.Expect.Auto:
+		detail = "auto"
 	case st.Expect != nil && len(st.Expect.Table) == 1:
 		detail = "(1 pair)"
 	case st.Expect != nil:
@@ -278,6 +332,23 @@ func (st *Step) defaultName(index int) string {
 		return fmt.Sprintf("%d %s", index+1, kind)
 	}
 	return fmt.Sprintf("%d %s %s", index+1, kind, detail)
+}
+
+// Summary describes a policy set in a few words, e.g.
+// "namespace STRICT, DR service-b DISABLE".
+func (m *MTLSStep) Summary() string {
+	var modes []string
+	for _, pa := range m.PeerAuthentications {
+		mode := string(pa.Scope) + " " + string(pa.Mode)
+		if pa.Workload != "" {
+			mode = pa.Workload + " " + string(pa.Mode)
+		}
+		modes = append(modes, mode)
+	}
+	for _, dr := range m.DestinationRules {
+		modes = append(modes, "DR "+dr.Workload+" "+string(dr.Mode))
+	}
+	return strings.Join(modes, ", ")
 }
 
 // Kind names the kind of a step ("mtls", "expect", ...), or "" if none is set.

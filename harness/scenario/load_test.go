@@ -112,10 +112,15 @@ func TestValidationErrors(t *testing.T) {
 	}{
 		{"no step kind", step("{name: x}"), "a step needs one of mtls, expect"},
 		{"two step kinds", step("{wait: {duration: 1s}, restart: {workloads: [service-a]}}"), "exactly one kind; this one has restart, wait"},
-		{"reserved upgrade", step("{upgrade: {}}"), "the upgrade step is reserved in meshproof.dev/v1alpha1 and not implemented yet"},
-		{"reserved rotateRoot", step("{rotateRoot: {}}"), "rotateRoot step is reserved"},
-		{"reserved transition", step("{transition: {}}"), "transition step is reserved"},
-		{"expect auto reserved", step("{expect: auto}"), "expect: auto (predicted expectations) is reserved"},
+		{"upgrade needs to", step("{upgrade: {}}"), `upgrade: missing required field "to"`},
+		{"upgrade version", step("{upgrade: {to: latest}}"), `Istio version "latest" is not a full release version`},
+		{"upgrade revision in place", step("{upgrade: {to: 1.30.3, revision: r1}}"), "a revision goes with method: canary"},
+		{"upgrade method", step("{upgrade: {to: 1.30.3, method: blue-green}}"), `unknown value "blue-green"; want one of inPlace, canary`},
+		{"rotateRoot needs plugged CA", step("{rotateRoot: {}}"), "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster c1"},
+		{"transition needs to", step("{transition: {}}"), `transition: missing required field "to"`},
+		{"transition policies checked", step("{transition: {to: {peerAuthentications: [{scope: workload, mode: STRICT}]}}}"), "a workload policy needs workload"},
+		{"traffic pairs checked", step("{transition: {to: {peerAuthentications: [{scope: namespace, mode: STRICT}]}, traffic: {pairs: [{from: a, to: service-b}]}}}"), `no workload named "a"`},
+		{"traffic failures", step("{upgrade: {to: 1.30.3, traffic: {maxFailures: -1}}}"), "maxFailures: must not be negative"},
 		{"dangling to", step("{expect: [{from: service-a, to: service-c, result: mtls}]}"), `no workload named "service-c" (did you mean "service-a"?)`},
 		{"missing port", step("{expect: [{from: service-a, to: service-b, port: 7070, result: mtls}]}"), `workload "service-b" has no port 7070`},
 		{"reason without fail", step("{expect: [{from: service-a, to: service-b, result: mtls, reason: reset}]}"), "a reason goes only with result: fail"},
@@ -207,6 +212,35 @@ func TestDefaults(t *testing.T) {
 	}
 	if sc.Steps[2].Name != "3 mtls mesh STRICT, service-b STRICT" {
 		t.Errorf("step name = %q", sc.Steps[2].Name)
+	}
+}
+
+func TestContinuousStepDefaults(t *testing.T) {
+	src := strings.Replace(header, "{version: 1.30.3}", "{version: 1.29.6, pluggedCA: true}", 1) + `scenarios:
+- name: s
+  steps:
+  - transition: {to: {peerAuthentications: [{scope: namespace, mode: STRICT}]}}
+  - upgrade: {to: 1.30.3, method: canary, charts: charts/1.30.3}
+  - {rotateRoot: {}, timeout: 10m}
+`
+	s, err := Load("dir/test.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := s.Scenarios[0].Steps
+	tr := steps[0].Transition
+	if tr.Observe.Duration != 30*time.Second || tr.Traffic.Every.Duration != 500*time.Millisecond || tr.To.PeerAuthentications[0].Namespace != "meshproof" {
+		t.Errorf("transition defaults = %+v", tr)
+	}
+	if fmt.Sprint(tr.Traffic.Pairs) == "" || len(tr.Traffic.Pairs) != 2 || tr.Traffic.Pairs[0].From != "service-a" || tr.Traffic.Pairs[0].To != "service-b" || tr.Traffic.Pairs[0].Port != 8080 {
+		t.Errorf("default pairs = %+v, want service-a <-> service-b on 8080", tr.Traffic.Pairs)
+	}
+	up := steps[1].Upgrade
+	if up.Revision != "1-30-3" || up.Charts != "dir/charts/1.30.3" {
+		t.Errorf("upgrade defaults = %+v", up)
+	}
+	if steps[2].RotateRoot.Within.Duration != 10*time.Minute {
+		t.Errorf("rotateRoot within = %v", steps[2].RotateRoot.Within)
 	}
 }
 

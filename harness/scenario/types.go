@@ -211,12 +211,14 @@ type Step struct {
 	Restart *RestartStep `json:"restart,omitempty"`
 	// Wait waits for workloads to be ready, or for a duration.
 	Wait *WaitStep `json:"wait,omitempty"`
-	// Upgrade is reserved: an Istio upgrade under traffic (not implemented yet).
-	Upgrade *Reserved `json:"upgrade,omitempty"`
-	// RotateRoot is reserved: a root CA rotation (not implemented yet).
-	RotateRoot *Reserved `json:"rotateRoot,omitempty"`
-	// Transition is reserved: a mode change under traffic (not implemented yet).
-	Transition *Reserved `json:"transition,omitempty"`
+	// Upgrade upgrades Istio under continuous traffic.
+	Upgrade *UpgradeStep `json:"upgrade,omitempty"`
+	// RotateRoot rotates the mesh's root CA under continuous traffic
+	// (needs istio.pluggedCA).
+	RotateRoot *RotateRootStep `json:"rotateRoot,omitempty"`
+	// Transition changes the mTLS policies under continuous traffic and
+	// measures how the mesh converges.
+	Transition *TransitionStep `json:"transition,omitempty"`
 
 	// Source is where the step was written, for error messages.
 	Source Source `json:"-"`
@@ -329,8 +331,90 @@ type WaitStep struct {
 	Source Source `json:"-"`
 }
 
-// Reserved is a step kind that the language reserves for a later version.
-type Reserved struct {
+// Traffic is the continuous probing that runs through a transition,
+// upgrade or root rotation.
+type Traffic struct {
+	// Pairs to probe. Default: every in-mesh client to every other in-mesh
+	// workload, on its first port.
+	Pairs []Pair `json:"pairs,omitempty"`
+	// Every is the probing period of each client. Default 500ms.
+	Every Duration `json:"every,omitempty"`
+	// MaxFailures is how many failed requests the step tolerates. Default 0.
+	MaxFailures int `json:"maxFailures,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// Pair is a client, a server and a port.
+type Pair struct {
+	// From is the client workload.
+	From string `json:"from"`
+	// To is the server workload.
+	To string `json:"to"`
+	// Port of the server. Default: its first port.
+	Port int `json:"port,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// TransitionStep applies new policies while traffic flows, records the
+// timeline of every pair and reports how long the mesh took to converge.
+type TransitionStep struct {
+	// To is the complete policy set after the transition, as in an mtls step.
+	To MTLSStep `json:"to"`
+	// Observe is how long traffic is sampled after the change. Default 30s.
+	Observe Duration `json:"observe,omitempty"`
+	// NoPlaintextAfter fails the step if a server that the new policies make
+	// STRICT still accepts plaintext this long after the change.
+	NoPlaintextAfter Duration `json:"noPlaintextAfter,omitempty"`
+	// Traffic probed through the transition.
+	Traffic Traffic `json:"traffic,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// UpgradeMethod is how Istio is upgraded.
+type UpgradeMethod string
+
+const (
+	// UpgradeInPlace upgrades the base and istiod releases in place.
+	UpgradeInPlace UpgradeMethod = "inPlace"
+	// UpgradeCanary installs a second istiod as a revision, moves the
+	// namespaces to it, restarts the workloads and removes the old one.
+	UpgradeCanary UpgradeMethod = "canary"
+)
+
+// Values lists the valid upgrade methods.
+func (UpgradeMethod) Values() []string { return []string{string(UpgradeInPlace), string(UpgradeCanary)} }
+
+// UpgradeStep upgrades Istio while traffic flows, restarts the workloads
+// onto the new proxies and checks that none was lost.
+type UpgradeStep struct {
+	// To is the Istio version to upgrade to, e.g. 1.30.3.
+	To string `json:"to"`
+	// Method of the upgrade. Default inPlace.
+	Method UpgradeMethod `json:"method,omitempty"`
+	// Revision of the new istiod for a canary upgrade. Default: the version
+	// with dots as dashes, e.g. 1-30-3.
+	Revision string `json:"revision,omitempty"`
+	// Charts is a local directory with the new version's base/ and istiod/
+	// charts, relative to the scenario file. Default: the official repository.
+	Charts string `json:"charts,omitempty"`
+	// Traffic probed through the upgrade.
+	Traffic Traffic `json:"traffic,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// RotateRootStep replaces the mesh's root CA with Istio's multi-root
+// procedure (both roots trusted, new intermediate, old root removed) while
+// traffic flows, and checks that every workload ends on the new root.
+type RotateRootStep struct {
+	// Within bounds each phase of the rotation. Default: the step timeout.
+	Within Duration `json:"within,omitempty"`
+	// Traffic probed through the rotation.
+	Traffic Traffic `json:"traffic,omitempty"`
+
 	Source Source `json:"-"`
 }
 

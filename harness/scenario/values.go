@@ -140,3 +140,9 @@ func (s Source) At(field string) Position {
 	}
 	return s.Position
 }
+
+// has reports whether the field was written.
+func (s Source) has(field string) bool {
+	_, ok := s.fields[field]
+	return ok
+}
