@@ -385,7 +385,9 @@ const (
 )
 
 // Values lists the valid upgrade methods.
-func (UpgradeMethod) Values() []string { return []string{string(UpgradeInPlace), string(UpgradeCanary)} }
+func (UpgradeMethod) Values() []string {
+	return []string{string(UpgradeInPlace), string(UpgradeCanary)}
+}
 
 // UpgradeStep upgrades Istio while traffic flows, restarts the workloads
 // onto the new proxies and checks that none was lost.
