@@ -140,10 +140,13 @@ func Sweep(ctx context.Context, c Cluster, selector labels.Selector) ([]ObjectRe
 	return ordered, errors.Join(errs...)
 }
 
-// LeftoversSelector selects what earlier runs left behind: every object
-// meshproof created, except those of the run that is starting.
+// LeftoversSelector selects what earlier runs left behind: every object a
+// meshproof run created, except those of the run that is starting. Objects
+// meshproof manages across runs (the istio-system namespace it created for
+// Istio) carry no run id and are not selected: `key!=value` alone would
+// also match objects without the key.
 func LeftoversSelector(currentRunID string) labels.Selector {
-	sel, err := labels.Parse(fmt.Sprintf("%s=%s,%s!=%s", ownership.ManagedByLabel, ownership.ManagedByValue, ownership.RunIDLabel, currentRunID))
+	sel, err := labels.Parse(fmt.Sprintf("%s=%s,%s,%s!=%s", ownership.ManagedByLabel, ownership.ManagedByValue, ownership.RunIDLabel, ownership.RunIDLabel, currentRunID))
 	if err != nil {
 		panic(err) // built from constants and a run id that is a valid label value
 	}

@@ -61,7 +61,9 @@ func TestSelectors(t *testing.T) {
 		want   bool
 	}{
 		{map[string]string{"app.kubernetes.io/managed-by": "meshproof", "meshproof.dev/run-id": "earlier"}, true},
-		{map[string]string{"app.kubernetes.io/managed-by": "meshproof"}, true}, // no run id: still meshproof's
+		// No run id: managed across runs (the istio-system namespace meshproof
+		// created for Istio, the cacerts secret); a later run must not sweep it.
+		{map[string]string{"app.kubernetes.io/managed-by": "meshproof"}, false},
 		{map[string]string{"app.kubernetes.io/managed-by": "meshproof", "meshproof.dev/run-id": "20260101-000000-aabbccdd"}, false},
 		{map[string]string{"app.kubernetes.io/managed-by": "helm", "meshproof.dev/run-id": "earlier"}, false},
 		{map[string]string{}, false},
