@@ -107,7 +107,9 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 	defer cancel()
 	switch {
 	case st.MTLS != nil:
-		return e.applyPolicies(ctx, sc, index)
+		return e.applyPolicies(ctx, sc, index, st.MTLS)
+	case st.Transition != nil:
+		return e.transition(ctx, sc, index)
 	case st.Expect != nil:
 		return e.expect(ctx, sc, index)
 	case st.Rotate != nil:
@@ -131,8 +133,8 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 // applyPolicies applies an mtls step's policies and then removes every other
 // policy of this run: the new policies are in force before the old ones go,
 // so the mesh never passes through "no policy at all".
-func (e *Engine) applyPolicies(ctx context.Context, sc *scenario.Scenario, index int) error {
-	objs, err := policy.ForMTLS(e.suite, sc.Steps[index].MTLS, policy.Step{RunID: e.runID, Scenario: sc.Name, Index: index})
+func (e *Engine) applyPolicies(ctx context.Context, sc *scenario.Scenario, index int, m *scenario.MTLSStep) error {
+	objs, err := policy.ForMTLS(e.suite, m, policy.Step{RunID: e.runID, Scenario: sc.Name, Index: index})
 	if err != nil {
 		return err
 	}

@@ -22,9 +22,12 @@ type Observation struct {
 	Port     int             `json:"port"`
 	Pod      string          `json:"pod,omitempty"` // the client pod
 	Result   scenario.Result `json:"result"`
-	Reason   string          `json:"reason,omitempty"`
-	Status   int             `json:"status,omitempty"`
-	Latency  time.Duration   `json:"latencyNs"`
+	// Expected is what the step expected of this pair ("mtls",
+	// "fail (reset)"), empty where the step only observes.
+	Expected string        `json:"expected,omitempty"`
+	Reason   string        `json:"reason,omitempty"`
+	Status   int           `json:"status,omitempty"`
+	Latency  time.Duration `json:"latencyNs"`
 	// ClientID and ServerID are the SPIFFE identities of the X-Forwarded-
 	// Client-Cert element the server's sidecar added (URI and By).
 	ClientID string `json:"clientId,omitempty"`

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -122,7 +121,10 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	}
 	e.logf("%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
 
-	traffic := e.startTraffic(ctx, sc, st, inside, w.Name, port)
+	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
+		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
+		Every: e.suite.Defaults.Interval,
+	})
 	var after ServedCert
 	waitErr := wait.For(func(ctx context.Context) (bool, error) {
 		c, err := read(ctx)
@@ -133,7 +135,8 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		after = c
 		return c.Serial != before.Serial, nil
 	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
-	failed, total := traffic.stop()
+	seen := traffic.Stop()
+	failed, total := len(notMTLS(seen)), len(seen)
 	if waitErr != nil {
 		return fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
 	}
@@ -194,51 +197,13 @@ func (e *Engine) meshRoots(ctx context.Context, namespace string) ([]*x509.Certi
 	return roots, nil
 }
 
-// trafficLoop probes client -> server continuously and counts failures.
-type trafficLoop struct {
-	cancel        context.CancelFunc
-	done          chan struct{}
-	mu            sync.Mutex
-	failed, total int
-}
-
-func (t *trafficLoop) stop() (failed, total int) {
-	t.cancel()
-	<-t.done
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.failed, t.total
-}
-
-func (e *Engine) startTraffic(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from, to string, port int) *trafficLoop {
-	ctx, cancel := context.WithCancel(ctx)
-	t := &trafficLoop{cancel: cancel, done: make(chan struct{})}
-	x := scenario.Expectation{From: from, To: to, Port: port, Result: scenario.ResultMTLS}
-	rows := []*rowHistory{{expectation: x, counts: map[string]int{}}}
-	go func() {
-		defer close(t.done)
-		ticker := time.NewTicker(e.suite.Defaults.Interval.Duration)
-		defer ticker.Stop()
-		for {
-			if _, err := e.round(ctx, sc, st, rows); err != nil && ctx.Err() == nil {
-				e.logf("%s: background probe: %v", st.Name, err)
-			}
-			if ctx.Err() == nil { // a round cut short by stop() proves nothing
-				t.mu.Lock()
-				for _, o := range rows[0].last {
-					t.total++
-					if o.Result != scenario.ResultMTLS {
-						t.failed++
-					}
-				}
-				t.mu.Unlock()
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C:
-			}
+// notMTLS are the observations of in-mesh traffic that were not mTLS.
+func notMTLS(obs []Observation) []Observation {
+	var out []Observation
+	for _, o := range obs {
+		if o.Result != scenario.ResultMTLS {
+			out = append(out, o)
 		}
-	}()
-	return t
+	}
+	return out
 }
