@@ -8,8 +8,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
@@ -17,6 +20,7 @@ import (
 	"github.com/meshproof/meshproof/harness/ca"
 	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/image"
+	"github.com/meshproof/meshproof/harness/probe/configdump"
 )
 
 // ProxyContainer is the container Istio injects the sidecar as.
@@ -142,17 +146,25 @@ func (r *CertReader) SidecarSecrets(ctx context.Context, server engine.Pod) (cha
 
 // workloadSecrets picks the workload chain and the roots out of a dump.
 func workloadSecrets(dump []byte) (chain, roots []*x509.Certificate, err error) {
-	secrets, err := ParseConfigDump(dump)
+	secrets, err := configdump.Parse(dump)
 	if err != nil {
 		return nil, nil, err
 	}
-	workload, ok := secrets[WorkloadSecretName]
+	workload, ok := secrets[configdump.WorkloadSecretName]
 	if !ok || len(workload.CertificateChain) == 0 {
-		return nil, nil, fmt.Errorf("no certificate chain in secret %q (active secrets: %s)", WorkloadSecretName, secretNames(secrets))
+		return nil, nil, fmt.Errorf("no certificate chain in secret %q (active secrets: %s)", configdump.WorkloadSecretName, secretNames(secrets))
 	}
-	root, ok := secrets[RootSecretName]
+	root, ok := secrets[configdump.RootSecretName]
 	if !ok || len(root.TrustedCA) == 0 {
-		return nil, nil, fmt.Errorf("no trusted CA in secret %q (active secrets: %s)", RootSecretName, secretNames(secrets))
+		return nil, nil, fmt.Errorf("no trusted CA in secret %q (active secrets: %s)", configdump.RootSecretName, secretNames(secrets))
 	}
 	return workload.CertificateChain, root.TrustedCA, nil
+}
+
+// secretNames lists the secrets' names for an error message.
+func secretNames(secrets map[string]configdump.Secret) string {
+	if len(secrets) == 0 {
+		return "none"
+	}
+	return strings.Join(slices.Sorted(maps.Keys(secrets)), ", ")
 }

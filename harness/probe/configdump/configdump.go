@@ -1,15 +1,16 @@
-package probe
+// Package configdump reads the SDS secrets out of an Envoy admin config
+// dump (GET /config_dump?mask=dynamic_active_secrets), which is how the
+// harness sees the certificates an Istio sidecar holds. It depends on the
+// standard library only.
+package configdump
 
 import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
-
-	"github.com/meshproof/meshproof/harness/ca"
 )
 
 // The names Istio's agent gives the SDS secrets it serves to Envoy: the
@@ -21,8 +22,8 @@ const (
 
 // Type URLs of the messages read from the config dump.
 const (
-	secretsConfigDumpType = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
-	tlsSecretType         = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+	SecretsConfigDumpType = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
+	TLSSecretType         = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
 // Secret is one of Envoy's dynamic active SDS secrets, with its
@@ -148,19 +149,46 @@ func parseDataSource(d *dataSource) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ca.ParseCertificatesPEM(data)
+	return parseCertificatesPEM(data)
 }
 
-// ParseConfigDump reads the dynamic active secrets out of an Envoy admin
+// parseCertificatesPEM parses every CERTIFICATE block in data, in order. A
+// block of another type is an error, so that a key where certificates
+// belong is noticed (harness/ca has the same function, but importing it
+// would pull the Kubernetes client into this parser and its fuzzing).
+func parseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is %q, want CERTIFICATE", len(certs)+1, block.Type)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parse certificate %d: %w", len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block found")
+	}
+	return certs, nil
+}
+
+// Parse reads the dynamic active secrets out of an Envoy admin
 // config dump (GET /config_dump, typically with
 // ?mask=dynamic_active_secrets) and returns them by name. Configs of other
 // types are skipped. A secret whose certificates cannot be parsed is an
 // error naming it; a dump with no SecretsConfigDump at all is an error
 // too, because it is not what the caller asked Envoy for.
-func ParseConfigDump(data []byte) (map[string]Secret, error) {
+func Parse(data []byte) (map[string]Secret, error) {
 	var dump configDump
 	if err := json.Unmarshal(data, &dump); err != nil {
-		return nil, fmt.Errorf("envoy config dump is not JSON: %w (starts %.80q)", err, data)
+		return nil, fmt.Errorf("cannot read the envoy config dump as JSON: %w (starts %.80q)", err, data)
 	}
 	secrets := map[string]Secret{}
 	found := false
@@ -169,7 +197,7 @@ func ParseConfigDump(data []byte) (map[string]Secret, error) {
 		if err := json.Unmarshal(raw, &tc); err != nil {
 			return nil, fmt.Errorf("envoy config dump: configs[%d]: %w", i, err)
 		}
-		if tc.Type != secretsConfigDumpType {
+		if tc.Type != SecretsConfigDumpType {
 			continue
 		}
 		found = true
@@ -193,7 +221,7 @@ func ParseConfigDump(data []byte) (map[string]Secret, error) {
 		}
 	}
 	if !found {
-		return nil, fmt.Errorf("envoy config dump has no %s among its %d configs", secretsConfigDumpType, len(dump.Configs))
+		return nil, fmt.Errorf("envoy config dump has no %s among its %d configs", SecretsConfigDumpType, len(dump.Configs))
 	}
 	return secrets, nil
 }
@@ -213,8 +241,8 @@ func (ds dynamicSecret) parse() (Secret, error) {
 	if ds.Secret == nil {
 		return s, nil
 	}
-	if t := ds.Secret.Type; t != "" && t != tlsSecretType {
-		return s, fmt.Errorf("secret is a %s, want %s", t, tlsSecretType)
+	if t := ds.Secret.Type; t != "" && t != TLSSecretType {
+		return s, fmt.Errorf("secret is a %s, want %s", t, TLSSecretType)
 	}
 	var err error
 	if tc := firstNonNil(ds.Secret.TLSCertificate, ds.Secret.TLSCertificateCamel); tc != nil {
@@ -230,15 +258,62 @@ func (ds dynamicSecret) parse() (Secret, error) {
 	return s, nil
 }
 
-// secretNames lists names for error messages.
-func secretNames(secrets map[string]Secret) string {
-	names := make([]string, 0, len(secrets))
-	for n := range secrets {
-		names = append(names, n)
+// Render prints secrets as Envoy's admin endpoint does for
+// /config_dump?mask=dynamic_active_secrets: one SecretsConfigDump, proto
+// field names, PEM as base64 inline_bytes, and a private key shown as
+// "[redacted]" beside every certificate chain. It is Parse's inverse, for
+// tests and fake sidecars.
+func Render(secrets ...Secret) ([]byte, error) {
+	type dataSource struct {
+		InlineBytes []byte `json:"inline_bytes"` // base64, as protobuf JSON
 	}
-	sort.Strings(names)
-	if len(names) == 0 {
-		return "none"
+	type tlsCertificate struct {
+		CertificateChain dataSource `json:"certificate_chain"`
+		PrivateKey       dataSource `json:"private_key"`
 	}
-	return strings.Join(names, ", ")
+	type validationContext struct {
+		TrustedCA dataSource `json:"trusted_ca"`
+	}
+	type secret struct {
+		Type              string             `json:"@type"`
+		Name              string             `json:"name"`
+		TLSCertificate    *tlsCertificate    `json:"tls_certificate,omitempty"`
+		ValidationContext *validationContext `json:"validation_context,omitempty"`
+	}
+	type dynamicSecret struct {
+		Name        string `json:"name"`
+		VersionInfo string `json:"version_info,omitempty"`
+		LastUpdated string `json:"last_updated,omitempty"`
+		Secret      secret `json:"secret"`
+	}
+	type secretsDump struct {
+		Type                 string          `json:"@type"`
+		DynamicActiveSecrets []dynamicSecret `json:"dynamic_active_secrets"`
+	}
+	active := make([]dynamicSecret, 0, len(secrets))
+	for _, s := range secrets {
+		ds := dynamicSecret{Name: s.Name, VersionInfo: s.VersionInfo, LastUpdated: s.LastUpdated,
+			Secret: secret{Type: TLSSecretType, Name: s.Name}}
+		if len(s.CertificateChain) > 0 {
+			ds.Secret.TLSCertificate = &tlsCertificate{
+				CertificateChain: dataSource{encodePEM(s.CertificateChain)},
+				PrivateKey:       dataSource{[]byte("[redacted]")},
+			}
+		}
+		if len(s.TrustedCA) > 0 {
+			ds.Secret.ValidationContext = &validationContext{TrustedCA: dataSource{encodePEM(s.TrustedCA)}}
+		}
+		active = append(active, ds)
+	}
+	return json.MarshalIndent(struct {
+		Configs []secretsDump `json:"configs"`
+	}{[]secretsDump{{Type: SecretsConfigDumpType, DynamicActiveSecrets: active}}}, "", " ")
+}
+
+func encodePEM(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
 }
