@@ -122,7 +122,7 @@ func validate(args []string, stdout, stderr io.Writer) int {
 			for _, sc := range s.Scenarios {
 				steps += len(sc.Steps)
 			}
-			fmt.Fprintf(stdout, "%s: valid: %d scenarios, %d steps, %d clusters\n", f, len(s.Scenarios), steps, len(s.Clusters))
+			fmt.Fprintf(stdout, "%s: valid: %s, %s, %s\n", f, plural(len(s.Scenarios), "scenario"), plural(steps, "step"), plural(len(s.Clusters), "cluster"))
 		}
 	}
 	return code
@@ -240,4 +240,11 @@ func version() string {
 		}
 	}
 	return fmt.Sprintf("meshproof %s (%s, scenarios %s)", v, goVersion, scenario.APIVersion)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -78,9 +78,8 @@ func TestPredictJSON(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	// 18 steps, each 3 clients x 2 other servers x 2 ports.
-	if len(rows) != 18*12 {
-		t.Errorf("%d rows, want %d", len(rows), 18*12)
+	if len(rows) != 21*12 { // 21 steps, each 3 clients x 2 other servers x 2 ports
+		t.Errorf("%d rows, want %d", len(rows), 21*12)
 	}
 	want := predictedRow{Scenario: "strict", Step: 1, From: "legacy", To: "service-b", Port: 8080, Result: scenario.ResultFail, Reason: "reset"}
 	found := false

@@ -60,7 +60,7 @@ func alignArrows(text []byte) []byte {
 	var out bytes.Buffer
 	tw := tabwriter.NewWriter(&out, 0, 4, 2, ' ', 0)
 	for _, line := range strings.SplitAfter(string(text), "\n") {
-		if strings.Contains(line, " -> ") {
+		if strings.HasPrefix(line, "        ") && strings.Contains(line, " -> ") { // an expect row
 			from, rest, _ := strings.Cut(line, " -> ")
 			to, result, _ := strings.Cut(rest, "  ")
 			line = from + " -> " + to + "\t" + result
