@@ -25,6 +25,7 @@ import (
 	"time"
 
 	utilexec "k8s.io/client-go/util/exec"
+	"k8s.io/klog/v2"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/fixtures/manifests"
@@ -50,6 +51,11 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
+	// client-go and the fake server's stream libraries log every torn-down
+	// connection (the deadline tests tear some down on purpose); the tests
+	// assert on errors, not on that noise.
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
 	baseline := runtime.NumGoroutine()
 	code := m.Run()
 	os.RemoveAll(dir)
