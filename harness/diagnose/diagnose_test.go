@@ -37,27 +37,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	e, stop, err := testenv.StartEnv(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "diagnose tests need a real API server: %v\n", err)
-		os.Exit(1)
-	}
-	env = e
-	code := 1
-	cs, err := kubernetes.NewForConfig(e.Config)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building a clientset: %v\n", err)
-	} else {
-		clientset = cs
-		code = m.Run()
-	}
-	if err := stop(); err != nil {
-		fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(testenv.Main(m, func(e *testenv.Env) (err error) {
+		env = e
+		clientset, err = kubernetes.NewForConfig(e.Config)
+		return err
+	}))
 }
 
 func testContext(t *testing.T) context.Context {

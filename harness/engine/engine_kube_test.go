@@ -35,21 +35,7 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	e, stop, err := testenv.StartEnv(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "engine tests need a real API server: %v\n", err)
-		os.Exit(1)
-	}
-	env = e
-	fmt.Printf("engine tests: kube-apiserver %s with %d Istio CRDs\n", e.ServerVersion.GitVersion, len(e.IstioCRDs))
-	code := m.Run()
-	if err := stop(); err != nil {
-		fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(testenv.Main(m, func(e *testenv.Env) error { env = e; return nil }))
 }
 
 // suiteIn loads a suite whose workloads live in a namespace of the test's

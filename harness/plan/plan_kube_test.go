@@ -37,20 +37,7 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	e, stop, err := testenv.StartEnv(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "plan tests need a real API server: %v\n", err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	if err := stop(); err != nil {
-		fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(testenv.Main(m, func(e *testenv.Env) error { env = e; return nil }))
 }
 
 // scenariosFile is the repository's own scenario file.
