@@ -23,6 +23,7 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -283,4 +284,23 @@ func workingDir() string {
 		return "the working directory"
 	}
 	return wd
+}
+
+// RemoveIstioCRDs deletes the Istio CRDs StartEnv installed and waits until
+// the API server has dropped them, for tests that install Istio's base
+// chart (Helm refuses to adopt CRDs it did not create).
+func (e *Env) RemoveIstioCRDs(ctx context.Context) error {
+	for _, crd := range e.IstioCRDs {
+		if err := e.Client.Delete(ctx, crd.DeepCopy()); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, crd := range e.IstioCRDs {
+			if err := e.Client.Get(ctx, client.ObjectKey{Name: crd.Name}, &apiextensionsv1.CustomResourceDefinition{}); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
 }

@@ -25,13 +25,13 @@ import (
 	"sigs.k8s.io/e2e-framework/support"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/ca"
 	"github.com/meshproof/meshproof/harness/cluster"
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/diagnose"
 	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/image"
 	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/probe"
@@ -41,10 +41,6 @@ import (
 )
 
 const e2eBuild = true
-
-// chartsEnv points at a directory of Istio charts, <dir>/<version>/{base,istiod},
-// for air-gapped runs; a scenario's own istio.charts wins over it.
-const chartsEnv = "MESHPROOF_ISTIO_CHARTS"
 
 // e2eRunner runs scenarios on real clusters.
 type e2eRunner struct {
@@ -184,39 +180,14 @@ func (r *e2eRunner) setupCluster(ctx context.Context, c *scenario.Cluster) (*clu
 	}
 
 	done = step("Istio " + c.Istio.Version)
-	if c.Istio.PluggedCA {
-		bundle, err := ca.Generate()
-		if err != nil {
-			return st, err
-		}
-		// Before istiod: it reads cacerts only when it starts.
-		if err := bundle.Install(ctx, st.kube, scenario.IstioRootNamespace, nil); err != nil {
-			return st, fmt.Errorf("creating the cacerts secret: %w", err)
-		}
-		r.logf("%s: plugged CA installed (secret %s/cacerts)", c.Name, scenario.IstioRootNamespace)
+	m, err := mesh.Install(ctx, st.kube, st.rest, c, r.logf)
+	if m != nil {
+		st.istio, st.installed = m.Istio, true
 	}
-	opts := []istio.Option{istio.WithVersion(c.Istio.Version), istio.WithHub(c.Istio.Hub), istio.WithTag(c.Istio.Tag),
-		istio.WithTrustDomain(c.Istio.TrustDomain), istio.WithLogger(r.logf)}
-	if charts := chartsDir(c); charts != "" {
-		opts = append(opts, istio.WithChartsDir(charts))
-	}
-	if c.Istio.Revision != "" {
-		opts = append(opts, istio.WithRevision(c.Istio.Revision))
-	}
-	if len(c.Istio.Values) > 0 {
-		opts = append(opts, istio.WithValues(c.Istio.Values))
-	}
-	if !c.Istio.WorkloadCertTTL.IsZero() {
-		opts = append(opts, istio.WithWorkloadCertTTL(c.Istio.WorkloadCertTTL.Duration))
-	}
-	if st.istio, err = istio.New(st.rest, opts...); err != nil {
+	if err != nil {
 		return st, err
 	}
-	st.installed = true
-	if err := st.istio.Install(ctx); err != nil {
-		return st, fmt.Errorf("installing Istio: %w", err)
-	}
-	if err := st.istio.WaitReady(ctx); err != nil {
+	if err := m.Ready(ctx); err != nil {
 		return st, fmt.Errorf("waiting for Istio: %w", err)
 	}
 	done()
@@ -245,21 +216,6 @@ func (r *e2eRunner) setupCluster(ctx context.Context, c *scenario.Cluster) (*clu
 	}
 	done()
 	return st, nil
-}
-
-// chartsDir is the scenario's charts directory, else $MESHPROOF_ISTIO_CHARTS/<version>
-// when it exists, else "" (the official chart repository).
-func chartsDir(c *scenario.Cluster) string {
-	if c.Istio.Charts != "" {
-		return c.Istio.Charts
-	}
-	if root := os.Getenv(chartsEnv); root != "" {
-		dir := filepath.Join(root, c.Istio.Version)
-		if _, err := os.Stat(filepath.Join(dir, "istiod")); err == nil {
-			return dir
-		}
-	}
-	return ""
 }
 
 func expandHome(p string) string {

@@ -1,0 +1,92 @@
+// Package mesh installs the mesh a scenario's cluster asks for, in the one
+// order that works: the plugged CA's cacerts secret first (istiod reads it
+// only when it starts), then Istio's base and istiod releases, then the
+// explicit readiness phase. The suites and any other driver call Install
+// rather than the pieces, so the order is proven once, here.
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// ChartsEnv names a directory of Istio charts, <dir>/<version>/{base,istiod},
+// used when a scenario names no charts directory of its own (air-gapped
+// machines, and this project's tests).
+const ChartsEnv = "MESHPROOF_ISTIO_CHARTS"
+
+// Mesh is an installed (or installing) mesh.
+type Mesh struct {
+	// Istio is the installer, for upgrades and uninstall.
+	Istio *istio.Installer
+	// CA is the plugged CA, when the scenario asked for one.
+	CA *ca.Bundle
+}
+
+// Install installs the mesh of cluster c. It does not wait for istiod to
+// run: call Ready for that (it needs a kubelet, so it is a phase of its own).
+func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scenario.Cluster, logf func(string, ...any)) (*Mesh, error) {
+	m := &Mesh{}
+	opts := []istio.Option{istio.WithVersion(c.Istio.Version), istio.WithHub(c.Istio.Hub), istio.WithTag(c.Istio.Tag),
+		istio.WithTrustDomain(c.Istio.TrustDomain), istio.WithLogger(logf)}
+	if charts := ChartsDir(c); charts != "" {
+		opts = append(opts, istio.WithChartsDir(charts))
+	}
+	if c.Istio.Revision != "" {
+		opts = append(opts, istio.WithRevision(c.Istio.Revision))
+	}
+	if len(c.Istio.Values) > 0 {
+		opts = append(opts, istio.WithValues(c.Istio.Values))
+	}
+	if !c.Istio.WorkloadCertTTL.IsZero() {
+		opts = append(opts, istio.WithWorkloadCertTTL(c.Istio.WorkloadCertTTL.Duration))
+	}
+	var err error
+	if m.Istio, err = istio.New(cfg, opts...); err != nil {
+		return nil, err
+	}
+	if c.Istio.PluggedCA {
+		if m.CA, err = ca.Generate(); err != nil {
+			return nil, err
+		}
+		// Managed across runs (no run id): a later run's sweep of leftovers
+		// must not take the CA from under a running istiod.
+		labels := map[string]string{ownership.ManagedByLabel: ownership.ManagedByValue}
+		if err := m.CA.Install(ctx, kube, m.Istio.Namespace(), labels); err != nil {
+			return nil, fmt.Errorf("creating the %s secret: %w", ca.SecretName, err)
+		}
+		logf("plugged CA: secret %s/%s created before istiod (root %s)", m.Istio.Namespace(), ca.SecretName, m.CA.Root.Subject)
+	}
+	if err := m.Istio.Install(ctx); err != nil {
+		return m, fmt.Errorf("installing Istio %s: %w", c.Istio.Version, err)
+	}
+	return m, nil
+}
+
+// Ready waits until istiod is available and injects sidecars.
+func (m *Mesh) Ready(ctx context.Context) error { return m.Istio.WaitReady(ctx) }
+
+// ChartsDir is the scenario's charts directory, else $MESHPROOF_ISTIO_CHARTS/<version>
+// when it holds that version, else "" (the official chart repository).
+func ChartsDir(c *scenario.Cluster) string {
+	if c.Istio.Charts != "" {
+		return c.Istio.Charts
+	}
+	if root := os.Getenv(ChartsEnv); root != "" {
+		dir := filepath.Join(root, c.Istio.Version)
+		if _, err := os.Stat(filepath.Join(dir, "istiod")); err == nil {
+			return dir
+		}
+	}
+	return ""
+}
