@@ -26,7 +26,11 @@ type decoder struct {
 	substituted map[*yaml.Node]bool
 	// failed holds the paths that had decode errors; checks of the decoded
 	// values would only repeat those errors, so they are dropped.
-	failed  map[string]bool
+	failed map[string]bool
+	// active holds the alias targets and merged mappings being expanded; a
+	// node met again while it is active refers to itself, which would
+	// otherwise recurse until the node budget runs out.
+	active  map[*yaml.Node]bool
 	visited int
 	// combination names the matrix combination being decoded, if any.
 	combination string
@@ -69,7 +73,25 @@ func (d *decoder) resolve(n *yaml.Node) (*yaml.Node, bool) {
 	return n, n != nil
 }
 
+// enter marks an alias target or merged mapping as being expanded; it
+// reports false (with an error) when it already is.
+func (d *decoder) enter(n *yaml.Node, at *yaml.Node, path string) bool {
+	if d.active[n] {
+		d.errorf(at, path, "this alias refers to a node that contains it")
+		return false
+	}
+	d.active[n] = true
+	return true
+}
+
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	if n != nil && n.Kind == yaml.AliasNode {
+		target, ok := d.resolve(n)
+		if !ok || !d.enter(target, n, path) {
+			return
+		}
+		defer delete(d.active, target)
+	}
 	n, ok := d.resolve(n)
 	if !ok {
 		return
@@ -228,6 +250,10 @@ func infoOf(t reflect.Type) *structInfo {
 // (<<: *anchor) expanded first so that explicit keys override them.
 func (d *decoder) mappingPairs(n *yaml.Node, path string) (pairs [][2]*yaml.Node, explicit map[*yaml.Node]bool) {
 	explicit = map[*yaml.Node]bool{}
+	if !d.active[n] { // a mapping merging itself, directly or not
+		d.active[n] = true
+		defer delete(d.active, n)
+	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		if k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" {
@@ -247,7 +273,11 @@ func (d *decoder) mappingPairs(n *yaml.Node, path string) (pairs [][2]*yaml.Node
 					d.errorf(val, path, "a merge key (<<) must refer to a mapping")
 					continue
 				}
+				if !d.enter(s, val, path) {
+					continue
+				}
 				sub, _ := d.mappingPairs(s, path)
+				delete(d.active, s)
 				pairs = append(pairs, sub...)
 			}
 			continue

@@ -44,7 +44,7 @@ func load(name string, data []byte) (*Suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &decoder{file: name, substituted: map[*yaml.Node]bool{}, failed: map[string]bool{}}
+	d := &decoder{file: name, substituted: map[*yaml.Node]bool{}, failed: map[string]bool{}, active: map[*yaml.Node]bool{}}
 	s := &Suite{}
 	d.decode(root, reflect.ValueOf(s).Elem(), "")
 	// Checks run even after decode errors, so that one run reports every

@@ -292,6 +292,22 @@ func TestAliasesAndMergeKeys(t *testing.T) {
 	}
 }
 
+func TestSelfReferencingAliasesAreErrors(t *testing.T) {
+	for name, steps := range map[string]string{
+		"merge of itself": "  - mtls: {peerAuthentications: [&a {<<: *a, scope: mesh, mode: STRICT}]}\n",
+		"matrix clone":    "  - mtls: {peerAuthentications: [&a {<<: *a, scope: mesh, mode: \"${m}\"}]}\n",
+	} {
+		src := header + "scenarios:\n- name: s\n"
+		if name == "matrix clone" {
+			src += "  matrix: {m: [STRICT]}\n"
+		}
+		errs := loadErrors(t, src+"  steps:\n"+steps)
+		if !strings.Contains(errs.Error(), "this alias refers to a node that contains it") {
+			t.Errorf("%s: errors:\n%s", name, errs)
+		}
+	}
+}
+
 func TestBillionLaughsIsAnError(t *testing.T) {
 	var b strings.Builder
 	b.WriteString(header + "scenarios:\n- name: s\n  labels: &l0 [a, a, a, a, a, a, a, a, a, a]\n  x0: &x0 [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0]\n")

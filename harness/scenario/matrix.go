@@ -234,9 +234,17 @@ func sortedKeys(m map[string]string) []string {
 // substitute deep-copies a node tree with ${var} replaced in every scalar
 // value. Aliases are expanded in the copy.
 func (d *decoder) substitute(n *yaml.Node, c Combination, path string) *yaml.Node {
+	null := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Line: n.Line, Column: n.Column}
+	if n.Kind == yaml.AliasNode {
+		target, ok := d.resolve(n)
+		if !ok || !d.enter(target, n, path) {
+			return null
+		}
+		defer delete(d.active, target)
+	}
 	n, ok := d.resolve(n)
 	if !ok {
-		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}
+		return null
 	}
 	cp := *n
 	cp.Anchor = ""
