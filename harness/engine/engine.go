@@ -63,6 +63,7 @@ type Engine struct {
 	rec     Recorder
 	logf    func(format string, args ...any)
 	now     func() time.Time
+	mesh    meshState // upgrade and rotateRoot: meshcontrol.go
 }
 
 // Option configures an Engine.
@@ -114,6 +115,10 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 		return e.expect(ctx, sc, index)
 	case st.Rotate != nil:
 		return e.rotate(ctx, sc, st)
+	case st.Upgrade != nil:
+		return e.upgrade(ctx, sc, index)
+	case st.RotateRoot != nil:
+		return e.rotateRoot(ctx, sc, index)
 	case st.Restart != nil:
 		return e.restart(ctx, st.Restart.Workloads)
 	case st.Wait != nil:
