@@ -34,7 +34,9 @@ func TestPermissions(t *testing.T) {
 	if got := mode(r.Dir); got != 0o755 {
 		t.Errorf("run folder mode %v, want 0755", got)
 	}
-	if got := mode(r.ResultsPath()); got != 0o644 {
-		t.Errorf("results.json mode %v, want 0644", got)
+	for _, path := range []string{r.ResultsPath(), r.EventsPath(), r.HTMLPath()} {
+		if got := mode(path); got != 0o644 {
+			t.Errorf("%s mode %v, want 0644", filepath.Base(path), got)
+		}
 	}
 }

@@ -2,7 +2,9 @@
 // <root>/latest link to the newest one. Everything in it is written as the
 // run goes, so a run that is interrupted (Ctrl-C, a killed CI job) still
 // leaves a readable folder: results.json holds every probe observation made
-// up to that point.
+// up to that point and events.json the timeline of what the steps did
+// (policy changes, upgrade and rotation phases). When the run closes, it
+// renders both into report.html, one self-contained page.
 //
 // What this package writes holds no secrets, so directories are 0755 and
 // files 0644, readable by whoever collects CI artifacts. A file with
@@ -16,7 +18,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
+
+	"github.com/meshproof/meshproof/harness/engine"
 )
 
 const (
@@ -25,6 +30,10 @@ const (
 	LatestLink = "latest"
 	// ResultsFile holds every observation of the run as a JSON array.
 	ResultsFile = "results.json"
+	// EventsFile holds the run's timeline events as a JSON array.
+	EventsFile = "events.json"
+	// HTMLFile is the page Close renders from the results and events.
+	HTMLFile = "report.html"
 	// JUnitFile is the JUnit report the suites write.
 	JUnitFile = "junit.xml"
 
@@ -52,12 +61,13 @@ func ValidateRunID(id string) error {
 }
 
 // Open creates the folder <root>/<runID>/ (and root if needed), starts its
-// results.json and points <root>/latest at it. The link is relative, so the
+// results.json and events.json and points <root>/latest at it. The link is relative, so the
 // whole root can be moved or archived, and it is replaced atomically: a
 // reader sees either the previous run or this one, never no link.
 //
 // The run folder may already exist (a cluster provider may have written a
-// kubeconfig into it), but results.json must not: a run id names one run.
+// kubeconfig into it), but results.json and events.json must not: a run id
+// names one run.
 func Open(root, runID string) (*Run, error) {
 	if err := ValidateRunID(runID); err != nil {
 		return nil, fmt.Errorf("open run report: %w", err)
@@ -74,19 +84,25 @@ func Open(root, runID string) (*Run, error) {
 	if err := os.Chmod(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("open run report: %w", err)
 	}
-	results, err := openResults(filepath.Join(dir, ResultsFile))
+	results, err := openArray(filepath.Join(dir, ResultsFile), describeObservation)
 	if err != nil {
+		return nil, fmt.Errorf("open run report: %w", err)
+	}
+	events, err := openArray(filepath.Join(dir, EventsFile), describeEvent)
+	if err != nil {
+		results.close()
 		return nil, fmt.Errorf("open run report: %w", err)
 	}
 	if err := pointLatest(root, runID); err != nil {
 		results.close()
+		events.close()
 		return nil, fmt.Errorf("open run report: %w", err)
 	}
-	// Make the new directory entries (results.json, the link) durable too,
+	// Make the new directory entries (the files, the link) durable too,
 	// not only the file contents.
 	syncDir(dir)
 	syncDir(root)
-	return &Run{ID: runID, Dir: dir, results: results}, nil
+	return &Run{ID: runID, Dir: dir, results: results, events: events}, nil
 }
 
 // Run is one run's output folder. Its methods are safe for concurrent use.
@@ -96,7 +112,11 @@ type Run struct {
 	// Dir is the run's folder, <root>/<ID>.
 	Dir string
 
-	results *resultsWriter
+	results *arrayWriter[engine.Observation]
+	events  *arrayWriter[engine.Event]
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Path joins parts onto the run's folder, e.g. Path("diagnostics", s, step).
@@ -112,14 +132,57 @@ func (r *Run) JUnitPath() string { return r.Path(JUnitFile) }
 // ResultsPath is the run's results.json.
 func (r *Run) ResultsPath() string { return r.Path(ResultsFile) }
 
-// Err reports the first failure to record an observation (a write error,
-// or a Record after Close), since Record itself cannot return one.
-func (r *Run) Err() error { return r.results.failure() }
+// EventsPath is the run's events.json.
+func (r *Run) EventsPath() string { return r.Path(EventsFile) }
 
-// Close terminates results.json (so it is a complete JSON array), syncs
-// and closes it. It is idempotent: later calls return the first call's
-// result. Close also reports a write failure an earlier Record met.
-func (r *Run) Close() error { return r.results.close() }
+// HTMLPath is the run's report.html, written by Close.
+func (r *Run) HTMLPath() string { return r.Path(HTMLFile) }
+
+// Err reports the first failure to record an observation or an event (a
+// write error, or a Record after Close), since Record and RecordEvent
+// cannot return one.
+func (r *Run) Err() error { return errors.Join(r.results.failure(), r.events.failure()) }
+
+// Close terminates results.json and events.json (so each is a complete
+// JSON array), syncs and closes them, then renders report.html from what
+// they hold. Both files are closed whatever happens to the rendering; a
+// rendering failure is returned with any write failure an earlier Record
+// met. Close is idempotent: later calls return the first call's result.
+func (r *Run) Close() error {
+	r.closeOnce.Do(func() {
+		closeErr := errors.Join(r.results.close(), r.events.close())
+		r.closeErr = errors.Join(closeErr, r.renderHTML())
+	})
+	return r.closeErr
+}
+
+// renderHTML writes report.html from the closed results.json and
+// events.json. Reading the files back, rather than keeping every
+// observation in memory during a long run, also makes the page show
+// exactly what the files hold. The page is written under a temporary name
+// and renamed, so report.html is either absent or complete.
+func (r *Run) renderHTML() error {
+	var notes []string
+	obs, err := ReadResults(r.ResultsPath())
+	if err != nil {
+		if !errors.Is(err, ErrIncomplete) {
+			return fmt.Errorf("render %s: %w", HTMLFile, err)
+		}
+		notes = append(notes, err.Error())
+	}
+	events, err := ReadEvents(r.EventsPath())
+	if err != nil {
+		if !errors.Is(err, ErrIncomplete) {
+			return fmt.Errorf("render %s: %w", HTMLFile, err)
+		}
+		notes = append(notes, err.Error())
+	}
+	opts := []Option{WithTitle("meshproof run " + r.ID)}
+	for _, n := range notes {
+		opts = append(opts, WithNote(n))
+	}
+	return WriteHTMLFile(r.HTMLPath(), obs, events, opts...)
+}
 
 // latestSeq makes temporary link names unique within the process; the pid
 // makes them unique across processes sharing a root.

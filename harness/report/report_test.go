@@ -29,6 +29,7 @@ func observation(i int) engine.Observation {
 		Port:     8080 + i,
 		Pod:      "service-a-7d9f8c-x2x4z",
 		Result:   scenario.ResultFail,
+		Expected: "fail (any reason)",
 		Reason:   "reset",
 		Status:   503,
 		Latency:  time.Duration(i)*time.Millisecond + 17,

@@ -1,0 +1,723 @@
+package report
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// Option adjusts the page HTML renders.
+type Option func(*htmlOptions)
+
+type htmlOptions struct {
+	title string
+	notes []string
+}
+
+// WithTitle sets the page's title and heading (default "meshproof report").
+func WithTitle(title string) Option { return func(o *htmlOptions) { o.title = title } }
+
+// WithNote adds a warning shown at the top of the page, e.g. that the
+// results file was cut short by an interrupted run.
+func WithNote(note string) Option { return func(o *htmlOptions) { o.notes = append(o.notes, note) } }
+
+//go:embed html.tmpl
+var pageSource string
+
+var pageTemplate = template.Must(template.New("report").Parse(pageSource))
+
+// HTML writes one self-contained page (inline CSS and SVG, no scripts, no
+// external assets) showing, for every scenario and step, the client ×
+// server:port matrix of what was observed, with each cell's outcome counts
+// and whether they agree with the step's expectation; steps that recorded
+// events also get a timeline of every pair with the events as markers,
+// and certificate serials seen during a rotation.
+//
+// The output depends only on the set of observations and events, not on
+// their order, so it can be compared byte for byte.
+func HTML(w io.Writer, obs []engine.Observation, events []engine.Event, opts ...Option) error {
+	o := htmlOptions{title: "meshproof report"}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	// Render into memory first: a template error half way must not leave a
+	// truncated page in w.
+	var buf bytes.Buffer
+	if err := pageTemplate.Execute(&buf, buildPage(obs, events, o)); err != nil {
+		return fmt.Errorf("render the HTML report: %w", err)
+	}
+	_, err := w.Write(buf.Bytes())
+	if err != nil {
+		return fmt.Errorf("write the HTML report: %w", err)
+	}
+	return nil
+}
+
+// WriteHTMLFile renders HTML into path, through a temporary file in the
+// same folder that is renamed over path, so path is never left half
+// written. The file is 0644 like the rest of the run folder.
+func WriteHTMLFile(path string, obs []engine.Observation, events []engine.Event, opts ...Option) error {
+	var buf bytes.Buffer
+	if err := HTML(&buf, obs, events, opts...); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	fail := func(err error) error {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(buf.Bytes()); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Chmod(fileMode); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// The page's view model: everything the template shows, already sorted
+// and formatted, so the template only lays it out.
+type page struct {
+	Title        string
+	Notes        []string
+	Observations int
+	Events       int
+	Steps        int
+	StepsDiffer  int
+	AnyExpected  bool
+	Scenarios    []scenarioView
+}
+
+type scenarioView struct {
+	Name  string
+	ID    string
+	Steps []stepView
+}
+
+type stepView struct {
+	Name         string
+	ID           string
+	Start, End   string // UTC times
+	Duration     string
+	Observations int
+	Status       string // "ok", "differs" or "observed"
+	StatusText   string
+	Columns      []string // server:port
+	Rows         []rowView
+	Timeline     *timelineView
+	Events       []eventView
+	Serials      []eventView
+}
+
+type rowView struct {
+	Client string
+	Cells  []cellView
+}
+
+type cellView struct {
+	From, To string // the client and server:port, for tests and tools
+	Probed   bool
+	Outcomes []outcomeView
+	Verdict  string // "✓ expected mtls", "✗ expected mtls: 3 of 12 differ", "no expectation"
+	Status   string // "ok", "differs", "observed" or "empty"
+	Label    string // the cell in words, for aria-label and title
+}
+
+type outcomeView struct {
+	Class string // mtls, plaintext, fail or other
+	Text  string // "mtls 9"
+}
+
+type eventView struct {
+	Number int
+	Time   string
+	Offset string
+	Kind   string
+	Detail string
+}
+
+type timelineView struct {
+	Width, Height int
+	Label         string // the figure in words
+	PlotX0        int
+	PlotX1        int
+	PlotW         int
+	Lanes         []laneView
+	Ticks         []tickView
+	Markers       []markerView
+	AxisY         int
+	MarkerTop     int
+	MarkerBottom  int
+}
+
+type laneView struct {
+	Label    string
+	Y        int // top of the lane
+	TextY    int
+	Segments []segmentView
+	Serials  []serialView // the certificate lane only
+}
+
+type segmentView struct {
+	X, Width string
+	Class    string
+	Title    string
+}
+
+type serialView struct {
+	Points string // the diamond
+	Number int
+	TextX  string
+	Title  string
+}
+
+type tickView struct {
+	X     string
+	Label string
+}
+
+type markerView struct {
+	X      string
+	Number int
+	NumY   int
+	Title  string
+}
+
+// Timeline geometry, in SVG user units (CSS pixels at 100%).
+const (
+	tlWidth     = 1200
+	tlPlotX0    = 280
+	tlPlotX1    = 1180
+	tlLaneH     = 16
+	tlLaneGap   = 6
+	tlTop       = 44 // room for the event numbers
+	tlAxisH     = 26
+	tlNumberGap = 14 // closer event numbers are staggered
+	tlNumRows   = 3
+	tlMinSegW   = 3.0
+)
+
+// SerialEvent is the event kind a rotation records for each certificate
+// serial it sees; such events get their own lane and table.
+const SerialEvent = "serial"
+
+type stepKey struct{ scenario, step string }
+
+type stepData struct {
+	key    stepKey
+	obs    []engine.Observation
+	events []engine.Event
+	first  time.Time
+}
+
+func buildPage(obs []engine.Observation, events []engine.Event, o htmlOptions) page {
+	p := page{Title: o.title, Notes: o.notes, Observations: len(obs), Events: len(events)}
+	steps := map[stepKey]*stepData{}
+	get := func(k stepKey, t time.Time) *stepData {
+		d := steps[k]
+		if d == nil {
+			d = &stepData{key: k, first: t}
+			steps[k] = d
+		}
+		if t.Before(d.first) {
+			d.first = t
+		}
+		return d
+	}
+	for _, ob := range obs {
+		d := get(stepKey{ob.Scenario, ob.Step}, ob.Time)
+		d.obs = append(d.obs, ob)
+		if ob.Expected != "" {
+			p.AnyExpected = true
+		}
+	}
+	for _, e := range events {
+		d := get(stepKey{e.Scenario, e.Step}, e.Time)
+		d.events = append(d.events, e)
+	}
+
+	// Scenarios and steps in the order they ran (first record), names
+	// breaking ties, so the order of the input does not matter.
+	byScenario := map[string][]*stepData{}
+	scenarioFirst := map[string]time.Time{}
+	for _, d := range steps {
+		s := d.key.scenario
+		byScenario[s] = append(byScenario[s], d)
+		if t, ok := scenarioFirst[s]; !ok || d.first.Before(t) {
+			scenarioFirst[s] = d.first
+		}
+	}
+	names := make([]string, 0, len(byScenario))
+	for s := range byScenario {
+		names = append(names, s)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		ti, tj := scenarioFirst[names[i]], scenarioFirst[names[j]]
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		return names[i] < names[j]
+	})
+	for si, s := range names {
+		list := byScenario[s]
+		sort.Slice(list, func(i, j int) bool {
+			if !list[i].first.Equal(list[j].first) {
+				return list[i].first.Before(list[j].first)
+			}
+			return list[i].key.step < list[j].key.step
+		})
+		sv := scenarioView{Name: s, ID: fmt.Sprintf("scenario-%d", si+1)}
+		for ti, d := range list {
+			st := buildStep(d, fmt.Sprintf("%s-step-%d", sv.ID, ti+1))
+			p.Steps++
+			if st.Status == "differs" {
+				p.StepsDiffer++
+			}
+			sv.Steps = append(sv.Steps, st)
+		}
+		p.Scenarios = append(p.Scenarios, sv)
+	}
+	return p
+}
+
+// outcomeLabel names an observation's outcome as the engine's messages do:
+// "mtls", "plaintext", "fail (reset)".
+func outcomeLabel(o engine.Observation) string {
+	if o.Result == scenario.ResultFail && o.Reason != "" {
+		return "fail (" + o.Reason + ")"
+	}
+	return string(o.Result)
+}
+
+func outcomeClass(r scenario.Result) string {
+	switch r {
+	case scenario.ResultMTLS, scenario.ResultPlaintext, scenario.ResultFail:
+		return string(r)
+	}
+	return "other"
+}
+
+// outcomeRank orders a cell's outcomes: mtls, plaintext, failures, then
+// anything else.
+func outcomeRank(r scenario.Result) int {
+	switch r {
+	case scenario.ResultMTLS:
+		return 0
+	case scenario.ResultPlaintext:
+		return 1
+	case scenario.ResultFail:
+		return 2
+	}
+	return 3
+}
+
+// differs reports whether an observation disagrees with its expectation.
+// An expectation of a failure without a reason ("fail", or "fail (any
+// reason)" as the engine words it) accepts every failure.
+func differs(o engine.Observation) bool {
+	e := o.Expected
+	if e == "" || e == outcomeLabel(o) || e == string(o.Result) {
+		return false
+	}
+	if o.Result == scenario.ResultFail && e == "fail (any reason)" {
+		return false
+	}
+	return true
+}
+
+func lessObservation(a, b engine.Observation) bool {
+	if !a.Time.Equal(b.Time) {
+		return a.Time.Before(b.Time)
+	}
+	ka := []string{a.From, a.To, fmt.Sprintf("%09d", a.Port), string(a.Result), a.Reason, a.Expected, a.Pod, a.ClientID, a.ServerID, a.Error}
+	kb := []string{b.From, b.To, fmt.Sprintf("%09d", b.Port), string(b.Result), b.Reason, b.Expected, b.Pod, b.ClientID, b.ServerID, b.Error}
+	for i := range ka {
+		if ka[i] != kb[i] {
+			return ka[i] < kb[i]
+		}
+	}
+	if a.Status != b.Status {
+		return a.Status < b.Status
+	}
+	return a.Latency < b.Latency
+}
+
+func lessEvent(a, b engine.Event) bool {
+	if !a.Time.Equal(b.Time) {
+		return a.Time.Before(b.Time)
+	}
+	if a.Kind != b.Kind {
+		return a.Kind < b.Kind
+	}
+	return a.Detail < b.Detail
+}
+
+type pairKey struct {
+	from, to string
+	port     int
+}
+
+func (k pairKey) target() string { return k.to + ":" + strconv.Itoa(k.port) }
+
+func lessPair(a, b pairKey) bool {
+	if a.from != b.from {
+		return a.from < b.from
+	}
+	if a.to != b.to {
+		return a.to < b.to
+	}
+	return a.port < b.port
+}
+
+func buildStep(d *stepData, id string) stepView {
+	sort.Slice(d.obs, func(i, j int) bool { return lessObservation(d.obs[i], d.obs[j]) })
+	sort.Slice(d.events, func(i, j int) bool { return lessEvent(d.events[i], d.events[j]) })
+	start, end := d.first, d.first
+	for _, o := range d.obs {
+		end = maxTime(end, o.Time)
+	}
+	for _, e := range d.events {
+		end = maxTime(end, e.Time)
+	}
+	st := stepView{
+		Name: d.key.step, ID: id, Observations: len(d.obs),
+		Start: formatTime(start), End: formatTime(end), Duration: formatDuration(end.Sub(start)),
+	}
+
+	byPair := map[pairKey][]engine.Observation{}
+	clients := map[string]bool{}
+	targets := map[string]pairKey{} // server:port -> a key holding to and port
+	for _, o := range d.obs {
+		k := pairKey{o.From, o.To, o.Port}
+		byPair[k] = append(byPair[k], o)
+		clients[o.From] = true
+		targets[k.target()] = pairKey{to: o.To, port: o.Port}
+	}
+	cols := make([]pairKey, 0, len(targets))
+	for _, k := range targets {
+		cols = append(cols, k)
+	}
+	sort.Slice(cols, func(i, j int) bool { return lessPair(cols[i], cols[j]) })
+	for _, c := range cols {
+		st.Columns = append(st.Columns, c.target())
+	}
+	rows := sortedKeys(clients)
+	differing, expected := 0, 0
+	for _, client := range rows {
+		row := rowView{Client: client}
+		for _, c := range cols {
+			k := pairKey{client, c.to, c.port}
+			cell := buildCell(k, byPair[k])
+			row.Cells = append(row.Cells, cell)
+		}
+		st.Rows = append(st.Rows, row)
+	}
+	for _, o := range d.obs {
+		if o.Expected != "" {
+			expected++
+			if differs(o) {
+				differing++
+			}
+		}
+	}
+	switch {
+	case differing > 0:
+		st.Status = "differs"
+		st.StatusText = fmt.Sprintf("✗ %d of %s differ from the expectation", differing, plural(expected, "expected observation"))
+	case expected > 0 && expected == len(d.obs):
+		st.Status = "ok"
+		st.StatusText = fmt.Sprintf("✓ all %s as expected", plural(len(d.obs), "observation"))
+	case expected > 0:
+		st.Status = "ok"
+		st.StatusText = fmt.Sprintf("✓ %s as expected, %d with no expectation", plural(expected, "observation"), len(d.obs)-expected)
+	default:
+		st.Status = "observed"
+		st.StatusText = fmt.Sprintf("observed only: none of %s carries an expectation", plural(len(d.obs), "observation"))
+	}
+
+	for i, e := range d.events {
+		ev := eventView{Number: i + 1, Time: formatTime(e.Time), Offset: "+" + formatDuration(e.Time.Sub(start)), Kind: e.Kind, Detail: e.Detail}
+		st.Events = append(st.Events, ev)
+		if e.Kind == SerialEvent {
+			st.Serials = append(st.Serials, ev)
+		}
+	}
+	if len(d.events) > 0 {
+		pairs := make([]pairKey, 0, len(byPair))
+		for k := range byPair {
+			pairs = append(pairs, k)
+		}
+		sort.Slice(pairs, func(i, j int) bool { return lessPair(pairs[i], pairs[j]) })
+		st.Timeline = buildTimeline(d, pairs, byPair, start, end)
+	}
+	return st
+}
+
+func buildCell(k pairKey, obs []engine.Observation) cellView {
+	c := cellView{From: k.from, To: k.target()}
+	if len(obs) == 0 {
+		c.Status = "empty"
+		c.Verdict = "not probed"
+		c.Label = fmt.Sprintf("%s to %s: not probed in this step", k.from, k.target())
+		return c
+	}
+	c.Probed = true
+	type count struct {
+		result scenario.Result
+		label  string
+		n      int
+	}
+	counts := map[string]*count{}
+	expectations := map[string]bool{}
+	identities := map[string]bool{}
+	errs := map[string]bool{}
+	differing, withExpectation := 0, 0
+	for _, o := range obs {
+		l := outcomeLabel(o)
+		if counts[l] == nil {
+			counts[l] = &count{result: o.Result, label: l}
+		}
+		counts[l].n++
+		if o.Expected != "" {
+			withExpectation++
+			expectations[o.Expected] = true
+			if differs(o) {
+				differing++
+			}
+		}
+		if o.Result == scenario.ResultMTLS {
+			identities[fmt.Sprintf("%s → %s", orNone(o.ClientID), orNone(o.ServerID))] = true
+		}
+		if o.Error != "" {
+			errs[strings.TrimSpace(o.Error)] = true
+		}
+	}
+	list := make([]*count, 0, len(counts))
+	for _, v := range counts {
+		list = append(list, v)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if ri, rj := outcomeRank(list[i].result), outcomeRank(list[j].result); ri != rj {
+			return ri < rj
+		}
+		return list[i].label < list[j].label
+	})
+	var texts []string
+	for _, v := range list {
+		text := fmt.Sprintf("%s %d", v.label, v.n)
+		c.Outcomes = append(c.Outcomes, outcomeView{Class: outcomeClass(v.result), Text: text})
+		texts = append(texts, text)
+	}
+	want := strings.Join(sortedKeys(expectations), " / ")
+	switch {
+	case differing > 0:
+		c.Status = "differs"
+		c.Verdict = fmt.Sprintf("✗ expected %s: %d of %d differ", want, differing, withExpectation)
+	case withExpectation > 0:
+		c.Status = "ok"
+		c.Verdict = "✓ expected " + want
+	default:
+		c.Status = "observed"
+		c.Verdict = "no expectation"
+	}
+	var label strings.Builder
+	fmt.Fprintf(&label, "%s to %s: observed %s; %s", k.from, k.target(), strings.Join(texts, ", "), strings.TrimPrefix(strings.TrimPrefix(c.Verdict, "✓ "), "✗ "))
+	if differing > 0 {
+		label.WriteString(" (differs)")
+	}
+	if ids := sortedKeys(identities); len(ids) > 0 {
+		fmt.Fprintf(&label, "; identities %s", strings.Join(ids, ", "))
+	}
+	if e := sortedKeys(errs); len(e) > 0 {
+		const shown = 3
+		if len(e) > shown {
+			e = append(e[:shown], fmt.Sprintf("and %d more", len(e)-shown))
+		}
+		fmt.Fprintf(&label, "; errors: %s", strings.Join(e, " | "))
+	}
+	c.Label = label.String()
+	return c
+}
+
+func buildTimeline(d *stepData, pairs []pairKey, byPair map[pairKey][]engine.Observation, start, end time.Time) *timelineView {
+	span := end.Sub(start)
+	if span <= 0 {
+		span = time.Second
+	}
+	x := func(t time.Time) float64 {
+		return tlPlotX0 + float64(t.Sub(start))/float64(span)*(tlPlotX1-tlPlotX0)
+	}
+	tl := &timelineView{Width: tlWidth, PlotX0: tlPlotX0, PlotX1: tlPlotX1, PlotW: tlPlotX1 - tlPlotX0, MarkerTop: tlTop - 6}
+	y := tlTop
+	for _, k := range pairs {
+		lane := laneView{Label: fmt.Sprintf("%s → %s", k.from, k.target()), Y: y, TextY: y + tlLaneH - 4}
+		lane.Segments = segments(k, byPair[k], start, x)
+		tl.Lanes = append(tl.Lanes, lane)
+		y += tlLaneH + tlLaneGap
+	}
+	var serialCount int
+	for _, e := range d.events {
+		if e.Kind == SerialEvent {
+			serialCount++
+		}
+	}
+	if serialCount > 0 {
+		lane := laneView{Label: "certificate serials", Y: y, TextY: y + tlLaneH - 4}
+		mid := y + tlLaneH/2
+		for i, e := range d.events {
+			if e.Kind != SerialEvent {
+				continue
+			}
+			cx := x(e.Time)
+			lane.Serials = append(lane.Serials, serialView{
+				Points: fmt.Sprintf("%s,%d %s,%d %s,%d %s,%d", f1(cx), mid-7, f1(cx+6), mid, f1(cx), mid+7, f1(cx-6), mid),
+				Number: i + 1,
+				TextX:  f1(cx + 8),
+				Title:  fmt.Sprintf("%d. +%s %s", i+1, formatDuration(e.Time.Sub(start)), e.Detail),
+			})
+		}
+		tl.Lanes = append(tl.Lanes, lane)
+		y += tlLaneH + tlLaneGap
+	}
+	tl.MarkerBottom = y
+	tl.AxisY = y + 4
+	tl.Height = y + tlAxisH
+
+	// Event numbers are staggered over a few rows when close together.
+	lastX := make([]float64, tlNumRows)
+	for i := range lastX {
+		lastX[i] = -1e9
+	}
+	for i, e := range d.events {
+		ex := x(e.Time)
+		row := 0
+		for r := range tlNumRows {
+			if ex-lastX[r] >= tlNumberGap {
+				row = r
+				break
+			}
+		}
+		lastX[row] = ex
+		tl.Markers = append(tl.Markers, markerView{
+			X: f1(ex), Number: i + 1, NumY: 12 + row*11,
+			Title: fmt.Sprintf("%d. +%s %s: %s", i+1, formatDuration(e.Time.Sub(start)), e.Kind, e.Detail),
+		})
+	}
+	tick := tickStep(span)
+	for t := time.Duration(0); t <= span; t += tick {
+		tl.Ticks = append(tl.Ticks, tickView{X: f1(x(start.Add(t))), Label: "+" + formatDuration(t)})
+	}
+	tl.Label = fmt.Sprintf("Timeline of %s over %s with %s as numbered markers", plural(len(pairs), "pair"), formatDuration(end.Sub(start)), plural(len(d.events), "event"))
+	return tl
+}
+
+// segments merges a pair's consecutive observations with the same outcome
+// (and the same agreement with the expectation) into one bar, which runs
+// until the next different observation.
+func segments(k pairKey, obs []engine.Observation, start time.Time, x func(time.Time) float64) []segmentView {
+	var out []segmentView
+	for i := 0; i < len(obs); {
+		j := i + 1
+		for j < len(obs) && outcomeLabel(obs[j]) == outcomeLabel(obs[i]) && differs(obs[j]) == differs(obs[i]) {
+			j++
+		}
+		x0 := x(obs[i].Time)
+		x1 := x(obs[j-1].Time)
+		if j < len(obs) {
+			x1 = x(obs[j].Time)
+		}
+		w := max(x1-x0, tlMinSegW)
+		class := "seg seg-" + outcomeClass(obs[i].Result)
+		title := fmt.Sprintf("%s → %s: %s ×%d from +%s to +%s", k.from, k.target(), outcomeLabel(obs[i]), j-i,
+			formatDuration(obs[i].Time.Sub(start)), formatDuration(obs[j-1].Time.Sub(start)))
+		if differs(obs[i]) {
+			class += " seg-differs"
+			title += fmt.Sprintf(" (differs: expected %s)", obs[i].Expected)
+		}
+		out = append(out, segmentView{X: f1(x0), Width: f1(w), Class: class, Title: title})
+		i = j
+	}
+	return out
+}
+
+// tickStep picks a round axis interval giving at most about ten ticks.
+func tickStep(span time.Duration) time.Duration {
+	for _, s := range []time.Duration{
+		100 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond,
+		time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second, 30 * time.Second,
+		time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour,
+	} {
+		if span/s <= 10 {
+			return s
+		}
+	}
+	return span / 10
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000Z") }
+
+// formatDuration keeps durations short: milliseconds at most.
+func formatDuration(d time.Duration) string {
+	if d < time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

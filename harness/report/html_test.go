@@ -1,0 +1,439 @@
+package report
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/html"
+
+	"github.com/meshproof/meshproof/harness/engine"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden HTML in testdata")
+
+func render(t *testing.T, obs []engine.Observation, events []engine.Event, opts ...Option) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := HTML(&b, obs, events, opts...); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func parse(t *testing.T, page []byte) *html.Node {
+	t.Helper()
+	doc, err := html.Parse(bytes.NewReader(page))
+	if err != nil {
+		t.Fatalf("the page does not parse as HTML: %v", err)
+	}
+	return doc
+}
+
+func attr(n *html.Node, key string) string {
+	for _, a := range n.Attr {
+		if a.Key == key {
+			return a.Val
+		}
+	}
+	return ""
+}
+
+func hasClass(n *html.Node, class string) bool {
+	return slices.Contains(strings.Fields(attr(n, "class")), class)
+}
+
+// findAll returns every element below n (n included) that match accepts.
+func findAll(n *html.Node, match func(*html.Node) bool) []*html.Node {
+	var out []*html.Node
+	var walk func(*html.Node)
+	walk = func(n *html.Node) {
+		if n.Type == html.ElementNode && match(n) {
+			out = append(out, n)
+		}
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			walk(c)
+		}
+	}
+	walk(n)
+	return out
+}
+
+func byTagClass(tag, class string) func(*html.Node) bool {
+	return func(n *html.Node) bool { return n.Data == tag && (class == "" || hasClass(n, class)) }
+}
+
+func text(n *html.Node) string {
+	var b strings.Builder
+	var walk func(*html.Node)
+	walk = func(n *html.Node) {
+		if n.Type == html.TextNode {
+			b.WriteString(n.Data)
+		}
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			walk(c)
+		}
+	}
+	walk(n)
+	return strings.TrimSpace(b.String())
+}
+
+func texts(nodes []*html.Node) []string {
+	var out []string
+	for _, n := range nodes {
+		out = append(out, text(n))
+	}
+	return out
+}
+
+// stepSection finds the section of a step by its heading.
+func stepSection(t *testing.T, doc *html.Node, step string) *html.Node {
+	t.Helper()
+	var found []*html.Node
+	for _, s := range findAll(doc, byTagClass("section", "step")) {
+		if h := findAll(s, byTagClass("h3", "")); len(h) > 0 && strings.HasPrefix(text(h[0]), "Step "+step+" ") {
+			found = append(found, s)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d sections for step %q, want 1", len(found), step)
+	}
+	return found[0]
+}
+
+func cell(t *testing.T, section *html.Node, from, target string) *html.Node {
+	t.Helper()
+	cells := findAll(section, func(n *html.Node) bool {
+		return n.Data == "td" && attr(n, "data-from") == from && attr(n, "data-target") == target
+	})
+	if len(cells) != 1 {
+		t.Fatalf("%d cells for %s -> %s, want 1", len(cells), from, target)
+	}
+	return cells[0]
+}
+
+func TestHTMLMatrixCells(t *testing.T) {
+	obs, events := syntheticRun()
+	doc := parse(t, render(t, obs, events))
+
+	for _, tc := range []struct {
+		step, from, target string
+		outcomes           []string // texts of the outcome badges, in order
+		classes            []string // their o-* classes
+		status             string   // cell-* class
+		verdict            string
+	}{
+		{"strict-on", "service-a", "service-b:8080", []string{"mtls 3"}, []string{"o-mtls"}, "ok", "✓ expected mtls"},
+		{"strict-on", "legacy", "service-b:8080", []string{"fail (reset) 3"}, []string{"o-fail"}, "ok", "✓ expected fail (reset)"},
+		{"strict-on", "legacy", "service-b:9090", []string{"fail (reset) 3"}, []string{"o-fail"}, "ok", "✓ expected fail (any reason)"},
+		{"port-exception", "legacy", "service-b:9090", []string{"plaintext 3", "fail (timeout) 1"}, []string{"o-plaintext", "o-fail"}, "differs", "✗ expected fail (reset): 4 of 4 differ"},
+		{"port-exception", "service-a", "service-b:9090", nil, nil, "empty", "not probed"},
+		{"migrate", "legacy", "service-b:8080", []string{"plaintext 10", "fail (reset) 10"}, []string{"o-plaintext", "o-fail"}, "differs", "✗ expected fail (reset) / plaintext: 2 of 20 differ"},
+		{"migrate", "service-a", "service-b:8080", []string{"mtls 20"}, []string{"o-mtls"}, "ok", "✓ expected mtls"},
+	} {
+		c := cell(t, stepSection(t, doc, tc.step), tc.from, tc.target)
+		name := tc.step + ": " + tc.from + " -> " + tc.target
+		badges := findAll(c, byTagClass("span", "outcome"))
+		if got := texts(badges); !slices.Equal(got, tc.outcomes) {
+			t.Errorf("%s: outcomes %q, want %q", name, got, tc.outcomes)
+		}
+		for i, b := range badges {
+			if i < len(tc.classes) && !hasClass(b, tc.classes[i]) {
+				t.Errorf("%s: badge %q has class %q, want %s", name, text(b), attr(b, "class"), tc.classes[i])
+			}
+		}
+		if !hasClass(c, "cell-"+tc.status) {
+			t.Errorf("%s: cell class %q, want cell-%s", name, attr(c, "class"), tc.status)
+		}
+		if v := findAll(c, byTagClass("span", "verdict")); len(v) != 1 || text(v[0]) != tc.verdict {
+			t.Errorf("%s: verdict %q, want %q", name, texts(v), tc.verdict)
+		}
+		// The cell reads the same without colour or sight: its label says
+		// who, what was observed and whether it matched.
+		label := attr(c, "aria-label")
+		if label == "" || label != attr(c, "title") {
+			t.Errorf("%s: aria-label %q and title %q must be equal and set", name, label, attr(c, "title"))
+		}
+		if !strings.HasPrefix(label, tc.from+" to "+tc.target+": ") {
+			t.Errorf("%s: label %q does not name the pair", name, label)
+		}
+		for _, o := range tc.outcomes {
+			if !strings.Contains(label, o) {
+				t.Errorf("%s: label %q lacks %q", name, label, o)
+			}
+		}
+		if (tc.status == "differs") != strings.Contains(label, "(differs)") {
+			t.Errorf("%s: label %q and status %s disagree about differing", name, label, tc.status)
+		}
+	}
+
+	// Rows are clients and columns server:port, both sorted.
+	pe := stepSection(t, doc, "port-exception")
+	if got := texts(findAll(pe, byTagClass("th", ""))); !slices.Equal(got, []string{"client \\ server:port", "service-b:8080", "service-b:9090", "legacy", "service-a"}) {
+		t.Errorf("port-exception headers %q", got)
+	}
+	// The mTLS cell names the identities it saw.
+	if l := attr(cell(t, pe, "service-a", "service-b:8080"), "aria-label"); !strings.Contains(l, "identities "+idA+" → "+idB) {
+		t.Errorf("mtls cell label %q lacks the SPIFFE identities", l)
+	}
+	if l := attr(cell(t, pe, "legacy", "service-b:9090"), "aria-label"); !strings.Contains(l, "errors: read: connection reset by peer") {
+		t.Errorf("failing cell label %q lacks the error", l)
+	}
+
+	// Step verdicts, in the table of contents and the headings.
+	for step, want := range map[string]string{
+		"strict-on":      "✓ all 12 observations as expected",
+		"port-exception": "✗ 4 of 10 expected observations differ from the expectation",
+		"migrate":        "✗ 2 of 40 expected observations differ from the expectation",
+		"rotate-root":    "✓ all 16 observations as expected",
+	} {
+		s := stepSection(t, doc, step)
+		if got := findAll(s, byTagClass("span", "status")); len(got) != 1 || text(got[0]) != want {
+			t.Errorf("step %s status %q, want %q", step, texts(got), want)
+		}
+	}
+	nav := findAll(doc, byTagClass("nav", ""))
+	if len(nav) != 1 || len(findAll(nav[0], byTagClass("a", ""))) != 3+4 {
+		t.Errorf("the table of contents does not link 3 scenarios and 4 steps")
+	}
+	// Scenarios in the order they ran, not alphabetical.
+	if got := texts(findAll(doc, byTagClass("h2", ""))); !slices.Equal(got, []string{"Scenario strict-mesh", "Scenario permissive-to-strict", "Scenario root-rotation"}) {
+		t.Errorf("scenario order %q", got)
+	}
+	if s := findAll(doc, byTagClass("p", "summary")); len(s) != 1 || !strings.Contains(text(s[0]), "2 steps differ") {
+		t.Errorf("summary %q does not count the 2 differing steps", texts(s))
+	}
+	// Expectations are present, so no note says they are missing.
+	if n := findAll(doc, byTagClass("p", "note")); len(n) != 0 {
+		t.Errorf("unexpected notes %q", texts(n))
+	}
+	// Self-contained: nothing is loaded from elsewhere and nothing runs.
+	for _, tag := range []string{"script", "link", "img", "iframe"} {
+		if n := findAll(doc, byTagClass(tag, "")); len(n) != 0 {
+			t.Errorf("the page has %d <%s> elements", len(n), tag)
+		}
+	}
+}
+
+func TestHTMLTimelines(t *testing.T) {
+	obs, events := syntheticRun()
+	doc := parse(t, render(t, obs, events))
+
+	// Steps without events have no timeline.
+	for _, step := range []string{"strict-on", "port-exception"} {
+		if n := findAll(stepSection(t, doc, step), byTagClass("svg", "")); len(n) != 0 {
+			t.Errorf("step %s without events has a timeline", step)
+		}
+	}
+
+	migrate := stepSection(t, doc, "migrate")
+	svgs := findAll(migrate, byTagClass("svg", "timeline"))
+	if len(svgs) != 1 {
+		t.Fatalf("migrate has %d timelines, want 1", len(svgs))
+	}
+	svg := svgs[0]
+	if attr(svg, "role") != "img" || !strings.Contains(attr(svg, "aria-label"), "2 pairs") {
+		t.Errorf("timeline role %q, label %q", attr(svg, "role"), attr(svg, "aria-label"))
+	}
+	lanes := findAll(svg, byTagClass("g", "lane"))
+	var laneNames []string
+	for _, l := range lanes {
+		laneNames = append(laneNames, text(findAll(l, byTagClass("text", ""))[0]))
+	}
+	if !slices.Equal(laneNames, []string{"legacy → service-b:8080", "service-a → service-b:8080"}) {
+		t.Errorf("lanes %q", laneNames)
+	}
+	// legacy: plaintext as expected, plaintext after the change (differs),
+	// then the reset; service-a: one mtls bar.
+	legacy := findAll(lanes[0], byTagClass("rect", "seg"))
+	var segs []string
+	for _, s := range legacy {
+		segs = append(segs, attr(s, "class")+" | "+text(s))
+	}
+	want := []string{
+		"seg seg-plaintext | legacy → service-b:8080: plaintext ×8 from +0s to +7s",
+		"seg seg-plaintext seg-differs | legacy → service-b:8080: plaintext ×2 from +8s to +9s (differs: expected fail (reset))",
+		"seg seg-fail | legacy → service-b:8080: fail (reset) ×10 from +10s to +19s",
+	}
+	if !slices.Equal(segs, want) {
+		t.Errorf("legacy segments:\n%s\nwant:\n%s", strings.Join(segs, "\n"), strings.Join(want, "\n"))
+	}
+	if n := len(findAll(lanes[1], byTagClass("rect", "seg"))); n != 1 {
+		t.Errorf("service-a has %d segments, want 1", n)
+	}
+	markers := findAll(svg, byTagClass("g", "event"))
+	var markerTitles []string
+	for _, m := range markers {
+		markerTitles = append(markerTitles, texts(findAll(m, byTagClass("title", "")))...)
+	}
+	if !slices.Equal(markerTitles, []string{
+		"1. +7.5s policy-change: applying PeerAuthentication mp-b/default STRICT",
+		"2. +10s converged: every pair matched the new policies 2.5s after the change",
+	}) {
+		t.Errorf("event markers %q", markerTitles)
+	}
+	if got := texts(findAll(svg, byTagClass("text", "marker-num"))); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("event numbers %q", got)
+	}
+	rows := findAll(migrate, byTagClass("tr", "event-row"))
+	if got := texts(rows); len(got) != 2 || !strings.Contains(got[0], "policy-change") || !strings.Contains(got[1], "converged") {
+		t.Errorf("event rows %q", got)
+	}
+	// The marker for the change sits where 7.5 of 19 seconds fall.
+	line := findAll(markers[0], byTagClass("line", "marker"))[0]
+	if x := attr(line, "x1"); x != f1(tlPlotX0+7.5/19*(tlPlotX1-tlPlotX0)) {
+		t.Errorf("policy-change marker at x=%s", x)
+	}
+
+	rotate := stepSection(t, doc, "rotate-root")
+	svgs = findAll(rotate, byTagClass("svg", "timeline"))
+	if len(svgs) != 1 {
+		t.Fatalf("rotate-root has %d timelines, want 1", len(svgs))
+	}
+	lanes = findAll(svgs[0], byTagClass("g", "lane"))
+	if len(lanes) != 2 || text(findAll(lanes[1], byTagClass("text", ""))[0]) != "certificate serials" {
+		t.Fatalf("rotation lanes %q, want a pair and the certificate serials", texts(lanes))
+	}
+	var serials []string
+	for _, p := range findAll(lanes[1], byTagClass("polygon", "serial")) {
+		serials = append(serials, text(p))
+	}
+	if !slices.Equal(serials, []string{
+		`1. +0s service-b serves serial 1a2b3c4d (root "Root A")`,
+		`5. +16s service-b serves serial 5e6f7a8b (root "Root B")`,
+		`7. +28s service-b serves serial 9c0d1e2f (root "Root B")`,
+	}) {
+		t.Errorf("serial markers %q", serials)
+	}
+	if got := texts(findAll(rotate, byTagClass("tr", "serial-row"))); len(got) != 3 || !strings.Contains(got[1], "5e6f7a8b") {
+		t.Errorf("serial table rows %q", got)
+	}
+	if n := len(findAll(rotate, byTagClass("tr", "event-row"))); n != 7 {
+		t.Errorf("rotation has %d event rows, want 7", n)
+	}
+}
+
+// The same observations and events in any order give the same bytes, and
+// those bytes are the golden page (go test -run TestHTMLGolden -update).
+func TestHTMLGolden(t *testing.T) {
+	obs, events := syntheticRun()
+	page := render(t, obs, events, WithTitle("meshproof run synthetic"))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 5 {
+		o, e := slices.Clone(obs), slices.Clone(events)
+		rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+		rng.Shuffle(len(e), func(i, j int) { e[i], e[j] = e[j], e[i] })
+		if again := render(t, o, e, WithTitle("meshproof run synthetic")); !bytes.Equal(again, page) {
+			t.Fatal("shuffled input renders a different page")
+		}
+	}
+	golden := filepath.Join("testdata", "synthetic.golden.html")
+	if *update {
+		if err := os.WriteFile(golden, page, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test ./harness/report -run TestHTMLGolden -update to create it)", err)
+	}
+	if !bytes.Equal(page, want) {
+		t.Errorf("the page differs from %s; if the change is intended, run go test ./harness/report -run TestHTMLGolden -update and review the diff", golden)
+	}
+}
+
+// Everything from the run is text, never markup.
+func TestHTMLEscapes(t *testing.T) {
+	const evil = `<script>alert(1)</script><img src=x onerror=alert(2)>"'&`
+	o := probe(evil, evil, 0, evil, evil, 8080, fail, evil, evil)
+	o.Error = evil
+	e := event(evil, evil, 0, evil, evil)
+	page := render(t, []engine.Observation{o}, []engine.Event{e}, WithTitle(evil), WithNote(evil))
+	doc := parse(t, page)
+	for _, tag := range []string{"script", "img"} {
+		if n := findAll(doc, byTagClass(tag, "")); len(n) != 0 {
+			t.Errorf("hostile names became %d <%s> elements", len(n), tag)
+		}
+	}
+	if bytes.Contains(page, []byte("<script>")) || bytes.Contains(page, []byte("<img")) {
+		t.Error("the raw page holds unescaped markup")
+	}
+	// ...and each reads back as the original text.
+	if h := findAll(doc, byTagClass("h1", "")); len(h) != 1 || text(h[0]) != evil {
+		t.Errorf("title reads %q", texts(h))
+	}
+	if h := findAll(doc, byTagClass("h2", "")); len(h) != 1 || text(h[0]) != "Scenario "+evil {
+		t.Errorf("scenario heading reads %q", texts(h))
+	}
+	c := findAll(doc, byTagClass("td", "cell"))
+	if len(c) != 1 || attr(c[0], "data-from") != evil || !strings.Contains(attr(c[0], "aria-label"), "errors: "+evil) {
+		t.Errorf("cell attributes do not carry the text back")
+	}
+	rows := findAll(doc, byTagClass("tr", "event-row"))
+	if len(rows) != 1 || !strings.Contains(text(rows[0]), evil) {
+		t.Errorf("event row %q", texts(rows))
+	}
+}
+
+func TestHTMLWithoutExpectations(t *testing.T) {
+	o := probe("s", "look", 0, "service-a", "service-b", 8080, mtls, "", "")
+	doc := parse(t, render(t, []engine.Observation{o, o}, nil, WithNote("results.json was cut short")))
+	notes := texts(findAll(doc, byTagClass("p", "note")))
+	if len(notes) != 2 || !strings.Contains(notes[0], "cut short") || !strings.Contains(notes[1], "observed only") {
+		t.Errorf("notes %q, want the given note and one saying there are no expectations", notes)
+	}
+	c := cell(t, stepSection(t, doc, "look"), "service-a", "service-b:8080")
+	if !hasClass(c, "cell-observed") || !strings.Contains(text(c), "mtls 2") || !strings.Contains(text(c), "no expectation") {
+		t.Errorf("cell %q class %q", text(c), attr(c, "class"))
+	}
+	if s := findAll(doc, byTagClass("span", "status-observed")); len(s) != 2 { // nav and heading
+		t.Errorf("%d observed-only status badges, want 2", len(s))
+	}
+}
+
+func TestHTMLEmptyRun(t *testing.T) {
+	doc := parse(t, render(t, nil, nil))
+	if s := texts(findAll(doc, byTagClass("p", "summary"))); len(s) != 1 || !strings.HasPrefix(s[0], "0 observations and 0 events") {
+		t.Errorf("summary %q", s)
+	}
+	if n := findAll(doc, byTagClass("section", "")); len(n) != 0 {
+		t.Errorf("an empty run has %d sections", len(n))
+	}
+}
+
+// A step with only events (e.g. an upgrade killed before its first probe)
+// still shows its timeline.
+func TestHTMLStepWithEventsOnly(t *testing.T) {
+	doc := parse(t, render(t, nil, []engine.Event{event("s", "upgrade", 0, "upgrade", "Istio 1.29.6 to 1.30.3 (canary)")}))
+	s := stepSection(t, doc, "upgrade")
+	if n := findAll(s, byTagClass("g", "event")); len(n) != 1 {
+		t.Errorf("%d event markers, want 1", len(n))
+	}
+	if n := findAll(s, byTagClass("p", "meta")); len(n) < 2 || !strings.Contains(text(n[1]), "No observations") {
+		t.Errorf("no note that the step has no observations: %q", texts(n))
+	}
+}
+
+func BenchmarkHTML(b *testing.B) {
+	obs, events := syntheticRun()
+	// A long transition: 6 pairs probed every 200ms for 5 minutes.
+	for i := range 1500 {
+		for p := range 6 {
+			obs = append(obs, probe("big", "transition", 0+time.Duration(i)*200*time.Millisecond, "client", "server", 8000+p, mtls, "", "mtls"))
+		}
+	}
+	events = append(events, event("big", "transition", time.Minute, "policy-change", "x"))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := HTML(io.Discard, obs, events); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
