@@ -245,7 +245,9 @@ func (e *Engine) waitMeshRoots(ctx context.Context, roots []*x509.Certificate) e
 		for _, ns := range namespaces {
 			got, err := e.meshRoots(ctx, ns)
 			if err != nil {
-				last = err.Error()
+				if last == "" { // a failed read does not hide what the last one showed
+					last = err.Error()
+				}
 				return false, nil
 			}
 			if !sameCertSet(got, roots) {
@@ -265,13 +267,21 @@ func (e *Engine) waitMeshRoots(ctx context.Context, roots []*x509.Certificate) e
 // against root.
 func (e *Engine) waitChainsVerify(ctx context.Context, workloads []string, reader string, root *x509.Certificate) error {
 	pending := map[string]string{}
+	for _, w := range workloads {
+		pending[w] = "not read yet"
+	}
 	err := wait.For(func(ctx context.Context) (bool, error) {
 		for _, w := range workloads {
 			chain, err := e.servedChain(ctx, reader, w)
-			if err == nil {
-				_, err = ca.VerifyWorkloadChain(chain, root)
-			}
 			if err != nil {
+				// A failed read (the pod is being replaced, the wait is cut
+				// short) changes nothing of what the last chain showed.
+				if _, ok := pending[w]; ok && pending[w] == "not read yet" {
+					pending[w] = err.Error()
+				}
+				continue
+			}
+			if _, err := ca.VerifyWorkloadChain(chain, root); err != nil {
 				pending[w] = err.Error()
 			} else {
 				delete(pending, w)
