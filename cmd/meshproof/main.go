@@ -43,6 +43,7 @@ Usage:
   meshproof validate [FILE...]              check scenario files (default scenarios.yaml)
   meshproof plan [FILE] [-o text|yaml]      print what a run would do, without a cluster
   meshproof predict [FILE] [-o table|json]  predict each pair's outcome from Istio's rules, without a cluster
+  meshproof report [RESULTS.json] [-o OUT]  render a run's results and events as one HTML page
   meshproof schema [-o json|markdown]       print the scenario file's JSON schema or reference
   meshproof version                         print the version
 
@@ -62,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return planCmd(rest, stdout, stderr)
 	case "predict":
 		return predictCmd(rest, stdout, stderr)
+	case "report":
+		return reportCmd(rest, stdout, stderr)
 	case "schema":
 		return schema(rest, stdout, stderr)
 	case "version":
