@@ -2,12 +2,14 @@ package report
 
 import (
 	"bytes"
+	"cmp"
 	_ "embed"
 	"fmt"
 	"html/template"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -351,31 +353,20 @@ func differs(o engine.Observation) bool {
 	return true
 }
 
-func lessObservation(a, b engine.Observation) bool {
-	if !a.Time.Equal(b.Time) {
-		return a.Time.Before(b.Time)
-	}
-	ka := []string{a.From, a.To, fmt.Sprintf("%09d", a.Port), string(a.Result), a.Reason, a.Expected, a.Pod, a.ClientID, a.ServerID, a.Error}
-	kb := []string{b.From, b.To, fmt.Sprintf("%09d", b.Port), string(b.Result), b.Reason, b.Expected, b.Pod, b.ClientID, b.ServerID, b.Error}
-	for i := range ka {
-		if ka[i] != kb[i] {
-			return ka[i] < kb[i]
-		}
-	}
-	if a.Status != b.Status {
-		return a.Status < b.Status
-	}
-	return a.Latency < b.Latency
+// compareObservation orders observations by time, then by every field, so
+// that equal times still sort the same whatever the input order.
+func compareObservation(a, b engine.Observation) int {
+	return cmp.Or(
+		a.Time.Compare(b.Time),
+		cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To), cmp.Compare(a.Port, b.Port),
+		cmp.Compare(a.Result, b.Result), cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Expected, b.Expected),
+		cmp.Compare(a.Pod, b.Pod), cmp.Compare(a.ClientID, b.ClientID), cmp.Compare(a.ServerID, b.ServerID),
+		cmp.Compare(a.Error, b.Error), cmp.Compare(a.Status, b.Status), cmp.Compare(a.Latency, b.Latency),
+	)
 }
 
-func lessEvent(a, b engine.Event) bool {
-	if !a.Time.Equal(b.Time) {
-		return a.Time.Before(b.Time)
-	}
-	if a.Kind != b.Kind {
-		return a.Kind < b.Kind
-	}
-	return a.Detail < b.Detail
+func compareEvent(a, b engine.Event) int {
+	return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Detail, b.Detail))
 }
 
 type pairKey struct {
@@ -396,8 +387,8 @@ func lessPair(a, b pairKey) bool {
 }
 
 func buildStep(d *stepData, id string) stepView {
-	sort.Slice(d.obs, func(i, j int) bool { return lessObservation(d.obs[i], d.obs[j]) })
-	sort.Slice(d.events, func(i, j int) bool { return lessEvent(d.events[i], d.events[j]) })
+	slices.SortFunc(d.obs, compareObservation)
+	slices.SortFunc(d.events, compareEvent)
 	start, end := d.first, d.first
 	for _, o := range d.obs {
 		end = maxTime(end, o.Time)
