@@ -2,6 +2,10 @@ package ca
 
 import (
 	"context"
+	"crypto"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"maps"
 
@@ -88,4 +92,54 @@ func (b *Bundle) Install(ctx context.Context, c client.Client, namespace string,
 		return fmt.Errorf("replace Secret %s/%s: %w", namespace, SecretName, err)
 	}
 	return nil
+}
+
+// LoadSecret reads a cacerts Secret back into a Bundle, to keep using the CA
+// a reused cluster's istiod already runs with. The root's private key is not
+// in the Secret, so RootKey is nil: the bundle can issue workload
+// certificates from its intermediate but not new intermediates.
+func LoadSecret(s *corev1.Secret) (*Bundle, error) {
+	cert := func(key string) (*x509.Certificate, error) {
+		certs, err := ParseCertificatesPEM(s.Data[key])
+		if err != nil {
+			return nil, fmt.Errorf("secret %s/%s, %s: %w", s.Namespace, s.Name, key, err)
+		}
+		return certs[0], nil
+	}
+	root, err := cert(RootCertKey)
+	if err != nil {
+		return nil, err
+	}
+	intermediate, err := cert(CACertKey)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(s.Data[CAKeyKey])
+	if block == nil {
+		return nil, fmt.Errorf("secret %s/%s, %s: no PEM block", s.Namespace, s.Name, CAKeyKey)
+	}
+	parsed, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		// Keys written by other tools may be PKCS#1 or SEC 1.
+		if k, err1 := x509.ParsePKCS1PrivateKey(block.Bytes); err1 == nil {
+			parsed, err = k, nil
+		} else if k, err2 := x509.ParseECPrivateKey(block.Bytes); err2 == nil {
+			parsed, err = k, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secret %s/%s, %s: unreadable private key", s.Namespace, s.Name, CAKeyKey) // never the key itself
+	}
+	signer, ok := parsed.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("secret %s/%s, %s: not a signing key", s.Namespace, s.Name, CAKeyKey)
+	}
+	alg := ECDSAP256
+	if r, isRSA := signer.(*rsa.PrivateKey); isRSA {
+		alg = RSA2048
+		if r.N.BitLen() > 2048 {
+			alg = RSA4096
+		}
+	}
+	return &Bundle{Root: root, Intermediate: intermediate, IntermediateKey: &PrivateKey{signer: signer, algorithm: alg}}, nil
 }

@@ -299,6 +299,13 @@ func (i *Installer) installRelease(ctx context.Context, ch *chart.Chart, name st
 	if err != nil {
 		return err
 	}
+	// A reused cluster already has the release from an earlier run: an
+	// upgrade to the same or another version converges on what was asked,
+	// where an install would fail on the name.
+	if _, err := cfg.Releases.Deployed(name); err == nil {
+		i.s.logf("istio: release %s is already deployed (a reused cluster): upgrading it in place", name)
+		return i.upgradeRelease(ctx, ch, name, values)
+	}
 	ctx, cancel := context.WithTimeout(ctx, i.s.operationTimeout)
 	defer cancel()
 	in := action.NewInstall(cfg)

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -48,6 +50,11 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 	if len(c.Istio.Values) > 0 {
 		opts = append(opts, istio.WithValues(c.Istio.Values))
 	}
+	if c.Istio.PluggedCA {
+		// A CA meshproof controls can be rotated (rotateRoot): istiod and
+		// the proxies must accept several roots for that.
+		opts = append(opts, istio.WithMultiRoot(true))
+	}
 	if !c.Istio.WorkloadCertTTL.IsZero() {
 		opts = append(opts, istio.WithWorkloadCertTTL(c.Istio.WorkloadCertTTL.Duration))
 	}
@@ -56,21 +63,45 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 		return nil, err
 	}
 	if c.Istio.PluggedCA {
-		if m.CA, err = ca.Generate(); err != nil {
+		if m.CA, err = pluggedCA(ctx, kube, m.Istio.Namespace(), logf); err != nil {
 			return nil, err
 		}
-		// Managed across runs (no run id): a later run's sweep of leftovers
-		// must not take the CA from under a running istiod.
-		labels := map[string]string{ownership.ManagedByLabel: ownership.ManagedByValue}
-		if err := m.CA.Install(ctx, kube, m.Istio.Namespace(), labels); err != nil {
-			return nil, fmt.Errorf("creating the %s secret: %w", ca.SecretName, err)
-		}
-		logf("plugged CA: secret %s/%s created before istiod (root %s)", m.Istio.Namespace(), ca.SecretName, m.CA.Root.Subject)
 	}
 	if err := m.Istio.Install(ctx); err != nil {
 		return m, fmt.Errorf("installing Istio %s: %w", c.Istio.Version, err)
 	}
 	return m, nil
+}
+
+// pluggedCA creates the cacerts secret, or keeps the one a reused
+// cluster's istiod already runs with: replacing it under running workloads
+// would split the mesh between two roots until every certificate rotated.
+func pluggedCA(ctx context.Context, kube client.Client, namespace string, logf func(string, ...any)) (*ca.Bundle, error) {
+	var existing corev1.Secret
+	err := kube.Get(ctx, client.ObjectKey{Namespace: namespace, Name: ca.SecretName}, &existing)
+	switch {
+	case err == nil:
+		b, err := ca.LoadSecret(&existing)
+		if err != nil {
+			return nil, fmt.Errorf("the cluster already has %s/%s, but: %w", namespace, ca.SecretName, err)
+		}
+		logf("plugged CA: keeping secret %s/%s already in the cluster (root %s)", namespace, ca.SecretName, b.Root.Subject)
+		return b, nil
+	case !apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("reading %s/%s: %w", namespace, ca.SecretName, err)
+	}
+	b, err := ca.Generate()
+	if err != nil {
+		return nil, err
+	}
+	// Managed across runs (no run id): a later run's sweep of leftovers
+	// must not take the CA from under a running istiod.
+	labels := map[string]string{ownership.ManagedByLabel: ownership.ManagedByValue}
+	if err := b.Install(ctx, kube, namespace, labels); err != nil {
+		return nil, fmt.Errorf("creating the %s secret: %w", ca.SecretName, err)
+	}
+	logf("plugged CA: secret %s/%s created before istiod (root %s)", namespace, ca.SecretName, b.Root.Subject)
+	return b, nil
 }
 
 // Ready waits until istiod is available and injects sidecars.

@@ -23,7 +23,6 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -286,21 +285,29 @@ func workingDir() string {
 	return wd
 }
 
-// RemoveIstioCRDs deletes the Istio CRDs StartEnv installed and waits until
-// the API server has dropped them, for tests that install Istio's base
-// chart (Helm refuses to adopt CRDs it did not create).
-func (e *Env) RemoveIstioCRDs(ctx context.Context) error {
+// HandIstioCRDsToHelm marks the Istio CRDs StartEnv installed as belonging
+// to a Helm release, the way Helm adopts existing objects, so that tests can
+// install Istio's base chart over them. (Deleting them instead depends on
+// the API server's CRD finalizer, which was seen to take over a minute.)
+func (e *Env) HandIstioCRDsToHelm(ctx context.Context, release, namespace string) error {
 	for _, crd := range e.IstioCRDs {
-		if err := e.Client.Delete(ctx, crd.DeepCopy()); err != nil && !apierrors.IsNotFound(err) {
+		var cur apiextensionsv1.CustomResourceDefinition
+		if err := e.Client.Get(ctx, client.ObjectKey{Name: crd.Name}, &cur); err != nil {
 			return err
 		}
-	}
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		for _, crd := range e.IstioCRDs {
-			if err := e.Client.Get(ctx, client.ObjectKey{Name: crd.Name}, &apiextensionsv1.CustomResourceDefinition{}); !apierrors.IsNotFound(err) {
-				return false, nil
-			}
+		patch := client.MergeFrom(cur.DeepCopy())
+		if cur.Labels == nil {
+			cur.Labels = map[string]string{}
 		}
-		return true, nil
-	})
+		if cur.Annotations == nil {
+			cur.Annotations = map[string]string{}
+		}
+		cur.Labels["app.kubernetes.io/managed-by"] = "Helm"
+		cur.Annotations["meta.helm.sh/release-name"] = release
+		cur.Annotations["meta.helm.sh/release-namespace"] = namespace
+		if err := e.Client.Patch(ctx, &cur, patch); err != nil {
+			return fmt.Errorf("handing CRD %s to Helm release %s: %w", cur.Name, release, err)
+		}
+	}
+	return nil
 }
