@@ -60,6 +60,7 @@ type clusterState struct {
 	kube       client.Client
 	clientset  kubernetes.Interface
 	istio      *istio.Installer
+	mesh       *mesh.Mesh
 	installed  bool // Istio installed by this run
 	engine     *engine.Engine
 	execer     probe.Execer
@@ -182,7 +183,7 @@ func (r *e2eRunner) setupCluster(ctx context.Context, c *scenario.Cluster) (*clu
 	done = step("Istio " + c.Istio.Version)
 	m, err := mesh.Install(ctx, st.kube, st.rest, c, r.logf)
 	if m != nil {
-		st.istio, st.installed = m.Istio, true
+		st.istio, st.mesh, st.installed = m.Istio, m, true
 	}
 	if err != nil {
 		return st, err
@@ -231,6 +232,9 @@ func (st *clusterState) connect() error {
 	if err != nil {
 		return fmt.Errorf("reading kubeconfig %s: %w", st.kubeconfig, err)
 	}
+	// Continuous traffic looks up every client's ready pod each round;
+	// client-go's default 5 requests/s would throttle the steps' own waits.
+	cfg.QPS, cfg.Burst = 50, 100
 	st.rest = cfg
 	scheme, err := engine.NewScheme()
 	if err != nil {
@@ -266,8 +270,14 @@ func (r *e2eRunner) Connect(ctx context.Context, data []byte) error {
 			}
 			r.clusters[name] = st
 		}
-		e, err := engine.New(r.suite, name, st.kube, probe.NewProber(st.execer), res.RunID,
-			engine.WithRecorder(r.run), engine.WithCertReader(probe.NewCertReader(st.execer)), engine.WithLogger(r.logf))
+		opts := []engine.Option{engine.WithRecorder(r.run), engine.WithCertReader(probe.NewCertReader(st.execer)), engine.WithLogger(r.logf)}
+		if st.mesh != nil { // the process that installed the mesh can upgrade and rotate it
+			opts = append(opts, engine.WithMeshControl(st.mesh.Istio))
+			if st.mesh.CA != nil {
+				opts = append(opts, engine.WithPluggedCA(st.mesh.CA))
+			}
+		}
+		e, err := engine.New(r.suite, name, st.kube, probe.NewProber(st.execer), res.RunID, opts...)
 		if err != nil {
 			return err
 		}
@@ -331,8 +341,8 @@ func (r *e2eRunner) namespaces() []string {
 // objects are swept by label, Istio is uninstalled where this run installed
 // it on a cluster that stays, and kind clusters this run created are
 // deleted (reused and existing clusters stay).
-func (r *e2eRunner) Teardown(ctx context.Context) error {
-	defer r.run.Close()
+func (r *e2eRunner) Teardown(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, r.run.Close()) }() // Close renders report.html
 	if r.keep {
 		for name, st := range r.clusters {
 			r.logf("--keep: cluster %s left as it is; reach it with: kubectl --kubeconfig %s get pods -A", name, st.kubeconfig)
