@@ -119,7 +119,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if err != nil {
 		return fmt.Errorf("reading the certificate %s serves: %w", w.Name, err)
 	}
-	e.logf("%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
+	e.event(sc, st, "serial", "%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
 
 	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
 		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
@@ -140,7 +140,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if waitErr != nil {
 		return fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
 	}
-	e.logf("%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
+	e.event(sc, st, "serial", "%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
 
 	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, After: after, TrafficFailed: failed, TrafficTotal: total}
 	chain, sidecarRoots, err := e.certs.SidecarSecrets(ctx, server)
