@@ -135,16 +135,17 @@ func planCmd(args []string, stdout, stderr io.Writer) int {
 	fl := newFlags("plan", stderr)
 	output := fl.String("o", "text", "output format: text (the ordered operations) or yaml (every object meshproof would apply)")
 	runID := fl.String("run-id", "", "run id to label objects with (default: a new one)")
-	if err := fl.Parse(reorder(args)); err != nil {
+	files, ok := parseInterleaved(fl, args)
+	if !ok {
 		return exitUsage
 	}
-	if fl.NArg() > 1 {
+	if len(files) > 1 {
 		fmt.Fprintln(stderr, "meshproof plan: takes one scenario file")
 		return exitUsage
 	}
 	file := defaultFile
-	if fl.NArg() == 1 {
-		file = fl.Arg(0)
+	if len(files) == 1 {
+		file = files[0]
 	}
 	if *output != "text" && *output != "yaml" {
 		fmt.Fprintf(stderr, "meshproof plan: -o must be text or yaml, not %q\n", *output)
@@ -192,45 +193,21 @@ func schema(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// reorder moves flags before positional arguments, so that both
-// `plan -o yaml FILE` and `plan FILE -o yaml` work.
-func reorder(args []string) []string {
-	var flags, positional []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			positional = append(positional, args[i+1:]...)
-			i = len(args)
-		case len(a) > 1 && a[0] == '-':
-			flags = append(flags, a)
-			if !containsEq(a) && i+1 < len(args) && takesValue(a) {
-				flags = append(flags, args[i+1])
-				i++
-			}
-		default:
-			positional = append(positional, a)
+// parseInterleaved parses flags that may come before or after the
+// positional arguments (`plan -o yaml FILE` and `plan FILE -o yaml`): parse,
+// take one positional argument, go on parsing what follows it.
+func parseInterleaved(fl *flag.FlagSet, args []string) (positional []string, ok bool) {
+	rest := args
+	for {
+		if err := fl.Parse(rest); err != nil {
+			return nil, false
 		}
-	}
-	return append(flags, positional...)
-}
-
-func containsEq(s string) bool {
-	for _, r := range s {
-		if r == '=' {
-			return true
+		rest = fl.Args()
+		if len(rest) == 0 {
+			return positional, true
 		}
+		positional, rest = append(positional, rest[0]), rest[1:]
 	}
-	return false
-}
-
-// takesValue reports whether a plan flag is followed by its value.
-func takesValue(flagName string) bool {
-	switch flagName {
-	case "-o", "--o", "-run-id", "--run-id":
-		return true
-	}
-	return false
 }
 
 func version() string {

@@ -36,19 +36,9 @@ func predictCmd(args []string, stdout, stderr io.Writer) int {
 	output := fl.String("o", "table", "output format: table (a matrix per step) or json")
 	only := fl.String("scenario", "", "predict only this scenario (a matrix scenario's name selects all its expansions)")
 	stepNumber := fl.Int("step", 0, "predict only step `N` (1-based) of the selected scenario")
-	// Flags may come before or after the file: parse, take one positional
-	// argument, and go on parsing what follows it.
-	var files []string
-	rest := args
-	for {
-		if err := fl.Parse(rest); err != nil {
-			return exitUsage
-		}
-		rest = fl.Args()
-		if len(rest) == 0 {
-			break
-		}
-		files, rest = append(files, rest[0]), rest[1:]
+	files, ok := parseInterleaved(fl, args)
+	if !ok {
+		return exitUsage
 	}
 	if len(files) > 1 {
 		fmt.Fprintln(stderr, "meshproof predict: takes one scenario file")

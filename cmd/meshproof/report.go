@@ -26,17 +26,9 @@ var defaultResults = filepath.Join("reports", report.LatestLink, report.ResultsF
 func reportCmd(args []string, stdout, stderr io.Writer) int {
 	fl := newFlags("report", stderr)
 	output := fl.String("o", "", "write the page to `FILE` (- for standard output; default report.html next to the results)")
-	var files []string
-	rest := args
-	for {
-		if err := fl.Parse(rest); err != nil {
-			return exitUsage
-		}
-		rest = fl.Args()
-		if len(rest) == 0 {
-			break
-		}
-		files, rest = append(files, rest[0]), rest[1:]
+	files, ok := parseInterleaved(fl, args)
+	if !ok {
+		return exitUsage
 	}
 	if len(files) > 1 {
 		fmt.Fprintln(stderr, "meshproof report: takes one results file (a run's results.json)")
