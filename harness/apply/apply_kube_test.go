@@ -6,9 +6,7 @@ package apply_test
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,37 +20,12 @@ import (
 )
 
 // The API server starts on first use, so that the unit tests of this
-// package run without one; TestMain stops it.
-var (
-	envOnce sync.Once
-	env     *testenv.Env
-	envErr  error
-	envStop func() error
-)
+// package run without one.
+var shared testenv.Shared
 
-func kube(t *testing.T) *testenv.Env {
-	t.Helper()
-	envOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		defer cancel()
-		env, envStop, envErr = testenv.StartEnv(ctx)
-	})
-	if envErr != nil {
-		t.Fatalf("this test needs a real API server: %v", envErr)
-	}
-	return env
-}
+func kube(t *testing.T) *testenv.Env { t.Helper(); return shared.Get(t) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if envStop != nil {
-		if err := envStop(); err != nil {
-			fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(shared.Main(m)) }
 
 func TestReapplyingConvergesAndTakesBackMeshproofsFields(t *testing.T) {
 	e := kube(t)

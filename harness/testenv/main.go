@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,6 +40,47 @@ func Main(m *testing.M, use func(*Env) error) int {
 	if err := stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
 		code = 1
+	}
+	return code
+}
+
+// Shared is a control plane started on first use and stopped by its Main,
+// for packages whose unit tests run without one:
+//
+//	var kube testenv.Shared
+//	func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
+//	func TestX(t *testing.T) { env := kube.Get(t) ... }
+type Shared struct {
+	once sync.Once
+	env  *Env
+	err  error
+	stop func() error
+}
+
+// Get returns the control plane, starting it the first time; it fails t
+// (never skips it) when the control plane cannot start.
+func (s *Shared) Get(t testing.TB) *Env {
+	t.Helper()
+	s.once.Do(func() {
+		ctrllog.SetLogger(logr.Discard())
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		s.env, s.stop, s.err = StartEnv(ctx)
+	})
+	if s.err != nil {
+		t.Fatalf("this test needs a real API server: %v", s.err)
+	}
+	return s.env
+}
+
+// Main runs the tests and stops the control plane if one was started.
+func (s *Shared) Main(m *testing.M) int {
+	code := m.Run()
+	if s.stop != nil {
+		if err := s.stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stopping the API server: %v\n", err)
+			code = 1
+		}
 	}
 	return code
 }
