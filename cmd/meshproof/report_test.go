@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/net/html"
 
-	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/report"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -26,12 +26,12 @@ func closedRun(t *testing.T) (root string, run *report.Run) {
 	}
 	at := time.Date(2026, 11, 26, 23, 0, 0, 0, time.UTC)
 	for i := range 3 {
-		r.Record(engine.Observation{Time: at.Add(time.Duration(i) * time.Second), Scenario: "strict", Step: "on",
+		r.Record(results.Observation{Time: at.Add(time.Duration(i) * time.Second), Scenario: "strict", Step: "on",
 			From: "service-a", To: "service-b", Port: 8080, Result: scenario.ResultMTLS, Expected: "mtls"})
-		r.Record(engine.Observation{Time: at.Add(time.Duration(i) * time.Second), Scenario: "strict", Step: "on",
+		r.Record(results.Observation{Time: at.Add(time.Duration(i) * time.Second), Scenario: "strict", Step: "on",
 			From: "legacy", To: "service-b", Port: 8080, Result: scenario.ResultPlaintext, Expected: "fail (reset)"})
 	}
-	r.RecordEvent(engine.Event{Time: at.Add(time.Second), Scenario: "strict", Step: "on", Kind: "policy-change", Detail: "applying STRICT"})
+	r.RecordEvent(results.Event{Time: at.Add(time.Second), Scenario: "strict", Step: "on", Kind: "policy-change", Detail: "applying STRICT"})
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}

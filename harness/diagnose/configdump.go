@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 	"regexp"
 
-	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // ConfigDumpCommand asks a sidecar's Envoy, through pilot-agent in the
@@ -24,7 +24,7 @@ func (c *Collector) collectConfigDump(ctx context.Context, dir string, p podRef,
 	ictx, cancel := c.itemContext(ctx)
 	defer cancel()
 	stdout, _, err := c.execer.Exec(ictx, probe.Command{
-		Pod:       engine.Pod{Namespace: p.namespace, Name: p.name},
+		Pod:       results.Pod{Namespace: p.namespace, Name: p.name},
 		Container: probe.ProxyContainer,
 		Argv:      ConfigDumpCommand,
 	})

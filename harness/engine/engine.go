@@ -30,26 +30,14 @@ import (
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/policy"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
-
-// Pod names a pod.
-type Pod struct {
-	Namespace, Name string
-	IP              string
-}
-
-func (p Pod) String() string { return p.Namespace + "/" + p.Name }
 
 // Prober runs one probe batch inside a client pod: one exec per client per
 // round, all its targets at once.
 type Prober interface {
-	Probe(ctx context.Context, client Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error)
-}
-
-// Recorder receives every observation as it happens (results.json).
-type Recorder interface {
-	Record(Observation)
+	Probe(ctx context.Context, client results.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error)
 }
 
 // Engine runs the steps of a suite's scenarios on one cluster.
@@ -60,7 +48,7 @@ type Engine struct {
 	prober  Prober
 	certs   CertReader
 	runID   string
-	rec     Recorder
+	rec     results.Recorder
 	logf    func(format string, args ...any)
 	now     func() time.Time
 	mesh    meshState // upgrade and rotateRoot: meshcontrol.go
@@ -70,7 +58,7 @@ type Engine struct {
 type Option func(*Engine)
 
 // WithRecorder sends every observation to r.
-func WithRecorder(r Recorder) Option { return func(e *Engine) { e.rec = r } }
+func WithRecorder(r results.Recorder) Option { return func(e *Engine) { e.rec = r } }
 
 // WithLogger receives progress lines.
 func WithLogger(logf func(format string, args ...any)) Option {
@@ -83,10 +71,6 @@ func WithCertReader(c CertReader) Option { return func(e *Engine) { e.certs = c 
 // WithClock replaces time.Now, for observation timestamps.
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
 
-type discard struct{}
-
-func (discard) Record(Observation) {}
-
 // New returns an engine for the scenarios that run on cluster clusterName.
 func New(suite *scenario.Suite, clusterName string, kube client.Client, prober Prober, runID string, opts ...Option) (*Engine, error) {
 	c := suite.Cluster(clusterName)
@@ -94,7 +78,7 @@ func New(suite *scenario.Suite, clusterName string, kube client.Client, prober P
 		return nil, fmt.Errorf("engine: no cluster named %q in the suite", clusterName)
 	}
 	e := &Engine{suite: suite, cluster: c, kube: kube, prober: prober, runID: runID,
-		rec: discard{}, logf: func(string, ...any) {}, now: time.Now}
+		rec: results.Discard{}, logf: func(string, ...any) {}, now: time.Now}
 	for _, o := range opts {
 		o(e)
 	}
@@ -204,14 +188,14 @@ func (e *Engine) removePolicies(ctx context.Context, keep map[string]bool) ([]st
 }
 
 // readyPod returns the newest ready, running pod of a workload.
-func (e *Engine) readyPod(ctx context.Context, workload string) (Pod, error) {
+func (e *Engine) readyPod(ctx context.Context, workload string) (results.Pod, error) {
 	w := e.suite.Workload(workload)
 	if w == nil {
-		return Pod{}, fmt.Errorf("no workload named %q", workload)
+		return results.Pod{}, fmt.Errorf("no workload named %q", workload)
 	}
 	var pods corev1.PodList
 	if err := e.kube.List(ctx, &pods, client.InNamespace(w.Namespace), client.MatchingLabels{"app": w.Name}); err != nil {
-		return Pod{}, fmt.Errorf("listing pods of %s: %w", w.Name, err)
+		return results.Pod{}, fmt.Errorf("listing pods of %s: %w", w.Name, err)
 	}
 	var best *corev1.Pod
 	for i := range pods.Items {
@@ -224,9 +208,9 @@ func (e *Engine) readyPod(ctx context.Context, workload string) (Pod, error) {
 		}
 	}
 	if best == nil {
-		return Pod{}, fmt.Errorf("workload %s has no ready pod (%d pods)", w.Name, len(pods.Items))
+		return results.Pod{}, fmt.Errorf("workload %s has no ready pod (%d pods)", w.Name, len(pods.Items))
 	}
-	return Pod{Namespace: best.Namespace, Name: best.Name, IP: best.Status.PodIP}, nil
+	return results.Pod{Namespace: best.Namespace, Name: best.Name, IP: best.Status.PodIP}, nil
 }
 
 func podReady(p *corev1.Pod) bool {

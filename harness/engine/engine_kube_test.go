@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/harness/testenv"
 )
@@ -165,11 +166,11 @@ func TestMTLSStepReplacesThePreviousStepsPolicies(t *testing.T) {
 type scriptedProber struct {
 	mu     sync.Mutex
 	rounds map[string]int // client pod → rounds served
-	script func(round int, client Pod, target echoapi.Target) echoapi.ProbeResult
+	script func(round int, client results.Pod, target echoapi.Target) echoapi.ProbeResult
 	specs  []echoapi.ProbeSpec
 }
 
-func (p *scriptedProber) Probe(_ context.Context, client Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
+func (p *scriptedProber) Probe(_ context.Context, client results.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.rounds == nil {
@@ -204,7 +205,7 @@ func TestExpectHoldsAfterConsecutiveMatchingRounds_ScriptedTransport(t *testing.
 `)
 	readyPod(t, ns, "service-a", "10.0.0.1")
 	readyPod(t, ns, "legacy", "10.0.0.2")
-	p := &scriptedProber{script: func(round int, client Pod, tgt echoapi.Target) echoapi.ProbeResult {
+	p := &scriptedProber{script: func(round int, client results.Pod, tgt echoapi.Target) echoapi.ProbeResult {
 		if strings.HasPrefix(client.Name, "legacy") {
 			return echoapi.ProbeResult{Result: echoapi.ResultFail, Reason: "reset"}
 		}
@@ -234,15 +235,20 @@ func TestExpectHoldsAfterConsecutiveMatchingRounds_ScriptedTransport(t *testing.
 }
 
 type recorded struct {
+	results.Discard
 	mu  sync.Mutex
-	obs []Observation
+	obs []results.Observation
 }
 
-func (r *recorded) Record(o Observation) { r.mu.Lock(); r.obs = append(r.obs, o); r.mu.Unlock() }
-func (r *recorded) all() []Observation {
+func (r *recorded) Record(o results.Observation) {
+	r.mu.Lock()
+	r.obs = append(r.obs, o)
+	r.mu.Unlock()
+}
+func (r *recorded) all() []results.Observation {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Observation(nil), r.obs...)
+	return append([]results.Observation(nil), r.obs...)
 }
 
 func TestExpectFailsAtTimeoutWithATable_ScriptedTransport(t *testing.T) {
@@ -253,7 +259,7 @@ func TestExpectFailsAtTimeoutWithATable_ScriptedTransport(t *testing.T) {
 `)
 	readyPod(t, ns, "service-a", "10.0.0.1")
 	readyPod(t, ns, "legacy", "10.0.0.2")
-	p := &scriptedProber{script: func(round int, client Pod, tgt echoapi.Target) echoapi.ProbeResult {
+	p := &scriptedProber{script: func(round int, client results.Pod, tgt echoapi.Target) echoapi.ProbeResult {
 		if strings.HasPrefix(client.Name, "legacy") {
 			return echoapi.ProbeResult{StatusCode: 200, Result: echoapi.ResultPlaintext}
 		}
@@ -284,7 +290,7 @@ func TestExpectWithoutAReadyClientPodSaysSo_ScriptedTransport(t *testing.T) {
 	s, _ := suiteIn(t, `  - timeout: 500ms
     expect: [{from: service-a, to: service-b, result: mtls}]
 `)
-	p := &scriptedProber{script: func(int, Pod, echoapi.Target) echoapi.ProbeResult { return echoapi.ProbeResult{} }}
+	p := &scriptedProber{script: func(int, results.Pod, echoapi.Target) echoapi.ProbeResult { return echoapi.ProbeResult{} }}
 	err := newEngine(t, s, p).RunStep(context.Background(), &s.Scenarios[0], 0)
 	if err == nil || !strings.Contains(err.Error(), "not observed: workload service-a has no ready pod (0 pods)") {
 		t.Fatalf("got %v", err)
@@ -301,7 +307,7 @@ type scriptedCerts struct {
 	sidecar       []*x509.Certificate
 }
 
-func (c *scriptedCerts) HandshakeChain(context.Context, Pod, Pod, int) ([]*x509.Certificate, error) {
+func (c *scriptedCerts) HandshakeChain(context.Context, results.Pod, results.Pod, int) ([]*x509.Certificate, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reads++
@@ -311,7 +317,7 @@ func (c *scriptedCerts) HandshakeChain(context.Context, Pod, Pod, int) ([]*x509.
 	return c.after, nil
 }
 
-func (c *scriptedCerts) SidecarSecrets(context.Context, Pod) ([]*x509.Certificate, []*x509.Certificate, error) {
+func (c *scriptedCerts) SidecarSecrets(context.Context, results.Pod) ([]*x509.Certificate, []*x509.Certificate, error) {
 	return c.sidecar, nil, nil
 }
 
@@ -356,7 +362,7 @@ func TestRotateStep_ScriptedTransport(t *testing.T) {
 			before[0].NotBefore = before[0].NotBefore.Add(-time.Minute) // issued "earlier"
 			after := chainFor(t, tc.newCA, id)
 			certs := &scriptedCerts{switchAfter: 3, before: before, after: after, sidecar: after}
-			p := &scriptedProber{script: func(int, Pod, echoapi.Target) echoapi.ProbeResult {
+			p := &scriptedProber{script: func(int, results.Pod, echoapi.Target) echoapi.ProbeResult {
 				return mtlsResult(ns, "service-a", "service-b")
 			}}
 			err := newEngine(t, s, p, WithCertReader(certs)).RunStep(context.Background(), &s.Scenarios[0], 0)
@@ -462,7 +468,7 @@ func TestExpectAutoChecksEveryPairAgainstTheOracle_ScriptedTransport(t *testing.
 	readyPod(t, ns, "legacy", "10.0.0.3")
 	inMesh := map[string]bool{"service-a": true, "service-b": true}
 	// What a STRICT namespace does, written out by hand.
-	p := &scriptedProber{script: func(_ int, client Pod, tgt echoapi.Target) echoapi.ProbeResult {
+	p := &scriptedProber{script: func(_ int, client results.Pod, tgt echoapi.Target) echoapi.ProbeResult {
 		from := strings.TrimSuffix(client.Name, "-0")
 		to, _, _ := strings.Cut(tgt.Name, ":")
 		switch {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -118,7 +119,7 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 }
 
 // probeClient runs one client's batch and scores its rows.
-func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pod Pod, rows []*rowHistory, td string) error {
+func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pod results.Pod, rows []*rowHistory, td string) error {
 	spec := echoapi.ProbeSpec{
 		RequestsPerTarget: e.suite.Defaults.Requests,
 		Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
@@ -127,7 +128,7 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 	for _, r := range rows {
 		spec.Targets = append(spec.Targets, e.target(r.expectation))
 	}
-	results, err := e.prober.Probe(ctx, pod, spec)
+	answers, err := e.prober.Probe(ctx, pod, spec)
 	if err != nil {
 		return fmt.Errorf("probing from %s (%s): %w", from, pod, err)
 	}
@@ -137,7 +138,7 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 		name := targetName(x.To, x.Port)
 		ids := expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: e.suite.Workload(x.To).SPIFFEID(td)}
 		r.last, r.lastWhy = r.last[:0], ""
-		for _, res := range results {
+		for _, res := range answers {
 			if res.Target != name {
 				continue
 			}

@@ -8,32 +8,9 @@ import (
 	"time"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
-
-// Observation is one probe request as the engine saw it: who asked whom,
-// what came back and which identities the server's sidecar reported.
-type Observation struct {
-	Time     time.Time       `json:"time"`
-	Scenario string          `json:"scenario"`
-	Step     string          `json:"step"`
-	From     string          `json:"from"`
-	To       string          `json:"to"`
-	Port     int             `json:"port"`
-	Pod      string          `json:"pod,omitempty"` // the client pod
-	Result   scenario.Result `json:"result"`
-	// Expected is what the step expected of this pair ("mtls",
-	// "fail (reset)"), empty where the step only observes.
-	Expected string        `json:"expected,omitempty"`
-	Reason   string        `json:"reason,omitempty"`
-	Status   int           `json:"status,omitempty"`
-	Latency  time.Duration `json:"latencyNs"`
-	// ClientID and ServerID are the SPIFFE identities of the X-Forwarded-
-	// Client-Cert element the server's sidecar added (URI and By).
-	ClientID string `json:"clientId,omitempty"`
-	ServerID string `json:"serverId,omitempty"`
-	Error    string `json:"error,omitempty"`
-}
 
 // pair is a client, server and port: one row of an expect table.
 type pair struct {
@@ -50,8 +27,8 @@ func pairOf(e scenario.Expectation) pair { return pair{e.From, e.To, e.Port} }
 func targetName(to string, port int) string { return fmt.Sprintf("%s:%d", to, port) }
 
 // observation turns a probe result into an Observation.
-func observation(now time.Time, scenarioName, step, from string, e scenario.Expectation, pod string, r echoapi.ProbeResult) Observation {
-	o := Observation{
+func observation(now time.Time, scenarioName, step, from string, e scenario.Expectation, pod string, r echoapi.ProbeResult) results.Observation {
+	o := results.Observation{
 		Time: now, Scenario: scenarioName, Step: step, From: from, To: e.To, Port: e.Port, Pod: pod,
 		Result: scenario.Result(r.Result), Reason: r.Reason, Status: r.StatusCode,
 		Latency: time.Duration(r.LatencyNS), Error: r.Error,
@@ -68,7 +45,7 @@ func observation(now time.Time, scenarioName, step, from string, e scenario.Expe
 type expectedIDs struct{ client, server string }
 
 // mismatch says why an observation does not match a row, or "" if it does.
-func mismatch(e scenario.Expectation, ids expectedIDs, o Observation) string {
+func mismatch(e scenario.Expectation, ids expectedIDs, o results.Observation) string {
 	if o.Result != e.Result {
 		return fmt.Sprintf("got %s", describe(o))
 	}
@@ -89,7 +66,7 @@ func mismatch(e scenario.Expectation, ids expectedIDs, o Observation) string {
 }
 
 // describe renders an observation's outcome for a person.
-func describe(o Observation) string {
+func describe(o results.Observation) string {
 	if o.Result == scenario.ResultFail {
 		return "fail (" + o.Reason + ")"
 	}
@@ -109,8 +86,8 @@ func describeExpectation(e scenario.Expectation) string {
 // rowHistory is what the engine saw of one row over a whole wait.
 type rowHistory struct {
 	expectation scenario.Expectation
-	last        []Observation  // the latest round's observations
-	counts      map[string]int // outcome → count over the whole wait
+	last        []results.Observation // the latest round's observations
+	counts      map[string]int        // outcome → count over the whole wait
 	lastWhy     string
 }
 
@@ -154,7 +131,7 @@ func (e *ExpectationError) Unwrap() error { return e.Cause }
 
 // summarize renders a round's observations of one row, e.g. "mtls x3" or
 // "plaintext x2, fail (reset) x1".
-func summarize(obs []Observation) string {
+func summarize(obs []results.Observation) string {
 	counts := map[string]int{}
 	for _, o := range obs {
 		counts[describe(o)]++

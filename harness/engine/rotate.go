@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -119,7 +120,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if err != nil {
 		return fmt.Errorf("reading the certificate %s serves: %w", w.Name, err)
 	}
-	e.event(sc, st, "serial", "%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
+	e.event(sc, st, results.EventSerial, "%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
 
 	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
 		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
@@ -140,7 +141,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if waitErr != nil {
 		return fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
 	}
-	e.event(sc, st, "serial", "%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
+	e.event(sc, st, results.EventSerial, "%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
 
 	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, After: after, TrafficFailed: failed, TrafficTotal: total}
 	chain, sidecarRoots, err := e.certs.SidecarSecrets(ctx, server)
@@ -198,8 +199,8 @@ func (e *Engine) meshRoots(ctx context.Context, namespace string) ([]*x509.Certi
 }
 
 // notMTLS are the observations of in-mesh traffic that were not mTLS.
-func notMTLS(obs []Observation) []Observation {
-	var out []Observation
+func notMTLS(obs []results.Observation) []results.Observation {
+	var out []results.Observation
 	for _, o := range obs {
 		if o.Result != scenario.ResultMTLS {
 			out = append(out, o)

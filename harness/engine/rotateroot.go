@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshproof/meshproof/harness/ca"
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -152,7 +153,7 @@ func (e *Engine) rotateRoot(ctx context.Context, sc *scenario.Scenario, index in
 	if err := waitObserved(ctx, traffic, r.Traffic, time.Time{}); err != nil {
 		return fmt.Errorf("no baseline traffic before the root rotation: %w", err)
 	}
-	start := e.event(sc, st, "root-rotation", "replacing root %s with %s", certName(old), certName(next.Root))
+	start := e.event(sc, st, results.EventRootRotation, "replacing root %s with %s", certName(old), certName(next.Root))
 
 	for i, ph := range phases {
 		if err := e.rotationPhase(ctx, sc, st, key, ph, r.Within.Duration, i == 1, next.Root, reader); err != nil {
@@ -181,7 +182,7 @@ func (e *Engine) rotationPhase(ctx context.Context, sc *scenario.Scenario, st *s
 	if err := e.kube.Update(ctx, &secret); err != nil {
 		return fmt.Errorf("writing %s: %w", key, err)
 	}
-	e.event(sc, st, "root-rotation", "phase %s: %s signs with %s, trusts %s", ph.Name, key, certName(ph.Signing), certNames(ph.Roots))
+	e.event(sc, st, results.EventRootRotation, "phase %s: %s signs with %s, trusts %s", ph.Name, key, certName(ph.Signing), certNames(ph.Roots))
 
 	bounded := func(what string, f func(context.Context) error) error {
 		pctx, cancel := context.WithTimeout(ctx, within)
@@ -197,19 +198,19 @@ func (e *Engine) rotationPhase(ctx context.Context, sc *scenario.Scenario, st *s
 	if err := bounded("waiting for istiod to distribute the roots", func(ctx context.Context) error { return e.waitMeshRoots(ctx, ph.Roots) }); err != nil {
 		return err
 	}
-	e.event(sc, st, "root-rotation", "phase %s: ConfigMap %s holds %s in %s", ph.Name, RootCertConfigMap, certNames(ph.Roots), strings.Join(e.meshNamespaces(), ", "))
+	e.event(sc, st, results.EventRootRotation, "phase %s: ConfigMap %s holds %s in %s", ph.Name, RootCertConfigMap, certNames(ph.Roots), strings.Join(e.meshNamespaces(), ", "))
 	workloads := e.inMeshWorkloads()
 	if err := bounded("restarting the workloads", func(ctx context.Context) error { return e.restart(ctx, workloads) }); err != nil {
 		return err
 	}
-	e.event(sc, st, "root-rotation", "phase %s: %s restarted", ph.Name, strings.Join(workloads, ", "))
+	e.event(sc, st, results.EventRootRotation, "phase %s: %s restarted", ph.Name, strings.Join(workloads, ", "))
 	if waitNewChains {
 		if err := bounded("waiting for every workload to serve a certificate of the new root", func(ctx context.Context) error {
 			return e.waitChainsVerify(ctx, workloads, reader, newRoot)
 		}); err != nil {
 			return err
 		}
-		e.event(sc, st, "root-rotation", "phase %s: every workload serves a chain of %s", ph.Name, certName(newRoot))
+		e.event(sc, st, results.EventRootRotation, "phase %s: every workload serves a chain of %s", ph.Name, certName(newRoot))
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/ca"
 	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -243,7 +244,7 @@ func (m *fakeCAMesh) certs(pod string) (*podCerts, error) {
 	return nil, fmt.Errorf("pod %s has no sidecar certificate", pod)
 }
 
-func (m *fakeCAMesh) HandshakeChain(_ context.Context, _, server Pod, _ int) ([]*x509.Certificate, error) {
+func (m *fakeCAMesh) HandshakeChain(_ context.Context, _, server results.Pod, _ int) ([]*x509.Certificate, error) {
 	c, err := m.certs(server.Name)
 	if err != nil {
 		return nil, err
@@ -251,7 +252,7 @@ func (m *fakeCAMesh) HandshakeChain(_ context.Context, _, server Pod, _ int) ([]
 	return c.chain, nil
 }
 
-func (m *fakeCAMesh) SidecarSecrets(_ context.Context, server Pod) ([]*x509.Certificate, []*x509.Certificate, error) {
+func (m *fakeCAMesh) SidecarSecrets(_ context.Context, server results.Pod) ([]*x509.Certificate, []*x509.Certificate, error) {
 	c, err := m.certs(server.Name)
 	if err != nil {
 		return nil, nil, err
@@ -259,7 +260,7 @@ func (m *fakeCAMesh) SidecarSecrets(_ context.Context, server Pod) ([]*x509.Cert
 	return c.chain, c.roots, nil
 }
 
-func (m *fakeCAMesh) Probe(_ context.Context, c Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
+func (m *fakeCAMesh) Probe(_ context.Context, c results.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
 	var out []echoapi.ProbeResult
 	from := c.Name[:strings.LastIndex(c.Name, "-")]
 	for _, tgt := range spec.Targets {

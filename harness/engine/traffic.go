@@ -8,31 +8,14 @@ import (
 	"time"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// Event is something a step did at a point in time, recorded next to the
-// observations so that reports can draw timelines: a policy change, an
-// upgrade phase, a certificate serial seen.
-type Event struct {
-	Time     time.Time `json:"time"`
-	Scenario string    `json:"scenario"`
-	Step     string    `json:"step"`
-	Kind     string    `json:"kind"`
-	Detail   string    `json:"detail"`
-}
-
-// EventRecorder is implemented by recorders that also keep events.
-type EventRecorder interface {
-	RecordEvent(Event)
-}
-
 // event records an event if the recorder keeps them, and logs it.
-func (e *Engine) event(sc *scenario.Scenario, st *scenario.Step, kind, format string, args ...any) time.Time {
-	ev := Event{Time: e.now(), Scenario: sc.Name, Step: st.Name, Kind: kind, Detail: fmt.Sprintf(format, args...)}
-	if r, ok := e.rec.(EventRecorder); ok {
-		r.RecordEvent(ev)
-	}
+func (e *Engine) event(sc *scenario.Scenario, st *scenario.Step, kind results.EventKind, format string, args ...any) time.Time {
+	ev := results.Event{Time: e.now(), Scenario: sc.Name, Step: st.Name, Kind: kind, Detail: fmt.Sprintf(format, args...)}
+	e.rec.RecordEvent(ev)
 	e.logf("%s: %s: %s", st.Name, kind, ev.Detail)
 	return ev.Time
 }
@@ -44,29 +27,29 @@ type Traffic struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
-	obs    []Observation
+	obs    []results.Observation
 }
 
 // Observations returns what was seen so far, in time order.
-func (t *Traffic) Observations() []Observation {
+func (t *Traffic) Observations() []results.Observation {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := append([]Observation(nil), t.obs...)
+	out := append([]results.Observation(nil), t.obs...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out
 }
 
 // Stop ends the probing, waits for in-flight batches and returns every
 // observation.
-func (t *Traffic) Stop() []Observation {
+func (t *Traffic) Stop() []results.Observation {
 	t.cancel()
 	<-t.done
 	return t.Observations()
 }
 
 // Failures are the observations that failed.
-func Failures(obs []Observation) []Observation {
-	var out []Observation
+func Failures(obs []results.Observation) []results.Observation {
+	var out []results.Observation
 	for _, o := range obs {
 		if o.Result == scenario.ResultFail {
 			out = append(out, o)
@@ -126,12 +109,12 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 // probePairs sends one request per pair from a client's ready pod. A client
 // without a ready pod, or an exec that fails, counts as a failure of every
 // pair: during an upgrade that is exactly the outage to report.
-func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair) []Observation {
+func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair) []results.Observation {
 	now := e.now()
-	failAll := func(reason string, err error) []Observation {
-		out := make([]Observation, len(pairs))
+	failAll := func(reason string, err error) []results.Observation {
+		out := make([]results.Observation, len(pairs))
 		for i, p := range pairs {
-			out[i] = Observation{Time: now, Scenario: sc.Name, Step: st.Name, From: from, To: p.To, Port: p.Port,
+			out[i] = results.Observation{Time: now, Scenario: sc.Name, Step: st.Name, From: from, To: p.To, Port: p.Port,
 				Result: scenario.ResultFail, Reason: reason, Error: err.Error()}
 		}
 		return out
@@ -148,14 +131,14 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 	for _, p := range pairs {
 		spec.Targets = append(spec.Targets, e.target(scenario.Expectation{To: p.To, Port: p.Port}))
 	}
-	results, err := e.prober.Probe(ctx, pod, spec)
+	answers, err := e.prober.Probe(ctx, pod, spec)
 	if err != nil {
 		return failAll("probe-error", err)
 	}
-	out := make([]Observation, 0, len(pairs))
+	out := make([]results.Observation, 0, len(pairs))
 	for _, p := range pairs {
 		name := targetName(p.To, p.Port)
-		for _, r := range results {
+		for _, r := range answers {
 			if r.Target == name {
 				out = append(out, observation(e.now(), sc.Name, st.Name, from, scenario.Expectation{To: p.To, Port: p.Port}, pod.Name, r))
 			}

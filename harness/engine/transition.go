@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -31,7 +32,7 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	}, wait.WithContext(ctx), wait.WithInterval(tr.Traffic.Every.Duration/2), wait.WithTimeout(timeLeft(ctx))); err != nil {
 		return fmt.Errorf("no baseline traffic before the change: %w", err)
 	}
-	changed := e.event(sc, st, "policy-change", "applying %s", tr.To.Summary())
+	changed := e.event(sc, st, results.EventPolicyChange, "applying %s", tr.To.Summary())
 	if err := e.applyPolicies(ctx, sc, index, &tr.To); err != nil {
 		return err
 	}
@@ -42,7 +43,7 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	}
 	report := AnalyzeTransition(traffic.Stop(), changed, predictions, tr.NoPlaintextAfter.Duration)
 	if report.Converged {
-		e.event(sc, st, "converged", "every pair matched the new policies %s after the change", report.Convergence.Round(time.Millisecond))
+		e.event(sc, st, results.EventConverged, "every pair matched the new policies %s after the change", report.Convergence.Round(time.Millisecond))
 	}
 	return report.Verify(tr.Traffic.MaxFailures)
 }
@@ -52,7 +53,7 @@ type TransitionReport struct {
 	Changed time.Time
 	// Failures are the failed requests of the whole step that the new
 	// policies do not predict (a pair predicted to fail is not an outage).
-	Failures []Observation
+	Failures []results.Observation
 	// PairConvergence is, per pair, how long after the change its last
 	// observation that did not match the prediction was seen.
 	PairConvergence map[string]time.Duration
@@ -63,15 +64,15 @@ type TransitionReport struct {
 	NotSettled  []string
 	// LatePlaintext are requests answered in plaintext, later than allowed,
 	// by a server the new policies close to plaintext.
-	LatePlaintext []Observation
+	LatePlaintext []results.Observation
 }
 
 // AnalyzeTransition judges a transition's observations against the new
 // policies' predictions.
-func AnalyzeTransition(obs []Observation, changed time.Time, predictions []oracle.Prediction, noPlaintextAfter time.Duration) TransitionReport {
+func AnalyzeTransition(obs []results.Observation, changed time.Time, predictions []oracle.Prediction, noPlaintextAfter time.Duration) TransitionReport {
 	r := TransitionReport{Changed: changed, PairConvergence: map[string]time.Duration{}, Converged: true}
 	lastMismatch := map[string]time.Time{}
-	lastSeen := map[string]Observation{}
+	lastSeen := map[string]results.Observation{}
 	for _, o := range obs {
 		p, ok := oracle.Find(predictions, o.From, o.To, o.Port)
 		key := fmt.Sprintf("%s -> %s:%d", o.From, o.To, o.Port)
@@ -122,7 +123,7 @@ func (r TransitionReport) Verify(maxFailures int) error {
 	return errors.Join(errs...)
 }
 
-func describeObservations(obs []Observation, n int, changed time.Time) string {
+func describeObservations(obs []results.Observation, n int, changed time.Time) string {
 	var parts []string
 	for i, o := range obs {
 		if i == n {

@@ -13,11 +13,12 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-func obsAt(changed time.Time, offset time.Duration, from, to string, result scenario.Result, reason string) Observation {
-	return Observation{Time: changed.Add(offset), From: from, To: to, Port: 8080, Result: result, Reason: reason}
+func obsAt(changed time.Time, offset time.Duration, from, to string, result scenario.Result, reason string) results.Observation {
+	return results.Observation{Time: changed.Add(offset), From: from, To: to, Port: 8080, Result: result, Reason: reason}
 }
 
 func TestAnalyzeTransition(t *testing.T) {
@@ -26,7 +27,7 @@ func TestAnalyzeTransition(t *testing.T) {
 		{From: "service-a", To: "service-b", Port: 8080, Result: scenario.ResultMTLS},
 		{From: "legacy", To: "service-b", Port: 8080, Result: scenario.ResultFail, Reason: "reset"},
 	}
-	obs := []Observation{
+	obs := []results.Observation{
 		obsAt(changed, -time.Second, "service-a", "service-b", scenario.ResultPlaintext, ""),
 		obsAt(changed, -time.Second, "legacy", "service-b", scenario.ResultPlaintext, ""),
 		obsAt(changed, 500*time.Millisecond, "service-a", "service-b", scenario.ResultFail, "upstream-503"),
@@ -78,7 +79,7 @@ func (m *meshStub) mode(ctx context.Context) string {
 	return pa.Spec.GetMtls().GetMode().String()
 }
 
-func (m *meshStub) Probe(ctx context.Context, c Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
+func (m *meshStub) Probe(ctx context.Context, c results.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
 	mode := m.mode(ctx)
 	m.mu.Lock()
 	if _, ok := m.since[mode]; !ok {
@@ -150,10 +151,10 @@ func TestTransitionDisableToStrict_ScriptedTransport(t *testing.T) {
 type recordedEvents struct {
 	recorded
 	emu    sync.Mutex
-	events []Event
+	events []results.Event
 }
 
-func (r *recordedEvents) RecordEvent(e Event) {
+func (r *recordedEvents) RecordEvent(e results.Event) {
 	r.emu.Lock()
 	r.events = append(r.events, e)
 	r.emu.Unlock()
@@ -163,7 +164,7 @@ func (r *recordedEvents) kinds() string {
 	defer r.emu.Unlock()
 	var k []string
 	for _, e := range r.events {
-		k = append(k, e.Kind+": "+e.Detail)
+		k = append(k, string(e.Kind)+": "+e.Detail)
 	}
 	return strings.Join(k, "; ")
 }

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -55,7 +56,7 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 	if err := waitObserved(ctx, traffic, u.Traffic, time.Time{}); err != nil {
 		return fmt.Errorf("no baseline traffic before the upgrade: %w", err)
 	}
-	start := e.event(sc, st, "upgrade", "Istio %s to %s (%s)", from, u.To, u.Method)
+	start := e.event(sc, st, results.EventUpgrade, "Istio %s to %s (%s)", from, u.To, u.Method)
 
 	switch u.Method {
 	case scenario.UpgradeCanary:
@@ -63,37 +64,37 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 		if err := mc.InstallCanary(ctx, u.Revision, u.To, charts); err != nil {
 			return fmt.Errorf("canary upgrade to %s: installing revision %s: %w", u.To, u.Revision, err)
 		}
-		e.event(sc, st, "canary-installed", "istiod %s installed as revision %s next to revision %s", u.To, u.Revision, revisionName(old))
+		e.event(sc, st, results.EventCanaryInstalled, "istiod %s installed as revision %s next to revision %s", u.To, u.Revision, revisionName(old))
 		if err := mc.WaitReady(ctx); err != nil {
 			return fmt.Errorf("canary upgrade to %s: both control planes are installed but not ready (revision %s is still in use): %w", u.To, revisionName(old), err)
 		}
-		e.event(sc, st, "control-plane-ready", "both control planes serve and inject")
+		e.event(sc, st, results.EventControlPlaneReady, "both control planes serve and inject")
 		namespaces := e.meshNamespaces()
 		if err := mc.RelabelNamespaces(ctx, u.Revision, namespaces...); err != nil {
 			return fmt.Errorf("canary upgrade to %s: %w", u.To, err)
 		}
-		e.event(sc, st, "namespaces-relabelled", "%s now select revision %s", strings.Join(namespaces, ", "), u.Revision)
+		e.event(sc, st, results.EventNamespacesRelabelled, "%s now select revision %s", strings.Join(namespaces, ", "), u.Revision)
 		if err := e.restart(ctx, workloads); err != nil {
 			return fmt.Errorf("canary upgrade to %s: restarting the workloads onto revision %s: %w", u.To, u.Revision, err)
 		}
-		e.event(sc, st, "workloads-restarted", "%s rolled out", strings.Join(workloads, ", "))
+		e.event(sc, st, results.EventWorkloadsRestarted, "%s rolled out", strings.Join(workloads, ", "))
 		if err := mc.RemoveRevision(ctx, old); err != nil {
 			return fmt.Errorf("canary upgrade to %s: removing the old revision %s: %w", u.To, revisionName(old), err)
 		}
-		e.event(sc, st, "revision-removed", "revision %s uninstalled; %s is the control plane", revisionName(old), u.Revision)
+		e.event(sc, st, results.EventRevisionRemoved, "revision %s uninstalled; %s is the control plane", revisionName(old), u.Revision)
 	default:
 		if err := mc.Upgrade(ctx, u.To, charts); err != nil {
 			return fmt.Errorf("in-place upgrade to %s: %w", u.To, err)
 		}
-		e.event(sc, st, "control-plane-upgraded", "base and istiod releases upgraded to %s", u.To)
+		e.event(sc, st, results.EventControlPlaneUpgraded, "base and istiod releases upgraded to %s", u.To)
 		if err := mc.WaitReady(ctx); err != nil {
 			return fmt.Errorf("in-place upgrade to %s: the upgraded control plane is not ready: %w", u.To, err)
 		}
-		e.event(sc, st, "control-plane-ready", "istiod %s serves and injects", u.To)
+		e.event(sc, st, results.EventControlPlaneReady, "istiod %s serves and injects", u.To)
 		if err := e.restart(ctx, workloads); err != nil {
 			return fmt.Errorf("in-place upgrade to %s: restarting the workloads onto the new proxy: %w", u.To, err)
 		}
-		e.event(sc, st, "workloads-restarted", "%s rolled out", strings.Join(workloads, ", "))
+		e.event(sc, st, results.EventWorkloadsRestarted, "%s rolled out", strings.Join(workloads, ", "))
 	}
 
 	// Every pair once more on the new proxies, so that the verdict covers
@@ -144,15 +145,15 @@ type ContinuousVerdict struct {
 	Total int
 	// Failures are failed requests of pairs the policies do not predict to
 	// fail: the outage the change caused.
-	Failures []Observation
+	Failures []results.Observation
 	// Plaintext are requests answered in plaintext where the policies
 	// predict mTLS or a failure: a server that must be closed to
 	// plaintext was open, if only for a moment.
-	Plaintext []Observation
+	Plaintext []results.Observation
 }
 
 // JudgeContinuous sorts a step's observations against the predictions.
-func JudgeContinuous(obs []Observation, predictions []oracle.Prediction) ContinuousVerdict {
+func JudgeContinuous(obs []results.Observation, predictions []oracle.Prediction) ContinuousVerdict {
 	v := ContinuousVerdict{Total: len(obs)}
 	for _, o := range obs {
 		p, known := oracle.Find(predictions, o.From, o.To, o.Port)

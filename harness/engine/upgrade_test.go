@@ -18,6 +18,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -59,8 +60,8 @@ func startWorkloads(t *testing.T, ns string) {
 
 // meshTraffic answers every probe with mTLS between the right identities,
 // except where fail says otherwise.
-func meshTraffic(ns string, fail func(round int, client Pod) *echoapi.ProbeResult) *scriptedProber {
-	return &scriptedProber{script: func(round int, c Pod, tgt echoapi.Target) echoapi.ProbeResult {
+func meshTraffic(ns string, fail func(round int, client results.Pod) *echoapi.ProbeResult) *scriptedProber {
+	return &scriptedProber{script: func(round int, c results.Pod, tgt echoapi.Target) echoapi.ProbeResult {
 		if fail != nil {
 			if r := fail(round, c); r != nil {
 				return *r
@@ -124,7 +125,7 @@ func TestUpgradeStepInPlaceWithTheHelmInstaller_ScriptedTransport(t *testing.T) 
 	}
 
 	// One failed request, within the budget of two: a restart's blip.
-	p := meshTraffic(ns, func(round int, c Pod) *echoapi.ProbeResult {
+	p := meshTraffic(ns, func(round int, c results.Pod) *echoapi.ProbeResult {
 		if round == 1 && c.Name == "service-a-g1" {
 			return &echoapi.ProbeResult{Result: echoapi.ResultFail, Reason: "reset"}
 		}
@@ -278,13 +279,13 @@ func TestUpgradeStepVerdict_ScriptedTransport(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		afterProxy string
-		fail       func(round int, c Pod) *echoapi.ProbeResult
+		fail       func(round int, c results.Pod) *echoapi.ProbeResult
 		wantErr    []string
 	}{
 		{name: "traffic kept flowing on the new proxies", afterProxy: "docker.io/istio/proxyv2:1.30.3-distroless"},
 		{
 			name: "failures over the budget fail the step", afterProxy: "docker.io/istio/proxyv2:1.30.3",
-			fail: func(round int, c Pod) *echoapi.ProbeResult {
+			fail: func(round int, c results.Pod) *echoapi.ProbeResult {
 				if round < 2 && strings.HasPrefix(c.Name, "service-b") {
 					return reset
 				}
@@ -294,7 +295,7 @@ func TestUpgradeStepVerdict_ScriptedTransport(t *testing.T) {
 		},
 		{
 			name: "plaintext towards a STRICT server fails the step", afterProxy: "docker.io/istio/proxyv2:1.30.3",
-			fail: func(round int, c Pod) *echoapi.ProbeResult {
+			fail: func(round int, c results.Pod) *echoapi.ProbeResult {
 				if round == 1 && strings.HasPrefix(c.Name, "service-a") {
 					return plaintext
 				}
@@ -349,7 +350,7 @@ func TestJudgeContinuous(t *testing.T) {
 		{From: "legacy", To: "b", Port: 8080, Result: scenario.ResultFail, Reason: "reset"},
 		{From: "a", To: "legacy", Port: 8080, Result: scenario.ResultPlaintext},
 	}
-	obs := []Observation{
+	obs := []results.Observation{
 		{Time: start, From: "a", To: "b", Port: 8080, Result: scenario.ResultMTLS},
 		{Time: start.Add(time.Second), From: "a", To: "b", Port: 8080, Result: scenario.ResultFail, Reason: "upstream-503"},
 		{Time: start, From: "legacy", To: "b", Port: 8080, Result: scenario.ResultFail, Reason: "reset"},

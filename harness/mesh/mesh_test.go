@@ -18,9 +18,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/harness/ca"
-	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/istio"
 	"github.com/meshproof/meshproof/harness/report"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/harness/testenv"
 )
@@ -159,7 +159,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	run.Record(engine.Observation{Time: time.Now(), Scenario: "s", Step: fmt.Sprintf("%v %+v", m.CA, m.CA)})
+	run.Record(results.Observation{Time: time.Now(), Scenario: "s", Step: fmt.Sprintf("%v %+v", m.CA, m.CA)})
 	if err := run.Close(); err != nil {
 		t.Fatal(err)
 	}

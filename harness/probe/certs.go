@@ -21,6 +21,7 @@ import (
 	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/image"
 	"github.com/meshproof/meshproof/harness/probe/configdump"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // ProxyContainer is the container Istio injects the sidecar as.
@@ -55,7 +56,7 @@ func NewCertReader(e Execer) *CertReader { return &CertReader{execer: e} }
 // leaf first. The sidecar then rejects the connection for want of a client
 // certificate; that is expected and not an error. No connection, or no
 // certificate presented, is.
-func (r *CertReader) HandshakeChain(ctx context.Context, from, server engine.Pod, port int) ([]*x509.Certificate, error) {
+func (r *CertReader) HandshakeChain(ctx context.Context, from, server results.Pod, port int) ([]*x509.Certificate, error) {
 	if server.IP == "" {
 		return nil, fmt.Errorf("handshake with %s: the pod has no IP", server)
 	}
@@ -125,7 +126,7 @@ func chainFromReport(out []byte) ([]*x509.Certificate, error) {
 // of secret "default" (leaf first) and the roots of secret "ROOTCA". Either
 // secret missing or empty is an error: the sidecar has not been given its
 // certificates yet.
-func (r *CertReader) SidecarSecrets(ctx context.Context, server engine.Pod) (chain, roots []*x509.Certificate, err error) {
+func (r *CertReader) SidecarSecrets(ctx context.Context, server results.Pod) (chain, roots []*x509.Certificate, err error) {
 	ctx, cancel := context.WithTimeout(ctx, certExecTimeout)
 	defer cancel()
 	cmd := Command{

@@ -19,8 +19,8 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/ca"
-	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/probe/configdump"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // meshPKI is a mesh CA and the certificates service-b's sidecar holds.
@@ -48,7 +48,7 @@ func newMeshPKI(t testing.TB) meshPKI {
 	return meshPKI{bundle: bundle, chain: chain, cert: tls.Certificate{Certificate: raw, PrivateKey: key.Signer(), Leaf: leaf}}
 }
 
-var serverPod = engine.Pod{Namespace: "meshproof", Name: "service-b-6c8f-klmno", IP: "127.0.0.1"}
+var serverPod = results.Pod{Namespace: "meshproof", Name: "service-b-6c8f-klmno", IP: "127.0.0.1"}
 
 // startSidecarTLS stands in for service-b's sidecar inbound port on
 // loopback: it presents the workload chain, offers Istio's ALPN, and
@@ -211,7 +211,7 @@ func peerCertReport(t testing.TB, chain []*x509.Certificate, edit func(*echoapi.
 
 func TestHandshakeChainScriptedReports(t *testing.T) {
 	pki := newMeshPKI(t)
-	server := engine.Pod{Namespace: "meshproof", Name: "service-b-0", IP: "fd00:10:244::13"}
+	server := results.Pod{Namespace: "meshproof", Name: "service-b-0", IP: "fd00:10:244::13"}
 	tests := []struct {
 		name string
 		run  func(context.Context, Command) ([]byte, []byte, error)

@@ -16,12 +16,12 @@ import (
 
 	utilexec "k8s.io/client-go/util/exec"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // Command is one process to run in a container of a pod.
 type Command struct {
-	Pod       engine.Pod
+	Pod       results.Pod
 	Container string
 	Argv      []string
 	// Stdin, when non-nil, is the whole of the process's standard input;

@@ -23,7 +23,7 @@ import (
 	"k8s.io/streaming/pkg/httpstream/wsstream"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // fakeExecAPI serves the pods/exec subresource the way the API server and
@@ -75,7 +75,7 @@ func (f *fakeExecAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	q := req.URL.Query()
-	cmd := Command{Pod: engine.Pod{Namespace: parts[3], Name: parts[5]}, Container: q.Get("container"), Argv: q["command"]}
+	cmd := Command{Pod: results.Pod{Namespace: parts[3], Name: parts[5]}, Container: q.Get("container"), Argv: q["command"]}
 	isWS := wsstream.IsWebSocketRequest(req)
 	f.mu.Lock()
 	f.seen = append(f.seen, seenExec{method: req.Method, webSocket: isWS, cmd: cmd, stdin: q.Get("stdin") == "true"})
@@ -226,7 +226,7 @@ func TestKubeExecerRejectsIncompleteCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, cmd := range []Command{
-		{Pod: engine.Pod{Name: "x"}, Container: "app", Argv: []string{"/echo"}},
+		{Pod: results.Pod{Name: "x"}, Container: "app", Argv: []string{"/echo"}},
 		{Pod: clientPod, Argv: []string{"/echo"}},
 		{Pod: clientPod, Container: "app"},
 	} {

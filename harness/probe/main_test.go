@@ -29,8 +29,8 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/image"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // echoBinary is the real echo program, built once for the package's tests:
@@ -84,8 +84,8 @@ func goroutinesSettle(baseline int, limit time.Duration) bool {
 
 // Pods of the tests. The out-of-mesh pod is the one peercert runs in.
 var (
-	clientPod = engine.Pod{Namespace: "meshproof", Name: "service-a-7d9c-abcde", IP: "10.244.0.11"}
-	legacyPod = engine.Pod{Namespace: "legacy", Name: "legacy-5f6b-fghij", IP: "10.244.0.12"}
+	clientPod = results.Pod{Namespace: "meshproof", Name: "service-a-7d9c-abcde", IP: "10.244.0.11"}
+	legacyPod = results.Pod{Namespace: "legacy", Name: "legacy-5f6b-fghij", IP: "10.244.0.12"}
 )
 
 // runLocalProcess runs cmd on this machine the way the pod would: the

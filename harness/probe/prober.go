@@ -11,6 +11,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/image"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // echoDefaultDeadline is what `echo probe` uses when the spec sets no
@@ -38,7 +39,7 @@ func NewProber(e Execer) *Prober { return &Prober{execer: e} }
 // margin for the exec itself (and by ctx, if that ends sooner). Output that
 // is not exactly one result per request is an error: a missing line would
 // otherwise read as a request that never happened.
-func (p *Prober) Probe(ctx context.Context, client engine.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
+func (p *Prober) Probe(ctx context.Context, client results.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
 	if len(spec.Targets) == 0 {
 		return nil, fmt.Errorf("probe from %s: the spec has no targets", client)
 	}

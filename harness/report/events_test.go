@@ -10,7 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 // A run records what the engine gives it and, on Close, renders exactly
@@ -74,7 +74,7 @@ func TestCloseRendersTheReport(t *testing.T) {
 func TestCloseRenderFailureKeepsTheData(t *testing.T) {
 	r := open(t, t.TempDir(), "run-1")
 	r.Record(observation(1))
-	r.RecordEvent(engine.Event{Scenario: "s", Step: "step-1", Kind: "policy-change", Detail: "x"})
+	r.RecordEvent(results.Event{Scenario: "s", Step: "step-1", Kind: "policy-change", Detail: "x"})
 	// A directory where the page goes: the rename over it fails.
 	if err := os.MkdirAll(filepath.Join(r.HTMLPath(), "occupied"), 0o755); err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func TestEventAfterCloseIsReported(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r.RecordEvent(engine.Event{Scenario: "s", Step: "rotate", Kind: "serial", Detail: "x"})
+	r.RecordEvent(results.Event{Scenario: "s", Step: "rotate", Kind: "serial", Detail: "x"})
 	if err := r.Err(); err == nil || !strings.Contains(err.Error(), `event serial of step "rotate" recorded after`) {
 		t.Errorf("Err after a late event = %v", err)
 	}

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -48,7 +48,7 @@ var pageTemplate = template.Must(template.New("report").Parse(pageSource))
 //
 // The output depends only on the set of observations and events, not on
 // their order, so it can be compared byte for byte.
-func HTML(w io.Writer, obs []engine.Observation, events []engine.Event, opts ...Option) error {
+func HTML(w io.Writer, obs []results.Observation, events []results.Event, opts ...Option) error {
 	o := htmlOptions{title: "meshproof report"}
 	for _, opt := range opts {
 		opt(&o)
@@ -69,7 +69,7 @@ func HTML(w io.Writer, obs []engine.Observation, events []engine.Event, opts ...
 // WriteHTMLFile renders HTML into path, through a temporary file in the
 // same folder that is renamed over path, so path is never left half
 // written. The file is 0644 like the rest of the run folder.
-func WriteHTMLFile(path string, obs []engine.Observation, events []engine.Event, opts ...Option) error {
+func WriteHTMLFile(path string, obs []results.Observation, events []results.Event, opts ...Option) error {
 	var buf bytes.Buffer
 	if err := HTML(&buf, obs, events, opts...); err != nil {
 		return err
@@ -227,18 +227,18 @@ const (
 
 // SerialEvent is the event kind a rotation records for each certificate
 // serial it sees; such events get their own lane and table.
-const SerialEvent = "serial"
+const SerialEvent = results.EventSerial
 
 type stepKey struct{ scenario, step string }
 
 type stepData struct {
 	key    stepKey
-	obs    []engine.Observation
-	events []engine.Event
+	obs    []results.Observation
+	events []results.Event
 	first  time.Time
 }
 
-func buildPage(obs []engine.Observation, events []engine.Event, o htmlOptions) page {
+func buildPage(obs []results.Observation, events []results.Event, o htmlOptions) page {
 	p := page{Title: o.title, Notes: o.notes, Observations: len(obs), Events: len(events)}
 	steps := map[stepKey]*stepData{}
 	get := func(k stepKey, t time.Time) *stepData {
@@ -310,7 +310,7 @@ func buildPage(obs []engine.Observation, events []engine.Event, o htmlOptions) p
 
 // outcomeLabel names an observation's outcome as the engine's messages do:
 // "mtls", "plaintext", "fail (reset)".
-func outcomeLabel(o engine.Observation) string {
+func outcomeLabel(o results.Observation) string {
 	if o.Result == scenario.ResultFail && o.Reason != "" {
 		return "fail (" + o.Reason + ")"
 	}
@@ -342,7 +342,7 @@ func outcomeRank(r scenario.Result) int {
 // differs reports whether an observation disagrees with its expectation.
 // An expectation of a failure without a reason ("fail", or "fail (any
 // reason)" as the engine words it) accepts every failure.
-func differs(o engine.Observation) bool {
+func differs(o results.Observation) bool {
 	e := o.Expected
 	if e == "" || e == outcomeLabel(o) || e == string(o.Result) {
 		return false
@@ -355,7 +355,7 @@ func differs(o engine.Observation) bool {
 
 // compareObservation orders observations by time, then by every field, so
 // that equal times still sort the same whatever the input order.
-func compareObservation(a, b engine.Observation) int {
+func compareObservation(a, b results.Observation) int {
 	return cmp.Or(
 		a.Time.Compare(b.Time),
 		cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To), cmp.Compare(a.Port, b.Port),
@@ -365,7 +365,7 @@ func compareObservation(a, b engine.Observation) int {
 	)
 }
 
-func compareEvent(a, b engine.Event) int {
+func compareEvent(a, b results.Event) int {
 	return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Detail, b.Detail))
 }
 
@@ -401,7 +401,7 @@ func buildStep(d *stepData, id string) stepView {
 		Start: formatTime(start), End: formatTime(end), Duration: formatDuration(end.Sub(start)),
 	}
 
-	byPair := map[pairKey][]engine.Observation{}
+	byPair := map[pairKey][]results.Observation{}
 	clients := map[string]bool{}
 	targets := map[string]pairKey{} // server:port -> a key holding to and port
 	for _, o := range d.obs {
@@ -453,7 +453,7 @@ func buildStep(d *stepData, id string) stepView {
 	}
 
 	for i, e := range d.events {
-		ev := eventView{Number: i + 1, Time: formatTime(e.Time), Offset: "+" + formatDuration(e.Time.Sub(start)), Kind: e.Kind, Detail: e.Detail}
+		ev := eventView{Number: i + 1, Time: formatTime(e.Time), Offset: "+" + formatDuration(e.Time.Sub(start)), Kind: string(e.Kind), Detail: e.Detail}
 		st.Events = append(st.Events, ev)
 		if e.Kind == SerialEvent {
 			st.Serials = append(st.Serials, ev)
@@ -470,7 +470,7 @@ func buildStep(d *stepData, id string) stepView {
 	return st
 }
 
-func buildCell(k pairKey, obs []engine.Observation) cellView {
+func buildCell(k pairKey, obs []results.Observation) cellView {
 	c := cellView{From: k.from, To: k.target()}
 	if len(obs) == 0 {
 		c.Status = "empty"
@@ -556,7 +556,7 @@ func buildCell(k pairKey, obs []engine.Observation) cellView {
 	return c
 }
 
-func buildTimeline(d *stepData, pairs []pairKey, byPair map[pairKey][]engine.Observation, start, end time.Time) *timelineView {
+func buildTimeline(d *stepData, pairs []pairKey, byPair map[pairKey][]results.Observation, start, end time.Time) *timelineView {
 	span := end.Sub(start)
 	if span <= 0 {
 		span = time.Second
@@ -631,7 +631,7 @@ func buildTimeline(d *stepData, pairs []pairKey, byPair map[pairKey][]engine.Obs
 // segments merges a pair's consecutive observations with the same outcome
 // (and the same agreement with the expectation) into one bar, which runs
 // until the next different observation.
-func segments(k pairKey, obs []engine.Observation, start time.Time, x func(time.Time) float64) []segmentView {
+func segments(k pairKey, obs []results.Observation, start time.Time, x func(time.Time) float64) []segmentView {
 	var out []segmentView
 	for i := 0; i < len(obs); {
 		j := i + 1

@@ -14,12 +14,12 @@ import (
 
 	"golang.org/x/net/html"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden HTML in testdata")
 
-func render(t *testing.T, obs []engine.Observation, events []engine.Event, opts ...Option) []byte {
+func render(t *testing.T, obs []results.Observation, events []results.Event, opts ...Option) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	if err := HTML(&b, obs, events, opts...); err != nil {
@@ -355,7 +355,7 @@ func TestHTMLEscapes(t *testing.T) {
 	o := probe(evil, evil, 0, evil, evil, 8080, fail, evil, evil)
 	o.Error = evil
 	e := event(evil, evil, 0, evil, evil)
-	page := render(t, []engine.Observation{o}, []engine.Event{e}, WithTitle(evil), WithNote(evil))
+	page := render(t, []results.Observation{o}, []results.Event{e}, WithTitle(evil), WithNote(evil))
 	doc := parse(t, page)
 	for _, tag := range []string{"script", "img"} {
 		if n := findAll(doc, byTagClass(tag, "")); len(n) != 0 {
@@ -384,7 +384,7 @@ func TestHTMLEscapes(t *testing.T) {
 
 func TestHTMLWithoutExpectations(t *testing.T) {
 	o := probe("s", "look", 0, "service-a", "service-b", 8080, mtls, "", "")
-	doc := parse(t, render(t, []engine.Observation{o, o}, nil, WithNote("results.json was cut short")))
+	doc := parse(t, render(t, []results.Observation{o, o}, nil, WithNote("results.json was cut short")))
 	notes := texts(findAll(doc, byTagClass("p", "note")))
 	if len(notes) != 2 || !strings.Contains(notes[0], "cut short") || !strings.Contains(notes[1], "observed only") {
 		t.Errorf("notes %q, want the given note and one saying there are no expectations", notes)
@@ -411,7 +411,7 @@ func TestHTMLEmptyRun(t *testing.T) {
 // A step with only events (e.g. an upgrade killed before its first probe)
 // still shows its timeline.
 func TestHTMLStepWithEventsOnly(t *testing.T) {
-	doc := parse(t, render(t, nil, []engine.Event{event("s", "upgrade", 0, "upgrade", "Istio 1.29.6 to 1.30.3 (canary)")}))
+	doc := parse(t, render(t, nil, []results.Event{event("s", "upgrade", 0, "upgrade", "Istio 1.29.6 to 1.30.3 (canary)")}))
 	s := stepSection(t, doc, "upgrade")
 	if n := findAll(s, byTagClass("g", "event")); len(n) != 1 {
 		t.Errorf("%d event markers, want 1", len(n))

@@ -21,7 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
 const (
@@ -112,8 +112,11 @@ type Run struct {
 	// Dir is the run's folder, <root>/<ID>.
 	Dir string
 
-	results *arrayWriter[engine.Observation]
-	events  *arrayWriter[engine.Event]
+	results *arrayWriter[results.Observation]
+	events  *arrayWriter[results.Event]
+
+	verdictsMu sync.Mutex
+	verdicts   []results.Verdict
 
 	closeOnce sync.Once
 	closeErr  error

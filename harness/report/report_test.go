@@ -14,13 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
 // observation returns a distinct observation with every field set.
-func observation(i int) engine.Observation {
-	return engine.Observation{
+func observation(i int) results.Observation {
+	return results.Observation{
 		Time:     time.Date(2026, 11, 26, 23, 49, 4, 123456789+i, time.UTC),
 		Scenario: "strict-mesh",
 		Step:     fmt.Sprintf("step-%d", i),
@@ -193,7 +193,7 @@ func TestConcurrentRecordsAllLand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var plain []engine.Observation
+	var plain []results.Observation
 	if err := json.Unmarshal(data, &plain); err != nil {
 		t.Fatalf("closed results.json is not valid JSON: %v", err)
 	}
@@ -278,7 +278,7 @@ func TestReadTruncated(t *testing.T) {
 	secondEnd += bytes.Index(data[secondEnd:], []byte("},\n")) + 1
 
 	dir := t.TempDir()
-	read := func(name string, content []byte) ([]engine.Observation, error) {
+	read := func(name string, content []byte) ([]results.Observation, error) {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, content, 0o644); err != nil {
 			t.Fatal(err)

@@ -3,18 +3,25 @@ package report
 import (
 	"fmt"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 )
 
-var _ engine.Recorder = (*Run)(nil)
+var _ results.Recorder = (*Run)(nil)
 
 // Record appends o to results.json. The element is written to the file
 // before Record returns; it reaches the disk within syncInterval. Record
 // never fails the run: a write failure is kept and reported by Err and
 // Close.
-func (r *Run) Record(o engine.Observation) { r.results.record(o) }
+func (r *Run) Record(o results.Observation) { r.results.record(o) }
 
-func describeObservation(o engine.Observation) string {
+// RecordVerdict keeps a step's verdict.
+func (r *Run) RecordVerdict(v results.Verdict) {
+	r.verdictsMu.Lock()
+	defer r.verdictsMu.Unlock()
+	r.verdicts = append(r.verdicts, v)
+}
+
+func describeObservation(o results.Observation) string {
 	return fmt.Sprintf("observation %s -> %s:%d", o.From, o.To, o.Port)
 }
 
@@ -25,6 +32,6 @@ func describeObservation(o engine.Observation) string {
 // If the file ends inside an element, ReadResults returns the complete
 // observations before it together with an error wrapping ErrIncomplete,
 // so a caller can still show what the run saw.
-func ReadResults(path string) ([]engine.Observation, error) {
-	return readArray[engine.Observation](path, "results", "observations")
+func ReadResults(path string) ([]results.Observation, error) {
+	return readArray[results.Observation](path, "results", "observations")
 }

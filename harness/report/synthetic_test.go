@@ -3,7 +3,7 @@ package report
 import (
 	"time"
 
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -16,8 +16,8 @@ const (
 )
 
 // probe is one synthetic observation at offset after runStart.
-func probe(sc, step string, offset time.Duration, from, to string, port int, result scenario.Result, reason, expected string) engine.Observation {
-	o := engine.Observation{
+func probe(sc, step string, offset time.Duration, from, to string, port int, result scenario.Result, reason, expected string) results.Observation {
+	o := results.Observation{
 		Time: runStart.Add(offset), Scenario: sc, Step: step, From: from, To: to, Port: port,
 		Pod: from + "-7d9f8c-x2x4z", Result: result, Reason: reason, Expected: expected,
 		Latency: 3 * time.Millisecond,
@@ -33,8 +33,8 @@ func probe(sc, step string, offset time.Duration, from, to string, port int, res
 	return o
 }
 
-func event(sc, step string, offset time.Duration, kind, detail string) engine.Event {
-	return engine.Event{Time: runStart.Add(offset), Scenario: sc, Step: step, Kind: kind, Detail: detail}
+func event(sc, step string, offset time.Duration, kind results.EventKind, detail string) results.Event {
+	return results.Event{Time: runStart.Add(offset), Scenario: sc, Step: step, Kind: kind, Detail: detail}
 }
 
 const (
@@ -45,9 +45,9 @@ const (
 
 // syntheticRun is a run with a passing step, a failing step, a transition
 // with its events and a root rotation with serials.
-func syntheticRun() ([]engine.Observation, []engine.Event) {
-	var obs []engine.Observation
-	var events []engine.Event
+func syntheticRun() ([]results.Observation, []results.Event) {
+	var obs []results.Observation
+	var events []results.Event
 	s := time.Second
 
 	// strict-mesh / strict-on: every cell as expected.

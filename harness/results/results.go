@@ -1,0 +1,194 @@
+// Package results is the data a run produces and every other package
+// reads: the observation of each probe request, the timeline events steps
+// record, and each step's verdict. The engine produces them, the run and
+// the suites record them into the run folder, and report, diagnose and the
+// CLI read them back; none of those needs the engine to do so.
+//
+// It is a leaf: it imports only the standard library and the scenario
+// language's result words.
+package results
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// Pod names a pod.
+type Pod struct {
+	Namespace, Name string
+	IP              string
+}
+
+func (p Pod) String() string { return p.Namespace + "/" + p.Name }
+
+// Observation is one probe request as the engine saw it: who asked whom,
+// what came back, which identities the server's sidecar reported and what
+// the step expected of that pair.
+type Observation struct {
+	Time     time.Time       `json:"time"`
+	Scenario string          `json:"scenario"`
+	Step     string          `json:"step"`
+	From     string          `json:"from"`
+	To       string          `json:"to"`
+	Port     int             `json:"port"`
+	Pod      string          `json:"pod,omitempty"` // the client pod
+	Result   scenario.Result `json:"result"`
+	// Expected is what the step expected of this pair ("mtls",
+	// "fail (reset)", "fail (any reason)"), empty where the step only
+	// observes (continuous traffic without an expectation).
+	Expected string        `json:"expected,omitempty"`
+	Reason   string        `json:"reason,omitempty"`
+	Status   int           `json:"status,omitempty"`
+	Latency  time.Duration `json:"latencyNs"`
+	// ClientID and ServerID are the SPIFFE identities of the X-Forwarded-
+	// Client-Cert element the server's sidecar added (URI and By).
+	ClientID string `json:"clientId,omitempty"`
+	ServerID string `json:"serverId,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Outcome renders the observed outcome the way expectations are written:
+// "mtls", "plaintext", "fail (reset)".
+func (o Observation) Outcome() string {
+	if o.Result == scenario.ResultFail {
+		return "fail (" + o.Reason + ")"
+	}
+	return string(o.Result)
+}
+
+// ExpectedOutcome renders an expectation the way Observation.Expected holds
+// it.
+func ExpectedOutcome(x scenario.Expectation) string {
+	if x.Result == scenario.ResultFail {
+		if x.Reason == "" {
+			return "fail (any reason)"
+		}
+		return "fail (" + x.Reason + ")"
+	}
+	return string(x.Result)
+}
+
+// EventKind says what an event records.
+type EventKind string
+
+// The kinds of events steps record.
+const (
+	EventPolicyChange         EventKind = "policy-change"
+	EventConverged            EventKind = "converged"
+	EventSerial               EventKind = "serial"
+	EventRootRotation         EventKind = "root-rotation"
+	EventUpgrade              EventKind = "upgrade"
+	EventCanaryInstalled      EventKind = "canary-installed"
+	EventControlPlaneReady    EventKind = "control-plane-ready"
+	EventControlPlaneUpgraded EventKind = "control-plane-upgraded"
+	EventNamespacesRelabelled EventKind = "namespaces-relabelled"
+	EventWorkloadsRestarted   EventKind = "workloads-restarted"
+	EventRevisionRemoved      EventKind = "revision-removed"
+	EventHarnessError         EventKind = "harness-error"
+	EventDeadline             EventKind = "deadline"
+	EventSetupPhase           EventKind = "setup-phase"
+)
+
+// Event is something a step did at a point in time, recorded next to the
+// observations so that reports can draw timelines: a policy change, an
+// upgrade phase, a certificate serial seen.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Scenario string    `json:"scenario"`
+	Step     string    `json:"step"`
+	Kind     EventKind `json:"kind"`
+	Detail   string    `json:"detail"`
+}
+
+// Status is a step's (or the setup's) outcome.
+type Status string
+
+// The statuses of a verdict.
+const (
+	Passed  Status = "passed"
+	Failed  Status = "failed"
+	Skipped Status = "skipped"
+)
+
+// SetupStep is the step name of the verdict of a run's setup (clusters,
+// Istio, image, fixtures); its Scenario is empty.
+const SetupStep = "setup"
+
+// Verdict is what a step (or the setup) came to: passed, failed or
+// skipped, why, how long it took, and the evidence a person needs to see
+// why without reading logs.
+type Verdict struct {
+	Scenario string `json:"scenario,omitempty"` // empty for the setup
+	Step     string `json:"step"`
+	// Kind is the step's kind ("expect", "rotate", ...), or "setup".
+	Kind     string        `json:"kind"`
+	Status   Status        `json:"status"`
+	Reason   string        `json:"reason,omitempty"` // the failure or skip text, whole
+	Started  time.Time     `json:"started"`
+	Duration time.Duration `json:"durationNs"`
+	// Source is where the step is written, file:line:col.
+	Source string `json:"source,omitempty"`
+	// Table is an expect step's expected-vs-observed table (every row when
+	// it failed; empty when it passed).
+	Table []Row `json:"table,omitempty"`
+	// Deadlines are the bounds a transition, rotation or upgrade was held
+	// to, drawn on its timeline.
+	Deadlines []Deadline `json:"deadlines,omitempty"`
+	// Diagnostics is the run-folder-relative path of the diagnostics
+	// collected for a failed step, when any were.
+	Diagnostics string `json:"diagnostics,omitempty"`
+}
+
+// Row is one row of an expect step's table: the pair, what was expected,
+// what the last round saw, the counts over the whole wait and why it did
+// not match ("" when it did).
+type Row struct {
+	From         string `json:"from"`
+	To           string `json:"to"`
+	Port         int    `json:"port"`
+	Expected     string `json:"expected"`
+	LastObserved string `json:"lastObserved"`
+	OverTheWait  string `json:"overTheWait"`
+	Why          string `json:"why,omitempty"`
+}
+
+// Deadline is a point in time a step held the mesh to, e.g. "no plaintext
+// after" in a transition, and whether it was met.
+type Deadline struct {
+	Name string    `json:"name"`
+	At   time.Time `json:"at"`
+	Met  bool      `json:"met"`
+	// Detail says what was seen against it, e.g. the last plaintext
+	// observation after the deadline.
+	Detail string `json:"detail,omitempty"`
+}
+
+func (v Verdict) String() string {
+	name := v.Step
+	if v.Scenario != "" {
+		name = v.Scenario + " / " + v.Step
+	}
+	s := fmt.Sprintf("%s: %s (%s)", name, v.Status, v.Duration.Round(time.Millisecond))
+	if v.Reason != "" {
+		s += ": " + v.Reason
+	}
+	return s
+}
+
+// Recorder receives what a run produces, as it happens. Its methods must
+// be safe for concurrent use: continuous traffic records from several
+// goroutines.
+type Recorder interface {
+	Record(Observation)
+	RecordEvent(Event)
+	RecordVerdict(Verdict)
+}
+
+// Discard is a Recorder that keeps nothing.
+type Discard struct{}
+
+func (Discard) Record(Observation)    {}
+func (Discard) RecordEvent(Event)     {}
+func (Discard) RecordVerdict(Verdict) {}
