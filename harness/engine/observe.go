@@ -111,17 +111,12 @@ func (e *ExpectationError) Error() string {
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FROM\tTO\tPORT\tEXPECTED\tLAST OBSERVED\tOVER THE WAIT\tWHY")
-	for _, r := range e.rows {
-		last := "nothing"
-		if len(r.last) > 0 {
-			last = summarize(r.last)
-		}
-		why := r.lastWhy
+	for _, r := range e.Table() {
+		why := r.Why
 		if why == "" {
 			why = "ok"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.expectation.From, r.expectation.To, r.expectation.Port,
-			describeExpectation(r.expectation), last, formatCounts(r.counts), why)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.From, r.To, r.Port, r.Expected, r.LastObserved, r.OverTheWait, why)
 	}
 	tw.Flush()
 	return strings.TrimRight(b.String(), "\n")
