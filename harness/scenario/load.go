@@ -161,6 +161,12 @@ func (s *Suite) setDefaults(dir string) {
 			c.Existing.Kubeconfig = resolve(dir, c.Existing.Kubeconfig)
 		}
 		in := &c.Istio
+		if in.Mode == "" {
+			in.Mode = IstioInstall
+			if c.Provider == ProviderExisting {
+				in.Mode = IstioUseExisting
+			}
+		}
 		if in.Charts != "" {
 			in.Charts = resolve(dir, in.Charts)
 		}

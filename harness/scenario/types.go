@@ -95,6 +95,24 @@ type ExistingCluster struct {
 	Kubeconfig string `json:"kubeconfig,omitempty"`
 	// Context in the kubeconfig. Default: its current context.
 	Context string `json:"context,omitempty"`
+	// Image says how the echo image reaches the cluster's nodes, which
+	// cannot load a local archive the way kind's can. Required unless the
+	// cluster can already pull meshproof's image.
+	Image *ImageSource `json:"image,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// ImageSource is where an existing cluster pulls the echo image from; set
+// exactly one of push and ref. Pods use the image by digest.
+type ImageSource struct {
+	// Push is a repository, e.g. registry.example.com/team/meshproof-echo,
+	// that meshproof pushes the echo image it builds to, with your
+	// credentials (docker config and credential helpers, as docker uses).
+	Push string `json:"push,omitempty"`
+	// Ref is an echo image you already published, by tag or by digest; a
+	// tag is resolved to its digest before anything is deployed.
+	Ref string `json:"ref,omitempty"`
 
 	Source Source `json:"-"`
 }
@@ -127,6 +145,16 @@ type Istio struct {
 	// Values are passed through to the istiod chart, deep-merged over
 	// meshproof's own values.
 	Values Values `json:"values,omitempty"`
+	// Mode says whether meshproof owns Istio on this cluster: install
+	// (install or upgrade the releases meshproof owns, remove them at the
+	// end) or use-existing (test the control plane already installed;
+	// install and uninstall nothing). Default: install for kind clusters,
+	// use-existing for existing ones.
+	Mode IstioMode `json:"mode,omitempty"`
+	// AdoptReleases lets install mode take over Istio Helm releases that
+	// meshproof did not install (it refuses to otherwise): they are
+	// upgraded with meshproof's values but never uninstalled.
+	AdoptReleases bool `json:"adoptReleases,omitempty"`
 
 	Source Source `json:"-"`
 }

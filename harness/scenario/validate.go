@@ -79,6 +79,12 @@ func (v *validator) clusters() {
 			if c.Kind != nil {
 				v.errorf(c.Source.At("kind"), path+".kind", "only for provider kind; this cluster's provider is existing")
 			}
+			if c.Existing != nil && c.Existing.Image != nil {
+				img := c.Existing.Image
+				if (img.Push == "") == (img.Ref == "") {
+					v.errorf(c.Existing.Source.At("image"), path+".existing.image", "set exactly one of push (a repository meshproof pushes the echo image to) and ref (an image you published)")
+				}
+			}
 		}
 		in := c.Istio
 		ipath := path + ".istio"
@@ -87,6 +93,14 @@ func (v *validator) clusters() {
 		}
 		if in.Revision != "" && !dnsLabel.MatchString(in.Revision) {
 			v.errorf(in.Source.At("revision"), ipath+".revision", "revision %q must be a DNS label (lower case letters, digits and -), e.g. 1-30-3", in.Revision)
+		}
+		if in.Mode == IstioUseExisting {
+			if in.PluggedCA {
+				v.errorf(in.Source.At("pluggedCA"), ipath+".pluggedCA", "a plugged CA needs Istio installed by meshproof; with mode use-existing the cluster's own CA is used")
+			}
+			if in.AdoptReleases {
+				v.errorf(in.Source.At("adoptReleases"), ipath+".adoptReleases", "only for mode install; use-existing installs nothing")
+			}
 		}
 	}
 }
@@ -240,6 +254,9 @@ func (v *validator) step(st *Step, cluster, path string) {
 		v.traffic(t.Traffic, path+".transition.traffic")
 	case st.Upgrade != nil:
 		u := st.Upgrade
+		if c := v.s.Cluster(cluster); c != nil && c.Istio.Mode == IstioUseExisting {
+			v.errorf(st.Source.At("upgrade"), path+".upgrade", "upgrading Istio needs Istio installed by meshproof; cluster %s has istio.mode use-existing", c.Name)
+		}
 		if !istioVer.MatchString(u.To) {
 			v.errorf(u.Source.At("to"), path+".upgrade.to", "Istio version %q is not a full release version such as 1.30.3", u.To)
 		}

@@ -17,6 +17,17 @@ const (
 // Values lists the valid providers.
 func (Provider) Values() []string { return []string{string(ProviderKind), string(ProviderExisting)} }
 
+// IstioMode is whether meshproof owns a cluster's Istio installation.
+type IstioMode string
+
+const (
+	IstioInstall     IstioMode = "install"
+	IstioUseExisting IstioMode = "use-existing"
+)
+
+// Values lists the valid Istio modes.
+func (IstioMode) Values() []string { return []string{string(IstioInstall), string(IstioUseExisting)} }
+
 // PolicyScope is where a PeerAuthentication applies.
 type PolicyScope string
 
