@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -37,10 +39,14 @@ type Existing struct {
 	tempDir        string
 }
 
-// NewExisting loads kubeconfigPath and selects contextName in it (its
-// current context if empty), failing early if the file, the context, or the
-// context's cluster or user is missing. Kind-only options are refused.
-// Nothing is contacted until Create or WaitForControlPlane.
+// NewExisting loads the kubeconfig the way kubectl does and selects
+// contextName in it (its current context if empty), failing early if no
+// file is found, or the context, or the context's cluster or user is
+// missing; errors name the file(s) and the context. An empty
+// kubeconfigPath means $KUBECONFIG (a list of files, merged, the first to
+// set a value wins) and, when that is unset, ~/.kube/config. Kind-only
+// options are refused. Nothing is contacted until Create or
+// WaitForControlPlane, and the user's files are only read.
 func NewExisting(kubeconfigPath, contextName string, opts ...Option) (*Existing, error) {
 	e := &Existing{
 		settings:     defaultSettings(),
@@ -53,13 +59,12 @@ func NewExisting(kubeconfigPath, contextName string, opts ...Option) (*Existing,
 	if len(e.kindOnly) > 0 {
 		return nil, fmt.Errorf("existing cluster: %s only apply to kind clusters that meshproof creates", strings.Join(e.kindOnly, ", "))
 	}
-	if kubeconfigPath == "" {
-		return nil, errors.New("existing cluster: the kubeconfig path is empty")
-	}
-	cfg, err := clientcmd.LoadFromFile(kubeconfigPath)
+	cfg, source, err := loadKubeconfig(kubeconfigPath)
 	if err != nil {
-		return nil, fmt.Errorf("existing cluster: load kubeconfig: %w", err)
+		return nil, err
 	}
+	kubeconfigPath = source
+	e.source = source
 	if contextName == "" {
 		contextName = cfg.CurrentContext
 		if contextName == "" {
@@ -81,10 +86,9 @@ func NewExisting(kubeconfigPath, contextName string, opts ...Option) (*Existing,
 	// files are inlined, and only the chosen context is kept, as the
 	// current one, so e2e-framework's client (which follows the current
 	// context) talks to the right cluster.
+	// (The loading rules resolved relative paths against the file each
+	// entry came from.)
 	cfg.CurrentContext = contextName
-	if err := clientcmd.ResolveLocalPaths(cfg); err != nil {
-		return nil, fmt.Errorf("existing cluster: kubeconfig %s: %w", kubeconfigPath, err)
-	}
 	if err := clientcmdapi.MinifyConfig(cfg); err != nil {
 		return nil, fmt.Errorf("existing cluster: kubeconfig %s: %w", kubeconfigPath, err)
 	}
@@ -97,6 +101,57 @@ func NewExisting(kubeconfigPath, contextName string, opts ...Option) (*Existing,
 	}
 	e.name, e.contextName, e.config, e.restConfig = kctx.Cluster, contextName, cfg, rc
 	return e, nil
+}
+
+// loadKubeconfig reads the kubeconfig through client-go's loading rules
+// and returns it with a description of where it came from, for errors: the
+// explicit path, or the $KUBECONFIG list, or ~/.kube/config. Relative paths
+// inside are resolved against the file that holds them.
+func loadKubeconfig(explicitPath string) (*clientcmdapi.Config, string, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	// The default rules migrate ~/.kube/.kubeconfig to ~/.kube/config by
+	// writing the latter: a run only reads the user's files.
+	rules.MigrationRules = nil
+	var source string
+	switch env := os.Getenv(clientcmd.RecommendedConfigPathEnvVar); {
+	case explicitPath != "":
+		rules.ExplicitPath = explicitPath
+		source = explicitPath
+		if _, err := os.Stat(explicitPath); err != nil {
+			return nil, "", fmt.Errorf("existing cluster: load kubeconfig: %w", err) // names the file
+		}
+	case env != "":
+		source = fmt.Sprintf("$%s (%s)", clientcmd.RecommendedConfigPathEnvVar, env)
+	default:
+		// Resolved now, not at package initialisation as client-go's
+		// RecommendedHomeFile is, so that $HOME set later counts.
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return nil, "", fmt.Errorf("existing cluster: no kubeconfig named, $%s is unset and the home directory is unknown: %w", clientcmd.RecommendedConfigPathEnvVar, err)
+		}
+		rules.Precedence = []string{filepath.Join(home, clientcmd.RecommendedHomeDir, clientcmd.RecommendedFileName)}
+		source = rules.Precedence[0]
+	}
+	if explicitPath == "" && !slices.ContainsFunc(rules.Precedence, fileExists) {
+		return nil, "", fmt.Errorf("existing cluster: no kubeconfig found: %s; name one with existing.kubeconfig or set $%s", describeMissing(rules.Precedence), clientcmd.RecommendedConfigPathEnvVar)
+	}
+	cfg, err := rules.Load()
+	if err != nil {
+		return nil, "", fmt.Errorf("existing cluster: load kubeconfig %s: %w", source, err)
+	}
+	return cfg, source, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func describeMissing(paths []string) string {
+	if len(paths) == 1 {
+		return paths[0] + " does not exist"
+	}
+	return "none of " + strings.Join(paths, ", ") + " exists"
 }
 
 func contextNames(cfg *clientcmdapi.Config) []string {

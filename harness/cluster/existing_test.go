@@ -136,8 +136,7 @@ func TestNewExistingErrors(t *testing.T) {
 		{"unknown context", src, "prod", nil, `has no context "prod" (it has: broken, mesh-ctx, staging)`},
 		{"context without cluster", src, "broken", nil, `names cluster "nowhere", which the kubeconfig does not define`},
 		{"no current context", noCurrent, "", nil, "has no current context; name the context to use"},
-		{"missing file", filepath.Join(t.TempDir(), "nope"), "x", nil, "load kubeconfig"},
-		{"empty path", "", "x", nil, "the kubeconfig path is empty"},
+		{"missing file", filepath.Join(t.TempDir(), "nope"), "x", nil, "load kubeconfig: stat /"},
 		{"kind-only options", src, "staging", []Option{WithReuse(true), WithNodeImage("kindest/node:v1")}, "WithReuse, WithNodeImage only apply to kind clusters"},
 		{"bad option", src, "staging", []Option{WithWaitTimeout(0)}, "the timeout must be positive"},
 	}
