@@ -44,13 +44,6 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func namespace(t *testing.T, prefix string) string {
 	t.Helper()
 	var b [4]byte
@@ -186,7 +179,7 @@ func configDump() string {
 }
 
 func TestCollectAgainstAPIServer(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	const run, otherRun = "20261126-234904-1a2b3c4d", "20261126-120000-deadbeef"
 	ns := namespace(t, "diag")
 	istioNS := namespace(t, "diag-istio")
@@ -449,7 +442,7 @@ func mode(t *testing.T, path string) os.FileMode {
 }
 
 func TestNodeLogsUnsupportedIsANoteAndOtherErrorsAFailure(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	ns := namespace(t, "diag-nodes")
 	unsupported := func(string) error {
 		return fmt.Errorf("existing cluster (context %q): node logs cannot be exported: %w", "prod", errors.ErrUnsupported)
@@ -483,7 +476,7 @@ func TestNodeLogsUnsupportedIsANoteAndOtherErrorsAFailure(t *testing.T) {
 // A hung exec uses up its own item timeout, not the collection's budget:
 // everything else is collected and the hang is listed.
 func TestHungExecIsBoundedPerItem(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	ns := namespace(t, "diag-hang")
 	pod(t, ns, "service-b-0", nil, nil, []string{"app", probe.ProxyContainer}, nil)
 	execer := &scriptedExecer{block: true}
@@ -546,7 +539,7 @@ func TestEndedContextStillWritesTheIndex(t *testing.T) {
 }
 
 func TestCollectWithoutExecerNotesTheConfigDumps(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	ns := namespace(t, "diag-noexec")
 	pod(t, ns, "service-a-0", nil, nil, []string{"app", probe.ProxyContainer}, nil)
 	sum, err := New(env.Client, clientset, WithNamespaces(ns), WithIstioNamespace(ns)).Collect(ctx, t.TempDir())
@@ -563,7 +556,7 @@ func TestCollectFailsWhenTheFolderCannotBeMade(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := New(env.Client, clientset).Collect(testContext(t), filepath.Join(file, "diagnostics"))
+	_, err := New(env.Client, clientset).Collect(t.Context(), filepath.Join(file, "diagnostics"))
 	if err == nil || !strings.Contains(err.Error(), "create") {
 		t.Errorf("Collect into a path under a file = %v, want an error", err)
 	}

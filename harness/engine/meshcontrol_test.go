@@ -82,12 +82,6 @@ func chartsRoot(t *testing.T) string {
 	return abs
 }
 
-func boundedContext(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // installIstio installs Istio version with the real Helm installer into
 // namespace istioNS, and uninstalls it when the test ends: the releases'
 // webhooks point at an istiod that never runs here and must not outlive the
@@ -98,7 +92,8 @@ func installIstio(t *testing.T, istioNS, version string, opts ...istio.Option) *
 	root := chartsRoot(t)
 	// Upgrade steps without charts of their own find them here.
 	t.Setenv(chartsEnv, root)
-	ctx := boundedContext(t, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
 	if err := env.HandIstioCRDsToHelm(ctx, istio.BaseReleaseName, istioNS); err != nil {
 		t.Fatal(err)
 	}

@@ -296,7 +296,8 @@ func rotationFixture(t *testing.T, istioNS, ns, stuck string) (*istio.Installer,
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := boundedContext(t, time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
 	if err := old.Install(ctx, kubeFast(), istioNS, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,8 @@ func startWorkloads(t *testing.T, ns string) {
 		ObjectMeta: metav1.ObjectMeta{Name: "legacy-0", Namespace: ns, Labels: map[string]string{"app": "legacy", "sidecar.istio.io/inject": "false"}},
 		Spec:       corev1.PodSpec{AutomountServiceAccountToken: ptr.To(false), Containers: []corev1.Container{{Name: "app", Image: "meshproof.local/echo:test"}}},
 	}
-	ctx := boundedContext(t, 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
 	if err := kubeFast().Create(ctx, legacy); err != nil {
 		t.Fatal(err)
 	}

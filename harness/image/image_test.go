@@ -67,12 +67,9 @@ func countBuilds(calls []string) int {
 	return n
 }
 
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+// buildTimeout bounds each Build: it runs the go command, which a broken
+// toolchain or a stuck module download could hang.
+const buildTimeout = 5 * time.Minute
 
 // The first build is shared by the tests below: compiling is the slow part
 // and the tests only read its output.
@@ -97,7 +94,9 @@ func sharedBuild(t *testing.T) *Result {
 			return
 		}
 		sharedCache = dir
-		sharedResult, sharedErr = Build(testContext(t), WithArch(runtime.GOARCH), WithCacheDir(dir), WithGoCommand(goCmd))
+		ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+		defer cancel()
+		sharedResult, sharedErr = Build(ctx, WithArch(runtime.GOARCH), WithCacheDir(dir), WithGoCommand(goCmd))
 		sharedCalls = calls()
 	})
 	if sharedErr != nil {
@@ -125,7 +124,9 @@ func TestBuildIsCachedAndReproducible(t *testing.T) {
 
 	// Same cache: reused, and no go build runs.
 	goCmd, calls := goWrapper(t)
-	second, err := Build(testContext(t), WithArch(runtime.GOARCH), WithCacheDir(sharedCache), WithGoCommand(goCmd))
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	second, err := Build(ctx, WithArch(runtime.GOARCH), WithCacheDir(sharedCache), WithGoCommand(goCmd))
 	if err != nil {
 		t.Fatalf("second Build: %v", err)
 	}
@@ -142,7 +143,9 @@ func TestBuildIsCachedAndReproducible(t *testing.T) {
 	// Forced rebuild in a fresh cache: go build runs again (in a different
 	// directory) and yields the same bytes.
 	goCmd, calls = goWrapper(t)
-	third, err := Build(testContext(t), WithArch(runtime.GOARCH), WithCacheDir(t.TempDir()), WithGoCommand(goCmd), WithForceRebuild())
+	ctx, cancel = context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	third, err := Build(ctx, WithArch(runtime.GOARCH), WithCacheDir(t.TempDir()), WithGoCommand(goCmd), WithForceRebuild())
 	if err != nil {
 		t.Fatalf("forced Build: %v", err)
 	}
@@ -172,7 +175,9 @@ func TestCorruptCacheEntryIsRebuilt(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(entry, metadataName), meta, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Build(testContext(t), WithArch(runtime.GOARCH), WithCacheDir(dir))
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	res, err := Build(ctx, WithArch(runtime.GOARCH), WithCacheDir(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +280,8 @@ func TestTarballContents(t *testing.T) {
 
 func runEchoRoundTrip(t *testing.T, bin string) {
 	t.Helper()
-	ctx := testContext(t)
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
 	serve := exec.CommandContext(ctx, bin, "serve", "--host=127.0.0.1", "--ports=0")
 	serve.Env = append(os.Environ(), "POD_NAME=image-test", "POD_NAMESPACE=test", "SERVICE_ACCOUNT=tester")
 	serve.Cancel = func() error { return serve.Process.Signal(syscall.SIGTERM) }
@@ -422,7 +428,8 @@ func TestEmbeddedSourceIsTheEchoProgram(t *testing.T) {
 }
 
 func TestInvalidOptions(t *testing.T) {
-	ctx := testContext(t)
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
 	if _, err := Build(ctx, WithArch("riscv64"), WithCacheDir(t.TempDir())); err == nil {
 		t.Errorf("unsupported arch accepted")
 	}
@@ -447,7 +454,9 @@ func TestDefaultCacheDir(t *testing.T) {
 // Cross-building for the other kind node architecture yields an image whose
 // config and binary both say arm64.
 func TestBuildArm64(t *testing.T) {
-	res, err := Build(testContext(t), WithArch("arm64"), WithCacheDir(t.TempDir()))
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	res, err := Build(ctx, WithArch("arm64"), WithCacheDir(t.TempDir()))
 	if err != nil {
 		t.Fatalf("Build arm64: %v", err)
 	}

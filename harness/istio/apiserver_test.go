@@ -41,7 +41,8 @@ func TestAgainstAPIServer(t *testing.T) {
 	deleteCRDs(t, env)
 
 	t.Run("install then uninstall with purge", func(t *testing.T) {
-		ctx := boundedContext(t)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+		defer cancel()
 		c := env.Client
 		foreign := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "meshproof-test-not-istio"}}
 		if err := c.Create(ctx, foreign); err != nil {
@@ -129,7 +130,8 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("in-place upgrade 1.29.6 to 1.30.3", func(t *testing.T) {
-		ctx := boundedContext(t)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+		defer cancel()
 		c := env.Client
 		const ns = "istio-upgrade"
 		// A namespace meshproof did not create survives the purge.
@@ -176,7 +178,8 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("canary from 1.29.6 to revision 1-30-3", func(t *testing.T) {
-		ctx := boundedContext(t)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+		defer cancel()
 		c := env.Client
 		const ns = "istio-canary"
 		const rev = "1-30-3"
@@ -247,12 +250,6 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 }
 
-func boundedContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func newInstaller(t *testing.T, env *testenv.Env, root, version string, opts ...istio.Option) *istio.Installer {
 	t.Helper()
 	base := []istio.Option{istio.WithVersion(version), istio.WithChartsDir(filepath.Join(root, version)), istio.WithLogger(func(f string, a ...any) { t.Logf(time.Now().Format("15:04:05.000 ")+f, a...) })}
@@ -267,7 +264,8 @@ func newInstaller(t *testing.T, env *testenv.Env, root, version string, opts ...
 // the API server has dropped them.
 func deleteCRDs(t *testing.T, env *testenv.Env) {
 	t.Helper()
-	ctx := boundedContext(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
 	for _, crd := range env.IstioCRDs {
 		if err := env.Client.Delete(ctx, crd.DeepCopy()); err != nil && !apierrors.IsNotFound(err) {
 			t.Fatal(err)

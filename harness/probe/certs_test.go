@@ -128,7 +128,7 @@ func TestHandshakeChainFromRejectingSidecar(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			port := startSidecarTLS(t, pki, tc.maxVersion)
 			execer := &scriptedExecer{}
-			chain, err := NewCertReader(execer).HandshakeChain(testContext(t), legacyPod, serverPod, port)
+			chain, err := NewCertReader(execer).HandshakeChain(t.Context(), legacyPod, serverPod, port)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,7 +179,7 @@ func TestHandshakeChainFailures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			chain, err := NewCertReader(&scriptedExecer{}).HandshakeChain(testContext(t), legacyPod, serverPod, tc.port)
+			chain, err := NewCertReader(&scriptedExecer{}).HandshakeChain(t.Context(), legacyPod, serverPod, tc.port)
 			if err == nil {
 				t.Fatalf("want an error, got %d certificates", len(chain))
 			}
@@ -234,7 +234,7 @@ func TestHandshakeChainScriptedReports(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			execer := &scriptedExecer{run: tc.run}
-			chain, err := NewCertReader(execer).HandshakeChain(testContext(t), legacyPod, server, 15006)
+			chain, err := NewCertReader(execer).HandshakeChain(t.Context(), legacyPod, server, 15006)
 			calls, _ := execer.recorded()
 			if len(calls) != 1 || calls[0].Argv[3] != "[fd00:10:244::13]:15006" {
 				t.Fatalf("execs %v, want one dialling the IPv6 address with brackets", calls)
@@ -262,10 +262,10 @@ func TestHandshakeChainRejectsBadArguments(t *testing.T) {
 	r := NewCertReader(execer)
 	noIP := serverPod
 	noIP.IP = ""
-	if _, err := r.HandshakeChain(testContext(t), legacyPod, noIP, 8080); err == nil || !strings.Contains(err.Error(), "no IP") {
+	if _, err := r.HandshakeChain(t.Context(), legacyPod, noIP, 8080); err == nil || !strings.Contains(err.Error(), "no IP") {
 		t.Errorf("pod without IP: %v", err)
 	}
-	if _, err := r.HandshakeChain(testContext(t), legacyPod, serverPod, 70000); err == nil || !strings.Contains(err.Error(), "out of range") {
+	if _, err := r.HandshakeChain(t.Context(), legacyPod, serverPod, 70000); err == nil || !strings.Contains(err.Error(), "out of range") {
 		t.Errorf("port 70000: %v", err)
 	}
 	if calls, _ := execer.recorded(); len(calls) != 0 {
@@ -288,7 +288,7 @@ func TestSidecarSecrets(t *testing.T) {
 	execer := &scriptedExecer{run: answer(string(renderDump(t,
 		configdump.Secret{Name: "default", CertificateChain: pki.chain},
 		configdump.Secret{Name: "ROOTCA", TrustedCA: []*x509.Certificate{pki.bundle.Root}})), nil)}
-	chain, roots, err := NewCertReader(execer).SidecarSecrets(testContext(t), serverPod)
+	chain, roots, err := NewCertReader(execer).SidecarSecrets(t.Context(), serverPod)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +333,7 @@ func TestSidecarSecretsErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			chain, roots, err := NewCertReader(&scriptedExecer{run: tc.run}).SidecarSecrets(testContext(t), serverPod)
+			chain, roots, err := NewCertReader(&scriptedExecer{run: tc.run}).SidecarSecrets(t.Context(), serverPod)
 			if err == nil {
 				t.Fatalf("want an error, got %d and %d certificates", len(chain), len(roots))
 			}

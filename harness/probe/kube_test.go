@@ -230,7 +230,7 @@ func TestKubeExecerRejectsIncompleteCommands(t *testing.T) {
 		{Pod: clientPod, Argv: []string{"/echo"}},
 		{Pod: clientPod, Container: "app"},
 	} {
-		if _, _, err := e.Exec(testContext(t), cmd); err == nil {
+		if _, _, err := e.Exec(t.Context(), cmd); err == nil {
 			t.Errorf("Exec(%s) succeeded", cmd)
 		}
 	}
@@ -256,7 +256,7 @@ func TestKubeExecerRunsEchoProbe(t *testing.T) {
 				t.Fatal(err)
 			}
 			spec := echoapi.ProbeSpec{Targets: targets, RequestsPerTarget: 2, Deadline: echoapi.Duration(30 * time.Second)}
-			results, err := NewProber(execer).Probe(testContext(t), clientPod, spec)
+			results, err := NewProber(execer).Probe(t.Context(), clientPod, spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -289,7 +289,7 @@ func TestKubeExecerErrors(t *testing.T) {
 
 			t.Run("non-zero exit", func(t *testing.T) {
 				cmd := Command{Pod: clientPod, Container: "app", Argv: []string{"/echo", "probe"}, Stdin: []byte(`{"targets":[],"bogus":1}`)}
-				_, stderr, err := execer.Exec(testContext(t), cmd)
+				_, stderr, err := execer.Exec(t.Context(), cmd)
 				code, exited := ExitCode(err)
 				if !exited || code != 2 {
 					t.Fatalf("error %v: exit %d (exited %v), want echo's usage exit 2", err, code, exited)
@@ -306,7 +306,7 @@ func TestKubeExecerErrors(t *testing.T) {
 			})
 
 			t.Run("command cannot start", func(t *testing.T) {
-				_, _, err := execer.Exec(testContext(t), Command{Pod: legacyPod, Container: "istio-proxy", Argv: []string{"pilot-agent", "request", "GET", "config_dump"}})
+				_, _, err := execer.Exec(t.Context(), Command{Pod: legacyPod, Container: "istio-proxy", Argv: []string{"pilot-agent", "request", "GET", "config_dump"}})
 				if err == nil {
 					t.Fatal("want an error")
 				}
@@ -323,7 +323,7 @@ func TestKubeExecerErrors(t *testing.T) {
 			t.Run("deadline", func(t *testing.T) {
 				// echo serve runs until it is stopped, so only the deadline
 				// ends this exec; the server stops it when the test ends.
-				ctx, cancel := context.WithTimeout(testContext(t), 500*time.Millisecond)
+				ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 				defer cancel()
 				_, _, err := execer.Exec(ctx, Command{Pod: clientPod, Container: "app", Argv: []string{"/echo", "serve", "--host", "127.0.0.1", "--ports", "0"}})
 				if !errors.Is(err, context.DeadlineExceeded) {
@@ -346,7 +346,7 @@ func TestKubeExecerRefusedByServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = execer.Exec(testContext(t), Command{Pod: clientPod, Container: "app", Argv: []string{"/echo", "probe"}, Stdin: []byte("{}")})
+	_, _, err = execer.Exec(t.Context(), Command{Pod: clientPod, Container: "app", Argv: []string{"/echo", "probe"}, Stdin: []byte("{}")})
 	if err == nil {
 		t.Fatal("want an error from a server that forbids exec")
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,8 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +28,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/image"
 	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/internal/leakcheck"
 )
 
 // echoBinary is the real echo program, built once for the package's tests:
@@ -56,30 +54,9 @@ func TestMain(m *testing.M) {
 	// assert on errors, not on that noise.
 	klog.LogToStderr(false)
 	klog.SetOutput(io.Discard)
-	baseline := runtime.NumGoroutine()
-	code := m.Run()
+	code := leakcheck.Run(m)
 	os.RemoveAll(dir)
-	// The fuzzing engine keeps a signal-handling goroutine of its own.
-	fuzzing := flag.Lookup("test.fuzz").Value.String() != ""
-	if code == 0 && !fuzzing && !goroutinesSettle(baseline, 10*time.Second) {
-		fmt.Fprintf(os.Stderr, "goroutines leaked: %d running, %d before the tests\n", runtime.NumGoroutine(), baseline)
-		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
-		code = 1
-	}
 	os.Exit(code)
-}
-
-// goroutinesSettle waits, up to limit, for the goroutine count to fall back
-// to baseline: connections the tests closed take a moment to unwind.
-func goroutinesSettle(baseline int, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for runtime.NumGoroutine() > baseline {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return true
 }
 
 // Pods of the tests. The out-of-mesh pod is the one peercert runs in.
@@ -232,10 +209,4 @@ func closedPort(t testing.TB) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
-}
-
-func testContext(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }

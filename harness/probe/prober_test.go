@@ -68,7 +68,7 @@ func TestProbeRunsRealEchoProbe(t *testing.T) {
 		Deadline:          echoapi.Duration(30 * time.Second),
 	}
 	before := time.Now()
-	results, err := NewProber(execer).Probe(testContext(t), clientPod, spec)
+	results, err := NewProber(execer).Probe(t.Context(), clientPod, spec)
 	after := time.Now()
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func TestProbeDefaultDeadline(t *testing.T) {
 	line, _ := json.Marshal(echoapi.ProbeResult{Target: "b", Result: echoapi.ResultMTLS})
 	execer := &scriptedExecer{run: answer(string(line)+"\n", nil)}
 	before := time.Now()
-	_, err := NewProber(execer).Probe(testContext(t), clientPod, echoapi.ProbeSpec{Targets: []echoapi.Target{{Name: "b", URL: "http://b/"}}})
+	_, err := NewProber(execer).Probe(t.Context(), clientPod, echoapi.ProbeSpec{Targets: []echoapi.Target{{Name: "b", URL: "http://b/"}}})
 	after := time.Now()
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func TestProbeDefaultDeadline(t *testing.T) {
 
 func TestProbeEchoRefusesSpec(t *testing.T) {
 	execer := &scriptedExecer{}
-	_, err := NewProber(execer).Probe(testContext(t), clientPod, echoapi.ProbeSpec{Targets: []echoapi.Target{{Name: "x", URL: "ftp://x/"}}})
+	_, err := NewProber(execer).Probe(t.Context(), clientPod, echoapi.ProbeSpec{Targets: []echoapi.Target{{Name: "x", URL: "ftp://x/"}}})
 	code, exited := ExitCode(err)
 	if !exited || code != 2 {
 		t.Fatalf("error %v: exit code %d (exited %v), want echo's usage exit 2", err, code, exited)
@@ -147,7 +147,7 @@ func TestProbeErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			execer := &scriptedExecer{run: tc.run}
-			results, err := NewProber(execer).Probe(testContext(t), clientPod, tc.spec)
+			results, err := NewProber(execer).Probe(t.Context(), clientPod, tc.spec)
 			if err == nil {
 				t.Fatalf("want an error, got results %+v", results)
 			}

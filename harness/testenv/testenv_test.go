@@ -60,13 +60,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func randomSuffix(t *testing.T) string {
 	t.Helper()
 	b := make([]byte, 4)
@@ -86,7 +79,7 @@ func createNamespace(t *testing.T, ctx context.Context, prefix string) string {
 }
 
 func TestAPIServerReportsKubernetesV1372(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	info, err := shared.Discovery.ServerVersionWithContext(ctx)
 	if err != nil {
 		t.Fatalf("GET /version: %v", err)
@@ -128,7 +121,7 @@ func TestIstioCRDsAreInstalledAndEstablished(t *testing.T) {
 }
 
 func TestStrictPeerAuthenticationIsAcceptedByServerSideApply(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	ns := createNamespace(t, ctx, "pa-strict")
 
 	apply := securityv1apply.PeerAuthentication("default", ns).
@@ -167,7 +160,7 @@ func TestStrictPeerAuthenticationIsAcceptedByServerSideApply(t *testing.T) {
 }
 
 func TestMisspelledPeerAuthenticationModeIsRejectedByCRDSchema(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	ns := createNamespace(t, ctx, "pa-invalid")
 
 	// Typed Istio objects cannot hold an unknown enum value, so the invalid object is
@@ -200,7 +193,7 @@ func TestMisspelledPeerAuthenticationModeIsRejectedByCRDSchema(t *testing.T) {
 // deploy.Find is meshproof's lister of leftovers; here it runs against the
 // real API server with Istio's CRDs.
 func TestFindListsLabelledObjectsOfEveryScope(t *testing.T) {
-	ctx := testContext(t)
+	ctx := t.Context()
 	ns := createNamespace(t, ctx, "leftovers")
 	run := "run-" + randomSuffix(t)
 	mine := map[string]string{"meshproof.test/run": run}
@@ -264,7 +257,7 @@ func TestStartStopsControlPlaneInCleanup(t *testing.T) {
 			t.Fatal(err)
 		}
 		etcd = testenv.EtcdURL(env)
-		if _, err := env.Discovery.ServerVersionWithContext(testContext(t)); err != nil {
+		if _, err := env.Discovery.ServerVersionWithContext(t.Context()); err != nil {
 			t.Fatalf("the second control plane does not answer: %v", err)
 		}
 		if sharedURL, err := url.Parse(shared.Config.Host); err != nil || apiServer.Host == sharedURL.Host {
@@ -286,7 +279,7 @@ func TestStartStopsControlPlaneInCleanup(t *testing.T) {
 // Without binaries the environment must fail, not skip, and say how to get them.
 func TestStartEnvFailsWithFixWhenBinariesAreMissing(t *testing.T) {
 	t.Setenv(binaries.AssetsEnv, t.TempDir())
-	env, stop, err := testenv.StartEnv(testContext(t))
+	env, stop, err := testenv.StartEnv(t.Context())
 	if err == nil {
 		stop()
 		t.Fatalf("StartEnv succeeded without binaries: %+v", env)
