@@ -232,6 +232,13 @@ func TestExpectHoldsAfterConsecutiveMatchingRounds_ScriptedTransport(t *testing.
 	if n := len(rec.all()); n != 5*3*2 {
 		t.Errorf("%d observations recorded, want 30", n)
 	}
+	// Every observation carries its row's expectation, for the report.
+	want := map[string]string{"service-a:8080": "mtls", "service-a:9090": "mtls", "legacy:8080": "fail (reset)"}
+	for _, o := range rec.all() {
+		if w := want[fmt.Sprintf("%s:%d", o.From, o.Port)]; o.Expected != w {
+			t.Errorf("%s -> %s:%d observed %s carries expected %q, want %q", o.From, o.To, o.Port, o.Outcome(), o.Expected, w)
+		}
+	}
 }
 
 type recorded struct {

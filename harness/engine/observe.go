@@ -26,12 +26,17 @@ func pairOf(e scenario.Expectation) pair { return pair{e.From, e.To, e.Port} }
 // program hands it back in every result.
 func targetName(to string, port int) string { return fmt.Sprintf("%s:%d", to, port) }
 
-// observation turns a probe result into an Observation.
+// observation turns a probe result into an Observation of the row e. The
+// row's expectation goes into Expected; a row without one (e.Result empty:
+// traffic the step only observes) leaves it empty.
 func observation(now time.Time, scenarioName, step, from string, e scenario.Expectation, pod string, r echoapi.ProbeResult) results.Observation {
 	o := results.Observation{
 		Time: now, Scenario: scenarioName, Step: step, From: from, To: e.To, Port: e.Port, Pod: pod,
 		Result: scenario.Result(r.Result), Reason: r.Reason, Status: r.StatusCode,
 		Latency: time.Duration(r.LatencyNS), Error: r.Error,
+	}
+	if e.Result != "" {
+		o.Expected = results.ExpectedOutcome(e)
 	}
 	// The sidecar appends its element last; the last one is the hop that
 	// terminated mTLS in front of the echo server.
@@ -73,15 +78,9 @@ func describe(o results.Observation) string {
 	return string(o.Result)
 }
 
-func describeExpectation(e scenario.Expectation) string {
-	if e.Result == scenario.ResultFail {
-		if e.Reason == "" {
-			return "fail (any reason)"
-		}
-		return "fail (" + e.Reason + ")"
-	}
-	return string(e.Result)
-}
+// describeExpectation renders a row's expectation the way
+// Observation.Expected holds it, so the report can compare the two.
+func describeExpectation(e scenario.Expectation) string { return results.ExpectedOutcome(e) }
 
 // rowHistory is what the engine saw of one row over a whole wait.
 type rowHistory struct {

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -125,7 +126,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
 		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
 		Every: e.suite.Defaults.Interval,
-	})
+	}, Expecting([]oracle.Prediction{{From: inside, To: w.Name, Port: port, Result: scenario.ResultMTLS}}))
 	var after ServedCert
 	waitErr := wait.For(func(ctx context.Context) (bool, error) {
 		c, err := read(ctx)

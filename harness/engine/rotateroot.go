@@ -148,7 +148,7 @@ func (e *Engine) rotateRoot(ctx context.Context, sc *scenario.Scenario, index in
 	}
 	old := phases[0].Roots[0]
 
-	traffic := e.StartTraffic(ctx, sc, st, r.Traffic)
+	traffic := e.StartTraffic(ctx, sc, st, r.Traffic, Expecting(predictions))
 	defer traffic.Stop()
 	if err := waitObserved(ctx, traffic, r.Traffic, time.Time{}); err != nil {
 		return fmt.Errorf("no baseline traffic before the root rotation: %w", err)

@@ -8,13 +8,20 @@ import (
 	"time"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
 // event records an event if the recorder keeps them, and logs it.
 func (e *Engine) event(sc *scenario.Scenario, st *scenario.Step, kind results.EventKind, format string, args ...any) time.Time {
-	ev := results.Event{Time: e.now(), Scenario: sc.Name, Step: st.Name, Kind: kind, Detail: fmt.Sprintf(format, args...)}
+	return e.eventAt(e.now(), sc, st, kind, format, args...)
+}
+
+// eventAt is event at a time the step took before, so that the event and
+// what the step did at that time agree exactly.
+func (e *Engine) eventAt(at time.Time, sc *scenario.Scenario, st *scenario.Step, kind results.EventKind, format string, args ...any) time.Time {
+	ev := results.Event{Time: at, Scenario: sc.Name, Step: st.Name, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 	e.rec.RecordEvent(ev)
 	e.logf("%s: %s: %s", st.Name, kind, ev.Detail)
 	return ev.Time
@@ -28,6 +35,49 @@ type Traffic struct {
 	done   chan struct{}
 	mu     sync.Mutex
 	obs    []results.Observation
+	// expect are the expectations the step judges the traffic against, in
+	// the order they took effect; each observation carries the one in
+	// force at its time as Observation.Expected.
+	expect []expectPhase
+}
+
+// expectPhase is what a step expects of its traffic from a point in time
+// on, by pair; a pair it has no prediction for is only observed.
+type expectPhase struct {
+	since time.Time
+	want  map[pair]string
+}
+
+// TrafficOption adjusts continuous traffic.
+type TrafficOption func(*Traffic)
+
+// Expecting gives the outcomes the step judges the traffic against from
+// the start: each observation of a predicted pair carries its prediction
+// as Observation.Expected, so the report can mark what differed.
+func Expecting(predictions []oracle.Prediction) TrafficOption {
+	return func(t *Traffic) { t.expectFrom(time.Time{}, predictions) }
+}
+
+// expectFrom makes predictions the expectation of observations made at or
+// after since (a transition's policy change).
+func (t *Traffic) expectFrom(since time.Time, predictions []oracle.Prediction) {
+	want := make(map[pair]string, len(predictions))
+	for _, p := range predictions {
+		want[pair{p.From, p.To, p.Port}] = results.ExpectedOutcome(scenario.Expectation{Result: p.Result, Reason: p.Reason})
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expect = append(t.expect, expectPhase{since: since, want: want})
+}
+
+// expected is the expectation in force for o; t.mu must be held.
+func (t *Traffic) expected(o results.Observation) string {
+	for i := len(t.expect) - 1; i >= 0; i-- {
+		if !o.Time.Before(t.expect[i].since) {
+			return t.expect[i].want[pair{o.From, o.To, o.Port}]
+		}
+	}
+	return ""
 }
 
 // Observations returns what was seen so far, in time order.
@@ -59,9 +109,12 @@ func Failures(obs []results.Observation) []results.Observation {
 }
 
 // StartTraffic starts probing t's pairs until Stop.
-func (e *Engine) StartTraffic(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, t scenario.Traffic) *Traffic {
+func (e *Engine) StartTraffic(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, t scenario.Traffic, opts ...TrafficOption) *Traffic {
 	ctx, cancel := context.WithCancel(ctx)
 	tr := &Traffic{cancel: cancel, done: make(chan struct{})}
+	for _, opt := range opts {
+		opt(tr)
+	}
 	byClient := map[string][]scenario.Pair{}
 	var clients []string
 	for _, p := range t.Pairs {
@@ -92,6 +145,9 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 		obs := e.probePairs(ctx, sc, st, from, pairs)
 		if ctx.Err() == nil { // a batch cut short by Stop proves nothing
 			tr.mu.Lock()
+			for i := range obs {
+				obs[i].Expected = tr.expected(obs[i])
+			}
 			tr.obs = append(tr.obs, obs...)
 			tr.mu.Unlock()
 			for _, o := range obs {

@@ -24,7 +24,10 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	if err != nil {
 		return fmt.Errorf("%s: predicting the outcome of the new policies: %w", st.Source.At("transition"), err)
 	}
-	traffic := e.StartTraffic(ctx, sc, st, tr.Traffic)
+	// Before the change the traffic is expected to follow the policies in
+	// force until then, after it the new ones (AnalyzeTransition judges
+	// the same split).
+	traffic := e.StartTraffic(ctx, sc, st, tr.Traffic, Expecting(e.predictBefore(sc, index)))
 	defer traffic.Stop()
 	// A baseline before the change: every pair observed at least once.
 	if err := wait.For(func(context.Context) (bool, error) {
@@ -32,7 +35,9 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	}, wait.WithContext(ctx), wait.WithInterval(tr.Traffic.Every.Duration/2), wait.WithTimeout(timeLeft(ctx))); err != nil {
 		return fmt.Errorf("no baseline traffic before the change: %w", err)
 	}
-	changed := e.event(sc, st, results.EventPolicyChange, "applying %s", tr.To.Summary())
+	changed := e.now()
+	traffic.expectFrom(changed, predictions)
+	e.eventAt(changed, sc, st, results.EventPolicyChange, "applying %s", tr.To.Summary())
 	if err := e.applyPolicies(ctx, sc, index, &tr.To); err != nil {
 		return err
 	}
@@ -46,6 +51,26 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 		e.event(sc, st, results.EventConverged, "every pair matched the new policies %s after the change", report.Convergence.Round(time.Millisecond))
 	}
 	return report.Verify(tr.Traffic.MaxFailures)
+}
+
+// predictBefore is the oracle's prediction for the policies in force before
+// step index; nil (observations without an expectation) when it cannot
+// tell, which leaves the transition's own judgement unaffected.
+func (e *Engine) predictBefore(sc *scenario.Scenario, index int) []oracle.Prediction {
+	var before *scenario.MTLSStep
+	if index > 0 {
+		m, err := oracle.PolicyAt(sc, index-1)
+		if err != nil {
+			return nil
+		}
+		before = m
+	}
+	p, err := oracle.PredictPolicies(e.suite, before)
+	if err != nil {
+		e.logf("%s: no expectation for the traffic before the change: %v", sc.Steps[index].Name, err)
+		return nil
+	}
+	return p
 }
 
 // TransitionReport is what a transition's timeline shows.

@@ -144,6 +144,18 @@ func TestTransitionDisableToStrict_ScriptedTransport(t *testing.T) {
 			if n := len(rec.all()); n < 20 {
 				t.Errorf("only %d observations recorded over a 2s window at 100ms", n)
 			}
+			// Before the change the traffic is expected to follow DISABLE,
+			// after it STRICT: what the report marks each request against.
+			changed := rec.eventTime(results.EventPolicyChange)
+			for _, o := range rec.all() {
+				want := "mtls"
+				if o.Time.Before(changed) {
+					want = "plaintext"
+				}
+				if o.Expected != want {
+					t.Errorf("%s -> %s at %+v after the change carries expected %q, want %q", o.From, o.To, o.Time.Sub(changed), o.Expected, want)
+				}
+			}
 		})
 	}
 }
@@ -159,6 +171,18 @@ func (r *recordedEvents) RecordEvent(e results.Event) {
 	r.events = append(r.events, e)
 	r.emu.Unlock()
 }
+// eventTime is when the first event of kind was recorded.
+func (r *recordedEvents) eventTime(kind results.EventKind) time.Time {
+	r.emu.Lock()
+	defer r.emu.Unlock()
+	for _, e := range r.events {
+		if e.Kind == kind {
+			return e.Time
+		}
+	}
+	return time.Time{}
+}
+
 func (r *recordedEvents) kinds() string {
 	r.emu.Lock()
 	defer r.emu.Unlock()

@@ -51,7 +51,7 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 	}
 	from, charts, workloads := mc.Version(), upgradeCharts(u), e.inMeshWorkloads()
 
-	traffic := e.StartTraffic(ctx, sc, st, u.Traffic)
+	traffic := e.StartTraffic(ctx, sc, st, u.Traffic, Expecting(predictions))
 	defer traffic.Stop()
 	if err := waitObserved(ctx, traffic, u.Traffic, time.Time{}); err != nil {
 		return fmt.Errorf("no baseline traffic before the upgrade: %w", err)
