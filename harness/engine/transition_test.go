@@ -171,6 +171,7 @@ func (r *recordedEvents) RecordEvent(e results.Event) {
 	r.events = append(r.events, e)
 	r.emu.Unlock()
 }
+
 // eventTime is when the first event of kind was recorded.
 func (r *recordedEvents) eventTime(kind results.EventKind) time.Time {
 	r.emu.Lock()
