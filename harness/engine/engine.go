@@ -90,33 +90,52 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 	st := &sc.Steps[index]
 	ctx, cancel := context.WithTimeout(ctx, st.Timeout.Duration)
 	defer cancel()
-	switch {
-	case st.MTLS != nil:
-		return e.applyPolicies(ctx, sc, index, st.MTLS)
-	case st.Transition != nil:
+	run, ok := stepRunners[st.Kind()]
+	if !ok {
+		return fmt.Errorf("step %q: no step kind the engine knows (%q)", st.Name, st.Kind())
+	}
+	return run(e, ctx, sc, index)
+}
+
+// stepRunner runs step index of a scenario, of the kind it is keyed by.
+type stepRunner func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error
+
+// stepRunners runs each kind of step; a test holds it to scenario's table
+// of step kinds, so that a new kind cannot reach a run unhandled.
+var stepRunners = map[string]stepRunner{
+	scenario.KindMTLS: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
+		return e.applyPolicies(ctx, sc, index, sc.Steps[index].MTLS)
+	},
+	scenario.KindTransition: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
 		return e.transition(ctx, sc, index)
-	case st.Expect != nil:
+	},
+	scenario.KindExpect: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
 		return e.expect(ctx, sc, index)
-	case st.Rotate != nil:
-		return e.rotate(ctx, sc, st)
-	case st.Upgrade != nil:
+	},
+	scenario.KindRotate: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
+		return e.rotate(ctx, sc, &sc.Steps[index])
+	},
+	scenario.KindUpgrade: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
 		return e.upgrade(ctx, sc, index)
-	case st.RotateRoot != nil:
+	},
+	scenario.KindRotateRoot: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
 		return e.rotateRoot(ctx, sc, index)
-	case st.Restart != nil:
-		return e.restart(ctx, st.Restart.Workloads)
-	case st.Wait != nil:
-		if len(st.Wait.Workloads) > 0 {
-			return e.waitRolledOut(ctx, st.Wait.Workloads)
+	},
+	scenario.KindRestart: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
+		return e.restart(ctx, sc.Steps[index].Restart.Workloads)
+	},
+	scenario.KindWait: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
+		w := sc.Steps[index].Wait
+		if len(w.Workloads) > 0 {
+			return e.waitRolledOut(ctx, w.Workloads)
 		}
 		select {
-		case <-time.After(st.Wait.Duration.Duration):
+		case <-time.After(w.Duration.Duration):
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	}
-	return fmt.Errorf("step %q: no step kind the engine knows", st.Name)
+	},
 }
 
 // applyPolicies applies an mtls step's policies and then removes every other

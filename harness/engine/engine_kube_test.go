@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/harness/testenv"
@@ -493,7 +494,7 @@ func TestExpectAutoChecksEveryPairAgainstTheOracle_ScriptedTransport(t *testing.
 			t.Fatalf("step %d: %v", i+1, err)
 		}
 	}
-	table, err := Table(s, sc, 1)
+	table, err := oracle.Table(s, sc, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 // expected against last observed.
 func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) error {
 	st := &sc.Steps[index]
-	table, err := Table(e.suite, sc, index)
+	table, err := oracle.Table(e.suite, sc, index)
 	if err != nil {
 		return err
 	}
@@ -64,24 +64,6 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		return ctx.Err() // interrupted, not timed out
 	}
 	return &ExpectationError{Step: st.Name, Timeout: st.Timeout.Duration, Rounds: rounds, rows: rows, Cause: lastErr}
-}
-
-// Table is the expect table of step index: the rows written in the file, or
-// for `expect: auto` the oracle's prediction for every pair and port.
-func Table(s *scenario.Suite, sc *scenario.Scenario, index int) ([]scenario.Expectation, error) {
-	st := &sc.Steps[index]
-	if !st.Expect.Auto {
-		return st.Expect.Table, nil
-	}
-	preds, err := oracle.Predict(s, sc, index)
-	if err != nil {
-		return nil, fmt.Errorf("%s: expect: auto: %w", st.Source.At("expect"), err)
-	}
-	table := make([]scenario.Expectation, len(preds))
-	for i, p := range preds {
-		table[i] = scenario.Expectation{From: p.From, To: p.To, Port: p.Port, Result: p.Result, Reason: p.Reason, Source: st.Source}
-	}
-	return table, nil
 }
 
 // round runs one probe round and reports whether every row matched.

@@ -59,23 +59,45 @@ func Find(ps []Prediction, from, to string, port int) (Prediction, bool) {
 }
 
 // PolicyAt returns the authentication state of the mesh while step
-// stepIndex (0-based) of the scenario runs: the policies of the last mtls
-// step at or before it, since each mtls step states the complete set and no
-// other step kind changes it. Nil means no meshproof policy at all, i.e.
-// Istio's defaults (PERMISSIVE everywhere, auto mTLS).
+// stepIndex (0-based) of the scenario runs: the policies of the last step
+// at or before it that puts a policy set in force (an mtls step, or a
+// transition, whose target stays in force after it; the table of step kinds
+// says which kinds do), since each such step states the complete set. Nil
+// means no meshproof policy at all, i.e. Istio's defaults (PERMISSIVE
+// everywhere, auto mTLS).
 func PolicyAt(sc *scenario.Scenario, stepIndex int) (*scenario.MTLSStep, error) {
 	if stepIndex < 0 || stepIndex >= len(sc.Steps) {
 		return nil, fmt.Errorf("scenario %q has steps 1 to %d; there is no step %d", sc.Name, len(sc.Steps), stepIndex+1)
 	}
 	for i := stepIndex; i >= 0; i-- {
-		if m := sc.Steps[i].MTLS; m != nil {
+		if m := sc.Steps[i].Policies(); m != nil {
 			return m, nil
-		}
-		if t := sc.Steps[i].Transition; t != nil { // its policies stay in force after it
-			return &t.To, nil
 		}
 	}
 	return nil, nil
+}
+
+// Table is the expect table of step index (0-based), which must be an
+// expect step: the rows written in the file, or for `expect: auto` the
+// prediction for every pair and port. The engine probes it, plan prints it
+// and predict holds the written rows against the prediction.
+func Table(s *scenario.Suite, sc *scenario.Scenario, index int) ([]scenario.Expectation, error) {
+	st := &sc.Steps[index]
+	if st.Expect == nil {
+		return nil, fmt.Errorf("step %q is a %s step, not an expect step", st.Name, st.Kind())
+	}
+	if !st.Expect.Auto {
+		return st.Expect.Table, nil
+	}
+	preds, err := Predict(s, sc, index)
+	if err != nil {
+		return nil, fmt.Errorf("%s: expect: auto: %w", st.Source.At("expect"), err)
+	}
+	table := make([]scenario.Expectation, len(preds))
+	for i, p := range preds {
+		table[i] = scenario.Expectation{From: p.From, To: p.To, Port: p.Port, Result: p.Result, Reason: p.Reason, Source: st.Source}
+	}
+	return table, nil
 }
 
 // Predict returns the expected outcome of every (client, server, port) with

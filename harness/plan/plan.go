@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -185,17 +185,53 @@ func prefixed(prefix, s string) string {
 func stepPlan(s *scenario.Suite, sc *scenario.Scenario, index int, runID string) (StepPlan, error) {
 	st := &sc.Steps[index]
 	sp := StepPlan{Step: st}
-	add := func(format string, args ...any) { sp.Operations = append(sp.Operations, fmt.Sprintf(format, args...)) }
-	td := s.Cluster(sc.Cluster).Istio.TrustDomain
-	switch {
-	case st.MTLS != nil:
-		objs, err := policy.ForMTLS(s, st.MTLS, policy.Step{RunID: runID, Scenario: sc.Name, Index: index})
-		if err != nil {
-			return sp, fmt.Errorf("scenario %s, step %q: %w", sc.Name, st.Name, err)
+	planner, ok := stepPlanners[st.Kind()]
+	if !ok {
+		return sp, fmt.Errorf("scenario %s, step %q: no plan for a step of kind %q", sc.Name, st.Name, st.Kind())
+	}
+	b := &stepBuilder{suite: s, sc: sc, index: index, st: st, runID: runID, plan: &sp,
+		trustDomain: s.Cluster(sc.Cluster).Istio.TrustDomain}
+	if err := planner(b); err != nil {
+		return sp, err
+	}
+	return sp, nil
+}
+
+// stepBuilder is what planning one step needs.
+type stepBuilder struct {
+	suite       *scenario.Suite
+	sc          *scenario.Scenario
+	index       int
+	st          *scenario.Step
+	runID       string
+	trustDomain string
+	plan        *StepPlan
+}
+
+func (b *stepBuilder) add(format string, args ...any) {
+	b.plan.Operations = append(b.plan.Operations, fmt.Sprintf(format, args...))
+}
+
+// policies renders a policy set into the step's objects.
+func (b *stepBuilder) policies(m *scenario.MTLSStep) error {
+	objs, err := policy.ForMTLS(b.suite, m, policy.Step{RunID: b.runID, Scenario: b.sc.Name, Index: b.index})
+	if err != nil {
+		return fmt.Errorf("scenario %s, step %q: %w", b.sc.Name, b.st.Name, err)
+	}
+	b.plan.Policies = objs
+	return nil
+}
+
+// stepPlanners describes each kind of step; a test holds it to scenario's
+// table of step kinds.
+var stepPlanners = map[string]func(b *stepBuilder) error{
+	scenario.KindMTLS: func(b *stepBuilder) error {
+		m := b.st.MTLS
+		if err := b.policies(m); err != nil {
+			return err
 		}
-		sp.Policies = objs
-		add("remove the policies of the previous step, if any")
-		for _, pa := range st.MTLS.PeerAuthentications {
+		b.add("remove the policies of the previous step, if any")
+		for _, pa := range m.PeerAuthentications {
 			ports := ""
 			for _, pm := range pa.Ports {
 				ports += fmt.Sprintf(", port %d %s", pm.Port, pm.Mode)
@@ -207,74 +243,89 @@ func stepPlan(s *scenario.Suite, sc *scenario.Scenario, index int, runID string)
 			case scenario.ScopeWorkload:
 				target = "workload " + pa.Workload
 			}
-			add("apply PeerAuthentication %s for %s%s", pa.Mode, target, ports)
+			b.add("apply PeerAuthentication %s for %s%s", pa.Mode, target, ports)
 		}
-		for _, dr := range st.MTLS.DestinationRules {
+		for _, dr := range m.DestinationRules {
 			port := ""
 			if dr.Port != 0 {
 				port = fmt.Sprintf(" port %d", dr.Port)
 			}
-			add("apply DestinationRule tls %s towards %s%s", dr.Mode, dr.Workload, port)
+			b.add("apply DestinationRule tls %s towards %s%s", dr.Mode, dr.Workload, port)
 		}
-		if len(st.MTLS.DestinationRules) == 0 {
-			add("no DestinationRule: clients use auto mTLS")
+		if len(m.DestinationRules) == 0 {
+			b.add("no DestinationRule: clients use auto mTLS")
 		}
-	case st.Expect != nil:
-		table, err := engine.Table(s, sc, index)
+		return nil
+	},
+	scenario.KindExpect: func(b *stepBuilder) error {
+		s := b.suite
+		table, err := oracle.Table(s, b.sc, b.index)
 		if err != nil {
-			return sp, err
+			return err
 		}
-		if st.Expect.Auto {
-			add("expectations predicted from the policies in force (meshproof predict):")
+		if b.st.Expect.Auto {
+			b.add("expectations predicted from the policies in force (meshproof predict):")
 		}
-		add("probe every %s (%d requests per pair per round, each at most %s) until %d rounds in a row match:",
+		b.add("probe every %s (%d requests per pair per round, each at most %s) until %d rounds in a row match:",
 			s.Defaults.Interval, s.Defaults.Requests, s.Defaults.RequestTimeout, s.Defaults.Consecutive)
 		for _, e := range table {
-			add("  %s -> %s:%d  %s", e.From, e.To, e.Port, describeResult(s, e, td))
+			b.add("  %s -> %s:%d  %s", e.From, e.To, e.Port, describeResult(s, e, b.trustDomain))
 		}
-	case st.Rotate != nil:
-		w := s.Workload(st.Rotate.Workload)
-		add("record the certificate %s serves (TLS handshake from an out-of-mesh client, and its sidecar's config dump)", w.Name)
-		add("wait up to %s for a new serial with the same identity %s, a later notBefore, a chain to the mesh root, and no failed mTLS request meanwhile", st.Rotate.Within, w.SPIFFEID(td))
-	case st.Transition != nil:
-		tr := st.Transition
-		objs, err := policy.ForMTLS(s, &tr.To, policy.Step{RunID: runID, Scenario: sc.Name, Index: index})
-		if err != nil {
-			return sp, fmt.Errorf("scenario %s, step %q: %w", sc.Name, st.Name, err)
+		return nil
+	},
+	scenario.KindRotate: func(b *stepBuilder) error {
+		r := b.st.Rotate
+		w := b.suite.Workload(r.Workload)
+		b.add("record the certificate %s serves (TLS handshake from an out-of-mesh client, and its sidecar's config dump)", w.Name)
+		b.add("wait up to %s for a new serial with the same identity %s, a later notBefore, a chain to the mesh root, and no failed mTLS request meanwhile", r.Within, w.SPIFFEID(b.trustDomain))
+		return nil
+	},
+	scenario.KindTransition: func(b *stepBuilder) error {
+		tr := b.st.Transition
+		if err := b.policies(&tr.To); err != nil {
+			return err
 		}
-		sp.Policies = objs
-		addTraffic(add, tr.Traffic)
-		add("apply the new policies (%s), remove the previous ones, and keep probing for %s", tr.To.Summary(), tr.Observe)
-		add("record each pair's timeline and the time until every pair settled; at most %d failed requests", tr.Traffic.MaxFailures)
+		addTraffic(b.add, tr.Traffic)
+		b.add("apply the new policies (%s), remove the previous ones, and keep probing for %s", tr.To.Summary(), tr.Observe)
+		b.add("record each pair's timeline and the time until every pair settled; at most %d failed requests", tr.Traffic.MaxFailures)
 		if !tr.NoPlaintextAfter.IsZero() {
-			add("fail if a STRICT server still accepts plaintext %s after the change", tr.NoPlaintextAfter)
+			b.add("fail if a STRICT server still accepts plaintext %s after the change", tr.NoPlaintextAfter)
 		}
-	case st.Upgrade != nil:
-		u := st.Upgrade
-		addTraffic(add, u.Traffic)
+		return nil
+	},
+	scenario.KindUpgrade: func(b *stepBuilder) error {
+		u := b.st.Upgrade
+		addTraffic(b.add, u.Traffic)
 		switch u.Method {
 		case scenario.UpgradeCanary:
-			add("install istiod %s as revision %s beside the current one; relabel the fixture namespaces istio.io/rev=%s", u.To, u.Revision, u.Revision)
-			add("restart every in-mesh workload onto the new proxies; remove the old istiod")
+			b.add("install istiod %s as revision %s beside the current one; relabel the fixture namespaces istio.io/rev=%s", u.To, u.Revision, u.Revision)
+			b.add("restart every in-mesh workload onto the new proxies; remove the old istiod")
 		default:
-			add("helm upgrade base, then istiod, to %s; restart every in-mesh workload onto the new proxies", u.To)
+			b.add("helm upgrade base, then istiod, to %s; restart every in-mesh workload onto the new proxies", u.To)
 		}
-		add("check every sidecar runs proxy %s; at most %d failed requests and no plaintext accepted by a STRICT server", u.To, u.Traffic.MaxFailures)
-	case st.RotateRoot != nil:
-		r := st.RotateRoot
-		addTraffic(add, r.Traffic)
-		add("Istio's multi-root rotation, each phase within %s: trust old and new roots, issue from a new intermediate, drop the old root", r.Within)
-		add("check every workload chain verifies against the new root only; at most %d failed requests", r.Traffic.MaxFailures)
-	case st.Restart != nil:
-		add("restart %s and wait for the rollout", strings.Join(st.Restart.Workloads, ", "))
-	case st.Wait != nil:
-		if len(st.Wait.Workloads) > 0 {
-			add("wait until %s are rolled out and ready", strings.Join(st.Wait.Workloads, ", "))
+		b.add("check every sidecar runs proxy %s; at most %d failed requests and no plaintext accepted by a STRICT server", u.To, u.Traffic.MaxFailures)
+		return nil
+	},
+	scenario.KindRotateRoot: func(b *stepBuilder) error {
+		r := b.st.RotateRoot
+		addTraffic(b.add, r.Traffic)
+		b.add("Istio's multi-root rotation, each phase within %s: trust old and new roots, issue from a new intermediate, drop the old root", r.Within)
+		b.add("check every workload chain verifies against the new root only; at most %d failed requests", r.Traffic.MaxFailures)
+		return nil
+	},
+	scenario.KindRestart: func(b *stepBuilder) error {
+		b.add("restart %s and wait for the rollout", strings.Join(b.st.Restart.Workloads, ", "))
+		return nil
+	},
+	scenario.KindWait: func(b *stepBuilder) error {
+		w := b.st.Wait
+		if len(w.Workloads) > 0 {
+			b.add("wait until %s are rolled out and ready", strings.Join(w.Workloads, ", "))
 		} else {
-			add("wait %s", st.Wait.Duration)
+			b.add("wait %s", w.Duration)
 		}
-	}
-	return sp, nil
+		return nil
+	},
 }
 
 // addTraffic describes the continuous probing of a step.

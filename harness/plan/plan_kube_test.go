@@ -34,10 +34,10 @@ import (
 	"github.com/meshproof/meshproof/harness/testenv"
 )
 
-var env *testenv.Env
+var kube testenv.Shared
 
 func TestMain(m *testing.M) {
-	os.Exit(testenv.Main(m, func(e *testenv.Env) error { env = e; return nil }))
+	os.Exit(kube.Main(m))
 }
 
 // scenariosFile is the repository's own scenario file.
@@ -60,7 +60,7 @@ func loadRepoScenarios(t *testing.T) (*scenario.Suite, []string) {
 
 func ensureNamespace(t *testing.T, name string) {
 	t.Helper()
-	err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	err := kube.Get(t).Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("creating namespace %s: %v", name, err)
 	}
@@ -123,7 +123,7 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 	for i, u := range printed {
 		printedObjs[i] = u
 	}
-	if err := apply.Objects(ctx, env.Client, printedObjs...); err != nil {
+	if err := apply.Objects(ctx, kube.Get(t).Client, printedObjs...); err != nil {
 		t.Fatalf("the API server refused the plan's YAML: %v", err)
 	}
 
@@ -131,7 +131,7 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 	stored := storedState(ctx, t, printedObjs, runID)
 	// Several steps apply the same policy (same kind, namespace and name),
 	// one after the other as a run does; the last one wins.
-	t.Logf("applied %d objects (%d distinct) to kube-apiserver %s", len(printed), len(stored), env.ServerVersion.GitVersion)
+	t.Logf("applied %d objects (%d distinct) to kube-apiserver %s", len(printed), len(stored), kube.Get(t).ServerVersion.GitVersion)
 
 	// The typed objects are the same objects: applied in the same order to
 	// the same starting point, they are accepted and end in the same stored
@@ -139,12 +139,12 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 	// policies: re-applying over a later step's policy is a different case.
 	for _, o := range printed {
 		if k := o.GetKind(); k == "PeerAuthentication" || k == "DestinationRule" {
-			if err := env.Client.Delete(ctx, o); err != nil && !apierrors.IsNotFound(err) {
+			if err := kube.Get(t).Client.Delete(ctx, o); err != nil && !apierrors.IsNotFound(err) {
 				t.Fatal(err)
 			}
 		}
 	}
-	if err := apply.Objects(ctx, env.Client, planned...); err != nil {
+	if err := apply.Objects(ctx, kube.Get(t).Client, planned...); err != nil {
 		t.Fatalf("the API server refused a planned object: %v", err)
 	}
 	for name, want := range storedState(ctx, t, planned, runID) {
@@ -167,7 +167,7 @@ func storedState(ctx context.Context, t *testing.T, objs []client.Object, runID 
 		}
 		got := &unstructured.Unstructured{}
 		got.SetGroupVersionKind(u.GroupVersionKind())
-		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(u), got); err != nil {
+		if err := kube.Get(t).Client.Get(ctx, client.ObjectKeyFromObject(u), got); err != nil {
 			t.Fatalf("%s was applied but cannot be read back: %v", apply.Describe(u), err)
 		}
 		if got.GetLabels()[ownership.RunIDLabel] != runID {
@@ -226,7 +226,7 @@ func applyWithField(t *testing.T, o policy.Object, value string, field ...string
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ensureNamespace(t, u.GetNamespace())
-	err = apply.Policies(ctx, env.Client, policy.Object{Object: u, Source: o.Source})
+	err = apply.Policies(ctx, kube.Get(t).Client, policy.Object{Object: u, Source: o.Source})
 	if err == nil {
 		t.Fatalf("the API server accepted %s with %s=%q", apply.Describe(u), strings.Join(field, "."), value)
 	}
@@ -277,7 +277,7 @@ func TestInvalidPeerAuthenticationModeIsReportedAtItsScenarioLine(t *testing.T) 
 	// The refused object did not reach storage.
 	got := &unstructured.Unstructured{}
 	got.SetGroupVersionKind(pa.Object.GetObjectKind().GroupVersionKind())
-	err = env.Client.Get(context.Background(), client.ObjectKeyFromObject(pa.Object), got)
+	err = kube.Get(t).Client.Get(context.Background(), client.ObjectKeyFromObject(pa.Object), got)
 	if err == nil {
 		if mode, _, _ := unstructured.NestedString(got.Object, "spec", "mtls", "mode"); mode == "STRCT" {
 			t.Errorf("the refused mode was stored")

@@ -3,6 +3,7 @@ package scenario
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,6 +11,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 )
+
+// subMillisecondUnit matches the units of durations too short to mean
+// anything here, to suggest a unit that does.
+var subMillisecondUnit = regexp.MustCompile(`(ns|us|µs)`)
 
 // maxNodes bounds the work of one decode, so that a file of nested aliases
 // (a "billion laughs" document) is an error instead of a hang.
@@ -393,6 +398,10 @@ func (dur *Duration) decodeYAML(d *decoder, n *yaml.Node, path string) {
 	}
 	if v <= 0 {
 		d.errorf(n, path, "must be longer than zero, got %s", s)
+		return
+	}
+	if v < time.Millisecond {
+		d.errorf(n, path, "%s is shorter than a millisecond, which no timeout, interval or wait can mean; write ms, s, m or h (e.g. %s)", s, subMillisecondUnit.ReplaceAllString(s, "s"))
 		return
 	}
 	dur.Duration = v

@@ -212,60 +212,25 @@ func (s *Suite) setDefaults(dir string) {
 			if st.Timeout.IsZero() {
 				st.Timeout = df.Timeout
 			}
-			if st.Rotate != nil && st.Rotate.Within.IsZero() {
-				st.Rotate.Within = st.Timeout
+			if k := st.kind(); k != nil {
+				k.defaults(s, st, dir)
 			}
-			s.defaultContinuousSteps(st, dir)
 			if st.Name == "" {
 				st.Name = st.defaultName(j)
-			}
-			s.defaultPolicyNamespaces(st)
-			if st.Expect != nil {
-				for k := range st.Expect.Table {
-					e := &st.Expect.Table[k]
-					if w := s.Workload(e.To); e.Port == 0 && w != nil {
-						e.Port = w.Ports[0].Number
-					}
-				}
 			}
 		}
 	}
 }
 
-// defaultContinuousSteps fills in the defaults of the steps that probe
-// through a change: transition, upgrade and rotateRoot.
-func (s *Suite) defaultContinuousSteps(st *Step, dir string) {
-	var t *Traffic
-	switch {
-	case st.Transition != nil:
-		t = &st.Transition.Traffic
-		orDuration(&st.Transition.Observe, "30s")
-	case st.Upgrade != nil:
-		u := st.Upgrade
-		t = &u.Traffic
-		if u.Method == "" {
-			u.Method = UpgradeInPlace
-		}
-		if u.Method == UpgradeCanary && u.Revision == "" {
-			u.Revision = strings.ReplaceAll(u.To, ".", "-")
-		}
-		if u.Charts != "" {
-			u.Charts = resolve(dir, u.Charts)
-		}
-	case st.RotateRoot != nil:
-		t = &st.RotateRoot.Traffic
-		if st.RotateRoot.Within.IsZero() {
-			st.RotateRoot.Within = st.Timeout
-		}
-	default:
-		return
-	}
+// defaultTraffic fills in the defaults of the continuous probing of a
+// transition, upgrade or rotateRoot step.
+func (s *Suite) defaultTraffic(t *Traffic) {
 	orDuration(&t.Every, "500ms")
 	if len(t.Pairs) == 0 {
 		t.Pairs = s.defaultPairs()
 	}
 	for i := range t.Pairs {
-		if w := s.Workload(t.Pairs[i].To); t.Pairs[i].Port == 0 && w != nil {
+		if w := s.Workload(t.Pairs[i].To); t.Pairs[i].Port == 0 && w != nil && len(w.Ports) > 0 {
 			t.Pairs[i].Port = w.Ports[0].Number
 		}
 	}
@@ -282,15 +247,6 @@ func (s *Suite) defaultPairs() []Pair {
 		}
 	}
 	return pairs
-}
-
-func (s *Suite) defaultPolicyNamespaces(st *Step) {
-	if st.Transition != nil {
-		s.defaultMTLSNamespaces(&st.Transition.To)
-	}
-	if st.MTLS != nil {
-		s.defaultMTLSNamespaces(st.MTLS)
-	}
 }
 
 func (s *Suite) defaultMTLSNamespaces(m *MTLSStep) {
@@ -314,30 +270,14 @@ func (s *Suite) defaultMTLSNamespaces(m *MTLSStep) {
 
 // defaultName names a step after its kind and position.
 func (st *Step) defaultName(index int) string {
-	kind := st.Kind()
-	detail := ""
-	switch {
-	case st.MTLS != nil:
-		detail = st.MTLS.Summary()
-	case st.Transition != nil:
-		detail = "to " + st.Transition.To.Summary()
-	case st.Upgrade != nil:
-		detail = fmt.Sprintf("to %s (%s)", st.Upgrade.To, st.Upgrade.Method)
-	case st.Rotate != nil:
-		detail = st.Rotate.Workload
-	case st.Restart != nil:
-		detail = strings.Join(st.Restart.Workloads, ", ")
-	case st.Expect != nil && st.Expect.Auto:
-		detail = "auto"
-	case st.Expect != nil && len(st.Expect.Table) == 1:
-		detail = "(1 pair)"
-	case st.Expect != nil:
-		detail = fmt.Sprintf("(%d pairs)", len(st.Expect.Table))
+	k := st.kind()
+	if k == nil {
+		return fmt.Sprintf("%d", index+1)
 	}
-	if detail == "" {
-		return fmt.Sprintf("%d %s", index+1, kind)
+	if detail := k.describe(st); detail != "" {
+		return fmt.Sprintf("%d %s %s", index+1, k.name, detail)
 	}
-	return fmt.Sprintf("%d %s %s", index+1, kind, detail)
+	return fmt.Sprintf("%d %s", index+1, k.name)
 }
 
 // Summary describes a policy set in a few words, e.g.
@@ -355,30 +295,6 @@ func (m *MTLSStep) Summary() string {
 		modes = append(modes, "DR "+dr.Workload+" "+string(dr.Mode))
 	}
 	return strings.Join(modes, ", ")
-}
-
-// Kind names the kind of a step ("mtls", "expect", ...), or "" if none is set.
-func (st *Step) Kind() string {
-	kinds := st.kinds()
-	if len(kinds) == 0 {
-		return ""
-	}
-	return kinds[0]
-}
-
-func (st *Step) kinds() []string {
-	var k []string
-	for name, set := range map[string]bool{
-		"mtls": st.MTLS != nil, "expect": st.Expect != nil, "rotate": st.Rotate != nil,
-		"restart": st.Restart != nil, "wait": st.Wait != nil, "upgrade": st.Upgrade != nil,
-		"rotateRoot": st.RotateRoot != nil, "transition": st.Transition != nil,
-	} {
-		if set {
-			k = append(k, name)
-		}
-	}
-	sortStrings(k)
-	return k
 }
 
 func orDuration(d *Duration, def string) {

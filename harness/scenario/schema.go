@@ -72,6 +72,10 @@ const schemaID = "https://meshproof.dev/schemas/v1alpha1/scenarios.schema.json"
 // matrix replaces before the value is checked.
 const matrixRefPattern = `\$\{[A-Za-z][-_A-Za-z0-9]*\}`
 
+// durationPattern is a Go duration in the units the loader accepts: no
+// nanoseconds or microseconds, which no timeout or interval can mean.
+const durationPattern = `^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+
 var durationType = reflect.TypeOf(Duration{})
 
 // JSONSchema returns the JSON schema (draft 2020-12) of a scenario file,
@@ -99,18 +103,33 @@ func JSONSchema() []byte {
 
 type schemaGen struct {
 	defs map[string]any
+	// inMatrix is set while generating the types of a matrix scenario,
+	// the only place where ${variable} may stand for a typed value: the
+	// loader substitutes nothing anywhere else.
+	inMatrix bool
 }
 
-// orMatrixRef lets a typed value also be written as a ${variable}.
-func orMatrixRef(s map[string]any) map[string]any {
+// matrixSuffix names the definitions of types inside a matrix scenario.
+const matrixSuffix = "InMatrix"
+
+// orMatrixRef lets a typed value also be written as a ${variable} inside a
+// matrix scenario.
+func (g *schemaGen) orMatrixRef(s map[string]any) map[string]any {
+	if !g.inMatrix {
+		return s
+	}
 	return map[string]any{"anyOf": []any{s, map[string]any{"$ref": "#/$defs/matrixRef"}}}
 }
 
 func (g *schemaGen) typeSchema(t reflect.Type) map[string]any {
 	switch t {
 	case durationType:
-		return map[string]any{"type": "string", "pattern": `^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$|` + matrixRefPattern,
-			"description": "A Go duration such as 90s, 2m or 1h30m."}
+		pattern := durationPattern
+		if g.inMatrix {
+			pattern += "|" + matrixRefPattern
+		}
+		return map[string]any{"type": "string", "pattern": pattern,
+			"description": "A Go duration such as 90s, 2m or 1h30m; at least 1ms."}
 	case reflect.TypeOf(Values{}):
 		return map[string]any{"type": "object"}
 	case reflect.TypeOf(ExpectStep{}):
@@ -132,7 +151,7 @@ func (g *schemaGen) typeSchema(t reflect.Type) map[string]any {
 		for _, v := range e.Values() {
 			vals = append(vals, v)
 		}
-		return orMatrixRef(map[string]any{"type": "string", "enum": vals})
+		return g.orMatrixRef(map[string]any{"type": "string", "enum": vals})
 	}
 	switch t.Kind() {
 	case reflect.Pointer:
@@ -140,25 +159,47 @@ func (g *schemaGen) typeSchema(t reflect.Type) map[string]any {
 	case reflect.Struct:
 		return g.ref(t)
 	case reflect.Slice:
+		if t == scenariosType {
+			return map[string]any{"type": "array", "items": g.scenarioSchema()}
+		}
 		return map[string]any{"type": "array", "items": g.typeSchema(t.Elem())}
 	case reflect.Map:
 		return map[string]any{"type": "object", "additionalProperties": g.typeSchema(t.Elem())}
 	case reflect.String:
 		return map[string]any{"type": "string"}
 	case reflect.Int:
-		return orMatrixRef(map[string]any{"type": "integer"})
+		return g.orMatrixRef(map[string]any{"type": "integer"})
 	case reflect.Bool:
-		return orMatrixRef(map[string]any{"type": "boolean"})
+		return g.orMatrixRef(map[string]any{"type": "boolean"})
 	}
 	panic(fmt.Sprintf("scenario: no schema for %s", t))
 }
 
 func (g *schemaGen) ref(t reflect.Type) map[string]any {
-	if _, ok := g.defs[t.Name()]; !ok {
-		g.defs[t.Name()] = nil // reserve: types may refer to themselves
-		g.defs[t.Name()] = g.structSchema(t)
+	name := t.Name()
+	if g.inMatrix {
+		name += matrixSuffix
 	}
-	return map[string]any{"$ref": "#/$defs/" + t.Name()}
+	if _, ok := g.defs[name]; !ok {
+		g.defs[name] = nil // reserve: types may refer to themselves
+		g.defs[name] = g.structSchema(t)
+	}
+	return map[string]any{"$ref": "#/$defs/" + name}
+}
+
+// scenarioSchema picks a scenario's definition by whether it has a matrix:
+// only a matrix scenario may write ${variable} for a typed value.
+func (g *schemaGen) scenarioSchema() map[string]any {
+	t := reflect.TypeOf(Scenario{})
+	plain := g.ref(t)
+	g.inMatrix = true
+	inMatrix := g.ref(t)
+	g.inMatrix = false
+	return map[string]any{
+		"if":   map[string]any{"type": "object", "required": []any{"matrix"}},
+		"then": inMatrix,
+		"else": plain,
+	}
 }
 
 func (g *schemaGen) structSchema(t reflect.Type) map[string]any {
@@ -176,6 +217,19 @@ func (g *schemaGen) structSchema(t reflect.Type) map[string]any {
 		}
 	}
 	s := map[string]any{"type": "object", "properties": props, "additionalProperties": false}
+	switch t {
+	case reflect.TypeOf(Suite{}):
+		// One apiVersion and one kind: say so, so that editors complete them.
+		props["apiVersion"] = withDescription(map[string]any{"const": APIVersion}, docs()["Suite.APIVersion"])
+		props["kind"] = withDescription(map[string]any{"const": SuiteKind}, docs()["Suite.Kind"])
+	case reflect.TypeOf(Step{}):
+		// Exactly one kind per step, from the table of step kinds.
+		var oneOf []any
+		for _, k := range stepKinds {
+			oneOf = append(oneOf, map[string]any{"required": []any{k.name}})
+		}
+		s["oneOf"] = oneOf
+	}
 	if d := docs()[t.Name()]; d != "" {
 		s["description"] = d
 	}

@@ -151,3 +151,32 @@ func TestSchemaDescribesFieldsFromDocComments(t *testing.T) {
 		}
 	}
 }
+
+// The schema says what the loader says about the shape of a file: one kind
+// per step, the one apiVersion and kind, ${variable} only in a matrix
+// scenario, no sub-millisecond durations.
+func TestSchemaAgreesWithLoaderOnShape(t *testing.T) {
+	s := compileSchema(t)
+	refused := map[string]string{
+		"two kinds":          header + "scenarios: [{name: s, steps: [{wait: {duration: 1s}, restart: {workloads: [a]}}]}]",
+		"no kind":            header + "scenarios: [{name: s, steps: [{name: x}]}]",
+		"apiVersion":         "apiVersion: meshproof.dev/v1\nkind: Suite\nclusters: [{name: c1, istio: {version: 1.30.3}}]\nscenarios: []",
+		"kind":               "apiVersion: meshproof.dev/v1alpha1\nkind: Suites\nclusters: [{name: c1, istio: {version: 1.30.3}}]\nscenarios: []",
+		"variable no matrix": header + "scenarios: [{name: s, steps: [{expect: [{from: a, to: b, port: '${p}', result: mtls}]}]}]",
+		"variable defaults":  header + "defaults: {requests: '${n}'}\nscenarios: []",
+		"nanoseconds":        header + "defaults: {interval: 5ns}\nscenarios: []",
+	}
+	for name, src := range refused {
+		if _, err := Load("test.yaml", []byte(src)); err == nil {
+			t.Errorf("%s: the loader accepted it", name)
+		}
+		if err := s.Validate(yamlToJSONValue(t, []byte(src))); err == nil {
+			t.Errorf("%s: the schema accepted it", name)
+		}
+	}
+	accepted := header + "scenarios: [{name: s, matrix: {p: [8080, 9090]}, steps: [{expect: [{from: service-a, to: service-b, port: '${p}', result: mtls}]}]}]"
+	mustLoad(t, accepted)
+	if err := s.Validate(yamlToJSONValue(t, []byte(accepted))); err != nil {
+		t.Errorf("a matrix variable in a matrix scenario: %v", err)
+	}
+}

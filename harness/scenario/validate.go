@@ -3,7 +3,6 @@ package scenario
 import (
 	"fmt"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -14,8 +13,6 @@ var (
 	httpReason = regexp.MustCompile(`^http-[1-5]\d\d$`)
 	portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 )
-
-func sortStrings(s []string) { sort.Strings(s) }
 
 // validator checks what the decoder cannot: references between parts of the
 // file, uniqueness, and combinations that Istio or Kubernetes would refuse.
@@ -183,7 +180,8 @@ func (v *validator) scenarios() {
 	for _, c := range v.s.Clusters {
 		clusterNames = append(clusterNames, c.Name)
 	}
-	for _, sc := range v.s.Scenarios {
+	for i := range v.s.Scenarios {
+		sc := &v.s.Scenarios[i]
 		path := sc.path
 		if strings.TrimSpace(sc.Name) == "" {
 			v.errorf(sc.Source.At("name"), path+".name", "a scenario needs a name")
@@ -207,72 +205,83 @@ func (v *validator) scenarios() {
 			v.errorf(sc.Source.At("steps"), path+".steps", "a scenario needs at least one step")
 		}
 		for j := range sc.Steps {
-			v.step(&sc.Steps[j], sc.Cluster, fmt.Sprintf("%s.steps[%d]", path, j))
+			v.step(&sc.Steps[j], sc, fmt.Sprintf("%s.steps[%d]", path, j))
 		}
 	}
 }
 
-func (v *validator) step(st *Step, cluster, path string) {
-	kinds := st.kinds()
+func (v *validator) step(st *Step, sc *Scenario, path string) {
+	kinds := st.kindsOf()
 	switch len(kinds) {
 	case 0:
-		v.errorf(st.Source.Position, path, "a step needs one of mtls, expect, rotate, restart, wait")
+		v.errorf(st.Source.Position, path, "a step needs one of %s", kindList())
 		return
 	case 1:
 	default:
-		v.errorf(st.Source.Position, path, "a step has exactly one kind; this one has %s: split it into steps", strings.Join(kinds, ", "))
+		names := make([]string, len(kinds))
+		for i, k := range kinds {
+			names[i] = k.name
+		}
+		v.errorf(st.Source.Position, path, "a step has exactly one kind; this one has %s: split it into steps", strings.Join(names, ", "))
 		return
 	}
-	switch {
-	case st.MTLS != nil:
-		v.mtls(st.MTLS, path+".mtls")
-	case st.Expect != nil:
-		v.expect(st.Expect, st.Source, path+".expect")
-	case st.Rotate != nil:
-		r := st.Rotate
-		if w := v.workload(r.Workload, r.Source, "workload", path+".rotate"); w != nil && !w.InMesh() {
-			v.errorf(r.Source.At("workload"), path+".rotate.workload", "workload %q is out of the mesh: it has no workload certificate to rotate", r.Workload)
-		}
-	case st.Restart != nil:
-		if len(st.Restart.Workloads) == 0 {
-			v.errorf(st.Restart.Source.At("workloads"), path+".restart.workloads", "name at least one workload")
-		}
-		for _, name := range st.Restart.Workloads {
-			v.workload(name, st.Restart.Source, "workloads", path+".restart")
-		}
-	case st.Wait != nil:
-		w := st.Wait
-		if (len(w.Workloads) == 0) == w.Duration.IsZero() {
-			v.errorf(w.Source.Position, path+".wait", "set either workloads or duration")
-		}
-		for _, name := range w.Workloads {
-			v.workload(name, w.Source, "workloads", path+".wait")
-		}
-	case st.Transition != nil:
-		t := st.Transition
-		v.mtls(&t.To, path+".transition.to")
-		v.traffic(t.Traffic, path+".transition.traffic")
-	case st.Upgrade != nil:
-		u := st.Upgrade
-		if c := v.s.Cluster(cluster); c != nil && c.Istio.Mode == IstioUseExisting {
-			v.errorf(st.Source.At("upgrade"), path+".upgrade", "upgrading Istio needs Istio installed by meshproof; cluster %s has istio.mode use-existing", c.Name)
-		}
-		if !istioVer.MatchString(u.To) {
-			v.errorf(u.Source.At("to"), path+".upgrade.to", "Istio version %q is not a full release version such as 1.30.3", u.To)
-		}
-		if u.Revision != "" && !dnsLabel.MatchString(u.Revision) {
-			v.errorf(u.Source.At("revision"), path+".upgrade.revision", "revision %q must be a DNS label, e.g. 1-30-3", u.Revision)
-		}
-		if u.Method == UpgradeInPlace && u.Source.has("revision") {
-			v.errorf(u.Source.At("revision"), path+".upgrade.revision", "a revision goes with method: canary")
-		}
-		v.traffic(u.Traffic, path+".upgrade.traffic")
-	case st.RotateRoot != nil:
-		if c := v.s.Cluster(cluster); c != nil && !c.Istio.PluggedCA {
-			v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster %s", c.Name)
-		}
-		v.traffic(st.RotateRoot.Traffic, path+".rotateRoot.traffic")
+	kinds[0].validate(v, st, sc, path)
+}
+
+func (v *validator) rotate(st *Step, _ *Scenario, path string) {
+	r := st.Rotate
+	if w := v.workload(r.Workload, r.Source, "workload", path+".rotate"); w != nil && !w.InMesh() {
+		v.errorf(r.Source.At("workload"), path+".rotate.workload", "workload %q is out of the mesh: it has no workload certificate to rotate", r.Workload)
 	}
+}
+
+func (v *validator) restart(st *Step, _ *Scenario, path string) {
+	if len(st.Restart.Workloads) == 0 {
+		v.errorf(st.Restart.Source.At("workloads"), path+".restart.workloads", "name at least one workload")
+	}
+	for _, name := range st.Restart.Workloads {
+		v.workload(name, st.Restart.Source, "workloads", path+".restart")
+	}
+}
+
+func (v *validator) wait(st *Step, _ *Scenario, path string) {
+	w := st.Wait
+	if (len(w.Workloads) == 0) == w.Duration.IsZero() {
+		v.errorf(w.Source.Position, path+".wait", "set either workloads or duration")
+	}
+	for _, name := range w.Workloads {
+		v.workload(name, w.Source, "workloads", path+".wait")
+	}
+}
+
+func (v *validator) transition(st *Step, _ *Scenario, path string) {
+	t := st.Transition
+	v.mtls(&t.To, path+".transition.to")
+	v.traffic(t.Traffic, path+".transition.traffic")
+}
+
+func (v *validator) upgrade(st *Step, sc *Scenario, path string) {
+	u := st.Upgrade
+	if c := v.s.Cluster(sc.Cluster); c != nil && c.Istio.Mode == IstioUseExisting {
+		v.errorf(st.Source.At("upgrade"), path+".upgrade", "upgrading Istio needs Istio installed by meshproof; cluster %s has istio.mode use-existing", c.Name)
+	}
+	if !istioVer.MatchString(u.To) {
+		v.errorf(u.Source.At("to"), path+".upgrade.to", "Istio version %q is not a full release version such as 1.30.3", u.To)
+	}
+	if u.Revision != "" && !dnsLabel.MatchString(u.Revision) {
+		v.errorf(u.Source.At("revision"), path+".upgrade.revision", "revision %q must be a DNS label, e.g. 1-30-3", u.Revision)
+	}
+	if u.Method == UpgradeInPlace && u.Source.has("revision") {
+		v.errorf(u.Source.At("revision"), path+".upgrade.revision", "a revision goes with method: canary")
+	}
+	v.traffic(u.Traffic, path+".upgrade.traffic")
+}
+
+func (v *validator) rotateRoot(st *Step, sc *Scenario, path string) {
+	if c := v.s.Cluster(sc.Cluster); c != nil && !c.Istio.PluggedCA {
+		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster %s", c.Name)
+	}
+	v.traffic(st.RotateRoot.Traffic, path+".rotateRoot.traffic")
 }
 
 // traffic checks the pairs of a continuous probe.
