@@ -12,15 +12,34 @@ import (
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// predictedRow is one element of `meshproof predict -o json`.
+// predictedRow is one element of `meshproof predict -o json`: one cell of
+// one step's matrix.
 type predictedRow struct {
 	Scenario string          `json:"scenario"`
 	Step     int             `json:"step"` // 1-based, as in plan and reports
+	StepName string          `json:"stepName"`
 	From     string          `json:"from"`
 	To       string          `json:"to"`
 	Port     int             `json:"port"`
 	Result   scenario.Result `json:"result"`
 	Reason   string          `json:"reason,omitempty"`
+	// Rule is the oracle's reasoning: the client-side rule, then the
+	// server-side one.
+	Rule string `json:"rule"`
+	// Asserted says whether the step's expect table has a row for the cell.
+	Asserted bool `json:"asserted"`
+	// Expected is that row's result and reason, when asserted.
+	Expected *expectedCell `json:"expected,omitempty"`
+	// Agrees says whether the row agrees with the prediction, when asserted.
+	Agrees *bool `json:"agrees,omitempty"`
+	// At is where the row was written, when asserted.
+	At string `json:"at,omitempty"`
+}
+
+// expectedCell is what an expect row asserts for a cell.
+type expectedCell struct {
+	Result scenario.Result `json:"result"`
+	Reason string          `json:"reason,omitempty"`
 }
 
 // predictedStep is the oracle's answer for one step of one scenario.
@@ -30,6 +49,34 @@ type predictedStep struct {
 	preds    []oracle.Prediction
 	err      error
 }
+
+// cells joins a step's predictions with the rows its expect table writes.
+func (st predictedStep) cells() []predictedRow {
+	step := &st.scenario.Steps[st.index]
+	var written []scenario.Expectation
+	if step.Expect != nil && !step.Expect.Auto { // auto rows are the prediction itself
+		written = step.Expect.Table
+	}
+	rows := make([]predictedRow, 0, len(st.preds))
+	for _, p := range st.preds {
+		r := predictedRow{
+			Scenario: st.scenario.Name, Step: st.index + 1, StepName: step.Name,
+			From: p.From, To: p.To, Port: p.Port, Result: p.Result, Reason: p.Reason, Rule: p.Why,
+		}
+		for _, x := range written {
+			if x.From == p.From && x.To == p.To && x.Port == p.Port {
+				agrees := p.Agrees(x)
+				r.Asserted, r.Agrees, r.At = true, &agrees, x.Source.Position.String()
+				r.Expected = &expectedCell{Result: x.Result, Reason: x.Reason}
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// contradicts reports whether a cell is asserted and disagrees.
+func (r predictedRow) contradicts() bool { return r.Asserted && !*r.Agrees }
 
 func predictCmd(args []string, stdout, stderr io.Writer) int {
 	fl := newFlags("predict", stderr)
@@ -93,14 +140,38 @@ func predictCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshproof predict: %v\n", err)
 		return exitUsage
 	}
+	// The gate: a step whose outcome the oracle cannot tell, or a cell an
+	// expect row asserts against Istio's rules, fails the command.
 	code = exitOK
+	asserted, contradictions := 0, 0
 	for _, st := range steps {
 		if st.err != nil {
 			fmt.Fprintf(stderr, "meshproof predict: %s step %d %s: %v\n", st.scenario.Name, st.index+1, st.scenario.Steps[st.index].Name, st.err)
 			code = exitInvalid
 		}
+		for _, c := range st.cells() {
+			if c.Asserted {
+				asserted++
+			}
+			if c.contradicts() {
+				contradictions++
+				fmt.Fprintf(stderr, "%s: %s step %d: %s -> %s:%d expects %s, Istio's rules give %s: %s\n",
+					c.At, c.Scenario, c.Step, c.From, c.To, c.Port, describeCell(c.Expected.Result, c.Expected.Reason), describeCell(c.Result, c.Reason), c.Rule)
+			}
+		}
+	}
+	if contradictions > 0 {
+		fmt.Fprintf(stderr, "meshproof predict: %d of %d asserted cells contradict Istio's rules\n", contradictions, asserted)
+		code = exitInvalid
 	}
 	return code
+}
+
+func describeCell(r scenario.Result, reason string) string {
+	if reason == "" {
+		return string(r)
+	}
+	return fmt.Sprintf("%s (%s)", r, reason)
 }
 
 // selectScenarios returns the scenarios named name, or every scenario when
@@ -119,12 +190,7 @@ func selectScenarios(s *scenario.Suite, name string) []*scenario.Scenario {
 func writePredictJSON(w io.Writer, steps []predictedStep) error {
 	rows := []predictedRow{}
 	for _, st := range steps {
-		for _, p := range st.preds {
-			rows = append(rows, predictedRow{
-				Scenario: st.scenario.Name, Step: st.index + 1,
-				From: p.From, To: p.To, Port: p.Port, Result: p.Result, Reason: p.Reason,
-			})
-		}
+		rows = append(rows, st.cells()...)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

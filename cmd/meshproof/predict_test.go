@@ -81,18 +81,37 @@ func TestPredictJSON(t *testing.T) {
 	if len(rows) != 21*12 { // 21 steps, each 3 clients x 2 other servers x 2 ports
 		t.Errorf("%d rows, want %d", len(rows), 21*12)
 	}
-	want := predictedRow{Scenario: "strict", Step: 1, From: "legacy", To: "service-b", Port: 8080, Result: scenario.ResultFail, Reason: "reset"}
 	found := false
+	asserted := 0
 	for _, r := range rows {
-		if r == want {
+		if r.Scenario == "strict" && r.Step == 2 && r.From == "legacy" && r.To == "service-b" && r.Port == 8080 {
 			found = true
+			if r.Result != scenario.ResultFail || r.Reason != "reset" || !r.Asserted || r.Agrees == nil || !*r.Agrees ||
+				r.Expected == nil || r.Expected.Reason != "reset" || !strings.Contains(r.Rule, "namespace STRICT") ||
+				!strings.HasPrefix(r.At, defaultScenarios+":49:") || r.StepName == "" {
+				t.Errorf("strict step 2 legacy -> service-b:8080 = %+v", r)
+			}
+		}
+		if r.Asserted {
+			asserted++
+			if r.Agrees == nil || !*r.Agrees {
+				t.Errorf("scenarios.yaml asserts against the oracle: %+v", r)
+			}
+		} else if r.Agrees != nil || r.Expected != nil {
+			t.Errorf("an unasserted cell says whether it agrees: %+v", r)
 		}
 		if r.Reason != "" && r.Result != scenario.ResultFail {
 			t.Errorf("a reason on a %s row: %+v", r.Result, r)
 		}
+		if r.Rule == "" {
+			t.Errorf("a cell without the rule that decided it: %+v", r)
+		}
 	}
 	if !found {
-		t.Errorf("no row %+v", want)
+		t.Error("no row for strict step 2 legacy -> service-b:8080")
+	}
+	if asserted < 19 {
+		t.Errorf("%d asserted cells, want one per written expect row (at least 19)", asserted)
 	}
 	// The reason is left out, not empty, when there is none.
 	if !strings.Contains(out, `"result": "mtls"`) || strings.Contains(out, `"reason": ""`) {
@@ -158,8 +177,25 @@ func TestPredictMarksDisagreements(t *testing.T) {
     - {from: service-a, to: service-b, result: mtls}
 `)
 	code, out, errOut := runCLI("predict", file)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s", code, errOut)
+	if code != exitInvalid {
+		t.Fatalf("exit %d, want %d (a contradiction fails the gate): %s", code, exitInvalid, errOut)
+	}
+	gate := file + ":13:7: wrong step 2: legacy -> service-b:8080 expects plaintext, Istio's rules give fail (reset): client without sidecar sends plaintext"
+	if !strings.Contains(errOut, gate) || !strings.Contains(errOut, "1 of 2 asserted cells contradict Istio's rules") {
+		t.Errorf("stderr lacks\n%s\nin:\n%s", gate, errOut)
+	}
+	code, out2, _ := runCLI("predict", "-o", "json", file)
+	if code != exitInvalid {
+		t.Errorf("-o json: exit %d, want %d", code, exitInvalid)
+	}
+	contradictions := 0
+	for _, r := range decodeRows(t, out2) {
+		if r.Asserted && !*r.Agrees {
+			contradictions++
+		}
+	}
+	if contradictions != 1 {
+		t.Errorf("-o json shows %d contradicting cells, want 1", contradictions)
 	}
 	if !strings.Contains(out, "fail(reset)!") || !strings.Contains(out, "mtls*") {
 		t.Errorf("cells not marked:\n%s", out)
@@ -170,20 +206,25 @@ func TestPredictMarksDisagreements(t *testing.T) {
 	}
 }
 
-func TestPredictRefusesTimingDependentPolicies(t *testing.T) {
+// A DestinationRule for a workload and a port-level one for the same
+// workload are one object, whose outcome is fixed: predict answers.
+func TestPredictDestinationRuleWithPortOverride(t *testing.T) {
 	file := writeSuite(t, `- name: two-rules
   steps:
   - mtls:
       destinationRules:
       - {workload: service-b, mode: ISTIO_MUTUAL}
       - {workload: service-b, mode: DISABLE, port: 9090}
+  - expect:
+    - {from: service-a, to: service-b, port: 8080, result: mtls}
+    - {from: service-a, to: service-b, port: 9090, result: plaintext}
 `)
 	code, out, errOut := runCLI("predict", file)
-	if code != exitInvalid {
-		t.Fatalf("exit %d, want %d", code, exitInvalid)
+	if code != exitOK || errOut != "" {
+		t.Fatalf("exit %d, stderr:\n%s\nstdout:\n%s", code, errOut, out)
 	}
-	if !strings.Contains(out, "no prediction: cannot predict") || !strings.Contains(errOut, "two-rules step 1") || !strings.Contains(errOut, "two DestinationRules for workload service-b") {
-		t.Errorf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	if strings.Count(out, "*") < 2 || strings.Contains(out, "no prediction") {
+		t.Errorf("stdout:\n%s", out)
 	}
 }
 

@@ -194,6 +194,28 @@ func TestDestinationRules(t *testing.T) {
 	})
 }
 
+// A rule for a workload and a port-level rule for the same workload are one
+// object (policy.ForMTLS merges them); in it the port-level setting wins on
+// its port and the destination-level one holds on the others.
+func TestDestinationRuleWithPortLevelOverride(t *testing.T) {
+	both := drs{dr("service-b", istioMutual, 0), dr("service-b", tlsDisable, 9090)}
+	runRules(t, []ruleCase{
+		{"destination-level ISTIO_MUTUAL on the other port", pas{namespace("meshproof", strict)}, both, "service-a", "service-b", 8080, mtls, ""},
+		{"port-level DISABLE wins on its port", pas{namespace("meshproof", strict)}, both, "service-a", "service-b", 9090, fail, "upstream-503"},
+		{"port-level DISABLE to PERMISSIVE", nil, both, "service-a", "service-b", 9090, plaintext, ""},
+		{"port-level ISTIO_MUTUAL over destination-level DISABLE", nil, drs{dr("service-b", tlsDisable, 0), dr("service-b", istioMutual, 8080)}, "service-a", "service-b", 8080, mtls, ""},
+		{"destination-level DISABLE on the other port", nil, drs{dr("service-b", tlsDisable, 0), dr("service-b", istioMutual, 8080)}, "service-a", "service-b", 9090, plaintext, ""},
+	})
+	preds, err := PredictPolicies(testSuite(), &scenario.MTLSStep{PeerAuthentications: pas{namespace("meshproof", strict)}, DestinationRules: both})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := Find(preds, "service-a", "service-b", 9090)
+	if !strings.Contains(p.Why, "DestinationRule port 9090 DISABLE") {
+		t.Errorf("why = %q, want it to name the port-level rule", p.Why)
+	}
+}
+
 func TestPoliciesLeftToTimingAreRefused(t *testing.T) {
 	s := testSuite()
 	for _, c := range []struct {
@@ -201,9 +223,9 @@ func TestPoliciesLeftToTimingAreRefused(t *testing.T) {
 		m    scenario.MTLSStep
 		want string
 	}{
-		{"two DestinationRules for one workload",
-			scenario.MTLSStep{DestinationRules: drs{dr("service-b", istioMutual, 0), dr("service-b", tlsDisable, 9090)}},
-			"two DestinationRules for workload service-b (ISTIO_MUTUAL and DISABLE on port 9090)"},
+		{"two DestinationRules for one workload and port",
+			scenario.MTLSStep{DestinationRules: drs{dr("service-b", istioMutual, 9090), dr("service-b", tlsDisable, 9090)}},
+			"two DestinationRules for workload service-b (ISTIO_MUTUAL on port 9090 and DISABLE on port 9090)"},
 		{"two mesh-wide policies",
 			scenario.MTLSStep{PeerAuthentications: pas{mesh(strict), namespace(scenario.IstioRootNamespace, disable)}},
 			"two mesh-wide PeerAuthentications"},

@@ -42,6 +42,11 @@ import (
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/filterchain_options.go
 //	[DRMERGE] PushContext.mergeDestinationRule,
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/model/destination_rule.go
+//	[PORTTP] TrafficPolicy.portLevelSettings ("port level settings will
+//	       override the destination-level settings"), in [DR] and in
+//	       istio.io/api networking/v1alpha3/destination_rule.proto; applied
+//	       per cluster port by GetPortLevelTrafficPolicy,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/util/util.go
 
 // policies is one mtls step's policies, indexed the way istiod looks them up.
 type policies struct {
@@ -52,8 +57,16 @@ type policies struct {
 	namespace map[string]*scenario.PeerAuthentication
 	// workload holds the PeerAuthentication selecting each workload.
 	workload map[string]*scenario.PeerAuthentication
-	// dr holds the one DestinationRule of each workload's service.
-	dr map[string]*scenario.DestinationRule
+	// dr holds the client TLS settings towards each workload's service.
+	dr map[string]*clientTLSRule
+}
+
+// clientTLSRule is the one DestinationRule meshproof writes for a workload's
+// service (policy.ForMTLS merges a scenario's rules for a workload into one
+// object): a destination-level mode and port-level modes.
+type clientTLSRule struct {
+	all   *scenario.DestinationRule         // the rule without a port, if any
+	ports map[int]*scenario.DestinationRule // port-level rules by service port
 }
 
 func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
@@ -61,7 +74,7 @@ func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
 		suite:     s,
 		namespace: map[string]*scenario.PeerAuthentication{},
 		workload:  map[string]*scenario.PeerAuthentication{},
-		dr:        map[string]*scenario.DestinationRule{},
+		dr:        map[string]*clientTLSRule{},
 	}
 	if m == nil {
 		return p, nil
@@ -95,20 +108,34 @@ func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
 	}
 	for i := range m.DestinationRules {
 		dr := &m.DestinationRules[i]
-		// [DRMERGE]: DestinationRules for the same host are merged, but a
-		// top-level trafficPolicy (tls, or portLevelSettings) is taken from
-		// the oldest rule only; meshproof writes one object per workload and
-		// port, so a second rule for a workload would be dropped or not
-		// depending on creation time.
-		if first := p.dr[dr.Workload]; first != nil {
-			problems = append(problems, fmt.Sprintf("two DestinationRules for workload %s (%s and %s): Istio applies the trafficPolicy of only the oldest",
+		// [DRMERGE]: of several DestinationRule objects for one host only
+		// the oldest one's trafficPolicy counts, so meshproof writes one
+		// object per workload (policy.ForMTLS): the rule without a port as
+		// its tls, the others as portLevelSettings. Within that one object
+		// the outcome is fixed by [PORTTP]. Two rules for the same workload
+		// and port cannot share an object; validation refuses them.
+		rule := p.dr[dr.Workload]
+		if rule == nil {
+			rule = &clientTLSRule{ports: map[int]*scenario.DestinationRule{}}
+			p.dr[dr.Workload] = rule
+		}
+		first := rule.all
+		if dr.Port != 0 {
+			first = rule.ports[dr.Port]
+		}
+		if first != nil {
+			problems = append(problems, fmt.Sprintf("two DestinationRules for workload %s (%s and %s): one object cannot hold both",
 				dr.Workload, drString(first), drString(dr)))
 			continue
 		}
-		p.dr[dr.Workload] = dr
+		if dr.Port == 0 {
+			rule.all = dr
+		} else {
+			rule.ports[dr.Port] = dr
+		}
 	}
 	if len(problems) > 0 {
-		return nil, fmt.Errorf("cannot predict: the outcome would depend on which policy Istio sees first: %s", strings.Join(problems, "; "))
+		return nil, fmt.Errorf("cannot predict: %s", strings.Join(problems, "; "))
 	}
 	return p, nil
 }
@@ -178,15 +205,21 @@ func (p *policies) namespaceHint(namespace string) scenario.MTLSMode {
 }
 
 // clientTLS is the client-side TLS mode a DestinationRule sets towards a
-// server port, if any. [DR] / [EPCHK] trafficPolicyTLSModeForPort: a
-// port-level setting for the port wins over the rule's top-level tls.
-// meshproof writes either one or the other in a rule.
-func (p *policies) clientTLS(server *scenario.Workload, port int) (scenario.TLSMode, bool) {
-	dr := p.dr[server.Name]
-	if dr == nil || (dr.Port != 0 && dr.Port != port) {
-		return "", false
+// server port, if any. [PORTTP]: a port-level setting for the port wins
+// over the rule's destination-level tls on that port (and only there);
+// [EPCHK] trafficPolicyTLSModeForPort reads it the same way.
+func (p *policies) clientTLS(server *scenario.Workload, port int) (mode scenario.TLSMode, why string, ok bool) {
+	rule := p.dr[server.Name]
+	if rule == nil {
+		return "", "", false
 	}
-	return dr.Mode, true
+	if dr := rule.ports[port]; dr != nil {
+		return dr.Mode, fmt.Sprintf("DestinationRule port %d %s", port, dr.Mode), true
+	}
+	if rule.all != nil {
+		return rule.all.Mode, "DestinationRule " + string(rule.all.Mode), true
+	}
+	return "", "", false
 }
 
 // sends decides what the client puts on the wire towards the server port:
@@ -202,11 +235,11 @@ func (p *policies) sends(client, server *scenario.Workload, port int) (mtls bool
 	// DISABLE builds no TLS at all, ISTIO_MUTUAL always originates Istio
 	// mTLS, whatever the server runs. [DR] "ISTIO_MUTUAL ... uses
 	// Istio-provisioned certificates for mutual TLS".
-	if mode, ok := p.clientTLS(server, port); ok {
+	if mode, rule, ok := p.clientTLS(server, port); ok {
 		if mode == scenario.TLSIstioMutual {
-			return true, "DestinationRule ISTIO_MUTUAL: client sidecar sends mTLS"
+			return true, rule + ": client sidecar sends mTLS"
 		}
-		return false, "DestinationRule DISABLE: client sidecar sends plaintext"
+		return false, rule + ": client sidecar sends plaintext"
 	}
 	// [UPTLS]: without a DestinationRule, a cluster whose service mode
 	// ([INFER], namespace or mesh only) is DISABLE gets no TLS at all, even
