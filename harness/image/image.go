@@ -1,7 +1,9 @@
 // Package image builds the echo container image that meshproof deploys:
 // the echo program compiled from the source embedded in the meshproof
 // binary, alone in one layer on an empty base, written as a `docker load` /
-// `ctr import` tarball that kind can load onto its nodes.
+// `ctr import` tarball that kind can load onto its nodes. For clusters
+// whose nodes pull from a registry, Deliver pushes it (or checks an image
+// the user published) and returns the digest reference pods must use.
 //
 // The build is byte-reproducible. Same source and Go version give the same
 // binary (no build ID, no VCS stamp, trimmed paths) and the same image
