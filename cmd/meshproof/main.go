@@ -1,9 +1,15 @@
 // Command meshproof proves that a service mesh enforces mutual TLS.
 //
-//	meshproof validate [FILE...]          check scenario files
-//	meshproof plan [FILE] [-o text|yaml]  show what a run would do, touching no cluster
-//	meshproof schema [-o json|markdown]   print the scenario file's JSON schema or reference
-//	meshproof version                     print the version
+//	meshproof validate [FILE...]            check scenario files
+//	meshproof plan [FILE] [-o text|yaml]    show what a run would do, touching no cluster
+//	meshproof predict [FILE] [-o table|json] predict every pair's outcome; exit 1 on a contradiction
+//	meshproof report [RUN|RESULTS]          render a run's results as one HTML page
+//	meshproof schema [-o json|markdown]     print the scenario file's JSON schema or reference
+//	meshproof version                       print the version
+//
+// Every command follows one convention (cli.go): flags anywhere, "-" for
+// standard input wherever a file is read, --help exits 0, a wrong command
+// line exits 2, an invalid or unreadable input exits 1.
 //
 // It is a thin layer over the harness packages; `make e2e` runs the
 // scenarios themselves through the Ginkgo suite in suites/mtls.
@@ -11,10 +17,8 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"runtime/debug"
 	"time"
@@ -22,13 +26,6 @@ import (
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/scenario"
-)
-
-// Exit codes.
-const (
-	exitOK      = 0
-	exitInvalid = 1 // the scenario file has problems
-	exitUsage   = 2 // the command line is wrong or a file cannot be read
 )
 
 const defaultFile = "scenarios.yaml"
@@ -42,10 +39,15 @@ const usage = `meshproof proves that a service mesh enforces mutual TLS.
 Usage:
   meshproof validate [FILE...]              check scenario files (default scenarios.yaml)
   meshproof plan [FILE] [-o text|yaml]      print what a run would do, without a cluster
-  meshproof predict [FILE] [-o table|json]  predict each pair's outcome from Istio's rules, without a cluster
-  meshproof report [RESULTS.json] [-o OUT]  render a run's results and events as one HTML page
+  meshproof predict [FILE] [-o table|json]  predict each pair's outcome from Istio's rules, without a cluster;
+                                            exit 1 when an expect row contradicts them
+  meshproof report [RUN] [-o OUT]           render a run's results and events as one HTML page
   meshproof schema [-o json|markdown]       print the scenario file's JSON schema or reference
   meshproof version                         print the version
+
+FILE may be - for standard input. Flags may come before or after FILE;
+'meshproof COMMAND --help' describes a command. Exit status: 0 success,
+1 invalid or unreadable input (or a failed check), 2 wrong command line.
 
 Run the scenarios with 'make e2e' (needs Go and Docker).
 `
@@ -68,8 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "schema":
 		return schema(rest, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, version())
-		return exitOK
+		return versionCmd(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -78,17 +79,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return exitUsage
 }
 
-// newFlags returns a flag set that reports usage errors instead of exiting.
-func newFlags(name string, stderr io.Writer) *flag.FlagSet {
-	fl := flag.NewFlagSet("meshproof "+name, flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	return fl
-}
-
-// load reads one scenario file, printing its problems; the exit code says
-// whether it could be used.
+// load reads one scenario file ("-" for standard input), printing its
+// problems; the exit code says whether it could be used.
 func load(path string, stderr io.Writer) (*scenario.Suite, int) {
-	s, err := scenario.LoadFile(path)
+	data, err := readInput(path)
+	if err != nil {
+		return nil, unreadable(stderr, path, err)
+	}
+	s, err := scenario.Load(inputName(path), data)
 	var list scenario.ErrorList
 	switch {
 	case err == nil:
@@ -97,59 +95,60 @@ func load(path string, stderr io.Writer) (*scenario.Suite, int) {
 		for _, e := range list {
 			fmt.Fprintln(stderr, e)
 		}
-		return nil, exitInvalid
-	case errors.Is(err, fs.ErrNotExist):
-		fmt.Fprintf(stderr, "meshproof: %s: no such file\n", path)
 	default:
-		fmt.Fprintf(stderr, "meshproof: %v\n", err)
+		fmt.Fprintf(stderr, "meshproof: %s: %v\n", inputName(path), err)
 	}
-	return nil, exitUsage
+	return nil, exitInvalid
+}
+
+// fileArg is the one file argument of a command, or the default file.
+func fileArg(files []string) string {
+	if len(files) == 1 {
+		return files[0]
+	}
+	return defaultFile
 }
 
 func validate(args []string, stdout, stderr io.Writer) int {
-	fl := newFlags("validate", stderr)
-	quiet := fl.Bool("q", false, "print nothing when the files are valid")
-	if err := fl.Parse(args); err != nil {
-		return exitUsage
+	c := newCommandLine("validate", "[FILE...] [-q]",
+		"Checks scenario files (default scenarios.yaml; - reads standard input) and prints\nevery problem with its file:line:col. Exit 1 when a file is invalid or unreadable.",
+		-1, stdout, stderr)
+	quiet := c.Bool("q", false, "print nothing when the files are valid")
+	files, code, ok := c.parse(args)
+	if !ok {
+		return code
 	}
-	files := fl.Args()
 	if len(files) == 0 {
 		files = []string{defaultFile}
 	}
-	code := exitOK
+	code = exitOK
 	for _, f := range files {
-		s, c := load(f, stderr)
-		code = max(code, c)
+		s, fc := load(f, stderr)
+		code = max(code, fc)
 		if s != nil && !*quiet {
 			steps := 0
 			for _, sc := range s.Scenarios {
 				steps += len(sc.Steps)
 			}
-			fmt.Fprintf(stdout, "%s: valid: %s, %s, %s\n", f, plural(len(s.Scenarios), "scenario"), plural(steps, "step"), plural(len(s.Clusters), "cluster"))
+			fmt.Fprintf(stdout, "%s: valid: %s, %s, %s\n", inputName(f), plural(len(s.Scenarios), "scenario"), plural(steps, "step"), plural(len(s.Clusters), "cluster"))
 		}
 	}
 	return code
 }
 
 func planCmd(args []string, stdout, stderr io.Writer) int {
-	fl := newFlags("plan", stderr)
-	output := fl.String("o", "text", "output format: text (the ordered operations) or yaml (every object meshproof would apply)")
-	runID := fl.String("run-id", "", "run id to label objects with (default: a new one)")
-	files, ok := parseInterleaved(fl, args)
+	c := newCommandLine("plan", "[FILE] [-o text|yaml] [--run-id ID]",
+		"Prints what a run of FILE (default scenarios.yaml; - reads standard input) would do,\nwithout touching a cluster: the ordered operations, or every object it would apply.",
+		1, stdout, stderr)
+	output := c.String("o", "text", "output format: text (the ordered operations) or yaml (every object meshproof would apply)")
+	runID := c.String("run-id", "", "run id to label objects with (default: a new one)")
+	files, code, ok := c.parse(args)
 	if !ok {
-		return exitUsage
+		return code
 	}
-	if len(files) > 1 {
-		fmt.Fprintln(stderr, "meshproof plan: takes one scenario file")
-		return exitUsage
-	}
-	file := defaultFile
-	if len(files) == 1 {
-		file = files[0]
-	}
+	file := fileArg(files)
 	if *output != "text" && *output != "yaml" {
-		fmt.Fprintf(stderr, "meshproof plan: -o must be text or yaml, not %q\n", *output)
-		return exitUsage
+		return c.usageError("-o must be text or yaml, not %q", *output)
 	}
 	s, code := load(file, stderr)
 	if s == nil {
@@ -176,10 +175,12 @@ func planCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func schema(args []string, stdout, stderr io.Writer) int {
-	fl := newFlags("schema", stderr)
-	output := fl.String("o", "json", "json (the JSON schema) or markdown (the reference)")
-	if err := fl.Parse(args); err != nil {
-		return exitUsage
+	c := newCommandLine("schema", "[-o json|markdown]",
+		"Prints the scenario file's JSON schema (what scenarios.schema.json holds) or its\nreference in Markdown (what README.md holds).",
+		0, stdout, stderr)
+	output := c.String("o", "json", "json (the JSON schema) or markdown (the reference)")
+	if _, code, ok := c.parse(args); !ok {
+		return code
 	}
 	switch *output {
 	case "json":
@@ -187,27 +188,18 @@ func schema(args []string, stdout, stderr io.Writer) int {
 	case "markdown":
 		fmt.Fprint(stdout, scenario.Reference())
 	default:
-		fmt.Fprintf(stderr, "meshproof schema: -o must be json or markdown, not %q\n", *output)
-		return exitUsage
+		return c.usageError("-o must be json or markdown, not %q", *output)
 	}
 	return exitOK
 }
 
-// parseInterleaved parses flags that may come before or after the
-// positional arguments (`plan -o yaml FILE` and `plan FILE -o yaml`): parse,
-// take one positional argument, go on parsing what follows it.
-func parseInterleaved(fl *flag.FlagSet, args []string) (positional []string, ok bool) {
-	rest := args
-	for {
-		if err := fl.Parse(rest); err != nil {
-			return nil, false
-		}
-		rest = fl.Args()
-		if len(rest) == 0 {
-			return positional, true
-		}
-		positional, rest = append(positional, rest[0]), rest[1:]
+func versionCmd(args []string, stdout, stderr io.Writer) int {
+	c := newCommandLine("version", "", "Prints meshproof's version, the Go version it was built with and the scenario apiVersion it reads.", 0, stdout, stderr)
+	if _, code, ok := c.parse(args); !ok {
+		return code
 	}
+	fmt.Fprintln(stdout, version())
+	return exitOK
 }
 
 func version() string {

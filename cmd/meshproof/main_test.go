@@ -57,7 +57,6 @@ func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{},
 		{"frobnicate"},
-		{"validate", "does-not-exist.yaml"},
 		{"validate", "-no-such-flag"},
 		{"plan", "-o", "json", defaultScenarios},
 		{"plan", "a.yaml", "b.yaml"},
@@ -67,8 +66,8 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("meshproof %v: exit %d (want 2), stderr %q", args, code, errOut)
 		}
 	}
-	if _, _, errOut := runCLI("validate", "does-not-exist.yaml"); !strings.Contains(errOut, "does-not-exist.yaml: no such file") {
-		t.Errorf("missing file message = %q", errOut)
+	if code, _, errOut := runCLI("validate", "does-not-exist.yaml"); code != exitUnreadable || errOut != "meshproof: cannot read does-not-exist.yaml: no such file\n" {
+		t.Errorf("missing file: exit %d, message %q", code, errOut)
 	}
 }
 

@@ -79,29 +79,22 @@ func (st predictedStep) cells() []predictedRow {
 func (r predictedRow) contradicts() bool { return r.Asserted && !*r.Agrees }
 
 func predictCmd(args []string, stdout, stderr io.Writer) int {
-	fl := newFlags("predict", stderr)
-	output := fl.String("o", "table", "output format: table (a matrix per step) or json")
-	only := fl.String("scenario", "", "predict only this scenario (a matrix scenario's name selects all its expansions)")
-	stepNumber := fl.Int("step", 0, "predict only step `N` (1-based) of the selected scenario")
-	files, ok := parseInterleaved(fl, args)
+	c := newCommandLine("predict", "[FILE] [-o table|json] [--scenario NAME [--step N]]",
+		"Predicts, from Istio's rules and without a cluster, the outcome of every client,\nserver and port at every step of FILE (default scenarios.yaml; - reads standard\ninput), and holds each expect row against it. Exit 1 when a row contradicts\nthe prediction or a step cannot be predicted: a CI gate for scenario files.",
+		1, stdout, stderr)
+	output := c.String("o", "table", "output format: table (a matrix per step) or json (one element per cell, with asserted and agrees)")
+	only := c.String("scenario", "", "predict only this scenario (a matrix scenario's name selects all its expansions)")
+	stepNumber := c.Int("step", 0, "predict only step `N` (1-based) of the selected scenario")
+	files, code, ok := c.parse(args)
 	if !ok {
-		return exitUsage
+		return code
 	}
-	if len(files) > 1 {
-		fmt.Fprintln(stderr, "meshproof predict: takes one scenario file")
-		return exitUsage
-	}
-	file := defaultFile
-	if len(files) == 1 {
-		file = files[0]
-	}
+	file := fileArg(files)
 	if *output != "table" && *output != "json" {
-		fmt.Fprintf(stderr, "meshproof predict: -o must be table or json, not %q\n", *output)
-		return exitUsage
+		return c.usageError("-o must be table or json, not %q", *output)
 	}
 	if *stepNumber != 0 && *only == "" {
-		fmt.Fprintln(stderr, "meshproof predict: --step needs --scenario: step numbers belong to one scenario")
-		return exitUsage
+		return c.usageError("--step needs --scenario: step numbers belong to one scenario")
 	}
 	s, code := load(file, stderr)
 	if s == nil {
@@ -113,14 +106,12 @@ func predictCmd(args []string, stdout, stderr io.Writer) int {
 		for _, sc := range s.Scenarios {
 			names = append(names, sc.Name)
 		}
-		fmt.Fprintf(stderr, "meshproof predict: no scenario named %q in %s; the scenarios are %s\n", *only, file, strings.Join(names, ", "))
-		return exitUsage
+		return c.usageError("no scenario named %q in %s; the scenarios are %s", *only, inputName(file), strings.Join(names, ", "))
 	}
 	var steps []predictedStep
 	for _, sc := range scenarios {
 		if *stepNumber != 0 && (*stepNumber < 1 || *stepNumber > len(sc.Steps)) {
-			fmt.Fprintf(stderr, "meshproof predict: scenario %q has steps 1 to %d; there is no step %d\n", sc.Name, len(sc.Steps), *stepNumber)
-			return exitUsage
+			return c.usageError("scenario %q has steps 1 to %d; there is no step %d", sc.Name, len(sc.Steps), *stepNumber)
 		}
 		for i := range sc.Steps {
 			if *stepNumber != 0 && i != *stepNumber-1 {

@@ -234,11 +234,10 @@ func TestPredictUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"predict", "-o", "yaml", defaultScenarios}, "-o must be table or json"},
-		{[]string{"predict", "a.yaml", "b.yaml"}, "takes one scenario file"},
+		{[]string{"predict", "a.yaml", "b.yaml"}, `unexpected argument "b.yaml"`},
 		{[]string{"predict", "--step", "1", defaultScenarios}, "--step needs --scenario"},
 		{[]string{"predict", "--scenario", "strickt", defaultScenarios}, `no scenario named "strickt"`},
 		{[]string{"predict", "--scenario", "strict", "--step", "3", defaultScenarios}, "has steps 1 to 2; there is no step 3"},
-		{[]string{"predict", "does-not-exist.yaml"}, "does-not-exist.yaml: no such file"},
 		{[]string{"predict", "--no-such-flag"}, "flag provided but not defined"},
 	} {
 		code, out, errOut := runCLI(c.args...)

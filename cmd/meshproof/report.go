@@ -5,43 +5,61 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/meshproof/meshproof/harness/report"
 )
-
-// exitUnreadable is report's exit code when the results or events cannot
-// be read (or the page cannot be written).
-const exitUnreadable = 1
 
 // defaultResults is the newest run's results, through the link the run
 // folder maintains.
 var defaultResults = filepath.Join("reports", report.LatestLink, report.ResultsFile)
 
 // reportCmd renders a run's results.json, and the events.json beside it
-// when there is one, into the same page a run writes when it closes. By
-// default the page goes next to the results as report.html, replacing the
-// one the run wrote (the way to get a page for a run that was killed
-// before it could close); -o - writes it to standard output.
+// when there is one, into the same page a run writes when it closes. The
+// argument is a run folder or its results.json (default: the newest run),
+// or - for results on standard input. The page goes next to the results
+// as report.html, but never over an existing one unless --force says so
+// (the run's own page is evidence); -o FILE writes elsewhere, -o - to
+// standard output.
 func reportCmd(args []string, stdout, stderr io.Writer) int {
-	fl := newFlags("report", stderr)
-	output := fl.String("o", "", "write the page to `FILE` (- for standard output; default report.html next to the results)")
-	files, ok := parseInterleaved(fl, args)
+	c := newCommandLine("report", "[RUN|RESULTS|-] [-o FILE|-] [--force]",
+		"Renders a run's results.json (and the events.json beside it) into one HTML page.\nRUN is a run folder (default reports/latest), RESULTS its results.json, - reads\nresults from standard input (and writes the page to standard output unless -o says\notherwise). The page goes next to the results as report.html; an existing one is\nkept unless --force or -o names the destination.",
+		1, stdout, stderr)
+	output := c.String("o", "", "write the page to `FILE` (- for standard output; default report.html next to the results)")
+	force := c.Bool("force", false, "replace an existing report.html next to the results")
+	files, code, ok := c.parse(args)
 	if !ok {
-		return exitUsage
-	}
-	if len(files) > 1 {
-		fmt.Fprintln(stderr, "meshproof report: takes one results file (a run's results.json)")
-		return exitUsage
+		return code
 	}
 	resultsPath := defaultResults
 	if len(files) == 1 {
 		resultsPath = files[0]
 	}
+	fromStdin := resultsPath == stdinName
+	shown := inputName(resultsPath) // the results as the user named them
+	if fromStdin {
+		spooled, cleanup, err := spoolStdin()
+		if err != nil {
+			return unreadable(stderr, stdinName, err)
+		}
+		defer cleanup()
+		resultsPath = spooled
+		if *output == "" {
+			*output = "-"
+		}
+	} else if info, err := os.Stat(resultsPath); err == nil && info.IsDir() {
+		resultsPath = filepath.Join(resultsPath, report.ResultsFile) // a run folder
+		shown = resultsPath
+	}
 	dir := filepath.Dir(resultsPath)
 	out := *output
 	if out == "" {
 		out = filepath.Join(dir, report.HTMLFile)
+		if _, err := os.Stat(out); err == nil && !*force {
+			fmt.Fprintf(stderr, "meshproof report: %s exists (the page the run wrote); replace it with --force, or write elsewhere with -o FILE (- for standard output)\n", out)
+			return exitInvalid
+		}
 	}
 
 	var opts []report.Option
@@ -52,11 +70,17 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshproof report: warning: %v\n", err)
 		opts = append(opts, report.WithNote(err.Error()))
 	case errors.Is(err, fs.ErrNotExist):
-		fmt.Fprintf(stderr, "meshproof report: %s does not exist; give the results.json of a run (runs write them under reports/<run-id>/)\n", resultsPath)
+		unreadable(stderr, shown, err)
+		fmt.Fprintln(stderr, "meshproof report: give a run folder or its results.json (runs write them under reports/<run-id>/)")
 		return exitUnreadable
 	case err != nil:
 		fmt.Fprintf(stderr, "meshproof report: %v\n", err)
 		return exitUnreadable
+	case len(obs) == 0:
+		// A page of nothing looks like a run that proved nothing wrong.
+		warning := fmt.Sprintf("%s holds no observations: the run probed no traffic (did its setup fail?)", shown)
+		fmt.Fprintf(stderr, "meshproof report: warning: %s\n", warning)
+		opts = append(opts, report.WithNote(warning))
 	}
 	eventsPath := filepath.Join(dir, report.EventsFile)
 	events, err := report.ReadEvents(eventsPath)
@@ -77,7 +101,11 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 	if resolved, err := filepath.EvalSymlinks(dir); err == nil {
 		runDir = resolved
 	}
-	opts = append([]report.Option{report.WithTitle("meshproof run " + filepath.Base(runDir))}, opts...)
+	title := "meshproof run " + filepath.Base(runDir)
+	if fromStdin {
+		title = "meshproof run (results from standard input)"
+	}
+	opts = append([]report.Option{report.WithTitle(title)}, opts...)
 
 	if out == "-" {
 		if err := report.HTML(stdout, obs, events, opts...); err != nil {
@@ -92,4 +120,28 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "wrote %s: %s and %s\n", out, plural(len(obs), "observation"), plural(len(events), "event"))
 	return exitOK
+}
+
+// spoolStdin copies standard input into results.json in a folder of its
+// own (the results are read by path, and no events.json lies beside it);
+// cleanup removes the folder.
+func spoolStdin() (path string, cleanup func(), err error) {
+	dir, err := os.MkdirTemp("", "meshproof-report-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	path = filepath.Join(dir, report.ResultsFile)
+	f, err := os.Create(path)
+	if err == nil {
+		_, err = io.Copy(f, stdin)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return path, cleanup, nil
 }

@@ -210,11 +210,11 @@ func TestReportErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"report", filepath.Join(dir, "missing.json")}, exitUnreadable, "missing.json does not exist"},
+		{[]string{"report", filepath.Join(dir, "missing.json")}, exitUnreadable, "missing.json: no such file"},
 		{[]string{"report", notArray, "-o", "-"}, exitUnreadable, "does not start with a JSON array"},
 		{[]string{"report", filepath.Join(badEventsDir, report.ResultsFile), "-o", "-"}, exitUnreadable, "read events"},
 		{[]string{"report", emptyRun, "-o", filepath.Join(dir, "no", "such", "dir", "r.html")}, exitUnreadable, "write "},
-		{[]string{"report", "a.json", "b.json"}, exitUsage, "takes one results file"},
+		{[]string{"report", "a.json", "b.json"}, exitUsage, `unexpected argument "b.json"`},
 		{[]string{"report", "-x"}, exitUsage, "flag provided but not defined"},
 	} {
 		code, stdout, stderr := runCLI(c.args...)
