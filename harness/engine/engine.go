@@ -9,6 +9,22 @@
 // to pods through two small interfaces, Prober and CertReader, so that its
 // step logic is tested against a real API server with only the in-pod
 // transport scripted.
+//
+// Continuous traffic (transition, rotate, upgrade, rotateRoot) counts only
+// requests that ran as requests. When the harness itself cannot probe (no
+// ready client pod to exec into, an exec or API error) the round is
+// retried within its period and, failing that, lost: a harness-error
+// event, never a failed request, so that a kubelet hiccup does not count
+// against maxFailures. A client pod being replaced during an upgrade or a
+// restart is such a gap: Istio promises that requests sent keep working
+// through an upgrade, not that a client with no pod sends any. What the
+// mesh does is still judged: failed requests from the pods that exist
+// count as failures, and a new pod that never becomes ready fails the
+// rollout. A step fails for a gap only when a client could not be
+// observed for longer than the gap limit (30s, at least three probing
+// periods; WithObservationGapLimit): "could not observe service-a for 47s
+// (limit 30s): last error: ...", because then the step has no evidence
+// either way for that time.
 package engine
 
 import (
@@ -52,6 +68,9 @@ type Engine struct {
 	logf    func(format string, args ...any)
 	now     func() time.Time
 	mesh    meshState // upgrade and rotateRoot: meshcontrol.go
+	// gapLimit bounds how long continuous traffic may not observe a
+	// client (traffic.go); 0 means defaultGapLimit.
+	gapLimit time.Duration
 }
 
 // Option configures an Engine.

@@ -158,7 +158,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if len(sidecarRoots) > 0 && !sameCerts(sidecarRoots, check.Roots) {
 		e.logf("note: %s's sidecar ROOTCA differs from ConfigMap %s (a root rotation may be in progress)", w.Name, RootCertConfigMap)
 	}
-	return check.Verify()
+	return errors.Join(check.Verify(), traffic.Err())
 }
 
 func sameCerts(a, b []*x509.Certificate) bool {

@@ -166,7 +166,7 @@ func (e *Engine) rotateRoot(ctx context.Context, sc *scenario.Scenario, index in
 		return fmt.Errorf("no traffic observed after the root rotation: %w", err)
 	}
 	verdict := JudgeContinuous(traffic.Stop(), predictions)
-	return errors.Join(verdict.Verify("the root rotation", r.Traffic.MaxFailures, start), e.verifyNewRootOnly(ctx, workloads, reader, old, next.Root))
+	return errors.Join(verdict.Verify("the root rotation", r.Traffic.MaxFailures, start), traffic.Err(), e.verifyNewRootOnly(ctx, workloads, reader, old, next.Root))
 }
 
 // rotationPhase writes one phase's cacerts, restarts istiod, waits for the

@@ -1,11 +1,15 @@
 package engine
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
 	"time"
+
+	apiwait "k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/oracle"
@@ -30,11 +34,21 @@ func (e *Engine) eventAt(at time.Time, sc *scenario.Scenario, st *scenario.Step,
 // Traffic is continuous probing that runs while a step changes the mesh:
 // every client probes its pairs once per period, resolving its ready pod
 // anew each time (pods are replaced during upgrades).
+//
+// A probe the harness could not run (no ready client pod to exec into, an
+// exec or API error) is not a request the mesh failed, and is never
+// recorded as a failed observation: it is retried within the period
+// (probeAttempts, with backoff) and, if every attempt fails, the round is
+// lost and a results.EventHarnessError event says so. Such a gap fails the
+// step only when a client could not be observed for longer than the gap
+// limit (WithObservationGapLimit), because then there is no evidence
+// either way for that time; Err says so.
 type Traffic struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
 	obs    []results.Observation
+	errs   []error // clients unobservable for longer than the gap limit
 	// expect are the expectations the step judges the traffic against, in
 	// the order they took effect; each observation carries the one in
 	// force at its time as Observation.Expected.
@@ -97,6 +111,20 @@ func (t *Traffic) Stop() []results.Observation {
 	return t.Observations()
 }
 
+// Err says which clients the harness could not observe for longer than the
+// gap limit, or nil. After Stop it includes a gap still open at the end.
+func (t *Traffic) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return errors.Join(t.errs...)
+}
+
+func (t *Traffic) fail(err error) {
+	t.mu.Lock()
+	t.errs = append(t.errs, err)
+	t.mu.Unlock()
+}
+
 // Failures are the observations that failed.
 func Failures(obs []results.Observation) []results.Observation {
 	var out []results.Observation
@@ -138,12 +166,71 @@ func (e *Engine) StartTraffic(ctx context.Context, sc *scenario.Scenario, st *sc
 	return tr
 }
 
+const (
+	// probeAttempts bounds the tries of one round whose exec or API call
+	// fails; the waits between them (a quarter, then half a period) keep
+	// the retries within the period.
+	probeAttempts = 3
+	// defaultGapLimit is how long a client may go unobserved before the
+	// step fails for want of evidence: long enough for a client pod to be
+	// replaced (a rollout's new pod starting with its sidecar), short
+	// enough that a harness that lost the cluster does not pass a step.
+	defaultGapLimit = 30 * time.Second
+)
+
+// WithObservationGapLimit sets how long continuous traffic may fail to
+// observe a client (no ready pod, exec or API errors) before the step
+// fails; default 30s. The limit used is at least three probing periods.
+func WithObservationGapLimit(d time.Duration) Option {
+	return func(e *Engine) { e.gapLimit = d }
+}
+
+// observationGap follows one client's rounds: when it was last observed,
+// and how many rounds the harness lost since.
+type observationGap struct {
+	client   string
+	limit    time.Duration
+	lastSeen time.Time
+	lost     int
+	lastErr  error
+	reported bool // the gap was reported as over the limit
+}
+
+func (g *observationGap) overLimit(now time.Time) error {
+	if g.lost == 0 || g.reported || now.Sub(g.lastSeen) <= g.limit {
+		return nil
+	}
+	g.reported = true
+	return fmt.Errorf("could not observe %s for %s (limit %s): last error: %v",
+		g.client, roundGap(now.Sub(g.lastSeen)), g.limit, g.lastErr)
+}
+
+// roundGap rounds a gap for people: 47s, 1.234s, 312ms.
+func roundGap(d time.Duration) time.Duration {
+	if d >= 10*time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
+}
+
 func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair, every time.Duration) {
+	gap := observationGap{client: from, limit: max(cmp.Or(e.gapLimit, defaultGapLimit), 3*every), lastSeen: e.now()}
+	// A gap still open when the traffic stops counts up to then.
+	defer func() {
+		if err := gap.overLimit(e.now()); err != nil {
+			tr.fail(err)
+			e.event(sc, st, results.EventHarnessError, "%v", err)
+		}
+	}()
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	for {
-		obs := e.probePairs(ctx, sc, st, from, pairs)
-		if ctx.Err() == nil { // a batch cut short by Stop proves nothing
+		obs, attempts, errs := e.probeWithRetries(ctx, sc, st, from, pairs, every)
+		if ctx.Err() != nil { // a batch cut short by Stop proves nothing
+			return
+		}
+		now := e.now()
+		if len(errs) < attempts { // observed
 			tr.mu.Lock()
 			for i := range obs {
 				obs[i].Expected = tr.expected(obs[i])
@@ -152,6 +239,25 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 			tr.mu.Unlock()
 			for _, o := range obs {
 				e.rec.Record(o)
+			}
+			if len(errs) > 0 {
+				e.event(sc, st, results.EventHarnessError, "probing from %s failed and was retried (observed on attempt %d): %v", from, attempts, errs[len(errs)-1])
+			}
+			if gap.lost > 0 {
+				e.event(sc, st, results.EventHarnessError, "%s observed again after %s without observation (%d rounds lost)", from, roundGap(now.Sub(gap.lastSeen)), gap.lost)
+			}
+			gap = observationGap{client: gap.client, limit: gap.limit, lastSeen: now}
+		} else {
+			gap.lost++
+			gap.lastErr = errs[len(errs)-1]
+			if gap.lost == 1 {
+				e.event(sc, st, results.EventHarnessError, "cannot observe %s (%d attempts): %v; its requests are not counted until it is observed again (limit %s)", from, attempts, gap.lastErr, gap.limit)
+			} else {
+				e.logf("%s: still cannot observe %s (%d rounds lost): %v", st.Name, from, gap.lost, gap.lastErr)
+			}
+			if err := gap.overLimit(now); err != nil {
+				tr.fail(err)
+				e.event(sc, st, results.EventHarnessError, "%v", err)
 			}
 		}
 		select {
@@ -162,22 +268,29 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 	}
 }
 
-// probePairs sends one request per pair from a client's ready pod. A client
-// without a ready pod, or an exec that fails, counts as a failure of every
-// pair: during an upgrade that is exactly the outage to report.
-func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair) []results.Observation {
-	now := e.now()
-	failAll := func(reason string, err error) []results.Observation {
-		out := make([]results.Observation, len(pairs))
-		for i, p := range pairs {
-			out[i] = results.Observation{Time: now, Scenario: sc.Name, Step: st.Name, From: from, To: p.To, Port: p.Port,
-				Result: scenario.ResultFail, Reason: reason, Error: err.Error()}
+// probeWithRetries runs one round, retrying an exec or API failure with
+// backoff within the period. errs are the failed attempts' errors: fewer
+// than attempts means the last attempt observed.
+func (e *Engine) probeWithRetries(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair, every time.Duration) (obs []results.Observation, attempts int, errs []error) {
+	backoff := apiwait.Backoff{Duration: max(every/4, time.Millisecond), Factor: 2, Steps: probeAttempts}
+	_ = apiwait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
+		attempts++
+		var err error
+		if obs, err = e.probePairs(ctx, sc, st, from, pairs); err != nil {
+			errs = append(errs, err)
+			return false, nil
 		}
-		return out
-	}
+		return true, nil
+	})
+	return obs, attempts, errs
+}
+
+// probePairs sends one request per pair from a client's ready pod. An error
+// is the harness's (no ready client pod, a failed exec): no request ran.
+func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair) ([]results.Observation, error) {
 	pod, err := e.readyPod(ctx, from)
 	if err != nil {
-		return failAll("no-client-pod", err)
+		return nil, err
 	}
 	spec := echoapi.ProbeSpec{
 		RequestsPerTarget: 1,
@@ -189,7 +302,7 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 	}
 	answers, err := e.prober.Probe(ctx, pod, spec)
 	if err != nil {
-		return failAll("probe-error", err)
+		return nil, fmt.Errorf("probing from pod %s: %w", pod, err)
 	}
 	out := make([]results.Observation, 0, len(pairs))
 	for _, p := range pairs {
@@ -200,5 +313,5 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 			}
 		}
 	}
-	return out
+	return out, nil
 }

@@ -31,6 +31,9 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	defer traffic.Stop()
 	// A baseline before the change: every pair observed at least once.
 	if err := wait.For(func(context.Context) (bool, error) {
+		if err := traffic.Err(); err != nil {
+			return false, err
+		}
 		return len(traffic.Observations()) >= len(tr.Traffic.Pairs), nil
 	}, wait.WithContext(ctx), wait.WithInterval(tr.Traffic.Every.Duration/2), wait.WithTimeout(timeLeft(ctx))); err != nil {
 		return fmt.Errorf("no baseline traffic before the change: %w", err)
@@ -50,7 +53,7 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	if report.Converged {
 		e.event(sc, st, results.EventConverged, "every pair matched the new policies %s after the change", report.Convergence.Round(time.Millisecond))
 	}
-	return report.Verify(tr.Traffic.MaxFailures)
+	return errors.Join(report.Verify(tr.Traffic.MaxFailures), traffic.Err())
 }
 
 // predictBefore is the oracle's prediction for the policies in force before

@@ -103,7 +103,7 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 		return fmt.Errorf("no traffic observed after the upgrade: %w", err)
 	}
 	verdict := JudgeContinuous(traffic.Stop(), predictions)
-	return errors.Join(verdict.Verify("the upgrade", u.Traffic.MaxFailures, start), e.checkProxyVersions(ctx, workloads, u.To))
+	return errors.Join(verdict.Verify("the upgrade", u.Traffic.MaxFailures, start), traffic.Err(), e.checkProxyVersions(ctx, workloads, u.To))
 }
 
 func revisionName(rev string) string {
@@ -129,6 +129,9 @@ func waitObserved(ctx context.Context, traffic *Traffic, t scenario.Traffic, sin
 			}
 		}
 		missing = len(want) - len(seen)
+		if err := traffic.Err(); err != nil {
+			return false, err // no point waiting for a client that cannot be observed
+		}
 		return missing == 0, nil
 	}, wait.WithContext(ctx), wait.WithInterval(max(t.Every.Duration/2, 10*time.Millisecond)), wait.WithTimeout(timeLeft(ctx)))
 	if err != nil {
