@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,16 +48,74 @@ func servedCert(chain []*x509.Certificate) (ServedCert, error) {
 	return s, nil
 }
 
+// CertSource is where a rotation check read a served certificate.
+type CertSource string
+
+// The two sources of a cross-check.
+const (
+	FromHandshake  CertSource = "handshake"
+	FromConfigDump CertSource = "config dump"
+)
+
+// CertRead is one read of the certificate a workload serves.
+type CertRead struct {
+	Source CertSource
+	Cert   ServedCert
+}
+
+// crossCheckReads bounds the cross-check: this many reads, alternating
+// between the handshake and the config dump, one interval apart. A second
+// renewal can fall between two reads (a 1m TTL renews every ~30s), but not
+// twice within a few intervals.
+const crossCheckReads = 8
+
 // RotationCheck is the decision of a rotate step, separate from how the
 // certificates were read so that it can be tested on its own.
 type RotationCheck struct {
-	WantID        string
-	Before        ServedCert
-	After         ServedCert // read through a TLS handshake
-	AfterSidecar  ServedCert // read from the sidecar's config dump
+	WantID string
+	Before ServedCert
+	// After is the new certificate, read through a TLS handshake: the one
+	// the cross-check agreed on, else the last one presented.
+	After ServedCert
+	// CrossReads are the reads of the cross-check, alternating between the
+	// handshake and the sidecar's config dump. The sources agree when two
+	// adjacent reads hold the same serial: the config dump's certificate
+	// was the one presented just before or just after it was read, so a
+	// renewal between two reads is not a disagreement.
+	CrossReads    []CertRead
 	Roots         []*x509.Certificate
 	TrafficFailed int // failed mTLS requests during the window
 	TrafficTotal  int
+}
+
+// agreement finds the latest two adjacent reads, one of each source, that
+// hold the same certificate.
+func agreement(reads []CertRead) (handshake, configDump ServedCert, ok bool) {
+	for i := len(reads) - 1; i > 0; i-- {
+		a, b := reads[i-1], reads[i]
+		if a.Source == b.Source || a.Cert.Serial != b.Cert.Serial {
+			continue
+		}
+		if a.Source == FromHandshake {
+			return a.Cert, b.Cert, true
+		}
+		return b.Cert, a.Cert, true
+	}
+	return ServedCert{}, ServedCert{}, false
+}
+
+// serialsFrom lists the distinct serials one source showed, in order.
+func serialsFrom(reads []CertRead, source CertSource) string {
+	var out []string
+	for _, r := range reads {
+		if r.Source == source && (len(out) == 0 || out[len(out)-1] != r.Cert.Serial) {
+			out = append(out, r.Cert.Serial)
+		}
+	}
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, ", ")
 }
 
 // Verify returns every way the rotation falls short, or nil.
@@ -71,8 +130,9 @@ func (r RotationCheck) Verify() error {
 	if !r.After.NotBefore.After(r.Before.NotBefore) {
 		errs = append(errs, fmt.Errorf("the new certificate is not newer: notBefore %s, the old one's %s", r.After.NotBefore.Format(time.RFC3339), r.Before.NotBefore.Format(time.RFC3339)))
 	}
-	if r.AfterSidecar.Serial != r.After.Serial {
-		errs = append(errs, fmt.Errorf("the sidecar's config dump holds serial %s but the handshake presented %s", r.AfterSidecar.Serial, r.After.Serial))
+	if _, _, ok := agreement(r.CrossReads); !ok {
+		errs = append(errs, fmt.Errorf("the sidecar's config dump and the handshake disagree over %d alternating reads: the config dump held serial %s, the handshake presented %s",
+			len(r.CrossReads), serialsFrom(r.CrossReads, FromConfigDump), serialsFrom(r.CrossReads, FromHandshake)))
 	}
 	if len(r.Roots) == 0 {
 		errs = append(errs, errors.New("no mesh root certificate to verify the new chain against"))
@@ -144,13 +204,51 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	}
 	e.event(sc, st, results.EventSerial, "%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
 
-	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, After: after, TrafficFailed: failed, TrafficTotal: total}
-	chain, sidecarRoots, err := e.certs.SidecarSecrets(ctx, server)
-	if err != nil {
-		return fmt.Errorf("reading %s's sidecar secrets: %w", w.Name, err)
+	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, TrafficFailed: failed, TrafficTotal: total}
+	var sidecarRoots []*x509.Certificate
+	readDump := func(ctx context.Context) (ServedCert, error) {
+		chain, roots, err := e.certs.SidecarSecrets(ctx, server)
+		if err != nil {
+			return ServedCert{}, fmt.Errorf("reading %s's sidecar secrets: %w", w.Name, err)
+		}
+		c, err := servedCert(chain)
+		if err != nil {
+			return ServedCert{}, fmt.Errorf("%s's sidecar secret default: %w", w.Name, err)
+		}
+		sidecarRoots = roots
+		return c, nil
 	}
-	if check.AfterSidecar, err = servedCert(chain); err != nil {
-		return fmt.Errorf("%s's sidecar secret default: %w", w.Name, err)
+	var lastErr error
+	check.CrossReads = []CertRead{{FromHandshake, after}}
+	crossErr := wait.For(func(ctx context.Context) (bool, error) {
+		source, readOne := FromConfigDump, readDump
+		if check.CrossReads[len(check.CrossReads)-1].Source == FromConfigDump {
+			source, readOne = FromHandshake, read
+		}
+		c, err := readOne(ctx)
+		if err != nil {
+			lastErr = err
+			e.logf("%s: cross-check: %v", st.Name, err)
+			return false, nil
+		}
+		check.CrossReads = append(check.CrossReads, CertRead{source, c})
+		_, _, agreed := agreement(check.CrossReads)
+		return agreed || len(check.CrossReads) >= crossCheckReads, nil
+	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(timeLeft(ctx)))
+	if crossErr != nil && len(check.CrossReads) < 2 {
+		return fmt.Errorf("cross-checking the served certificate with %s's config dump: %w (last error: %v)", w.Name, crossErr, lastErr)
+	}
+	for i := len(check.CrossReads) - 1; i >= 0; i-- { // the first read is a handshake
+		if r := check.CrossReads[i]; r.Source == FromHandshake {
+			check.After = r.Cert
+			break
+		}
+	}
+	if agreed, _, ok := agreement(check.CrossReads); ok {
+		check.After = agreed
+		if agreed.Serial != after.Serial {
+			e.event(sc, st, results.EventSerial, "%s renewed again during the cross-check: serves serial %s, valid from %s", w.Name, agreed.Serial, agreed.NotBefore.Format(time.RFC3339))
+		}
 	}
 	if check.Roots, err = e.meshRoots(ctx, w.Namespace); err != nil {
 		return err
