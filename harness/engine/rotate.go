@@ -188,6 +188,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		Every: e.suite.Defaults.Interval,
 	}, Expecting([]oracle.Prediction{{From: inside, To: w.Name, Port: port, Result: scenario.ResultMTLS}}))
 	var after ServedCert
+	bound := results.Deadline{Name: "new serial within " + st.Rotate.Within.String(), At: e.now().Add(st.Rotate.Within.Duration)}
 	waitErr := wait.For(func(ctx context.Context) (bool, error) {
 		c, err := read(ctx)
 		if err != nil {
@@ -200,9 +201,13 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	seen := traffic.Stop()
 	failed, total := len(notMTLS(seen)), len(seen)
 	if waitErr != nil {
-		return fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
+		bound.Detail = fmt.Sprintf("%s still serves serial %s", w.Name, before.Serial)
+		err := fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
+		return &DeadlineError{Deadlines: []results.Deadline{e.deadline(sc, st, bound)}, Err: err}
 	}
 	e.event(sc, st, results.EventSerial, "%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
+	bound.Met, bound.Detail = true, "serial "+after.Serial
+	met := e.deadline(sc, st, bound)
 
 	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, TrafficFailed: failed, TrafficTotal: total}
 	var sidecarRoots []*x509.Certificate
@@ -256,7 +261,10 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if len(sidecarRoots) > 0 && !sameCerts(sidecarRoots, check.Roots) {
 		e.logf("note: %s's sidecar ROOTCA differs from ConfigMap %s (a root rotation may be in progress)", w.Name, RootCertConfigMap)
 	}
-	return errors.Join(check.Verify(), traffic.Err())
+	if err := errors.Join(check.Verify(), traffic.Err()); err != nil {
+		return &DeadlineError{Deadlines: []results.Deadline{met}, Err: err}
+	}
+	return nil
 }
 
 func sameCerts(a, b []*x509.Certificate) bool {

@@ -53,7 +53,14 @@ func (e *Engine) transition(ctx context.Context, sc *scenario.Scenario, index in
 	if report.Converged {
 		e.event(sc, st, results.EventConverged, "every pair matched the new policies %s after the change", report.Convergence.Round(time.Millisecond))
 	}
-	return errors.Join(report.Verify(tr.Traffic.MaxFailures), traffic.Err())
+	var deadlines []results.Deadline
+	for _, d := range report.Deadlines(tr.NoPlaintextAfter.Duration, e.now()) {
+		deadlines = append(deadlines, e.deadline(sc, st, d))
+	}
+	if err := errors.Join(report.Verify(tr.Traffic.MaxFailures), traffic.Err()); err != nil {
+		return &DeadlineError{Deadlines: deadlines, Err: err}
+	}
+	return nil
 }
 
 // predictBefore is the oracle's prediction for the policies in force before
@@ -134,6 +141,28 @@ func AnalyzeTransition(obs []results.Observation, changed time.Time, predictions
 	}
 	sort.Strings(r.NotSettled)
 	return r
+}
+
+// Deadlines are the bounds the transition was held to: no plaintext to a
+// server the new policies close later than noPlaintextAfter after the
+// change (when the step sets one), and every pair settled on the new
+// policies by the end of the observation window, windowEnd.
+func (r TransitionReport) Deadlines(noPlaintextAfter time.Duration, windowEnd time.Time) []results.Deadline {
+	var out []results.Deadline
+	if noPlaintextAfter > 0 {
+		d := results.Deadline{Name: "no plaintext after " + noPlaintextAfter.String(), At: r.Changed.Add(noPlaintextAfter), Met: len(r.LatePlaintext) == 0,
+			Detail: "no plaintext request after it"}
+		if !d.Met {
+			d.Detail = fmt.Sprintf("%d plaintext requests after it: %s", len(r.LatePlaintext), describeObservations(r.LatePlaintext, 3, r.Changed))
+		}
+		out = append(out, d)
+	}
+	d := results.Deadline{Name: "converged by the end of the window", At: windowEnd, Met: r.Converged,
+		Detail: fmt.Sprintf("every pair matched the new policies %s after the change", r.Convergence.Round(time.Millisecond))}
+	if !r.Converged {
+		d.Detail = "not settled: " + strings.Join(r.NotSettled, "; ")
+	}
+	return append(out, d)
 }
 
 // Verify returns every way the transition falls short.

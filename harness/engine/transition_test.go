@@ -130,12 +130,29 @@ func TestTransitionDisableToStrict_ScriptedTransport(t *testing.T) {
 			if err := e.RunStep(context.Background(), sc, 0); err != nil {
 				t.Fatal(err)
 			}
+			started := time.Now()
 			err := e.RunStep(context.Background(), sc, 1)
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("transition failed: %v", err)
 			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 				t.Fatalf("got %v, want an error saying %q", err, tc.wantErr)
+			}
+			// Both bounds are timeline events whatever the outcome; a failed
+			// verdict repeats them as evidence.
+			var drawn []string
+			for _, ev := range rec.eventsOf(results.EventDeadline) {
+				if ev.Deadline == nil {
+					t.Fatalf("deadline event without its deadline: %+v", ev)
+				}
+				drawn = append(drawn, ev.Deadline.Name)
+			}
+			if want := "no plaintext after 1s, converged by the end of the window"; strings.Join(drawn, ", ") != want {
+				t.Errorf("deadline events = %q, want %q", drawn, want)
+			}
+			v := Verdict(sc, 1, started, time.Since(started), err)
+			if tc.wantErr != "" && (v.Status != results.Failed || len(v.Deadlines) != 2) {
+				t.Errorf("failed transition's verdict = %+v, want failed with both deadlines", v)
 			}
 			kinds := rec.kinds()
 			if !strings.Contains(kinds, "policy-change") || (tc.wantErr == "" && !strings.Contains(kinds, "converged")) {
@@ -170,6 +187,18 @@ func (r *recordedEvents) RecordEvent(e results.Event) {
 	r.emu.Lock()
 	r.events = append(r.events, e)
 	r.emu.Unlock()
+}
+
+func (r *recordedEvents) eventsOf(kind results.EventKind) []results.Event {
+	r.emu.Lock()
+	defer r.emu.Unlock()
+	var out []results.Event
+	for _, e := range r.events {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // eventTime is when the first event of kind was recorded.

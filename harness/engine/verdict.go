@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/meshproof/meshproof/harness/results"
@@ -10,7 +11,11 @@ import (
 
 // Verdict is what step index of sc came to, from the error RunStep
 // returned: passed, or failed with the error's text and the evidence its
-// type carries (an expect step's table).
+// type carries: an expect step's table (*ExpectationError), the deadlines
+// of a transition or rotation (*DeadlineError). A rotate step that saw no
+// new serial fails with the serial it kept serving and its missed deadline.
+// A skipped step is the run's decision, not RunStep's; the run sets the
+// status itself.
 func Verdict(sc *scenario.Scenario, index int, started time.Time, took time.Duration, err error) results.Verdict {
 	st := &sc.Steps[index]
 	v := results.Verdict{
@@ -25,7 +30,36 @@ func Verdict(sc *scenario.Scenario, index int, started time.Time, took time.Dura
 	if errors.As(err, &xe) {
 		v.Table = xe.Table()
 	}
+	var de *DeadlineError
+	if errors.As(err, &de) {
+		v.Deadlines = de.Deadlines
+	}
 	return v
+}
+
+// DeadlineError is a step that failed with the deadlines it was judged
+// by, met or not, so that its verdict shows them next to the reason.
+type DeadlineError struct {
+	Deadlines []results.Deadline
+	Err       error
+}
+
+func (e *DeadlineError) Error() string { return e.Err.Error() }
+func (e *DeadlineError) Unwrap() error { return e.Err }
+
+// deadline records a bound the step was judged by as an EventDeadline
+// event (the timeline draws it, see results.Event) and returns it for the
+// verdict.
+func (e *Engine) deadline(sc *scenario.Scenario, st *scenario.Step, d results.Deadline) results.Deadline {
+	met := "met"
+	if !d.Met {
+		met = "missed"
+	}
+	ev := results.Event{Time: e.now(), Scenario: sc.Name, Step: st.Name, Kind: results.EventDeadline,
+		Detail: fmt.Sprintf("%s (%s): %s", d.Name, met, d.Detail), Deadline: &d}
+	e.rec.RecordEvent(ev)
+	e.logf("%s: %s: %s", st.Name, ev.Kind, ev.Detail)
+	return d
 }
 
 // Table is the error's expected-against-observed table as data.

@@ -94,12 +94,22 @@ const (
 // Event is something a step did at a point in time, recorded next to the
 // observations so that reports can draw timelines: a policy change, an
 // upgrade phase, a certificate serial seen.
+//
+// An EventDeadline event carries the bound it records in Deadline. This is
+// how deadlines reach the timeline, for passing and failing steps alike:
+// the engine records one such event per bound when it judges the step
+// (Time is then, Deadline.At the bound itself), and the report draws
+// every deadline from these events. A failed step's Verdict.Deadlines
+// repeats them as evidence of the failure; it is not a second source for
+// the timeline.
 type Event struct {
 	Time     time.Time `json:"time"`
 	Scenario string    `json:"scenario"`
 	Step     string    `json:"step"`
 	Kind     EventKind `json:"kind"`
 	Detail   string    `json:"detail"`
+	// Deadline is set on EventDeadline events only.
+	Deadline *Deadline `json:"deadline,omitempty"`
 }
 
 // Status is a step's (or the setup's) outcome.
@@ -133,8 +143,10 @@ type Verdict struct {
 	// Table is an expect step's expected-vs-observed table (every row when
 	// it failed; empty when it passed).
 	Table []Row `json:"table,omitempty"`
-	// Deadlines are the bounds a transition, rotation or upgrade was held
-	// to, drawn on its timeline.
+	// Deadlines are the bounds a failed transition or rotation was held
+	// to, met or not (a transition's "no plaintext after" and convergence,
+	// a rotation's new serial). The timeline draws deadlines from
+	// EventDeadline events, recorded for passing steps too; see Event.
 	Deadlines []Deadline `json:"deadlines,omitempty"`
 	// Diagnostics is the run-folder-relative path of the diagnostics
 	// collected for a failed step, when any were.
@@ -157,6 +169,7 @@ type Row struct {
 // Deadline is a point in time a step held the mesh to, e.g. "no plaintext
 // after" in a transition, and whether it was met.
 type Deadline struct {
+	// Name says which bound, e.g. "no plaintext after 2s".
 	Name string    `json:"name"`
 	At   time.Time `json:"at"`
 	Met  bool      `json:"met"`
