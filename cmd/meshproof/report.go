@@ -21,7 +21,9 @@ var defaultResults = filepath.Join("reports", report.LatestLink, report.ResultsF
 // or - for results on standard input. The page goes next to the results
 // as report.html, but never over an existing one unless --force says so
 // (the run's own page is evidence); -o FILE writes elsewhere, -o - to
-// standard output.
+// standard output. The page shows the verdicts results.json holds and
+// links the run folder's junit.xml and diagnostics, relative to where it
+// goes.
 func reportCmd(args []string, stdout, stderr io.Writer) int {
 	c := newCommandLine("report", "[RUN|RESULTS|-] [-o FILE|-] [--force]",
 		"Renders a run's results.json (and the events.json beside it) into one HTML page.\nRUN is a run folder (default reports/latest), RESULTS its results.json, - reads\nresults from standard input (and writes the page to standard output unless -o says\notherwise). The page goes next to the results as report.html; an existing one is\nkept unless --force or -o names the destination.",
@@ -63,7 +65,7 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 	}
 
 	var opts []report.Option
-	obs, err := report.ReadResults(resultsPath)
+	obs, verdicts, err := report.ReadResults(resultsPath)
 	switch {
 	case errors.Is(err, report.ErrIncomplete):
 		// What the run saw before it was killed is still worth showing.
@@ -76,8 +78,9 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 	case err != nil:
 		fmt.Fprintf(stderr, "meshproof report: %v\n", err)
 		return exitUnreadable
-	case len(obs) == 0:
-		// A page of nothing looks like a run that proved nothing wrong.
+	case len(obs) == 0 && len(verdicts) == 0:
+		// A page of nothing looks like a run that proved nothing wrong. (A
+		// run whose setup failed has its verdict, which the page shows.)
 		warning := fmt.Sprintf("%s holds no observations: the run probed no traffic (did its setup fail?)", shown)
 		fmt.Fprintf(stderr, "meshproof report: warning: %s\n", warning)
 		opts = append(opts, report.WithNote(warning))
@@ -106,19 +109,35 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 		title = "meshproof run (results from standard input)"
 	}
 	opts = append([]report.Option{report.WithTitle(title)}, opts...)
+	if !fromStdin {
+		// Standard output has no folder: its links are written as
+		// report.html has them, relative to the run folder.
+		pageDir := dir
+		if out != "-" {
+			pageDir = filepath.Dir(out)
+		}
+		if abs, err := filepath.Abs(pageDir); err == nil {
+			pageDir = abs
+		}
+		if abs, err := filepath.Abs(dir); err == nil {
+			dir = abs
+		}
+		opts = append(opts, report.WithLinks(dir, pageDir))
+	}
+	contents := report.Contents{Observations: obs, Events: events, Verdicts: verdicts}
 
 	if out == "-" {
-		if err := report.HTML(stdout, obs, events, opts...); err != nil {
+		if err := report.HTML(stdout, contents, opts...); err != nil {
 			fmt.Fprintf(stderr, "meshproof report: %v\n", err)
 			return exitUnreadable
 		}
 		return exitOK
 	}
-	if err := report.WriteHTMLFile(out, obs, events, opts...); err != nil {
+	if err := report.WriteHTMLFile(out, contents, opts...); err != nil {
 		fmt.Fprintf(stderr, "meshproof report: %v\n", err)
 		return exitUnreadable
 	}
-	fmt.Fprintf(stdout, "wrote %s: %s and %s\n", out, plural(len(obs), "observation"), plural(len(events), "event"))
+	fmt.Fprintf(stdout, "wrote %s: %s, %s and %s\n", out, plural(len(verdicts), "verdict"), plural(len(obs), "observation"), plural(len(events), "event"))
 	return exitOK
 }
 

@@ -32,6 +32,11 @@ func closedRun(t *testing.T) (root string, run *report.Run) {
 			From: "legacy", To: "service-b", Port: 8080, Result: scenario.ResultPlaintext, Expected: "fail (reset)"})
 	}
 	r.RecordEvent(results.Event{Time: at.Add(time.Second), Scenario: "strict", Step: "on", Kind: "policy-change", Detail: "applying STRICT"})
+	r.RecordVerdict(results.Verdict{Scenario: "strict", Step: "on", Kind: "expect", Status: results.Failed, Started: at, Duration: 3 * time.Second,
+		Reason: "step \"on\": expectations did not hold", Diagnostics: "diagnostics/strict/on"})
+	if err := os.WriteFile(r.JUnitPath(), []byte("<testsuites/>\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -83,15 +88,15 @@ func cellText(t *testing.T, page []byte, from, target string) string {
 }
 
 // Regenerating a closed run's page through reports/latest reproduces the
-// page the run wrote.
+// page the run wrote, verdicts and links included.
 func TestReportReproducesTheRunsPage(t *testing.T) {
 	root, r := closedRun(t)
-	out := filepath.Join(t.TempDir(), "again.html")
+	out := filepath.Join(root, report.LatestLink, "again.html")
 	code, stdout, stderr := runCLI("report", filepath.Join(root, report.LatestLink, report.ResultsFile), "-o", out)
 	if code != exitOK || stderr != "" {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
 	}
-	if want := "wrote " + out + ": 6 observations and 1 event\n"; stdout != want {
+	if want := "wrote " + out + ": 1 verdict, 6 observations and 1 event\n"; stdout != want {
 		t.Errorf("stdout %q, want %q", stdout, want)
 	}
 	got, err := os.ReadFile(out)
@@ -107,6 +112,33 @@ func TestReportReproducesTheRunsPage(t *testing.T) {
 	}
 	if c := cellText(t, got, "legacy", "service-b:8080"); c != "plaintext 3✗ expected fail (reset): 3 of 3 differ" {
 		t.Errorf("legacy cell reads %q", c)
+	}
+	for _, want := range []string{`<span class="headline">FAILED</span>`, `<a href="junit.xml">junit.xml</a>`, `<a href="diagnostics/strict/on">diagnostics/strict/on</a>`} {
+		if !bytes.Contains(got, []byte(want)) {
+			t.Errorf("the page lacks %s", want)
+		}
+	}
+}
+
+// A page written outside the run folder links its files from there.
+func TestReportLinksFromElsewhere(t *testing.T) {
+	root, _ := closedRun(t)
+	out := filepath.Join(root, "pages", "run.html")
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI("report", filepath.Join(root, report.LatestLink, report.ResultsFile), "-o", out)
+	if code != exitOK || stderr != "" {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	page, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`href="../latest/junit.xml"`, `href="../latest/diagnostics/strict/on"`} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("the page lacks %s", want)
+		}
 	}
 }
 
@@ -166,10 +198,10 @@ func TestReportInterruptedRun(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
 	}
-	if !strings.Contains(stderr, "warning: ") || !strings.Contains(stderr, "5 complete observations read") {
+	if !strings.Contains(stderr, "warning: ") || !strings.Contains(stderr, "complete elements read") {
 		t.Errorf("stderr %q does not warn that the results were cut short", stderr)
 	}
-	if !strings.Contains(stdout, "5 complete observations read") {
+	if !strings.Contains(stdout, "complete elements read") {
 		t.Error("the page does not say the results were cut short")
 	}
 	if c := cellText(t, []byte(stdout), "service-a", "service-b:8080"); !strings.HasPrefix(c, "mtls ") {

@@ -104,12 +104,15 @@ func TestChromiumRendersTheReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obs, events := syntheticRun()
-	for _, o := range obs {
+	c := syntheticRun()
+	for _, o := range c.Observations {
 		r.Record(o)
 	}
-	for _, e := range events {
+	for _, e := range c.Events {
 		r.RecordEvent(e)
+	}
+	for _, v := range c.Verdicts {
+		r.RecordVerdict(v)
 	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)

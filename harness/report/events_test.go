@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +18,11 @@ import (
 // the page HTML makes of its closed files.
 func TestCloseRendersTheReport(t *testing.T) {
 	r := open(t, t.TempDir(), "run-1")
-	obs, events := syntheticRun()
+	c := syntheticRun()
+	obs, events := c.Observations, c.Events
+	for _, v := range c.Verdicts {
+		r.RecordVerdict(v)
+	}
 	// Observations and events arrive from several goroutines, as from the
 	// engine's continuous traffic.
 	var wg sync.WaitGroup
@@ -45,7 +50,7 @@ func TestCloseRendersTheReport(t *testing.T) {
 		t.Fatalf("events.json holds %d events (%v), want %d", len(gotEvents), err, len(events))
 	}
 	var want bytes.Buffer
-	if err := HTML(&want, obs, events, WithTitle("meshproof run run-1")); err != nil {
+	if err := HTML(&want, c, WithTitle("meshproof run run-1"), WithLinks(r.Dir, r.Dir)); err != nil {
 		t.Fatal(err)
 	}
 	page, err := os.ReadFile(r.HTMLPath())
@@ -53,7 +58,7 @@ func TestCloseRendersTheReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(page, want.Bytes()) {
-		t.Error("report.html is not the page rendered from the recorded observations and events")
+		t.Error("report.html is not the page rendered from the recorded observations, events and verdicts")
 	}
 	// Only the three files: no temporary page left behind.
 	entries, err := os.ReadDir(r.Dir)
@@ -105,7 +110,7 @@ func TestCloseRenderFailureKeepsTheData(t *testing.T) {
 // The events file a killed run leaves reads back like its results.
 func TestReadEventsUnterminated(t *testing.T) {
 	r := open(t, t.TempDir(), "run-1")
-	_, events := syntheticRun()
+	events := syntheticRun().Events
 	for _, e := range events {
 		r.RecordEvent(e)
 	}
@@ -122,7 +127,7 @@ func TestReadEventsUnterminated(t *testing.T) {
 	if err != nil || len(got) != len(events) {
 		t.Fatalf("unterminated events.json: %d events, %v; want %d", len(got), err, len(events))
 	}
-	if got[2] != events[2] {
+	if !reflect.DeepEqual(got[2], events[2]) {
 		t.Errorf("event round trip: got %+v, want %+v", got[2], events[2])
 	}
 	inside := filepath.Join(dir, "inside.json")

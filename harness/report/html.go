@@ -23,8 +23,18 @@ import (
 type Option func(*htmlOptions)
 
 type htmlOptions struct {
-	title string
-	notes []string
+	title           string
+	notes           []string
+	runDir, pageDir string
+}
+
+// Contents is what a run folder holds and the page shows: the probe
+// observations and step verdicts of results.json and the events of
+// events.json.
+type Contents struct {
+	Observations []results.Observation
+	Events       []results.Event
+	Verdicts     []results.Verdict
 }
 
 // WithTitle sets the page's title and heading (default "meshproof report").
@@ -34,21 +44,49 @@ func WithTitle(title string) Option { return func(o *htmlOptions) { o.title = ti
 // results file was cut short by an interrupted run.
 func WithNote(note string) Option { return func(o *htmlOptions) { o.notes = append(o.notes, note) } }
 
+// WithLinks makes the page link the files of the run folder runDir: its
+// junit.xml, when the file is there, and each failed step's diagnostics
+// (Verdict.Diagnostics, relative to the run folder). The links are
+// relative to pageDir, the folder the page is written to, so the run
+// folder can be moved or archived with its page.
+func WithLinks(runDir, pageDir string) Option {
+	return func(o *htmlOptions) { o.runDir, o.pageDir = runDir, pageDir }
+}
+
+// href is the link from the page to a run-folder-relative path, or "" when
+// the page was not told where the run folder is.
+func (o htmlOptions) href(rel string) string {
+	if o.runDir == "" {
+		return ""
+	}
+	base, err := filepath.Rel(o.pageDir, o.runDir)
+	if err != nil {
+		base = o.runDir
+	}
+	return filepath.ToSlash(filepath.Join(base, filepath.FromSlash(rel)))
+}
+
 //go:embed html.tmpl
 var pageSource string
 
 var pageTemplate = template.Must(template.New("report").Parse(pageSource))
 
 // HTML writes one self-contained page (inline CSS and SVG, no scripts, no
-// external assets) showing, for every scenario and step, the client ×
-// server:port matrix of what was observed, with each cell's outcome counts
-// and whether they agree with the step's expectation; steps that recorded
-// events also get a timeline of every pair with the events as markers,
-// and certificate serials seen during a rotation.
+// external assets). It opens with the run's verdict: a pass/fail banner
+// counting scenarios and steps passed, failed and skipped (every step with
+// a verdict, mtls steps and the setup included), then every failure with
+// its whole text and evidence (an expect step's table, a transition's or
+// rotation's deadlines, a link to its diagnostics). Then, for every
+// scenario and step, the client × server:port matrix of what was observed,
+// each cell with its outcome counts and whether they agree with what the
+// step expected (Observation.Expected); steps that recorded events also get
+// a timeline of every pair with the events as markers, their deadlines
+// (EventDeadline) as lines, and the certificate serials seen during a
+// rotation.
 //
-// The output depends only on the set of observations and events, not on
-// their order, so it can be compared byte for byte.
-func HTML(w io.Writer, obs []results.Observation, events []results.Event, opts ...Option) error {
+// The output depends only on the set of observations, events and verdicts,
+// not on their order, so it can be compared byte for byte.
+func HTML(w io.Writer, c Contents, opts ...Option) error {
 	o := htmlOptions{title: "meshproof report"}
 	for _, opt := range opts {
 		opt(&o)
@@ -56,7 +94,7 @@ func HTML(w io.Writer, obs []results.Observation, events []results.Event, opts .
 	// Render into memory first: a template error half way must not leave a
 	// truncated page in w.
 	var buf bytes.Buffer
-	if err := pageTemplate.Execute(&buf, buildPage(obs, events, o)); err != nil {
+	if err := pageTemplate.Execute(&buf, buildPage(c, o)); err != nil {
 		return fmt.Errorf("render the HTML report: %w", err)
 	}
 	_, err := w.Write(buf.Bytes())
@@ -69,9 +107,9 @@ func HTML(w io.Writer, obs []results.Observation, events []results.Event, opts .
 // WriteHTMLFile renders HTML into path, through a temporary file in the
 // same folder that is renamed over path, so path is never left half
 // written. The file is 0644 like the rest of the run folder.
-func WriteHTMLFile(path string, obs []results.Observation, events []results.Event, opts ...Option) error {
+func WriteHTMLFile(path string, c Contents, opts ...Option) error {
 	var buf bytes.Buffer
-	if err := HTML(&buf, obs, events, opts...); err != nil {
+	if err := HTML(&buf, c, opts...); err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
@@ -108,12 +146,54 @@ func WriteHTMLFile(path string, obs []results.Observation, events []results.Even
 type page struct {
 	Title        string
 	Notes        []string
+	Banner       bannerView
+	JUnit        string // link to junit.xml, "" when there is none
+	Failures     []failureView
 	Observations int
 	Events       int
-	Steps        int
-	StepsDiffer  int
 	AnyExpected  bool
 	Scenarios    []scenarioView
+}
+
+// bannerView is the run's verdict in one line and its counts.
+type bannerView struct {
+	Status    string // "passed", "failed" or "unknown"
+	Headline  string // "PASSED", "FAILED", "NO VERDICT"
+	Scenarios int
+	Steps     int
+	Passed    int
+	Failed    int
+	Skipped   int
+	// NoVerdict counts steps that recorded observations or events but no
+	// verdict: an interrupted run, or results from before verdicts.
+	NoVerdict int
+	Setup     string // the setup's status, "" when it recorded no verdict
+}
+
+// failureView is a failed step (or the setup) with its evidence.
+type failureView struct {
+	Name        string // "scenario / step" or "setup"
+	Kind        string
+	Anchor      string // the step's section, "" for the setup
+	Source      string
+	Reason      string
+	Table       []tableRowView
+	Deadlines   []deadlineView
+	Diagnostics string // the path as recorded
+	DiagHref    string
+}
+
+type tableRowView struct {
+	results.Row
+	Differs bool
+}
+
+type deadlineView struct {
+	Name   string
+	At     string
+	Offset string // after the step's start
+	Met    bool
+	Detail string
 }
 
 type scenarioView struct {
@@ -125,16 +205,22 @@ type scenarioView struct {
 type stepView struct {
 	Name         string
 	ID           string
+	Kind         string
+	Source       string
 	Start, End   string // UTC times
 	Duration     string
 	Observations int
-	Status       string // "ok", "differs" or "observed"
+	Status       string // "ok", "differs", "skipped" or "observed"
 	StatusText   string
+	Verdict      string   // the verdict's status, "" when none was recorded
+	Reason       string   // a failed or skipped step's text, shown whole
+	Evidence     string   // the failure's anchor
+	ObservedText string   // what the observations say against their expectations
 	Columns      []string // server:port
 	Rows         []rowView
 	Timeline     *timelineView
 	Events       []eventView
-	Serials      []eventView
+	Deadlines    []deadlineView
 }
 
 type rowView struct {
@@ -162,6 +248,7 @@ type eventView struct {
 	Offset string
 	Kind   string
 	Detail string
+	Class  string // event-row, with serial-row or deadline-row
 }
 
 type timelineView struct {
@@ -173,6 +260,7 @@ type timelineView struct {
 	Lanes         []laneView
 	Ticks         []tickView
 	Markers       []markerView
+	Deadlines     []deadlineLineView
 	AxisY         int
 	MarkerTop     int
 	MarkerBottom  int
@@ -204,6 +292,16 @@ type tickView struct {
 	Label string
 }
 
+// deadlineLineView is a deadline drawn across the lanes: solid red when
+// missed, dashed green when met.
+type deadlineLineView struct {
+	X     string
+	Met   bool
+	Class string
+	Label string
+	Title string
+}
+
 type markerView struct {
 	X      string
 	Number int
@@ -232,36 +330,57 @@ const SerialEvent = results.EventSerial
 type stepKey struct{ scenario, step string }
 
 type stepData struct {
-	key    stepKey
-	obs    []results.Observation
-	events []results.Event
-	first  time.Time
+	key     stepKey
+	obs     []results.Observation
+	events  []results.Event
+	verdict *results.Verdict
+	first   time.Time
 }
 
-func buildPage(obs []results.Observation, events []results.Event, o htmlOptions) page {
-	p := page{Title: o.title, Notes: o.notes, Observations: len(obs), Events: len(events)}
+func buildPage(c Contents, o htmlOptions) page {
+	p := page{Title: o.title, Notes: o.notes, Observations: len(c.Observations), Events: len(c.Events)}
+	if o.runDir != "" {
+		if fi, err := os.Stat(filepath.Join(o.runDir, JUnitFile)); err == nil && fi.Mode().IsRegular() {
+			p.JUnit = o.href(JUnitFile)
+		}
+	}
 	steps := map[stepKey]*stepData{}
+	// A zero time (a verdict recorded without its start) does not move a
+	// step's start to year 1.
 	get := func(k stepKey, t time.Time) *stepData {
 		d := steps[k]
 		if d == nil {
 			d = &stepData{key: k, first: t}
 			steps[k] = d
 		}
-		if t.Before(d.first) {
+		if !t.IsZero() && (t.Before(d.first) || d.first.IsZero()) {
 			d.first = t
 		}
 		return d
 	}
-	for _, ob := range obs {
+	for _, ob := range c.Observations {
 		d := get(stepKey{ob.Scenario, ob.Step}, ob.Time)
 		d.obs = append(d.obs, ob)
 		if ob.Expected != "" {
 			p.AnyExpected = true
 		}
 	}
-	for _, e := range events {
+	for _, e := range c.Events {
 		d := get(stepKey{e.Scenario, e.Step}, e.Time)
 		d.events = append(d.events, e)
+	}
+	// Verdicts sorted so that a step recorded twice (it should not be)
+	// keeps the same one whatever the input order: the last to start.
+	verdicts := slices.Clone(c.Verdicts)
+	slices.SortFunc(verdicts, compareVerdict)
+	var setup *results.Verdict
+	for i := range verdicts {
+		v := &verdicts[i]
+		if v.Scenario == "" && v.Step == results.SetupStep {
+			setup = v
+			continue
+		}
+		get(stepKey{v.Scenario, v.Step}, v.Started).verdict = v
 	}
 
 	// Scenarios and steps in the order they ran (first record), names
@@ -286,6 +405,13 @@ func buildPage(obs []results.Observation, events []results.Event, o htmlOptions)
 		}
 		return names[i] < names[j]
 	})
+	b := &p.Banner
+	if setup != nil {
+		b.Setup = string(setup.Status)
+		if setup.Status == results.Failed {
+			p.Failures = append(p.Failures, buildFailure(*setup, "", "setup", setup.Started, o))
+		}
+	}
 	for si, s := range names {
 		list := byScenario[s]
 		sort.Slice(list, func(i, j int) bool {
@@ -297,15 +423,74 @@ func buildPage(obs []results.Observation, events []results.Event, o htmlOptions)
 		sv := scenarioView{Name: s, ID: fmt.Sprintf("scenario-%d", si+1)}
 		for ti, d := range list {
 			st := buildStep(d, fmt.Sprintf("%s-step-%d", sv.ID, ti+1))
-			p.Steps++
-			if st.Status == "differs" {
-				p.StepsDiffer++
+			b.Steps++
+			switch {
+			case d.verdict == nil:
+				b.NoVerdict++
+			case d.verdict.Status == results.Passed:
+				b.Passed++
+			case d.verdict.Status == results.Skipped:
+				b.Skipped++
+			default:
+				b.Failed++
+				f := buildFailure(*d.verdict, st.ID, s+" / "+d.key.step, d.first, o)
+				st.Evidence = "failure-" + st.ID
+				f.Anchor = st.ID
+				p.Failures = append(p.Failures, f)
 			}
 			sv.Steps = append(sv.Steps, st)
 		}
 		p.Scenarios = append(p.Scenarios, sv)
 	}
+	b.Scenarios = len(names)
+	switch {
+	case b.Failed > 0 || b.Setup == string(results.Failed):
+		b.Status, b.Headline = "failed", "FAILED"
+	case b.Passed+b.Skipped > 0 && b.NoVerdict == 0:
+		b.Status, b.Headline = "passed", "PASSED"
+	case b.Passed+b.Skipped > 0 || b.Setup != "":
+		b.Status, b.Headline = "unknown", "INCOMPLETE"
+	default:
+		b.Status, b.Headline = "unknown", "NO VERDICT"
+	}
 	return p
+}
+
+// compareVerdict orders verdicts by start, then by name and status.
+func compareVerdict(a, b results.Verdict) int {
+	return cmp.Or(a.Started.Compare(b.Started), cmp.Compare(a.Scenario, b.Scenario), cmp.Compare(a.Step, b.Step),
+		cmp.Compare(a.Status, b.Status), cmp.Compare(a.Reason, b.Reason))
+}
+
+// buildFailure is a failed verdict with its evidence; start is the step's
+// first record, for the deadlines' offsets.
+func buildFailure(v results.Verdict, id, name string, start time.Time, o htmlOptions) failureView {
+	f := failureView{Name: name, Kind: v.Kind, Source: v.Source, Reason: v.Reason, Diagnostics: v.Diagnostics}
+	if id != "" {
+		f.Anchor = id
+	}
+	if v.Diagnostics != "" {
+		f.DiagHref = o.href(v.Diagnostics)
+	}
+	for _, r := range v.Table {
+		f.Table = append(f.Table, tableRowView{Row: r, Differs: r.Why != ""})
+	}
+	for _, d := range v.Deadlines {
+		f.Deadlines = append(f.Deadlines, viewDeadline(d, start))
+	}
+	return f
+}
+
+func viewDeadline(d results.Deadline, start time.Time) deadlineView {
+	return deadlineView{Name: d.Name, At: formatTime(d.At), Offset: formatOffset(d.At.Sub(start)), Met: d.Met, Detail: d.Detail}
+}
+
+// formatOffset is a signed offset from a step's start, "+2.5s".
+func formatOffset(d time.Duration) string {
+	if d < 0 {
+		return "-" + formatDuration(-d)
+	}
+	return "+" + formatDuration(d)
 }
 
 // outcomeLabel names an observation's outcome as the engine's messages do:
@@ -395,10 +580,22 @@ func buildStep(d *stepData, id string) stepView {
 	}
 	for _, e := range d.events {
 		end = maxTime(end, e.Time)
+		if e.Deadline != nil {
+			end = maxTime(end, e.Deadline.At)
+		}
+	}
+	if v := d.verdict; v != nil && !v.Started.IsZero() {
+		end = maxTime(end, v.Started.Add(v.Duration))
 	}
 	st := stepView{
 		Name: d.key.step, ID: id, Observations: len(d.obs),
 		Start: formatTime(start), End: formatTime(end), Duration: formatDuration(end.Sub(start)),
+	}
+	if v := d.verdict; v != nil {
+		st.Kind, st.Source, st.Verdict = v.Kind, v.Source, string(v.Status)
+		if v.Status != results.Passed {
+			st.Reason = v.Reason
+		}
 	}
 
 	byPair := map[pairKey][]results.Observation{}
@@ -437,27 +634,46 @@ func buildStep(d *stepData, id string) stepView {
 			}
 		}
 	}
+	// Without a verdict (an interrupted run, results from before verdicts)
+	// the observations against their expectations are all there is.
+	status, text := "observed", ""
 	switch {
+	case len(d.obs) == 0:
+		text = "no observations"
 	case differing > 0:
-		st.Status = "differs"
-		st.StatusText = fmt.Sprintf("✗ %d of %s differ from the expectation", differing, plural(expected, "expected observation"))
+		status = "differs"
+		text = fmt.Sprintf("✗ %d of %s differ from the expectation", differing, plural(expected, "expected observation"))
 	case expected > 0 && expected == len(d.obs):
-		st.Status = "ok"
-		st.StatusText = fmt.Sprintf("✓ all %s as expected", plural(len(d.obs), "observation"))
+		status = "ok"
+		text = fmt.Sprintf("✓ all %s as expected", plural(len(d.obs), "observation"))
 	case expected > 0:
-		st.Status = "ok"
-		st.StatusText = fmt.Sprintf("✓ %s as expected, %d with no expectation", plural(expected, "observation"), len(d.obs)-expected)
+		status = "ok"
+		text = fmt.Sprintf("✓ %s as expected, %d with no expectation", plural(expected, "observation"), len(d.obs)-expected)
 	default:
-		st.Status = "observed"
-		st.StatusText = fmt.Sprintf("observed only: none of %s carries an expectation", plural(len(d.obs), "observation"))
+		text = fmt.Sprintf("observed only: none of %s carries an expectation", plural(len(d.obs), "observation"))
+	}
+	st.ObservedText = text
+	switch {
+	case d.verdict == nil:
+		st.Status, st.StatusText = status, text
+	case d.verdict.Status == results.Passed:
+		st.Status, st.StatusText = "ok", "✓ passed"
+	case d.verdict.Status == results.Skipped:
+		st.Status, st.StatusText = "skipped", "skipped"
+	default:
+		st.Status, st.StatusText = "differs", "✗ failed"
 	}
 
 	for i, e := range d.events {
-		ev := eventView{Number: i + 1, Time: formatTime(e.Time), Offset: "+" + formatDuration(e.Time.Sub(start)), Kind: string(e.Kind), Detail: e.Detail}
-		st.Events = append(st.Events, ev)
-		if e.Kind == SerialEvent {
-			st.Serials = append(st.Serials, ev)
+		ev := eventView{Number: i + 1, Time: formatTime(e.Time), Offset: formatOffset(e.Time.Sub(start)), Kind: string(e.Kind), Detail: e.Detail, Class: "event-row"}
+		switch {
+		case e.Kind == SerialEvent:
+			ev.Class += " serial-row"
+		case e.Deadline != nil:
+			ev.Class += " deadline-row"
+			st.Deadlines = append(st.Deadlines, viewDeadline(*e.Deadline, start))
 		}
+		st.Events = append(st.Events, ev)
 	}
 	if len(d.events) > 0 {
 		pairs := make([]pairKey, 0, len(byPair))
@@ -606,6 +822,18 @@ func buildTimeline(d *stepData, pairs []pairKey, byPair map[pairKey][]results.Ob
 		lastX[i] = -1e9
 	}
 	for i, e := range d.events {
+		if e.Deadline != nil {
+			dl := e.Deadline
+			class, met := "deadline deadline-missed", "missed"
+			if dl.Met {
+				class, met = "deadline deadline-met", "met"
+			}
+			tl.Deadlines = append(tl.Deadlines, deadlineLineView{
+				X: f1(x(dl.At)), Met: dl.Met, Class: class, Label: fmt.Sprintf("%d %s", i+1, met),
+				Title: fmt.Sprintf("%d. deadline %s at %s, %s: %s", i+1, dl.Name, formatOffset(dl.At.Sub(start)), met, dl.Detail),
+			})
+			continue // drawn where the bound is, not where it was judged
+		}
 		ex := x(e.Time)
 		row := 0
 		for r := range tlNumRows {
@@ -620,11 +848,17 @@ func buildTimeline(d *stepData, pairs []pairKey, byPair map[pairKey][]results.Ob
 			Title: fmt.Sprintf("%d. +%s %s: %s", i+1, formatDuration(e.Time.Sub(start)), e.Kind, e.Detail),
 		})
 	}
+	// Counted rather than summed: near the largest Duration a sum would
+	// overflow and never pass span.
 	tick := tickStep(span)
-	for t := time.Duration(0); t <= span; t += tick {
+	for i := range span/tick + 1 {
+		t := i * tick
 		tl.Ticks = append(tl.Ticks, tickView{X: f1(x(start.Add(t))), Label: "+" + formatDuration(t)})
 	}
-	tl.Label = fmt.Sprintf("Timeline of %s over %s with %s as numbered markers", plural(len(pairs), "pair"), formatDuration(end.Sub(start)), plural(len(d.events), "event"))
+	tl.Label = fmt.Sprintf("Timeline of %s over %s with %s as numbered markers", plural(len(pairs), "pair"), formatDuration(end.Sub(start)), plural(len(tl.Markers), "event"))
+	if n := len(tl.Deadlines); n > 0 {
+		tl.Label += fmt.Sprintf(" and %s as lines", plural(n, "deadline"))
+	}
 	return tl
 }
 

@@ -19,10 +19,10 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden HTML in testdata")
 
-func render(t *testing.T, obs []results.Observation, events []results.Event, opts ...Option) []byte {
+func render(t *testing.T, c Contents, opts ...Option) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if err := HTML(&b, obs, events, opts...); err != nil {
+	if err := HTML(&b, c, opts...); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -120,8 +120,7 @@ func cell(t *testing.T, section *html.Node, from, target string) *html.Node {
 }
 
 func TestHTMLMatrixCells(t *testing.T) {
-	obs, events := syntheticRun()
-	doc := parse(t, render(t, obs, events))
+	doc := parse(t, render(t, syntheticRun()))
 
 	for _, tc := range []struct {
 		step, from, target string
@@ -187,28 +186,65 @@ func TestHTMLMatrixCells(t *testing.T) {
 		t.Errorf("failing cell label %q lacks the error", l)
 	}
 
-	// Step verdicts, in the table of contents and the headings.
-	for step, want := range map[string]string{
-		"strict-on":      "✓ all 12 observations as expected",
-		"port-exception": "✗ 4 of 10 expected observations differ from the expectation",
-		"migrate":        "✗ 2 of 40 expected observations differ from the expectation",
-		"rotate-root":    "✓ all 16 observations as expected",
+	// Step statuses come from the verdicts; the observations against their
+	// expectations are told next to them.
+	for step, want := range map[string][2]string{
+		"strict-policies": {"✓ passed", "no observations"},
+		"strict-on":       {"✓ passed", "✓ all 12 observations as expected"},
+		"port-exception":  {"✗ failed", "✗ 4 of 10 expected observations differ from the expectation"},
+		"migrate":         {"✓ passed", "✗ 2 of 40 expected observations differ from the expectation"},
+		"rotate-root":     {"✓ passed", "✓ all 16 observations as expected"},
+		"check-after":     {"skipped", "no observations"},
 	} {
 		s := stepSection(t, doc, step)
-		if got := findAll(s, byTagClass("span", "status")); len(got) != 1 || text(got[0]) != want {
-			t.Errorf("step %s status %q, want %q", step, texts(got), want)
+		if got := findAll(s, byTagClass("span", "status")); len(got) != 1 || text(got[0]) != want[0] {
+			t.Errorf("step %s status %q, want %q", step, texts(got), want[0])
+		}
+		if m := findAll(s, byTagClass("p", "meta")); len(m) == 0 || !strings.HasSuffix(text(m[0]), want[1]) {
+			t.Errorf("step %s meta %q, want it to end in %q", step, texts(m), want[1])
 		}
 	}
+	// A failed step's text is on the page, not in a tooltip, in its section
+	// and in the failures at the top.
+	if r := findAll(pe, byTagClass("pre", "reason")); len(r) != 1 || !strings.HasPrefix(text(r[0]), `step "port-exception": expectations did not hold`) {
+		t.Errorf("port-exception reason %q", texts(r))
+	}
+	if r := findAll(stepSection(t, doc, "check-after"), byTagClass("pre", "reason")); len(r) != 1 || !strings.Contains(text(r[0]), "skipped") {
+		t.Errorf("skipped step reason %q", texts(r))
+	}
 	nav := findAll(doc, byTagClass("nav", ""))
-	if len(nav) != 1 || len(findAll(nav[0], byTagClass("a", ""))) != 3+4 {
-		t.Errorf("the table of contents does not link 3 scenarios and 4 steps")
+	if len(nav) != 1 || len(findAll(nav[0], byTagClass("a", ""))) != 3+6 {
+		t.Errorf("the table of contents does not link 3 scenarios and 6 steps")
 	}
 	// Scenarios in the order they ran, not alphabetical.
-	if got := texts(findAll(doc, byTagClass("h2", ""))); !slices.Equal(got, []string{"Scenario strict-mesh", "Scenario permissive-to-strict", "Scenario root-rotation"}) {
+	if got := texts(findAll(doc, byTagClass("h2", ""))); !slices.Equal(got, []string{"Failures", "Scenario strict-mesh", "Scenario permissive-to-strict", "Scenario root-rotation"}) {
 		t.Errorf("scenario order %q", got)
 	}
-	if s := findAll(doc, byTagClass("p", "summary")); len(s) != 1 || !strings.Contains(text(s[0]), "2 steps differ") {
-		t.Errorf("summary %q does not count the 2 differing steps", texts(s))
+	banner := findAll(doc, byTagClass("div", "banner"))
+	if len(banner) != 1 || !hasClass(banner[0], "banner-failed") ||
+		text(banner[0]) != "FAILED 3 scenarios, 6 steps: 4 passed, 1 failed, 1 skipped; setup passed" {
+		t.Errorf("banner %q", texts(banner))
+	}
+	failures := findAll(doc, byTagClass("div", "failure"))
+	if len(failures) != 1 {
+		t.Fatalf("%d failures listed, want 1", len(failures))
+	}
+	if h := findAll(failures[0], byTagClass("h3", "")); len(h) != 1 || text(h[0]) != "strict-mesh / port-exception ✗ failed" {
+		t.Errorf("failure heading %q", texts(h))
+	}
+	rows := findAll(failures[0], byTagClass("tr", "row-differs"))
+	if len(rows) != 1 || text(rows[0]) != "legacyservice-b9090fail (reset)fail (timeout) x1fail (timeout) x1, plaintext x3✗ failed with timeout, want reset" {
+		t.Errorf("the failure's table marks %q as differing", texts(rows))
+	}
+	if n := len(findAll(failures[0], byTagClass("tr", "row-ok"))); n != 1 {
+		t.Errorf("%d matching table rows, want 1", n)
+	}
+	// Without WithLinks the diagnostics are named, not linked.
+	if a := findAll(failures[0], byTagClass("a", "")); len(a) != 1 || attr(a[0], "href") != "#"+attr(pe, "id") {
+		t.Errorf("failure links %q", texts(a))
+	}
+	if !strings.Contains(text(failures[0]), "diagnostics: diagnostics/strict-mesh/port-exception") {
+		t.Error("the failure does not name its diagnostics")
 	}
 	// Expectations are present, so no note says they are missing.
 	if n := findAll(doc, byTagClass("p", "note")); len(n) != 0 {
@@ -223,8 +259,7 @@ func TestHTMLMatrixCells(t *testing.T) {
 }
 
 func TestHTMLTimelines(t *testing.T) {
-	obs, events := syntheticRun()
-	doc := parse(t, render(t, obs, events))
+	doc := parse(t, render(t, syntheticRun()))
 
 	// Steps without events have no timeline.
 	for _, step := range []string{"strict-on", "port-exception"} {
@@ -283,13 +318,28 @@ func TestHTMLTimelines(t *testing.T) {
 		t.Errorf("event numbers %q", got)
 	}
 	rows := findAll(migrate, byTagClass("tr", "event-row"))
-	if got := texts(rows); len(got) != 2 || !strings.Contains(got[0], "policy-change") || !strings.Contains(got[1], "converged") {
+	if got := texts(rows); len(got) != 4 || !strings.Contains(got[0], "policy-change") || !strings.Contains(got[1], "converged") {
 		t.Errorf("event rows %q", got)
 	}
-	// The marker for the change sits where 7.5 of 19 seconds fall.
+	// The step spans its verdict's 20 seconds: the marker for the change
+	// sits where 7.5 of them fall, the deadlines where they are due.
 	line := findAll(markers[0], byTagClass("line", "marker"))[0]
-	if x := attr(line, "x1"); x != f1(tlPlotX0+7.5/19*(tlPlotX1-tlPlotX0)) {
+	if x := attr(line, "x1"); x != f1(tlPlotX0+7.5/20*(tlPlotX1-tlPlotX0)) {
 		t.Errorf("policy-change marker at x=%s", x)
+	}
+	var deadlines []string
+	for _, g := range findAll(svg, byTagClass("g", "deadline-mark")) {
+		l := findAll(g, byTagClass("line", ""))[0]
+		deadlines = append(deadlines, attr(l, "class")+" x="+attr(l, "x1")+" | "+text(findAll(g, byTagClass("title", ""))[0]))
+	}
+	if want := []string{
+		"deadline deadline-met x=" + f1(tlPlotX0+19.0/20*(tlPlotX1-tlPlotX0)) + " | 3. deadline converged by the end of the window at +19s, met: every pair matched the new policies 2.5s after the change",
+		"deadline deadline-met x=" + f1(tlPlotX0+10.5/20*(tlPlotX1-tlPlotX0)) + " | 4. deadline no plaintext after 3s at +10.5s, met: no plaintext request after it",
+	}; !slices.Equal(deadlines, want) {
+		t.Errorf("deadlines drawn:\n%s\nwant:\n%s", strings.Join(deadlines, "\n"), strings.Join(want, "\n"))
+	}
+	if n := len(findAll(migrate, byTagClass("tr", "deadline-row-met"))); n != 2 {
+		t.Errorf("%d met deadlines listed, want 2", n)
 	}
 
 	rotate := stepSection(t, doc, "rotate-root")
@@ -312,8 +362,13 @@ func TestHTMLTimelines(t *testing.T) {
 	}) {
 		t.Errorf("serial markers %q", serials)
 	}
+	// One table of events, the serials marked in it; no second table
+	// repeating them.
 	if got := texts(findAll(rotate, byTagClass("tr", "serial-row"))); len(got) != 3 || !strings.Contains(got[1], "5e6f7a8b") {
-		t.Errorf("serial table rows %q", got)
+		t.Errorf("serial rows %q", got)
+	}
+	if n := len(findAll(rotate, byTagClass("table", "events"))); n != 1 {
+		t.Errorf("rotation has %d event tables, want 1", n)
 	}
 	if n := len(findAll(rotate, byTagClass("tr", "event-row"))); n != 7 {
 		t.Errorf("rotation has %d event rows, want 7", n)
@@ -323,14 +378,15 @@ func TestHTMLTimelines(t *testing.T) {
 // The same observations and events in any order give the same bytes, and
 // those bytes are the golden page (go test -run TestHTMLGolden -update).
 func TestHTMLGolden(t *testing.T) {
-	obs, events := syntheticRun()
-	page := render(t, obs, events, WithTitle("meshproof run synthetic"))
+	c := syntheticRun()
+	page := render(t, c, WithTitle("meshproof run synthetic"))
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 5 {
-		o, e := slices.Clone(obs), slices.Clone(events)
+		o, e, v := slices.Clone(c.Observations), slices.Clone(c.Events), slices.Clone(c.Verdicts)
 		rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
 		rng.Shuffle(len(e), func(i, j int) { e[i], e[j] = e[j], e[i] })
-		if again := render(t, o, e, WithTitle("meshproof run synthetic")); !bytes.Equal(again, page) {
+		rng.Shuffle(len(v), func(i, j int) { v[i], v[j] = v[j], v[i] })
+		if again := render(t, Contents{o, e, v}, WithTitle("meshproof run synthetic")); !bytes.Equal(again, page) {
 			t.Fatal("shuffled input renders a different page")
 		}
 	}
@@ -355,7 +411,9 @@ func TestHTMLEscapes(t *testing.T) {
 	o := probe(evil, evil, 0, evil, evil, 8080, fail, evil, evil)
 	o.Error = evil
 	e := event(evil, evil, 0, evil, evil)
-	page := render(t, []results.Observation{o}, []results.Event{e}, WithTitle(evil), WithNote(evil))
+	v := results.Verdict{Scenario: evil, Step: evil, Kind: evil, Status: results.Failed, Reason: evil, Diagnostics: evil,
+		Table: []results.Row{{From: evil, To: evil, Expected: evil, Why: evil}}, Deadlines: []results.Deadline{{Name: evil, Detail: evil}}}
+	page := render(t, Contents{[]results.Observation{o}, []results.Event{e}, []results.Verdict{v}}, WithTitle(evil), WithNote(evil), WithLinks("/run", "/run"))
 	doc := parse(t, page)
 	for _, tag := range []string{"script", "img"} {
 		if n := findAll(doc, byTagClass(tag, "")); len(n) != 0 {
@@ -369,7 +427,7 @@ func TestHTMLEscapes(t *testing.T) {
 	if h := findAll(doc, byTagClass("h1", "")); len(h) != 1 || text(h[0]) != evil {
 		t.Errorf("title reads %q", texts(h))
 	}
-	if h := findAll(doc, byTagClass("h2", "")); len(h) != 1 || text(h[0]) != "Scenario "+evil {
+	if h := findAll(doc, byTagClass("h2", "")); len(h) != 2 || text(h[1]) != "Scenario "+evil {
 		t.Errorf("scenario heading reads %q", texts(h))
 	}
 	c := findAll(doc, byTagClass("td", "cell"))
@@ -380,11 +438,18 @@ func TestHTMLEscapes(t *testing.T) {
 	if len(rows) != 1 || !strings.Contains(text(rows[0]), evil) {
 		t.Errorf("event row %q", texts(rows))
 	}
+	r := findAll(doc, byTagClass("pre", "reason"))
+	if len(r) != 2 || text(r[0]) != evil {
+		t.Errorf("reasons %q", texts(r))
+	}
+	if rows := findAll(doc, byTagClass("tr", "row-differs")); len(rows) != 1 || !strings.Contains(text(rows[0]), evil) {
+		t.Errorf("table row %q", texts(rows))
+	}
 }
 
 func TestHTMLWithoutExpectations(t *testing.T) {
 	o := probe("s", "look", 0, "service-a", "service-b", 8080, mtls, "", "")
-	doc := parse(t, render(t, []results.Observation{o, o}, nil, WithNote("results.json was cut short")))
+	doc := parse(t, render(t, Contents{Observations: []results.Observation{o, o}}, WithNote("results.json was cut short")))
 	notes := texts(findAll(doc, byTagClass("p", "note")))
 	if len(notes) != 2 || !strings.Contains(notes[0], "cut short") || !strings.Contains(notes[1], "observed only") {
 		t.Errorf("notes %q, want the given note and one saying there are no expectations", notes)
@@ -399,9 +464,12 @@ func TestHTMLWithoutExpectations(t *testing.T) {
 }
 
 func TestHTMLEmptyRun(t *testing.T) {
-	doc := parse(t, render(t, nil, nil))
+	doc := parse(t, render(t, Contents{}))
 	if s := texts(findAll(doc, byTagClass("p", "summary"))); len(s) != 1 || !strings.HasPrefix(s[0], "0 observations and 0 events") {
 		t.Errorf("summary %q", s)
+	}
+	if b := findAll(doc, byTagClass("div", "banner-unknown")); len(b) != 1 || !strings.HasPrefix(text(b[0]), "NO VERDICT 0 scenarios, 0 steps") {
+		t.Errorf("banner %q", texts(b))
 	}
 	if n := findAll(doc, byTagClass("section", "")); len(n) != 0 {
 		t.Errorf("an empty run has %d sections", len(n))
@@ -411,7 +479,7 @@ func TestHTMLEmptyRun(t *testing.T) {
 // A step with only events (e.g. an upgrade killed before its first probe)
 // still shows its timeline.
 func TestHTMLStepWithEventsOnly(t *testing.T) {
-	doc := parse(t, render(t, nil, []results.Event{event("s", "upgrade", 0, "upgrade", "Istio 1.29.6 to 1.30.3 (canary)")}))
+	doc := parse(t, render(t, Contents{Events: []results.Event{event("s", "upgrade", 0, "upgrade", "Istio 1.29.6 to 1.30.3 (canary)")}}))
 	s := stepSection(t, doc, "upgrade")
 	if n := findAll(s, byTagClass("g", "event")); len(n) != 1 {
 		t.Errorf("%d event markers, want 1", len(n))
@@ -422,7 +490,8 @@ func TestHTMLStepWithEventsOnly(t *testing.T) {
 }
 
 func BenchmarkHTML(b *testing.B) {
-	obs, events := syntheticRun()
+	c := syntheticRun()
+	obs, events := c.Observations, c.Events
 	// A long transition: 6 pairs probed every 200ms for 5 minutes.
 	for i := range 1500 {
 		for p := range 6 {
@@ -432,7 +501,7 @@ func BenchmarkHTML(b *testing.B) {
 	events = append(events, event("big", "transition", time.Minute, "policy-change", "x"))
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := HTML(io.Discard, obs, events); err != nil {
+		if err := HTML(io.Discard, Contents{obs, events, c.Verdicts}); err != nil {
 			b.Fatal(err)
 		}
 	}

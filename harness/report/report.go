@@ -1,10 +1,18 @@
 // Package report owns a run's output folder, <root>/<run id>/, and the
 // <root>/latest link to the newest one. Everything in it is written as the
 // run goes, so a run that is interrupted (Ctrl-C, a killed CI job) still
-// leaves a readable folder: results.json holds every probe observation made
-// up to that point and events.json the timeline of what the steps did
-// (policy changes, upgrade and rotation phases). When the run closes, it
-// renders both into report.html, one self-contained page.
+// leaves a readable folder: results.json holds every probe observation and
+// every step verdict made up to that point, and events.json the timeline
+// of what the steps did (policy changes, upgrade and rotation phases,
+// deadlines). When the run closes, it renders them into report.html, one
+// self-contained page.
+//
+// results.json is a JSON array written one element per line; each element
+// is an envelope naming what it holds, {"observation": {...}} or
+// {"verdict": {...}} (results.Observation and results.Verdict). A killed
+// run leaves the array without its closing bracket, and possibly its last
+// element cut short; ReadResults reads every complete element of such a
+// file. events.json is a plain array of results.Event.
 //
 // What this package writes holds no secrets, so directories are 0755 and
 // files 0644, readable by whoever collects CI artifacts. A file with
@@ -28,7 +36,8 @@ const (
 	// LatestLink is the name of the symlink in the root that points at the
 	// newest run's folder.
 	LatestLink = "latest"
-	// ResultsFile holds every observation of the run as a JSON array.
+	// ResultsFile holds every observation and verdict of the run as a JSON
+	// array of envelopes (see the package doc).
 	ResultsFile = "results.json"
 	// EventsFile holds the run's timeline events as a JSON array.
 	EventsFile = "events.json"
@@ -84,7 +93,7 @@ func Open(root, runID string) (*Run, error) {
 	if err := os.Chmod(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("open run report: %w", err)
 	}
-	results, err := openArray(filepath.Join(dir, ResultsFile), describeObservation)
+	results, err := openArray(filepath.Join(dir, ResultsFile), describeEntry)
 	if err != nil {
 		return nil, fmt.Errorf("open run report: %w", err)
 	}
@@ -112,11 +121,8 @@ type Run struct {
 	// Dir is the run's folder, <root>/<ID>.
 	Dir string
 
-	results *arrayWriter[results.Observation]
+	results *arrayWriter[entry]
 	events  *arrayWriter[results.Event]
-
-	verdictsMu sync.Mutex
-	verdicts   []results.Verdict
 
 	closeOnce sync.Once
 	closeErr  error
@@ -141,9 +147,9 @@ func (r *Run) EventsPath() string { return r.Path(EventsFile) }
 // HTMLPath is the run's report.html, written by Close.
 func (r *Run) HTMLPath() string { return r.Path(HTMLFile) }
 
-// Err reports the first failure to record an observation or an event (a
-// write error, or a Record after Close), since Record and RecordEvent
-// cannot return one.
+// Err reports the first failure to record an observation, a verdict or an
+// event (a write error, or a Record after Close), since the Recorder's
+// methods cannot return one.
 func (r *Run) Err() error { return errors.Join(r.results.failure(), r.events.failure()) }
 
 // Close terminates results.json and events.json (so each is a complete
@@ -162,11 +168,12 @@ func (r *Run) Close() error {
 // renderHTML writes report.html from the closed results.json and
 // events.json. Reading the files back, rather than keeping every
 // observation in memory during a long run, also makes the page show
-// exactly what the files hold. The page is written under a temporary name
+// exactly what the files hold. junit.xml, when the suites wrote it before
+// Close, is linked. The page is written under a temporary name
 // and renamed, so report.html is either absent or complete.
 func (r *Run) renderHTML() error {
 	var notes []string
-	obs, err := ReadResults(r.ResultsPath())
+	obs, verdicts, err := ReadResults(r.ResultsPath())
 	if err != nil {
 		if !errors.Is(err, ErrIncomplete) {
 			return fmt.Errorf("render %s: %w", HTMLFile, err)
@@ -180,11 +187,11 @@ func (r *Run) renderHTML() error {
 		}
 		notes = append(notes, err.Error())
 	}
-	opts := []Option{WithTitle("meshproof run " + r.ID)}
+	opts := []Option{WithTitle("meshproof run " + r.ID), WithLinks(r.Dir, r.Dir)}
 	for _, n := range notes {
 		opts = append(opts, WithNote(n))
 	}
-	return WriteHTMLFile(r.HTMLPath(), obs, events, opts...)
+	return WriteHTMLFile(r.HTMLPath(), Contents{Observations: obs, Events: events, Verdicts: verdicts}, opts...)
 }
 
 // latestSeq makes temporary link names unique within the process; the pid

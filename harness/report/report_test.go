@@ -104,7 +104,7 @@ func TestOpenRefusesAReusedRunID(t *testing.T) {
 		t.Fatalf("second Open with the same id = %v, want an error saying results exist", err)
 	}
 	// The first run's results are untouched.
-	got, err := ReadResults(r.ResultsPath())
+	got, _, err := ReadResults(r.ResultsPath())
 	if err != nil || len(got) != 1 {
 		t.Errorf("first run's results after the refused reopen: %d observations, %v", len(got), err)
 	}
@@ -172,7 +172,7 @@ func TestConcurrentRecordsAllLand(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadResults(r.ResultsPath())
+	got, _, err := ReadResults(r.ResultsPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,9 +193,14 @@ func TestConcurrentRecordsAllLand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var plain []results.Observation
+	var plain []map[string]json.RawMessage
 	if err := json.Unmarshal(data, &plain); err != nil {
 		t.Fatalf("closed results.json is not valid JSON: %v", err)
+	}
+	for i, e := range plain {
+		if _, ok := e["observation"]; !ok || len(e) != 1 {
+			t.Fatalf("element %d is not an observation envelope: %v", i, e)
+		}
 	}
 	if lines := bytes.Count(data, []byte("\n")); lines != writers*each+2 {
 		t.Errorf("results.json has %d lines, want one per observation plus the brackets", lines)
@@ -216,7 +221,7 @@ func TestRoundTripEveryField(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadResults(r.ResultsPath())
+	got, _, err := ReadResults(r.ResultsPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,6 +234,74 @@ func TestRoundTripEveryField(t *testing.T) {
 	got[0].Time = want.Time
 	if got[0] != want {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got[0], want)
+	}
+}
+
+// A verdict with every field set comes back whole, next to the
+// observations, in its envelope.
+func TestRoundTripVerdict(t *testing.T) {
+	r := open(t, t.TempDir(), "run-1")
+	at := time.Date(2026, 11, 26, 23, 49, 4, 5, time.UTC)
+	want := results.Verdict{Scenario: "s", Step: "rotate", Kind: "rotate", Status: results.Failed, Reason: "no new serial\nsecond line",
+		Started: at, Duration: 3 * time.Second, Source: "scenarios.yaml:3:7",
+		Table:       []results.Row{{From: "a", To: "b", Port: 1, Expected: "mtls", LastObserved: "plaintext x1", OverTheWait: "plaintext x3", Why: "got plaintext"}},
+		Deadlines:   []results.Deadline{{Name: "new serial within 1s", At: at.Add(time.Second), Detail: "b still serves serial 1f"}},
+		Diagnostics: "diagnostics/s/rotate"}
+	v := reflect.ValueOf(want)
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Fatalf("test verdict leaves field %s unset", v.Type().Field(i).Name)
+		}
+	}
+	r.Record(observation(1))
+	r.RecordVerdict(want)
+	r.Record(observation(2))
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	obs, verdicts, err := ReadResults(r.ResultsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(obs) != 2 || len(verdicts) != 1 {
+		t.Fatalf("read %d observations and %d verdicts, want 2 and 1", len(obs), len(verdicts))
+	}
+	if !reflect.DeepEqual(normalized(verdicts[0]), normalized(want)) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", verdicts[0], want)
+	}
+	data, err := os.ReadFile(r.ResultsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(string(data), "\n"); len(lines) < 3 || !strings.HasPrefix(lines[2], `,{"verdict":{"scenario":"s","step":"rotate"`) && !strings.HasPrefix(lines[2], `{"verdict":{"scenario":"s","step":"rotate"`) {
+		t.Errorf("the verdict's line reads %q", lines[2])
+	}
+}
+
+// normalized drops the monotonic clock readings, which JSON does not keep.
+func normalized(v results.Verdict) results.Verdict {
+	v.Started = v.Started.Round(0).UTC()
+	for i := range v.Deadlines {
+		v.Deadlines[i].At = v.Deadlines[i].At.Round(0).UTC()
+	}
+	return v
+}
+
+// A results.json from before verdicts, a bare array of observations, still
+// reads.
+func TestReadBareObservations(t *testing.T) {
+	want := []results.Observation{observation(1), observation(2)}
+	data, err := json.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), ResultsFile)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	obs, verdicts, err := ReadResults(p)
+	if err != nil || len(obs) != 2 || len(verdicts) != 0 || obs[1].Port != want[1].Port {
+		t.Errorf("read %d observations, %d verdicts, %v", len(obs), len(verdicts), err)
 	}
 }
 
@@ -250,7 +323,7 @@ func TestReadUnterminated(t *testing.T) {
 	if err := os.WriteFile(cut, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadResults(cut)
+	got, _, err := ReadResults(cut)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +356,8 @@ func TestReadTruncated(t *testing.T) {
 		if err := os.WriteFile(p, content, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		return ReadResults(p)
+		obs, _, err := ReadResults(p)
+		return obs, err
 	}
 
 	got, err := read("after-last", data[:lastEnd])
@@ -322,7 +396,7 @@ func TestCloseIsIdempotentAndLateRecordsAreReported(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Errorf("second Close = %v", err)
 	}
-	got, err := ReadResults(r.ResultsPath())
+	got, _, err := ReadResults(r.ResultsPath())
 	if err != nil || len(got) != 0 {
 		t.Errorf("empty closed run reads %d observations, %v", len(got), err)
 	}

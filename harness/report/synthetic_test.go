@@ -43,12 +43,35 @@ const (
 	fail      = scenario.ResultFail
 )
 
+// verdict is a synthetic step verdict from offset after runStart.
+func verdict(sc, step, kind string, offset, took time.Duration, status results.Status, reason string) results.Verdict {
+	return results.Verdict{Scenario: sc, Step: step, Kind: kind, Status: status, Reason: reason,
+		Started: runStart.Add(offset), Duration: took, Source: "scenarios.yaml:12:7"}
+}
+
 // syntheticRun is a run with a passing step, a failing step, a transition
-// with its events and a root rotation with serials.
-func syntheticRun() ([]results.Observation, []results.Event) {
+// with its events and deadlines, a root rotation with serials, an mtls
+// step without observations and the setup's verdict. The report's proof
+// on data the engine produced is TestReportOfARealRun; this one pins the
+// page's layout in a golden file.
+func syntheticRun() Contents {
 	var obs []results.Observation
 	var events []results.Event
 	s := time.Second
+	verdicts := []results.Verdict{
+		{Step: results.SetupStep, Kind: "setup", Status: results.Passed, Started: runStart.Add(-time.Minute), Duration: 55 * s},
+		verdict("strict-mesh", "strict-policies", "mtls", -s, 500*time.Millisecond, results.Passed, ""),
+		verdict("strict-mesh", "strict-on", "expect", 0, 3*s, results.Passed, ""),
+		verdict("strict-mesh", "port-exception", "expect", 10*s, 4*s, results.Failed, "step \"port-exception\": expectations did not hold within 4s (3 probe rounds)\nFROM  TO  ..."),
+		verdict("permissive-to-strict", "migrate", "transition", 30*s, 20*s, results.Passed, ""),
+		verdict("root-rotation", "rotate-root", "rotateRoot", 60*s, 30*s, results.Passed, ""),
+		verdict("root-rotation", "check-after", "expect", 95*s, 0, results.Skipped, "skipped: an earlier step of the scenario failed"),
+	}
+	verdicts[3].Table = []results.Row{
+		{From: "service-a", To: "service-b", Port: 8080, Expected: "mtls", LastObserved: "mtls x1", OverTheWait: "mtls x3"},
+		{From: "legacy", To: "service-b", Port: 9090, Expected: "fail (reset)", LastObserved: "fail (timeout) x1", OverTheWait: "fail (timeout) x1, plaintext x3", Why: "failed with timeout, want reset"},
+	}
+	verdicts[3].Diagnostics = "diagnostics/strict-mesh/port-exception"
 
 	// strict-mesh / strict-on: every cell as expected.
 	for i := range 3 {
@@ -90,6 +113,8 @@ func syntheticRun() ([]results.Observation, []results.Event) {
 	events = append(events,
 		event(sc, step, 37500*time.Millisecond, "policy-change", "applying PeerAuthentication mp-b/default STRICT"),
 		event(sc, step, 40*s, "converged", "every pair matched the new policies 2.5s after the change"),
+		deadline(sc, step, 49*s, results.Deadline{Name: "no plaintext after 3s", At: runStart.Add(40500 * time.Millisecond), Met: true, Detail: "no plaintext request after it"}),
+		deadline(sc, step, 49*s, results.Deadline{Name: "converged by the end of the window", At: runStart.Add(49 * s), Met: true, Detail: "every pair matched the new policies 2.5s after the change"}),
 	)
 
 	// root-rotation / rotate-root: mTLS throughout, serials change.
@@ -107,5 +132,11 @@ func syntheticRun() ([]results.Observation, []results.Event) {
 		event(rsc, rstep, 82*s, "root-rotation", "phase drop-old: istiod signs with Root B, trusts Root B"),
 		event(rsc, rstep, 88*s, SerialEvent, "service-b serves serial 9c0d1e2f (root \"Root B\")"),
 	)
-	return obs, events
+	return Contents{Observations: obs, Events: events, Verdicts: verdicts}
+}
+
+func deadline(sc, step string, offset time.Duration, d results.Deadline) results.Event {
+	e := event(sc, step, offset, results.EventDeadline, d.Name+" (met): "+d.Detail)
+	e.Deadline = &d
+	return e
 }
