@@ -135,12 +135,15 @@ func TestChromiumRendersTheReport(t *testing.T) {
 			t.Errorf("%s: %s -> %s aria-label %q", c.step, c.from, c.target, l)
 		}
 	}
+	if b := findAll(doc, byTagClass("div", "banner-failed")); len(b) != 1 || !strings.HasPrefix(text(b[0]), "FAILED 3 scenarios, 6 steps: 4 passed, 1 failed, 1 skipped") {
+		t.Errorf("the rendered banner reads %q", texts(b))
+	}
 	if n := len(findAll(doc, byTagClass("svg", "timeline"))); n != 2 {
 		t.Errorf("the rendered DOM has %d timelines, want 2", n)
 	}
 
 	shot := filepath.Join(dir, "report.png")
-	runChromium(t, bin, filepath.Join(dir, "shot"), "--screenshot="+shot, "--window-size=1280,2000", page)
+	runChromium(t, bin, filepath.Join(dir, "shot"), "--screenshot="+shot, "--window-size=1280,4000", page)
 	f, err := os.Open(shot)
 	if err != nil {
 		t.Fatalf("Chromium wrote no screenshot: %v", err)
@@ -150,8 +153,8 @@ func TestChromiumRendersTheReport(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the screenshot is not a PNG: %v", err)
 	}
-	if b := img.Bounds(); b.Dx() != 1280 || b.Dy() != 2000 {
-		t.Errorf("screenshot is %dx%d, want 1280x2000", b.Dx(), b.Dy())
+	if b := img.Bounds(); b.Dx() != 1280 || b.Dy() != 4000 {
+		t.Errorf("screenshot is %dx%d, want 1280x4000", b.Dx(), b.Dy())
 	}
 	colours := map[color.RGBA]int{}
 	b := img.Bounds()
