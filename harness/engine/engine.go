@@ -1,14 +1,22 @@
-// Package engine runs scenario steps against a cluster: it applies mtls
-// policies, probes traffic from inside the client pods until the expected
-// results hold (or the step times out with a table of what was seen),
-// waits for and checks workload certificate rotation, and restarts
-// workloads. It is independent of Ginkgo: the suites drive it, and so can
-// any Go program.
+// Package engine runs scenario steps against a cluster, one RunStep call per
+// step: mtls applies a step's policies (the new set in force before the old
+// goes); expect probes traffic from inside the client pods until the
+// expected results hold, or times out with a table of what was seen;
+// transition applies new policies while traffic flows and judges the
+// timeline of what was seen; rotate waits for and checks workload
+// certificate rotation; upgrade moves the control plane to another Istio
+// version (in place or canary) and rotateRoot replaces the mesh's root CA,
+// both while traffic flows and through MeshControl; restart restarts
+// workloads and wait waits for their rollout or for a duration. Every
+// observation, timeline event and certificate serial goes to a
+// results.Recorder (WithRecorder), and Verdict turns a step's error into its
+// results.Verdict. It is independent of Ginkgo: the suites drive it, and so
+// can any Go program.
 //
-// The engine talks to the API server through a controller-runtime client and
-// to pods through two small interfaces, Prober and CertReader, so that its
-// step logic is tested against a real API server with only the in-pod
-// transport scripted.
+// The engine talks to the API server through a controller-runtime client, to
+// pods through two small interfaces, Prober and CertReader, and to Istio's
+// installation through MeshControl, so that its step logic is tested against
+// a real API server with only the in-pod transport scripted.
 //
 // Continuous traffic (transition, rotate, upgrade, rotateRoot) counts only
 // requests that ran as requests. When the harness itself cannot probe (no
