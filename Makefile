@@ -2,9 +2,13 @@
 #   make test   needs only Go: unit, loopback TLS and real kube-apiserver tests
 #   make e2e    needs Go and Docker: the scenarios on a kind cluster with Istio
 GO ?= go
-# Istio's charts for the chart-dependent tests; CI and this project's
-# machines have them beside the repository.
+# Istio's charts: this project's machines have them beside the repository
+# (air-gapped: the tests and make e2e use them). Elsewhere the variable stays
+# unset and the charts are pulled from Istio's chart repository into
+# $HOME/.cache/meshproof (see harness/testenv.IstioCharts).
+ifneq ($(wildcard ../shared/istio-charts/.),)
 export MESHPROOF_ISTIO_CHARTS ?= $(abspath ../shared/istio-charts)
+endif
 SCENARIOS ?= scenarios.yaml
 # ISTIO_VERSION, when set, overrides the Istio version of every cluster.
 ISTIO_VERSION ?=
@@ -33,6 +37,7 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
+	$(GO) mod tidy -diff
 	$(GO) tool actionlint .github/workflows/*.yaml
 
 # Regenerates the files generated from the scenario API types.

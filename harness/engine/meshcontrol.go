@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/istiocharts"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -63,7 +64,7 @@ func (e *Engine) PluggedCA() *ca.Bundle { return e.mesh.pluggedCA }
 
 // chartsEnv names a directory of Istio charts, <dir>/<version>/{base,istiod};
 // harness/mesh uses the same variable for the initial install.
-const chartsEnv = "MESHPROOF_ISTIO_CHARTS"
+const chartsEnv = istiocharts.Env
 
 // upgradeCharts is the directory of the upgrade's target charts: the
 // step's own, else $MESHPROOF_ISTIO_CHARTS/<version> when that holds the

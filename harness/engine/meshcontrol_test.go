@@ -8,7 +8,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +25,7 @@ import (
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/istio"
 	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv"
 )
 
 // The engine names only MeshControl; the installer the suites pass must
@@ -64,24 +64,6 @@ func newMeshEngine(t *testing.T, s *scenario.Suite, p Prober, opts ...Option) *E
 	return e
 }
 
-// chartsRoot finds Istio's charts: $MESHPROOF_ISTIO_CHARTS, else
-// <repo>/../shared/istio-charts.
-func chartsRoot(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv(chartsEnv)
-	if dir == "" {
-		dir = filepath.Join("..", "..", "..", "shared", "istio-charts")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "1.30.3", "istiod")); err != nil {
-		t.Skipf("needs Istio's charts on disk (%v); set %s to a directory holding <version>/base and <version>/istiod", err, chartsEnv)
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return abs
-}
-
 // installIstio installs Istio version with the real Helm installer into
 // namespace istioNS, and uninstalls it when the test ends: the releases'
 // webhooks point at an istiod that never runs here and must not outlive the
@@ -89,7 +71,7 @@ func chartsRoot(t *testing.T) string {
 // marks them keep).
 func installIstio(t *testing.T, istioNS, version string, opts ...istio.Option) *istio.Installer {
 	t.Helper()
-	root := chartsRoot(t)
+	root := testenv.IstioCharts(t)
 	// Upgrade steps without charts of their own find them here.
 	t.Setenv(chartsEnv, root)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)

@@ -30,10 +30,7 @@ import (
 // cannot be reached without a kubelet, so WaitReady is checked for its
 // failure report only.
 func TestAgainstAPIServer(t *testing.T) {
-	root := istio.LocalChartsRoot(t)
-	if root == "" {
-		t.Skipf("needs Istio's charts on disk; set %s to a directory holding <version>/base and <version>/istiod", istio.ChartsEnv)
-	}
+	root := testenv.IstioCharts(t)
 	ctrllog.SetLogger(logr.Discard())
 	env := testenv.Start(t)
 	// testenv installs Istio's CRDs itself; the base release must create

@@ -3,25 +3,20 @@ package istio
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
-	"time"
 
 	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	"helm.sh/helm/v4/pkg/getter"
-	repo "helm.sh/helm/v4/pkg/repo/v1"
+
+	"github.com/meshproof/meshproof/harness/istiocharts"
 )
 
 // The two charts an Istio sidecar-mode control plane needs.
 const (
-	baseChart   = "base"
-	istiodChart = "istiod"
+	baseChart   = istiocharts.Base
+	istiodChart = istiocharts.Istiod
 )
-
-// chartPullTimeout bounds each HTTP request to the chart repository.
-const chartPullTimeout = 2 * time.Minute
 
 // chartSource says where the charts of one Istio version come from: a local
 // directory holding base/ and istiod/, or a chart repository plus a cache
@@ -30,10 +25,10 @@ type chartSource struct {
 	version string
 	// dir is set for local charts.
 	dir string
-	// repoURL and cacheDir are set for charts pulled from a repository;
-	// archives are cached under cacheDir/<version>/.
-	repoURL  string
-	cacheDir string
+	// repoURL and cacheRoot are set for charts pulled from a repository;
+	// archives are cached under cacheRoot/<version>/.
+	repoURL   string
+	cacheRoot string
 }
 
 func newChartSource(version, dir, repoURL, cacheRoot string) (chartSource, error) {
@@ -57,29 +52,18 @@ func newChartSource(version, dir, repoURL, cacheRoot string) (chartSource, error
 		}
 		cacheRoot = root
 	}
-	return chartSource{version: version, repoURL: repoURL, cacheDir: filepath.Join(cacheRoot, version)}, nil
+	return chartSource{version: version, repoURL: repoURL, cacheRoot: cacheRoot}, nil
 }
-
-// cacheEnv overrides the root of meshproof's cache directory (shared with
-// the other meshproof caches).
-const cacheEnv = "MESHPROOF_CACHE"
 
 // defaultChartCacheRoot is <meshproof cache>/charts: $MESHPROOF_CACHE/charts,
 // else <user cache dir>/meshproof/charts ($HOME/.cache/meshproof/charts on
 // Linux).
 func defaultChartCacheRoot() (string, error) {
-	if dir := os.Getenv(cacheEnv); dir != "" {
-		abs, err := filepath.Abs(dir)
-		if err != nil {
-			return "", fmt.Errorf("istio: %s=%s: %w", cacheEnv, dir, err)
-		}
-		return filepath.Join(abs, "charts"), nil
-	}
-	userCache, err := os.UserCacheDir()
+	root, err := istiocharts.DefaultCacheRoot()
 	if err != nil {
-		return "", fmt.Errorf("istio: no chart cache dir: %w (set %s or use WithChartCacheDir, or use local charts with WithChartsDir)", err, cacheEnv)
+		return "", fmt.Errorf("istio: chart cache: %w (or use WithChartCacheDir, or local charts with WithChartsDir)", err)
 	}
-	return filepath.Join(userCache, "meshproof", "charts"), nil
+	return root, nil
 }
 
 // checkChartsDir fails early, naming what is missing, when dir is not a
@@ -106,7 +90,7 @@ func checkChartsDir(dir string) error {
 
 // archivePath is where the pulled archive of chart name is cached.
 func (c chartSource) archivePath(name string) string {
-	return filepath.Join(c.cacheDir, fmt.Sprintf("%s-%s.tgz", name, c.version))
+	return istiocharts.ArchivePath(c.cacheRoot, name, c.version)
 }
 
 // describe names the source in messages.
@@ -114,7 +98,7 @@ func (c chartSource) describe() string {
 	if c.dir != "" {
 		return c.dir
 	}
-	return fmt.Sprintf("%s (version %s, cache %s)", c.repoURL, c.version, c.cacheDir)
+	return fmt.Sprintf("%s (version %s, cache %s)", c.repoURL, c.version, filepath.Join(c.cacheRoot, c.version))
 }
 
 // load returns chart name ("base" or "istiod"), pulling and caching it first
@@ -153,40 +137,8 @@ func (c chartSource) load(name string) (*chart.Chart, error) {
 // atomically so that an interrupted pull never leaves a truncated archive in
 // the cache.
 func (c chartSource) pull(name, path string) error {
-	getters := getter.Getters(getter.WithTimeout(chartPullTimeout))
-	chartURL, err := repo.FindChartInRepoURL(c.repoURL, name, getters, repo.WithChartVersion(c.version))
-	if err != nil {
-		return fmt.Errorf("finding istio %s chart %s in %s: %w (offline? use local charts with WithChartsDir)", name, c.version, c.repoURL, err)
-	}
-	u, err := url.Parse(chartURL)
-	if err != nil {
-		return fmt.Errorf("chart repository %s gave an invalid chart URL %q: %w", c.repoURL, chartURL, err)
-	}
-	g, err := getters.ByScheme(u.Scheme)
-	if err != nil {
-		return fmt.Errorf("downloading %s: %w", chartURL, err)
-	}
-	data, err := g.Get(chartURL, getter.WithURL(c.repoURL))
-	if err != nil {
-		return fmt.Errorf("downloading istio %s chart from %s: %w", name, chartURL, err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("creating chart cache dir: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("caching istio %s chart: %w", name, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(data.Bytes()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("caching istio %s chart: %w", name, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("caching istio %s chart: %w", name, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("caching istio %s chart: %w", name, err)
+	if err := istiocharts.Pull(c.repoURL, name, c.version, path); err != nil {
+		return fmt.Errorf("%w (offline? use local charts with WithChartsDir)", err)
 	}
 	return nil
 }

@@ -1,21 +1,17 @@
 package istio
 
 import (
-	"context"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 
-	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
-	repo "helm.sh/helm/v4/pkg/repo/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshproof/meshproof/harness/istiocharts"
+	"github.com/meshproof/meshproof/harness/testenv"
 )
 
 func TestChartSourceDefaultsToOfficialRepository(t *testing.T) {
@@ -37,15 +33,15 @@ func TestChartSourceDefaultsToOfficialRepository(t *testing.T) {
 
 	// Without WithChartCacheDir the cache is $MESHPROOF_CACHE/charts/<version>,
 	// else <user cache>/meshproof/charts/<version>.
-	t.Setenv(cacheEnv, filepath.Join(cache, "meshproof-cache"))
+	t.Setenv(istiocharts.CacheEnv, filepath.Join(cache, "meshproof-cache"))
 	in, err = New(nil, WithVersion("1.30.3"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := filepath.Join(cache, "meshproof-cache", "charts", "1.30.3"); in.current.charts.cacheDir != want {
-		t.Errorf("cache dir = %s, want %s", in.current.charts.cacheDir, want)
+	if want := filepath.Join(cache, "meshproof-cache", "charts"); in.current.charts.cacheRoot != want {
+		t.Errorf("cache root = %s, want %s", in.current.charts.cacheRoot, want)
 	}
-	t.Setenv(cacheEnv, "")
+	t.Setenv(istiocharts.CacheEnv, "")
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(cache, "xdg"))
 	in, err = New(nil, WithVersion("1.30.3"), WithChartRepository("https://mirror.example/istio"))
 	if err != nil {
@@ -55,8 +51,8 @@ func TestChartSourceDefaultsToOfficialRepository(t *testing.T) {
 	if src.repoURL != "https://mirror.example/istio" {
 		t.Errorf("repo = %s, want the mirror", src.repoURL)
 	}
-	if want := filepath.Join(cache, "xdg", "meshproof", "charts", "1.30.3"); src.cacheDir != want {
-		t.Errorf("cache dir = %s, want %s", src.cacheDir, want)
+	if want := filepath.Join(cache, "xdg", "meshproof", "charts"); src.cacheRoot != want {
+		t.Errorf("cache root = %s, want %s", src.cacheRoot, want)
 	}
 }
 
@@ -107,56 +103,16 @@ func TestChartSourceLocalDir(t *testing.T) {
 // chart repository served locally: the real charts, packaged and indexed
 // with Helm's own tools, the way Istio publishes them.
 func TestPullFromChartRepository(t *testing.T) {
-	root := localChartsRoot(t)
-	if root == "" {
-		t.Skipf("needs local Istio charts to build a repository from; set %s", chartsEnv)
-	}
 	const version = "1.30.3"
-	repoDir := t.TempDir()
-	for _, name := range []string{baseChart, istiodChart} {
-		ch, err := loader.LoadDir(filepath.Join(root, version, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch.Metadata.Version, ch.Metadata.AppVersion = version, version
-		if _, err := chartutil.Save(ch, repoDir); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var mu sync.Mutex
-	requests := 0
-	files := http.FileServer(http.Dir(repoDir))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		requests++
-		mu.Unlock()
-		files.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	idx, err := repo.IndexDirectory(repoDir, srv.URL+"/charts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := idx.WriteFile(filepath.Join(repoDir, "index.yaml"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The repository lives under /charts, like Istio's.
-	if err := os.Mkdir(filepath.Join(repoDir, "charts"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"index.yaml", "base-" + version + ".tgz", "istiod-" + version + ".tgz"} {
-		if err := os.Rename(filepath.Join(repoDir, f), filepath.Join(repoDir, "charts", f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	repo := testenv.ServeIstioChartRepository(t, testenv.IstioCharts(t), version)
 
-	t.Setenv("HELM_CACHE_HOME", t.TempDir())
+	t.Setenv("HELM_CACHE_HOME", t.TempDir()) // Helm's index scratch space
 	cache := t.TempDir()
-	in, err := New(nil, WithVersion(version), WithChartRepository(srv.URL+"/charts"), WithChartCacheDir(cache))
+	in, err := New(nil, WithVersion(version), WithChartRepository(repo.URL), WithChartCacheDir(cache))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := in.Render(context.Background())
+	m, err := in.Render(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,22 +124,18 @@ func TestPullFromChartRepository(t *testing.T) {
 			t.Errorf("%s archive not cached: %v", name, err)
 		}
 	}
-	mu.Lock()
-	pulled := requests
-	mu.Unlock()
+	pulled := repo.Requests()
 	if pulled == 0 {
 		t.Fatal("the repository was never asked")
 	}
 
 	// Cached: a second render works with the repository gone.
-	srv.Close()
-	if _, err := in.Render(context.Background()); err != nil {
+	repo.Close()
+	if _, err := in.Render(t.Context()); err != nil {
 		t.Fatalf("render from cache: %v", err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if requests != pulled {
-		t.Errorf("render from cache made %d more requests", requests-pulled)
+	if repo.Requests() != pulled {
+		t.Errorf("render from cache made %d more requests", repo.Requests()-pulled)
 	}
 
 	// An unknown version fails with a message naming the repository.
@@ -191,7 +143,7 @@ func TestPullFromChartRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := in.Render(context.Background()); err == nil || !strings.Contains(err.Error(), "http://127.0.0.1:1/charts") || !strings.Contains(err.Error(), "WithChartsDir") {
+	if _, err := in.Render(t.Context()); err == nil || !strings.Contains(err.Error(), "http://127.0.0.1:1/charts") || !strings.Contains(err.Error(), "WithChartsDir") {
 		t.Errorf("unreachable repository: err = %v, want one naming the repository and the offline alternative", err)
 	}
 }

@@ -2,7 +2,6 @@ package istio
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,72 +11,31 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshproof/meshproof/harness/testenv"
 )
 
-// chartsEnv names the directory with <version>/base and <version>/istiod.
-const chartsEnv = "MESHPROOF_ISTIO_CHARTS"
-
 // testVersions are the Istio versions the project tests against.
-var testVersions = []string{"1.29.6", "1.30.3"}
-
-// localChartsRoot finds Istio's charts for tests: $MESHPROOF_ISTIO_CHARTS,
-// else <repo root>/../shared/istio-charts. It returns "" when neither
-// exists.
-func localChartsRoot(t testing.TB) string {
-	t.Helper()
-	if dir := os.Getenv(chartsEnv); dir != "" {
-		if _, err := os.Stat(dir); err != nil {
-			t.Fatalf("%s=%s: %v", chartsEnv, dir, err)
-		}
-		return dir
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			shared := filepath.Join(dir, "..", "shared", "istio-charts")
-			if _, err := os.Stat(shared); err == nil {
-				return shared
-			}
-			return ""
-		}
-		if filepath.Dir(dir) == dir {
-			return ""
-		}
-	}
-}
+var testVersions = testenv.IstioChartVersions
 
 // chartOptions returns the options that point an Installer at the charts of
-// version: the local copy when there is one, else the official repository
-// (with a per-test cache). The bool reports whether the charts are remote.
-func chartOptions(t testing.TB, version string) ([]Option, bool) {
+// version, from the tests' one charts resolver.
+func chartOptions(t testing.TB, version string) []Option {
 	t.Helper()
-	if root := localChartsRoot(t); root != "" {
-		return []Option{WithVersion(version), WithChartsDir(filepath.Join(root, version))}, false
-	}
-	t.Setenv("HELM_CACHE_HOME", t.TempDir()) // Helm's index scratch space
-	return []Option{WithVersion(version), WithChartCacheDir(t.TempDir())}, true
+	return []Option{WithVersion(version), WithChartsDir(filepath.Join(testenv.IstioCharts(t), version))}
 }
 
-// render renders version's charts with opts, skipping the test (naming the
-// variable to set) only when there are no local charts and the official
-// repository cannot be reached.
+// render renders version's charts with opts.
 func render(t testing.TB, version string, opts ...Option) Manifests {
 	t.Helper()
-	base, remote := chartOptions(t, version)
-	in, err := New(nil, append(base, opts...)...)
+	in, err := New(nil, append(chartOptions(t, version), opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	m, err := in.Render(ctx)
 	if err != nil {
-		if remote {
-			t.Skipf("no local Istio charts and %s is unreachable (%v); set %s to a directory holding <version>/base and <version>/istiod", DefaultChartRepository, err, chartsEnv)
-		}
 		t.Fatal(err)
 	}
 	return m

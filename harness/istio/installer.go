@@ -10,6 +10,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshproof/meshproof/harness/istiocharts"
 )
 
 const (
@@ -22,7 +24,7 @@ const (
 	// charts ship with an empty (or testing) hub, so it is always set.
 	DefaultHub = "docker.io/istio"
 	// DefaultChartRepository is Istio's official Helm chart repository.
-	DefaultChartRepository = "https://istio-release.storage.googleapis.com/charts"
+	DefaultChartRepository = istiocharts.DefaultRepository
 
 	// BaseReleaseName and IstiodReleaseName are the Helm release names the
 	// Istio documentation uses; a revisioned istiod gets "-<revision>"

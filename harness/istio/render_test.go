@@ -277,8 +277,7 @@ func TestPurgeRulesCoverChartObjects(t *testing.T) {
 }
 
 func TestRenderNeedsNoCluster(t *testing.T) {
-	opts, _ := chartOptions(t, "1.30.3")
-	in, err := New(nil, opts...)
+	in, err := New(nil, chartOptions(t, "1.30.3")...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshproof/meshproof/harness/ca"
 	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/istiocharts"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -25,7 +26,7 @@ import (
 // ChartsEnv names a directory of Istio charts, <dir>/<version>/{base,istiod},
 // used when a scenario names no charts directory of its own (air-gapped
 // machines, and this project's tests).
-const ChartsEnv = "MESHPROOF_ISTIO_CHARTS"
+const ChartsEnv = istiocharts.Env
 
 // Mesh is an installed (or installing) mesh.
 type Mesh struct {

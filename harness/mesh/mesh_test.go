@@ -38,25 +38,13 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-// chartsRoot finds Istio's charts: $MESHPROOF_ISTIO_CHARTS, or the project's
-// ../shared/istio-charts beside the repository.
+// chartsRoot is the tests' Istio charts, also set as $MESHPROOF_ISTIO_CHARTS,
+// where Install finds them.
 func chartsRoot(t *testing.T) string {
 	t.Helper()
-	if root := os.Getenv(ChartsEnv); root != "" {
-		return root
-	}
-	root, err := filepath.Abs(filepath.Join("..", "..", "..", "shared", "istio-charts"))
-	if err == nil {
-		if _, err = os.Stat(root); err == nil {
-			t.Setenv(ChartsEnv, root)
-			return root
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("Istio's charts are needed: set %s to a directory holding <version>/{base,istiod}", ChartsEnv)
-	}
-	t.Skipf("Istio's charts are not here: set %s to a directory holding <version>/{base,istiod} to run this test", ChartsEnv)
-	return ""
+	root := testenv.IstioCharts(t)
+	t.Setenv(ChartsEnv, root)
+	return root
 }
 
 // logLines collects every log line, as a run's output would show them.
@@ -116,7 +104,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if got := ChartsDir(c); got != filepath.Join(root, "1.30.3") {
 		t.Fatalf("ChartsDir = %q", got)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	var logs logLines
 	start := time.Now()
