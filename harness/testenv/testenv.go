@@ -6,6 +6,9 @@
 // `go run ./harness/testenv/assets`). The CRDs are read from the istio.io/api module
 // that meshproof's go.mod pins, so the schemas the tests validate against are
 // exactly the ones Istio ships for that release.
+//
+// IstioCharts is the one place tests get Istio's Helm charts from (local,
+// else pulled and cached), with one rule for skipping without them.
 package testenv
 
 import (
