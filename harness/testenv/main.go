@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-logr/logr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/meshproof/meshproof/harness/testenv/proc"
 )
 
 // Main is a test package's TestMain around one shared control plane:
@@ -19,10 +21,11 @@ import (
 // It starts the control plane (a package whose tests need it fails, never
 // skips, when it cannot start), hands it to use, runs the tests and stops
 // it, also when they fail. The exit code is non-zero if anything failed.
-func Main(m *testing.M, use func(*Env) error) int {
+func Main(m Tests, use func(*Env) error) int {
 	// envtest logs through controller-runtime; without a logger it prints a
 	// warning with a stack trace. Failures reach the tests as errors anyway.
 	ctrllog.SetLogger(logr.Discard())
+	proc.StopOnSignal(stopTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	env, stop, err := StartEnv(ctx)
 	cancel()
@@ -44,6 +47,9 @@ func Main(m *testing.M, use func(*Env) error) int {
 	return code
 }
 
+// Tests are a package's tests: *testing.M.
+type Tests interface{ Run() int }
+
 // Shared is a control plane started on first use and stopped by its Main,
 // for packages whose unit tests run without one:
 //
@@ -63,6 +69,7 @@ func (s *Shared) Get(t testing.TB) *Env {
 	t.Helper()
 	s.once.Do(func() {
 		ctrllog.SetLogger(logr.Discard())
+		proc.StopOnSignal(stopTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer cancel()
 		s.env, s.stop, s.err = StartEnv(ctx)

@@ -1,6 +1,8 @@
 // Package testenv runs a real Kubernetes control plane (kube-apiserver and etcd, no
 // nodes) with Istio's real CustomResourceDefinitions installed, for the tests of
-// meshproof's Kubernetes-facing packages. It is imported only from _test.go files.
+// meshproof's Kubernetes-facing packages, and the control plane of the local
+// cluster (package localcluster). Both processes end with the program that
+// started them, also when it is killed (package proc).
 //
 // The binaries come from package binaries (built from source and cached; see
 // `go run ./harness/testenv/assets`). The CRDs are read from the istio.io/api module
@@ -34,11 +36,11 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/meshproof/meshproof/harness/testenv/binaries"
+	"github.com/meshproof/meshproof/harness/testenv/proc"
 )
 
 const (
@@ -61,6 +63,14 @@ const (
 type Env struct {
 	// Config authenticates as a cluster admin (system:masters).
 	Config *rest.Config
+	// Kubeconfig is a kubeconfig file holding Config, for other processes.
+	Kubeconfig string
+	// ServingCAFile holds the CA certificate that signed the API server's
+	// serving certificate (kube-controller-manager's --root-ca-file).
+	ServingCAFile string
+	// ServiceAccountKeyFile holds the key the API server signs ServiceAccount
+	// tokens with (kube-controller-manager's --service-account-private-key-file).
+	ServiceAccountKeyFile string
 	// Scheme knows the built-in Kubernetes types, apiextensions/v1 and Istio's
 	// security/v1 and networking/v1 types.
 	Scheme *runtime.Scheme
@@ -74,16 +84,18 @@ type Env struct {
 	Metadata metadata.Interface
 	// ServerVersion is what the API server answered on /version.
 	ServerVersion *version.Info
-	// IstioCRDs are the installed Istio CRDs, all Established.
+	// IstioCRDs are the installed Istio CRDs, all Established (none with
+	// WithoutIstioCRDs).
 	IstioCRDs []*apiextensionsv1.CustomResourceDefinition
 
-	environment *envtest.Environment
+	plane *controlPlane
 }
 
 // Start starts a control plane for t and stops it in t.Cleanup. It fails t (never
 // skips it) when the control plane cannot be started, saying why and how to fix it.
 func Start(t testing.TB) *Env {
 	t.Helper()
+	proc.StopOnSignal(stopTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	env, stop, err := StartEnv(ctx)
@@ -101,52 +113,62 @@ func Start(t testing.TB) *Env {
 
 // StartEnv starts a control plane and returns it with the function that stops it;
 // it suits TestMain, where no testing.TB exists. The caller must call stop once the
-// Env is no longer needed, also when the tests fail, or kube-apiserver and etcd
-// processes are left behind.
+// Env is no longer needed, also when the tests fail. etcd and kube-apiserver are
+// children that end with this program even if it is killed (package proc); the
+// test entry points (Main, Shared, Start) also stop them in order on SIGINT.
 //
 // When KUBEBUILDER_ASSETS is unset the binaries are built first if they are not
 // cached, which takes minutes on a cold machine; ctx bounds that and the start.
-func StartEnv(ctx context.Context) (*Env, func() error, error) {
+func StartEnv(ctx context.Context, opts ...Option) (*Env, func() error, error) {
+	o := options{istioCRDs: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	assets, err := binaries.Ensure(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("no kube-apiserver/etcd binaries: %w\n"+
 			"Fix: run `go run ./harness/testenv/assets` from the meshproof checkout (it builds them through the Go module proxy and prints their directory), "+
 			"or set %s to a directory holding kube-apiserver and etcd", err, binaries.AssetsEnv)
 	}
-	crdFile, err := IstioCRDFile(ctx)
-	if err != nil {
-		return nil, nil, err
+	var crdFile string
+	if o.istioCRDs {
+		if crdFile, err = IstioCRDFile(ctx); err != nil {
+			return nil, nil, err
+		}
 	}
 	scheme, err := NewScheme()
 	if err != nil {
 		return nil, nil, err
 	}
-
-	environment := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		// USE_EXISTING_CLUSTER must not silently turn these tests against a real cluster.
-		UseExistingCluster:       ptr.To(false),
-		Scheme:                   scheme,
-		ControlPlaneStartTimeout: startTimeout,
-		ControlPlaneStopTimeout:  stopTimeout,
-		ErrorIfCRDPathMissing:    true,
-		CRDInstallOptions: envtest.CRDInstallOptions{
-			Paths:              []string{crdFile},
-			MaxTime:            establishTimeout,
-			Scheme:             scheme,
-			ErrorIfPathMissing: true,
-		},
-	}
-	if _, err := environment.Start(); err != nil {
-		// Start may fail after the processes are up (for example while installing
-		// CRDs); stopping here is what keeps them from outliving the test binary.
-		return nil, nil, errors.Join(fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err), stopError(environment.Stop()))
-	}
-	env, err := newEnv(ctx, environment, scheme)
+	plane, err := startControlPlane(ctx, assets, &o)
 	if err != nil {
-		return nil, nil, errors.Join(err, stopError(environment.Stop()))
+		return nil, nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err)
 	}
-	return env, environment.Stop, nil
+	env, err := newEnv(ctx, plane, scheme, crdFile)
+	if err != nil {
+		return nil, nil, errors.Join(err, stopError(plane.stop()))
+	}
+	return env, plane.stop, nil
+}
+
+type options struct {
+	istioCRDs               bool
+	serviceAccountAdmission bool
+}
+
+// Option configures StartEnv.
+type Option func(*options)
+
+// WithoutIstioCRDs leaves Istio's CRDs out, for a cluster whose Istio charts
+// install their own.
+func WithoutIstioCRDs() Option { return func(o *options) { o.istioCRDs = false } }
+
+// WithServiceAccountAdmission enables the ServiceAccount admission plugin, which
+// the bare control plane disables because nothing creates the namespaces'
+// default ServiceAccounts there; a cluster running kube-controller-manager has
+// the controller that does.
+func WithServiceAccountAdmission() Option {
+	return func(o *options) { o.serviceAccountAdmission = true }
 }
 
 func stopError(err error) error {
@@ -156,8 +178,8 @@ func stopError(err error) error {
 	return nil
 }
 
-func newEnv(ctx context.Context, environment *envtest.Environment, scheme *runtime.Scheme) (*Env, error) {
-	cfg := environment.Config
+func newEnv(ctx context.Context, plane *controlPlane, scheme *runtime.Scheme, crdFile string) (*Env, error) {
+	cfg := plane.config
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, fmt.Errorf("creating a client: %w", err)
@@ -182,20 +204,34 @@ func newEnv(ctx context.Context, environment *envtest.Environment, scheme *runti
 	if err != nil {
 		return nil, fmt.Errorf("asking the API server for /version: %w", err)
 	}
-	crds, err := waitEstablished(ctx, c, environment.CRDs)
-	if err != nil {
-		return nil, err
+	var crds []*apiextensionsv1.CustomResourceDefinition
+	if crdFile != "" {
+		installed, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{
+			Paths:              []string{crdFile},
+			MaxTime:            establishTimeout,
+			Scheme:             scheme,
+			ErrorIfPathMissing: true,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("installing Istio's CRDs from %s: %w", crdFile, err)
+		}
+		if crds, err = waitEstablished(ctx, c, installed); err != nil {
+			return nil, err
+		}
 	}
 	return &Env{
-		Config:        cfg,
-		Scheme:        scheme,
-		Client:        c,
-		Discovery:     disco,
-		Istio:         istio,
-		Metadata:      meta,
-		ServerVersion: serverVersion,
-		IstioCRDs:     crds,
-		environment:   environment,
+		Config:                cfg,
+		Kubeconfig:            plane.kubeconfig,
+		ServingCAFile:         plane.servingCAFile,
+		ServiceAccountKeyFile: plane.saKeyFile,
+		Scheme:                scheme,
+		Client:                c,
+		Discovery:             disco,
+		Istio:                 istio,
+		Metadata:              meta,
+		ServerVersion:         serverVersion,
+		IstioCRDs:             crds,
+		plane:                 plane,
 	}, nil
 }
 

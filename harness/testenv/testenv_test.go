@@ -29,6 +29,7 @@ import (
 
 	"github.com/meshproof/meshproof/harness/testenv"
 	"github.com/meshproof/meshproof/harness/testenv/binaries"
+	"github.com/meshproof/meshproof/harness/testenv/proc"
 )
 
 // shared is one control plane for the tests that only need a working API server;
@@ -41,6 +42,10 @@ func TestMain(m *testing.M) {
 	// envtest logs through controller-runtime; without a logger it prints a warning
 	// with a stack trace instead. Failures reach the tests as errors anyway.
 	ctrllog.SetLogger(logr.Discard())
+	if os.Getenv(holdEnv) != "" {
+		os.Exit(holdControlPlane())
+	}
+	proc.StopOnSignal(30 * time.Second)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	env, stop, err := testenv.StartEnv(ctx)
