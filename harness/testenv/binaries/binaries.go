@@ -145,10 +145,18 @@ func checkExecutable(path string) error {
 	return nil
 }
 
-// build produces every missing binary in dir. A file lock serialises concurrent
-// callers (parallel test binaries of `go test ./...`), so the multi-minute
-// kube-apiserver build happens once and the others wait for it.
+// build produces every missing binary of binariesToBuild in dir.
 func build(ctx context.Context, root, dir string, log io.Writer) error {
+	if err := buildInto(ctx, root, dir, binariesToBuild, log); err != nil {
+		return err
+	}
+	return checkComplete(dir)
+}
+
+// buildInto produces every missing one of bins in dir. A file lock serialises
+// concurrent callers (parallel test binaries of `go test ./...`), so a
+// multi-minute build happens once and the others wait for it.
+func buildInto(ctx context.Context, root, dir string, bins []binary, log io.Writer) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -165,7 +173,7 @@ func build(ctx context.Context, root, dir string, log io.Writer) error {
 	}
 	defer lock.Unlock()
 
-	for _, b := range binariesToBuild {
+	for _, b := range bins {
 		target := filepath.Join(dir, b.name)
 		if checkExecutable(target) == nil {
 			continue
@@ -177,7 +185,7 @@ func build(ctx context.Context, root, dir string, log io.Writer) error {
 		}
 		fmt.Fprintf(log, "binaries: built %s in %s\n", b.name, time.Since(start).Round(time.Second))
 	}
-	return checkComplete(dir)
+	return nil
 }
 
 // buildOne compiles b into a temporary file beside target and renames it into place,
