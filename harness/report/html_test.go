@@ -506,3 +506,66 @@ func BenchmarkHTML(b *testing.B) {
 		}
 	}
 }
+
+// A setup that failed is the run's verdict: the banner says so and the
+// failure is listed with its text, though no step ran.
+func TestHTMLSetupFailure(t *testing.T) {
+	v := results.Verdict{Step: results.SetupStep, Kind: results.SetupStep, Status: results.Failed, Started: runStart,
+		Reason: "installing Istio 1.30.3: istiod did not become ready within 5m0s", Diagnostics: "diagnostics/setup"}
+	dir := t.TempDir()
+	doc := parse(t, render(t, Contents{Verdicts: []results.Verdict{v}}, WithLinks(dir, dir)))
+	if b := findAll(doc, byTagClass("div", "banner-failed")); len(b) != 1 || text(b[0]) != "FAILED 0 scenarios, 0 steps: 0 passed, 0 failed, 0 skipped; setup failed" {
+		t.Errorf("banner %q", texts(findAll(doc, byTagClass("div", "banner"))))
+	}
+	f := findAll(doc, byTagClass("div", "failure"))
+	if len(f) != 1 || !strings.HasPrefix(text(f[0]), "setup ✗ failed") || !strings.Contains(text(f[0]), v.Reason) {
+		t.Fatalf("failures %q", texts(f))
+	}
+	if a := findAll(f[0], byTagClass("a", "")); len(a) != 1 || attr(a[0], "href") != "diagnostics/setup" {
+		t.Errorf("setup failure links %q", texts(a))
+	}
+	// No junit.xml in the run folder: no link to one.
+	if a := findAll(findAll(doc, byTagClass("div", "banner"))[0], byTagClass("a", "")); len(a) != 0 {
+		t.Errorf("the banner links %q without a junit.xml", texts(a))
+	}
+}
+
+// A transition that let plaintext through after its deadline is red, and
+// the missed deadline is drawn where it fell and listed with the failure.
+func TestHTMLMissedDeadline(t *testing.T) {
+	const sc, step = "permissive-to-strict", "migrate"
+	s := time.Second
+	var obs []results.Observation
+	for i := range 10 {
+		r, want := plaintext, "fail (reset)"
+		if i < 2 {
+			want = "plaintext"
+		}
+		obs = append(obs, probe(sc, step, time.Duration(i)*s, "legacy", "service-b", 8080, r, "", want))
+	}
+	missed := results.Deadline{Name: "no plaintext after 2s", At: runStart.Add(4 * s), Met: false,
+		Detail: "6 plaintext requests after it: legacy -> service-b:8080 plaintext at +3.0s"}
+	v := verdict(sc, step, "transition", 0, 10*s, results.Failed, "6 requests were still accepted in plaintext after the allowed delay")
+	v.Deadlines = []results.Deadline{missed}
+	c := Contents{
+		Observations: obs,
+		Events:       []results.Event{event(sc, step, 2*s, "policy-change", "applying STRICT"), deadline(sc, step, 10*s, missed)},
+		Verdicts:     []results.Verdict{v},
+	}
+	doc := parse(t, render(t, c))
+	sec := stepSection(t, doc, step)
+	if st := findAll(sec, byTagClass("span", "status")); len(st) != 1 || !hasClass(st[0], "status-differs") {
+		t.Errorf("status %q", texts(st))
+	}
+	lines := findAll(sec, byTagClass("line", "deadline-missed"))
+	if len(lines) != 1 || attr(lines[0], "x1") != f1(tlPlotX0+4.0/10*(tlPlotX1-tlPlotX0)) {
+		t.Fatalf("missed deadlines drawn: %d", len(lines))
+	}
+	f := findAll(doc, byTagClass("div", "failure"))
+	if len(f) != 1 {
+		t.Fatalf("%d failures", len(f))
+	}
+	if rows := findAll(f[0], byTagClass("tr", "deadline-row-missed")); len(rows) != 1 || !strings.Contains(text(rows[0]), "✗ missed") {
+		t.Errorf("the failure's deadlines %q", texts(rows))
+	}
+}

@@ -136,7 +136,11 @@ func syntheticRun() Contents {
 }
 
 func deadline(sc, step string, offset time.Duration, d results.Deadline) results.Event {
-	e := event(sc, step, offset, results.EventDeadline, d.Name+" (met): "+d.Detail)
+	met := "met"
+	if !d.Met {
+		met = "missed"
+	}
+	e := event(sc, step, offset, results.EventDeadline, d.Name+" ("+met+"): "+d.Detail)
 	e.Deadline = &d
 	return e
 }
