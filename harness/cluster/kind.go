@@ -151,7 +151,7 @@ func (k *Kind) Create(ctx context.Context, args ...string) (string, error) {
 	// A second call, e.g. after the readiness wait timed out, neither
 	// creates nor re-decides: it only waits again.
 	if !k.created && !k.reused {
-		if err := k.createOrReuse(); err != nil {
+		if err := k.createOrReuse(ctx); err != nil {
 			return "", err
 		}
 	}
@@ -176,7 +176,13 @@ func (k *Kind) Create(ctx context.Context, args ...string) (string, error) {
 
 // createOrReuse creates the cluster, or marks it reused if it exists and
 // reuse is enabled.
-func (k *Kind) createOrReuse() error {
+//
+// The cluster counts as created before kind starts, so that Destroy deletes
+// it whenever Create was called, even if kind failed or was interrupted
+// half way (kind's own clean-up on failure does not run when the process is
+// killed). kind's Create cannot be cancelled: if ctx ends while it runs,
+// the cluster it made is deleted as soon as it returns.
+func (k *Kind) createOrReuse(ctx context.Context) error {
 	reuse, err := decideReuse(k.provider, k.name, k.reuse)
 	if err != nil {
 		return err
@@ -191,12 +197,22 @@ func (k *Kind) createOrReuse() error {
 		return err
 	}
 	k.logger.Info("creating kind cluster", "cluster", k.name, "nodeImage", k.nodeImage)
-	if err := k.provider.Create(k.name, k.createOptions(filepath.Join(dir, k.name+".kubeconfig"))...); err != nil {
-		// kind has already deleted the nodes it made (we never ask it to
-		// retain them), so there is nothing for Destroy to remove.
+	k.created = true
+	kubeconfig := filepath.Join(dir, k.name+".kubeconfig")
+	err = k.provider.Create(k.name, k.createOptions(kubeconfig)...)
+	if ctx.Err() != nil {
+		k.logger.Info("interrupted while kind created the cluster: deleting it", "cluster", k.name)
+		if derr := k.provider.Delete(k.name, kubeconfig); derr != nil {
+			return fmt.Errorf("create kind cluster %q: interrupted (%w), and deleting what kind made failed: %v; delete it with `kind delete cluster --name %s`", k.name, ctx.Err(), derr, k.name)
+		}
+		k.created = false
+		return fmt.Errorf("create kind cluster %q: interrupted; the cluster kind made was deleted: %w", k.name, ctx.Err())
+	}
+	if err != nil {
+		// kind deletes the nodes of a failed create itself (we never ask it
+		// to retain them); Destroy's delete then finds nothing.
 		return fmt.Errorf("create kind cluster %q: %w", k.name, err)
 	}
-	k.created = true
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 type fakeKind struct {
 	clusters    []string
 	createErr   error
+	onCreate    func() // runs inside kind's Create, e.g. to interrupt it
 	createCalls []string
 	createOpts  int
 	deleteCalls []string // "name kubeconfigPath"
@@ -49,6 +50,9 @@ func (f *fakeKind) List() ([]string, error) { return f.clusters, nil }
 func (f *fakeKind) Create(name string, opts ...kindcluster.CreateOption) error {
 	f.createCalls = append(f.createCalls, name)
 	f.createOpts = len(opts)
+	if f.onCreate != nil {
+		f.onCreate()
+	}
 	if f.createErr != nil {
 		return f.createErr
 	}
@@ -206,8 +210,26 @@ func TestKindCreateFailure(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `create kind cluster "mp": failed to pull image`) {
 		t.Fatalf("Create = %v", err)
 	}
-	if err := k.Destroy(context.Background()); err != nil || len(fk.deleteCalls) != 0 {
-		t.Errorf("Destroy after a failed create: %v, deletes %v (kind already cleaned up)", err, fk.deleteCalls)
+	// kind cleans up a failed create itself, but only if the process
+	// lives to do it: Destroy deletes by name whatever may be left.
+	if err := k.Destroy(context.Background()); err != nil || len(fk.deleteCalls) != 1 {
+		t.Errorf("Destroy after a failed create: %v, deletes %v, want one", err, fk.deleteCalls)
+	}
+}
+
+func TestKindCreateInterruptedDeletesTheCluster(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	fk := &fakeKind{onCreate: cancel} // Ctrl-C while kind creates the nodes
+	k := newTestKind(t, fk, readyCluster(), WithKubeconfigDir(t.TempDir()))
+	_, err := k.Create(ctx)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "interrupted; the cluster kind made was deleted") {
+		t.Fatalf("Create = %v, want the interruption saying the cluster was deleted", err)
+	}
+	if len(fk.deleteCalls) != 1 || !strings.HasPrefix(fk.deleteCalls[0], "mp ") {
+		t.Fatalf("kind Delete calls %v, want one for mp as soon as kind's Create returned", fk.deleteCalls)
+	}
+	if err := k.Destroy(context.Background()); err != nil || len(fk.deleteCalls) != 1 {
+		t.Errorf("Destroy after the interrupted create: %v, deletes %v (already deleted)", err, fk.deleteCalls)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -24,10 +25,41 @@ import (
 	"github.com/meshproof/meshproof/harness/ownership"
 )
 
+// DefaultTerminatingTimeout bounds how long Fixtures waits for a namespace
+// that is still terminating (an earlier run's, just swept) to be gone.
+const DefaultTerminatingTimeout = 3 * time.Minute
+
+// FixtureOption configures Fixtures.
+type FixtureOption func(*fixtureOptions)
+
+type fixtureOptions struct{ terminatingTimeout time.Duration }
+
+// WithTerminatingTimeout bounds the wait for terminating namespaces
+// (default DefaultTerminatingTimeout).
+func WithTerminatingTimeout(d time.Duration) FixtureOption {
+	return func(o *fixtureOptions) { o.terminatingTimeout = d }
+}
+
 // Fixtures applies the fixture objects in order (namespaces and service
 // accounts before the Deployments that need them) and waits until every
-// Deployment has rolled out.
-func Fixtures(ctx context.Context, c client.Client, objs []client.Object) error {
+// Deployment has rolled out. A namespace of objs that is still terminating
+// (a rerun right after the leftover sweep deleted it) would refuse every
+// new object, so Fixtures first waits until it is gone, and fails naming
+// it if it does not go within the bound.
+func Fixtures(ctx context.Context, c client.Client, objs []client.Object, opts ...FixtureOption) error {
+	o := fixtureOptions{terminatingTimeout: DefaultTerminatingTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var namespaces []string
+	for _, obj := range objs {
+		if _, ok := obj.(*corev1.Namespace); ok {
+			namespaces = append(namespaces, obj.GetName())
+		}
+	}
+	if err := WaitNamespacesGone(ctx, c, o.terminatingTimeout, namespaces...); err != nil {
+		return err
+	}
 	if err := apply.Objects(ctx, c, objs...); err != nil {
 		return err
 	}
@@ -63,6 +95,51 @@ func WaitRolledOut(ctx context.Context, c client.Client, deployments ...client.O
 		return fmt.Errorf("waiting for rollout: %s: %w", pending, err)
 	}
 	return nil
+}
+
+// WaitNamespacesGone waits, up to timeout, until none of the named
+// namespaces is terminating: each is either gone or was never deleted. A
+// namespace still terminating at the end is named in the error with how
+// long it has been terminating and what holds it, if its status says.
+func WaitNamespacesGone(ctx context.Context, c client.Client, timeout time.Duration, names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	var stuck *corev1.Namespace
+	err := wait.For(func(ctx context.Context) (bool, error) {
+		stuck = nil
+		for _, name := range names {
+			var ns corev1.Namespace
+			err := c.Get(ctx, client.ObjectKey{Name: name}, &ns)
+			switch {
+			case apierrors.IsNotFound(err):
+				continue
+			case err != nil:
+				return false, fmt.Errorf("reading namespace %s: %w", name, err)
+			case ns.DeletionTimestamp != nil:
+				stuck = &ns
+				return false, nil
+			}
+		}
+		return true, nil
+	}, wait.WithContext(ctx), wait.WithInterval(time.Second), wait.WithTimeout(min(timeout, timeLeft(ctx))), wait.WithImmediate())
+	if err == nil {
+		return nil
+	}
+	if stuck == nil {
+		return err
+	}
+	why := ""
+	for _, cond := range stuck.Status.Conditions {
+		if cond.Status == corev1.ConditionTrue && cond.Message != "" {
+			why += "; " + cond.Message
+		}
+	}
+	if why == "" && len(stuck.Spec.Finalizers) > 0 {
+		why = fmt.Sprintf("; finalizers %v", stuck.Spec.Finalizers)
+	}
+	return fmt.Errorf("namespace %s is still terminating after %s (deleted %s ago)%s: new objects cannot be created in it until it is gone: %w",
+		stuck.Name, timeout, time.Since(stuck.DeletionTimestamp.Time).Round(time.Second), why, err)
 }
 
 // RolloutPending says why a Deployment is not rolled out yet, or "".

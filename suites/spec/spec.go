@@ -12,6 +12,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 
+	"github.com/meshproof/meshproof/harness/junit"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -59,7 +60,7 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 	}
 	if o.junit != "" {
 		ReportAfterSuite("JUnit report", func(report Report) {
-			if err := WriteJUnit(report, o.junit); err != nil {
+			if err := junit.Write(report, o.junit); err != nil {
 				Fail(err.Error())
 			}
 		})
