@@ -3,6 +3,7 @@
 //	meshproof validate [FILE...]            check scenario files
 //	meshproof plan [FILE] [-o text|yaml]    show what a run would do, touching no cluster
 //	meshproof predict [FILE] [-o table|json] predict every pair's outcome; exit 1 on a contradiction
+//	meshproof run [FILE] [--reports DIR]    run the scenarios on their clusters
 //	meshproof report [RUN|RESULTS]          render a run's results as one HTML page
 //	meshproof schema [-o json|markdown]     print the scenario file's JSON schema or reference
 //	meshproof version                       print the version
@@ -11,8 +12,9 @@
 // standard input wherever a file is read, --help exits 0, a wrong command
 // line exits 2, an invalid or unreadable input exits 1.
 //
-// It is a thin layer over the harness packages; `make e2e` runs the
-// scenarios themselves through the Ginkgo suite in suites/mtls.
+// It is a thin layer over the harness packages: `run` is the run library
+// (harness/run) without Ginkgo; `make e2e` runs the same library through
+// the Ginkgo suite in suites/mtls.
 package main
 
 import (
@@ -41,6 +43,7 @@ Usage:
   meshproof plan [FILE] [-o text|yaml]      print what a run would do, without a cluster
   meshproof predict [FILE] [-o table|json]  predict each pair's outcome from Istio's rules, without a cluster;
                                             exit 1 when an expect row contradicts them
+  meshproof run [FILE] [--reports DIR]      run the scenarios on their clusters; exit 1 when a step fails
   meshproof report [RUN] [-o OUT]           render a run's results and events as one HTML page
   meshproof schema [-o json|markdown]       print the scenario file's JSON schema or reference
   meshproof version                         print the version
@@ -49,7 +52,7 @@ FILE may be - for standard input. Flags may come before or after FILE;
 'meshproof COMMAND --help' describes a command. Exit status: 0 success,
 1 invalid or unreadable input (or a failed check), 2 wrong command line.
 
-Run the scenarios with 'make e2e' (needs Go and Docker).
+'meshproof run' and 'make e2e' run the scenarios (kind clusters need Docker).
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -65,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return planCmd(rest, stdout, stderr)
 	case "predict":
 		return predictCmd(rest, stdout, stderr)
+	case "run":
+		return runCmd(rest, stdout, stderr)
 	case "report":
 		return reportCmd(rest, stdout, stderr)
 	case "schema":

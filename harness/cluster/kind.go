@@ -92,6 +92,11 @@ func (k *Kind) Name() string { return k.name }
 // instead of creating it.
 func (k *Kind) Reused() bool { return k.reused }
 
+// Ephemeral reports whether Destroy deletes the cluster: this provider
+// created it, or reused it with WithDeleteReused(true). Whatever is on such
+// a cluster goes with it.
+func (k *Kind) Ephemeral() bool { return k.created || (k.reused && k.deleteReused) }
+
 // ensureProvider runs the container runtime check once and builds kind's
 // provider for the engine it found. Every operation that needs kind calls it
 // first, so a missing engine is reported before any other work.

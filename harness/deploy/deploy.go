@@ -105,9 +105,11 @@ func WaitNamespacesGone(ctx context.Context, c client.Client, timeout time.Durat
 	if len(names) == 0 {
 		return nil
 	}
+	// stuck is the namespace last seen terminating; a failed read keeps
+	// it, since the wait may end on one.
 	var stuck *corev1.Namespace
+	var readErr error
 	err := wait.For(func(ctx context.Context) (bool, error) {
-		stuck = nil
 		for _, name := range names {
 			var ns corev1.Namespace
 			err := c.Get(ctx, client.ObjectKey{Name: name}, &ns)
@@ -115,7 +117,8 @@ func WaitNamespacesGone(ctx context.Context, c client.Client, timeout time.Durat
 			case apierrors.IsNotFound(err):
 				continue
 			case err != nil:
-				return false, fmt.Errorf("reading namespace %s: %w", name, err)
+				readErr = fmt.Errorf("reading namespace %s: %w", name, err)
+				return false, nil
 			case ns.DeletionTimestamp != nil:
 				stuck = &ns
 				return false, nil
@@ -127,7 +130,7 @@ func WaitNamespacesGone(ctx context.Context, c client.Client, timeout time.Durat
 		return nil
 	}
 	if stuck == nil {
-		return err
+		return errors.Join(err, readErr)
 	}
 	why := ""
 	for _, cond := range stuck.Status.Conditions {

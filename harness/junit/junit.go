@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/onsi/ginkgo/v2/reporters"
@@ -99,11 +100,30 @@ func specReport(nodeType types.NodeType, sc *scenario.Scenario, v results.Verdic
 	default:
 		r.State = types.SpecStateFailed
 		r.Failure.Message = v.Reason
+		r.Failure.FailureNodeType = nodeType
+		r.Failure.TimelineLocation.Time = r.EndTime
 		if v.Source != "" {
 			r.Failure.Message += "\n(step written at " + v.Source + ")"
+			r.Failure.Location = codeLocation(v.Source)
 		}
 	}
 	return r
+}
+
+// codeLocation turns a scenario position, file:line:col, into the location
+// Ginkgo reports a failure at.
+func codeLocation(pos string) types.CodeLocation {
+	file, line := pos, 0
+	for range 2 { // drop :col, then take :line
+		i := strings.LastIndexByte(file, ':')
+		if i < 0 {
+			break
+		}
+		if n, err := strconv.Atoi(file[i+1:]); err == nil {
+			file, line = file[:i], n
+		}
+	}
+	return types.CodeLocation{FileName: file, LineNumber: line}
 }
 
 // Labels are a scenario container's labels as Ginkgo lists them: Serial

@@ -5,7 +5,8 @@
 //	go tool ginkgo -tags e2e -v ./suites/mtls -- --scenarios my.yaml --keep
 //	go tool ginkgo --dry-run -v ./suites/...   # list the specs, no cluster
 //
-// Built with -tags e2e it runs them for real (runner_e2e_test.go). Without
+// Built with -tags e2e it runs them for real through the run library
+// (harness/run, the same code as `meshproof run`). Without
 // the tag it never touches a cluster: a Ginkgo dry run lists the specs, and
 // `go test` checks that the spec tree is exactly what `meshproof plan`
 // prints.
@@ -18,6 +19,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/suites/spec"
 )
@@ -36,7 +38,7 @@ func TestMTLS(t *testing.T) {
 		t.Fatalf("%s:\n%v", *scenariosFile, err)
 	}
 	if *istioVersion != "" {
-		overrideIstioVersion(s, *istioVersion)
+		run.OverrideIstioVersion(s, *istioVersion)
 	}
 	suiteConfig, reporterConfig := GinkgoConfiguration()
 	if !e2eBuild && !suiteConfig.DryRun {
@@ -45,17 +47,5 @@ func TestMTLS(t *testing.T) {
 	}
 	r, junit := newRunner(t, s)
 	spec.Declare(s, r, spec.WithJUnit(junit))
-	RunSpecs(t, "meshproof mtls ("+*scenariosFile+")", suiteConfig, reporterConfig)
-}
-
-// overrideIstioVersion installs version on every cluster; an image tag that
-// followed the file's version follows the new one.
-func overrideIstioVersion(s *scenario.Suite, version string) {
-	for i := range s.Clusters {
-		in := &s.Clusters[i].Istio
-		if in.Tag == in.Version {
-			in.Tag = version
-		}
-		in.Version = version
-	}
+	RunSpecs(t, run.SuiteName(*scenariosFile), suiteConfig, reporterConfig)
 }

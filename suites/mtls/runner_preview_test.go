@@ -19,7 +19,4 @@ func (previewRunner) Connect(context.Context, []byte) error                   { 
 func (previewRunner) BeginScenario(context.Context, *scenario.Scenario) error { return errNotE2E }
 func (previewRunner) RunStep(context.Context, *scenario.Scenario, int) error  { return errNotE2E }
 func (previewRunner) EndScenario(context.Context, *scenario.Scenario) error   { return errNotE2E }
-func (previewRunner) Diagnose(context.Context, *scenario.Scenario, string) error {
-	return errNotE2E
-}
-func (previewRunner) Teardown(context.Context) error { return errNotE2E }
+func (previewRunner) Teardown(context.Context) error                          { return errNotE2E }

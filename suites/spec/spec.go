@@ -16,7 +16,9 @@ import (
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// Runner does the work behind the specs.
+// Runner does the work behind the specs. It records its own verdicts and
+// collects its own diagnostics (harness/run does both); the specs only
+// report what it returns.
 type Runner interface {
 	// Setup runs once, on the first Ginkgo process, before any scenario:
 	// clusters, Istio, the echo image, the fixtures. What it returns is
@@ -30,9 +32,6 @@ type Runner interface {
 	RunStep(ctx context.Context, sc *scenario.Scenario, index int) error
 	// EndScenario runs after a scenario, also when it failed.
 	EndScenario(ctx context.Context, sc *scenario.Scenario) error
-	// Diagnose collects diagnostics after a failed step (or a failed setup,
-	// with sc nil).
-	Diagnose(ctx context.Context, sc *scenario.Scenario, step string) error
 	// Teardown runs once after everything, also after a failed setup or an
 	// interrupt.
 	Teardown(ctx context.Context) error
@@ -60,7 +59,9 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 	}
 	if o.junit != "" {
 		ReportAfterSuite("JUnit report", func(report Report) {
-			if err := junit.Write(report, o.junit); err != nil {
+			// Ginkgo leaves out the specs it never reached (after a failed
+			// setup): every planned step must still be a test case.
+			if err := junit.Write(junit.Complete(report, scenarios(s)), o.junit); err != nil {
 				Fail(err.Error())
 			}
 		})
@@ -69,7 +70,6 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 		start := time.Now()
 		data, err := r.Setup(ctx)
 		if err != nil {
-			diagnose(r, nil, "setup")
 			Fail(fmt.Sprintf("setup failed after %s: %v", time.Since(start).Round(time.Second), err))
 		}
 		progress("setup done in %s", time.Since(start).Round(time.Second))
@@ -99,7 +99,6 @@ func declareScenario(sc *scenario.Scenario, r Runner) {
 		BeforeAll(func(ctx SpecContext) {
 			progress("scenario %s on %s", sc.Name, sc.Cluster)
 			if err := r.BeginScenario(ctx, sc); err != nil {
-				diagnose(r, sc, "begin")
 				Fail(fmt.Sprintf("preparing scenario %s: %v", sc.Name, err))
 			}
 		})
@@ -116,7 +115,6 @@ func declareScenario(sc *scenario.Scenario, r Runner) {
 				took := time.Since(start).Round(time.Millisecond)
 				if err != nil {
 					progress("  FAIL %s (%s)", st.Name, took)
-					diagnose(r, sc, st.Name)
 					Fail(fmt.Sprintf("%s\n(step written at %s)", err, st.Source.Position))
 				}
 				progress("  ok   %s (%s)", st.Name, took)
@@ -125,14 +123,13 @@ func declareScenario(sc *scenario.Scenario, r Runner) {
 	})
 }
 
-// diagnose collects diagnostics without letting their failure hide the
-// failure being diagnosed.
-func diagnose(r Runner, sc *scenario.Scenario, step string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := r.Diagnose(ctx, sc, step); err != nil {
-		progress("collecting diagnostics: %v", err)
+// scenarios are the suite's scenarios, as pointers.
+func scenarios(s *scenario.Suite) []*scenario.Scenario {
+	out := make([]*scenario.Scenario, len(s.Scenarios))
+	for i := range s.Scenarios {
+		out[i] = &s.Scenarios[i]
 	}
+	return out
 }
 
 // progress writes a line that `ginkgo -v` shows as the run goes.

@@ -61,9 +61,8 @@ func (scripted) RunStep(_ context.Context, sc *scenario.Scenario, i int) error {
 	}
 	return nil
 }
-func (scripted) EndScenario(context.Context, *scenario.Scenario) error      { return nil }
-func (scripted) Diagnose(context.Context, *scenario.Scenario, string) error { return nil }
-func (scripted) Teardown(context.Context) error                             { return nil }
+func (scripted) EndScenario(context.Context, *scenario.Scenario) error { return nil }
+func (scripted) Teardown(context.Context) error                        { return nil }
 
 // failureFlag is the testing.T stand-in Ginkgo reports the suite's outcome to.
 type failureFlag struct{ failed bool }

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	meshrun "github.com/meshproof/meshproof/harness/run"
+)
+
+// cleanupTimeout bounds Teardown after the steps: deleting a kind cluster
+// takes seconds, uninstalling Istio from an existing cluster minutes.
+const cleanupTimeout = 10 * time.Minute
+
+const runAbout = `Runs the scenarios of FILE (default scenarios.yaml) on the clusters it
+names: creates or reuses kind clusters or uses existing ones, installs
+Istio, deploys the fixtures, runs every step and removes what it created.
+Writes DIR/<run-id>/{junit.xml,results.json,events.json,report.html,
+diagnostics/} and points DIR/latest at it.
+
+Ctrl-C (or SIGTERM) stops the run and cleans up, still writing JUnit and
+results; a second one stops the clean-up and prints what may be left.
+
+Exit status: 0 every step passed, 1 a step or the setup failed (or the file
+is invalid or unreadable), 2 the command line is wrong.`
+
+// runCmd is `meshproof run`: the run library without Ginkgo.
+func runCmd(args []string, stdout, stderr io.Writer) int {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	return runWithSignals(args, stdout, stderr, sigs)
+}
+
+func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	c := newCommandLine("run", "[FILE|-] [--reports DIR] [--label-filter EXPR] [--keep] [--istio-version V]", runAbout, 1, stdout, stderr)
+	reports := c.String("reports", "reports", "the folder run folders are written under")
+	labelFilter := c.String("label-filter", "", "run only the scenarios whose labels match this Ginkgo label filter, e.g. 'smoke && !slow'")
+	keep := c.Bool("keep", false, "leave clusters, Istio and fixtures in place after the run, for debugging")
+	istioVersion := c.String("istio-version", "", "install this Istio version on every cluster instead of the file's")
+	files, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	file := fileArg(files)
+	filter, err := meshrun.WithLabelFilter(*labelFilter)
+	if err != nil {
+		return c.usageError("%v", err)
+	}
+	s, code := load(file, stderr)
+	if s == nil {
+		return code
+	}
+	r, err := meshrun.New(s, meshrun.WithReports(*reports), meshrun.WithKeep(*keep), meshrun.WithIstioVersion(*istioVersion), filter,
+		meshrun.WithLogger(slog.New(meshrun.NewProgressHandler(stdout))))
+	if err != nil {
+		fmt.Fprintf(stderr, "meshproof run: %v\n", err)
+		return exitInvalid
+	}
+	if len(r.Scenarios()) == 0 {
+		fmt.Fprintf(stderr, "meshproof run: no scenario of %s matches --label-filter %q\n", file, *labelFilter)
+		return exitUsage
+	}
+
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	cleanup, stopCleanup := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer stopCleanup()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case sig := <-sigs:
+			fmt.Fprintf(stderr, "meshproof run: %v: stopping the run and cleaning up (again to stop the clean-up)\n", sig)
+			interrupt()
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			fmt.Fprintf(stderr, "meshproof run: %v: clean-up stopped; what may be left:\n", sig)
+			for _, line := range r.Remains() {
+				fmt.Fprintf(stderr, "  %s\n", line)
+			}
+			stopCleanup()
+		case <-done:
+		}
+	}()
+
+	start := time.Now()
+	sum, err := r.Execute(ctx, cleanup, meshrun.SuiteName(file))
+	printSummary(stdout, r, sum, time.Since(start))
+	if err != nil {
+		fmt.Fprintf(stderr, "meshproof run: %v\n", err)
+		return exitInvalid
+	}
+	if !sum.OK() || ctx.Err() != nil {
+		return exitInvalid
+	}
+	return exitOK
+}
+
+func printSummary(w io.Writer, r *meshrun.Run, s meshrun.Summary, took time.Duration) {
+	fmt.Fprintln(w)
+	for _, v := range s.Failures {
+		fmt.Fprintf(w, "FAILED %s\n", v)
+		if v.Diagnostics != "" {
+			fmt.Fprintf(w, "  diagnostics: %s\n", r.Dir()+string(os.PathSeparator)+v.Diagnostics)
+		}
+	}
+	outcome := "PASSED"
+	if !s.OK() {
+		outcome = "FAILED"
+	}
+	setup := ""
+	if s.SetupFailed {
+		setup = ", setup failed"
+	}
+	fmt.Fprintf(w, "%s in %s: %d passed, %d failed, %d skipped%s\n", outcome, took.Round(time.Second), s.Passed, s.Failed, s.Skipped, setup)
+	fmt.Fprintf(w, "run %s: %s (junit.xml, results.json, report.html)\n", r.ID(), r.Dir())
+}

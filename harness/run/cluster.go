@@ -1,0 +1,393 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/klient/wait"
+	"sigs.k8s.io/e2e-framework/support"
+
+	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/deploy"
+	"github.com/meshproof/meshproof/harness/diagnose"
+	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/plan"
+	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// clusterState is what the run holds for one cluster. provider is set
+// before the cluster is created; the clients only once it was reached.
+type clusterState struct {
+	spec       *scenario.Cluster
+	provider   support.E2EClusterProvider
+	kubeconfig string
+	rest       *rest.Config
+	kube       client.Client
+	clientset  kubernetes.Interface
+	discovery  *discovery.DiscoveryClient
+	metadata   metadata.Interface
+	execer     probe.Execer
+	reached    bool       // its API server answered: the clients can be used
+	mesh       *mesh.Mesh // set once the installer returned one, even partly installed
+	engine     *engine.Engine
+}
+
+// ephemeral is implemented by providers whose Destroy removes the whole
+// cluster (a kind cluster the run created): sweeping it first is wasted
+// time.
+type ephemeral interface{ Ephemeral() bool }
+
+// usedClusters are the clusters some selected scenario runs on.
+func (r *Run) usedClusters() []*scenario.Cluster {
+	var out []*scenario.Cluster
+	for i := range r.suite.Clusters {
+		c := &r.suite.Clusters[i]
+		for _, sc := range r.Scenarios() {
+			if sc.Cluster == c.Name {
+				out = append(out, c)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Setup sets up every cluster the selected scenarios use, bounded by the
+// file's setupTimeout, and records the setup's verdict. On failure it
+// collects diagnostics into diagnostics/setup/; everything created so far
+// stays registered for Teardown.
+func (r *Run) Setup(ctx context.Context) error {
+	started := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, r.suite.Defaults.SetupTimeout.Duration)
+	defer cancel()
+	var err error
+	for _, c := range r.usedClusters() {
+		if err = r.setupCluster(ctx, c); err != nil {
+			err = fmt.Errorf("cluster %s: %w", c.Name, err)
+			break
+		}
+	}
+	v := results.Verdict{Step: results.SetupStep, Kind: results.SetupStep, Status: results.Passed, Started: started, Duration: time.Since(started)}
+	if err != nil {
+		r.noteInterrupt(ctx)
+		r.setupErr = err
+		v.Status, v.Reason = results.Failed, err.Error()
+		r.logf("setup failed after %s: %v", v.Duration.Round(time.Second), err)
+		v.Diagnostics = r.diagnose(ctx, nil, results.SetupStep)
+	} else {
+		r.logf("setup done in %s", v.Duration.Round(time.Second))
+	}
+	r.rec.RecordVerdict(v)
+	return err
+}
+
+// phase runs one setup phase with progress lines and a timeline event.
+func (r *Run) phase(c *scenario.Cluster, what string, f func() error) error {
+	start := time.Now()
+	r.logf("%s: %s ...", c.Name, what)
+	err := f()
+	took := time.Since(start).Round(time.Millisecond)
+	outcome := "done"
+	if err != nil {
+		outcome = "failed"
+	}
+	r.rec.RecordEvent(results.Event{Time: time.Now(), Step: results.SetupStep, Kind: results.EventSetupPhase,
+		Detail: fmt.Sprintf("%s: %s %s in %s", c.Name, what, outcome, took)})
+	r.logf("%s: %s %s (%s)", c.Name, what, outcome, took)
+	return err
+}
+
+func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
+	p, err := r.o.providers(c, r.folder.Path("kubeconfig"), r.o.logger.With("cluster", c.Name))
+	if err != nil {
+		return err
+	}
+	// Registered before it is created: Teardown destroys what Create made
+	// even if Create fails or is interrupted half way.
+	st := &clusterState{spec: c, provider: p}
+	r.clusters[c.Name] = st
+	r.order = append(r.order, c.Name)
+
+	if err := r.phase(c, "cluster", func() error {
+		kubeconfig, err := p.Create(ctx)
+		if err != nil {
+			return err
+		}
+		st.kubeconfig = kubeconfig
+		if err := st.connect(r.o.transport); err != nil {
+			return err
+		}
+		if err := st.reach(ctx, r.o.reachTimeout); err != nil {
+			return err
+		}
+		st.reached = true
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	if err := r.phase(c, "leftovers of earlier runs", func() error { return r.sweepLeftovers(ctx, st) }); err != nil {
+		return err
+	}
+
+	if err := r.phase(c, "Istio "+c.Istio.Version, func() error {
+		m, err := r.o.mesh(ctx, Cluster{Kube: st.kube, REST: st.rest}, c, r.logf)
+		st.mesh = m
+		return err
+	}); err != nil {
+		return err
+	}
+
+	var ref string
+	if err := r.phase(c, "echo image", func() (err error) {
+		ref, err = r.o.images.Deliver(ctx, p, c, r.logf)
+		return err
+	}); err != nil {
+		return err
+	}
+
+	if err := r.phase(c, "fixtures", func() error {
+		objs, err := manifests.Render(plan.FixtureOptions(r.suite, c, r.ID(), ref))
+		if err != nil {
+			return err
+		}
+		if err := deploy.Fixtures(ctx, st.kube, objs, deploy.WithTerminatingTimeout(r.o.terminatingTimeout)); err != nil {
+			return fmt.Errorf("deploying fixtures: %w", err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	opts := []engine.Option{engine.WithRecorder(r.rec), engine.WithCertReader(probe.NewCertReader(st.execer)), engine.WithLogger(r.logf)}
+	if st.mesh != nil && st.mesh.Istio != nil {
+		opts = append(opts, engine.WithMeshControl(st.mesh.Istio))
+		if st.mesh.CA != nil {
+			opts = append(opts, engine.WithPluggedCA(st.mesh.CA))
+		}
+	}
+	st.engine, err = engine.New(r.suite, c.Name, st.kube, probe.NewProber(st.execer), r.ID(), opts...)
+	return err
+}
+
+// sweepLeftovers removes what earlier runs left on the cluster and waits
+// until their namespaces are gone: the fixtures may be applied into a
+// namespace of the same name, which refuses new objects while it
+// terminates.
+func (r *Run) sweepLeftovers(ctx context.Context, st *clusterState) error {
+	removed, err := deploy.Sweep(ctx, st.sweepTarget(), deploy.LeftoversSelector(r.ID()))
+	var namespaces []string
+	for _, o := range removed {
+		r.logf("%s: removing a leftover of an earlier run: %s", st.spec.Name, o)
+		if o.Resource.Group == "" && o.Resource.Resource == "namespaces" {
+			namespaces = append(namespaces, o.Name)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("removing leftovers of earlier runs: %w", err)
+	}
+	return deploy.WaitNamespacesGone(ctx, st.kube, r.o.terminatingTimeout, namespaces...)
+}
+
+// connect builds the clients of a cluster from its kubeconfig.
+func (st *clusterState) connect(transport TransportFunc) error {
+	cfg, err := clientcmd.BuildConfigFromFlags("", st.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("reading kubeconfig %s: %w", st.kubeconfig, err)
+	}
+	// Continuous traffic looks up every client's ready pod each round;
+	// client-go's default 5 requests/s would throttle the steps' own waits.
+	cfg.QPS, cfg.Burst = 50, 100
+	st.rest = cfg
+	scheme, err := engine.NewScheme()
+	if err != nil {
+		return err
+	}
+	if st.kube, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+	if st.clientset, err = kubernetes.NewForConfig(cfg); err != nil {
+		return err
+	}
+	if st.discovery, err = discovery.NewDiscoveryClientForConfig(cfg); err != nil {
+		return err
+	}
+	if st.metadata, err = metadata.NewForConfig(cfg); err != nil {
+		return err
+	}
+	st.execer, err = transport(cfg)
+	return err
+}
+
+// reach waits, up to timeout, until the cluster's API server answers.
+func (st *clusterState) reach(ctx context.Context, timeout time.Duration) error {
+	var last error
+	err := wait.For(func(ctx context.Context) (bool, error) {
+		_, last = st.discovery.ServerVersion()
+		return last == nil, nil
+	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(time.Second), wait.WithTimeout(timeout))
+	if err == nil {
+		return nil
+	}
+	if last == nil {
+		last = err
+	}
+	return fmt.Errorf("the API server at %s (kubeconfig %s) did not answer within %s: %w", st.rest.Host, st.kubeconfig, timeout, last)
+}
+
+// Teardown leaves nothing of the run behind, unless WithKeep: on every
+// cluster it registered, reached or not, the run's objects are swept by
+// label, Istio is uninstalled where this run installed it on a cluster that
+// stays, and the provider is destroyed (which deletes a kind cluster the
+// run created; reused and existing clusters stay).
+func (r *Run) Teardown(ctx context.Context) error {
+	if r.o.keep {
+		for _, name := range r.order {
+			r.logf("--keep: cluster %s left as it is; reach it with: kubectl --kubeconfig %s get pods -A", name, r.clusters[name].kubeconfig)
+		}
+		return nil
+	}
+	var errs []error
+	for i := len(r.order) - 1; i >= 0; i-- {
+		name := r.order[i]
+		st := r.clusters[name]
+		if e, ok := st.provider.(ephemeral); !ok || !e.Ephemeral() {
+			errs = append(errs, r.cleanUp(ctx, st))
+		}
+		if err := st.provider.Destroy(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("cluster %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cleanUp removes the run's objects from a cluster that stays, and Istio
+// where this run installed it on an existing cluster.
+func (r *Run) cleanUp(ctx context.Context, st *clusterState) error {
+	if !st.reached {
+		return nil // never reached: nothing of this run is on it
+	}
+	removed, err := deploy.Sweep(ctx, st.sweepTarget(), deploy.RunSelector(r.ID()))
+	r.logf("%s: removed %d objects of this run", st.spec.Name, len(removed))
+	if err != nil {
+		err = fmt.Errorf("cluster %s: removing this run's objects: %w", st.spec.Name, err)
+	}
+	if st.mesh != nil && st.mesh.Istio != nil && st.spec.Provider == scenario.ProviderExisting {
+		err = errors.Join(err, st.mesh.Istio.Uninstall(ctx, true))
+	}
+	return err
+}
+
+// Remains says what may be left of the run when Teardown could not finish
+// (a second Ctrl-C): one line per cluster, with the command that removes
+// it.
+func (r *Run) Remains() []string {
+	var out []string
+	for _, name := range r.order {
+		st := r.clusters[name]
+		if e, ok := st.provider.(ephemeral); ok && e.Ephemeral() {
+			out = append(out, fmt.Sprintf("kind cluster %s: kind delete cluster --name %s", name, name))
+			continue
+		}
+		if st.reached {
+			out = append(out, fmt.Sprintf("objects of this run on cluster %s: the next run removes them, or: kubectl --kubeconfig %s delete all,namespaces,peerauthentications.security.istio.io,destinationrules.networking.istio.io -A -l %s",
+				name, st.kubeconfig, ownership.RunSelector(r.ID())))
+		}
+	}
+	return out
+}
+
+// Kubeconfigs are the kubeconfig paths of the clusters set up so far.
+func (r *Run) Kubeconfigs() map[string]string {
+	out := map[string]string{}
+	for name, st := range r.clusters {
+		if st.kubeconfig != "" {
+			out[name] = st.kubeconfig
+		}
+	}
+	return out
+}
+
+// diagnose collects diagnostics of a failure into
+// diagnostics/<scenario>/<step>/ (diagnostics/setup/ for the setup) and
+// returns that folder relative to the run folder, or "" when nothing could
+// be collected. It never fails the run: what it could not collect is said
+// in the folder's index and the progress lines. After an interrupt it is
+// bounded by what is left of the grace period.
+func (r *Run) diagnose(ctx context.Context, sc *scenario.Scenario, step string) string {
+	rel := filepath.Join("diagnostics", "setup")
+	clusters := r.order
+	if sc != nil {
+		rel = filepath.Join("diagnostics", ownership.LabelValue(sc.Name), ownership.LabelValue(step))
+		clusters = []string{sc.Cluster}
+	}
+	budget := diagnosticsTimeout
+	if !r.interruptedAt.IsZero() {
+		// Leave half of what remains for the clean-up that follows.
+		budget = (r.o.gracePeriod - time.Since(r.interruptedAt)) / 2
+		if budget <= time.Second {
+			r.logf("diagnostics skipped: the run was interrupted and its grace period is spent")
+			return ""
+		}
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
+	defer cancel()
+	collected := false
+	for _, name := range clusters {
+		st := r.clusters[name]
+		if st == nil || !st.reached {
+			continue
+		}
+		// A provider that cannot export node logs says so with
+		// errors.ErrUnsupported, which the index notes.
+		opts := []diagnose.Option{diagnose.WithRunID(r.ID()), diagnose.WithExecer(st.execer), diagnose.WithNamespaces(r.namespaces()...),
+			diagnose.WithNodeLogs(func(dir string) error { return st.provider.ExportLogs(dctx, dir) })}
+		dir := r.folder.Path(rel, name)
+		summary, err := diagnose.New(st.kube, st.clientset, opts...).Collect(dctx, dir)
+		if err != nil {
+			r.logf("%s: collecting diagnostics: %v", name, err)
+			continue
+		}
+		collected = true
+		r.logf("%s: diagnostics in %s: %d collected, %d failed", name, dir, len(summary.Collected), len(summary.Failed))
+	}
+	if !collected {
+		return ""
+	}
+	return rel
+}
+
+// namespaces are the fixture namespaces and Istio's.
+func (r *Run) namespaces() []string {
+	seen := map[string]bool{scenario.IstioRootNamespace: true}
+	out := []string{scenario.IstioRootNamespace}
+	for _, w := range r.suite.Fixtures.Workloads {
+		if !seen[w.Namespace] {
+			seen[w.Namespace] = true
+			out = append(out, w.Namespace)
+		}
+	}
+	return out
+}
+
+func expandHome(p string) string {
+	if home, err := os.UserHomeDir(); err == nil && strings.HasPrefix(p, "~/") {
+		return filepath.Join(home, p[2:])
+	}
+	return p
+}

@@ -1,0 +1,239 @@
+package run
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/onsi/ginkgo/v2/types"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/support"
+
+	"github.com/meshproof/meshproof/harness/cluster"
+	"github.com/meshproof/meshproof/harness/deploy"
+	"github.com/meshproof/meshproof/harness/image"
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// ProviderFunc makes the provider of a scenario cluster. kubeconfigDir is
+// the run folder's kubeconfig directory, where a provider should write the
+// kubeconfig it creates.
+type ProviderFunc func(c *scenario.Cluster, kubeconfigDir string, logger *slog.Logger) (support.E2EClusterProvider, error)
+
+// Cluster is a reached cluster, as the mesh installer sees it.
+type Cluster struct {
+	Kube client.Client
+	REST *rest.Config
+}
+
+// MeshFunc installs the mesh a scenario cluster asks for and waits until it
+// is ready (istiod available and injecting). It may return a partly
+// installed mesh with an error: Teardown then removes what was installed.
+type MeshFunc func(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error)
+
+// ImageDelivery makes the echo image available to a cluster's nodes and
+// returns the reference the fixtures run.
+type ImageDelivery interface {
+	Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, logf func(string, ...any)) (ref string, err error)
+}
+
+// TransportFunc builds the pod transport (exec into pods) of a cluster.
+type TransportFunc func(*rest.Config) (probe.Execer, error)
+
+// Option configures a Run.
+type Option func(*settings)
+
+type settings struct {
+	reports            string
+	runID              string
+	logger             *slog.Logger
+	keep               bool
+	istioVersion       string
+	labelFilter        types.LabelFilter
+	providers          ProviderFunc
+	mesh               MeshFunc
+	images             ImageDelivery
+	transport          TransportFunc
+	reachTimeout       time.Duration
+	terminatingTimeout time.Duration
+	gracePeriod        time.Duration
+}
+
+func defaultSettings() settings {
+	return settings{
+		reports:            "reports",
+		logger:             slog.New(slog.DiscardHandler),
+		providers:          DefaultProvider,
+		mesh:               InstallMesh,
+		images:             BuiltImage{},
+		transport:          probe.NewKubeExecer,
+		reachTimeout:       DefaultReachTimeout,
+		terminatingTimeout: deploy.DefaultTerminatingTimeout,
+		gracePeriod:        DefaultGracePeriod,
+	}
+}
+
+// WithReports sets the folder run folders are written under (default
+// "reports").
+func WithReports(dir string) Option { return func(s *settings) { s.reports = dir } }
+
+// WithRunID sets the run id (default: a new one, ownership.NewRunID).
+func WithRunID(id string) Option { return func(s *settings) { s.runID = id } }
+
+// WithLogger receives the run's progress lines (default: none).
+func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l } }
+
+// WithKeep leaves clusters, Istio and fixtures in place after the run, for
+// debugging.
+func WithKeep(keep bool) Option { return func(s *settings) { s.keep = keep } }
+
+// WithIstioVersion installs version on every cluster instead of the
+// file's.
+func WithIstioVersion(v string) Option { return func(s *settings) { s.istioVersion = v } }
+
+// WithLabelFilter selects the scenarios whose labels match a Ginkgo label
+// filter expression (e.g. "rotation && !slow"), as `ginkgo --label-filter`
+// does; it is an error to give an expression Ginkgo cannot parse.
+func WithLabelFilter(expr string) (Option, error) {
+	if expr == "" {
+		return func(*settings) {}, nil
+	}
+	f, err := types.ParseLabelFilter(expr)
+	if err != nil {
+		return nil, fmt.Errorf("label filter %q: %w", expr, err)
+	}
+	return func(s *settings) { s.labelFilter = f }, nil
+}
+
+// WithProviders makes the cluster providers (default DefaultProvider: kind
+// or an existing cluster, as the file says).
+func WithProviders(f ProviderFunc) Option { return func(s *settings) { s.providers = f } }
+
+// WithMesh installs the mesh (default InstallMesh: Istio with Helm).
+func WithMesh(f MeshFunc) Option { return func(s *settings) { s.mesh = f } }
+
+// WithImageDelivery delivers the echo image (default BuiltImage).
+func WithImageDelivery(d ImageDelivery) Option { return func(s *settings) { s.images = d } }
+
+// WithTransport builds the pod transport (default: exec through the API
+// server, probe.NewKubeExecer).
+func WithTransport(f TransportFunc) Option { return func(s *settings) { s.transport = f } }
+
+// WithReachTimeout bounds how long a cluster's API server may take to
+// answer (default DefaultReachTimeout).
+func WithReachTimeout(d time.Duration) Option { return func(s *settings) { s.reachTimeout = d } }
+
+// WithTerminatingTimeout bounds the wait for an earlier run's namespaces to
+// finish terminating (default deploy.DefaultTerminatingTimeout).
+func WithTerminatingTimeout(d time.Duration) Option {
+	return func(s *settings) { s.terminatingTimeout = d }
+}
+
+// WithGracePeriod is how long an interrupted run may take for diagnostics
+// (default DefaultGracePeriod); match it to the caller's own grace period,
+// e.g. Ginkgo's --grace-period.
+func WithGracePeriod(d time.Duration) Option { return func(s *settings) { s.gracePeriod = d } }
+
+// DefaultProvider is kind for kind clusters and cluster.Existing for
+// existing ones.
+func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Logger) (support.E2EClusterProvider, error) {
+	opts := []cluster.Option{cluster.WithKubeconfigDir(kubeconfigDir), cluster.WithLogger(logger)}
+	switch c.Provider {
+	case scenario.ProviderKind:
+		opts = append(opts, cluster.WithReuse(c.Kind.Reuse))
+		if c.Kind.NodeImage != "" {
+			opts = append(opts, cluster.WithNodeImage(c.Kind.NodeImage))
+		}
+		switch {
+		case c.Kind.ConfigFile != "":
+			opts = append(opts, cluster.WithConfigFile(c.Kind.ConfigFile))
+		case c.Kind.Config != "":
+			opts = append(opts, cluster.WithConfig([]byte(c.Kind.Config)))
+		}
+		return cluster.NewKind(c.Name, opts...)
+	case scenario.ProviderExisting:
+		path, kctx := "", ""
+		if c.Existing != nil {
+			path, kctx = expandHome(c.Existing.Kubeconfig), c.Existing.Context
+		}
+		return cluster.NewExisting(path, kctx, opts...)
+	}
+	return nil, fmt.Errorf("cluster %s: no provider for %q", c.Name, c.Provider)
+}
+
+// InstallMesh installs Istio with the plugged CA first (harness/mesh) and
+// waits until istiod serves and injects.
+func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
+	m, err := mesh.Install(ctx, on.Kube, on.REST, c, logf)
+	if err != nil {
+		return m, err
+	}
+	if err := m.Ready(ctx); err != nil {
+		return m, fmt.Errorf("waiting for Istio: %w", err)
+	}
+	return m, nil
+}
+
+// BuiltImage builds the echo image from source (cached) and loads it into
+// clusters whose provider can load images (kind); other clusters must be
+// able to pull it.
+type BuiltImage struct{}
+
+// Deliver builds the image and loads it where the provider can.
+func (BuiltImage) Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, logf func(string, ...any)) (string, error) {
+	img, err := image.Build(ctx, image.WithArch(runtime.GOARCH))
+	if err != nil {
+		return "", err
+	}
+	loader, ok := p.(support.E2EClusterProviderWithImageLoader)
+	if !ok {
+		logf("%s: the cluster must be able to pull %s (push %s to a registry it reaches)", c.Name, img.Ref, img.TarballPath)
+		return img.Ref, nil
+	}
+	if err := loader.LoadImageArchive(ctx, img.TarballPath); err != nil {
+		return "", fmt.Errorf("loading %s into the cluster's nodes: %w", img.Ref, err)
+	}
+	return img.Ref, nil
+}
+
+// NewProgressHandler is a slog handler for people watching a run: one line
+// per record, "15:04:05 message key=value ...".
+func NewProgressHandler(w io.Writer) slog.Handler { return &progressHandler{w: w, mu: &sync.Mutex{}} }
+
+type progressHandler struct {
+	w     io.Writer
+	mu    *sync.Mutex // shared by the handlers WithAttrs derives: one writer
+	attrs []slog.Attr
+}
+
+func (h *progressHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
+func (h *progressHandler) Handle(_ context.Context, r slog.Record) error {
+	line := r.Time.Format("15:04:05") + " " + r.Message
+	add := func(a slog.Attr) bool {
+		line += " " + a.Key + "=" + a.Value.String()
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, err := io.WriteString(h.w, line+"\n")
+	return err
+}
+
+func (h *progressHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &progressHandler{w: h.w, mu: h.mu, attrs: append(append([]slog.Attr(nil), h.attrs...), attrs...)}
+}
+
+// WithGroup is not used by meshproof's packages; groups are flattened.
+func (h *progressHandler) WithGroup(string) slog.Handler { return h }

@@ -1,0 +1,379 @@
+// Package run is meshproof's main job as a library: the composition root
+// that `meshproof run`, the Ginkgo suite behind `make e2e` and any other Go
+// program share. A Run sets up every cluster a scenario file uses (cluster,
+// leftovers of earlier runs, Istio, the echo image, the fixtures), runs
+// scenario steps through the engine, records every observation, event and
+// verdict in the run folder, collects diagnostics of what failed, and tears
+// down what it created.
+//
+// The run reaches the outside world through four small seams, so tests can
+// drive every path: the cluster provider (e2e-framework's
+// support.E2EClusterProvider: kind, an existing cluster, or any provider a
+// user already has), the mesh installer, image delivery and the pod
+// transport (exec into pods).
+//
+// Nothing is leaked: a cluster's provider is registered before the cluster
+// is created, so Teardown destroys a cluster the run created whether or not
+// it was ever reached; Teardown runs whatever failed before it.
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/onsi/ginkgo/v2/types"
+
+	"github.com/meshproof/meshproof/harness/deploy"
+	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/junit"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/report"
+	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// Defaults of the bounds a run keeps.
+const (
+	// DefaultReachTimeout bounds how long a new or existing cluster's API
+	// server may take to answer before setup fails.
+	DefaultReachTimeout = 30 * time.Second
+	// DefaultGracePeriod is what an interrupted run allows itself for
+	// diagnostics and clean-up before it gives up on them (Ginkgo's own
+	// default grace period is the same).
+	DefaultGracePeriod = 30 * time.Second
+	// diagnosticsTimeout bounds diagnostics of one failure in a run that
+	// was not interrupted.
+	diagnosticsTimeout = 2 * time.Minute
+)
+
+// Run is one run of a scenario file. Setup, the scenario and step methods
+// and Teardown are called in that order, by Execute or by a test framework
+// adapter; Close ends the run folder. A Run is not safe for concurrent use
+// by several callers, except its recorder.
+type Run struct {
+	suite    *scenario.Suite
+	o        settings
+	folder   *report.Run
+	rec      *recorder
+	start    time.Time
+	clusters map[string]*clusterState
+	order    []string // cluster names, in the order they were registered
+
+	interruptedAt time.Time // when the context of a step or setup ended early
+	setupErr      error
+	closeOnce     sync.Once
+	closeErr      error
+}
+
+// New prepares a run of suite: it opens the run folder
+// (<reports>/<run id>/) and points <reports>/latest at it. Nothing is
+// contacted until Setup. With WithIstioVersion the suite is changed in
+// place.
+func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
+	s := defaultSettings()
+	for _, o := range opts {
+		o(&s)
+	}
+	if s.runID == "" {
+		s.runID = ownership.NewRunID(time.Now())
+	}
+	if s.istioVersion != "" {
+		OverrideIstioVersion(suite, s.istioVersion)
+	}
+	folder, err := report.Open(s.reports, s.runID)
+	if err != nil {
+		return nil, err
+	}
+	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder}, start: time.Now(), clusters: map[string]*clusterState{}}
+	r.logf("run %s: reports in %s", folder.ID, folder.Dir)
+	return r, nil
+}
+
+// OverrideIstioVersion installs version on every cluster instead of the
+// file's (CI's version matrix); an image tag that followed the file's
+// version follows the new one.
+func OverrideIstioVersion(s *scenario.Suite, version string) {
+	for i := range s.Clusters {
+		in := &s.Clusters[i].Istio
+		if in.Tag == in.Version {
+			in.Tag = version
+		}
+		in.Version = version
+	}
+}
+
+// SuiteName names the JUnit suite of a run of file, as the Ginkgo suite
+// (suites/mtls) names it, so that CI tools see one suite whichever ran it.
+func SuiteName(file string) string { return "meshproof mtls (" + file + ")" }
+
+// ID is the run id: the name of the run folder and the value of the run-id
+// label on everything the run creates.
+func (r *Run) ID() string { return r.folder.ID }
+
+// Dir is the run folder.
+func (r *Run) Dir() string { return r.folder.Dir }
+
+// JUnitPath is where the run's JUnit report goes.
+func (r *Run) JUnitPath() string { return r.folder.JUnitPath() }
+
+// Scenarios are the scenarios the label filter selects, in file order.
+func (r *Run) Scenarios() []*scenario.Scenario {
+	var out []*scenario.Scenario
+	for i := range r.suite.Scenarios {
+		sc := &r.suite.Scenarios[i]
+		if r.o.labelFilter == nil || r.o.labelFilter(junit.Labels(sc)) {
+			out = append(out, sc)
+		}
+	}
+	return out
+}
+
+// Verdicts are the verdicts recorded so far.
+func (r *Run) Verdicts() []results.Verdict { return r.rec.verdictList() }
+
+func (r *Run) logf(format string, args ...any) { r.o.logger.Info(fmt.Sprintf(format, args...)) }
+
+// noteInterrupt remembers when the run was first interrupted: what is left
+// of the grace period bounds diagnostics and clean-up.
+func (r *Run) noteInterrupt(ctx context.Context) {
+	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) && r.interruptedAt.IsZero() {
+		r.interruptedAt = time.Now()
+	}
+}
+
+// BeginScenario prepares a scenario: it removes every policy of this run,
+// so that each scenario starts from Istio's defaults.
+func (r *Run) BeginScenario(ctx context.Context, sc *scenario.Scenario) error {
+	st, err := r.ready(sc)
+	if err != nil {
+		return err
+	}
+	r.logf("scenario %s on %s", sc.Name, sc.Cluster)
+	if err := st.engine.RemovePolicies(ctx); err != nil {
+		r.noteInterrupt(ctx)
+		r.diagnose(ctx, sc, "begin")
+		return fmt.Errorf("preparing scenario %s: %w", sc.Name, err)
+	}
+	return nil
+}
+
+// RunStep runs step index of sc, records its verdict and, when it failed,
+// collects diagnostics into diagnostics/<scenario>/<step>/.
+func (r *Run) RunStep(ctx context.Context, sc *scenario.Scenario, index int) error {
+	st, err := r.ready(sc)
+	if err != nil {
+		return err
+	}
+	step := &sc.Steps[index]
+	started := time.Now()
+	err = st.engine.RunStep(ctx, sc, index)
+	took := time.Since(started)
+	v := engine.Verdict(sc, index, started, took, err)
+	if err != nil {
+		r.noteInterrupt(ctx)
+		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			v.Reason = "interrupted: " + v.Reason
+		}
+		r.logf("  FAIL %s (%s)", step.Name, took.Round(time.Millisecond))
+		v.Diagnostics = r.diagnose(ctx, sc, step.Name)
+	} else {
+		r.logf("  ok   %s (%s)", step.Name, took.Round(time.Millisecond))
+	}
+	r.rec.RecordVerdict(v)
+	return err
+}
+
+// SkipStep records that step index of sc did not run, and why.
+func (r *Run) SkipStep(sc *scenario.Scenario, index int, reason string) {
+	st := &sc.Steps[index]
+	r.rec.RecordVerdict(results.Verdict{Scenario: sc.Name, Step: st.Name, Kind: st.Kind(), Status: results.Skipped,
+		Reason: reason, Started: time.Now(), Source: st.Source.Position.String()})
+}
+
+// EndScenario removes the scenario's policies, also after it failed.
+func (r *Run) EndScenario(ctx context.Context, sc *scenario.Scenario) error {
+	st := r.clusters[sc.Cluster]
+	if st == nil || st.engine == nil {
+		return nil
+	}
+	if err := st.engine.RemovePolicies(ctx); err != nil {
+		return fmt.Errorf("cleaning up after scenario %s: %w", sc.Name, err)
+	}
+	return nil
+}
+
+// ready returns the cluster state a scenario runs on, if setup made it.
+func (r *Run) ready(sc *scenario.Scenario) (*clusterState, error) {
+	st := r.clusters[sc.Cluster]
+	switch {
+	case r.setupErr != nil:
+		return nil, fmt.Errorf("setup failed: %w", r.setupErr)
+	case st == nil || st.engine == nil:
+		return nil, fmt.Errorf("cluster %s is not set up: call Setup first", sc.Cluster)
+	}
+	return st, nil
+}
+
+// Summary counts a run's verdicts.
+type Summary struct {
+	Passed, Failed, Skipped int
+	// SetupFailed is set when the setup's verdict failed.
+	SetupFailed bool
+	// Failures are the failed verdicts, the setup first.
+	Failures []results.Verdict
+}
+
+// OK reports whether nothing failed.
+func (s Summary) OK() bool { return s.Failed == 0 && !s.SetupFailed }
+
+// Summary counts the verdicts recorded so far.
+func (r *Run) Summary() Summary {
+	var s Summary
+	for _, v := range r.rec.verdictList() {
+		if v.Step == results.SetupStep && v.Scenario == "" {
+			if v.Status == results.Failed {
+				s.SetupFailed = true
+				s.Failures = append([]results.Verdict{v}, s.Failures...)
+			}
+			continue
+		}
+		switch v.Status {
+		case results.Passed:
+			s.Passed++
+		case results.Failed:
+			s.Failed++
+			s.Failures = append(s.Failures, v)
+		case results.Skipped:
+			s.Skipped++
+		}
+	}
+	return s
+}
+
+// Close records a skipped verdict for every selected step that has none
+// (setup failed, an earlier step failed, or the run was interrupted), so
+// results.json and report.html list every planned step, then closes the
+// run folder, which renders report.html. It is idempotent.
+func (r *Run) Close() error {
+	r.closeOnce.Do(func() {
+		have := map[[2]string]bool{}
+		for _, v := range r.rec.verdictList() {
+			have[[2]string{v.Scenario, v.Step}] = true
+		}
+		reason := "not run"
+		switch {
+		case r.setupErr != nil:
+			reason = "not run: setup failed: " + r.setupErr.Error()
+		case !r.interruptedAt.IsZero():
+			reason = "not run: the run was interrupted"
+		}
+		for _, sc := range r.Scenarios() {
+			for i := range sc.Steps {
+				if !have[[2]string{sc.Name, sc.Steps[i].Name}] {
+					r.SkipStep(sc, i, reason)
+				}
+			}
+		}
+		r.closeErr = r.folder.Close()
+	})
+	return r.closeErr
+}
+
+// WriteJUnit writes the run's verdicts as JUnit to path (JUnitPath by
+// default), named as the Ginkgo suite names them.
+func (r *Run) WriteJUnit(suiteName, path string) error {
+	if path == "" {
+		path = r.JUnitPath()
+	}
+	report := junit.FromVerdicts(suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
+	return junit.Write(report, path)
+}
+
+// CompleteGinkgoReport adds the selected steps that a Ginkgo report lacks
+// (Ginkgo omits specs it never reached after a failed setup) as skipped.
+func (r *Run) CompleteGinkgoReport(report types.Report) types.Report {
+	return junit.Complete(report, r.Scenarios())
+}
+
+// Execute runs the whole job: Setup, every selected scenario's steps in
+// order (after a failed step the scenario's remaining steps are skipped),
+// Teardown, the JUnit report (suiteName names its suite) and Close. ctx
+// ends the run early (the first Ctrl-C); cleanup bounds Teardown (a second
+// Ctrl-C cancels it). The error is the first failure of the run's own
+// machinery (teardown, the run folder), not of a step: steps' outcomes are
+// in the Summary.
+func (r *Run) Execute(ctx, cleanup context.Context, suiteName string) (Summary, error) {
+	var errs []error
+	if r.Setup(ctx) == nil {
+		for _, sc := range r.Scenarios() {
+			if ctx.Err() != nil {
+				break
+			}
+			r.runScenario(ctx, cleanup, sc)
+		}
+	}
+	if err := r.Teardown(cleanup); err != nil {
+		errs = append(errs, fmt.Errorf("teardown: %w", err))
+	}
+	// Close first: it records the steps that never ran as skipped, and
+	// JUnit must list them too.
+	errs = append(errs, r.Close())
+	errs = append(errs, r.WriteJUnit(suiteName, ""))
+	return r.Summary(), errors.Join(errs...)
+}
+
+func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario) {
+	failed := ""
+	if err := r.BeginScenario(ctx, sc); err != nil {
+		failed = err.Error()
+	}
+	for i := range sc.Steps {
+		switch {
+		case failed != "":
+			r.SkipStep(sc, i, "not run: "+failed)
+		case ctx.Err() != nil:
+			r.SkipStep(sc, i, "not run: the run was interrupted")
+		default:
+			if err := r.RunStep(ctx, sc, i); err != nil {
+				failed = fmt.Sprintf("step %q of this scenario failed", sc.Steps[i].Name)
+			}
+		}
+	}
+	// Policies go even when the run was interrupted: the cleanup context
+	// still runs.
+	if err := r.EndScenario(cleanup, sc); err != nil {
+		r.logf("%v", err)
+	}
+}
+
+// recorder keeps the verdicts (for JUnit and the summary) and passes
+// everything on to the run folder.
+type recorder struct {
+	to       results.Recorder
+	mu       sync.Mutex
+	verdicts []results.Verdict
+}
+
+func (c *recorder) Record(o results.Observation) { c.to.Record(o) }
+func (c *recorder) RecordEvent(e results.Event)  { c.to.RecordEvent(e) }
+func (c *recorder) RecordVerdict(v results.Verdict) {
+	c.mu.Lock()
+	c.verdicts = append(c.verdicts, v)
+	c.mu.Unlock()
+	c.to.RecordVerdict(v)
+}
+
+func (c *recorder) verdictList() []results.Verdict {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.verdicts)
+}
+
+// sweepTarget is what deploy.Sweep needs of a reached cluster.
+func (st *clusterState) sweepTarget() deploy.Cluster {
+	return deploy.Cluster{Discovery: st.discovery, Metadata: st.metadata}
+}

@@ -1,0 +1,181 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/support"
+
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv"
+)
+
+var kube testenv.Shared
+
+func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
+
+// fixturesSuite runs on the test API server; its fixtures go into a
+// namespace of its own per test.
+func fixturesSuite(t *testing.T, namespace string) *scenario.Suite {
+	return loadSuite(t, fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c1, provider: existing, existing: {kubeconfig: none}, istio: {version: 1.30.3}}]
+fixtures: {namespace: %s}
+scenarios:
+- name: strict
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+`, namespace))
+}
+
+// earlierRunsNamespace creates namespace name as an earlier run left it,
+// already deleted: on this API server no namespace controller finalizes it,
+// so it stays Terminating until the test finalizes it itself.
+func earlierRunsNamespace(t *testing.T, env *testenv.Env, name string) {
+	t.Helper()
+	ctx := t.Context()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: ownership.Labels("20200101-000000-0badc0de")}}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// finalize lets a terminating namespace go, as the namespace controller
+// does once it emptied it.
+func finalize(ctx context.Context, cs kubernetes.Interface, name string) error {
+	ns, err := cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	ns.Spec.Finalizers = nil
+	_, err = cs.CoreV1().Namespaces().Finalize(ctx, ns, metav1.UpdateOptions{})
+	return err
+}
+
+// readyMesh stands in for Istio: the API server here runs no istiod.
+func readyMesh(context.Context, Cluster, *scenario.Cluster, func(string, ...any)) (*mesh.Mesh, error) {
+	return nil, nil
+}
+
+type builtRef string
+
+func (b builtRef) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
+	return string(b), nil
+}
+
+// playDeployments writes the status the Deployment controller would, for
+// every Deployment in namespace, until ctx ends: this API server runs no
+// controllers.
+func playDeployments(ctx context.Context, c client.Client, namespace string) {
+	for ctx.Err() == nil {
+		var list appsv1.DeploymentList
+		if err := c.List(ctx, &list, client.InNamespace(namespace)); err == nil {
+			for i := range list.Items {
+				d := &list.Items[i]
+				n := int32(1)
+				if d.Spec.Replicas != nil {
+					n = *d.Spec.Replicas
+				}
+				d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+				_ = c.Status().Update(ctx, d)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// A rerun right after an earlier run: the sweep deletes the earlier run's
+// namespace, which takes a while to terminate; deploy waits for it and then
+// puts the fixtures into a namespace of the same name.
+func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
+	env := kube.Get(t)
+	const ns = "rerun"
+	earlierRunsNamespace(t, env, ns)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	go func() {
+		// The namespace controller finishes two seconds after the sweep.
+		for t.Context().Err() == nil {
+			got, err := cs.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{})
+			if err == nil && got.DeletionTimestamp != nil {
+				time.Sleep(2 * time.Second)
+				if err := finalize(t.Context(), cs, ns); err != nil {
+					t.Errorf("finalizing %s: %v", ns, err)
+				}
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	go playDeployments(ctx, env.Client, ns)
+
+	p := &fakeProvider{kubeconfig: env.Kubeconfig()}
+	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
+		WithTerminatingTimeout(time.Minute))
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatalf("Setup: %v\n%s", err, log)
+	}
+	if !strings.Contains(log.String(), "removing a leftover of an earlier run: Namespace "+ns) {
+		t.Errorf("the sweep did not report the earlier run's namespace:\n%s", log)
+	}
+	var got corev1.Namespace
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Name: ns}, &got); err != nil || got.Labels[ownership.RunIDLabel] != r.ID() {
+		t.Errorf("namespace %s after setup: labels %v, %v; want this run's", ns, got.Labels, err)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatalf("Teardown: %v", err)
+	}
+	if _, destroyed := p.counts(); destroyed != 1 {
+		t.Errorf("provider destroyed %d times, want 1", destroyed)
+	}
+	// Teardown deleted the run's namespace; nothing else of the run is left.
+	var left appsv1.DeploymentList
+	if err := env.Client.List(t.Context(), &left, client.InNamespace(ns)); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	if err := finalize(t.Context(), cs, ns); err != nil && !apierrors.IsNotFound(err) {
+		t.Logf("finalizing %s after the test: %v", ns, err)
+	}
+}
+
+// A namespace that never finishes terminating fails the setup, naming it.
+func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
+	env := kube.Get(t)
+	const ns = "stuck"
+	earlierRunsNamespace(t, env, ns)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	t.Cleanup(func() { _ = finalize(context.Background(), cs, ns) })
+
+	p := &fakeProvider{kubeconfig: env.Kubeconfig()}
+	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithTerminatingTimeout(3*time.Second))
+	err := r.Setup(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "namespace stuck is still terminating after 3s") {
+		t.Fatalf("Setup = %v, want it to name the stuck namespace\n%s", err, log)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "finalizers") {
+		t.Errorf("Setup = %v, want it to say what holds the namespace", err)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatalf("Teardown: %v", err)
+	}
+	if _, destroyed := p.counts(); destroyed != 1 {
+		t.Errorf("provider destroyed %d times, want 1", destroyed)
+	}
+}

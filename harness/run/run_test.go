@@ -1,0 +1,289 @@
+package run
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/e2e-framework/klient"
+	"sigs.k8s.io/e2e-framework/support"
+
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/report"
+	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// fakeProvider is a cluster provider whose Create hands out a given
+// kubeconfig (or blocks until its context ends, as kind's uncancellable
+// Create does) and which records Destroy.
+type fakeProvider struct {
+	kubeconfig []byte
+	block      bool          // Create waits for ctx to end, then fails
+	creating   chan struct{} // closed when Create starts
+	dir        string
+
+	mu        sync.Mutex
+	created   int
+	destroyed int
+}
+
+func (f *fakeProvider) Create(ctx context.Context, _ ...string) (string, error) {
+	f.mu.Lock()
+	f.created++
+	f.mu.Unlock()
+	if f.creating != nil {
+		close(f.creating)
+	}
+	if f.block {
+		<-ctx.Done()
+		return "", ctx.Err()
+	}
+	path := filepath.Join(f.dir, "fake.kubeconfig")
+	return path, os.WriteFile(path, f.kubeconfig, 0o600)
+}
+
+func (f *fakeProvider) Destroy(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destroyed++
+	return nil
+}
+
+func (f *fakeProvider) counts() (created, destroyed int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.created, f.destroyed
+}
+
+func (f *fakeProvider) WithName(string) support.E2EClusterProvider                 { return f }
+func (f *fakeProvider) WithVersion(string) support.E2EClusterProvider              { return f }
+func (f *fakeProvider) WithPath(string) support.E2EClusterProvider                 { return f }
+func (f *fakeProvider) WithOpts(...support.ClusterOpts) support.E2EClusterProvider { return f }
+func (f *fakeProvider) CreateWithConfig(ctx context.Context, _ string) (string, error) {
+	return f.Create(ctx)
+}
+func (f *fakeProvider) GetKubeconfig() string { return "" }
+func (f *fakeProvider) GenerateKubeconfig(...string) (string, error) {
+	return "", errors.ErrUnsupported
+}
+func (f *fakeProvider) GetKubectlContext() string                { return "" }
+func (f *fakeProvider) ExportLogs(context.Context, string) error { return errors.ErrUnsupported }
+func (f *fakeProvider) SetDefaults() support.E2EClusterProvider  { return f }
+func (f *fakeProvider) WaitForControlPlane(context.Context, klient.Client) error {
+	return nil
+}
+func (f *fakeProvider) KubernetesRestConfig() *rest.Config { return nil }
+
+// unreachableKubeconfig points at a loopback port nothing listens on.
+const unreachableKubeconfig = `apiVersion: v1
+kind: Config
+clusters: [{name: gone, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: gone, context: {cluster: gone, user: u}}]
+current-context: gone
+`
+
+const twoScenarios = `apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c1, provider: existing, existing: {kubeconfig: none}, istio: {version: 1.30.3}}]
+scenarios:
+- name: strict
+  labels: [strict]
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+  - expect: [{from: service-a, to: service-b, port: 8080, result: mtls}]
+- name: rotation
+  labels: [rotation, slow]
+  steps:
+  - wait: {duration: 1s}
+`
+
+func loadSuite(t *testing.T, doc string) *scenario.Suite {
+	t.Helper()
+	s, err := scenario.Load("suite.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// noMesh, noImage and noTransport stand in for the seams a test does not
+// reach; reaching them anyway fails the test.
+func noMesh(t *testing.T) MeshFunc {
+	return func(context.Context, Cluster, *scenario.Cluster, func(string, ...any)) (*mesh.Mesh, error) {
+		t.Error("the mesh installer was called")
+		return nil, errors.New("no mesh in this test")
+	}
+}
+
+type noImage struct{ t *testing.T }
+
+func (n noImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
+	n.t.Error("image delivery was called")
+	return "", errors.New("no image in this test")
+}
+
+func noTransport(*rest.Config) (probe.Execer, error) { return nil, nil }
+
+func newTestRun(t *testing.T, s *scenario.Suite, p *fakeProvider, opts ...Option) (*Run, *bytes.Buffer) {
+	t.Helper()
+	var log bytes.Buffer
+	base := []Option{
+		WithReports(t.TempDir()),
+		WithLogger(slog.New(NewProgressHandler(&log))),
+		WithProviders(func(c *scenario.Cluster, dir string, _ *slog.Logger) (support.E2EClusterProvider, error) {
+			p.dir = t.TempDir()
+			return p, nil
+		}),
+		WithMesh(noMesh(t)), WithImageDelivery(noImage{t}), WithTransport(noTransport),
+	}
+	r, err := New(s, append(base, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, &log
+}
+
+// A cluster created but never reached is destroyed at teardown, and the
+// run folder still says what happened: the setup's failure in JUnit (every
+// planned step skipped with it as the reason), results.json and
+// report.html.
+func TestCreatedButUnreachableClusterIsDestroyed(t *testing.T) {
+	p := &fakeProvider{kubeconfig: []byte(unreachableKubeconfig)}
+	r, log := newTestRun(t, loadSuite(t, twoScenarios), p, WithReachTimeout(2*time.Second))
+	sum, err := r.Execute(t.Context(), t.Context(), SuiteName("suite.yaml"))
+	if err != nil {
+		t.Fatalf("Execute: %v", err)
+	}
+	if created, destroyed := p.counts(); created != 1 || destroyed != 1 {
+		t.Errorf("created %d, destroyed %d clusters; want the one created to be destroyed\n%s", created, destroyed, log)
+	}
+	if !sum.SetupFailed || sum.OK() || sum.Skipped != 3 || sum.Passed != 0 || sum.Failed != 0 {
+		t.Errorf("summary %+v, want the setup failed and the 3 steps skipped", sum)
+	}
+	if len(sum.Failures) != 1 || !strings.Contains(sum.Failures[0].Reason, "https://127.0.0.1:1") ||
+		!strings.Contains(sum.Failures[0].Reason, "did not answer within 2s") {
+		t.Errorf("setup failure %+v, want it to name the API server and the bound", sum.Failures)
+	}
+
+	cases := readJUnit(t, r.JUnitPath())
+	if c := cases["[SynchronizedBeforeSuite]"]; c.Failure == nil || !strings.Contains(c.Failure.Message, "did not answer") {
+		t.Errorf("setup testcase %+v, want it failed with the reason", c)
+	}
+	for _, name := range []string{"[It] strict 1 mtls namespace STRICT [Serial, strict]", "[It] strict 2 expect (1 pair) [Serial, strict]", "[It] rotation 1 wait [Serial, rotation, slow]"} {
+		c, ok := cases[name]
+		if !ok || c.Skipped == nil || !strings.Contains(c.Skipped.Message, "setup failed") {
+			t.Errorf("testcase %q = %+v, want it skipped because the setup failed (cases: %v)", name, c, keys(cases))
+		}
+	}
+
+	obs, verdicts, err := readResults(r)
+	if err != nil || len(obs) != 0 || len(verdicts) != 4 {
+		t.Errorf("results.json: %d observations, %d verdicts, %v; want the setup's and three skipped steps' verdicts", len(obs), len(verdicts), err)
+	}
+	if _, err := os.Stat(filepath.Join(r.Dir(), report.HTMLFile)); err != nil {
+		t.Errorf("no report.html: %v", err)
+	}
+}
+
+// Ctrl-C while the provider creates the cluster: Create returns only when
+// the provider is done (kind cannot be interrupted), and the cluster it
+// made is destroyed at teardown because it was registered before Create.
+func TestInterruptedCreateIsDestroyed(t *testing.T) {
+	p := &fakeProvider{block: true, creating: make(chan struct{})}
+	r, log := newTestRun(t, loadSuite(t, twoScenarios), p)
+	ctx, interrupt := context.WithCancel(t.Context())
+	go func() {
+		<-p.creating
+		interrupt()
+	}()
+	sum, err := r.Execute(ctx, t.Context(), SuiteName("suite.yaml"))
+	if err != nil {
+		t.Fatalf("Execute: %v", err)
+	}
+	if created, destroyed := p.counts(); created != 1 || destroyed != 1 {
+		t.Errorf("created %d, destroyed %d; want the interrupted cluster destroyed\n%s", created, destroyed, log)
+	}
+	if !sum.SetupFailed || !strings.Contains(sum.Failures[0].Reason, "context canceled") {
+		t.Errorf("summary %+v, want the setup failed by the interrupt", sum)
+	}
+	if _, err := os.Stat(r.JUnitPath()); err != nil {
+		t.Errorf("no JUnit after an interrupt: %v", err)
+	}
+}
+
+func TestLabelFilterSelectsScenarios(t *testing.T) {
+	filter, err := WithLabelFilter("strict || (rotation && !slow)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newTestRun(t, loadSuite(t, twoScenarios), &fakeProvider{}, filter)
+	var names []string
+	for _, sc := range r.Scenarios() {
+		names = append(names, sc.Name)
+	}
+	if strings.Join(names, ",") != "strict" {
+		t.Errorf("selected %v, want only strict", names)
+	}
+	if _, err := WithLabelFilter("strict &&"); err == nil || !strings.Contains(err.Error(), `label filter "strict &&"`) {
+		t.Errorf("a broken filter: %v", err)
+	}
+}
+
+type junitCase struct {
+	Name    string `xml:"name,attr"`
+	Failure *struct {
+		Message string `xml:"message,attr"`
+	} `xml:"failure"`
+	Skipped *struct {
+		Message string `xml:"message,attr"`
+	} `xml:"skipped"`
+}
+
+func readJUnit(t *testing.T, path string) map[string]junitCase {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Suites []struct {
+			Cases []junitCase `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	if err := xml.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	out := map[string]junitCase{}
+	for _, s := range doc.Suites {
+		for _, c := range s.Cases {
+			out[c.Name] = c
+		}
+	}
+	return out
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// readResults reads back the run folder's results.json.
+func readResults(r *Run) ([]results.Observation, []results.Verdict, error) {
+	obs, err := report.ReadResults(filepath.Join(r.Dir(), report.ResultsFile))
+	return obs, r.Verdicts(), err
+}
