@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"encoding/xml"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunHelp(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"run", "--help"}, &out, &errOut); code != exitOK {
+		t.Fatalf("run --help exit %d, stderr %s", code, errOut.String())
+	}
+	for _, want := range []string{"Usage: meshproof run", "--label-filter", "--reports", "Exit status"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("run --help does not mention %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestRunUsageErrors(t *testing.T) {
+	for name, args := range map[string][]string{
+		"two files":    {"run", "a.yaml", "b.yaml"},
+		"bad flag":     {"run", "--no-such-flag"},
+		"bad filter":   {"run", "../../scenarios.yaml", "--label-filter", "strict &&"},
+		"filters none": {"run", "../../scenarios.yaml", "--label-filter", "no-such-label", "--reports", t.TempDir()},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != exitUsage {
+			t.Errorf("%s: exit %d, want %d; stderr %s", name, code, exitUsage, errOut.String())
+		}
+	}
+}
+
+// The acceptance case of `meshproof run`: an existing cluster whose API
+// server cannot be reached fails the setup within the reach bound, exit 1,
+// and the run folder holds the JUnit (the setup a failed test case, every
+// step skipped), results.json and report.html.
+func TestRunUnreachableExistingCluster(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: gone, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: gone, context: {cluster: gone, user: u}}]
+current-context: gone
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "staging.yaml")
+	if err := os.WriteFile(file, []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters:
+- name: staging
+  provider: existing
+  existing: {kubeconfig: `+kubeconfig+`}
+  istio: {version: 1.30.3}
+fixtures: {namespace: meshproof-acceptance}
+scenarios:
+- name: strict
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+  - expect: [{from: service-a, to: service-b, port: 8080, result: mtls}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reports := filepath.Join(dir, "reports")
+	var out, errOut bytes.Buffer
+	start := time.Now()
+	code := run([]string{"run", file, "--reports", reports}, &out, &errOut)
+	took := time.Since(start)
+	if code != exitInvalid {
+		t.Fatalf("exit %d, want 1\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	// A printed figure, not an assertion: the reach bound (30 s) is what
+	// keeps it under the acceptance's 90 s.
+	t.Logf("failed after %s", took.Round(time.Second))
+	folder, err := filepath.EvalSymlinks(filepath.Join(reports, "latest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"junit.xml", "results.json", "report.html"} {
+		if _, err := os.Stat(filepath.Join(folder, f)); err != nil {
+			t.Errorf("the run folder lacks %s: %v", f, err)
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(folder, "junit.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Cases []struct {
+			Name    string    `xml:"name,attr"`
+			Failure *struct{} `xml:"failure"`
+			Skipped *struct{} `xml:"skipped"`
+		} `xml:"testsuite>testcase"`
+	}
+	if err := xml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var failed, skipped int
+	for _, c := range doc.Cases {
+		switch {
+		case c.Name == "[SynchronizedBeforeSuite]" && c.Failure != nil:
+			failed++
+		case strings.HasPrefix(c.Name, "[It] strict ") && c.Skipped != nil:
+			skipped++
+		default:
+			t.Errorf("unexpected test case %+v", c)
+		}
+	}
+	if failed != 1 || skipped != 2 {
+		t.Errorf("JUnit has %d failed setup and %d skipped steps, want 1 and 2:\n%s", failed, skipped, data)
+	}
+	if !strings.Contains(out.String(), "FAILED") || !strings.Contains(out.String(), "https://127.0.0.1:1") {
+		t.Errorf("the summary does not say what failed:\n%s", out.String())
+	}
+}
