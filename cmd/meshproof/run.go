@@ -56,7 +56,7 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 	if s == nil {
 		return code
 	}
-	r, err := meshrun.New(s, meshrun.WithReports(*reports), meshrun.WithKeep(*keep), meshrun.WithIstioVersion(*istioVersion), filter,
+	r, err := meshrun.New(s, meshrun.WithReports(*reports), meshrun.WithSuiteName(meshrun.SuiteName(file)), meshrun.WithKeep(*keep), meshrun.WithIstioVersion(*istioVersion), filter,
 		meshrun.WithLogger(slog.New(meshrun.NewProgressHandler(stdout))))
 	if err != nil {
 		fmt.Fprintf(stderr, "meshproof run: %v\n", err)
@@ -93,7 +93,7 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 	}()
 
 	start := time.Now()
-	sum, err := r.Execute(ctx, cleanup, meshrun.SuiteName(file))
+	sum, err := r.Execute(ctx, cleanup)
 	printSummary(stdout, r, sum, time.Since(start))
 	if err != nil {
 		fmt.Fprintf(stderr, "meshproof run: %v\n", err)

@@ -52,6 +52,7 @@ type Option func(*settings)
 
 type settings struct {
 	reports            string
+	suiteName          string
 	runID              string
 	logger             *slog.Logger
 	keep               bool
@@ -69,6 +70,7 @@ type settings struct {
 func defaultSettings() settings {
 	return settings{
 		reports:            "reports",
+		suiteName:          SuiteName("scenarios.yaml"),
 		logger:             slog.New(slog.DiscardHandler),
 		providers:          DefaultProvider,
 		mesh:               InstallMesh,
@@ -83,6 +85,10 @@ func defaultSettings() settings {
 // WithReports sets the folder run folders are written under (default
 // "reports").
 func WithReports(dir string) Option { return func(s *settings) { s.reports = dir } }
+
+// WithSuiteName names the JUnit suite (default SuiteName("scenarios.yaml");
+// use SuiteName of the file the suite was read from).
+func WithSuiteName(name string) Option { return func(s *settings) { s.suiteName = name } }
 
 // WithRunID sets the run id (default: a new one, ownership.NewRunID).
 func WithRunID(id string) Option { return func(s *settings) { s.runID = id } }

@@ -256,8 +256,12 @@ func (r *Run) Summary() Summary {
 
 // Close records a skipped verdict for every selected step that has none
 // (setup failed, an earlier step failed, or the run was interrupted), so
-// results.json and report.html list every planned step, then closes the
-// run folder, which renders report.html. It is idempotent.
+// results.json, junit.xml and report.html list every planned step, writes
+// junit.xml from the verdicts, then closes the run folder, which renders
+// report.html. It is idempotent.
+//
+// Under Ginkgo, Ginkgo's own JUnit report (the same suite and test case
+// names) replaces junit.xml after Close.
 func (r *Run) Close() error {
 	r.closeOnce.Do(func() {
 		have := map[[2]string]bool{}
@@ -278,19 +282,10 @@ func (r *Run) Close() error {
 				}
 			}
 		}
-		r.closeErr = r.folder.Close()
+		report := junit.FromVerdicts(r.o.suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
+		r.closeErr = errors.Join(junit.Write(report, r.JUnitPath()), r.folder.Close())
 	})
 	return r.closeErr
-}
-
-// WriteJUnit writes the run's verdicts as JUnit to path (JUnitPath by
-// default), named as the Ginkgo suite names them.
-func (r *Run) WriteJUnit(suiteName, path string) error {
-	if path == "" {
-		path = r.JUnitPath()
-	}
-	report := junit.FromVerdicts(suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
-	return junit.Write(report, path)
 }
 
 // CompleteGinkgoReport adds the selected steps that a Ginkgo report lacks
@@ -301,12 +296,12 @@ func (r *Run) CompleteGinkgoReport(report types.Report) types.Report {
 
 // Execute runs the whole job: Setup, every selected scenario's steps in
 // order (after a failed step the scenario's remaining steps are skipped),
-// Teardown, the JUnit report (suiteName names its suite) and Close. ctx
+// Teardown and Close (which writes junit.xml and report.html). ctx
 // ends the run early (the first Ctrl-C); cleanup bounds Teardown (a second
 // Ctrl-C cancels it). The error is the first failure of the run's own
 // machinery (teardown, the run folder), not of a step: steps' outcomes are
 // in the Summary.
-func (r *Run) Execute(ctx, cleanup context.Context, suiteName string) (Summary, error) {
+func (r *Run) Execute(ctx, cleanup context.Context) (Summary, error) {
 	var errs []error
 	if r.Setup(ctx) == nil {
 		for _, sc := range r.Scenarios() {
@@ -319,10 +314,7 @@ func (r *Run) Execute(ctx, cleanup context.Context, suiteName string) (Summary, 
 	if err := r.Teardown(cleanup); err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
-	// Close first: it records the steps that never ran as skipped, and
-	// JUnit must list them too.
 	errs = append(errs, r.Close())
-	errs = append(errs, r.WriteJUnit(suiteName, ""))
 	return r.Summary(), errors.Join(errs...)
 }
 

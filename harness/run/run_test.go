@@ -20,7 +20,6 @@ import (
 	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/probe"
 	"github.com/meshproof/meshproof/harness/report"
-	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -162,7 +161,7 @@ func newTestRun(t *testing.T, s *scenario.Suite, p *fakeProvider, opts ...Option
 func TestCreatedButUnreachableClusterIsDestroyed(t *testing.T) {
 	p := &fakeProvider{kubeconfig: []byte(unreachableKubeconfig)}
 	r, log := newTestRun(t, loadSuite(t, twoScenarios), p, WithReachTimeout(2*time.Second))
-	sum, err := r.Execute(t.Context(), t.Context(), SuiteName("suite.yaml"))
+	sum, err := r.Execute(t.Context(), t.Context())
 	if err != nil {
 		t.Fatalf("Execute: %v", err)
 	}
@@ -188,12 +187,18 @@ func TestCreatedButUnreachableClusterIsDestroyed(t *testing.T) {
 		}
 	}
 
-	obs, verdicts, err := readResults(r)
+	obs, verdicts, err := report.ReadResults(filepath.Join(r.Dir(), report.ResultsFile))
 	if err != nil || len(obs) != 0 || len(verdicts) != 4 {
 		t.Errorf("results.json: %d observations, %d verdicts, %v; want the setup's and three skipped steps' verdicts", len(obs), len(verdicts), err)
 	}
-	if _, err := os.Stat(filepath.Join(r.Dir(), report.HTMLFile)); err != nil {
-		t.Errorf("no report.html: %v", err)
+	page, err := os.ReadFile(filepath.Join(r.Dir(), report.HTMLFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"did not answer within 2s", `href="junit.xml"`} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("report.html lacks %q", want)
+		}
 	}
 }
 
@@ -208,7 +213,7 @@ func TestInterruptedCreateIsDestroyed(t *testing.T) {
 		<-p.creating
 		interrupt()
 	}()
-	sum, err := r.Execute(ctx, t.Context(), SuiteName("suite.yaml"))
+	sum, err := r.Execute(ctx, t.Context())
 	if err != nil {
 		t.Fatalf("Execute: %v", err)
 	}
@@ -280,10 +285,4 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
-}
-
-// readResults reads back the run folder's results.json.
-func readResults(r *Run) ([]results.Observation, []results.Verdict, error) {
-	obs, err := report.ReadResults(filepath.Join(r.Dir(), report.ResultsFile))
-	return obs, r.Verdicts(), err
 }

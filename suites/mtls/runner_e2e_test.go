@@ -27,7 +27,7 @@ func newRunner(t *testing.T, s *scenario.Suite) (spec.Runner, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := run.New(s, run.WithReports(*reportsDir), run.WithKeep(*keep), filter,
+	r, err := run.New(s, run.WithReports(*reportsDir), run.WithSuiteName(run.SuiteName(*scenariosFile)), run.WithKeep(*keep), filter,
 		run.WithGracePeriod(suiteConfig.GracePeriod), run.WithLogger(slog.New(run.NewProgressHandler(GinkgoWriter))))
 	if err != nil {
 		t.Fatalf("opening the report folder: %v", err)
