@@ -65,6 +65,17 @@ func finalize(ctx context.Context, cs kubernetes.Interface, name string) error {
 	return err
 }
 
+// kubeconfigOf is the control plane's kubeconfig, as a provider hands it
+// out.
+func kubeconfigOf(t *testing.T, env *testenv.Env) []byte {
+	t.Helper()
+	data, err := os.ReadFile(env.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 // readyMesh stands in for Istio: the API server here runs no istiod.
 func readyMesh(context.Context, Cluster, *scenario.Cluster, func(string, ...any)) (*mesh.Mesh, error) {
 	return nil, nil
@@ -126,7 +137,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 	defer stop()
 	go playDeployments(ctx, env.Client, ns)
 
-	p := &fakeProvider{kubeconfig: env.Kubeconfig()}
+	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
 		WithTerminatingTimeout(time.Minute))
 	if err := r.Setup(t.Context()); err != nil {
@@ -163,7 +174,7 @@ func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	t.Cleanup(func() { _ = finalize(context.Background(), cs, ns) })
 
-	p := &fakeProvider{kubeconfig: env.Kubeconfig()}
+	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithTerminatingTimeout(3*time.Second))
 	err := r.Setup(t.Context())
 	if err == nil || !strings.Contains(err.Error(), "namespace stuck is still terminating after 3s") {
