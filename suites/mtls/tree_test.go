@@ -1,13 +1,19 @@
 package mtls
 
 import (
+	"encoding/xml"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 
+	"github.com/meshproof/meshproof/harness/junit"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/suites/spec"
@@ -58,4 +64,45 @@ func checkTreeAgainstPlan(t *testing.T, s *scenario.Suite) {
 		t.Errorf("the spec tree differs from the plan:\n got  %q\n want %q", got, want)
 	}
 	t.Logf("%d specs in %d scenarios agree with meshproof plan", specs, len(p.Scenarios))
+	checkJUnitNames(t, s, report)
+}
+
+// checkJUnitNames checks that `meshproof run`, which writes its JUnit
+// without Ginkgo, names every test case as Ginkgo names the same spec.
+func checkJUnitNames(t *testing.T, s *scenario.Suite, ginkgoReport types.Report) {
+	names := func(r types.Report) []string {
+		path := filepath.Join(t.TempDir(), "junit.xml")
+		if err := junit.Write(r, path); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Cases []struct {
+				Name string `xml:"name,attr"`
+			} `xml:"testsuite>testcase"`
+		}
+		if err := xml.Unmarshal(data, &doc); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range doc.Cases {
+			if strings.HasPrefix(c.Name, "[It]") {
+				out = append(out, c.Name)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	var scenarios []*scenario.Scenario
+	for i := range s.Scenarios {
+		scenarios = append(scenarios, &s.Scenarios[i])
+	}
+	fromGinkgo := names(ginkgoReport)
+	fromRun := names(junit.FromVerdicts("meshproof mtls", scenarios, nil, time.Now(), 0))
+	if len(fromGinkgo) == 0 || !slices.Equal(fromGinkgo, fromRun) {
+		t.Errorf("meshproof run's JUnit names differ from Ginkgo's:\n ginkgo %q\n run    %q", fromGinkgo, fromRun)
+	}
 }
