@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshproof/meshproof/harness/istiocharts"
+	"github.com/meshproof/meshproof/harness/ledger"
 )
 
 const (
@@ -77,6 +78,10 @@ type settings struct {
 	logf             func(format string, args ...any)
 	operationTimeout time.Duration
 	readyTimeout     time.Duration
+	// ledger, when set, limits the Installer to what meshproof owns (see
+	// WithLedger in ownership.go); adopt lets it upgrade foreign releases.
+	ledger *ledger.Ledger
+	adopt  bool
 }
 
 // Option configures an Installer.

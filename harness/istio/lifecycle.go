@@ -258,6 +258,10 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 		if !ok || rel.Chart == nil || rel.Chart.Metadata == nil {
 			continue
 		}
+		if !i.ownRelease(rel.Name) {
+			i.s.logf("istio: keeping release %s: meshproof's ledger does not list it", rel.Name)
+			continue
+		}
 		switch rel.Chart.Metadata.Name {
 		case istiodChart:
 			istiods = append(istiods, rel.Name)
@@ -275,6 +279,17 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 		}
 	}
 	i.canary = nil
+	if purge && i.s.ledger != nil {
+		// Istio's CRDs and cluster objects serve every release left.
+		left, err := i.Releases(ctx)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if len(left) > 0 {
+			i.s.logf("istio: not purging Istio's CRDs and cluster objects: releases meshproof did not install still use them: %v", left)
+			purge = false
+		}
+	}
 	if purge {
 		if err := i.purge(ctx); err != nil {
 			errs = append(errs, err)
@@ -299,6 +314,9 @@ func (i *Installer) installRelease(ctx context.Context, ch *chart.Chart, name st
 	if err != nil {
 		return err
 	}
+	if err := i.claimRelease(ctx, cfg, name); err != nil {
+		return err
+	}
 	// A reused cluster already has the release from an earlier run: an
 	// upgrade to the same or another version converges on what was asked,
 	// where an install would fail on the name.
@@ -316,14 +334,25 @@ func (i *Installer) installRelease(ctx context.Context, ch *chart.Chart, name st
 	// (the charts have no hooks).
 	in.WaitStrategy = kube.HookOnlyStrategy
 	in.ServerSideApply = true
+	crdsBefore, err := i.istioCRDNames(ctx)
+	if err != nil {
+		return err
+	}
 	if _, err := in.RunWithContext(ctx, ch, values); err != nil {
 		return fmt.Errorf("istio: helm install %s (chart %s %s) in %s: %w", name, ch.Name(), ch.Metadata.Version, i.s.namespace, err)
 	}
-	return nil
+	return i.recordNewCRDs(ctx, crdsBefore)
 }
 
 func (i *Installer) upgradeRelease(ctx context.Context, ch *chart.Chart, name string, values map[string]any) error {
 	cfg, err := i.actionConfig()
+	if err != nil {
+		return err
+	}
+	if err := i.claimRelease(ctx, cfg, name); err != nil {
+		return err
+	}
+	crdsBefore, err := i.istioCRDNames(ctx)
 	if err != nil {
 		return err
 	}
@@ -342,7 +371,7 @@ func (i *Installer) upgradeRelease(ctx context.Context, ch *chart.Chart, name st
 	if _, err := up.RunWithContext(ctx, name, ch, values); err != nil {
 		return fmt.Errorf("istio: helm upgrade %s (chart %s %s) in %s: %w", name, ch.Name(), ch.Metadata.Version, i.s.namespace, err)
 	}
-	return nil
+	return i.recordNewCRDs(ctx, crdsBefore)
 }
 
 func (i *Installer) uninstallRelease(ctx context.Context, name string) error {

@@ -105,6 +105,10 @@ func (i *Installer) purge(ctx context.Context) error {
 			continue
 		}
 		for _, o := range objs {
+			if k.gvr == crdKind.gvr && !i.purgeableCRD(o.GetName(), string(o.GetUID())) {
+				i.s.logf("istio: keeping CRD %s: meshproof's ledger does not say meshproof installed it", o.GetName())
+				continue
+			}
 			i.s.logf("istio: purging %s %s", k.gvr.Resource, o.GetName())
 			if err := dc.Resource(k.gvr).Delete(ctx, o.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("deleting %s %s: %w", k.gvr.Resource, o.GetName(), err))
@@ -141,9 +145,11 @@ func (i *Installer) waitCRDsGone(ctx context.Context, dc dynamic.Interface) erro
 		}
 		names := make([]string, 0, len(objs))
 		for _, o := range objs {
-			names = append(names, o.GetName())
+			if i.purgeableCRD(o.GetName(), string(o.GetUID())) {
+				names = append(names, o.GetName())
+			}
 		}
-		return len(objs) == 0, fmt.Sprintf("%d still present: %s", len(objs), strings.Join(names, ", ")), nil
+		return len(names) == 0, fmt.Sprintf("%d still present: %s", len(names), strings.Join(names, ", ")), nil
 	})
 }
 

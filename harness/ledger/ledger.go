@@ -209,6 +209,9 @@ func (l *Ledger) Record() Record {
 	return out
 }
 
+// Namespace is where the ledger's ConfigMap lives.
+func (l *Ledger) Namespace() string { return l.namespace }
+
 // RunID is the run whose ledger this is.
 func (l *Ledger) RunID() string { return l.rec.RunID }
 
