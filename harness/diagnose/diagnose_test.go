@@ -7,8 +7,6 @@ package diagnose
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -42,19 +40,6 @@ func TestMain(m *testing.M) {
 		clientset, err = kubernetes.NewForConfig(e.Config)
 		return err
 	}))
-}
-
-func namespace(t *testing.T, prefix string) string {
-	t.Helper()
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	name := prefix + "-" + hex.EncodeToString(b[:])
-	if err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
-		t.Fatal(err)
-	}
-	return name
 }
 
 // absentNode is the node the test pods are scheduled to. No such node
@@ -181,8 +166,8 @@ func configDump() string {
 func TestCollectAgainstAPIServer(t *testing.T) {
 	ctx := t.Context()
 	const run, otherRun = "20261126-234904-1a2b3c4d", "20261126-120000-deadbeef"
-	ns := namespace(t, "diag")
-	istioNS := namespace(t, "diag-istio")
+	ns := env.NewNamespace(t, "diag")
+	istioNS := env.NewNamespace(t, "diag-istio")
 
 	pod(t, ns, "service-a-0", map[string]string{"app": "service-a"}, []string{"istio-init"}, []string{"app", probe.ProxyContainer},
 		map[string]int32{probe.ProxyContainer: 2})
@@ -443,7 +428,7 @@ func mode(t *testing.T, path string) os.FileMode {
 
 func TestNodeLogsUnsupportedIsANoteAndOtherErrorsAFailure(t *testing.T) {
 	ctx := t.Context()
-	ns := namespace(t, "diag-nodes")
+	ns := env.NewNamespace(t, "diag-nodes")
 	unsupported := func(string) error {
 		return fmt.Errorf("existing cluster (context %q): node logs cannot be exported: %w", "prod", errors.ErrUnsupported)
 	}
@@ -477,7 +462,7 @@ func TestNodeLogsUnsupportedIsANoteAndOtherErrorsAFailure(t *testing.T) {
 // everything else is collected and the hang is listed.
 func TestHungExecIsBoundedPerItem(t *testing.T) {
 	ctx := t.Context()
-	ns := namespace(t, "diag-hang")
+	ns := env.NewNamespace(t, "diag-hang")
 	pod(t, ns, "service-b-0", nil, nil, []string{"app", probe.ProxyContainer}, nil)
 	execer := &scriptedExecer{block: true}
 	dir := t.TempDir()
@@ -507,7 +492,7 @@ func TestHungExecIsBoundedPerItem(t *testing.T) {
 // A collection whose context has ended still writes its index, listing
 // every item as not collected, and returns at once.
 func TestEndedContextStillWritesTheIndex(t *testing.T) {
-	ns := namespace(t, "diag-ended")
+	ns := env.NewNamespace(t, "diag-ended")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	exported := false
@@ -540,7 +525,7 @@ func TestEndedContextStillWritesTheIndex(t *testing.T) {
 
 func TestCollectWithoutExecerNotesTheConfigDumps(t *testing.T) {
 	ctx := t.Context()
-	ns := namespace(t, "diag-noexec")
+	ns := env.NewNamespace(t, "diag-noexec")
 	pod(t, ns, "service-a-0", nil, nil, []string{"app", probe.ProxyContainer}, nil)
 	sum, err := New(env.Client, clientset, WithNamespaces(ns), WithIstioNamespace(ns)).Collect(ctx, t.TempDir())
 	if err != nil {

@@ -21,7 +21,6 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -64,12 +63,8 @@ scenarios:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	for _, name := range []string{ns, scenario.IstioRootNamespace} {
-		err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
+		env.EnsureNamespace(t, name)
 	}
 	return s, ns
 }

@@ -18,9 +18,7 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -56,14 +54,6 @@ func loadRepoScenarios(t *testing.T) (*scenario.Suite, []string) {
 		t.Fatalf("the repository's scenarios.yaml does not load: %v", err)
 	}
 	return s, strings.Split(string(data), "\n")
-}
-
-func ensureNamespace(t *testing.T, name string) {
-	t.Helper()
-	err := kube.Get(t).Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("creating namespace %s: %v", name, err)
-	}
 }
 
 // yamlDocuments parses multi-document YAML into objects. Documents holding
@@ -108,7 +98,7 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 	planned := p.Objects()
 	// The mesh-wide policies live in Istio's root namespace, which Istio's
 	// install creates, not meshproof; the fixtures' namespace is in the plan.
-	ensureNamespace(t, scenario.IstioRootNamespace)
+	kube.Get(t).EnsureNamespace(t, scenario.IstioRootNamespace)
 
 	// What `meshproof plan -o yaml` prints is applied as printed.
 	var out bytes.Buffer
@@ -225,7 +215,7 @@ func applyWithField(t *testing.T, o policy.Object, value string, field ...string
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ensureNamespace(t, u.GetNamespace())
+	kube.Get(t).EnsureNamespace(t, u.GetNamespace())
 	err = apply.Policies(ctx, kube.Get(t).Client, policy.Object{Object: u, Source: o.Source})
 	if err == nil {
 		t.Fatalf("the API server accepted %s with %s=%q", apply.Describe(u), strings.Join(field, "."), value)

@@ -2,8 +2,6 @@ package testenv_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"github.com/meshproof/meshproof/harness/deploy"
 	"net"
@@ -65,24 +63,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func randomSuffix(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
-}
-
-func createNamespace(t *testing.T, ctx context.Context, prefix string) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: prefix + "-" + randomSuffix(t)}}
-	if err := shared.Client.Create(ctx, ns); err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	return ns.Name
-}
-
 func TestAPIServerReportsKubernetesV1372(t *testing.T) {
 	ctx := t.Context()
 	info, err := shared.Discovery.ServerVersionWithContext(ctx)
@@ -127,7 +107,7 @@ func TestIstioCRDsAreInstalledAndEstablished(t *testing.T) {
 
 func TestStrictPeerAuthenticationIsAcceptedByServerSideApply(t *testing.T) {
 	ctx := t.Context()
-	ns := createNamespace(t, ctx, "pa-strict")
+	ns := shared.NewNamespace(t, "pa-strict")
 
 	apply := securityv1apply.PeerAuthentication("default", ns).
 		WithLabels(map[string]string{"app.kubernetes.io/managed-by": "meshproof"}).
@@ -166,7 +146,7 @@ func TestStrictPeerAuthenticationIsAcceptedByServerSideApply(t *testing.T) {
 
 func TestMisspelledPeerAuthenticationModeIsRejectedByCRDSchema(t *testing.T) {
 	ctx := t.Context()
-	ns := createNamespace(t, ctx, "pa-invalid")
+	ns := shared.NewNamespace(t, "pa-invalid")
 
 	// Typed Istio objects cannot hold an unknown enum value, so the invalid object is
 	// written the way a user's YAML would arrive: unstructured.
@@ -199,8 +179,8 @@ func TestMisspelledPeerAuthenticationModeIsRejectedByCRDSchema(t *testing.T) {
 // real API server with Istio's CRDs.
 func TestFindListsLabelledObjectsOfEveryScope(t *testing.T) {
 	ctx := t.Context()
-	ns := createNamespace(t, ctx, "leftovers")
-	run := "run-" + randomSuffix(t)
+	ns := shared.NewNamespace(t, "leftovers")
+	run := "run-" + ns // unique, as the namespace is
 	mine := map[string]string{"meshproof.test/run": run}
 	other := map[string]string{"meshproof.test/run": run + "-other"}
 
