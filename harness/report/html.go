@@ -220,7 +220,6 @@ type stepView struct {
 	Rows         []rowView
 	Timeline     *timelineView
 	Events       []eventView
-	Deadlines    []deadlineView
 }
 
 type rowView struct {
@@ -670,8 +669,10 @@ func buildStep(d *stepData, id string) stepView {
 		case e.Kind == SerialEvent:
 			ev.Class += " serial-row"
 		case e.Deadline != nil:
+			// The event is when the step judged the bound; the bound
+			// itself is drawn on the timeline, and named here.
 			ev.Class += " deadline-row"
-			st.Deadlines = append(st.Deadlines, viewDeadline(*e.Deadline, start))
+			ev.Detail += " (due at " + formatOffset(e.Deadline.At.Sub(start)) + ")"
 		}
 		st.Events = append(st.Events, ev)
 	}
