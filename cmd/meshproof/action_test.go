@@ -160,7 +160,7 @@ func TestActionRunStep(t *testing.T) {
 		t.Skip("no bash to run the action's scripts")
 	}
 	a, _ := loadAction(t)
-	run := a.step(t, "run")
+	runStep := a.step(t, "run")
 	var fail actionStep
 	for _, s := range a.Runs.Steps {
 		if strings.HasPrefix(s.Name, "Fail when") {
@@ -188,7 +188,7 @@ exit 1
 	}
 	outputs := filepath.Join(work, "github_output")
 	argsFile := filepath.Join(work, "args")
-	cmd := exec.Command(bash, "-c", run.Run)
+	cmd := exec.Command(bash, "-c", runStep.Run)
 	cmd.Dir = work
 	cmd.Env = append(os.Environ(),
 		"GITHUB_OUTPUT="+outputs, "ARGS_FILE="+argsFile,
@@ -216,7 +216,7 @@ exit 1
 	}
 
 	// Empty optional inputs add no flags.
-	cmd = exec.Command(bash, "-c", run.Run)
+	cmd = exec.Command(bash, "-c", runStep.Run)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "GITHUB_OUTPUT="+outputs, "ARGS_FILE="+argsFile,
 		"MESHPROOF="+fake, "SCENARIOS=scenarios.yaml", "REPORTS=r", "LABEL_FILTER=", "ISTIO_VERSION=")
@@ -225,6 +225,30 @@ exit 1
 	}
 	if args, _ := os.ReadFile(argsFile); string(args) != "run\nscenarios.yaml\n--reports\nr\n" {
 		t.Errorf("without optional inputs meshproof got %q", args)
+	}
+
+	// The real command accepts the command line the action builds: with a
+	// label filter matching nothing it gets past its flags and the file and
+	// stops at the filter, before any cluster.
+	scenarios, err := filepath.Abs(filepath.Join("..", "..", "scenarios.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bash, "-c", runStep.Run)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "GITHUB_OUTPUT="+outputs, "ARGS_FILE="+argsFile,
+		"MESHPROOF="+fake, "SCENARIOS="+scenarios, "REPORTS="+t.TempDir(), "LABEL_FILTER=no-such-label", "ISTIO_VERSION=1.29.6")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run step: %v\n%s", err, out)
+	}
+	args, err = os.ReadFile(argsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr strings.Builder
+	code := run(strings.Split(strings.TrimSuffix(string(args), "\n"), "\n"), &stdout, &stderr)
+	if !strings.Contains(stderr.String(), "matches --label-filter") {
+		t.Errorf("meshproof %q: exit %d, stderr %q; want it to stop only at the filter matching nothing", args, code, stderr.String())
 	}
 
 	// The last step turns the recorded exit code into the action's result.
