@@ -357,3 +357,87 @@ func TestMisconfiguredCAFailsTheStep(t *testing.T) {
 		})
 	}
 }
+
+// The certificate reads of the rotate and rotateRoot steps: the chain the
+// sidecar presents in a handshake and the one in its config dump are the
+// same, issued for the pod's SECRET_TTL, and renewed once
+// SECRET_GRACE_PERIOD_RATIO of it is left, not before.
+func TestCertificatesFollowSecretTTLAndGracePeriod(t *testing.T) {
+	ns := namespaceFor(t)
+	fx := standardFixtures(6)
+	fx[1].env = []corev1.EnvVar{{Name: "SECRET_TTL", Value: "1h"}, {Name: "SECRET_GRACE_PERIOD_RATIO", Value: "0.25"}}
+	deploy(t, ns, fx...)
+	ctx := context.Background()
+	now := time.Now()
+	var clockMu sync.Mutex
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	advance := func(d time.Duration) { clockMu.Lock(); now = now.Add(d); clockMu.Unlock() }
+	certs := newTestCA(t)
+	r := probe.NewCertReader(dataplane.New(env.Client, certs, dataplane.WithClock(clock)))
+	legacy := results.Pod{Namespace: ns, Name: "legacy-0", IP: fx[2].ip}
+	server := results.Pod{Namespace: ns, Name: "service-b-0", IP: fx[1].ip}
+
+	read := func() *x509.Certificate {
+		t.Helper()
+		presented, err := r.HandshakeChain(ctx, legacy, server, 8080)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain, roots, err := r.SidecarSecrets(ctx, server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !presented[0].Equal(chain[0]) {
+			t.Fatalf("the handshake presented serial %x, the config dump holds %x", presented[0].SerialNumber, chain[0].SerialNumber)
+		}
+		id, err := ca.VerifyWorkloadChain(chain, roots...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "spiffe://cluster.local/ns/" + ns + "/sa/service-b"; id != want {
+			t.Fatalf("identity %s, want %s", id, want)
+		}
+		return chain[0]
+	}
+	issued := clock()
+	first := read()
+	if got := first.NotAfter.Sub(first.NotBefore); got != time.Hour {
+		t.Errorf("the certificate is valid for %s, want the pod's SECRET_TTL 1h", got)
+	}
+	// Renewal is due when a quarter of the lifetime is left, the lifetime
+	// counted from issuance as istio-agent counts it (its rotateTime).
+	renewAt := first.NotAfter.Add(-first.NotAfter.Sub(issued) / 4)
+	advance(renewAt.Sub(now) - time.Minute)
+	if again := read(); !again.Equal(first) {
+		t.Fatalf("renewed at %s, before the grace period began at %s", now, renewAt)
+	}
+	advance(2 * time.Minute)
+	if again := read(); again.Equal(first) {
+		t.Fatalf("not renewed at %s, after the grace period began at %s", now, renewAt)
+	}
+}
+
+// Commands the simulation does not answer fail, and so does an exec into
+// a container the pod does not have.
+func TestUnansweredCommandsFail(t *testing.T) {
+	ns := namespaceFor(t)
+	fx := standardFixtures(7)
+	deploy(t, ns, fx...)
+	dp := dataplane.New(env.Client, newTestCA(t))
+	for _, cmd := range []probe.Command{
+		{Pod: results.Pod{Namespace: ns, Name: "service-a-0"}, Container: manifests.ContainerName, Argv: []string{"/echo", "serve"}},
+		{Pod: results.Pod{Namespace: ns, Name: "service-a-0"}, Container: "istio-proxy", Argv: []string{"pilot-agent", "request", "POST", "quitquitquit"}},
+		{Pod: results.Pod{Namespace: ns, Name: "legacy-0"}, Container: "istio-proxy", Argv: []string{"pilot-agent", "request", "GET", "config_dump"}},
+		{Pod: results.Pod{Namespace: ns, Name: "gone-0"}, Container: manifests.ContainerName, Argv: []string{"/echo", "probe"}},
+	} {
+		_, stderr, err := dp.Exec(context.Background(), cmd)
+		var execErr *probe.ExecError
+		if !errors.As(err, &execErr) {
+			t.Errorf("%s: %v, want an ExecError", cmd, err)
+			continue
+		}
+		if !strings.Contains(string(stderr), dataplane.Label) {
+			t.Errorf("%s: stderr %q does not say the data plane is simulated", cmd, stderr)
+		}
+	}
+}
