@@ -177,6 +177,38 @@ func TestUsersIstioIsLeftAlone(t *testing.T) {
 			}
 		}
 	})
+
+	// Install mode on a cluster without anyone else's Istio (the control
+	// removed the user's): what meshproof installs, its ledger lists, and
+	// its teardown removes again, CRDs included.
+	t.Run("install owns what it installs", func(t *testing.T) {
+		l, release := startRun(t)
+		defer release()
+		in := newInstaller(t, l)
+		if err := in.CheckInstall(ctx); err != nil {
+			t.Fatalf("CheckInstall on a cluster without foreign releases: %v", err)
+		}
+		if err := in.Install(ctx); err != nil {
+			t.Fatal(err)
+		}
+		rec := l.Record()
+		if want := []ledger.Release{{Namespace: "istio-system", Name: "istio-base"}, {Namespace: "istio-system", Name: "istiod"}}; !slices.Equal(rec.Releases, want) {
+			t.Errorf("ledger releases %v, want %v", rec.Releases, want)
+		}
+		if len(rec.CRDs) != len(env.IstioCRDs) {
+			t.Errorf("ledger lists %d CRDs, want the %d the base release created", len(rec.CRDs), len(env.IstioCRDs))
+		}
+		if foreign, err := in.ForeignReleases(ctx); err != nil || len(foreign) != 0 {
+			t.Errorf("ForeignReleases after meshproof's own install = %v, %v", foreign, err)
+		}
+		teardown(t, l, in)
+		if left, err := in.Leftovers(ctx); err != nil || len(left) > 0 {
+			t.Errorf("after teardown: leftovers %v, %v", left, err)
+		}
+		if rels, err := in.Releases(ctx); err != nil || len(rels) > 0 {
+			t.Errorf("after teardown: releases %v, %v", rels, err)
+		}
+	})
 }
 
 // installUsersIstio installs the user's Istio as `helm install` would:
