@@ -12,8 +12,9 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// The repository's action.yml runs this command; actionlint checks
-// workflows, not actions, so its structure and scripts are checked here.
+// The repository's action.yml runs this command. actionlint (make lint)
+// checks only the inputs the e2e workflow passes to it, so its structure
+// and scripts are checked here.
 
 type actionFile struct {
 	Name        string `json:"name"`
