@@ -449,7 +449,11 @@ func (m *Matrix) decodeYAML(d *decoder, n *yaml.Node, path string) {
 			continue
 		}
 		if name == "include" {
-			m.Include = d.includeList(val, join(path, name))
+			m.Include, _ = d.includeList(val, join(path, name))
+			continue
+		}
+		if name == "exclude" {
+			m.Exclude, m.excludeAt = d.includeList(val, join(path, name))
 			continue
 		}
 		if !validVariable(name) {
@@ -486,17 +490,17 @@ func (d *decoder) scalarList(n *yaml.Node, path string) []string {
 	return out
 }
 
-// includeList reads matrix.include: a list of variable-to-value mappings.
-func (d *decoder) includeList(n *yaml.Node, path string) []map[string]string {
+// includeList reads matrix.include or matrix.exclude: a list of
+// variable-to-value mappings, and where each was written.
+func (d *decoder) includeList(n *yaml.Node, path string) (out []map[string]string, at []Position) {
 	n, ok := d.resolve(n)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	if n.Kind != yaml.SequenceNode {
 		d.errorf(n, path, "must be a list of mappings, got %s", describe(n))
-		return nil
+		return nil, nil
 	}
-	var out []map[string]string
 	for i, item := range n.Content {
 		ipath := fmt.Sprintf("%s[%d]", path, i)
 		item, ok := d.resolve(item)
@@ -523,8 +527,9 @@ func (d *decoder) includeList(n *yaml.Node, path string) []map[string]string {
 			}
 		}
 		out = append(out, entry)
+		at = append(at, d.pos(item))
 	}
-	return out
+	return out, at
 }
 
 func (d *decoder) anyScalar(n *yaml.Node, path string) (string, bool) {

@@ -17,6 +17,9 @@ func (m Matrix) MarshalJSON() ([]byte, error) {
 	for k, v := range m.Variables {
 		out[k] = v
 	}
+	if len(m.Exclude) > 0 {
+		out["exclude"] = m.Exclude
+	}
 	if len(m.Include) > 0 {
 		out["include"] = m.Include
 	}

@@ -52,6 +52,13 @@ func (d *decoder) expandMatrix(item, matrixNode *yaml.Node, path string) []Scena
 		return nil
 	}
 	combos := m.Combinations()
+	for _, i := range m.excludeErr {
+		d.errorf(matrixNode, fmt.Sprintf("%s.matrix.exclude[%d]", path, i), "exclude %s matches no combination of the matrix", formatEntry(m.Exclude[i]))
+		if i < len(m.excludeAt) {
+			e := d.errs[len(d.errs)-1]
+			e.Pos = m.excludeAt[i]
+		}
+	}
 	if len(combos) == 0 {
 		d.errorf(matrixNode, join(path, "matrix"), "a matrix needs at least one variable with values")
 		d.failed["scenarios"] = true
@@ -149,9 +156,10 @@ func (m *Matrix) size() int {
 }
 
 // Combinations expands the matrix like GitHub Actions does: the cartesian
-// product of the variables, then each include entry adds its extra
-// variables to every combination it matches, or is added as a combination
-// of its own when it matches none.
+// product of the variables, less the combinations an exclude entry matches,
+// then each include entry adds its extra variables to every combination it
+// matches, or is added as a combination of its own when it matches none
+// (so an include can bring back an excluded combination).
 func (m *Matrix) Combinations() []Combination {
 	names := m.order
 	if len(names) != len(m.Variables) { // built in Go rather than decoded
@@ -173,6 +181,19 @@ func (m *Matrix) Combinations() []Combination {
 			}
 			combos = next
 		}
+	}
+	m.excludeErr = nil
+	for i, ex := range m.Exclude {
+		kept := combos[:0:0]
+		for _, c := range combos {
+			if !c.matchesAll(ex) {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == len(combos) {
+			m.excludeErr = append(m.excludeErr, i)
+		}
+		combos = kept
 	}
 	base := len(combos)
 	for _, inc := range m.Include {
@@ -220,6 +241,26 @@ func (c Combination) matches(inc map[string]string, vars map[string][]string) bo
 		}
 	}
 	return true
+}
+
+// matchesAll reports whether every variable of an exclude entry has the
+// entry's value in the combination.
+func (c Combination) matchesAll(entry map[string]string) bool {
+	for k, v := range entry {
+		if got, ok := c.values[k]; !ok || got != v {
+			return false
+		}
+	}
+	return len(entry) > 0
+}
+
+// formatEntry writes an include or exclude entry as it reads in a file.
+func formatEntry(entry map[string]string) string {
+	parts := make([]string, 0, len(entry))
+	for _, k := range sortedKeys(entry) {
+		parts = append(parts, k+": "+entry[k])
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -84,3 +84,50 @@ func TestMatrixReportsSharedMistakeOnce(t *testing.T) {
 		t.Errorf("want one error without a combination, got:\n%s", errs)
 	}
 }
+
+// GitHub Actions' semantics: excludes remove combinations before includes
+// apply, so an include can bring an excluded combination back.
+func TestMatrixExclude(t *testing.T) {
+	s := mustLoad(t, header+`scenarios:
+- name: m
+  matrix:
+    mode: [STRICT, PERMISSIVE]
+    tls: [DISABLE, ISTIO_MUTUAL]
+    exclude:
+    - {mode: PERMISSIVE, tls: DISABLE}
+    - {mode: STRICT, tls: ISTIO_MUTUAL}
+    include:
+    - {mode: STRICT, tls: ISTIO_MUTUAL, note: back}
+  steps:
+  - mtls:
+      peerAuthentications: [{scope: namespace, mode: "${mode}"}]
+      destinationRules: [{workload: service-b, mode: "${tls}"}]
+`)
+	var got []string
+	for _, sc := range s.Scenarios {
+		got = append(got, sc.Name)
+	}
+	want := "m[mode=STRICT,tls=DISABLE] m[mode=PERMISSIVE,tls=ISTIO_MUTUAL] m[mode=STRICT,tls=ISTIO_MUTUAL]"
+	if strings.Join(got, " ") != want {
+		t.Errorf("scenarios = %v, want %s", got, want)
+	}
+	if v := s.Scenarios[2].MatrixValues["note"]; v != "back" {
+		t.Errorf("the included combination has note = %q", v)
+	}
+}
+
+func TestMatrixExcludeMatchingNothingIsAnError(t *testing.T) {
+	errs := loadErrors(t, header+`scenarios:
+- name: m
+  matrix:
+    mode: [STRICT, PERMISSIVE]
+    exclude:
+    - {mode: DISABLE}
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: "${mode}"}]}
+`)
+	want := `test.yaml:11:7: scenarios[0].matrix.exclude[0]: exclude {mode: DISABLE} matches no combination of the matrix`
+	if errs.Error() != want {
+		t.Errorf("errors:\n%s\nwant:\n%s", errs, want)
+	}
+}

@@ -139,9 +139,10 @@ func (g *schemaGen) typeSchema(t reflect.Type) map[string]any {
 		}}
 	case reflect.TypeOf(Matrix{}):
 		values := map[string]any{"type": "array", "minItems": 1, "items": map[string]any{"type": []any{"string", "number", "boolean"}}}
+		entries := map[string]any{"type": "array", "items": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": []any{"string", "number", "boolean"}}}}
 		return map[string]any{
 			"type":                 "object",
-			"properties":           map[string]any{"include": map[string]any{"type": "array", "items": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": []any{"string", "number", "boolean"}}}}},
+			"properties":           map[string]any{"include": entries, "exclude": entries},
 			"propertyNames":        map[string]any{"pattern": "^[A-Za-z][-_A-Za-z0-9]*$"},
 			"additionalProperties": values,
 		}
@@ -310,7 +311,7 @@ func typeName(t reflect.Type) string {
 	case reflect.TypeOf(ExpectStep{}):
 		return "list of [Expectation](#expectation), or `auto`"
 	case reflect.TypeOf(Matrix{}):
-		return "variable: [values], include: [...]"
+		return "variable: [values], exclude: [...], include: [...]"
 	}
 	if e, ok := reflect.Zero(t).Interface().(enum); ok {
 		vals := append([]string(nil), e.Values()...)

@@ -453,8 +453,14 @@ type Matrix struct {
 	// Variables maps a variable name to its values; every combination is a
 	// scenario.
 	Variables map[string][]string `json:"-"`
+	// Exclude removes the combinations that match an entry (every variable
+	// it names has its value), before include applies, as in GitHub
+	// Actions. An entry that matches no combination is an error.
+	Exclude []map[string]string `json:"exclude,omitempty"`
 	// Include adds variables to matching combinations, or adds combinations.
 	Include []map[string]string `json:"include,omitempty"`
 
-	order []string // variable names in file order
+	order      []string   // variable names in file order
+	excludeAt  []Position // where each exclude entry was written
+	excludeErr []int      // indexes of exclude entries that match no combination
 }
