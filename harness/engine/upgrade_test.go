@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -310,8 +312,17 @@ func TestUpgradeStepVerdict_ScriptedTransport(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			charts := t.TempDir() // the scenario names charts that exist; the scripted mesh never reads them
+			for _, chart := range []string{"base", "istiod"} {
+				if err := os.MkdirAll(filepath.Join(charts, chart), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(charts, chart, "Chart.yaml"), []byte("name: "+chart+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			s, ns := suiteIn(t, `  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
-  - upgrade: {to: 1.30.3, charts: /charts/1.30.3, traffic: {every: 30ms, maxFailures: 1}}
+  - upgrade: {to: 1.30.3, charts: `+charts+`, traffic: {every: 30ms, maxFailures: 1}}
 `)
 			mc := &recordingMesh{proxy: "docker.io/istio/proxyv2:1.29.6", upgrade: tc.afterProxy}
 			upgradeFixture(t, ns, "", mc.injector)
@@ -329,7 +340,7 @@ func TestUpgradeStepVerdict_ScriptedTransport(t *testing.T) {
 					t.Errorf("got %v, want an error saying %q", err, want)
 				}
 			}
-			if got := strings.Join(mc.calls, "; "); got != "Upgrade 1.30.3 /charts/1.30.3; WaitReady" {
+			if got := strings.Join(mc.calls, "; "); got != "Upgrade 1.30.3 "+charts+"; WaitReady" {
 				t.Errorf("mesh calls: %s", got)
 			}
 		})

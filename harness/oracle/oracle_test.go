@@ -308,3 +308,50 @@ func TestAgrees(t *testing.T) {
 		}
 	}
 }
+
+// scenario.MTLSStep.ServerMode (validation's view of what a server
+// enforces, for noPlaintextAfter) composes policies as the oracle does.
+func TestScenarioServerModeAgreesWithTheOracle(t *testing.T) {
+	s := testSuite()
+	modes := []scenario.MTLSMode{"", unset, disable, permissive, strict}
+	checked := 0
+	for _, meshMode := range modes {
+		for _, nsMode := range modes {
+			for _, wlMode := range modes {
+				for _, portMode := range modes {
+					var m scenario.MTLSStep
+					if meshMode != "" {
+						m.PeerAuthentications = append(m.PeerAuthentications, mesh(meshMode))
+					}
+					if nsMode != "" {
+						m.PeerAuthentications = append(m.PeerAuthentications, namespace("meshproof", nsMode))
+					}
+					if wlMode != "" {
+						wl := workload("service-b", wlMode)
+						if portMode != "" {
+							wl = workload("service-b", wlMode, 9090, portMode)
+						}
+						m.PeerAuthentications = append(m.PeerAuthentications, wl)
+					}
+					pol, err := indexPolicies(s, &m)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for i := range s.Fixtures.Workloads {
+						w := &s.Fixtures.Workloads[i]
+						for _, port := range []int{8080, 9090} {
+							want, _ := pol.serverMode(w, port)
+							if got := m.ServerMode(w, port); got != want {
+								t.Errorf("%s under %s, %s:%d: scenario says %s, oracle %s", m.Summary(), w.Name, w.Name, port, got, want)
+							}
+							checked++
+						}
+					}
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("nothing compared")
+	}
+}

@@ -31,7 +31,7 @@ type stepKind struct {
 	// known; dir resolves relative paths.
 	defaults func(s *Suite, st *Step, dir string)
 	// validate checks the kind's own fields.
-	validate func(v *validator, st *Step, sc *Scenario, path string)
+	validate func(v *validator, st *Step, sc *Scenario, index int, path string)
 	// describe is what a default step name says after the kind, or "".
 	describe func(st *Step) string
 	// policies is the policy set the step leaves in force, or nil when
@@ -46,112 +46,117 @@ func noPolicies(*Step) *MTLSStep { return nil }
 func noDescription(*Step) string { return "" }
 
 // stepKinds is the table of step kinds, in the order of Step's fields.
-var stepKinds = []stepKind{
-	{
-		name:     KindMTLS,
-		of:       func(st *Step) any { return nilIfNil(st.MTLS) },
-		defaults: func(s *Suite, st *Step, _ string) { s.defaultMTLSNamespaces(st.MTLS) },
-		validate: func(v *validator, st *Step, _ *Scenario, path string) { v.mtls(st.MTLS, path+".mtls") },
-		describe: func(st *Step) string { return st.MTLS.Summary() },
-		policies: func(st *Step) *MTLSStep { return st.MTLS },
-	},
-	{
-		name: KindExpect,
-		of:   func(st *Step) any { return nilIfNil(st.Expect) },
-		defaults: func(s *Suite, st *Step, _ string) {
-			for k := range st.Expect.Table {
-				e := &st.Expect.Table[k]
-				if w := s.Workload(e.To); e.Port == 0 && w != nil && len(w.Ports) > 0 {
-					e.Port = w.Ports[0].Number
+// It is filled in init: some validators look at other steps' kinds.
+var stepKinds []stepKind
+
+func init() {
+	stepKinds = []stepKind{
+		{
+			name:     KindMTLS,
+			of:       func(st *Step) any { return nilIfNil(st.MTLS) },
+			defaults: func(s *Suite, st *Step, _ string) { s.defaultMTLSNamespaces(st.MTLS) },
+			validate: func(v *validator, st *Step, _ *Scenario, _ int, path string) { v.mtls(st.MTLS, path+".mtls") },
+			describe: func(st *Step) string { return st.MTLS.Summary() },
+			policies: func(st *Step) *MTLSStep { return st.MTLS },
+		},
+		{
+			name: KindExpect,
+			of:   func(st *Step) any { return nilIfNil(st.Expect) },
+			defaults: func(s *Suite, st *Step, _ string) {
+				for k := range st.Expect.Table {
+					e := &st.Expect.Table[k]
+					if w := s.Workload(e.To); e.Port == 0 && w != nil && len(w.Ports) > 0 {
+						e.Port = w.Ports[0].Number
+					}
 				}
-			}
+			},
+			validate: (*validator).expectStep,
+			describe: func(st *Step) string {
+				switch {
+				case st.Expect.Auto:
+					return "auto"
+				case len(st.Expect.Table) == 1:
+					return "(1 pair)"
+				}
+				return fmt.Sprintf("(%d pairs)", len(st.Expect.Table))
+			},
+			policies: noPolicies,
 		},
-		validate: func(v *validator, st *Step, _ *Scenario, path string) { v.expect(st.Expect, st.Source, path+".expect") },
-		describe: func(st *Step) string {
-			switch {
-			case st.Expect.Auto:
-				return "auto"
-			case len(st.Expect.Table) == 1:
-				return "(1 pair)"
-			}
-			return fmt.Sprintf("(%d pairs)", len(st.Expect.Table))
+		{
+			name: KindRotate,
+			of:   func(st *Step) any { return nilIfNil(st.Rotate) },
+			defaults: func(_ *Suite, st *Step, _ string) {
+				if st.Rotate.Within.IsZero() {
+					st.Rotate.Within = st.Timeout
+				}
+			},
+			validate: (*validator).rotate,
+			describe: func(st *Step) string { return st.Rotate.Workload },
+			policies: noPolicies,
 		},
-		policies: noPolicies,
-	},
-	{
-		name: KindRotate,
-		of:   func(st *Step) any { return nilIfNil(st.Rotate) },
-		defaults: func(_ *Suite, st *Step, _ string) {
-			if st.Rotate.Within.IsZero() {
-				st.Rotate.Within = st.Timeout
-			}
+		{
+			name:     KindRestart,
+			of:       func(st *Step) any { return nilIfNil(st.Restart) },
+			defaults: noDefaults,
+			validate: (*validator).restart,
+			describe: func(st *Step) string { return strings.Join(st.Restart.Workloads, ", ") },
+			policies: noPolicies,
 		},
-		validate: (*validator).rotate,
-		describe: func(st *Step) string { return st.Rotate.Workload },
-		policies: noPolicies,
-	},
-	{
-		name:     KindRestart,
-		of:       func(st *Step) any { return nilIfNil(st.Restart) },
-		defaults: noDefaults,
-		validate: (*validator).restart,
-		describe: func(st *Step) string { return strings.Join(st.Restart.Workloads, ", ") },
-		policies: noPolicies,
-	},
-	{
-		name:     KindWait,
-		of:       func(st *Step) any { return nilIfNil(st.Wait) },
-		defaults: noDefaults,
-		validate: (*validator).wait,
-		describe: noDescription,
-		policies: noPolicies,
-	},
-	{
-		name: KindUpgrade,
-		of:   func(st *Step) any { return nilIfNil(st.Upgrade) },
-		defaults: func(s *Suite, st *Step, dir string) {
-			u := st.Upgrade
-			if u.Method == "" {
-				u.Method = UpgradeInPlace
-			}
-			if u.Method == UpgradeCanary && u.Revision == "" {
-				u.Revision = strings.ReplaceAll(u.To, ".", "-")
-			}
-			if u.Charts != "" {
-				u.Charts = resolve(dir, u.Charts)
-			}
-			s.defaultTraffic(&u.Traffic)
+		{
+			name:     KindWait,
+			of:       func(st *Step) any { return nilIfNil(st.Wait) },
+			defaults: noDefaults,
+			validate: (*validator).wait,
+			describe: noDescription,
+			policies: noPolicies,
 		},
-		validate: (*validator).upgrade,
-		describe: func(st *Step) string { return fmt.Sprintf("to %s (%s)", st.Upgrade.To, st.Upgrade.Method) },
-		policies: noPolicies,
-	},
-	{
-		name: KindRotateRoot,
-		of:   func(st *Step) any { return nilIfNil(st.RotateRoot) },
-		defaults: func(s *Suite, st *Step, _ string) {
-			if st.RotateRoot.Within.IsZero() {
-				st.RotateRoot.Within = st.Timeout
-			}
-			s.defaultTraffic(&st.RotateRoot.Traffic)
+		{
+			name: KindUpgrade,
+			of:   func(st *Step) any { return nilIfNil(st.Upgrade) },
+			defaults: func(s *Suite, st *Step, dir string) {
+				u := st.Upgrade
+				if u.Method == "" {
+					u.Method = UpgradeInPlace
+				}
+				if u.Method == UpgradeCanary && u.Revision == "" {
+					u.Revision = strings.ReplaceAll(u.To, ".", "-")
+				}
+				if u.Charts != "" {
+					u.Charts = resolve(dir, u.Charts)
+				}
+				s.defaultTraffic(&u.Traffic)
+			},
+			validate: (*validator).upgrade,
+			describe: func(st *Step) string { return fmt.Sprintf("to %s (%s)", st.Upgrade.To, st.Upgrade.Method) },
+			policies: noPolicies,
 		},
-		validate: (*validator).rotateRoot,
-		describe: noDescription,
-		policies: noPolicies,
-	},
-	{
-		name: KindTransition,
-		of:   func(st *Step) any { return nilIfNil(st.Transition) },
-		defaults: func(s *Suite, st *Step, _ string) {
-			orDuration(&st.Transition.Observe, "30s")
-			s.defaultTraffic(&st.Transition.Traffic)
-			s.defaultMTLSNamespaces(&st.Transition.To)
+		{
+			name: KindRotateRoot,
+			of:   func(st *Step) any { return nilIfNil(st.RotateRoot) },
+			defaults: func(s *Suite, st *Step, _ string) {
+				if st.RotateRoot.Within.IsZero() {
+					st.RotateRoot.Within = st.Timeout
+				}
+				s.defaultTraffic(&st.RotateRoot.Traffic)
+			},
+			validate: (*validator).rotateRoot,
+			describe: noDescription,
+			policies: noPolicies,
 		},
-		validate: (*validator).transition,
-		describe: func(st *Step) string { return "to " + st.Transition.To.Summary() },
-		// Its policies stay in force after it.
-		policies: func(st *Step) *MTLSStep { return &st.Transition.To },
-	},
+		{
+			name: KindTransition,
+			of:   func(st *Step) any { return nilIfNil(st.Transition) },
+			defaults: func(s *Suite, st *Step, _ string) {
+				orDuration(&st.Transition.Observe, "30s")
+				s.defaultTraffic(&st.Transition.Traffic)
+				s.defaultMTLSNamespaces(&st.Transition.To)
+			},
+			validate: (*validator).transition,
+			describe: func(st *Step) string { return "to " + st.Transition.To.Summary() },
+			// Its policies stay in force after it.
+			policies: func(st *Step) *MTLSStep { return &st.Transition.To },
+		},
+	}
 }
 
 // nilIfNil turns a nil pointer into a nil interface, so that "is the step

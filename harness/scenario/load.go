@@ -294,6 +294,9 @@ func (m *MTLSStep) Summary() string {
 	for _, dr := range m.DestinationRules {
 		modes = append(modes, "DR "+dr.Workload+" "+string(dr.Mode))
 	}
+	if len(modes) == 0 {
+		return "no policies"
+	}
 	return strings.Join(modes, ", ")
 }
 

@@ -88,6 +88,10 @@ func (v *validator) clusters() {
 		if !istioVer.MatchString(in.Version) {
 			v.errorf(in.Source.At("version"), ipath+".version", "Istio version %q is not a full release version such as 1.30.3", in.Version)
 		}
+		v.existingPath(in.Charts, in.Source.At("charts"), ipath+".charts", "istio.charts", true)
+		if c.Kind != nil {
+			v.existingPath(c.Kind.ConfigFile, c.Kind.Source.At("configFile"), path+".kind.configFile", "kind.configFile", false)
+		}
 		if in.Revision != "" && !dnsLabel.MatchString(in.Revision) {
 			v.errorf(in.Source.At("revision"), ipath+".revision", "revision %q must be a DNS label (lower case letters, digits and -), e.g. 1-30-3", in.Revision)
 		}
@@ -114,6 +118,7 @@ func (v *validator) workloads() {
 	if _, set := f.Source.fields["namespace"]; set && !dnsLabel.MatchString(f.Namespace) {
 		v.errorf(f.Source.At("namespace"), "fixtures.namespace", "namespace %q must be a DNS label", f.Namespace)
 	}
+	v.systemNamespace(f.Namespace, f.Source.At("namespace"), "fixtures.namespace")
 	seen := map[string]Position{}
 	for i, w := range f.Workloads {
 		path := fmt.Sprintf("fixtures.workloads[%d]", i)
@@ -124,6 +129,9 @@ func (v *validator) workloads() {
 		seen[w.Name] = w.Source.At("name")
 		if w.Namespace != "" && !dnsLabel.MatchString(w.Namespace) {
 			v.errorf(w.Source.At("namespace"), path+".namespace", "namespace %q must be a DNS label", w.Namespace)
+		}
+		if w.Source.has("namespace") {
+			v.systemNamespace(w.Namespace, w.Source.At("namespace"), path+".namespace")
 		}
 		if !dnsLabel.MatchString(w.ServiceAccount) {
 			v.errorf(w.Source.At("serviceAccount"), path+".serviceAccount", "service account %q must be a DNS label", w.ServiceAccount)
@@ -204,13 +212,14 @@ func (v *validator) scenarios() {
 		if len(sc.Steps) == 0 {
 			v.errorf(sc.Source.At("steps"), path+".steps", "a scenario needs at least one step")
 		}
+		v.stepNames(sc)
 		for j := range sc.Steps {
-			v.step(&sc.Steps[j], sc, fmt.Sprintf("%s.steps[%d]", path, j))
+			v.step(&sc.Steps[j], sc, j, fmt.Sprintf("%s.steps[%d]", path, j))
 		}
 	}
 }
 
-func (v *validator) step(st *Step, sc *Scenario, path string) {
+func (v *validator) step(st *Step, sc *Scenario, index int, path string) {
 	kinds := st.kindsOf()
 	switch len(kinds) {
 	case 0:
@@ -225,17 +234,18 @@ func (v *validator) step(st *Step, sc *Scenario, path string) {
 		v.errorf(st.Source.Position, path, "a step has exactly one kind; this one has %s: split it into steps", strings.Join(names, ", "))
 		return
 	}
-	kinds[0].validate(v, st, sc, path)
+	kinds[0].validate(v, st, sc, index, path)
 }
 
-func (v *validator) rotate(st *Step, _ *Scenario, path string) {
+func (v *validator) rotate(st *Step, _ *Scenario, _ int, path string) {
 	r := st.Rotate
+	v.withinTimeout(st, r.Within, r.Source.At("within"), path+".rotate.within", "rotate.within")
 	if w := v.workload(r.Workload, r.Source, "workload", path+".rotate"); w != nil && !w.InMesh() {
 		v.errorf(r.Source.At("workload"), path+".rotate.workload", "workload %q is out of the mesh: it has no workload certificate to rotate", r.Workload)
 	}
 }
 
-func (v *validator) restart(st *Step, _ *Scenario, path string) {
+func (v *validator) restart(st *Step, _ *Scenario, _ int, path string) {
 	if len(st.Restart.Workloads) == 0 {
 		v.errorf(st.Restart.Source.At("workloads"), path+".restart.workloads", "name at least one workload")
 	}
@@ -244,23 +254,27 @@ func (v *validator) restart(st *Step, _ *Scenario, path string) {
 	}
 }
 
-func (v *validator) wait(st *Step, _ *Scenario, path string) {
+func (v *validator) wait(st *Step, _ *Scenario, _ int, path string) {
 	w := st.Wait
 	if (len(w.Workloads) == 0) == w.Duration.IsZero() {
 		v.errorf(w.Source.Position, path+".wait", "set either workloads or duration")
+	}
+	if !w.Duration.IsZero() && w.Duration.Duration >= st.Timeout.Duration {
+		v.errorf(w.Source.At("duration"), path+".wait.duration", "waiting %s does not end before the step's timeout %s: the step would time out; raise the step's timeout", w.Duration, st.Timeout)
 	}
 	for _, name := range w.Workloads {
 		v.workload(name, w.Source, "workloads", path+".wait")
 	}
 }
 
-func (v *validator) transition(st *Step, _ *Scenario, path string) {
+func (v *validator) transition(st *Step, sc *Scenario, index int, path string) {
 	t := st.Transition
 	v.mtls(&t.To, path+".transition.to")
 	v.traffic(t.Traffic, path+".transition.traffic")
+	v.transitionTimes(st, sc, index, path)
 }
 
-func (v *validator) upgrade(st *Step, sc *Scenario, path string) {
+func (v *validator) upgrade(st *Step, sc *Scenario, index int, path string) {
 	u := st.Upgrade
 	if c := v.s.Cluster(sc.Cluster); c != nil && c.Istio.Mode == IstioUseExisting {
 		v.errorf(st.Source.At("upgrade"), path+".upgrade", "upgrading Istio needs Istio installed by meshproof; cluster %s has istio.mode use-existing", c.Name)
@@ -275,9 +289,15 @@ func (v *validator) upgrade(st *Step, sc *Scenario, path string) {
 		v.errorf(u.Source.At("revision"), path+".upgrade.revision", "a revision goes with method: canary")
 	}
 	v.traffic(u.Traffic, path+".upgrade.traffic")
+	v.continuousTimes(u.Traffic, st.Timeout, "the step's timeout", path+".upgrade.traffic")
+	v.upgradeVersion(st, sc, index, path)
+	v.existingPath(u.Charts, u.Source.At("charts"), path+".upgrade.charts", "upgrade.charts", true)
 }
 
-func (v *validator) rotateRoot(st *Step, sc *Scenario, path string) {
+func (v *validator) rotateRoot(st *Step, sc *Scenario, _ int, path string) {
+	r := st.RotateRoot
+	v.withinTimeout(st, r.Within, r.Source.At("within"), path+".rotateRoot.within", "rotateRoot.within")
+	v.continuousTimes(r.Traffic, st.Timeout, "the step's timeout", path+".rotateRoot.traffic")
 	if c := v.s.Cluster(sc.Cluster); c != nil && !c.Istio.PluggedCA {
 		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster %s", c.Name)
 	}
@@ -299,9 +319,8 @@ func (v *validator) traffic(t Traffic, path string) {
 }
 
 func (v *validator) mtls(m *MTLSStep, path string) {
-	if len(m.PeerAuthentications) == 0 && len(m.DestinationRules) == 0 {
-		v.errorf(m.Source.Position, path, "set peerAuthentications, destinationRules or both (an empty mtls step would only remove policies: say so with an empty list of peerAuthentications)")
-	}
+	// No policy at all is a policy set too: the step removes every policy
+	// of the previous one and leaves Istio's defaults.
 	// Istio applies only the oldest of several policies for the same scope,
 	// so two of them in one step would make the outcome depend on timing.
 	scopes := map[string]Position{}
@@ -322,6 +341,10 @@ func (v *validator) mtls(m *MTLSStep, path string) {
 		case ScopeNamespace:
 			if pa.Workload != "" {
 				v.errorf(pa.Source.At("workload"), ppath+".workload", "a namespace-wide policy selects no workload; use scope: workload")
+			}
+			if namespaces := v.fixtureNamespaces(); pa.Namespace != IstioRootNamespace && !contains(namespaces, pa.Namespace) {
+				v.errorf(pa.Source.At("namespace"), ppath+".namespace", "no fixture lives in namespace %q, so the policy would apply to nothing; the fixtures' namespaces are %s%s",
+					pa.Namespace, strings.Join(namespaces, ", "), suggest(pa.Namespace, namespaces))
 			}
 		case ScopeWorkload:
 			key += "/" + pa.Workload
@@ -365,6 +388,11 @@ func (v *validator) mtls(m *MTLSStep, path string) {
 	}
 }
 
+func (v *validator) expectStep(st *Step, _ *Scenario, _ int, path string) {
+	v.expect(st.Expect, st.Source, path+".expect")
+	v.probeTimes(st, path)
+}
+
 func (v *validator) expect(e *ExpectStep, stepSrc Source, path string) {
 	if e.Auto {
 		return // the rows come from the oracle when the step runs
@@ -375,8 +403,17 @@ func (v *validator) expect(e *ExpectStep, stepSrc Source, path string) {
 	seen := map[string]Position{}
 	for i, x := range e.Table {
 		xpath := fmt.Sprintf("%s[%d]", path, i)
-		v.workload(x.From, x.Source, "from", xpath)
+		from := v.workload(x.From, x.Source, "from", xpath)
 		to := v.workload(x.To, x.Source, "to", xpath)
+		if x.Result == ResultMTLS {
+			for _, w := range []*Workload{from, to} {
+				if w != nil && !w.InMesh() {
+					v.errorf(x.Source.At("result"), xpath+".result", "workload %q has no sidecar (mesh: false), so no request between %s and %s can be mutual TLS; expect plaintext or fail",
+						w.Name, x.From, x.To)
+					break
+				}
+			}
+		}
 		if to != nil && !to.HasPort(x.Port) {
 			v.errorf(x.Source.At("port"), xpath+".port", "workload %q has no port %d", to.Name, x.Port)
 		}
