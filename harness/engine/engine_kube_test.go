@@ -50,7 +50,7 @@ func suiteIn(t *testing.T, steps string) (*scenario.Suite, string) {
 	ns = strings.Trim(ns, "-")
 	src := fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
-defaults: {interval: 50ms, consecutive: 3, requests: 2, timeout: 20s}
+defaults: {interval: 50ms, consecutive: 3, requests: 2, timeout: 20s, requestTimeout: 100ms}
 clusters: [{name: c, istio: {version: 1.29.6}}]
 fixtures:
   namespace: %s
