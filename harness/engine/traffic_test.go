@@ -83,7 +83,7 @@ func eventsOf(rec *recordedEvents, kind results.EventKind) []string {
 
 func TestTrafficHarnessErrorsAreNotFailedRequests_ScriptedTransport(t *testing.T) {
 	s, ns := suiteIn(t, `  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
-  - upgrade: {to: 1.30.3, charts: /charts/1.30.3, traffic: {every: 30ms, maxFailures: 0}}
+  - upgrade: {to: 1.30.3, charts: `+chartsDir(t)+`, traffic: {every: 30ms, maxFailures: 0}}
 `)
 	mc := &recordingMesh{proxy: "docker.io/istio/proxyv2:1.29.6", upgrade: "docker.io/istio/proxyv2:1.30.3"}
 	// Each restarted client has no ready pod for 200ms.
@@ -132,7 +132,7 @@ func TestTrafficHarnessErrorsAreNotFailedRequests_ScriptedTransport(t *testing.T
 
 func TestTrafficUnobservableClientBeyondTheLimitFailsTheStep_ScriptedTransport(t *testing.T) {
 	s, ns := suiteIn(t, `  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
-  - upgrade: {to: 1.30.3, charts: /charts/1.30.3, traffic: {every: 30ms, maxFailures: 0}}
+  - upgrade: {to: 1.30.3, charts: `+chartsDir(t)+`, traffic: {every: 30ms, maxFailures: 0}}
 `)
 	mc := &recordingMesh{proxy: "docker.io/istio/proxyv2:1.29.6", upgrade: "docker.io/istio/proxyv2:1.30.3"}
 	upgradeFixture(t, ns, "", mc.injector)

@@ -312,15 +312,7 @@ func TestUpgradeStepVerdict_ScriptedTransport(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			charts := t.TempDir() // the scenario names charts that exist; the scripted mesh never reads them
-			for _, chart := range []string{"base", "istiod"} {
-				if err := os.MkdirAll(filepath.Join(charts, chart), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(filepath.Join(charts, chart, "Chart.yaml"), []byte("name: "+chart+"\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			charts := chartsDir(t)
 			s, ns := suiteIn(t, `  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
   - upgrade: {to: 1.30.3, charts: `+charts+`, traffic: {every: 30ms, maxFailures: 1}}
 `)
@@ -408,4 +400,21 @@ func TestProxyImageAndTag(t *testing.T) {
 			t.Errorf("tagIsVersion(%q, 1.30.3) = %v", tag, !want)
 		}
 	}
+}
+
+// chartsDir is a folder holding a base and an istiod chart, for scenarios
+// that name charts (validation requires them to exist); the scripted mesh
+// control never reads them.
+func chartsDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, chart := range []string{"base", "istiod"} {
+		if err := os.MkdirAll(filepath.Join(dir, chart), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, chart, "Chart.yaml"), []byte("name: "+chart+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -42,7 +42,7 @@ func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
 
 const runSuite = `apiVersion: meshproof.dev/v1alpha1
 kind: Suite
-defaults: {interval: 50ms, consecutive: 2, requests: 2, timeout: 20s}
+defaults: {interval: 50ms, consecutive: 2, requests: 2, timeout: 20s, requestTimeout: 200ms}
 clusters: [{name: c, istio: {version: 1.30.3}}]
 fixtures:
   namespace: %s
