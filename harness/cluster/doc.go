@@ -9,7 +9,8 @@
 //     LoadImageArchive loads an image tarball into every node in parallel;
 //     ExportLogs collects kind's node logs.
 //   - Existing uses a cluster meshproof did not create, through a kubeconfig
-//     context. It never deletes the cluster; what a run created there is
+//     context, loaded as kubectl does ($KUBECONFIG, then ~/.kube/config,
+//     when no file is named). It never deletes the cluster; what a run created there is
 //     removed with deploy.Sweep(deploy.RunSelector(runID)), which selects by
 //     the run-id label of package ownership across every resource type.
 //

@@ -50,4 +50,17 @@
 // and global.tag are always set (DefaultHub, and the Istio version).
 //
 // Release records are Helm's usual Secrets in the Istio namespace.
+//
+// # Whose Istio
+//
+// On a cluster meshproof did not create, Istio may be the user's. WithLedger
+// makes an Installer act only on what a meshproof ledger (package
+// harness/ledger) lists: it records the releases it installs and the CRDs
+// they create, refuses releases no ledger lists (ForeignReleasesError,
+// unless WithAdoptReleases), uninstalls only its own releases and purges
+// only its own CRDs, and only when no other Istio release is left.
+// CheckInstall is install mode's check before anything is applied.
+// Detect and UseExisting are use-existing mode: they read the installed
+// control plane (version, revision, plugged CA, multi-root, health) and
+// change nothing.
 package istio
