@@ -99,16 +99,25 @@ func New(kube client.Reader, certs CertSource, opts ...Option) *Execer {
 // (run.WithTransport): the Execer reads the cluster the run set up.
 func Transport(certs CertSource, opts ...Option) func(*rest.Config) (probe.Execer, error) {
 	return func(cfg *rest.Config) (probe.Execer, error) {
-		scheme, err := engine.NewScheme()
+		kube, err := newClient(cfg)
 		if err != nil {
 			return nil, err
 		}
-		kube, err := client.New(cfg, client.Options{Scheme: scheme})
-		if err != nil {
-			return nil, fmt.Errorf("simulated data plane: a client for the cluster: %w", err)
-		}
 		return New(kube, certs, opts...), nil
 	}
+}
+
+// newClient is a client for the cluster knowing Istio's policy types.
+func newClient(cfg *rest.Config) (client.Client, error) {
+	scheme, err := engine.NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	kube, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("simulated data plane: a client for the cluster: %w", err)
+	}
+	return kube, nil
 }
 
 // errUnknownCommand is returned for every command the real programs would

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -96,22 +95,15 @@ type fixture struct {
 	env      []corev1.EnvVar // the istio-proxy container's environment
 }
 
+// namespaceFor is a fresh namespace of the test's own.
 func namespaceFor(t *testing.T) string {
-	ns := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
-	if len(ns) > 50 {
-		ns = ns[:50]
-	}
-	return strings.Trim(ns, "-")
+	return env.NewNamespace(t, "dataplane")
 }
 
 func deploy(t *testing.T, ns string, fixtures ...fixture) {
 	t.Helper()
 	ctx := context.Background()
-	for _, name := range []string{ns, scenario.IstioRootNamespace} {
-		if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-	}
+	env.EnsureNamespace(t, scenario.IstioRootNamespace)
 	for _, f := range fixtures {
 		labels := map[string]string{"app": f.name}
 		if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: f.name, Namespace: ns}}); err != nil {
@@ -177,7 +169,12 @@ scenarios:
 // simulated data plane and returns each step's error and what was recorded.
 func run(t *testing.T, s *scenario.Suite, certs dataplane.CertSource) ([]error, *recorder) {
 	t.Helper()
-	dp := dataplane.New(env.Client, certs)
+	return runWith(t, s, dataplane.New(env.Client, certs))
+}
+
+// runWith is run on a given transport.
+func runWith(t *testing.T, s *scenario.Suite, dp probe.Execer) ([]error, *recorder) {
+	t.Helper()
 	rec := &recorder{}
 	e, err := engine.New(s, "c", env.Client, probe.NewProber(dp), fmt.Sprint("run-", time.Now().UnixNano()),
 		engine.WithLogger(t.Logf), engine.WithRecorder(rec), engine.WithCertReader(probe.NewCertReader(dp)))

@@ -20,9 +20,11 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/probe"
 )
 
 // IstiodCA is a CertSource that asks istiod's CA for every certificate, as
@@ -153,4 +155,22 @@ func (c *IstiodCA) csr(pod *corev1.Pod) ([]byte, error) {
 		return nil, fmt.Errorf("a CSR for %s: %w", id, err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// IstiodTransport is Transport with every sidecar's certificates from
+// istiod's CA at addr (its --secureGRPCAddr), whose serving certificate
+// must chain to roots. The gRPC connection is opened lazily and lives as
+// long as the process: a run uses one Execer for its whole length.
+func IstiodTransport(addr string, roots *x509.CertPool, caOpts []IstiodOption, opts ...Option) func(*rest.Config) (probe.Execer, error) {
+	return func(cfg *rest.Config) (probe.Execer, error) {
+		kube, err := newClient(cfg)
+		if err != nil {
+			return nil, err
+		}
+		certs, err := NewIstiodCA(kube, addr, roots, caOpts...)
+		if err != nil {
+			return nil, err
+		}
+		return New(kube, certs, opts...), nil
+	}
 }

@@ -169,11 +169,16 @@ func TestIstiodCAIssuesForThePodsServiceAccount(t *testing.T) {
 	}
 	istiod.mu.Unlock()
 
-	// The engine over the simulated data plane with these certificates.
+	// The engine over the transport a run would use, certificates from the
+	// same CA.
 	s := suite(t, ns, `  - expect:
     - {from: service-a, to: service-b, port: 8080, result: mtls}
 `)
-	errs, rec := run(t, s, c)
+	dp, err := dataplane.IstiodTransport(addr, roots, nil)(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs, rec := runWith(t, s, dp)
 	if errs[0] != nil {
 		t.Fatal(errs[0])
 	}
