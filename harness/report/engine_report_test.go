@@ -22,7 +22,6 @@ import (
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -57,7 +56,7 @@ scenarios:
     - {from: service-a, to: service-b, result: mtls}
     - {from: legacy, to: service-b, result: fail, reason: reset}
   - name: port-9090-closed
-    timeout: 1s
+    timeout: 2s
     expect:
     - {from: service-a, to: service-b, port: 9090, result: mtls}
     - {from: legacy, to: service-b, port: 9090, result: fail, reason: reset}
@@ -70,8 +69,8 @@ scenarios:
   - name: to-strict
     transition:
       to: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
-      observe: 1500ms
-      noPlaintextAfter: 1s
+      observe: 3s
+      noPlaintextAfter: 2s
       traffic:
         every: 100ms
         maxFailures: 1000
@@ -163,15 +162,11 @@ func readyPod(t *testing.T, c client.Client, ns, workload, ip string) {
 // and RecordVerdict), and closes it. It returns the run.
 func realRun(t *testing.T) *report.Run {
 	env := kube.Get(t)
-	ns := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	ns := env.NewNamespace(t, "report-real-run")
+	env.EnsureNamespace(t, scenario.IstioRootNamespace)
 	s, err := scenario.Load("scenarios.yaml", []byte(fmt.Sprintf(runSuite, ns)))
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, name := range []string{ns, scenario.IstioRootNamespace} {
-		if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
 	}
 	for i, w := range []string{"service-a", "service-b", "legacy"} {
 		readyPod(t, env.Client, ns, w, fmt.Sprintf("10.0.0.%d", i+1))
@@ -262,7 +257,7 @@ func checkRealRunPage(t *testing.T, page []byte) {
 	if h := text(find(expect, by("h3", ""))[0]); h != "strict-mesh / port-9090-closed ✗ failed" {
 		t.Errorf("first failure %q", h)
 	}
-	if r := text(find(expect, by("pre", "reason"))[0]); !strings.Contains(r, `step "port-9090-closed": expectations did not hold within 1s`) {
+	if r := text(find(expect, by("pre", "reason"))[0]); !strings.Contains(r, `step "port-9090-closed": expectations did not hold within 2s`) {
 		t.Errorf("the failed expect's text reads %q", r)
 	}
 	rows := find(expect, by("tr", "row-differs"))
@@ -342,7 +337,7 @@ func checkRealRunPage(t *testing.T, page []byte) {
 		drawn = append(drawn, attr(find(g, by("line", ""))[0], "class")+": "+text(find(g, by("title", ""))[0]))
 	}
 	if len(drawn) != 2 || !strings.HasPrefix(drawn[0], "deadline deadline-met: ") || !strings.HasPrefix(drawn[1], "deadline deadline-met: ") ||
-		!strings.Contains(strings.Join(drawn, "\n"), "no plaintext after 1s") || !strings.Contains(strings.Join(drawn, "\n"), "converged by the end of the window") {
+		!strings.Contains(strings.Join(drawn, "\n"), "no plaintext after 2s") || !strings.Contains(strings.Join(drawn, "\n"), "converged by the end of the window") {
 		t.Errorf("transition deadlines drawn:\n%s", strings.Join(drawn, "\n"))
 	}
 	c := report.CellOf(t, ts, "legacy", "service-b:8080")
