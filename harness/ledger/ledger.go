@@ -15,7 +15,9 @@
 // it; one recorded before it existed must carry the run's run-id label. A
 // namespace that existed before the run is never deleted; labels the run
 // set there are restored to what it found (removed if it added them), unless
-// someone changed them since.
+// someone changed them since. Sweep undoes the ledgers of runs that are no
+// longer live (their Lease expired): a crashed run's leftovers, never a
+// live run's.
 package ledger
 
 import (
@@ -563,4 +565,41 @@ func (l *Ledger) restoreLabels(ctx context.Context, changes []LabelChange) error
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Sweep undoes the ledgers on the cluster of runs that are no longer live
+// (live is usually lease.RunIsLive: a run whose Lease expired or was
+// released never works on the cluster again), and returns their run ids.
+// A live run's ledger is never touched; nor is the caller's own (skip).
+func Sweep(ctx context.Context, c client.Client, skip string, live func(ctx context.Context, runID string) (bool, error), uninstall Uninstaller, opts ...Option) ([]string, error) {
+	ids, err := List(ctx, c, opts...)
+	if err != nil {
+		return nil, err
+	}
+	var swept []string
+	var errs []error
+	for _, id := range ids {
+		if id == skip {
+			continue
+		}
+		isLive, err := live(ctx, id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ledger: is run %s live: %w", id, err))
+			continue
+		}
+		if isLive {
+			continue
+		}
+		l, err := Load(ctx, c, id, opts...)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := l.Undo(ctx, uninstall); err != nil {
+			errs = append(errs, fmt.Errorf("ledger: sweeping run %s: %w", id, err))
+			continue
+		}
+		swept = append(swept, id)
+	}
+	return swept, errors.Join(errs...)
 }

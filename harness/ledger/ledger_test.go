@@ -363,3 +363,47 @@ func TestCrashedRunsLedgerIsSwept(t *testing.T) {
 	}
 	_ = other
 }
+
+// TestSweepSparesLiveRuns: of two other runs' ledgers, the one whose run
+// holds the Lease is kept, the one of a run that stopped is undone.
+func TestSweepSparesLiveRuns(t *testing.T) {
+	f := setup(t)
+	live := mustLease(t, f, "run-live")
+	defer live.Release(f.ctx)
+	nsOf := map[string]string{}
+	for _, id := range []string{"run-live", "run-crashed", f.runID} {
+		l, err := Open(f.ctx, f.c, id, t.TempDir(), WithNamespace(f.coord))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nsOf[id] = "mp-" + strings.ToLower(rand.String(6))
+		if _, err := l.EnsureNamespace(f.ctx, nsOf[id], nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	isLive := func(ctx context.Context, id string) (bool, error) {
+		return lease.RunIsLive(ctx, f.cs, id, lease.WithNamespace(f.coord))
+	}
+	swept, err := Sweep(f.ctx, f.c, f.runID, isLive, nil, WithNamespace(f.coord))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(swept, []string{"run-crashed"}) {
+		t.Errorf("swept %v, want only run-crashed", swept)
+	}
+	for id, ns := range nsOf {
+		gone := goneOrGoing(t, f, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+		if gone != (id == "run-crashed") {
+			t.Errorf("run %s's namespace %s deleted = %v", id, ns, gone)
+		}
+	}
+}
+
+func mustLease(t *testing.T, f fixture, holder string) *lease.Held {
+	t.Helper()
+	h, err := lease.Acquire(f.ctx, f.cs, holder, lease.WithNamespace(f.coord), lease.WithWait(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
