@@ -22,6 +22,7 @@ import (
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/diagnose"
 	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/lease"
 	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
@@ -42,7 +43,8 @@ type clusterState struct {
 	discovery  *discovery.DiscoveryClient
 	metadata   metadata.Interface
 	execer     probe.Execer
-	reached    bool       // its API server answered: the clients can be used
+	reached    bool // its API server answered: the clients can be used
+	lease      *lease.Held
 	mesh       *mesh.Mesh // set once the installer returned one, even partly installed
 	engine     *engine.Engine
 }
@@ -141,6 +143,18 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 		return err
 	}
 
+	// One run per cluster at a time: holding the cluster's Lease proves
+	// no other run is live on it, so what earlier runs left is theirs no
+	// more and can be swept.
+	if err := r.phase(c, "the cluster's lease", func() (err error) {
+		st.lease, err = lease.Acquire(ctx, st.clientset, r.ID(), lease.WithWait(r.o.leaseWait), lease.WithLogger(r.o.logger.With("cluster", c.Name)))
+		if err == nil && st.lease.TookOverFrom() != "" {
+			r.logf("%s: run %s stopped without releasing the cluster; its leftovers are swept", c.Name, st.lease.TookOverFrom())
+		}
+		return err
+	}); err != nil {
+		return err
+	}
 	if err := r.phase(c, "leftovers of earlier runs", func() error { return r.sweepLeftovers(ctx, st) }); err != nil {
 		return err
 	}
@@ -268,6 +282,11 @@ func (r *Run) Teardown(ctx context.Context) error {
 		st := r.clusters[name]
 		if e, ok := st.provider.(ephemeral); !ok || !e.Ephemeral() {
 			errs = append(errs, r.cleanUp(ctx, st))
+		}
+		if st.lease != nil {
+			if err := st.lease.Release(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("cluster %s: %w", name, err))
+			}
 		}
 		if err := st.provider.Destroy(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("cluster %s: %w", name, err))

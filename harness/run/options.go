@@ -63,6 +63,7 @@ type settings struct {
 	images             ImageDelivery
 	transport          TransportFunc
 	reachTimeout       time.Duration
+	leaseWait          time.Duration
 	terminatingTimeout time.Duration
 	gracePeriod        time.Duration
 }
@@ -77,6 +78,7 @@ func defaultSettings() settings {
 		images:             BuiltImage{},
 		transport:          probe.NewKubeExecer,
 		reachTimeout:       DefaultReachTimeout,
+		leaseWait:          DefaultLeaseWait,
 		terminatingTimeout: deploy.DefaultTerminatingTimeout,
 		gracePeriod:        DefaultGracePeriod,
 	}
@@ -136,6 +138,10 @@ func WithTransport(f TransportFunc) Option { return func(s *settings) { s.transp
 // answer (default DefaultReachTimeout).
 func WithReachTimeout(d time.Duration) Option { return func(s *settings) { s.reachTimeout = d } }
 
+// WithLeaseWait bounds how long a run waits for another run to release the
+// cluster (default DefaultLeaseWait).
+func WithLeaseWait(d time.Duration) Option { return func(s *settings) { s.leaseWait = d } }
+
 // WithTerminatingTimeout bounds the wait for an earlier run's namespaces to
 // finish terminating (default deploy.DefaultTerminatingTimeout).
 func WithTerminatingTimeout(d time.Duration) Option {
@@ -188,20 +194,36 @@ func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func
 }
 
 // BuiltImage builds the echo image from source (cached) and loads it into
-// clusters whose provider can load images (kind); other clusters must be
-// able to pull it.
+// clusters whose provider can load images (kind). An existing cluster gets
+// it the way its file says (existing.image): pushed to a repository with
+// the user's registry credentials, or an image the user published; either
+// way by digest, and any registry problem fails before a fixture is
+// deployed.
 type BuiltImage struct{}
 
-// Deliver builds the image and loads it where the provider can.
+// Deliver builds the image and delivers it to the cluster.
 func (BuiltImage) Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, logf func(string, ...any)) (string, error) {
+	var source *scenario.ImageSource
+	if c.Existing != nil {
+		source = c.Existing.Image
+	}
+	if source != nil && source.Ref != "" {
+		return image.Deliver(ctx, nil, image.UseRef(source.Ref))
+	}
 	img, err := image.Build(ctx, image.WithArch(runtime.GOARCH))
 	if err != nil {
 		return "", err
 	}
+	if source != nil && source.Push != "" {
+		ref, err := image.Deliver(ctx, img, image.PushTo(source.Push))
+		if err == nil {
+			logf("%s: pushed %s as %s", c.Name, img.Ref, ref)
+		}
+		return ref, err
+	}
 	loader, ok := p.(support.E2EClusterProviderWithImageLoader)
 	if !ok {
-		logf("%s: the cluster must be able to pull %s (push %s to a registry it reaches)", c.Name, img.Ref, img.TarballPath)
-		return img.Ref, nil
+		return "", fmt.Errorf("cluster %s cannot load %s from an archive: set existing.image.push (a repository meshproof pushes the echo image to, with your docker credentials) or existing.image.ref (an echo image you published)", c.Name, img.Ref)
 	}
 	if err := loader.LoadImageArchive(ctx, img.TarballPath); err != nil {
 		return "", fmt.Errorf("loading %s into the cluster's nodes: %w", img.Ref, err)

@@ -41,6 +41,9 @@ const (
 	// DefaultReachTimeout bounds how long a new or existing cluster's API
 	// server may take to answer before setup fails.
 	DefaultReachTimeout = 30 * time.Second
+	// DefaultLeaseWait bounds how long a run waits for another run on the
+	// same cluster to finish before it fails naming that run.
+	DefaultLeaseWait = 10 * time.Minute
 	// DefaultGracePeriod is what an interrupted run allows itself for
 	// diagnostics and clean-up before it gives up on them (Ginkgo's own
 	// default grace period is the same).

@@ -190,3 +190,58 @@ func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
 		t.Errorf("provider destroyed %d times, want 1", destroyed)
 	}
 }
+
+// Two runs on one cluster: the second waits for the cluster's Lease and
+// fails naming the first, without touching the first run's objects; once
+// the first is done, a third run gets the cluster.
+func TestSecondRunWaitsForTheFirst(t *testing.T) {
+	env := kube.Get(t)
+	const ns = "shared-cluster"
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	go playDeployments(ctx, env.Client, ns)
+	newRun := func(wait time.Duration) (*Run, *fakeProvider) {
+		p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
+		r, _ := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
+			WithLeaseWait(wait))
+		return r, p
+	}
+
+	first, _ := newRun(time.Second)
+	if err := first.Setup(t.Context()); err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	second, secondProvider := newRun(3 * time.Second)
+	err := second.Setup(t.Context())
+	if err == nil || !strings.Contains(err.Error(), first.ID()) {
+		t.Fatalf("second run's setup = %v, want it to name the first run %s", err, first.ID())
+	}
+	if err := second.Teardown(t.Context()); err != nil {
+		t.Fatalf("second run's teardown: %v", err)
+	}
+	if _, destroyed := secondProvider.counts(); destroyed != 1 {
+		t.Errorf("second run's provider destroyed %d times, want 1", destroyed)
+	}
+	var d appsv1.DeploymentList
+	if err := env.Client.List(t.Context(), &d, client.InNamespace(ns), client.MatchingLabels(ownership.Labels(first.ID()))); err != nil || len(d.Items) == 0 {
+		t.Fatalf("the first run's Deployments after the second run: %d, %v; want them untouched", len(d.Items), err)
+	}
+
+	if err := first.Teardown(t.Context()); err != nil {
+		t.Fatalf("first run's teardown: %v", err)
+	}
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	if err := finalize(t.Context(), cs, ns); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	third, _ := newRun(time.Second)
+	if err := third.Setup(t.Context()); err != nil {
+		t.Fatalf("a run after the first released the cluster: %v", err)
+	}
+	if err := third.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := finalize(t.Context(), cs, ns); err != nil && !apierrors.IsNotFound(err) {
+		t.Logf("finalizing %s after the test: %v", ns, err)
+	}
+}
