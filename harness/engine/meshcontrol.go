@@ -26,7 +26,10 @@ type MeshControl interface {
 	// RemoveRevision uninstalls revision's istiod; removing the old one
 	// after InstallCanary completes the canary.
 	RemoveRevision(ctx context.Context, revision string) error
-	// WaitReady waits until every control plane serves and injects.
+	// WaitReady waits until every control plane serves and injects: its
+	// istiod rolled out (no pod of an older ReplicaSet left, as the old
+	// istiod stays Available through an in-place upgrade) and its
+	// injector gives pods the proxy of its version.
 	WaitReady(ctx context.Context) error
 	// RestartControlPlane restarts istiod and waits for its rollout; istiod
 	// reads the plugged CA when it starts.

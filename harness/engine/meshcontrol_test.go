@@ -201,6 +201,16 @@ func (f *fakeNodes) reconcile(ctx context.Context, ns string) {
 		if d.Spec.Replicas != nil {
 			want = *d.Spec.Replicas
 		}
+		if ns == f.istioNS {
+			// The installer's rollout check looks for the ReplicaSet of
+			// the current template; istiod's pods play no part here.
+			if _, err := testenv.ReplicaSetOf(ctx, kubeFast(), d, fmt.Sprint(d.Generation), want); err != nil {
+				if ctx.Err() == nil {
+					f.t.Logf("fake nodes: ReplicaSet of %s/%s: %v", ns, d.Name, err)
+				}
+				continue
+			}
+		}
 		d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: want, UpdatedReplicas: want, ReadyReplicas: want, AvailableReplicas: want,
 			Conditions: []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable"}}}
 		_ = kubeFast().Status().Update(ctx, d) // a conflict is retried on the next tick

@@ -8,7 +8,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 )
 
 // restartedAtAnnotation is the pod template annotation `kubectl rollout
@@ -21,8 +20,9 @@ func (i *Installer) MultiRoot() bool { return i.s.multiRoot }
 
 // RestartControlPlane restarts the istiod Deployment of every control plane
 // the Installer manages (the current one and a canary), as `kubectl rollout
-// restart` does, and waits until each has rolled out: its controller has
-// seen the new template and every replica is updated and available.
+// restart` does, and waits until each has rolled out (deploymentRolledOut:
+// every replica of the new template available, no old istiod pod left,
+// since an old istiod still running would still sign with the old CA).
 //
 // istiod reads a plugged-in CA (the cacerts Secret) when it starts, so this
 // is how a changed CA takes effect deterministically; istiod's file watch
@@ -67,22 +67,4 @@ func (i *Installer) RestartControlPlane(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// deploymentRolledOut reports whether a Deployment runs its latest template
-// only: observed, every replica updated and available, no old one left.
-func deploymentRolledOut(ctx context.Context, cs kubernetes.Interface, ns, name string) (bool, string, error) {
-	d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return false, "", err
-	}
-	want := int32(1)
-	if d.Spec.Replicas != nil {
-		want = *d.Spec.Replicas
-	}
-	s := d.Status
-	state := fmt.Sprintf("generation %d observed %d, replicas %d updated %d available %d (want %d)",
-		d.Generation, s.ObservedGeneration, s.Replicas, s.UpdatedReplicas, s.AvailableReplicas, want)
-	done := s.ObservedGeneration >= d.Generation && s.UpdatedReplicas >= want && s.Replicas <= s.UpdatedReplicas && s.AvailableReplicas >= want
-	return done, state, nil
 }

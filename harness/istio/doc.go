@@ -6,7 +6,7 @@
 //
 //	in, err := istio.New(restConfig, istio.WithVersion("1.30.3"), istio.WithWorkloadCertTTL(time.Minute))
 //	err = in.Install(ctx)   // base release (CRDs), then istiod release
-//	err = in.WaitReady(ctx) // istiod Available and the injector injects
+//	err = in.WaitReady(ctx) // istiod rolled out, the injector injects this version's proxy
 //	...
 //	err = in.Uninstall(ctx, true) // releases, then every Istio leftover
 //

@@ -71,7 +71,7 @@ func injectorFake(t *testing.T, readyAfter int32) (*fake.Clientset, *atomic.Int3
 		}
 		pod := ca.GetObject().(*corev1.Pod).DeepCopy()
 		always := corev1.ContainerRestartPolicyAlways
-		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "istio-proxy", RestartPolicy: &always})
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "istio-proxy", Image: "docker.io/istio/proxyv2:1.30.3", RestartPolicy: &always})
 		return true, pod, nil
 	})
 	return cs, &attempts
@@ -101,7 +101,7 @@ func TestWaitInjectionSucceedsOnceTheWebhookInjects(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	if err := in.waitInjection(ctx, cs, "canary"); err != nil {
+	if err := in.waitInjection(ctx, cs, "canary", "1.30.3"); err != nil {
 		t.Fatal(err)
 	}
 	if attempts.Load() != 2 {
@@ -139,7 +139,7 @@ func TestWaitInjectionTimesOutWithLastState(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	err = in.waitInjection(ctx, cs, "")
+	err = in.waitInjection(ctx, cs, "", "1.30.3")
 	if err == nil {
 		t.Fatal("waitInjection succeeded without injection")
 	}
