@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 
 	"strings"
 	"syscall"
@@ -227,9 +228,13 @@ func (e *Execer) peercert(ctx context.Context, args []string) ([]byte, error) {
 	if *root != "" {
 		return nil, errors.New("echo peercert: --root names a file in the pod; the simulated data plane has no pod file system")
 	}
-	ip, _, err := net.SplitHostPort(*addr)
+	ip, portStr, err := net.SplitHostPort(*addr)
 	if err != nil {
 		return nil, fmt.Errorf("echo peercert: --addr: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("echo peercert: --addr: port %q: %w", portStr, err)
 	}
 	report := echoapi.PeerCertReport{Address: *addr, SNI: *sni, Chain: []echoapi.CertInfo{}}
 	for _, p := range strings.Split(*alpn, ",") {
@@ -249,6 +254,17 @@ func (e *Execer) peercert(ctx context.Context, args []string) ([]byte, error) {
 		report.HandshakeError = "tls: first record does not look like a TLS handshake"
 		report.VerifyError = "no certificate was received"
 	default:
+		terminates, err := e.terminatesMTLS(ctx, server, port)
+		if err != nil {
+			return nil, err
+		}
+		if !terminates {
+			// A DISABLE port: no filter chain matches a ClientHello and the
+			// sidecar closes the connection.
+			report.HandshakeError = "EOF"
+			report.VerifyError = "no certificate was received"
+			break
+		}
 		certs, err := e.certsOf(ctx, server)
 		if err != nil {
 			e.log.Info("simulated sidecar has no certificate to present", "pod", server.Namespace+"/"+server.Name, "why", err)

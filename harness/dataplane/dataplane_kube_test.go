@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	securityapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -436,5 +439,35 @@ func TestUnansweredCommandsFail(t *testing.T) {
 		if !strings.Contains(string(stderr), dataplane.Label) {
 			t.Errorf("%s: stderr %q does not say the data plane is simulated", cmd, stderr)
 		}
+	}
+}
+
+// A PeerAuthentication stored behind the harness's back (not through a
+// scenario step) decides too: on a port it sets to DISABLE the sidecar
+// presents no certificate; on the others it does.
+func TestHandshakeOnDisabledPortPresentsNothing(t *testing.T) {
+	ns := namespaceFor(t)
+	fx := standardFixtures(9)
+	deploy(t, ns, fx...)
+	ctx := context.Background()
+	pa := &securityv1.PeerAuthentication{
+		ObjectMeta: metav1.ObjectMeta{Name: "by-hand", Namespace: ns},
+		Spec: securityapi.PeerAuthentication{
+			Selector:      &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "service-b"}},
+			Mtls:          &securityapi.PeerAuthentication_MutualTLS{Mode: securityapi.PeerAuthentication_MutualTLS_STRICT},
+			PortLevelMtls: map[uint32]*securityapi.PeerAuthentication_MutualTLS{9090: {Mode: securityapi.PeerAuthentication_MutualTLS_DISABLE}},
+		},
+	}
+	if err := env.Client.Create(ctx, pa); err != nil {
+		t.Fatal(err)
+	}
+	r := probe.NewCertReader(dataplane.New(env.Client, newTestCA(t)))
+	legacy := results.Pod{Namespace: ns, Name: "legacy-0", IP: fx[2].ip}
+	server := results.Pod{Namespace: ns, Name: "service-b-0", IP: fx[1].ip}
+	if _, err := r.HandshakeChain(ctx, legacy, server, 8080); err != nil {
+		t.Errorf("STRICT port 8080: %v", err)
+	}
+	if _, err := r.HandshakeChain(ctx, legacy, server, 9090); err == nil || !strings.Contains(err.Error(), "presented no certificate") {
+		t.Errorf("DISABLE port 9090: %v, want no certificate presented", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -387,4 +388,34 @@ func gracePeriodRatio(pod *corev1.Pod) (float64, error) {
 		return 0, fmt.Errorf("pod %s/%s: SECRET_GRACE_PERIOD_RATIO %q is not a number from 0 to 1", pod.Namespace, pod.Name, v)
 	}
 	return r, nil
+}
+
+// terminatesMTLS asks the oracle whether the server pod's sidecar
+// terminates Istio mTLS on a container port under the stored
+// PeerAuthentications: what an in-mesh client that insists on mTLS
+// (ISTIO_MUTUAL) would get. A DISABLE port has no TLS filter chain, so a
+// handshake there sees no certificate.
+func (e *Execer) terminatesMTLS(ctx context.Context, server *corev1.Pod, port int) (bool, error) {
+	dst := &destination{
+		service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: server.Namespace}},
+		port:    corev1.ServicePort{Port: int32(port), TargetPort: intstr.FromInt32(int32(port))},
+		pod:     server,
+	}
+	pas, err := e.peerAuthentications(ctx, dst)
+	if err != nil {
+		return false, err
+	}
+	clientW := scenario.Workload{Name: clientKey, Namespace: server.Namespace, Mesh: ptr(true)}
+	serverW := scenario.Workload{Name: serverKey, Namespace: server.Namespace, Mesh: ptr(true), Ports: []scenario.Port{{Number: port}}}
+	suite := &scenario.Suite{Fixtures: scenario.Fixtures{Workloads: []scenario.Workload{clientW, serverW}}}
+	preds, err := oracle.PredictPolicies(suite, &scenario.MTLSStep{PeerAuthentications: pas,
+		DestinationRules: []scenario.DestinationRule{{Workload: serverKey, Mode: scenario.TLSIstioMutual}}})
+	if err != nil {
+		return false, fmt.Errorf("the stored PeerAuthentications of %s/%s: %w", server.Namespace, server.Name, err)
+	}
+	p, ok := oracle.Find(preds, clientKey, serverKey, port)
+	if !ok {
+		return false, fmt.Errorf("the oracle made no prediction for port %d", port)
+	}
+	return p.Result == scenario.ResultMTLS, nil
 }
