@@ -55,6 +55,14 @@ const (
 	kubeconfigFile  = "kubeconfig"
 )
 
+// KubeconfigContext is the only context (and cluster and user) of Env.Kubeconfig.
+const KubeconfigContext = "meshproof-testenv"
+
+// ProcessIDs are etcd's and kube-apiserver's process ids.
+func (e *Env) ProcessIDs() (etcd, apiServer int) {
+	return e.plane.etcd.Pid(), e.plane.apiServer.Pid()
+}
+
 // adminUser is the client certificate's subject: system:masters bypasses RBAC.
 const (
 	adminUser  = "meshproof-admin"
@@ -354,7 +362,7 @@ func keyPEM(key crypto.Signer) ([]byte, error) {
 // writeKubeconfig writes cfg as a kubeconfig file for the processes of a
 // local cluster (and for a person debugging a test).
 func writeKubeconfig(path string, cfg *rest.Config) error {
-	const name = "meshproof-testenv"
+	const name = KubeconfigContext
 	kubeconfig := clientcmdapi.NewConfig()
 	kubeconfig.Clusters[name] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
 	kubeconfig.AuthInfos[name] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}

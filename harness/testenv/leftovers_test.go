@@ -29,7 +29,7 @@ const holdEnv = "MESHPROOF_TESTENV_HOLD"
 // does (testenv.Main) and blocks with it running.
 func holdControlPlane() int {
 	return testenv.Main(&blockingTests{}, func(env *testenv.Env) error {
-		etcd, apiServer := testenv.ControlPlanePids(env)
+		etcd, apiServer := env.ProcessIDs()
 		fmt.Printf("pids %d %d\n", etcd, apiServer)
 		return nil
 	})

@@ -41,8 +41,11 @@ var (
 	KubeControllerManager = Tool{binary{name: "kube-controller-manager", module: "kube-apiserver", pkg: "k8s.io/kubernetes/cmd/kube-controller-manager", ldflags: kubeVersionLDFlags}, "kubernetes-" + KubernetesVersion}
 	KubeScheduler         = Tool{binary{name: "kube-scheduler", module: "kube-apiserver", pkg: "k8s.io/kubernetes/cmd/kube-scheduler", ldflags: kubeVersionLDFlags}, "kubernetes-" + KubernetesVersion}
 	Kwok                  = Tool{binary{name: "kwok", module: "kwok", pkg: "sigs.k8s.io/kwok/cmd/kwok"}, "kwok-" + KwokVersion}
-	PilotDiscovery        = Tool{binary{name: "pilot-discovery", module: "istiod", pkg: "istio.io/istio/pilot/cmd/pilot-discovery", ldflags: istioVersionLDFlags}, "istio-" + IstioVersion}
-	PilotAgent            = Tool{binary{name: "pilot-agent", module: "istiod", pkg: "istio.io/istio/pilot/cmd/pilot-agent", ldflags: istioVersionLDFlags}, "istio-" + IstioVersion}
+	// KwokStages prints the Stage objects of the same kwok release (kwok does
+	// nothing without them), from meshproof's small program in kwok's module.
+	KwokStages     = Tool{binary{name: "kwok-stages", module: "kwok", pkg: "github.com/meshproof/meshproof/harness/testenv/assets/kwok/stages"}, "kwok-" + KwokVersion}
+	PilotDiscovery = Tool{binary{name: "pilot-discovery", module: "istiod", pkg: "istio.io/istio/pilot/cmd/pilot-discovery", ldflags: istioVersionLDFlags}, "istio-" + IstioVersion}
+	PilotAgent     = Tool{binary{name: "pilot-agent", module: "istiod", pkg: "istio.io/istio/pilot/cmd/pilot-agent", ldflags: istioVersionLDFlags}, "istio-" + IstioVersion}
 )
 
 // Name is the binary's file name.
