@@ -355,3 +355,18 @@ func TestScenarioServerModeAgreesWithTheOracle(t *testing.T) {
 		t.Fatal("nothing compared")
 	}
 }
+
+// A DestinationRule SIMPLE originates one-way TLS, which no server side of
+// the fixtures terminates: every sidecar client fails with its 503, and a
+// client without sidecar is untouched by the rule.
+func TestDestinationRuleSimple(t *testing.T) {
+	simple := scenario.TLSSimple
+	runRules(t, []ruleCase{
+		{"SIMPLE to STRICT", pas{namespace("meshproof", strict)}, drs{dr("service-b", simple, 0)}, "service-a", "service-b", 8080, fail, "upstream-503"},
+		{"SIMPLE to PERMISSIVE", nil, drs{dr("service-b", simple, 0)}, "service-a", "service-b", 8080, fail, "upstream-503"},
+		{"SIMPLE to DISABLE", pas{namespace("meshproof", disable)}, drs{dr("service-b", simple, 0)}, "service-a", "service-b", 8080, fail, "upstream-503"},
+		{"SIMPLE to no sidecar", nil, drs{dr("legacy", simple, 0)}, "service-a", "legacy", 8080, fail, "upstream-503"},
+		{"SIMPLE on one port only", nil, drs{dr("service-b", simple, 9090)}, "service-a", "service-b", 8080, mtls, ""},
+		{"client without sidecar ignores SIMPLE", nil, drs{dr("service-b", simple, 0)}, "legacy", "service-b", 8080, plaintext, ""},
+	})
+}

@@ -222,52 +222,82 @@ func (p *policies) clientTLS(server *scenario.Workload, port int) (mode scenario
 	return "", "", false
 }
 
+// wire is what a client puts on the wire towards a server port.
+type wire int
+
+const (
+	sendsPlaintext wire = iota
+	sendsIstioMTLS
+	// sendsOneWayTLS is a DestinationRule SIMPLE: TLS without a client
+	// certificate or Istio's ALPN.
+	sendsOneWayTLS
+)
+
 // sends decides what the client puts on the wire towards the server port:
-// Istio mutual TLS or plaintext.
-func (p *policies) sends(client, server *scenario.Workload, port int) (mtls bool, why string) {
+// Istio mutual TLS, one-way TLS or plaintext.
+func (p *policies) sends(client, server *scenario.Workload, port int) (wire, string) {
 	// Without a sidecar nothing wraps the application's request, and the
 	// echo probe speaks plain HTTP. [AUTO]: auto mTLS is a client sidecar
 	// feature.
 	if !client.InMesh() {
-		return false, "client without sidecar sends plaintext"
+		return sendsPlaintext, "client without sidecar sends plaintext"
 	}
 	// [UPTLS]: a DestinationRule's tls is used as it is (userSupplied):
 	// DISABLE builds no TLS at all, ISTIO_MUTUAL always originates Istio
 	// mTLS, whatever the server runs. [DR] "ISTIO_MUTUAL ... uses
 	// Istio-provisioned certificates for mutual TLS".
 	if mode, rule, ok := p.clientTLS(server, port); ok {
-		if mode == scenario.TLSIstioMutual {
-			return true, rule + ": client sidecar sends mTLS"
+		switch mode {
+		case scenario.TLSIstioMutual:
+			return sendsIstioMTLS, rule + ": client sidecar sends mTLS"
+		case scenario.TLSSimple:
+			// [DR] SIMPLE: "Originate a TLS connection to the upstream
+			// endpoint"; [UPTLS] builds it from the rule as given, without
+			// Istio's certificate or ALPN.
+			return sendsOneWayTLS, rule + ": client sidecar originates one-way TLS (no client certificate)"
 		}
-		return false, rule + ": client sidecar sends plaintext"
+		return sendsPlaintext, rule + ": client sidecar sends plaintext"
 	}
 	// [UPTLS]: without a DestinationRule, a cluster whose service mode
 	// ([INFER], namespace or mesh only) is DISABLE gets no TLS at all, even
 	// if a workload or port policy of the server says STRICT.
 	if p.namespaceHint(server.Namespace) == scenario.ModeDisable {
-		return false, "auto mTLS: namespace (or mesh) DISABLE leaves the client's cluster without TLS"
+		return sendsPlaintext, "auto mTLS: namespace (or mesh) DISABLE leaves the client's cluster without TLS"
 	}
 	// [TSM] + [AUTO]: otherwise mTLS is sent only to endpoints labelled
 	// tlsMode=istio, the label the sidecar injector puts on pods with a
 	// sidecar; plaintext to the others.
 	if !server.InMesh() {
-		return false, "auto mTLS: server has no sidecar, client sidecar sends plaintext"
+		return sendsPlaintext, "auto mTLS: server has no sidecar, client sidecar sends plaintext"
 	}
 	// [EPCHK]: EDS drops that label from endpoints whose own
 	// PeerAuthentication (workload or port level included) is DISABLE, so
 	// auto mTLS honours the server's DISABLE.
 	if mode, from := p.serverMode(server, port); mode == scenario.ModeDisable {
-		return false, "auto mTLS: server's " + from + ", client sidecar sends plaintext"
+		return sendsPlaintext, "auto mTLS: server's " + from + ", client sidecar sends plaintext"
 	}
-	return true, "auto mTLS: server has a sidecar, client sidecar sends mTLS"
+	return sendsIstioMTLS, "auto mTLS: server has a sidecar, client sidecar sends mTLS"
 }
 
 // predict combines what the client sends with what the server accepts.
 func (p *policies) predict(client, server *scenario.Workload, port int) Prediction {
 	out := Prediction{From: client.Name, To: server.Name, Port: port}
-	mtls, sent := p.sends(client, server, port)
-	result, reason, accepted := p.accepts(client, server, port, mtls)
-	out.Result, out.Reason, out.Why = result, reason, sent+"; "+accepted
+	sent, why := p.sends(client, server, port)
+	if sent == sendsOneWayTLS {
+		// Nothing on the server side terminates it. [FCM]: a STRICT
+		// sidecar's chains demand a client certificate; PERMISSIVE has a
+		// chain for TLS without Istio's ALPN that proxies it as TCP to the
+		// application ("sent over one-way TLS ... treat the traffic as just
+		// another TCP proxy"), DISABLE proxies every connection as it is;
+		// without a sidecar the application gets it directly. The echo
+		// server speaks plain HTTP, so the client sidecar's handshake fails
+		// and it answers its client with a local 503.
+		out.Result, out.Reason = scenario.ResultFail, "upstream-503"
+		out.Why = why + "; no server sidecar terminates one-way TLS and the echo server speaks plain HTTP: the handshake fails (503)"
+		return out
+	}
+	result, reason, accepted := p.accepts(client, server, port, sent == sendsIstioMTLS)
+	out.Result, out.Reason, out.Why = result, reason, why+"; "+accepted
 	return out
 }
 

@@ -87,10 +87,51 @@ func yamlDocuments(t *testing.T, data []byte) []*unstructured.Unstructured {
 }
 
 func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
+	s, _ := loadRepoScenarios(t)
+	assertPlanAccepted(t, s, "plan-accept")
+}
+
+// The policy shapes scenarios.yaml does not use: a DestinationRule SIMPLE,
+// a workload's rule with a port-level override (one object), a step that
+// removes every policy, a matrix with exclude.
+func TestNewPolicyShapesAreAcceptedByTheAPIServer(t *testing.T) {
+	s, err := scenario.Load("shapes.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+fixtures: {namespace: plan-shapes}
+scenarios:
+- name: simple
+  steps:
+  - mtls: {destinationRules: [{workload: service-b, mode: SIMPLE}]}
+  - expect: [{from: service-a, to: service-b, result: fail, reason: upstream-503}]
+- name: port-override
+  steps:
+  - mtls:
+      peerAuthentications: [{scope: workload, workload: service-b, mode: STRICT, ports: [{port: 9090, mode: PERMISSIVE}]}]
+      destinationRules:
+      - {workload: service-b, mode: ISTIO_MUTUAL}
+      - {workload: service-b, mode: DISABLE, port: 9090}
+      - {workload: legacy, mode: SIMPLE, port: 8080}
+  - mtls: {}
+- name: excluded
+  matrix:
+    mode: [STRICT, PERMISSIVE, DISABLE]
+    exclude: [{mode: DISABLE}]
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: "${mode}"}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertPlanAccepted(t, s, "plan-shapes")
+}
+
+// assertPlanAccepted applies what `meshproof plan -o yaml` prints for s, and
+// the typed objects, to the real API server with Istio's CRDs.
+func assertPlanAccepted(t *testing.T, s *scenario.Suite, runID string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, _ := loadRepoScenarios(t)
-	const runID = "plan-accept"
 	p, err := plan.Build(s, runID)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +164,8 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 	// one after the other as a run does; the last one wins.
 	t.Logf("applied %d objects (%d distinct) to kube-apiserver %s", len(printed), len(stored), kube.Get(t).ServerVersion.GitVersion)
 
-	// The typed objects are the same objects: applied in the same order to
+	// The typed objects are the same objects: applied in the same order, as
+	// the engine applies them, to
 	// the same starting point, they are accepted and end in the same stored
 	// state. The policies go first, so that each pass starts from no
 	// policies: re-applying over a later step's policy is a different case.
@@ -134,8 +176,19 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 			}
 		}
 	}
-	if err := apply.Objects(ctx, kube.Get(t).Client, planned...); err != nil {
-		t.Fatalf("the API server refused a planned object: %v", err)
+	// As a run applies them: fixtures as objects, each step's policies as
+	// policies (with every TLS mode written out, policy.Object.Unstructured).
+	for _, c := range p.Clusters {
+		if err := apply.Objects(ctx, kube.Get(t).Client, c.Fixtures...); err != nil {
+			t.Fatalf("the API server refused a planned fixture: %v", err)
+		}
+	}
+	for _, sc := range p.Scenarios {
+		for _, st := range sc.Steps {
+			if err := apply.Policies(ctx, kube.Get(t).Client, st.Policies...); err != nil {
+				t.Fatalf("the API server refused a planned policy: %v", err)
+			}
+		}
 	}
 	for name, want := range storedState(ctx, t, planned, runID) {
 		if !reflect.DeepEqual(want, stored[name]) {

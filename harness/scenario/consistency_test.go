@@ -163,3 +163,12 @@ scenarios:
 		t.Fatalf("refused a valid file:\n%v", err)
 	}
 }
+
+func TestDestinationRuleModes(t *testing.T) {
+	errs := loadErrors(t, header+"scenarios:\n- name: s\n  steps:\n  - mtls: {destinationRules: [{workload: service-b, mode: MUTUAL}]}\n")
+	want := `test.yaml:9:59: scenarios[0].steps[0].mtls.destinationRules[0].mode: mode MUTUAL needs a client certificate and private key of your own (or a credentialName), which a scenario cannot give: Istio refuses it with "client certificate required for mutual tls"`
+	if !strings.HasPrefix(errs.Error(), want) {
+		t.Errorf("errors:\n%s\nwant:\n%s", errs, want)
+	}
+	mustLoad(t, header+"scenarios:\n- name: s\n  steps:\n  - mtls: {destinationRules: [{workload: service-b, mode: SIMPLE}]}\n  - expect: [{from: service-a, to: service-b, result: fail, reason: upstream-503}]\n")
+}

@@ -376,6 +376,11 @@ func (v *validator) mtls(m *MTLSStep, path string) {
 	hosts := map[string]Position{}
 	for i, dr := range m.DestinationRules {
 		dpath := fmt.Sprintf("%s.destinationRules[%d]", path, i)
+		if dr.Mode == TLSMutual {
+			// Istio's webhook (validateTLSOptions in pkg/config/validation)
+			// refuses MUTUAL without credentials.
+			v.errorf(dr.Source.At("mode"), dpath+".mode", "mode MUTUAL needs a client certificate and private key of your own (or a credentialName), which a scenario cannot give: Istio refuses it with \"client certificate required for mutual tls\" and \"private key required for mutual tls\"; use ISTIO_MUTUAL for the mesh's own certificates")
+		}
 		w := v.workload(dr.Workload, dr.Source, "workload", dpath)
 		if w != nil && dr.Port != 0 && !w.HasPort(dr.Port) {
 			v.errorf(dr.Source.At("port"), dpath+".port", "workload %q has no port %d", w.Name, dr.Port)

@@ -58,17 +58,25 @@ func (MTLSMode) Values() []string {
 	return []string{string(ModeUnset), string(ModeDisable), string(ModePermissive), string(ModeStrict)}
 }
 
-// TLSMode is a DestinationRule client TLS mode. Only the modes that matter
-// for mesh mTLS are allowed: no DestinationRule at all means auto mTLS.
+// TLSMode is a DestinationRule client TLS mode, spelled as Istio's API
+// spells it. No DestinationRule at all means auto mTLS.
 type TLSMode string
 
 const (
 	TLSDisable     TLSMode = "DISABLE"
 	TLSIstioMutual TLSMode = "ISTIO_MUTUAL"
+	// TLSSimple originates one-way TLS (no client certificate).
+	TLSSimple TLSMode = "SIMPLE"
+	// TLSMutual needs a client certificate and key of the user's own; the
+	// language has no field for them, so validation refuses it with
+	// Istio's reason.
+	TLSMutual TLSMode = "MUTUAL"
 )
 
 // Values lists the valid client TLS modes.
-func (TLSMode) Values() []string { return []string{string(TLSDisable), string(TLSIstioMutual)} }
+func (TLSMode) Values() []string {
+	return []string{string(TLSDisable), string(TLSIstioMutual), string(TLSSimple), string(TLSMutual)}
+}
 
 // Result is the observed class of a request.
 type Result string
