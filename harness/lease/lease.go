@@ -150,6 +150,9 @@ func Acquire(ctx context.Context, cs kubernetes.Interface, holder string, opts .
 		if err != nil || got {
 			return got, err
 		}
+		if other == nil {
+			return false, nil // no holder seen (a conflict, the namespace re-created): look again
+		}
 		busy = other
 		if !logged {
 			e := h.busy(other, 0)

@@ -38,7 +38,11 @@ type Mesh struct {
 
 // Install installs the mesh of cluster c. It does not wait for istiod to
 // run: call Ready for that (it needs a kubelet, so it is a phase of its own).
-func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scenario.Cluster, logf func(string, ...any)) (*Mesh, error) {
+//
+// extra options come last: the run passes its ledger (istio.WithLedger), so
+// that the installer refuses Istio releases it did not install and
+// removes only what it did.
+func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scenario.Cluster, logf func(string, ...any), extra ...istio.Option) (*Mesh, error) {
 	m := &Mesh{}
 	opts := []istio.Option{istio.WithVersion(c.Istio.Version), istio.WithHub(c.Istio.Hub), istio.WithTag(c.Istio.Tag),
 		istio.WithTrustDomain(c.Istio.TrustDomain), istio.WithLogger(logf)}
@@ -59,6 +63,7 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 	if !c.Istio.WorkloadCertTTL.IsZero() {
 		opts = append(opts, istio.WithWorkloadCertTTL(c.Istio.WorkloadCertTTL.Duration))
 	}
+	opts = append(opts, extra...)
 	var err error
 	if m.Istio, err = istio.New(cfg, opts...); err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -22,7 +23,9 @@ import (
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/diagnose"
 	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/istio"
 	"github.com/meshproof/meshproof/harness/lease"
+	"github.com/meshproof/meshproof/harness/ledger"
 	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
@@ -45,7 +48,8 @@ type clusterState struct {
 	execer     probe.Execer
 	reached    bool // its API server answered: the clients can be used
 	lease      *lease.Held
-	mesh       *mesh.Mesh // set once the installer returned one, even partly installed
+	ledger     *ledger.Ledger // what the run created on the cluster
+	mesh       *mesh.Mesh     // set once the installer returned one, even partly installed
 	engine     *engine.Engine
 }
 
@@ -148,10 +152,21 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	// more and can be swept.
 	if err := r.phase(c, "the cluster's lease", func() (err error) {
 		st.lease, err = lease.Acquire(ctx, st.clientset, r.ID(), lease.WithWait(r.o.leaseWait), lease.WithLogger(r.o.logger.With("cluster", c.Name)))
-		if err == nil && st.lease.TookOverFrom() != "" {
+		if err != nil {
+			return err
+		}
+		if st.lease.TookOverFrom() != "" {
 			r.logf("%s: run %s stopped without releasing the cluster; its leftovers are swept", c.Name, st.lease.TookOverFrom())
 		}
-		return err
+		// Everything the run creates from here on is written in its
+		// ledger first; teardown removes only what the ledger lists.
+		if st.ledger, err = ledger.Open(ctx, st.kube, r.ID(), r.folder.Dir, ledger.WithNamespace(st.lease.Namespace())); err != nil {
+			return err
+		}
+		if st.lease.CreatedNamespace() {
+			return st.ledger.RecordCreatedNamespace(ctx, st.lease.Namespace())
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -160,7 +175,7 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	}
 
 	if err := r.phase(c, "Istio "+c.Istio.Version, func() error {
-		m, err := r.o.mesh(ctx, Cluster{Kube: st.kube, REST: st.rest}, c, r.logf)
+		m, err := r.o.mesh(ctx, Cluster{Kube: st.kube, REST: st.rest, Ledger: st.ledger}, c, r.logf)
 		st.mesh = m
 		return err
 	}); err != nil {
@@ -179,6 +194,15 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 		objs, err := manifests.Render(plan.FixtureOptions(r.suite, c, r.ID(), ref))
 		if err != nil {
 			return err
+		}
+		objs, err = r.claimNamespaces(ctx, st, objs)
+		if err != nil {
+			return fmt.Errorf("deploying fixtures: %w", err)
+		}
+		for _, o := range objs {
+			if err := st.ledger.RecordObject(ctx, o); err != nil {
+				return err
+			}
 		}
 		if err := deploy.Fixtures(ctx, st.kube, objs, deploy.WithTerminatingTimeout(r.o.terminatingTimeout)); err != nil {
 			return fmt.Errorf("deploying fixtures: %w", err)
@@ -199,11 +223,58 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	return err
 }
 
+// claimNamespaces makes the fixtures' namespaces exist through the ledger
+// and returns the other objects: a namespace the run creates carries the
+// run's labels and goes at teardown; one that was there (the user's) only
+// gets the labels the fixtures need (istio-injection), which teardown
+// restores, and is never deleted. A namespace still terminating (an
+// earlier run's, just swept) is waited for first.
+func (r *Run) claimNamespaces(ctx context.Context, st *clusterState, objs []client.Object) ([]client.Object, error) {
+	var rest []client.Object
+	for _, o := range objs {
+		if _, ok := o.(*corev1.Namespace); !ok {
+			rest = append(rest, o)
+			continue
+		}
+		if err := deploy.WaitNamespacesGone(ctx, st.kube, r.o.terminatingTimeout, o.GetName()); err != nil {
+			return nil, err
+		}
+		labels := map[string]string{}
+		for k, v := range o.GetLabels() {
+			if k != ownership.ManagedByLabel && k != ownership.RunIDLabel {
+				labels[k] = v
+			}
+		}
+		created, err := st.ledger.EnsureNamespace(ctx, o.GetName(), labels)
+		if err != nil {
+			return nil, err
+		}
+		if !created {
+			r.logf("%s: namespace %s exists: using it, labels %v for the run only; it stays after the run", st.spec.Name, o.GetName(), labels)
+		}
+	}
+	return rest, nil
+}
+
 // sweepLeftovers removes what earlier runs left on the cluster and waits
 // until their namespaces are gone: the fixtures may be applied into a
 // namespace of the same name, which refuses new objects while it
 // terminates.
 func (r *Run) sweepLeftovers(ctx context.Context, st *clusterState) error {
+	live := func(ctx context.Context, runID string) (bool, error) {
+		return lease.RunIsLive(ctx, st.clientset, runID)
+	}
+	uninstall, err := releaseUninstaller(st)
+	if err != nil {
+		return err
+	}
+	swept, err := ledger.Sweep(ctx, st.kube, r.ID(), live, uninstall, ledger.WithNamespace(st.lease.Namespace()))
+	for _, id := range swept {
+		r.logf("%s: undid the ledger of run %s, which is over", st.spec.Name, id)
+	}
+	if err != nil {
+		return fmt.Errorf("undoing the ledgers of earlier runs: %w", err)
+	}
 	removed, err := deploy.Sweep(ctx, st.sweepTarget(), deploy.LeftoversSelector(r.ID()))
 	var namespaces []string
 	for _, o := range removed {
@@ -268,8 +339,12 @@ func (st *clusterState) reach(ctx context.Context, timeout time.Duration) error 
 // cluster it registered, reached or not, the run's objects are swept by
 // label, Istio is uninstalled where this run installed it on a cluster that
 // stays, and the provider is destroyed (which deletes a kind cluster the
-// run created; reused and existing clusters stay).
+// run created; reused and existing clusters stay). Later calls do nothing.
 func (r *Run) Teardown(ctx context.Context) error {
+	if r.tornDown {
+		return nil // once: a test framework's clean-up may call it again
+	}
+	r.tornDown = true
 	if r.o.keep {
 		for _, name := range r.order {
 			r.logf("--keep: cluster %s left as it is; reach it with: kubectl --kubeconfig %s get pods -A", name, r.clusters[name].kubeconfig)
@@ -295,21 +370,46 @@ func (r *Run) Teardown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// cleanUp removes the run's objects from a cluster that stays, and Istio
-// where this run installed it on an existing cluster.
+// cleanUp removes the run's objects from a cluster that stays (by label:
+// the policies steps applied, the fixtures), then undoes its ledger: the
+// Istio releases and CRDs it installed, the namespaces it created, the
+// labels it set on namespaces it found.
 func (r *Run) cleanUp(ctx context.Context, st *clusterState) error {
 	if !st.reached {
 		return nil // never reached: nothing of this run is on it
 	}
+	var errs []error
+	// The ledger first: the label sweep below would take its ConfigMap
+	// (labelled with the run id) from under it.
+	if st.ledger != nil {
+		uninstall, err := releaseUninstaller(st)
+		if err == nil {
+			err = st.ledger.Undo(ctx, uninstall)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cluster %s: undoing what the run created: %w", st.spec.Name, err))
+		}
+	}
+	// What the ledger does not list: the policies steps applied.
 	removed, err := deploy.Sweep(ctx, st.sweepTarget(), deploy.RunSelector(r.ID()))
-	r.logf("%s: removed %d objects of this run", st.spec.Name, len(removed))
+	r.logf("%s: removed %d more objects of this run", st.spec.Name, len(removed))
 	if err != nil {
-		err = fmt.Errorf("cluster %s: removing this run's objects: %w", st.spec.Name, err)
+		errs = append(errs, fmt.Errorf("cluster %s: removing this run's objects: %w", st.spec.Name, err))
 	}
-	if st.mesh != nil && st.mesh.Istio != nil && st.spec.Provider == scenario.ProviderExisting {
-		err = errors.Join(err, st.mesh.Istio.Uninstall(ctx, true))
+	return errors.Join(errs...)
+}
+
+// releaseUninstaller uninstalls the Helm releases a ledger lists: the run's
+// own installer when it installed Istio, else one for Istio's namespace.
+func releaseUninstaller(st *clusterState) (ledger.Uninstaller, error) {
+	if st.mesh != nil && st.mesh.Istio != nil {
+		return st.mesh.Istio.UninstallRelease, nil
 	}
-	return err
+	in, err := istio.New(st.rest, istio.WithNamespace(scenario.IstioRootNamespace), istio.WithLedger(st.ledger))
+	if err != nil {
+		return nil, err
+	}
+	return in.UninstallRelease, nil
 }
 
 // Remains says what may be left of the run when Teardown could not finish

@@ -17,6 +17,8 @@ import (
 	"github.com/meshproof/meshproof/harness/cluster"
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/image"
+	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/ledger"
 	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/probe"
 	"github.com/meshproof/meshproof/harness/scenario"
@@ -31,6 +33,9 @@ type ProviderFunc func(c *scenario.Cluster, kubeconfigDir string, logger *slog.L
 type Cluster struct {
 	Kube client.Client
 	REST *rest.Config
+	// Ledger records what the run creates on the cluster; teardown
+	// removes only what it lists.
+	Ledger *ledger.Ledger
 }
 
 // MeshFunc installs the mesh a scenario cluster asks for and waits until it
@@ -180,10 +185,28 @@ func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Log
 	return nil, fmt.Errorf("cluster %s: no provider for %q", c.Name, c.Provider)
 }
 
-// InstallMesh installs Istio with the plugged CA first (harness/mesh) and
-// waits until istiod serves and injects.
+// InstallMesh, in install mode, installs Istio with the plugged CA first
+// (harness/mesh), recording what it creates in the run's ledger and
+// refusing releases it did not install (unless istio.adoptReleases), and
+// waits until istiod serves and injects. In use-existing mode it installs
+// nothing: it detects the control plane that is there and waits until it
+// is healthy; the mesh it returns is nil (nothing to upgrade or remove).
 func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
-	m, err := mesh.Install(ctx, on.Kube, on.REST, c, logf)
+	if c.Istio.Mode == scenario.IstioUseExisting {
+		inst, err := istio.UseExisting(ctx, on.REST, scenario.IstioRootNamespace, useExistingTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("use-existing: %w", err)
+		}
+		for _, cp := range inst.ControlPlanes {
+			logf("%s: using the Istio installed there: %s (revision %s, Istio %s, multi-root %t, plugged CA %t)", c.Name, cp.Deployment, cp.Revision, cp.Version, cp.MultiRoot, inst.PluggedCA)
+		}
+		return nil, nil
+	}
+	extra := []istio.Option{istio.WithAdoptReleases(c.Istio.AdoptReleases)}
+	if on.Ledger != nil {
+		extra = append(extra, istio.WithLedger(on.Ledger))
+	}
+	m, err := mesh.Install(ctx, on.Kube, on.REST, c, logf, extra...)
 	if err != nil {
 		return m, err
 	}
@@ -192,6 +215,10 @@ func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func
 	}
 	return m, nil
 }
+
+// useExistingTimeout bounds the wait for an installed control plane to be
+// healthy in use-existing mode.
+const useExistingTimeout = 5 * time.Minute
 
 // BuiltImage builds the echo image from source (cached) and loads it into
 // clusters whose provider can load images (kind). An existing cluster gets

@@ -68,6 +68,7 @@ type Run struct {
 
 	interruptedAt time.Time // when the context of a step or setup ended early
 	setupErr      error
+	tornDown      bool
 	closeOnce     sync.Once
 	closeErr      error
 }

@@ -76,6 +76,31 @@ func kubeconfigOf(t *testing.T, env *testenv.Env) []byte {
 	return data
 }
 
+// finalizeTerminating lets every namespace the test left terminating go
+// (this API server has no namespace controller), so that the next test's
+// leftover sweep does not wait for it.
+func finalizeTerminating(t *testing.T, env *testenv.Env) {
+	t.Cleanup(func() { finalizeAll(t, env) })
+}
+
+// finalizeAll plays the namespace controller once: every terminating
+// namespace goes.
+func finalizeAll(t *testing.T, env *testenv.Env) {
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	list, err := cs.CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Logf("listing namespaces: %v", err)
+		return
+	}
+	for _, ns := range list.Items {
+		if ns.DeletionTimestamp != nil {
+			if err := finalize(context.Background(), cs, ns.Name); err != nil && !apierrors.IsNotFound(err) {
+				t.Logf("finalizing %s: %v", ns.Name, err)
+			}
+		}
+	}
+}
+
 // readyMesh stands in for Istio: the API server here runs no istiod.
 func readyMesh(context.Context, Cluster, *scenario.Cluster, func(string, ...any)) (*mesh.Mesh, error) {
 	return nil, nil
@@ -116,6 +141,7 @@ func playDeployments(ctx context.Context, c client.Client, namespace string) {
 // puts the fixtures into a namespace of the same name.
 func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 	env := kube.Get(t)
+	finalizeTerminating(t, env)
 	const ns = "rerun"
 	earlierRunsNamespace(t, env, ns)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
@@ -169,6 +195,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 // A namespace that never finishes terminating fails the setup, naming it.
 func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
 	env := kube.Get(t)
+	finalizeTerminating(t, env)
 	const ns = "stuck"
 	earlierRunsNamespace(t, env, ns)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
@@ -196,6 +223,7 @@ func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
 // the first is done, a third run gets the cluster.
 func TestSecondRunWaitsForTheFirst(t *testing.T) {
 	env := kube.Get(t)
+	finalizeTerminating(t, env)
 	const ns = "shared-cluster"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
@@ -230,10 +258,8 @@ func TestSecondRunWaitsForTheFirst(t *testing.T) {
 	if err := first.Teardown(t.Context()); err != nil {
 		t.Fatalf("first run's teardown: %v", err)
 	}
-	cs := kubernetes.NewForConfigOrDie(env.Config)
-	if err := finalize(t.Context(), cs, ns); err != nil && !apierrors.IsNotFound(err) {
-		t.Fatal(err)
-	}
+	finalizeAll(t, env) // the fixtures' namespace and meshproof-system, which the first run created
+
 	third, _ := newRun(time.Second)
 	if err := third.Setup(t.Context()); err != nil {
 		t.Fatalf("a run after the first released the cluster: %v", err)
@@ -241,7 +267,60 @@ func TestSecondRunWaitsForTheFirst(t *testing.T) {
 	if err := third.Teardown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := finalize(t.Context(), cs, ns); err != nil && !apierrors.IsNotFound(err) {
-		t.Logf("finalizing %s after the test: %v", ns, err)
+}
+
+// A namespace the user already has is used, never taken over: after the run
+// and its teardown its labels are the user's again and the user's objects
+// in it are untouched.
+func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
+	env := kube.Get(t)
+	finalizeTerminating(t, env)
+	const ns = "users-own"
+	user := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"team": "payments", "istio-injection": "disabled"}}}
+	if err := env.Client.Create(t.Context(), user); err != nil {
+		t.Fatal(err)
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "users-config", Namespace: ns}, Data: map[string]string{"k": "v"}}
+	if err := env.Client.Create(t.Context(), cm); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	go playDeployments(ctx, env.Client, ns)
+
+	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
+	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")))
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatalf("Setup: %v\n%s", err, log)
+	}
+	var during corev1.Namespace
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Name: ns}, &during); err != nil {
+		t.Fatal(err)
+	}
+	if during.Labels["istio-injection"] != "enabled" || during.Labels[ownership.RunIDLabel] != "" {
+		t.Errorf("labels during the run %v: want injection enabled for the fixtures and no run id (the namespace is not the run's)", during.Labels)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatalf("Teardown: %v\n%s", err, log)
+	}
+	var after corev1.Namespace
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Name: ns}, &after); err != nil {
+		t.Fatalf("the user's namespace after the run: %v", err)
+	}
+	if after.DeletionTimestamp != nil || after.Labels["team"] != "payments" || after.Labels["istio-injection"] != "disabled" || len(after.Labels) != 3 {
+		t.Errorf("the user's namespace after the run: deleting %v, labels %v; want it as it was", after.DeletionTimestamp, after.Labels)
+	}
+	var got corev1.ConfigMap
+	if err := env.Client.Get(t.Context(), client.ObjectKeyFromObject(cm), &got); err != nil || got.Data["k"] != "v" {
+		t.Errorf("the user's ConfigMap after the run: %v, %v", got.Data, err)
+	}
+	var left appsv1.DeploymentList
+	if err := env.Client.List(t.Context(), &left, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range left.Items {
+		if d.DeletionTimestamp == nil {
+			t.Errorf("the run's Deployment %s is still there", d.Name)
+		}
 	}
 }

@@ -151,6 +151,12 @@ func newTestRun(t *testing.T, s *scenario.Suite, p *fakeProvider, opts ...Option
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A test that stops early still releases the cluster (its Lease) and
+	// closes the run folder.
+	t.Cleanup(func() {
+		_ = r.Teardown(context.Background())
+		_ = r.Close()
+	})
 	return r, &log
 }
 
