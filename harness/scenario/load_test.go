@@ -323,3 +323,25 @@ func TestBillionLaughsIsAnError(t *testing.T) {
 		t.Fatal("want an error")
 	}
 }
+
+// The files in examples/ are documentation users copy: each must load, and
+// the staging example must keep meaning what the README says of it.
+func TestExamplesLoad(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "examples", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples found: %v", err)
+	}
+	for _, f := range files {
+		s, err := LoadFile(f)
+		if err != nil {
+			t.Errorf("%s does not load:\n%v", f, err)
+			continue
+		}
+		if filepath.Base(f) == "staging-upgrade.yaml" {
+			c := s.Clusters[0]
+			if c.Provider != ProviderExisting || c.Istio.Mode != IstioUseExisting || c.Existing.Image == nil || c.Existing.Image.Push == "" {
+				t.Errorf("%s: cluster %+v, want an existing cluster in use-existing mode with a pushed image", f, c)
+			}
+		}
+	}
+}
