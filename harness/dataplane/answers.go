@@ -27,6 +27,8 @@ import (
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/probe/configdump"
 	"github.com/meshproof/meshproof/harness/scenario"
+
+	injection "github.com/meshproof/meshproof/harness/sidecar"
 )
 
 // SimulatedHeader is a request header every simulated echo response says
@@ -105,7 +107,7 @@ func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Targ
 		return 0, nil, wrap(connError("dial", syscall.ECONNREFUSED)), nil
 	case err != nil:
 		return 0, nil, nil, err
-	case dst.pod == nil && proxyOf(client) != nil:
+	case dst.pod == nil && injection.Proxy(client) != nil:
 		// Envoy's local reply for a cluster without endpoints.
 		return 503, []byte("no healthy upstream"), nil, nil
 	case dst.pod == nil:
@@ -249,7 +251,7 @@ func (e *Execer) peercert(ctx context.Context, args []string) ([]byte, error) {
 	switch {
 	case server == nil:
 		report.DialError = "dial tcp " + *addr + ": connect: connection refused"
-	case proxyOf(server) == nil:
+	case injection.Proxy(server) == nil:
 		// The echo server answers a ClientHello in plain HTTP.
 		report.HandshakeError = "tls: first record does not look like a TLS handshake"
 		report.VerifyError = "no certificate was received"

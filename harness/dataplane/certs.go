@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshproof/meshproof/harness/ca"
+
+	injection "github.com/meshproof/meshproof/harness/sidecar"
 )
 
 // Certs is what one simulated sidecar holds: its SDS secrets "default"
@@ -43,8 +45,8 @@ type sidecar struct {
 // agent's jitter. The pod's UID keys the cache, so a new pod of the same
 // name starts with new certificates.
 func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
-	if proxyOf(pod) == nil {
-		return nil, fmt.Errorf("pod %s/%s has no %s container", pod.Namespace, pod.Name, proxyContainer)
+	if injection.Proxy(pod) == nil {
+		return nil, fmt.Errorf("pod %s/%s has no %s container", pod.Namespace, pod.Name, injection.ContainerName)
 	}
 	ttl, err := secretTTL(pod)
 	if err != nil {

@@ -40,6 +40,8 @@ import (
 	"github.com/meshproof/meshproof/harness/image"
 	"github.com/meshproof/meshproof/harness/probe"
 	"github.com/meshproof/meshproof/harness/results"
+
+	injection "github.com/meshproof/meshproof/harness/sidecar"
 )
 
 // Label is what every report of a run on this data plane must say.
@@ -155,7 +157,7 @@ func (e *Execer) exec(ctx context.Context, cmd probe.Command) ([]byte, error) {
 		return e.probe(ctx, pod, cmd.Stdin)
 	case cmd.Container == manifests.ContainerName && argv[0] == image.BinaryPath && len(argv) >= 2 && argv[1] == "peercert":
 		return e.peercert(ctx, argv[2:])
-	case cmd.Container == proxyContainer && len(argv) == 4 && argv[0] == "pilot-agent" && argv[1] == "request" && argv[2] == "GET" &&
+	case cmd.Container == injection.ContainerName && len(argv) == 4 && argv[0] == "pilot-agent" && argv[1] == "request" && argv[2] == "GET" &&
 		(argv[3] == "config_dump" || argv[3] == "config_dump?mask=dynamic_active_secrets"):
 		return e.configDump(ctx, pod)
 	}
@@ -182,7 +184,7 @@ func execable(pod *corev1.Pod, container string) error {
 			return nil
 		}
 	}
-	if container == proxyContainer && proxyOf(pod) != nil {
+	if container == injection.ContainerName && injection.Proxy(pod) != nil {
 		return nil // a native sidecar: an init container that keeps running
 	}
 	return fmt.Errorf("container %s is not valid for pod %s", container, pod.Name)

@@ -18,34 +18,14 @@ import (
 
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/scenario"
+	injection "github.com/meshproof/meshproof/harness/sidecar"
 )
-
-// proxyContainer is the container Istio injects the sidecar as.
-const proxyContainer = "istio-proxy"
 
 // The names the oracle knows the two ends of one request by.
 const (
 	clientKey = "client"
 	serverKey = "server"
 )
-
-// proxyOf returns the pod's injected sidecar: a regular container named
-// istio-proxy, or (native sidecars) an init container of that name that
-// keeps running (restartPolicy Always). Nil means no sidecar.
-func proxyOf(pod *corev1.Pod) *corev1.Container {
-	for i := range pod.Spec.Containers {
-		if pod.Spec.Containers[i].Name == proxyContainer {
-			return &pod.Spec.Containers[i]
-		}
-	}
-	for i := range pod.Spec.InitContainers {
-		c := &pod.Spec.InitContainers[i]
-		if c.Name == proxyContainer && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			return c
-		}
-	}
-	return nil
-}
 
 // serviceAccount is the pod's ServiceAccount as the API server stores it.
 func serviceAccount(pod *corev1.Pod) string {
@@ -182,8 +162,8 @@ func (e *Execer) podByIP(ctx context.Context, ip string) (*corev1.Pod, error) {
 // Service does, given the policies stored in the API server right now.
 func (e *Execer) predict(ctx context.Context, clientPod *corev1.Pod, dst *destination) (oracle.Prediction, error) {
 	port := int(dst.port.Port)
-	clientW := scenario.Workload{Name: clientKey, Namespace: clientPod.Namespace, ServiceAccount: serviceAccount(clientPod), Mesh: ptr(proxyOf(clientPod) != nil)}
-	serverW := scenario.Workload{Name: serverKey, Namespace: dst.service.Namespace, Mesh: ptr(proxyOf(dst.pod) != nil),
+	clientW := scenario.Workload{Name: clientKey, Namespace: clientPod.Namespace, ServiceAccount: serviceAccount(clientPod), Mesh: ptr(injection.Proxy(clientPod) != nil)}
+	serverW := scenario.Workload{Name: serverKey, Namespace: dst.service.Namespace, Mesh: ptr(injection.Proxy(dst.pod) != nil),
 		Ports: []scenario.Port{{Name: dst.port.Name, Number: port}}}
 	serverW.ServiceAccount = serviceAccount(dst.pod)
 	pas, err := e.peerAuthentications(ctx, dst)
@@ -351,7 +331,7 @@ func hostPort(hostport string) (string, int, error) {
 // proxyEnv reads a variable injection put into the sidecar's environment
 // (proxyMetadata lands there).
 func proxyEnv(pod *corev1.Pod, name string) string {
-	c := proxyOf(pod)
+	c := injection.Proxy(pod)
 	if c == nil {
 		return ""
 	}

@@ -26,6 +26,8 @@ import (
 	"github.com/meshproof/meshproof/harness/istio"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/harness/testenv"
+
+	"github.com/meshproof/meshproof/harness/sidecar"
 )
 
 // The engine names only MeshControl; the installer the suites pass must
@@ -231,7 +233,7 @@ func (f *fakeNodes) roll(ctx context.Context, d *appsv1.Deployment) error {
 		},
 	}
 	if img := f.proxyImage(ctx, d.Namespace); img != "" {
-		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: proxyContainer, Image: img})
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: sidecar.ContainerName, Image: img})
 	}
 	if err := kubeFast().Create(ctx, pod); err != nil {
 		if !apierrors.IsAlreadyExists(err) {
@@ -343,7 +345,10 @@ func podProxies(t *testing.T, ns string, workloads ...string) map[string][]strin
 			t.Fatal(err)
 		}
 		for i := range pods.Items {
-			img, _ := proxyImage(&pods.Items[i])
+			img := ""
+			if c := sidecar.Proxy(&pods.Items[i]); c != nil {
+				img = c.Image
+			}
 			out[w] = append(out[w], img)
 		}
 	}

@@ -14,11 +14,8 @@ import (
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/sidecar"
 )
-
-// proxyContainer is the sidecar Istio's injector adds: a regular container,
-// or an init container with restartPolicy Always (native sidecars).
-const proxyContainer = "istio-proxy"
 
 // upgrade upgrades Istio while traffic flows, following Istio's documented
 // procedures:
@@ -207,48 +204,15 @@ func (e *Engine) checkProxyVersions(ctx context.Context, workloads []string, ver
 			errs = append(errs, fmt.Errorf("reading pod %s: %w", p, err))
 			continue
 		}
-		image, ok := proxyImage(&pod)
+		proxy := sidecar.Proxy(&pod)
 		switch {
-		case !ok:
-			errs = append(errs, fmt.Errorf("%s: pod %s has no %s container: it was not injected", name, p, proxyContainer))
-		case !tagIsVersion(imageTag(image), version):
-			errs = append(errs, fmt.Errorf("%s: pod %s runs %s, want the proxy of Istio %s", name, p, image, version))
+		case proxy == nil:
+			errs = append(errs, fmt.Errorf("%s: pod %s has no %s container: it was not injected", name, p, sidecar.ContainerName))
+		case !sidecar.TagIsVersion(sidecar.ImageTag(proxy.Image), version):
+			errs = append(errs, fmt.Errorf("%s: pod %s runs %s, want the proxy of Istio %s", name, p, proxy.Image, version))
 		default:
-			e.logf("%s: pod %s runs %s", name, p, image)
+			e.logf("%s: pod %s runs %s", name, p, proxy.Image)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// proxyImage is the image of a pod's istio-proxy container: a regular
-// container, or a native sidecar (an init container with restartPolicy
-// Always, which Istio injects when ENABLE_NATIVE_SIDECARS is on).
-func proxyImage(p *corev1.Pod) (string, bool) {
-	for _, c := range p.Spec.InitContainers {
-		if c.Name == proxyContainer && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			return c.Image, true
-		}
-	}
-	for _, c := range p.Spec.Containers {
-		if c.Name == proxyContainer {
-			return c.Image, true
-		}
-	}
-	return "", false
-}
-
-// imageTag is the tag of an image reference ("" when it has none).
-func imageTag(ref string) string {
-	ref, _, _ = strings.Cut(ref, "@") // a digest follows the tag
-	slash, colon := strings.LastIndex(ref, "/"), strings.LastIndex(ref, ":")
-	if colon > slash {
-		return ref[colon+1:]
-	}
-	return ""
-}
-
-// tagIsVersion reports whether an Istio image tag is version, or version
-// with a variant suffix (1.30.3-distroless).
-func tagIsVersion(tag, version string) bool {
-	return tag == version || strings.HasPrefix(tag, version+"-")
 }

@@ -379,29 +379,6 @@ func TestJudgeContinuous(t *testing.T) {
 	}
 }
 
-func TestProxyImageAndTag(t *testing.T) {
-	native := &corev1.Pod{Spec: corev1.PodSpec{
-		InitContainers: []corev1.Container{{Name: "istio-init", Image: "x/proxyv2:1"}, {Name: proxyContainer, Image: "reg:5000/istio/proxyv2:1.30.3@sha256:abc", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways)}},
-		Containers:     []corev1.Container{{Name: "app", Image: "app:1"}},
-	}}
-	img, ok := proxyImage(native)
-	if !ok || imageTag(img) != "1.30.3" {
-		t.Errorf("native sidecar: %q %v, tag %q", img, ok, imageTag(img))
-	}
-	classic := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}, {Name: proxyContainer, Image: "reg:5000/proxyv2"}}}}
-	if img, ok := proxyImage(classic); !ok || imageTag(img) != "" {
-		t.Errorf("classic sidecar without a tag: %q %v, tag %q", img, ok, imageTag(img))
-	}
-	if _, ok := proxyImage(&corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}}); ok {
-		t.Error("a pod without istio-proxy has a proxy")
-	}
-	for tag, want := range map[string]bool{"1.30.3": true, "1.30.3-distroless": true, "1.30.30": false, "1.29.6": false, "": false} {
-		if tagIsVersion(tag, "1.30.3") != want {
-			t.Errorf("tagIsVersion(%q, 1.30.3) = %v", tag, !want)
-		}
-	}
-}
-
 // chartsDir is a folder holding a base and an istiod chart, for scenarios
 // that name charts (validation requires them to exist); the scripted mesh
 // control never reads them.

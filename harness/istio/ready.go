@@ -15,13 +15,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshproof/meshproof/harness/ownership"
+
+	"github.com/meshproof/meshproof/harness/sidecar"
 )
 
 const (
 	readyPollInterval = 2 * time.Second
-	// proxyContainer is the sidecar the injector adds: a regular container,
-	// or an init container with restartPolicy Always (native sidecars).
-	proxyContainer = "istio-proxy"
 	// probeImage is never pulled: the probe pod is only created in dry-run.
 	probeImage = "registry.k8s.io/pause:3.10"
 )
@@ -250,48 +249,21 @@ func (i *Installer) waitInjection(ctx context.Context, cs kubernetes.Interface, 
 		ObjectMeta: metav1.ObjectMeta{Name: "injection-probe", Namespace: ns.Name},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "probe", Image: probeImage}}},
 	}
-	return poll(ctx, fmt.Sprintf("the sidecar injector of revision %q to inject %s of tag %s into a pod in namespace %s", revisionLabelValue(revision), proxyContainer, tag, ns.Name),
+	return poll(ctx, fmt.Sprintf("the sidecar injector of revision %q to inject %s of tag %s into a pod in namespace %s", revisionLabelValue(revision), sidecar.ContainerName, tag, ns.Name),
 		func(ctx context.Context) (bool, string, error) {
 			got, err := cs.CoreV1().Pods(ns.Name).Create(ctx, pod.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 			if err != nil {
 				return false, "", err
 			}
-			image, ok := proxyImage(got)
+			proxy := sidecar.Proxy(got)
 			switch {
-			case !ok:
-				return false, "pod admitted without " + proxyContainer + "; containers: " + containerNames(got), nil
-			case !tagIsVersion(imageTag(image), tag):
-				return false, fmt.Sprintf("injected %s %s, not tag %s: the injector of another version answers", proxyContainer, image, tag), nil
+			case proxy == nil:
+				return false, "pod admitted without " + sidecar.ContainerName + "; containers: " + containerNames(got), nil
+			case !sidecar.TagIsVersion(sidecar.ImageTag(proxy.Image), tag):
+				return false, fmt.Sprintf("injected %s %s, not tag %s: the injector of another version answers", sidecar.ContainerName, proxy.Image, tag), nil
 			}
-			return true, "injected " + image, nil
+			return true, "injected " + proxy.Image, nil
 		})
-}
-
-// proxyImage is the image of a pod's istio-proxy container: a regular
-// container, or an init container (native sidecars).
-func proxyImage(p *corev1.Pod) (string, bool) {
-	for _, c := range append(p.Spec.InitContainers, p.Spec.Containers...) {
-		if c.Name == proxyContainer {
-			return c.Image, true
-		}
-	}
-	return "", false
-}
-
-// imageTag is the tag of an image reference ("" when it has none).
-func imageTag(ref string) string {
-	ref, _, _ = strings.Cut(ref, "@") // a digest follows the tag
-	slash, colon := strings.LastIndex(ref, "/"), strings.LastIndex(ref, ":")
-	if colon > slash {
-		return ref[colon+1:]
-	}
-	return ""
-}
-
-// tagIsVersion reports whether an image tag is tag, or tag with the
-// variant suffix the charts append (global.variant: 1.30.3-distroless).
-func tagIsVersion(got, tag string) bool {
-	return got == tag || strings.HasPrefix(got, tag+"-")
 }
 
 func containerNames(p *corev1.Pod) string {
