@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -27,13 +28,17 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/e2e-framework/support"
 
 	"github.com/meshproof/meshproof/harness/istio"
 	"github.com/meshproof/meshproof/harness/lease"
 	"github.com/meshproof/meshproof/harness/ledger"
 	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/run"
+	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/harness/testenv"
 )
 
@@ -156,6 +161,64 @@ func TestUsersIstioIsLeftAlone(t *testing.T) {
 			t.Errorf("the refused run recorded %+v as its own", rec)
 		}
 		teardown(t, l, in)
+		assertUnchanged(t, before, clusterState(t, ctx, env))
+	})
+
+	// The same recipe through the run library, as `meshproof run` does it
+	// on an existing cluster: setup (Lease, ledger, leftover sweep, Istio
+	// in the file's mode, fixtures) and teardown leave the user's Istio as
+	// it was; install mode is refused before it touches a release.
+	runOnce := func(t *testing.T, mode string) error {
+		// The subtests before left namespaces terminating; no namespace
+		// controller finishes them here, and the run would wait for them.
+		finalizeTerminating(t, ctx, cs)
+		dir := t.TempDir()
+		suite, err := scenario.Load(filepath.Join(dir, "staging.yaml"), []byte(fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters:
+- name: staging
+  provider: existing
+  existing: {kubeconfig: %s}
+  istio: {version: %s, mode: %s, charts: %s}
+fixtures: {namespace: staging-check-%s}
+scenarios:
+- name: strict
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+`, env.Kubeconfig, userVersion, mode, filepath.Join(root, userVersion), strings.ReplaceAll(mode, "-", ""))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fixtures, stop := context.WithCancel(ctx)
+		defer stop()
+		go markDeploymentsAvailable(fixtures, env.Client, "staging-check-"+strings.ReplaceAll(mode, "-", ""))
+		r, err := run.New(suite, run.WithReports(dir), run.WithImageDelivery(publishedImage("registry.example.com/echo@sha256:0123")),
+			run.WithLogger(slog.New(run.NewProgressHandler(testWriter{t}))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		setupErr := r.Setup(ctx)
+		if err := r.Teardown(ctx); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+		if err := r.Close(); err != nil {
+			t.Errorf("closing the run: %v", err)
+		}
+		finalizeTerminating(t, ctx, cs) // no namespace controller here
+		return setupErr
+	}
+	t.Run("run, use-existing", func(t *testing.T) {
+		if err := runOnce(t, "use-existing"); err != nil {
+			t.Fatalf("setup in use-existing mode: %v", err)
+		}
+		assertUnchanged(t, before, clusterState(t, ctx, env))
+	})
+	t.Run("run, install refused", func(t *testing.T) {
+		err := runOnce(t, "install")
+		var foreign *istio.ForeignReleasesError
+		if !errors.As(err, &foreign) {
+			t.Fatalf("setup in install mode = %v, want the user's releases refused", err)
+		}
 		assertUnchanged(t, before, clusterState(t, ctx, env))
 	})
 
@@ -431,4 +494,58 @@ func assertUnchanged(t *testing.T, before, after map[string]string) {
 			t.Errorf("%s appeared: %s", k, v)
 		}
 	}
+}
+
+// publishedImage is an echo image the user published: delivered as is.
+type publishedImage string
+
+func (p publishedImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
+	return string(p), nil
+}
+
+// markDeploymentsAvailable writes the status the Deployment controller
+// would for every Deployment in namespace, until ctx ends: this API server
+// runs no controllers.
+func markDeploymentsAvailable(ctx context.Context, c client.Client, namespace string) {
+	for ctx.Err() == nil {
+		var list appsv1.DeploymentList
+		if err := c.List(ctx, &list, client.InNamespace(namespace)); err == nil {
+			for i := range list.Items {
+				d := &list.Items[i]
+				n := ptr.Deref(d.Spec.Replicas, 1)
+				d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+				_ = c.Status().Update(ctx, d)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// finalizeTerminating lets every terminating namespace go, as the
+// namespace controller would once it emptied them.
+func finalizeTerminating(t *testing.T, ctx context.Context, cs kubernetes.Interface) {
+	list, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range list.Items {
+		if ns.DeletionTimestamp == nil {
+			continue
+		}
+		ns.Spec.Finalizers = nil
+		if _, err := cs.CoreV1().Namespaces().Finalize(ctx, &ns, metav1.UpdateOptions{}); err != nil {
+			t.Logf("finalizing %s: %v", ns.Name, err)
+		}
+	}
+}
+
+// testWriter sends the run's progress lines to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
