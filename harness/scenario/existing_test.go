@@ -27,6 +27,8 @@ func TestExistingClusterErrors(t *testing.T) {
 			"clusters[0].istio.pluggedCA: a plugged CA needs Istio installed by meshproof"},
 		{"use-existing with upgrade", existingHeader + "  istio: {version: 1.30.3}\nscenarios:\n- name: s\n  steps: [{upgrade: {to: 1.30.3}}]\n",
 			"test.yaml:9:21: scenarios[0].steps[0].upgrade: upgrading Istio needs Istio installed by meshproof; cluster staging has istio.mode use-existing"},
+		{"use-existing with rotateRoot", existingHeader + "  istio: {version: 1.30.3}\nscenarios:\n- name: s\n  steps: [{rotateRoot: {}}]\n",
+			"test.yaml:9:24: scenarios[0].steps[0].rotateRoot: rotating the root CA needs Istio and its CA installed by meshproof; cluster staging has istio.mode use-existing"},
 		{"use-existing adopts nothing", existingHeader + "  istio: {version: 1.30.3, mode: use-existing, adoptReleases: true}\nscenarios:\n- name: s\n  steps: [{wait: {duration: 1s}}]\n",
 			"clusters[0].istio.adoptReleases: only for mode install"},
 		{"unknown mode", strings.Replace(header, "{version: 1.30.3}", "{version: 1.30.3, mode: borrow}", 1) + "scenarios:\n- name: s\n  steps: [{wait: {duration: 1s}}]\n",

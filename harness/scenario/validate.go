@@ -298,7 +298,11 @@ func (v *validator) rotateRoot(st *Step, sc *Scenario, _ int, path string) {
 	r := st.RotateRoot
 	v.withinTimeout(st, r.Within, r.Source.At("within"), path+".rotateRoot.within", "rotateRoot.within")
 	v.continuousTimes(r.Traffic, st.Timeout, "the step's timeout", path+".rotateRoot.traffic")
-	if c := v.s.Cluster(sc.Cluster); c != nil && !c.Istio.PluggedCA {
+	switch c := v.s.Cluster(sc.Cluster); {
+	case c == nil:
+	case c.Istio.Mode == IstioUseExisting:
+		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs Istio and its CA installed by meshproof; cluster %s has istio.mode use-existing", c.Name)
+	case !c.Istio.PluggedCA:
 		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster %s", c.Name)
 	}
 	v.traffic(st.RotateRoot.Traffic, path+".rotateRoot.traffic")
