@@ -151,8 +151,16 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	// no other run is live on it, so what earlier runs left is theirs no
 	// more and can be swept.
 	if err := r.phase(c, "the cluster's lease", func() (err error) {
-		st.lease, err = lease.Acquire(ctx, st.clientset, r.ID(), lease.WithWait(r.o.leaseWait), lease.WithLogger(r.o.logger.With("cluster", c.Name)))
+		// The Lease is renewed for as long as the run lives (until
+		// Teardown releases it), not only while the setup runs; the
+		// setup's ctx bounds only the wait for it.
+		lctx, stop := context.WithCancel(r.life)
+		detach := context.AfterFunc(ctx, stop)
+		st.lease, err = lease.Acquire(lctx, st.clientset, r.ID(), lease.WithWait(r.o.leaseWait), lease.WithDuration(r.o.leaseDuration),
+			lease.WithLogger(r.o.logger.With("cluster", c.Name)))
+		detach()
 		if err != nil {
+			stop()
 			return err
 		}
 		if st.lease.TookOverFrom() != "" {

@@ -69,6 +69,7 @@ type settings struct {
 	transport          TransportFunc
 	reachTimeout       time.Duration
 	leaseWait          time.Duration
+	leaseDuration      time.Duration
 	terminatingTimeout time.Duration
 	gracePeriod        time.Duration
 }
@@ -84,6 +85,7 @@ func defaultSettings() settings {
 		transport:          probe.NewKubeExecer,
 		reachTimeout:       DefaultReachTimeout,
 		leaseWait:          DefaultLeaseWait,
+		leaseDuration:      DefaultLeaseDuration,
 		terminatingTimeout: deploy.DefaultTerminatingTimeout,
 		gracePeriod:        DefaultGracePeriod,
 	}
@@ -146,6 +148,11 @@ func WithReachTimeout(d time.Duration) Option { return func(s *settings) { s.rea
 // WithLeaseWait bounds how long a run waits for another run to release the
 // cluster (default DefaultLeaseWait).
 func WithLeaseWait(d time.Duration) Option { return func(s *settings) { s.leaseWait = d } }
+
+// WithLeaseDuration is how long the cluster's Lease stays valid without
+// renewal (default DefaultLeaseDuration): how soon the next run may take
+// over from a run that crashed. It is renewed at a third of it.
+func WithLeaseDuration(d time.Duration) Option { return func(s *settings) { s.leaseDuration = d } }
 
 // WithTerminatingTimeout bounds the wait for an earlier run's namespaces to
 // finish terminating (default deploy.DefaultTerminatingTimeout).

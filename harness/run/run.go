@@ -44,6 +44,9 @@ const (
 	// DefaultLeaseWait bounds how long a run waits for another run on the
 	// same cluster to finish before it fails naming that run.
 	DefaultLeaseWait = 10 * time.Minute
+	// DefaultLeaseDuration is how long a run's Lease outlives the run's
+	// last renewal, e.g. after a crash.
+	DefaultLeaseDuration = 60 * time.Second
 	// DefaultGracePeriod is what an interrupted run allows itself for
 	// diagnostics and clean-up before it gives up on them (Ginkgo's own
 	// default grace period is the same).
@@ -65,6 +68,11 @@ type Run struct {
 	start    time.Time
 	clusters map[string]*clusterState
 	order    []string // cluster names, in the order they were registered
+
+	// life is the run's own lifetime, from New to Close: what must go on
+	// between steps (renewing the cluster's Lease) hangs on it.
+	life    context.Context
+	endLife context.CancelFunc
 
 	interruptedAt time.Time // when the context of a step or setup ended early
 	setupErr      error
@@ -93,6 +101,7 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 		return nil, err
 	}
 	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder}, start: time.Now(), clusters: map[string]*clusterState{}}
+	r.life, r.endLife = context.WithCancel(context.Background())
 	r.logf("run %s: reports in %s", folder.ID, folder.Dir)
 	return r, nil
 }
@@ -288,6 +297,7 @@ func (r *Run) Close() error {
 		}
 		report := junit.FromVerdicts(r.o.suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
 		r.closeErr = errors.Join(junit.Write(report, r.JUnitPath()), r.folder.Close())
+		r.endLife()
 	})
 	return r.closeErr
 }

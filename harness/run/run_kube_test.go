@@ -324,3 +324,32 @@ func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
 		}
 	}
 }
+
+// The cluster's Lease is renewed for the whole run, not only while its
+// setup runs: between steps (here: well past the Lease's duration after
+// the setup returned) a second run still finds the cluster taken.
+func TestLeaseOutlivesTheSetup(t *testing.T) {
+	env := kube.Get(t)
+	finalizeTerminating(t, env)
+	const ns = "long-run"
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	go playDeployments(ctx, env.Client, ns)
+	newRun := func() *Run {
+		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, WithMesh(readyMesh),
+			WithImageDelivery(builtRef("meshproof.local/echo:test")), WithLeaseDuration(3*time.Second), WithLeaseWait(time.Second))
+		return r
+	}
+	first := newRun()
+	if err := first.Setup(t.Context()); err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	time.Sleep(5 * time.Second) // the steps would run now; the Lease lasts 3 s unless renewed
+	second := newRun()
+	if err := second.Setup(t.Context()); err == nil || !strings.Contains(err.Error(), first.ID()) {
+		t.Fatalf("second run's setup = %v, want the cluster still held by %s", err, first.ID())
+	}
+	if err := first.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
