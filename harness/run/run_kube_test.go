@@ -353,3 +353,56 @@ func TestLeaseOutlivesTheSetup(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A run that crashed (it stops renewing its Lease without releasing it,
+// and never tears down) blocks the cluster only until its Lease expires;
+// the next run then takes the cluster over and removes what the crashed
+// run's ledger lists.
+func TestCrashedRunIsCleanedUpByTheNext(t *testing.T) {
+	env := kube.Get(t)
+	finalizeTerminating(t, env)
+	const ns = "crashed-run"
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	go playDeployments(ctx, env.Client, ns)
+	controller := make(chan struct{})
+	go func() { // the namespace controller, which this API server lacks
+		defer close(controller)
+		for ctx.Err() == nil {
+			finalizeAll(t, env)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+	defer func() { stop(); <-controller }()
+	newRun := func(wait time.Duration) *Run {
+		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, WithMesh(readyMesh),
+			WithImageDelivery(builtRef("meshproof.local/echo:test")), WithLeaseDuration(3*time.Second), WithLeaseWait(wait))
+		return r
+	}
+	crashed := newRun(time.Second)
+	if err := crashed.Setup(t.Context()); err != nil {
+		t.Fatalf("the run that will crash: %v", err)
+	}
+	crashed.endLife()       // the process dies: no more renewals...
+	crashed.tornDown = true // ...and no teardown
+	next := newRun(time.Minute)
+	if err := next.Setup(t.Context()); err != nil {
+		t.Fatalf("the next run: %v", err)
+	}
+	var left appsv1.DeploymentList
+	if err := env.Client.List(t.Context(), &left, client.MatchingLabels(ownership.Labels(crashed.ID()))); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range left.Items {
+		if d.DeletionTimestamp == nil {
+			t.Errorf("the crashed run's Deployment %s/%s is still there", d.Namespace, d.Name)
+		}
+	}
+	var mine appsv1.DeploymentList
+	if err := env.Client.List(t.Context(), &mine, client.MatchingLabels(ownership.Labels(next.ID()))); err != nil || len(mine.Items) == 0 {
+		t.Errorf("the next run's fixtures: %d Deployments, %v", len(mine.Items), err)
+	}
+	if err := next.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
