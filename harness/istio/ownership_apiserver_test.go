@@ -28,7 +28,6 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/e2e-framework/support"
@@ -171,7 +170,9 @@ func TestUsersIstioIsLeftAlone(t *testing.T) {
 	runOnce := func(t *testing.T, mode string) error {
 		// The subtests before left namespaces terminating; no namespace
 		// controller finishes them here, and the run would wait for them.
-		finalizeTerminating(t, ctx, cs)
+		if err := env.FinalizeTerminating(ctx); err != nil {
+			t.Fatal(err)
+		}
 		dir := t.TempDir()
 		suite, err := scenario.Load(filepath.Join(dir, "staging.yaml"), []byte(fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
@@ -191,7 +192,7 @@ scenarios:
 		}
 		fixtures, stop := context.WithCancel(ctx)
 		defer stop()
-		go markDeploymentsAvailable(fixtures, env.Client, "staging-check-"+strings.ReplaceAll(mode, "-", ""))
+		go testenv.PlayDeploymentStatus(fixtures, env.Client, "staging-check-"+strings.ReplaceAll(mode, "-", ""))
 		r, err := run.New(suite, run.WithReports(dir), run.WithImageDelivery(publishedImage("registry.example.com/echo@sha256:0123")),
 			run.WithLogger(slog.New(run.NewProgressHandler(testWriter{t}))))
 		if err != nil {
@@ -204,7 +205,9 @@ scenarios:
 		if err := r.Close(); err != nil {
 			t.Errorf("closing the run: %v", err)
 		}
-		finalizeTerminating(t, ctx, cs) // no namespace controller here
+		if err := env.FinalizeTerminating(ctx); err != nil { // no namespace controller here
+			t.Error(err)
+		}
 		return setupErr
 	}
 	t.Run("run, use-existing", func(t *testing.T) {
@@ -501,45 +504,6 @@ type publishedImage string
 
 func (p publishedImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
 	return string(p), nil
-}
-
-// markDeploymentsAvailable writes the status the Deployment controller
-// would for every Deployment in namespace, until ctx ends: this API server
-// runs no controllers.
-func markDeploymentsAvailable(ctx context.Context, c client.Client, namespace string) {
-	for ctx.Err() == nil {
-		var list appsv1.DeploymentList
-		if err := c.List(ctx, &list, client.InNamespace(namespace)); err == nil {
-			for i := range list.Items {
-				d := &list.Items[i]
-				n := ptr.Deref(d.Spec.Replicas, 1)
-				d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
-				_ = c.Status().Update(ctx, d)
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// finalizeTerminating lets every terminating namespace go, as the
-// namespace controller would once it emptied them.
-func finalizeTerminating(t *testing.T, ctx context.Context, cs kubernetes.Interface) {
-	list, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range list.Items {
-		if ns.DeletionTimestamp == nil {
-			continue
-		}
-		ns.Spec.Finalizers = nil
-		if _, err := cs.CoreV1().Namespaces().Finalize(ctx, &ns, metav1.UpdateOptions{}); err != nil {
-			t.Logf("finalizing %s: %v", ns.Name, err)
-		}
-	}
 }
 
 // testWriter sends the run's progress lines to the test log.

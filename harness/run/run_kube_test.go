@@ -83,21 +83,10 @@ func finalizeTerminating(t *testing.T, env *testenv.Env) {
 	t.Cleanup(func() { finalizeAll(t, env) })
 }
 
-// finalizeAll plays the namespace controller once: every terminating
-// namespace goes.
+// finalizeAll plays the namespace controller once.
 func finalizeAll(t *testing.T, env *testenv.Env) {
-	cs := kubernetes.NewForConfigOrDie(env.Config)
-	list, err := cs.CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Logf("listing namespaces: %v", err)
-		return
-	}
-	for _, ns := range list.Items {
-		if ns.DeletionTimestamp != nil {
-			if err := finalize(context.Background(), cs, ns.Name); err != nil && !apierrors.IsNotFound(err) {
-				t.Logf("finalizing %s: %v", ns.Name, err)
-			}
-		}
+	if err := env.FinalizeTerminating(context.Background()); err != nil {
+		t.Logf("%v", err)
 	}
 }
 
@@ -110,30 +99,6 @@ type builtRef string
 
 func (b builtRef) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
 	return string(b), nil
-}
-
-// playDeployments writes the status the Deployment controller would, for
-// every Deployment in namespace, until ctx ends: this API server runs no
-// controllers.
-func playDeployments(ctx context.Context, c client.Client, namespace string) {
-	for ctx.Err() == nil {
-		var list appsv1.DeploymentList
-		if err := c.List(ctx, &list, client.InNamespace(namespace)); err == nil {
-			for i := range list.Items {
-				d := &list.Items[i]
-				n := int32(1)
-				if d.Spec.Replicas != nil {
-					n = *d.Spec.Replicas
-				}
-				d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
-				_ = c.Status().Update(ctx, d)
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 // A rerun right after an earlier run: the sweep deletes the earlier run's
@@ -161,7 +126,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 	}()
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go playDeployments(ctx, env.Client, ns)
+	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
 
 	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
@@ -227,7 +192,7 @@ func TestSecondRunWaitsForTheFirst(t *testing.T) {
 	const ns = "shared-cluster"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go playDeployments(ctx, env.Client, ns)
+	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
 	newRun := func(wait time.Duration) (*Run, *fakeProvider) {
 		p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 		r, _ := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
@@ -286,7 +251,7 @@ func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
 	}
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go playDeployments(ctx, env.Client, ns)
+	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
 
 	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")))
@@ -334,7 +299,7 @@ func TestLeaseOutlivesTheSetup(t *testing.T) {
 	const ns = "long-run"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go playDeployments(ctx, env.Client, ns)
+	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
 	newRun := func() *Run {
 		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, WithMesh(readyMesh),
 			WithImageDelivery(builtRef("meshproof.local/echo:test")), WithLeaseDuration(3*time.Second), WithLeaseWait(time.Second))
@@ -364,7 +329,7 @@ func TestCrashedRunIsCleanedUpByTheNext(t *testing.T) {
 	const ns = "crashed-run"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go playDeployments(ctx, env.Client, ns)
+	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
 	controller := make(chan struct{})
 	go func() { // the namespace controller, which this API server lacks
 		defer close(controller)

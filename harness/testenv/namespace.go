@@ -1,11 +1,15 @@
 package testenv
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
 
 // NewNamespace creates a namespace named prefix-<random>, so that tests
@@ -29,4 +33,30 @@ func (e *Env) EnsureNamespace(t testing.TB, name string) {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("creating namespace %s: %v", name, err)
 	}
+}
+
+// FinalizeTerminating plays the namespace controller once: every
+// namespace that is terminating goes (its objects are not deleted first).
+// Tests whose code under test deletes namespaces call it so that a later
+// test does not wait for them.
+func (e *Env) FinalizeTerminating(ctx context.Context) error {
+	cs, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		return err
+	}
+	list, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ns := range list.Items {
+		if ns.DeletionTimestamp == nil {
+			continue
+		}
+		ns.Spec.Finalizers = nil
+		if _, err := cs.CoreV1().Namespaces().Finalize(ctx, &ns, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("finalizing namespace %s: %w", ns.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -85,4 +86,26 @@ func withLabel(labels map[string]string, key, value string) map[string]string {
 func controllerRef(owner metav1.Object, kind string) metav1.OwnerReference {
 	return metav1.OwnerReference{APIVersion: "apps/v1", Kind: kind, Name: owner.GetName(), UID: owner.GetUID(),
 		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}
+}
+
+// PlayDeploymentStatus writes, until ctx ends, the status the Deployment
+// controller writes once every replica is available, for every Deployment
+// in namespace: enough for code that waits for a rollout without looking
+// at ReplicaSets or pods.
+func PlayDeploymentStatus(ctx context.Context, c client.Client, namespace string) {
+	for ctx.Err() == nil {
+		var list appsv1.DeploymentList
+		if err := c.List(ctx, &list, client.InNamespace(namespace)); err == nil {
+			for i := range list.Items {
+				d := &list.Items[i]
+				n := ptr.Deref(d.Spec.Replicas, 1)
+				d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+				_ = c.Status().Update(ctx, d)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
