@@ -143,6 +143,20 @@ func targetPort(pod *corev1.Pod, p corev1.ServicePort) int {
 	return int(p.Port)
 }
 
+// protocol is the protocol Istio selects for a Service port: its
+// appProtocol, else its name's prefix (ConvertProtocol in istio/istio
+// pkg/config/kube/conversion.go); tcp when either says tcp, http otherwise.
+func protocol(p corev1.ServicePort) scenario.PortProtocol {
+	name := p.Name
+	if p.AppProtocol != nil {
+		name = *p.AppProtocol
+	}
+	if scenario.NameProtocol(name) == string(scenario.ProtocolTCP) {
+		return scenario.ProtocolTCP
+	}
+	return scenario.ProtocolHTTP
+}
+
 // podByIP finds the running pod that has ip, as a connection to it would.
 func (e *Execer) podByIP(ctx context.Context, ip string) (*corev1.Pod, error) {
 	var pods corev1.PodList
@@ -164,7 +178,7 @@ func (e *Execer) predict(ctx context.Context, clientPod *corev1.Pod, dst *destin
 	port := int(dst.port.Port)
 	clientW := scenario.Workload{Name: clientKey, Namespace: clientPod.Namespace, ServiceAccount: serviceAccount(clientPod), Mesh: ptr(injection.Proxy(clientPod) != nil)}
 	serverW := scenario.Workload{Name: serverKey, Namespace: dst.service.Namespace, Mesh: ptr(injection.Proxy(dst.pod) != nil),
-		Ports: []scenario.Port{{Name: dst.port.Name, Number: port}}}
+		Ports: []scenario.Port{{Name: dst.port.Name, Number: port, TargetPort: targetPort(dst.pod, dst.port), Protocol: protocol(dst.port)}}}
 	serverW.ServiceAccount = serviceAccount(dst.pod)
 	pas, err := e.peerAuthentications(ctx, dst)
 	if err != nil {
@@ -191,8 +205,8 @@ func ptr[T any](v T) *T { return &v }
 // peerAuthentications converts the stored PeerAuthentications that bear on
 // dst's pod to the oracle's form: the mesh-wide ones (root namespace, no
 // selector), the server namespace's, and those whose selector matches the
-// pod's labels. Port-level modes are keyed by container port in Istio and
-// by service port in the oracle; the Service's targetPort maps them.
+// pod's labels. Port-level modes are keyed by container port, in Istio as
+// in the oracle, which maps the probed Service port to it.
 func (e *Execer) peerAuthentications(ctx context.Context, dst *destination) ([]scenario.PeerAuthentication, error) {
 	var list securityv1.PeerAuthenticationList
 	if err := e.kube.List(ctx, &list); err != nil {
@@ -222,7 +236,7 @@ func (e *Execer) peerAuthentications(ctx context.Context, dst *destination) ([]s
 		conv := scenario.PeerAuthentication{Scope: scenario.ScopeWorkload, Namespace: pa.Namespace, Workload: serverKey, Mode: mode}
 		for containerPort, m := range pa.Spec.GetPortLevelMtls() {
 			if int(containerPort) == targetPort(dst.pod, dst.port) {
-				conv.Ports = append(conv.Ports, scenario.PortMode{Port: int(dst.port.Port), Mode: scenario.MTLSMode(m.GetMode().String())})
+				conv.Ports = append(conv.Ports, scenario.PortMode{Port: int(containerPort), Mode: scenario.MTLSMode(m.GetMode().String())})
 			}
 		}
 		out = append(out, conv)

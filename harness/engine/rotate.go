@@ -169,7 +169,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	if err != nil {
 		return err
 	}
-	port := w.Ports[0].Number
+	port := w.Ports[0].Target() // a handshake with the pod itself, not through the Service
 	read := func(ctx context.Context) (ServedCert, error) {
 		chain, err := e.certs.HandshakeChain(ctx, reader, server, port)
 		if err != nil {

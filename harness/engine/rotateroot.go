@@ -347,7 +347,7 @@ func (e *Engine) servedChain(ctx context.Context, reader, workload string) ([]*x
 		return nil, err
 	}
 	w := e.suite.Workload(workload)
-	chain, err := e.certs.HandshakeChain(ctx, from, server, w.Ports[0].Number)
+	chain, err := e.certs.HandshakeChain(ctx, from, server, w.Ports[0].Target()) // the pod itself: its container port
 	if err != nil {
 		return nil, fmt.Errorf("reading the certificate %s serves: %w", workload, err)
 	}

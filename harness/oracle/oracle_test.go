@@ -370,3 +370,93 @@ func TestDestinationRuleSimple(t *testing.T) {
 		{"client without sidecar ignores SIMPLE", nil, drs{dr("service-b", simple, 0)}, "legacy", "service-b", 8080, plaintext, ""},
 	})
 }
+
+// echoSuite is Istio's echo shape: service-b's Service port 80 forwards to
+// container port 18080, and 9000 (tcp) to 19000.
+func echoSuite() *scenario.Suite {
+	s := testSuite()
+	for _, name := range []string{"service-b", "legacy"} {
+		s.Workload(name).Ports = []scenario.Port{
+			{Name: "http", Number: 80, TargetPort: 18080, Protocol: scenario.ProtocolHTTP},
+			{Name: "tcp", Number: 9000, TargetPort: 19000, Protocol: scenario.ProtocolTCP},
+		}
+	}
+	return s
+}
+
+// [PA]/[PORTPA]: a port-level mode names the container port; a probe of
+// the Service port meets the mode of the container port behind it. A
+// port-level key equal to the Service port number names nothing.
+func TestPortLevelModeIsKeyedByContainerPort(t *testing.T) {
+	s := echoSuite()
+	for _, c := range []struct {
+		name   string
+		pa     scenario.PeerAuthentication
+		port   int
+		result scenario.Result
+		reason string
+	}{
+		{"STRICT, container port 18080 DISABLE: plaintext to Service port 80", workload("service-b", strict, 18080, disable), 80, plaintext, ""},
+		{"STRICT, key 80 is no container port: STRICT holds on 80", workload("service-b", strict, 80, disable), 80, mtls, ""},
+		{"DISABLE, container port 19000 STRICT: mTLS to Service port 9000", workload("service-b", disable, 19000, strict), 9000, mtls, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ps, err := PredictPolicies(s, &scenario.MTLSStep{PeerAuthentications: pas{c.pa}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, _ := Find(ps, "service-a", "service-b", c.port)
+			if p.Result != c.result || p.Reason != c.reason {
+				t.Errorf("got %s %q, want %s %q; why: %s", p.Result, p.Reason, c.result, c.reason, p.Why)
+			}
+		})
+	}
+	// A client without sidecar against the STRICT container port: reset on
+	// http; on tcp the result stands and the reason is left open.
+	ps, err := PredictPolicies(s, &scenario.MTLSStep{PeerAuthentications: pas{workload("service-b", disable, 18080, strict, 19000, strict)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := Find(ps, "legacy", "service-b", 80); p.Result != fail || p.Reason != "reset" {
+		t.Errorf("legacy -> service-b:80 = %s %q, want fail reset", p.Result, p.Reason)
+	}
+	if p, _ := Find(ps, "legacy", "service-b", 9000); p.Result != fail || p.Reason != "" || !strings.Contains(p.Why, "tcp") {
+		t.Errorf("legacy -> service-b:9000 = %s %q (%s), want fail with no determinate reason", p.Result, p.Reason, p.Why)
+	}
+}
+
+// [TCPPROXY]: over tcp the outcomes are those of http, without the 503 a
+// client sidecar answers HTTP with.
+func TestTCPPortOutcomes(t *testing.T) {
+	s := echoSuite()
+	for _, c := range []struct {
+		name   string
+		m      *scenario.MTLSStep
+		from   string
+		to     string
+		result scenario.Result
+	}{
+		{"auto mTLS", nil, "service-a", "service-b", mtls},
+		{"STRICT against a plaintext DestinationRule", &scenario.MTLSStep{PeerAuthentications: pas{namespace("meshproof", strict)}, DestinationRules: drs{dr("service-b", tlsDisable, 0)}}, "service-a", "service-b", fail},
+		{"ISTIO_MUTUAL to a workload without sidecar", &scenario.MTLSStep{DestinationRules: drs{dr("legacy", istioMutual, 0)}}, "service-a", "legacy", fail},
+		{"plaintext to a workload without sidecar", nil, "service-a", "legacy", plaintext},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ps, err := PredictPolicies(s, c.m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			http, _ := Find(ps, c.from, c.to, 80)
+			tcp, _ := Find(ps, c.from, c.to, 9000)
+			if tcp.Result != c.result || http.Result != c.result {
+				t.Errorf("http %s, tcp %s, want %s for both", http.Result, tcp.Result, c.result)
+			}
+			if tcp.Reason != "" {
+				t.Errorf("tcp reason %q, want none (%s)", tcp.Reason, tcp.Why)
+			}
+			if c.result == fail && http.Reason != "upstream-503" {
+				t.Errorf("http reason %q, want upstream-503", http.Reason)
+			}
+		})
+	}
+}

@@ -42,6 +42,15 @@ import (
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/filterchain_options.go
 //	[DRMERGE] PushContext.mergeDestinationRule,
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/model/destination_rule.go
+//	[PORTPA] buildInboundListeners asks the PeerAuthentication applier for
+//	       each inbound port's TargetPort (authnBuilder.ForPort), and
+//	       GetMutualTLSModeForPort looks portLevelMtls up by that endpoint
+//	       port, https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/listener_inbound.go
+//	       and .../pilot/pkg/security/authn/policy_applier.go
+//	[TCPPROXY] a port whose protocol is TCP gets the network filter
+//	       tcp_proxy (buildOutboundNetworkFilters / the inbound chains'
+//	       TCP filters), no HTTP connection manager,
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/networkfilter.go
 //	[PORTTP] TrafficPolicy.portLevelSettings ("port level settings will
 //	       override the destination-level settings"), in [DR] and in
 //	       istio.io/api networking/v1alpha3/destination_rule.proto; applied
@@ -150,14 +159,25 @@ func drString(dr *scenario.DestinationRule) string {
 // isSet reports whether a mode decides anything; UNSET (or nothing) inherits.
 func isSet(m scenario.MTLSMode) bool { return m != "" && m != scenario.ModeUnset }
 
+// containerPort is the port the server's pod listens on behind a Service
+// port: the Service's targetPort.
+func containerPort(w *scenario.Workload, servicePort int) int {
+	if sp := w.Port(servicePort); sp != nil {
+		return sp.Target()
+	}
+	return servicePort
+}
+
 // serverMode is the PeerAuthentication mode the server's sidecar enforces on
-// a port, and the policy it comes from.
+// a container port, and the policy it comes from.
 //
 // [COMPOSE], as documented in [PA]: start from PERMISSIVE; a mesh-wide mode
 // replaces it, then a namespace-wide mode, then the workload's mode; UNSET at
-// any level inherits the level above. A port-level mode (keyed by the
-// workload's target port) overrides the result for that port; a port-level
-// UNSET inherits the workload's resulting mode.
+// any level inherits the level above. A port-level mode overrides the result
+// for that port; a port-level UNSET inherits the workload's resulting mode.
+// [PA] keys portLevelMtls by "the port number of the workload", and the
+// inbound listener's chains are built per container port ([PORTPA]), so a
+// request to Service port 80 forwarded to 8080 meets the mode of 8080.
 func (p *policies) serverMode(w *scenario.Workload, port int) (scenario.MTLSMode, string) {
 	mode, from := scenario.ModePermissive, "no PeerAuthentication: Istio's default PERMISSIVE"
 	if p.mesh != nil && isSet(p.mesh.Mode) {
@@ -271,9 +291,10 @@ func (p *policies) sends(client, server *scenario.Workload, port int) (wire, str
 		return sendsPlaintext, "auto mTLS: server has no sidecar, client sidecar sends plaintext"
 	}
 	// [EPCHK]: EDS drops that label from endpoints whose own
-	// PeerAuthentication (workload or port level included) is DISABLE, so
-	// auto mTLS honours the server's DISABLE.
-	if mode, from := p.serverMode(server, port); mode == scenario.ModeDisable {
+	// PeerAuthentication (workload or port level included, the port being
+	// the endpoint's, i.e. the container port) is DISABLE, so auto mTLS
+	// honours the server's DISABLE.
+	if mode, from := p.serverMode(server, containerPort(server, port)); mode == scenario.ModeDisable {
 		return sendsPlaintext, "auto mTLS: server's " + from + ", client sidecar sends plaintext"
 	}
 	return sendsIstioMTLS, "auto mTLS: server has a sidecar, client sidecar sends mTLS"
@@ -281,6 +302,22 @@ func (p *policies) sends(client, server *scenario.Workload, port int) (wire, str
 
 // predict combines what the client sends with what the server accepts.
 func (p *policies) predict(client, server *scenario.Workload, port int) Prediction {
+	out := p.predictHTTP(client, server, port)
+	if sp := server.Port(port); sp != nil && sp.Protocol == scenario.ProtocolTCP && out.Reason != "" {
+		// [TCPPROXY]: on a tcp port the sidecars run Envoy's tcp_proxy,
+		// which has no HTTP response to give: where an HTTP client gets
+		// the client sidecar's 503, a TCP client sees its connection
+		// closed (reset or EOF, depending on timing), and a reset by the
+		// server's sidecar may equally arrive as EOF. The result stands,
+		// the reason is left open.
+		out.Why += "; port " + fmt.Sprint(port) + " is tcp: no HTTP status, the connection is closed (reason not determinate)"
+		out.Reason = ""
+	}
+	return out
+}
+
+// predictHTTP is predict for an HTTP port.
+func (p *policies) predictHTTP(client, server *scenario.Workload, port int) Prediction {
 	out := Prediction{From: client.Name, To: server.Name, Port: port}
 	sent, why := p.sends(client, server, port)
 	if sent == sendsOneWayTLS {
@@ -314,7 +351,7 @@ func (p *policies) accepts(client, server *scenario.Workload, port int, mtls boo
 		}
 		return scenario.ResultPlaintext, "", "server without sidecar serves plaintext"
 	}
-	mode, from := p.serverMode(server, port)
+	mode, from := p.serverMode(server, containerPort(server, port))
 	switch {
 	case mode == scenario.ModeStrict && !mtls:
 		// [FCM]: STRICT inbound filter chains match only transport

@@ -86,7 +86,7 @@ func FixtureOptions(s *scenario.Suite, c *scenario.Cluster, runID, image string)
 		}
 		mw := manifests.Workload{Name: w.Name, ServiceAccount: w.ServiceAccount, Namespace: w.Namespace, InMesh: w.InMesh()}
 		for _, port := range w.Ports {
-			mw.Ports = append(mw.Ports, manifests.Port{Name: port.Name, Number: int32(port.Number)})
+			mw.Ports = append(mw.Ports, manifests.Port{Name: port.Name, Number: int32(port.Number), TargetPort: int32(port.Target()), Protocol: string(port.Protocol)})
 		}
 		opts.Workloads = append(opts.Workloads, mw)
 	}
@@ -167,7 +167,14 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		}
 		var ports []string
 		for _, p := range w.Ports {
-			ports = append(ports, fmt.Sprintf("%s %d", p.Name, p.Number))
+			port := fmt.Sprintf("%s %d", p.Name, p.Number)
+			if p.Target() != p.Number {
+				port += fmt.Sprintf("->%d", p.Target())
+			}
+			if p.Protocol != manifests.ProtocolHTTP {
+				port += " " + p.Protocol
+			}
+			ports = append(ports, port)
 		}
 		ws = append(ws, fmt.Sprintf("%s/%s (%s; %s)", w.Namespace, w.Name, where, strings.Join(ports, ", ")))
 	}

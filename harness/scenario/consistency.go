@@ -137,7 +137,7 @@ func (v *validator) closesPlaintext(prev, next *MTLSStep) bool {
 			continue
 		}
 		for _, p := range w.Ports {
-			if next.ServerMode(w, p.Number) == ModeStrict && prev.ServerMode(w, p.Number) != ModeStrict {
+			if next.ServerMode(w, p.Target()) == ModeStrict && prev.ServerMode(w, p.Target()) != ModeStrict {
 				return true
 			}
 		}

@@ -122,7 +122,17 @@ func DefaultWorkloads() []Workload {
 // DefaultPorts are the ports of a workload that lists none: a second port
 // lets scenarios test port-level policies.
 func DefaultPorts() []Port {
-	return []Port{{Name: "http", Number: 8080}, {Name: "http-alt", Number: 9090}}
+	return []Port{{Name: "http", Number: 8080, Protocol: ProtocolHTTP}, {Name: "http-alt", Number: 9090, Protocol: ProtocolHTTP}}
+}
+
+// defaultProtocol is the protocol of a port that names none: tcp when Istio
+// reads tcp from the name, http otherwise (a name selecting a protocol the
+// echo server does not serve is refused by validation).
+func defaultProtocol(name string) PortProtocol {
+	if NameProtocol(name) == string(ProtocolTCP) {
+		return ProtocolTCP
+	}
+	return ProtocolHTTP
 }
 
 // Suite-wide defaults.
@@ -200,6 +210,11 @@ func (s *Suite) setDefaults(dir string) {
 		}
 		if len(w.Ports) == 0 {
 			w.Ports = DefaultPorts()
+		}
+		for j := range w.Ports {
+			if p := &w.Ports[j]; p.Protocol == "" {
+				p.Protocol = defaultProtocol(p.Name)
+			}
 		}
 	}
 	for i := range s.Scenarios {
@@ -336,14 +351,27 @@ func (s *Suite) Cluster(name string) *Cluster {
 // InMesh reports whether the workload gets a sidecar.
 func (w *Workload) InMesh() bool { return w.Mesh == nil || *w.Mesh }
 
-// HasPort reports whether the workload serves that port.
-func (w *Workload) HasPort(n int) bool {
-	for _, p := range w.Ports {
-		if p.Number == n {
-			return true
+// HasPort reports whether the workload's Service has that port.
+func (w *Workload) HasPort(n int) bool { return w.Port(n) != nil }
+
+// Port returns the workload's Service port of that number, or nil.
+func (w *Workload) Port(n int) *Port {
+	for i := range w.Ports {
+		if w.Ports[i].Number == n {
+			return &w.Ports[i]
 		}
 	}
-	return false
+	return nil
+}
+
+// TargetPort returns the workload's port whose container port is n, or nil.
+func (w *Workload) TargetPort(n int) *Port {
+	for i := range w.Ports {
+		if w.Ports[i].Target() == n {
+			return &w.Ports[i]
+		}
+	}
+	return nil
 }
 
 // SPIFFEID is the workload's identity in a trust domain.

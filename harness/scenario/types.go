@@ -189,14 +189,36 @@ type Workload struct {
 	Source Source `json:"-"`
 }
 
-// Port is a named service port.
+// Port is a port of a workload's Service and the container port behind it.
 type Port struct {
-	// Name of the port, e.g. http; Istio uses the prefix for protocol selection.
+	// Name of the port, e.g. http. Istio selects a protocol by the name's
+	// prefix (http, http-*, tcp-*, grpc-* ...) unless the Service says it
+	// as appProtocol, which meshproof always writes from protocol.
 	Name string `json:"name"`
-	// Number of the port.
+	// Number of the Service port: clients call it, and expect rows, traffic
+	// pairs and DestinationRule ports name it.
 	Number int `json:"number"`
+	// TargetPort is the container port the echo server listens on, which
+	// the Service forwards number to; PeerAuthentication port-level modes
+	// name it, since Istio matches them against the workload's port.
+	// Default: number.
+	TargetPort int `json:"targetPort,omitempty"`
+	// Protocol the echo server serves on the port, written as the Service
+	// port's appProtocol (which Istio prefers over the name): http or tcp.
+	// Default: what Istio reads from the name's prefix (tcp for tcp or
+	// tcp-*), else http. Over tcp no X-Forwarded-Client-Cert exists, so
+	// result mtls is witnessed otherwise (see the README).
+	Protocol PortProtocol `json:"protocol,omitempty"`
 
 	Source Source `json:"-"`
+}
+
+// Target is the container port behind the Service port.
+func (p Port) Target() int {
+	if p.TargetPort == 0 {
+		return p.Number
+	}
+	return p.TargetPort
 }
 
 // Scenario is an ordered list of steps run against one cluster.
@@ -282,7 +304,9 @@ type PeerAuthentication struct {
 
 // PortMode is a port-level mTLS override.
 type PortMode struct {
-	// Port is the workload's port number (the container port).
+	// Port is a container port of the workload (a port's targetPort, which
+	// is its number unless set): Istio matches port-level modes against the
+	// port the workload listens on, not the Service port.
 	Port int `json:"port"`
 	// Mode of mutual TLS on that port.
 	Mode MTLSMode `json:"mode"`
@@ -297,7 +321,9 @@ type DestinationRule struct {
 	Workload string `json:"workload"`
 	// Mode of client-side TLS.
 	Mode TLSMode `json:"mode"`
-	// Port limits the rule to one port of the service.
+	// Port limits the rule to one Service port (a port's number, not its
+	// targetPort): Istio matches portLevelSettings against the port clients
+	// call.
 	Port int `json:"port,omitempty"`
 
 	// Source is where the rule was written, for error messages.
@@ -319,7 +345,7 @@ type Expectation struct {
 	From string `json:"from"`
 	// To is the server workload.
 	To string `json:"to"`
-	// Port of the server. Default: its first port.
+	// Port of the server's Service (a port's number). Default: its first port.
 	Port int `json:"port,omitempty"`
 	// Result expected: mtls, plaintext or fail.
 	Result Result `json:"result"`

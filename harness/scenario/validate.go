@@ -136,20 +136,25 @@ func (v *validator) workloads() {
 		if !dnsLabel.MatchString(w.ServiceAccount) {
 			v.errorf(w.Source.At("serviceAccount"), path+".serviceAccount", "service account %q must be a DNS label", w.ServiceAccount)
 		}
-		ports := map[int]bool{}
+		ports, targets := map[int]bool{}, map[int]bool{}
 		names := map[string]bool{}
 		for j, p := range w.Ports {
 			ppath := fmt.Sprintf("%s.ports[%d]", path, j)
-			if p.Number < 1 || p.Number > 65535 {
-				v.errorf(p.Source.At("number"), ppath+".number", "port %d is out of range 1-65535", p.Number)
-			}
-			if p.Number >= 15000 && p.Number <= 15090 {
-				v.errorf(p.Source.At("number"), ppath+".number", "port %d is in the range 15000-15090 that Istio's sidecar uses", p.Number)
-			}
+			v.portNumber(p.Number, p.Source.At("number"), ppath+".number")
 			if ports[p.Number] {
 				v.errorf(p.Source.At("number"), ppath+".number", "duplicate port %d", p.Number)
 			}
 			ports[p.Number] = true
+			if p.Source.has("targetPort") {
+				v.portNumber(p.TargetPort, p.Source.At("targetPort"), ppath+".targetPort")
+			}
+			// Two Service ports may forward to one container port in
+			// Kubernetes, but a PeerAuthentication port key would then name
+			// both, and the echo server listens once per port.
+			if targets[p.Target()] {
+				v.errorf(p.Source.At("targetPort"), ppath+".targetPort", "container port %d is the target of another port too; give each port a container port of its own", p.Target())
+			}
+			targets[p.Target()] = true
 			if len(p.Name) > 15 || !portNameRE.MatchString(p.Name) {
 				v.errorf(p.Source.At("name"), ppath+".name", "port name %q must be at most 15 lower case letters, digits and -", p.Name)
 			}
@@ -157,8 +162,63 @@ func (v *validator) workloads() {
 				v.errorf(p.Source.At("name"), ppath+".name", "duplicate port name %q", p.Name)
 			}
 			names[p.Name] = true
+			// A name selecting a protocol the echo server does not serve
+			// would leave Istio speaking it to the echo server; protocol
+			// (written as appProtocol, which Istio prefers) overrides it.
+			if named := NameProtocol(p.Name); !p.Source.has("protocol") && named != "" && !contains(PortProtocol("").Values(), named) {
+				v.errorf(p.Source.At("name"), ppath+".name", "Istio reads protocol %s from the port name %q, which the echo server does not serve; set protocol (http or tcp; written as appProtocol, which Istio prefers over the name) or rename the port", named, p.Name)
+			}
 		}
 	}
+}
+
+// portNumber checks a port a workload serves.
+func (v *validator) portNumber(n int, at Position, path string) {
+	if n < 1 || n > 65535 {
+		v.errorf(at, path, "port %d is out of range 1-65535", n)
+	}
+	if n >= 15000 && n <= 15090 {
+		v.errorf(at, path, "port %d is in the range 15000-15090 that Istio's sidecar uses", n)
+	}
+}
+
+// servicePort checks that n is a Service port of w, for what names it (a
+// probe, a DestinationRule's port), and says so when n is a container port.
+func (v *validator) servicePort(w *Workload, n int, at Position, path, what string) {
+	if w.HasPort(n) {
+		return
+	}
+	hint := ""
+	if p := w.TargetPort(n); p != nil {
+		hint = fmt.Sprintf("; %d is the container port behind Service port %d (%s), and %s names the Service port: use %d", n, p.Number, p.Name, what, p.Number)
+	}
+	v.errorf(at, path, "workload %q has no Service port %d; its ports are %s%s", w.Name, n, portList(w, false), hint)
+}
+
+// containerPort checks that n is a container port of w, which is what a
+// PeerAuthentication's port-level mode names.
+func (v *validator) containerPort(w *Workload, n int, at Position, path string) {
+	if w.TargetPort(n) != nil {
+		return
+	}
+	hint := ""
+	if p := w.Port(n); p != nil {
+		hint = fmt.Sprintf("; %d is the Service port of %s, whose container port is %d, and Istio matches PeerAuthentication port-level modes against the container port: use %d", n, p.Name, p.Target(), p.Target())
+	}
+	v.errorf(at, path, "workload %q has no container port %d; its container ports are %s%s", w.Name, n, portList(w, true), hint)
+}
+
+// portList lists a workload's Service ports, or its container ports.
+func portList(w *Workload, target bool) string {
+	var out []string
+	for _, p := range w.Ports {
+		n := p.Number
+		if target {
+			n = p.Target()
+		}
+		out = append(out, strconv.Itoa(n))
+	}
+	return strings.Join(out, ", ")
 }
 
 func (v *validator) workloadNames() []string {
@@ -316,8 +376,8 @@ func (v *validator) traffic(t Traffic, path string) {
 	for i, p := range t.Pairs {
 		ppath := fmt.Sprintf("%s.pairs[%d]", path, i)
 		v.workload(p.From, p.Source, "from", ppath)
-		if to := v.workload(p.To, p.Source, "to", ppath); to != nil && !to.HasPort(p.Port) {
-			v.errorf(p.Source.At("port"), ppath+".port", "workload %q has no port %d", to.Name, p.Port)
+		if to := v.workload(p.To, p.Source, "to", ppath); to != nil {
+			v.servicePort(to, p.Port, p.Source.At("port"), ppath+".port", "a probe")
 		}
 	}
 }
@@ -364,9 +424,7 @@ func (v *validator) mtls(m *MTLSStep, path string) {
 				v.errorf(pa.Source.At("namespace"), ppath+".namespace", "workload %q lives in namespace %q", w.Name, w.Namespace)
 			}
 			for j, pm := range pa.Ports {
-				if !w.HasPort(pm.Port) {
-					v.errorf(pm.Source.At("port"), fmt.Sprintf("%s.ports[%d].port", ppath, j), "workload %q has no port %d", w.Name, pm.Port)
-				}
+				v.containerPort(w, pm.Port, pm.Source.At("port"), fmt.Sprintf("%s.ports[%d].port", ppath, j))
 			}
 		}
 		if len(pa.Ports) > 0 && pa.Scope != ScopeWorkload {
@@ -386,8 +444,8 @@ func (v *validator) mtls(m *MTLSStep, path string) {
 			v.errorf(dr.Source.At("mode"), dpath+".mode", "mode MUTUAL needs a client certificate and private key of your own (or a credentialName), which a scenario cannot give: Istio refuses it with \"client certificate required for mutual tls\" and \"private key required for mutual tls\"; use ISTIO_MUTUAL for the mesh's own certificates")
 		}
 		w := v.workload(dr.Workload, dr.Source, "workload", dpath)
-		if w != nil && dr.Port != 0 && !w.HasPort(dr.Port) {
-			v.errorf(dr.Source.At("port"), dpath+".port", "workload %q has no port %d", w.Name, dr.Port)
+		if w != nil && dr.Port != 0 {
+			v.servicePort(w, dr.Port, dr.Source.At("port"), dpath+".port", "a DestinationRule's port")
 		}
 		key := dr.Workload + ":" + strconv.Itoa(dr.Port)
 		if first, dup := hosts[key]; dup {
@@ -423,8 +481,11 @@ func (v *validator) expect(e *ExpectStep, stepSrc Source, path string) {
 				}
 			}
 		}
-		if to != nil && !to.HasPort(x.Port) {
-			v.errorf(x.Source.At("port"), xpath+".port", "workload %q has no port %d", to.Name, x.Port)
+		if to != nil {
+			v.servicePort(to, x.Port, x.Source.At("port"), xpath+".port", "a probe")
+			if p := to.Port(x.Port); p != nil && p.Protocol == ProtocolTCP && x.Reason != "" && (x.Reason == "upstream-503" || httpReason.MatchString(x.Reason)) {
+				v.errorf(x.Source.At("reason"), xpath+".reason", "port %d of workload %q is tcp: no HTTP status answers a TCP connection, so reason %s cannot be observed; leave the reason out or use reset, refused, timeout or eof", x.Port, to.Name, x.Reason)
+			}
 		}
 		if x.Reason != "" {
 			if x.Result != ResultFail {

@@ -3,6 +3,7 @@ package scenario
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -76,6 +77,43 @@ const (
 // Values lists the valid client TLS modes.
 func (TLSMode) Values() []string {
 	return []string{string(TLSDisable), string(TLSIstioMutual), string(TLSSimple), string(TLSMutual)}
+}
+
+// PortProtocol is the protocol a workload serves on a port.
+type PortProtocol string
+
+const (
+	// ProtocolHTTP: HTTP/1.1; the server's sidecar adds
+	// X-Forwarded-Client-Cert to requests that arrived over mutual TLS.
+	ProtocolHTTP PortProtocol = "http"
+	// ProtocolTCP: opaque TCP; Istio proxies the bytes without reading them.
+	ProtocolTCP PortProtocol = "tcp"
+)
+
+// Values lists the valid port protocols.
+func (PortProtocol) Values() []string { return []string{string(ProtocolHTTP), string(ProtocolTCP)} }
+
+// istioNamePrefixes are the protocols Istio selects by a port name's prefix
+// ("<protocol>[-<suffix>]", case-insensitive), from
+// https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/
+// and ConvertProtocol in istio/istio pkg/config/kube/conversion.go with
+// protocol.Parse in pkg/config/protocol/instance.go.
+var istioNamePrefixes = []string{"http", "http_proxy", "http2", "https", "tcp", "tls", "grpc", "mongo", "mysql", "redis", "udp"}
+
+// NameProtocol is the protocol Istio would select for a port by its name
+// alone ("" when the name selects none and Istio would sniff it).
+func NameProtocol(name string) string {
+	lower := strings.ToLower(name)
+	// grpc-web is the one prefix with a dash of its own; Istio checks it
+	// first, on the bare prefix.
+	if strings.HasPrefix(lower, "grpc-web") {
+		return "grpc-web"
+	}
+	prefix, _, _ := strings.Cut(lower, "-")
+	if contains(istioNamePrefixes, prefix) {
+		return prefix
+	}
+	return ""
 }
 
 // Result is the observed class of a request.
