@@ -357,6 +357,7 @@ func buildPage(c Contents, o htmlOptions) page {
 		}
 		return d
 	}
+	p.Notes = append(dataPlaneNotes(c), p.Notes...)
 	for _, ob := range c.Observations {
 		d := get(stepKey{ob.Scenario, ob.Step}, ob.Time)
 		d.obs = append(d.obs, ob)
@@ -946,4 +947,28 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// dataPlaneNotes says, at the top of the page, every stand-in for the
+// cluster's sidecars that answered the run's requests or decided its
+// verdicts (results.Observation.DataPlane), so that nobody reads a
+// rehearsal as a run on Envoy.
+func dataPlaneNotes(c Contents) []string {
+	var labels []string
+	add := func(l string) {
+		if l != "" && !slices.Contains(labels, l) {
+			labels = append(labels, l)
+		}
+	}
+	for _, v := range c.Verdicts {
+		add(v.DataPlane)
+	}
+	for _, o := range c.Observations {
+		add(o.DataPlane)
+	}
+	notes := make([]string, len(labels))
+	for i, l := range labels {
+		notes[i] = l + " (these verdicts do not show what Envoy itself enforces)"
+	}
+	return notes
 }

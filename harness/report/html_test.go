@@ -569,3 +569,21 @@ func TestHTMLMissedDeadline(t *testing.T) {
 		t.Errorf("the failure's deadlines %q", texts(rows))
 	}
 }
+
+// A run whose requests a stand-in answered says so at the top, once per
+// stand-in, whether the label came with observations or verdicts.
+func TestHTMLDataPlaneNote(t *testing.T) {
+	const label = "rehearsal: data plane simulated; istiod v0.0.0-x"
+	o := probe("s", "look", 0, "service-a", "service-b", 8080, mtls, "", "mtls")
+	o.DataPlane = label
+	v := results.Verdict{Scenario: "s", Step: "look", Kind: "expect", Status: results.Passed, DataPlane: label}
+	doc := parse(t, render(t, Contents{Observations: []results.Observation{o, o}, Verdicts: []results.Verdict{v}}))
+	notes := texts(findAll(doc, byTagClass("p", "note")))
+	if len(notes) != 1 || !strings.Contains(notes[0], label) || !strings.Contains(notes[0], "Envoy") {
+		t.Errorf("notes %q, want one saying %q", notes, label)
+	}
+	doc = parse(t, render(t, Contents{Observations: []results.Observation{probe("s", "look", 0, "service-a", "service-b", 8080, mtls, "", "mtls")}}))
+	if notes := texts(findAll(doc, byTagClass("p", "note"))); len(notes) != 0 {
+		t.Errorf("a run on a real data plane has notes %q", notes)
+	}
+}

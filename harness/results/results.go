@@ -47,6 +47,10 @@ type Observation struct {
 	ClientID string `json:"clientId,omitempty"`
 	ServerID string `json:"serverId,omitempty"`
 	Error    string `json:"error,omitempty"`
+	// DataPlane says what answered the request when it was not the
+	// cluster's own sidecars, e.g. "rehearsal: data plane simulated;
+	// istiod <version>"; empty for a run on a real data plane.
+	DataPlane string `json:"dataPlane,omitempty"`
 }
 
 // Outcome renders the observed outcome the way expectations are written:
@@ -151,6 +155,9 @@ type Verdict struct {
 	// Diagnostics is the run-folder-relative path of the diagnostics
 	// collected for a failed step, when any were.
 	Diagnostics string `json:"diagnostics,omitempty"`
+	// DataPlane is Observation.DataPlane for the step: empty on a real
+	// data plane, else what stood in for it.
+	DataPlane string `json:"dataPlane,omitempty"`
 }
 
 // Row is one row of an expect step's table: the pair, what was expected,

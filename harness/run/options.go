@@ -67,6 +67,7 @@ type settings struct {
 	mesh               MeshFunc
 	images             ImageDelivery
 	transport          TransportFunc
+	dataPlane          string
 	reachTimeout       time.Duration
 	leaseWait          time.Duration
 	leaseDuration      time.Duration
@@ -140,6 +141,12 @@ func WithImageDelivery(d ImageDelivery) Option { return func(s *settings) { s.im
 // WithTransport builds the pod transport (default: exec through the API
 // server, probe.NewKubeExecer).
 func WithTransport(f TransportFunc) Option { return func(s *settings) { s.transport = f } }
+
+// WithDataPlane labels every observation and verdict of the run with what
+// stands in for the cluster's sidecars (results.Observation.DataPlane), so
+// that results.json, junit.xml and report.html say it. A transport that
+// is not the cluster's real data plane must come with its label.
+func WithDataPlane(label string) Option { return func(s *settings) { s.dataPlane = label } }
 
 // WithReachTimeout bounds how long a cluster's API server may take to
 // answer (default DefaultReachTimeout).

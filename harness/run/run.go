@@ -100,7 +100,7 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder}, start: time.Now(), clusters: map[string]*clusterState{}}
+	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder, dataPlane: s.dataPlane}, start: time.Now(), clusters: map[string]*clusterState{}}
 	r.life, r.endLife = context.WithCancel(context.Background())
 	r.logf("run %s: reports in %s", folder.ID, folder.Dir)
 	return r, nil
@@ -359,14 +359,25 @@ func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario) {
 // recorder keeps the verdicts (for JUnit and the summary) and passes
 // everything on to the run folder.
 type recorder struct {
-	to       results.Recorder
-	mu       sync.Mutex
-	verdicts []results.Verdict
+	to results.Recorder
+	// dataPlane labels what the run's sidecars are (WithDataPlane); an
+	// observation that already says otherwise keeps its own.
+	dataPlane string
+	mu        sync.Mutex
+	verdicts  []results.Verdict
 }
 
-func (c *recorder) Record(o results.Observation) { c.to.Record(o) }
-func (c *recorder) RecordEvent(e results.Event)  { c.to.RecordEvent(e) }
+func (c *recorder) Record(o results.Observation) {
+	if o.DataPlane == "" {
+		o.DataPlane = c.dataPlane
+	}
+	c.to.Record(o)
+}
+func (c *recorder) RecordEvent(e results.Event) { c.to.RecordEvent(e) }
 func (c *recorder) RecordVerdict(v results.Verdict) {
+	if v.DataPlane == "" {
+		v.DataPlane = c.dataPlane
+	}
 	c.mu.Lock()
 	c.verdicts = append(c.verdicts, v)
 	c.mu.Unlock()
