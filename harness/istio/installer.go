@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"helm.sh/helm/v4/pkg/postrenderer"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 
@@ -82,6 +83,9 @@ type settings struct {
 	// WithLedger in ownership.go); adopt lets it upgrade foreign releases.
 	ledger *ledger.Ledger
 	adopt  bool
+	// postRenderer, when set, rewrites every release's rendered manifests
+	// before Helm applies them (WithPostRenderer).
+	postRenderer postrenderer.PostRenderer
 }
 
 // Option configures an Installer.
@@ -140,6 +144,15 @@ func WithTrustDomain(td string) Option { return func(s *settings) { s.trustDomai
 // ISTIO_MULTIROOT_MESH=true and proxy metadata PROXY_CONFIG_XDS_AGENT=true),
 // needed to rotate the root CA without breaking mTLS.
 func WithMultiRoot(enabled bool) Option { return func(s *settings) { s.multiRoot = enabled } }
+
+// WithPostRenderer makes every install, upgrade and render of a release
+// (base, istiod, canary istiod) pass its rendered manifests through pr
+// before Helm applies or returns them, as `helm install --post-renderer`
+// does. The local cluster uses it to point Istio's webhooks at istiod
+// processes on 127.0.0.1 instead of a Service nothing serves.
+func WithPostRenderer(pr postrenderer.PostRenderer) Option {
+	return func(s *settings) { s.postRenderer = pr }
+}
 
 // WithLogger receives progress messages and Helm's warnings.
 func WithLogger(logf func(format string, args ...any)) Option {

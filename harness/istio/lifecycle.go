@@ -334,6 +334,7 @@ func (i *Installer) installRelease(ctx context.Context, ch *chart.Chart, name st
 	// (the charts have no hooks).
 	in.WaitStrategy = kube.HookOnlyStrategy
 	in.ServerSideApply = true
+	in.PostRenderer = i.s.postRenderer
 	crdsBefore, err := i.istioCRDNames(ctx)
 	if err != nil {
 		return err
@@ -368,6 +369,7 @@ func (i *Installer) upgradeRelease(ctx context.Context, ch *chart.Chart, name st
 	// "auto" keeps the apply method the release was installed with:
 	// server-side apply for releases meshproof installed.
 	up.ServerSideApply = "auto"
+	up.PostRenderer = i.s.postRenderer
 	if _, err := up.RunWithContext(ctx, name, ch, values); err != nil {
 		return fmt.Errorf("istio: helm upgrade %s (chart %s %s) in %s: %w", name, ch.Name(), ch.Metadata.Version, i.s.namespace, err)
 	}

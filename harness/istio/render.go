@@ -81,6 +81,7 @@ func (i *Installer) renderRelease(ctx context.Context, src chartSource, chartNam
 	in.DryRunStrategy = action.DryRunClient
 	in.ReleaseName = releaseName
 	in.Namespace = i.s.namespace
+	in.PostRenderer = i.s.postRenderer
 	rel, err := in.RunWithContext(ctx, ch, values)
 	if err != nil {
 		return RenderedRelease{}, fmt.Errorf("rendering istio %s chart (%s) as release %s: %w", chartName, src.describe(), releaseName, err)

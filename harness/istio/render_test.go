@@ -1,6 +1,7 @@
 package istio
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"strings"
@@ -290,6 +291,58 @@ func TestRenderNeedsNoCluster(t *testing.T) {
 	} {
 		if err := op(); err != errNoCluster {
 			t.Errorf("%s without a cluster: err = %v, want %v", name, err, errNoCluster)
+		}
+	}
+}
+
+// labelEverything is a post-renderer that labels every rendered object, as a
+// user's `helm --post-renderer` might.
+type labelEverything struct{ calls int }
+
+func (p *labelEverything) Run(in *bytes.Buffer) (*bytes.Buffer, error) {
+	p.calls++
+	var out bytes.Buffer
+	for _, doc := range strings.Split(in.String(), "\n---\n") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			return nil, err
+		}
+		if len(obj) == 0 {
+			continue
+		}
+		u := unstructured.Unstructured{Object: obj}
+		labels := u.GetLabels()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels["post-rendered"] = "yes"
+		u.SetLabels(labels)
+		data, err := yaml.Marshal(u.Object)
+		if err != nil {
+			return nil, err
+		}
+		out.WriteString("---\n")
+		out.Write(data)
+	}
+	return &out, nil
+}
+
+// WithPostRenderer's renderer sees both releases, and what it returns is what
+// Render (and so Install) has.
+func TestRenderAppliesThePostRenderer(t *testing.T) {
+	pr := &labelEverything{}
+	m := render(t, DefaultVersion, WithPostRenderer(pr))
+	if pr.calls != 2 {
+		t.Errorf("post-renderer ran %d times, want once per release (base, istiod)", pr.calls)
+	}
+	for _, rel := range []RenderedRelease{m.Base, m.Istiod} {
+		if len(rel.Objects) == 0 {
+			t.Fatalf("release %s rendered no objects", rel.Name)
+		}
+		for _, o := range rel.Objects {
+			if o.GetLabels()["post-rendered"] != "yes" {
+				t.Errorf("release %s: %s %s was not post-rendered", rel.Name, o.GetKind(), o.GetName())
+			}
 		}
 	}
 }
