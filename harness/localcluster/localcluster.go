@@ -3,7 +3,9 @@
 // kube-apiserver (package testenv), kube-controller-manager and kube-scheduler
 // (real Deployments, ReplicaSets, scheduling, rollouts, namespace termination
 // and garbage collection), and kwok, which plays the kubelet of fake nodes
-// (pods become Running and Ready with pod IPs; no container runs).
+// (pods become Running and Ready with pod IPs; no container runs). With
+// WithIstiod, the real istiod runs beside them as a local process for each
+// istiod Deployment Istio's charts install (see Istiod).
 //
 // Every part is built from source on first use and cached (package binaries),
 // listens on 127.0.0.1 only, and ends with the program that started it (package
@@ -17,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,12 +60,15 @@ type Cluster struct {
 	logger       *slog.Logger
 	buildLog     io.Writer
 	startTimeout time.Duration
+	withIstiod   bool
 
 	dir       string
 	env       *testenv.Env
 	stopPlane func() error
 	// parts run in start order; Destroy stops them newest first.
 	parts []*proc.Process
+	// istiod supervises the istiod processes (nil without WithIstiod).
+	istiod *Istiod
 }
 
 // Option configures New.
@@ -82,6 +88,12 @@ func WithBuildLog(w io.Writer) Option { return func(c *Cluster) { c.buildLog = w
 
 // WithStartTimeout bounds the start of the parts, not counting builds (default 3m).
 func WithStartTimeout(d time.Duration) Option { return func(c *Cluster) { c.startTimeout = d } }
+
+// WithIstiod also runs the real istiod (pilot-discovery) for every istiod
+// Deployment installed in istio-system: Create builds it on first use and
+// starts the supervisor (see Istiod), Destroy stops it before any other part.
+// Install Istio's charts with Istiod().PostRenderer().
+func WithIstiod() Option { return func(c *Cluster) { c.withIstiod = true } }
 
 // New returns a cluster that Create starts.
 func New(opts ...Option) *Cluster {
@@ -164,12 +176,18 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 	if err := c.WaitForControlPlane(ctx, nil); err != nil {
 		return "", err
 	}
+	if c.withIstiod {
+		if err := c.startIstiod(ctx, bins.pilotDiscovery); err != nil {
+			return "", err
+		}
+	}
 	c.logger.Info("local cluster ready", "cluster", c.name, "kubernetes", env.ServerVersion.GitVersion, "nodes", c.nodes, "took", time.Since(start).Round(100*time.Millisecond))
 	return kubeconfig, nil
 }
 
 type binaryPaths struct {
 	controllerManager, scheduler, kwok, kwokStages string
+	pilotDiscovery                                 string // "" without WithIstiod
 }
 
 // ensureBinaries builds what the cache lacks (minutes each on a cold machine).
@@ -178,15 +196,20 @@ func (c *Cluster) ensureBinaries(ctx context.Context) (binaryPaths, error) {
 		return binaryPaths{}, fmt.Errorf("local cluster: kube-apiserver and etcd: %w", err)
 	}
 	var paths binaryPaths
-	for _, b := range []struct {
+	type toolPath struct {
 		tool binaries.Tool
 		path *string
-	}{
+	}
+	tools := []toolPath{
 		{binaries.KubeControllerManager, &paths.controllerManager},
 		{binaries.KubeScheduler, &paths.scheduler},
 		{binaries.Kwok, &paths.kwok},
 		{binaries.KwokStages, &paths.kwokStages},
-	} {
+	}
+	if c.withIstiod {
+		tools = append(tools, toolPath{binaries.PilotDiscovery, &paths.pilotDiscovery})
+	}
+	for _, b := range tools {
 		path, err := binaries.EnsureTool(ctx, b.tool, c.buildLog)
 		if err != nil {
 			return binaryPaths{}, fmt.Errorf("local cluster: %w", err)
@@ -310,11 +333,16 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// Destroy stops the parts in the reverse of their start order (kwok,
-// kube-scheduler, kube-controller-manager), then kube-apiserver, then etcd, each
-// escalated to SIGKILL after a bound, and removes the cluster's directory.
+// Destroy stops istiod first (while the API server still answers it), then
+// the parts in the reverse of their start order (kwok, kube-scheduler,
+// kube-controller-manager), then kube-apiserver, then etcd, each escalated to
+// SIGKILL after a bound, and removes the cluster's directory.
 func (c *Cluster) Destroy(context.Context) error {
 	var errs []error
+	if c.istiod != nil {
+		errs = append(errs, c.istiod.stop())
+		c.istiod = nil
+	}
 	for i := len(c.parts) - 1; i >= 0; i-- {
 		errs = append(errs, c.parts[i].Stop())
 	}
@@ -331,13 +359,36 @@ func (c *Cluster) Destroy(context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Istiod is the istiod supervisor (nil without WithIstiod or before Create).
+func (c *Cluster) Istiod() *Istiod { return c.istiod }
+
+// startIstiod starts the istiod supervisor; istiod processes start once
+// Istio's charts have made istiod pods.
+func (c *Cluster) startIstiod(ctx context.Context, binary string) error {
+	kube, err := kubernetes.NewForConfig(c.env.Config)
+	if err != nil {
+		return err
+	}
+	s := newIstiod(binary, c.env.Kubeconfig, c.dir, kube, c.logger.With("cluster", c.name))
+	// The supervisor lives as long as the cluster, not as Create's ctx.
+	if err := s.run(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("local cluster %s: starting the istiod supervisor: %w", c.name, err)
+	}
+	c.istiod = s
+	c.logger.Info("istiod supervisor watching istiod pods", "cluster", c.name, "namespace", IstioNamespace, "istio module", s.Module())
+	return nil
+}
+
 // Env is the running control plane with its clients (nil before Create).
 func (c *Cluster) Env() *testenv.Env { return c.env }
 
 // Pids are the running parts' process ids by name, kube-apiserver and etcd
-// included.
+// included, and with WithIstiod each running istiod as istiod-<revision>.
 func (c *Cluster) Pids() map[string]int {
 	pids := map[string]int{}
+	if c.istiod != nil {
+		maps.Copy(pids, c.istiod.pids())
+	}
 	for _, p := range c.parts {
 		pids[p.Name()] = p.Pid()
 	}
