@@ -1,0 +1,500 @@
+//go:build linux
+
+package localcluster_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"fmt"
+	"maps"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	networkingv1 "istio.io/api/networking/v1"
+	istionetworking "istio.io/client-go/pkg/apis/networking/v1"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/dataplane"
+	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/localcluster"
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv"
+)
+
+// The real istiod serves a local cluster of its own: Istio's charts are
+// installed as a run installs them (harness/mesh: cacerts, then the releases
+// with the supervisor's post-renderer, then the installer's readiness), and
+// then istiod injects, validates and signs; a rollout restart restarts it, a
+// canary revision gets its own, and Destroy leaves none running.
+func TestIstiodServesTheLocalCluster(t *testing.T) {
+	charts := testenv.IstioCharts(t)
+	t.Setenv(mesh.ChartsEnv, charts)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	lc := localcluster.New(localcluster.WithName("lc-istiod"), localcluster.WithIstiod())
+	if _, err := lc.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	destroyed := false
+	t.Cleanup(func() {
+		if !destroyed {
+			lc.Destroy(context.Background())
+		}
+	})
+	t.Logf("local cluster with the istiod supervisor created in %s", time.Since(start).Round(100*time.Millisecond))
+	is := lc.Istiod()
+	if is == nil {
+		t.Fatal("Istiod() is nil on a cluster created WithIstiod")
+	}
+	env := lc.Env()
+	kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Install as the run library does (run.InstallMesh: mesh.Install, then
+	// Ready), with the post-renderer the local cluster needs.
+	suite, err := scenario.Load("istiod.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true, workloadCertTTL: 1m}}]
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(is.PostRenderer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("charts applied in %s", time.Since(start).Round(100*time.Millisecond))
+	if err := is.WaitServing(ctx, "", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("istiod serving %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
+	if err := m.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Istio ready (istiod rolled out, injecting) %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
+	defaultPid := is.Pid("")
+	checkIstiodProcess(t, kube, defaultPid, "default")
+
+	t.Run("webhooks call istiod on 127.0.0.1 and trust the plugged root", func(t *testing.T) {
+		rootPEM := ca.EncodeCertificatesPEM(m.CA.Root)
+		// istiod's patchers set the caBundle; its validation controller
+		// turns the chart's failurePolicy Ignore into Fail once a dry run
+		// through the API server reached its webhook.
+		until(t, time.Minute, "istiod to set every webhook's caBundle and make validation fail closed", func(ctx context.Context) (bool, error) {
+			for _, hook := range webhooks(t, kube) {
+				if !bytes.Contains(hook.CABundle, bytes.TrimSpace(rootPEM)) {
+					return false, nil
+				}
+			}
+			validating, err := kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, c := range validating.Items {
+				for _, w := range c.Webhooks {
+					if w.FailurePolicy == nil || *w.FailurePolicy != admissionv1.Fail {
+						return false, nil
+					}
+				}
+			}
+			return len(validating.Items) > 0, nil
+		})
+		listening := ports(t, defaultPid)
+		hooks := webhooks(t, kube)
+		if len(hooks) == 0 {
+			t.Fatal("no webhooks installed")
+		}
+		for name, hook := range hooks {
+			if hook.Service != nil {
+				t.Errorf("%s still calls Service %s/%s", name, hook.Service.Namespace, hook.Service.Name)
+				continue
+			}
+			port := webhookPort(t, name, hook)
+			if !listening[port] {
+				t.Errorf("%s calls port %d, where istiod (pid %d) does not listen (it listens on %v)", name, port, defaultPid, listening)
+			}
+		}
+	})
+
+	ns, sa := injectedNamespace(t, kube, map[string]string{"istio-injection": "enabled"})
+	var pod corev1.Pod
+	t.Run("a Deployment's pods are stored injected with a native sidecar", func(t *testing.T) {
+		pod = injectedPod(t, kube, ns, sa)
+	})
+
+	t.Run("Istio's validation webhook refuses an invalid object and admits a valid one", func(t *testing.T) {
+		dr := func(name string, mode networkingv1.ClientTLSSettings_TLSmode) *istionetworking.DestinationRule {
+			return &istionetworking.DestinationRule{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+				Spec: networkingv1.DestinationRule{
+					Host:          "echo." + ns + ".svc.cluster.local",
+					TrafficPolicy: &networkingv1.TrafficPolicy{Tls: &networkingv1.ClientTLSSettings{Mode: mode}},
+				},
+			}
+		}
+		var refusal error
+		until(t, time.Minute, "the validation webhook to refuse MUTUAL without a client certificate", func(ctx context.Context) (bool, error) {
+			_, refusal = env.Istio.NetworkingV1().DestinationRules(ns).Create(ctx, dr("mutual", networkingv1.ClientTLSSettings_MUTUAL), metav1.CreateOptions{})
+			if refusal == nil {
+				return false, fmt.Errorf("an invalid DestinationRule (MUTUAL without a client certificate) was admitted")
+			}
+			return strings.Contains(refusal.Error(), "denied the request") && strings.Contains(refusal.Error(), "client certificate required for mutual tls"), nil
+		})
+		t.Logf("refused: %v", refusal)
+		if _, err := env.Istio.NetworkingV1().DestinationRules(ns).Create(t.Context(), dr("istio-mutual", networkingv1.ClientTLSSettings_ISTIO_MUTUAL), metav1.CreateOptions{}); err != nil {
+			t.Errorf("a valid DestinationRule (ISTIO_MUTUAL) was refused: %v", err)
+		}
+	})
+
+	t.Run("istiod's CA signs the ServiceAccount's identity with the plugged root", func(t *testing.T) {
+		issueCert(t, is, env, m.CA, "", &pod)
+	})
+
+	t.Run("a rollout restart of the istiod Deployment restarts istiod", func(t *testing.T) {
+		oldRootCADir := processEnv(t, defaultPid)["ROOT_CA_DIR"]
+		start := time.Now()
+		if err := m.Istio.RestartControlPlane(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var pid int
+		until(t, 2*time.Minute, "a new istiod process", func(context.Context) (bool, error) {
+			pid = is.Pid("")
+			return pid != 0 && pid != defaultPid, nil
+		})
+		if err := is.WaitServing(ctx, "", 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("restarted (pid %d -> %d) and serving %s after the restart began", defaultPid, pid, time.Since(start).Round(100*time.Millisecond))
+		if syscall.Kill(defaultPid, 0) == nil {
+			t.Errorf("the old istiod (pid %d) still runs", defaultPid)
+		}
+		checkIstiodProcess(t, kube, pid, "default")
+		if dir := processEnv(t, pid)["ROOT_CA_DIR"]; dir == oldRootCADir {
+			t.Errorf("the new istiod reuses ROOT_CA_DIR %s of the old one", dir)
+		}
+		defaultPid = pid
+		issueCert(t, is, env, m.CA, "", &pod)
+	})
+
+	t.Run("a canary revision gets its own istiod and webhook URL", func(t *testing.T) {
+		start := time.Now()
+		if err := m.Istio.InstallCanary(ctx, "canary", istio.DefaultVersion, filepath.Join(charts, istio.DefaultVersion)); err != nil {
+			t.Fatal(err)
+		}
+		if err := is.WaitServing(ctx, "canary", 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Istio.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("canary istiod serving and injecting %s after its install began", time.Since(start).Round(100*time.Millisecond))
+		canaryPid := is.Pid("canary")
+		if canaryPid == defaultPid || is.Pid("") != defaultPid {
+			t.Fatalf("canary pid %d, default pid %d (was %d): want two processes, the default one untouched", canaryPid, is.Pid(""), defaultPid)
+		}
+		checkIstiodProcess(t, kube, canaryPid, "canary")
+		defaultAddr, _ := is.CAAddress("")
+		canaryAddr, err := is.CAAddress("canary")
+		if err != nil || canaryAddr == defaultAddr {
+			t.Errorf("canary CA address %q (%v), default %q: want its own", canaryAddr, err, defaultAddr)
+		}
+		hooks := webhooks(t, kube)
+		injector, ok := hooks["mutating/istio-sidecar-injector-canary/0"]
+		if !ok {
+			t.Fatalf("no canary injector webhook among %v", slices.Sorted(maps.Keys(hooks)))
+		}
+		if port := webhookPort(t, "canary injector", injector); !ports(t, canaryPid)[port] || ports(t, defaultPid)[port] {
+			t.Errorf("the canary injector calls port %d: want one only the canary istiod listens on", port)
+		}
+		canaryNS, canarySA := injectedNamespace(t, kube, map[string]string{"istio.io/rev": "canary"})
+		canaryPod := injectedPod(t, kube, canaryNS, canarySA)
+		issueCert(t, is, env, m.CA, "canary", &canaryPod)
+	})
+
+	t.Run("nothing of istiod listens beyond 127.0.0.1", func(t *testing.T) {
+		for name, pid := range lc.Pids() {
+			if !strings.HasPrefix(name, "istiod-") {
+				continue
+			}
+			addrs, err := listeningAddresses(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(addrs) == 0 {
+				t.Errorf("%s (pid %d) listens nowhere", name, pid)
+			}
+			for _, a := range addrs {
+				if !a.IP.IsLoopback() {
+					t.Errorf("%s (pid %d) listens on %s", name, pid, a)
+				}
+			}
+			t.Logf("%s listens on %v", name, addrs)
+		}
+	})
+
+	logs := t.TempDir()
+	if err := lc.ExportLogs(ctx, logs); err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range []string{"default", "canary"} {
+		data, err := os.ReadFile(filepath.Join(logs, "istiod-"+rev+".log"))
+		if err != nil || !bytes.Contains(data, []byte("meshproof: istiod start")) {
+			t.Errorf("exported logs lack istiod-%s.log with its starts (%v)", rev, err)
+		}
+	}
+
+	pids := lc.Pids()
+	if pids["istiod-default"] == 0 || pids["istiod-canary"] == 0 {
+		t.Fatalf("Pids() = %v, want istiod-default and istiod-canary among them", pids)
+	}
+	start = time.Now()
+	destroyed = true
+	if err := lc.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("destroyed in %s", time.Since(start).Round(100*time.Millisecond))
+	for name, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("%s (pid %d) still runs after Destroy", name, pid)
+		}
+	}
+}
+
+// webhooks are every webhook's client config, by kind/configuration/index.
+func webhooks(t *testing.T, kube kubernetes.Interface) map[string]admissionv1.WebhookClientConfig {
+	t.Helper()
+	out := map[string]admissionv1.WebhookClientConfig{}
+	mutating, err := kube.AdmissionregistrationV1().MutatingWebhookConfigurations().List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range mutating.Items {
+		for i, w := range c.Webhooks {
+			out[fmt.Sprintf("mutating/%s/%d", c.Name, i)] = w.ClientConfig
+		}
+	}
+	validating, err := kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range validating.Items {
+		for i, w := range c.Webhooks {
+			out[fmt.Sprintf("validating/%s/%d", c.Name, i)] = w.ClientConfig
+		}
+	}
+	return out
+}
+
+// webhookPort is the 127.0.0.1 port a webhook's URL calls.
+func webhookPort(t *testing.T, name string, hook admissionv1.WebhookClientConfig) int {
+	t.Helper()
+	if hook.URL == nil {
+		t.Fatalf("%s has no URL", name)
+	}
+	u, err := url.Parse(*hook.URL)
+	if err != nil || u.Scheme != "https" || u.Hostname() != "127.0.0.1" {
+		t.Fatalf("%s calls %q, want https://127.0.0.1:<port>/...", name, *hook.URL)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return port
+}
+
+// ports are the TCP ports pid listens on.
+func ports(t *testing.T, pid int) map[int]bool {
+	t.Helper()
+	addrs, err := listeningAddresses(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]bool{}
+	for _, a := range addrs {
+		out[a.Port] = true
+	}
+	return out
+}
+
+// processEnv is pid's environment.
+func processEnv(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range bytes.Split(data, []byte{0}) {
+		if k, v, ok := strings.Cut(string(kv), "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// checkIstiodProcess checks that pid plays the running istiod pod of
+// revision: its POD_NAME, REVISION and SERVICE_ACCOUNT come from that pod.
+func checkIstiodProcess(t *testing.T, kube kubernetes.Interface, pid int, revision string) {
+	t.Helper()
+	if pid == 0 {
+		t.Fatalf("no istiod runs for revision %s", revision)
+	}
+	pods, err := kube.CoreV1().Pods(localcluster.IstioNamespace).List(t.Context(), metav1.ListOptions{LabelSelector: "app=istiod,istio.io/rev=" + revision})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var running []string
+	var sa string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+			running = append(running, p.Name)
+			sa = p.Spec.ServiceAccountName
+		}
+	}
+	env := processEnv(t, pid)
+	if len(running) != 1 || env["POD_NAME"] != running[0] {
+		t.Errorf("istiod (pid %d) has POD_NAME %q; running istiod pods of revision %s: %v", pid, env["POD_NAME"], revision, running)
+	}
+	if env["REVISION"] != revision || env["SERVICE_ACCOUNT"] != sa || env["POD_NAMESPACE"] != localcluster.IstioNamespace {
+		t.Errorf("istiod (pid %d) has REVISION=%q SERVICE_ACCOUNT=%q POD_NAMESPACE=%q, want %s, %s, %s",
+			pid, env["REVISION"], env["SERVICE_ACCOUNT"], env["POD_NAMESPACE"], revision, sa, localcluster.IstioNamespace)
+	}
+}
+
+// injectedNamespace creates a namespace with labels and a ServiceAccount in it.
+func injectedNamespace(t *testing.T, kube kubernetes.Interface, labels map[string]string) (ns, sa string) {
+	t.Helper()
+	n, err := kube.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "lc-mesh-", Labels: labels}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().ServiceAccounts(n.Name).Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "echo-sa"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return n.Name, "echo-sa"
+}
+
+// injectedPod deploys echo in ns as sa and returns its pod once stored,
+// checking that injection gave it istio-init and a native-sidecar
+// istio-proxy (init containers) and no regular istio-proxy container.
+func injectedPod(t *testing.T, kube kubernetes.Interface, ns, sa string) corev1.Pod {
+	t.Helper()
+	labels := map[string]string{"app": "echo"}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: sa,
+					Containers: []corev1.Container{{
+						Name: "app", Image: "registry.invalid/echo:never-pulled",
+						Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+					}},
+				},
+			},
+		},
+	}
+	start := time.Now()
+	if _, err := kube.AppsV1().Deployments(ns).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	until(t, 2*time.Minute, "Deployment echo's pod in "+ns, func(ctx context.Context) (bool, error) {
+		pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, err
+		}
+		pod = pods.Items[0]
+		return true, nil
+	})
+	t.Logf("pod %s/%s stored %s after the Deployment (phase %s)", ns, pod.Name, time.Since(start).Round(10*time.Millisecond), pod.Status.Phase)
+	var inits []string
+	var proxy *corev1.Container
+	for i, c := range pod.Spec.InitContainers {
+		inits = append(inits, c.Name)
+		if c.Name == "istio-proxy" {
+			proxy = &pod.Spec.InitContainers[i]
+		}
+	}
+	if !slices.Contains(inits, "istio-init") || proxy == nil {
+		t.Fatalf("pod %s has init containers %v, want istio-init and istio-proxy", pod.Name, inits)
+	}
+	if proxy.RestartPolicy == nil || *proxy.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("istio-proxy is an init container without restartPolicy Always: not a native sidecar")
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == "istio-proxy" {
+			t.Errorf("pod %s has a regular istio-proxy container too", pod.Name)
+		}
+	}
+	return pod
+}
+
+// issueCert asks revision's istiod CA for pod's certificate, as the
+// simulated data plane does, and checks it.
+func issueCert(t *testing.T, is *localcluster.Istiod, env *testenv.Env, bundle *ca.Bundle, revision string, pod *corev1.Pod) {
+	t.Helper()
+	addr, err := is.CAAddress(revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(bundle.Root)
+	src, err := dataplane.NewIstiodCA(env.Client, addr, roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	start := time.Now()
+	certs, err := src.Issue(t.Context(), pod, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	id, err := ca.VerifyWorkloadChain(certs.Chain, bundle.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", pod.Namespace, pod.Spec.ServiceAccountName); id != want {
+		t.Errorf("istiod issued %s, want %s", id, want)
+	}
+	if !certs.Roots[0].Equal(bundle.Root) {
+		t.Errorf("istiod's chain ends in %s, not the plugged root %s", certs.Roots[0].Subject, bundle.Root.Subject)
+	}
+	leaf := certs.Leaf()
+	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 5*time.Minute {
+		t.Errorf("leaf valid %s, asked for 1m (istiod backdates NotBefore by minutes at most)", life)
+	}
+	t.Logf("revision %s issued %s (valid %s to %s) in %s", revisionOrDefault(revision), id, leaf.NotBefore.Format(time.TimeOnly), leaf.NotAfter.Format(time.TimeOnly), took.Round(time.Millisecond))
+}
+
+func revisionOrDefault(rev string) string {
+	if rev == "" {
+		return "default"
+	}
+	return rev
+}
