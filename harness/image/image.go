@@ -39,6 +39,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/meshproof/meshproof"
 	"github.com/meshproof/meshproof/fixtures"
 )
 
@@ -54,10 +55,6 @@ const (
 	// User is the image's (and the pods') non-root user and group. 65532 is
 	// the conventional "nonroot" id of distroless images.
 	User = "65532:65532"
-
-	// modulePath must match the import paths in the echo source
-	// (github.com/meshproof/meshproof/fixtures/echo/echoapi).
-	modulePath = "github.com/meshproof/meshproof"
 
 	// cacheFormat changes whenever the image layout or the build flags
 	// change, so that old cache entries are not mistaken for current ones.
@@ -158,6 +155,10 @@ func Build(ctx context.Context, opts ...Option) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The module's own go.mod and go.sum pin the echo program's
+	// dependencies (grpc-go for the gRPC echo) to the versions meshproof
+	// was built with; they are part of what the image depends on.
+	files = append(moduleFiles(), files...)
 	goVersion, err := goVersion(ctx, o.goCmd, o.cacheDir)
 	if err != nil {
 		return nil, err
@@ -306,16 +307,28 @@ func goVersion(ctx context.Context, goCmd, dir string) (string, error) {
 	return v, nil
 }
 
-// compile writes the source and a minimal go.mod into workDir and builds the
-// echo binary, returning its bytes.
+// moduleFiles are meshproof's go.mod and go.sum, which the echo build uses
+// as its own: the module path of the echo source's imports, and exactly
+// the dependency versions (and checksums) meshproof was built with. Modules
+// missing from the Go module cache are downloaded by the go command.
+func moduleFiles() []sourceFile {
+	return []sourceFile{{path: moduleFilePrefix + "go.mod", data: meshproof.GoMod}, {path: moduleFilePrefix + "go.sum", data: meshproof.GoSum}}
+}
+
+// moduleFilePrefix marks the module files among the source files; it
+// cannot clash with the paths under fixtures.EchoDir.
+const moduleFilePrefix = "module:"
+
+// compile writes the module files and the source into workDir and builds
+// the echo binary, returning its bytes.
 func compile(ctx context.Context, goCmd string, files []sourceFile, arch, workDir string) ([]byte, error) {
 	modDir := filepath.Join(workDir, "src")
-	gomod := "module " + modulePath + "\n\ngo 1.26\n"
-	if err := writeFile(filepath.Join(modDir, "go.mod"), []byte(gomod)); err != nil {
-		return nil, err
-	}
 	for _, f := range files {
-		if err := writeFile(filepath.Join(modDir, "fixtures", filepath.FromSlash(f.path)), f.data); err != nil {
+		p := filepath.Join(modDir, "fixtures", filepath.FromSlash(f.path))
+		if name, ok := strings.CutPrefix(f.path, moduleFilePrefix); ok {
+			p = filepath.Join(modDir, name)
+		}
+		if err := writeFile(p, f.data); err != nil {
 			return nil, err
 		}
 	}
