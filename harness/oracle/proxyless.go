@@ -156,7 +156,7 @@ func (p *policies) predictMixed(proxyless map[string]ProxylessWorkload, client, 
 // proxylessServerMode is the mode a proxyless server's listener enforces on
 // a port after [GLDS]'s two rewrites: STRICT or DISABLE, never PERMISSIVE.
 func (p *policies) proxylessServerMode(server *scenario.Workload, port int, pw ProxylessWorkload) (scenario.MTLSMode, string) {
-	mode, from := p.serverMode(server, port)
+	mode, from := p.serverMode(server, containerPort(server, port))
 	switch {
 	case mode == scenario.ModePermissive && pw.TLSModeLabel:
 		return scenario.ModeStrict, from + " with the tlsMode=istio label, served as STRICT"
@@ -192,7 +192,7 @@ func (p *policies) proxylessSends(cp DataPlane, client, server *scenario.Workloa
 	if !serverPW.TLSModeLabel {
 		return sendsPlaintext, "auto mTLS: proxyless server without the tlsMode=istio label, client sidecar sends plaintext"
 	}
-	if mode, from := p.serverMode(server, port); mode == scenario.ModeDisable {
+	if mode, from := p.serverMode(server, containerPort(server, port)); mode == scenario.ModeDisable {
 		return sendsPlaintext, "auto mTLS: server's " + from + ", client sidecar sends plaintext"
 	}
 	return sendsIstioMTLS, "auto mTLS: proxyless server labelled tlsMode=istio, client sidecar sends mTLS"
@@ -222,7 +222,7 @@ func (p *policies) proxylessAccepts(cp DataPlane, server *scenario.Workload, por
 // sidecarAcceptsGRPC decides what a sidecar server makes of what a
 // proxyless client sends: mTLS with ALPN h2 only, or plaintext.
 func (p *policies) sidecarAcceptsGRPC(server *scenario.Workload, port int, mtls bool) (scenario.Result, string, string) {
-	mode, from := p.serverMode(server, port)
+	mode, from := p.serverMode(server, containerPort(server, port))
 	switch {
 	case mode == scenario.ModeStrict && mtls:
 		// [FCM]: STRICT chains match transport tls whatever the ALPN.

@@ -85,6 +85,31 @@ func TestProxylessServerAndClient(t *testing.T) {
 	})
 }
 
+// A port-level PeerAuthentication names the container port ([GLDS] looks the
+// mode up by the service instance's TargetPort), not the Service port
+// clients call.
+func TestProxylessPortLevelModeByContainerPort(t *testing.T) {
+	s, proxyless := proxylessSuite()
+	w := s.Workload("grpc-b")
+	w.Ports = []scenario.Port{{Name: "grpc", Number: grpcPort, TargetPort: 17070}}
+	for _, c := range []struct {
+		pa   scenario.PeerAuthentication
+		want scenario.Result
+	}{
+		{workload("grpc-b", strict, 17070, permissive), plaintext},
+		{workload("grpc-b", strict, grpcPort, permissive), fail},
+	} {
+		ps, err := PredictProxyless(s, &scenario.MTLSStep{PeerAuthentications: pas{c.pa}}, proxyless)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, ok := Find(ps, "legacy", "grpc-b", grpcPort)
+		if !ok || p.Result != c.want {
+			t.Errorf("port-level mode on %d: %v (%s), want %s", c.pa.Ports[0].Port, p, p.Why, c.want)
+		}
+	}
+}
+
 // The tlsMode=istio label, which the grpc-agent template leaves to the
 // user, turns a proxyless server's PERMISSIVE into STRICT.
 func TestProxylessTLSModeLabel(t *testing.T) {
