@@ -33,6 +33,7 @@ import (
 	"github.com/meshproof/meshproof/harness/localcluster"
 	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/sidecar"
 	"github.com/meshproof/meshproof/harness/testenv"
 )
 
@@ -42,57 +43,15 @@ import (
 // then istiod injects, validates and signs; a rollout restart restarts it, a
 // canary revision gets its own, and Destroy leaves none running.
 func TestIstiodServesTheLocalCluster(t *testing.T) {
-	charts := testenv.IstioCharts(t)
-	t.Setenv(mesh.ChartsEnv, charts)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
-
-	start := time.Now()
-	lc := localcluster.New(localcluster.WithName("lc-istiod"), localcluster.WithIstiod())
-	if _, err := lc.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
-	destroyed := false
-	t.Cleanup(func() {
-		if !destroyed {
-			lc.Destroy(context.Background())
-		}
-	})
-	t.Logf("local cluster with the istiod supervisor created in %s", time.Since(start).Round(100*time.Millisecond))
-	is := lc.Istiod()
-	if is == nil {
-		t.Fatal("Istiod() is nil on a cluster created WithIstiod")
-	}
-	env := lc.Env()
+	lc, m, destroyed := meshCluster(ctx, t, "lc-istiod", istio.DefaultVersion)
+	charts := testenv.IstioCharts(t)
+	is, env := lc.Istiod(), lc.Env()
 	kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	// Install as the run library does (run.InstallMesh: mesh.Install, then
-	// Ready), with the post-renderer the local cluster needs.
-	suite, err := scenario.Load("istiod.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
-kind: Suite
-clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true, workloadCertTTL: 1m}}]
-scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start = time.Now()
-	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(is.PostRenderer()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("charts applied in %s", time.Since(start).Round(100*time.Millisecond))
-	if err := is.WaitServing(ctx, "", 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("istiod serving %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
-	if err := m.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("Istio ready (istiod rolled out, injecting) %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
 	defaultPid := is.Pid("")
 	checkIstiodProcess(t, kube, defaultPid, "default")
 
@@ -120,21 +79,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			}
 			return len(validating.Items) > 0, nil
 		})
-		listening := ports(t, defaultPid)
-		hooks := webhooks(t, kube)
-		if len(hooks) == 0 {
-			t.Fatal("no webhooks installed")
-		}
-		for name, hook := range hooks {
-			if hook.Service != nil {
-				t.Errorf("%s still calls Service %s/%s", name, hook.Service.Namespace, hook.Service.Name)
-				continue
-			}
-			port := webhookPort(t, name, hook)
-			if !listening[port] {
-				t.Errorf("%s calls port %d, where istiod (pid %d) does not listen (it listens on %v)", name, port, defaultPid, listening)
-			}
-		}
+		checkWebhooksCall(t, kube, defaultPid)
 	})
 
 	ns, sa := injectedNamespace(t, kube, map[string]string{"istio-injection": "enabled"})
@@ -172,29 +117,33 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	})
 
 	t.Run("a rollout restart of the istiod Deployment restarts istiod", func(t *testing.T) {
-		oldRootCADir := processEnv(t, defaultPid)["ROOT_CA_DIR"]
-		start := time.Now()
-		if err := m.Istio.RestartControlPlane(ctx); err != nil {
-			t.Fatal(err)
-		}
-		var pid int
-		until(t, 2*time.Minute, "a new istiod process", func(context.Context) (bool, error) {
-			pid = is.Pid("")
-			return pid != 0 && pid != defaultPid, nil
-		})
-		if err := is.WaitServing(ctx, "", 2*time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("restarted (pid %d -> %d) and serving %s after the restart began", defaultPid, pid, time.Since(start).Round(100*time.Millisecond))
-		if syscall.Kill(defaultPid, 0) == nil {
-			t.Errorf("the old istiod (pid %d) still runs", defaultPid)
-		}
-		checkIstiodProcess(t, kube, pid, "default")
-		if dir := processEnv(t, pid)["ROOT_CA_DIR"]; dir == oldRootCADir {
-			t.Errorf("the new istiod reuses ROOT_CA_DIR %s of the old one", dir)
-		}
-		defaultPid = pid
+		defaultPid = restartedIstiod(ctx, t, kube, is, defaultPid, "a rollout restart", m.Istio.RestartControlPlane)
 		issueCert(t, is, env, m.CA, "", &pod)
+	})
+
+	// rotateRoot's mechanism: a new cacerts (the new CA's intermediate,
+	// both roots trusted) takes effect when istiod restarts.
+	signer := m.CA
+	t.Run("after a root rotation's cacerts, the restarted istiod signs with the new CA", func(t *testing.T) {
+		next, err := ca.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rotated, err := next.SecretTrusting(localcluster.IstioNamespace, nil, m.CA.Root, next.Root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret, err := kube.CoreV1().Secrets(localcluster.IstioNamespace).Get(ctx, ca.SecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret.Data = rotated.Data
+		if _, err := kube.CoreV1().Secrets(localcluster.IstioNamespace).Update(ctx, secret, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defaultPid = restartedIstiod(ctx, t, kube, is, defaultPid, "a restart after the new cacerts", m.Istio.RestartControlPlane)
+		issueCert(t, is, env, next, "", &pod)
+		signer = next
 	})
 
 	t.Run("a canary revision gets its own istiod and webhook URL", func(t *testing.T) {
@@ -229,7 +178,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		}
 		canaryNS, canarySA := injectedNamespace(t, kube, map[string]string{"istio.io/rev": "canary"})
 		canaryPod := injectedPod(t, kube, canaryNS, canarySA)
-		issueCert(t, is, env, m.CA, "canary", &canaryPod)
+		issueCert(t, is, env, signer, "canary", &canaryPod)
 	})
 
 	t.Run("nothing of istiod listens beyond 127.0.0.1", func(t *testing.T) {
@@ -268,8 +217,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if pids["istiod-default"] == 0 || pids["istiod-canary"] == 0 {
 		t.Fatalf("Pids() = %v, want istiod-default and istiod-canary among them", pids)
 	}
-	start = time.Now()
-	destroyed = true
+	start := time.Now()
+	*destroyed = true
 	if err := lc.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -279,6 +228,133 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			t.Errorf("%s (pid %d) still runs after Destroy", name, pid)
 		}
 	}
+}
+
+// restartedIstiod runs restart, which makes a new istiod pod, and waits
+// until a new process plays that pod and serves; it checks the new process
+// and returns its id.
+func restartedIstiod(ctx context.Context, t *testing.T, kube kubernetes.Interface, is *localcluster.Istiod, oldPid int, what string, restart func(context.Context) error) int {
+	t.Helper()
+	oldRootCADir := processEnv(t, oldPid)["ROOT_CA_DIR"]
+	start := time.Now()
+	if err := restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	until(t, 2*time.Minute, "a new istiod process after "+what, func(context.Context) (bool, error) {
+		pid = is.Pid("")
+		return pid != 0 && pid != oldPid, nil
+	})
+	if err := is.WaitServing(ctx, "", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: istiod restarted (pid %d -> %d) and serving %s after it began", what, oldPid, pid, time.Since(start).Round(100*time.Millisecond))
+	if syscall.Kill(oldPid, 0) == nil {
+		t.Errorf("the old istiod (pid %d) still runs", oldPid)
+	}
+	checkIstiodProcess(t, kube, pid, "default")
+	if dir := processEnv(t, pid)["ROOT_CA_DIR"]; dir == oldRootCADir {
+		t.Errorf("the new istiod reuses ROOT_CA_DIR %s of the old one", dir)
+	}
+	return pid
+}
+
+// checkWebhooksCall checks that every webhook calls a URL on 127.0.0.1 (no
+// Service) at a port where istiod pid listens.
+func checkWebhooksCall(t *testing.T, kube kubernetes.Interface, pid int) {
+	t.Helper()
+	listening := ports(t, pid)
+	hooks := webhooks(t, kube)
+	if len(hooks) == 0 {
+		t.Fatal("no webhooks installed")
+	}
+	for name, hook := range hooks {
+		if hook.Service != nil {
+			t.Errorf("%s still calls Service %s/%s", name, hook.Service.Namespace, hook.Service.Name)
+			continue
+		}
+		if port := webhookPort(t, name, hook); !listening[port] {
+			t.Errorf("%s calls port %d, where istiod (pid %d) does not listen (it listens on %v)", name, port, pid, listening)
+		}
+	}
+}
+
+// An in-place upgrade (Istio 1.29.6's charts to 1.30.3's) replaces the
+// istiod pod: the supervisor restarts istiod for it, the upgraded releases'
+// webhooks still call 127.0.0.1 (the post-renderer runs on upgrades too),
+// and the injector then injects the new proxy.
+func TestIstiodFollowsAnInPlaceUpgrade(t *testing.T) {
+	const from, to = "1.29.6", "1.30.3"
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+	lc, m, _ := meshCluster(ctx, t, "lc-istiod-upgrade", from)
+	is, env := lc.Istiod(), lc.Env()
+	kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, sa := injectedNamespace(t, kube, map[string]string{"istio-injection": "enabled"})
+	old := injectedPod(t, kube, ns, sa)
+	if tag := sidecar.ImageTag(sidecar.Proxy(&old).Image); !sidecar.TagIsVersion(tag, from) {
+		t.Errorf("before the upgrade, injection gave istio-proxy tag %s, want %s", tag, from)
+	}
+	pid := restartedIstiod(ctx, t, kube, is, is.Pid(""), "the in-place upgrade to "+to, func(ctx context.Context) error {
+		return m.Istio.Upgrade(ctx, to, filepath.Join(testenv.IstioCharts(t), to))
+	})
+	if err := m.Ready(ctx); err != nil { // the injector of the new version answers
+		t.Fatal(err)
+	}
+	checkWebhooksCall(t, kube, pid)
+	issueCert(t, is, env, m.CA, "", &old)
+}
+
+// meshCluster starts a local cluster WithIstiod and installs Istio version
+// on it as the run library does (run.InstallMesh: harness/mesh's cacerts
+// and releases, then the installer's readiness), with the supervisor's
+// post-renderer. Cleanup destroys the cluster unless the test set
+// *destroyed.
+func meshCluster(ctx context.Context, t *testing.T, name, version string) (*localcluster.Cluster, *mesh.Mesh, *bool) {
+	t.Helper()
+	t.Setenv(mesh.ChartsEnv, testenv.IstioCharts(t))
+	start := time.Now()
+	lc := localcluster.New(localcluster.WithName(name), localcluster.WithIstiod())
+	destroyed := false
+	t.Cleanup(func() {
+		if !destroyed {
+			lc.Destroy(context.Background())
+		}
+	})
+	if _, err := lc.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("local cluster with the istiod supervisor created in %s", time.Since(start).Round(100*time.Millisecond))
+	is := lc.Istiod()
+	if is == nil {
+		t.Fatal("Istiod() is nil on a cluster created WithIstiod")
+	}
+	suite, err := scenario.Load("istiod.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: `+version+`, pluggedCA: true, workloadCertTTL: 1m}}]
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	m, err := mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(is.PostRenderer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Istio %s charts applied in %s", version, time.Since(start).Round(100*time.Millisecond))
+	if err := is.WaitServing(ctx, "", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("istiod serving %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
+	if err := m.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Istio ready (istiod rolled out, injecting) %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
+	return lc, m, &destroyed
 }
 
 // webhooks are every webhook's client config, by kind/configuration/index.
