@@ -245,9 +245,14 @@ func (e *Execer) peerAuthentications(ctx context.Context, dst *destination) ([]s
 }
 
 // destinationRules converts the DestinationRules a client in clientNS
-// applies to svc: Istio looks in the client's namespace, then the
-// Service's, then the root namespace, and the first namespace with a rule
-// for the host wins. exportTo and workloadSelector are not modelled: a
+// applies to svc, as PushContext.destinationRule in istio/istio
+// pilot/pkg/model/push_context.go chooses them: the client's namespace,
+// then the Service's, then the root namespace; the first namespace with a
+// rule for the host wins, and within it the rules of the most specific
+// host (MostSpecificHostMatch in pilot/pkg/model/config.go: the exact host,
+// else the longest wildcard). A wildcard rule of the root namespace (host
+// "*", as Istio's global-dr) is given to the oracle as mesh-wide, which
+// says so in its reason. exportTo and workloadSelector are not modelled: a
 // rule using them is refused rather than guessed at.
 func (e *Execer) destinationRules(ctx context.Context, clientNS string, svc *corev1.Service) ([]scenario.DestinationRule, error) {
 	var list networkingv1.DestinationRuleList
@@ -256,13 +261,30 @@ func (e *Execer) destinationRules(ctx context.Context, clientNS string, svc *cor
 	}
 	fqdn := svc.Name + "." + svc.Namespace + ".svc.cluster.local"
 	for _, ns := range []string{clientNS, svc.Namespace, e.rootNS} {
-		var out []scenario.DestinationRule
+		var matching []*networkingv1.DestinationRule
+		best := -1
 		for _, dr := range list.Items {
 			if dr.Namespace != ns || !hostMatches(dr.Spec.GetHost(), dr.Namespace, fqdn) {
 				continue
 			}
+			switch spec := hostSpecificity(dr.Spec.GetHost()); {
+			case spec > best:
+				matching, best = []*networkingv1.DestinationRule{dr}, spec
+			case spec == best:
+				matching = append(matching, dr)
+			}
+		}
+		if len(matching) == 0 {
+			continue
+		}
+		var out []scenario.DestinationRule
+		for _, dr := range matching {
 			if len(dr.Spec.GetExportTo()) > 0 || dr.Spec.GetWorkloadSelector() != nil {
 				return nil, fmt.Errorf("DestinationRule %s/%s uses exportTo or workloadSelector, which the simulated data plane does not model", dr.Namespace, dr.Name)
+			}
+			base := scenario.DestinationRule{Scope: scenario.DRScopeWorkload, Workload: serverKey}
+			if dr.Namespace == e.rootNS && strings.HasPrefix(dr.Spec.GetHost(), "*") {
+				base = scenario.DestinationRule{Scope: scenario.DRScopeMesh}
 			}
 			tp := dr.Spec.GetTrafficPolicy()
 			if tls := tp.GetTls(); tls != nil {
@@ -270,7 +292,9 @@ func (e *Execer) destinationRules(ctx context.Context, clientNS string, svc *cor
 				if err != nil {
 					return nil, err
 				}
-				out = append(out, scenario.DestinationRule{Workload: serverKey, Mode: mode})
+				r := base
+				r.Mode = mode
+				out = append(out, r)
 			}
 			for _, pl := range tp.GetPortLevelSettings() {
 				if pl.GetTls() == nil {
@@ -280,29 +304,26 @@ func (e *Execer) destinationRules(ctx context.Context, clientNS string, svc *cor
 				if err != nil {
 					return nil, err
 				}
-				out = append(out, scenario.DestinationRule{Workload: serverKey, Mode: mode, Port: int(pl.GetPort().GetNumber())})
-			}
-			if tp == nil || (tp.GetTls() == nil && len(tp.GetPortLevelSettings()) == 0) {
-				// A rule for the host without TLS settings still shadows
-				// rules of later namespaces; with no mode it leaves auto mTLS.
-				out = append(out, scenario.DestinationRule{})
+				r := base
+				r.Mode, r.Port = mode, int(pl.GetPort().GetNumber())
+				out = append(out, r)
 			}
 		}
-		if len(out) > 0 {
-			return dropEmpty(out), nil
-		}
+		// A rule for the host without TLS settings still shadows the rules
+		// of later namespaces; with no mode it leaves auto mTLS.
+		return out, nil
 	}
 	return nil, nil
 }
 
-func dropEmpty(drs []scenario.DestinationRule) []scenario.DestinationRule {
-	out := drs[:0]
-	for _, d := range drs {
-		if d.Workload != "" {
-			out = append(out, d)
-		}
+// hostSpecificity orders the hosts that match one name as
+// MostSpecificHostMatch does: an exact host first, then wildcards by the
+// length of what they fix.
+func hostSpecificity(host string) int {
+	if !strings.HasPrefix(host, "*") {
+		return 1 << 30
 	}
-	return out
+	return len(host)
 }
 
 func tlsMode(dr *networkingv1.DestinationRule, mode string) (scenario.TLSMode, error) {

@@ -460,3 +460,44 @@ func TestTCPPortOutcomes(t *testing.T) {
 		})
 	}
 }
+
+func meshDR(mode scenario.TLSMode, port int) scenario.DestinationRule {
+	return scenario.DestinationRule{Scope: scenario.DRScopeMesh, Mode: mode, Port: port}
+}
+
+// [DRLOOKUP], [HOSTMATCH], [GLOBALDR]: the mesh-wide rule applies to every
+// service without a rule of its own, as Istio's global-dr; a workload's rule
+// shadows it on every port, even those the workload's rule leaves unset.
+func TestMeshWideDestinationRule(t *testing.T) {
+	runRules(t, []ruleCase{
+		// Istio's "global mtls strict": PA STRICT + DR "*" ISTIO_MUTUAL.
+		{"global mtls strict", pas{mesh(strict)}, drs{meshDR(istioMutual, 0)}, "service-a", "service-b", 8080, mtls, ""},
+		{"global mtls strict, other namespace", pas{mesh(strict)}, drs{meshDR(istioMutual, 0)}, "service-a", "other-ns", 9090, mtls, ""},
+		// Istio's "global mtls permissive" expects no success towards the
+		// naked workload: ISTIO_MUTUAL is sent whatever the server runs.
+		{"global ISTIO_MUTUAL towards no sidecar", pas{mesh(permissive)}, drs{meshDR(istioMutual, 0)}, "service-a", "legacy", 8080, fail, "upstream-503"},
+		// Istio's "global plaintext to mtls permissive".
+		{"global plaintext to permissive", pas{mesh(permissive)}, drs{meshDR(tlsDisable, 0)}, "service-a", "service-b", 8080, plaintext, ""},
+		{"global plaintext to strict", pas{mesh(strict)}, drs{meshDR(tlsDisable, 0)}, "service-a", "service-b", 8080, fail, "upstream-503"},
+		{"client without sidecar ignores it", nil, drs{meshDR(istioMutual, 0)}, "legacy", "service-b", 8080, plaintext, ""},
+		{"mesh-wide port-level setting", nil, drs{meshDR(istioMutual, 0), meshDR(tlsDisable, 9090)}, "service-a", "service-b", 9090, plaintext, ""},
+		{"mesh-wide rule, other port", nil, drs{meshDR(tlsDisable, 9090)}, "service-a", "service-b", 8080, mtls, ""},
+		{"workload rule wins", nil, drs{meshDR(tlsDisable, 0), dr("service-b", istioMutual, 0)}, "service-a", "service-b", 8080, mtls, ""},
+		{"mesh rule still applies to the others", nil, drs{meshDR(tlsDisable, 0), dr("service-b", istioMutual, 0)}, "service-b", "service-a", 8080, plaintext, ""},
+		// The workload's port-only rule is the rule for its host: port 8080
+		// has no tls there, so auto mTLS, not the mesh-wide DISABLE.
+		{"workload rule shadows it on ports it leaves unset", nil, drs{meshDR(tlsDisable, 0), dr("service-b", istioMutual, 9090)}, "service-a", "service-b", 8080, mtls, ""},
+		{"SIMPLE mesh-wide", nil, drs{meshDR(scenario.TLSSimple, 0)}, "service-a", "service-b", 8080, fail, "upstream-503"},
+	})
+	// The reason names the mesh-wide rule.
+	ps, err := PredictPolicies(testSuite(), &scenario.MTLSStep{DestinationRules: drs{meshDR(tlsDisable, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := Find(ps, "service-a", "service-b", 8080); !strings.Contains(p.Why, "mesh-wide DestinationRule DISABLE") {
+		t.Errorf("why = %q, want the mesh-wide rule named", p.Why)
+	}
+	if _, err := PredictPolicies(testSuite(), &scenario.MTLSStep{DestinationRules: drs{meshDR(tlsDisable, 0), meshDR(istioMutual, 0)}}); err == nil || !strings.Contains(err.Error(), "the whole mesh") {
+		t.Errorf("two mesh-wide rules: err = %v", err)
+	}
+}

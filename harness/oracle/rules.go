@@ -51,6 +51,14 @@ import (
 //	       tcp_proxy (buildOutboundNetworkFilters / the inbound chains'
 //	       TCP filters), no HTTP connection manager,
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/networkfilter.go
+//	[DRLOOKUP] PushContext.destinationRule (client namespace, then the
+//	       service's, then the root namespace),
+//	       https://github.com/istio/istio/blob/master/pilot/pkg/model/push_context.go
+//	[HOSTMATCH] MostSpecificHostMatch (exact host, then the most specific
+//	       wildcard), https://github.com/istio/istio/blob/master/pilot/pkg/model/config.go
+//	[GLOBALDR] Istio's reachability test "global mtls strict" applies a
+//	       DestinationRule host "*" in the root namespace for the whole mesh,
+//	       https://github.com/istio/istio/blob/master/tests/integration/security/testdata/reachability/global-dr.yaml.tmpl
 //	[PORTTP] TrafficPolicy.portLevelSettings ("port level settings will
 //	       override the destination-level settings"), in [DR] and in
 //	       istio.io/api networking/v1alpha3/destination_rule.proto; applied
@@ -68,6 +76,8 @@ type policies struct {
 	workload map[string]*scenario.PeerAuthentication
 	// dr holds the client TLS settings towards each workload's service.
 	dr map[string]*clientTLSRule
+	// meshDR is the mesh-wide rule (host "*" in the root namespace), if any.
+	meshDR *clientTLSRule
 }
 
 // clientTLSRule is the one DestinationRule meshproof writes for a workload's
@@ -123,18 +133,28 @@ func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
 		// its tls, the others as portLevelSettings. Within that one object
 		// the outcome is fixed by [PORTTP]. Two rules for the same workload
 		// and port cannot share an object; validation refuses them.
-		rule := p.dr[dr.Workload]
-		if rule == nil {
-			rule = &clientTLSRule{ports: map[int]*scenario.DestinationRule{}}
-			p.dr[dr.Workload] = rule
+		var rule *clientTLSRule
+		if dr.Scope == scenario.DRScopeMesh {
+			// A mesh-wide rule is one object too (policy.ForMTLS): host
+			// "*" in the root namespace.
+			if p.meshDR == nil {
+				p.meshDR = &clientTLSRule{ports: map[int]*scenario.DestinationRule{}}
+			}
+			rule = p.meshDR
+		} else {
+			rule = p.dr[dr.Workload]
+			if rule == nil {
+				rule = &clientTLSRule{ports: map[int]*scenario.DestinationRule{}}
+				p.dr[dr.Workload] = rule
+			}
 		}
 		first := rule.all
 		if dr.Port != 0 {
 			first = rule.ports[dr.Port]
 		}
 		if first != nil {
-			problems = append(problems, fmt.Sprintf("two DestinationRules for workload %s (%s and %s): one object cannot hold both",
-				dr.Workload, drString(first), drString(dr)))
+			problems = append(problems, fmt.Sprintf("two DestinationRules for %s (%s and %s): one object cannot hold both",
+				drTarget(dr), drString(first), drString(dr)))
 			continue
 		}
 		if dr.Port == 0 {
@@ -147,6 +167,13 @@ func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
 		return nil, fmt.Errorf("cannot predict: %s", strings.Join(problems, "; "))
 	}
 	return p, nil
+}
+
+func drTarget(dr *scenario.DestinationRule) string {
+	if dr.Scope == scenario.DRScopeMesh {
+		return "the whole mesh"
+	}
+	return "workload " + dr.Workload
 }
 
 func drString(dr *scenario.DestinationRule) string {
@@ -225,20 +252,38 @@ func (p *policies) namespaceHint(namespace string) scenario.MTLSMode {
 }
 
 // clientTLS is the client-side TLS mode a DestinationRule sets towards a
-// server port, if any. [PORTTP]: a port-level setting for the port wins
+// server port, if any.
+//
+// [DRLOOKUP]: a client takes the DestinationRules for the service's host
+// from its own namespace, else from the service's namespace, else from the
+// root namespace, stopping at the first namespace that has one, and within
+// a namespace the exact host before a wildcard ([HOSTMATCH]). meshproof
+// writes a workload's rule in the workload's namespace for its exact host
+// and the mesh-wide rule for "*" in the root namespace, and no fixture lives
+// in the root namespace, so the workload's rule, when there is one, is the
+// only rule: the mesh-wide one does not fill in the ports the workload's
+// rule leaves unset (rules of different namespaces are never merged,
+// [DRMERGE] merges only within one namespace).
+//
+// [PORTTP]: within the rule chosen, a port-level setting for the port wins
 // over the rule's destination-level tls on that port (and only there);
 // [EPCHK] trafficPolicyTLSModeForPort reads it the same way.
 func (p *policies) clientTLS(server *scenario.Workload, port int) (mode scenario.TLSMode, why string, ok bool) {
-	rule := p.dr[server.Name]
+	rule, what := p.dr[server.Name], "DestinationRule"
+	if rule == nil {
+		rule, what = p.meshDR, "mesh-wide DestinationRule"
+	}
 	if rule == nil {
 		return "", "", false
 	}
 	if dr := rule.ports[port]; dr != nil {
-		return dr.Mode, fmt.Sprintf("DestinationRule port %d %s", port, dr.Mode), true
+		return dr.Mode, fmt.Sprintf("%s port %d %s", what, port, dr.Mode), true
 	}
 	if rule.all != nil {
-		return rule.all.Mode, "DestinationRule " + string(rule.all.Mode), true
+		return rule.all.Mode, what + " " + string(rule.all.Mode), true
 	}
+	// A rule for the host without TLS settings for this port: its
+	// trafficPolicy has no tls, so [UPTLS] falls back to auto mTLS.
 	return "", "", false
 }
 

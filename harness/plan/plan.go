@@ -257,7 +257,11 @@ var stepPlanners = map[string]func(b *stepBuilder) error{
 			if dr.Port != 0 {
 				port = fmt.Sprintf(" port %d", dr.Port)
 			}
-			b.add("apply DestinationRule tls %s towards %s%s", dr.Mode, dr.Workload, port)
+			target := dr.Workload
+			if dr.Scope == scenario.DRScopeMesh {
+				target = "every service (host \"*\" in " + scenario.IstioRootNamespace + ") that has no DestinationRule of its own"
+			}
+			b.add("apply DestinationRule tls %s towards %s%s", dr.Mode, target, port)
 		}
 		if len(m.DestinationRules) == 0 {
 			b.add("no DestinationRule: clients use auto mTLS")

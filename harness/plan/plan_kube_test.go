@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -25,6 +26,7 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/meshproof/meshproof/harness/apply"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/policy"
@@ -93,17 +95,30 @@ func TestEveryPlannedObjectIsAcceptedByTheAPIServer(t *testing.T) {
 
 // The policy shapes scenarios.yaml does not use: a DestinationRule SIMPLE,
 // a workload's rule with a port-level override (one object), a step that
-// removes every policy, a matrix with exclude.
+// removes every policy, a matrix with exclude, a mesh-wide DestinationRule
+// (host "*" in the root namespace) with a port-level setting, fixtures whose
+// Service port differs from the container port (80 -> 18080, as Istio's
+// echo) with a PeerAuthentication keyed by the container port and a
+// DestinationRule by the Service port, and tcp ports (appProtocol tcp).
 func TestNewPolicyShapesAreAcceptedByTheAPIServer(t *testing.T) {
 	s, err := scenario.Load("shapes.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
 clusters: [{name: c, istio: {version: 1.30.3}}]
-fixtures: {namespace: plan-shapes}
+fixtures:
+  namespace: plan-shapes
+  workloads:
+  - {name: service-a}
+  - name: service-b
+    ports:
+    - {name: http, number: 80, targetPort: 18080}
+    - {name: tcp-echo, number: 9000, targetPort: 19000}
+    - {name: http-alt, number: 9090}
+  - {name: legacy, mesh: false, ports: [{name: raw, number: 8080, protocol: tcp}]}
 scenarios:
 - name: simple
   steps:
   - mtls: {destinationRules: [{workload: service-b, mode: SIMPLE}]}
-  - expect: [{from: service-a, to: service-b, result: fail, reason: upstream-503}]
+  - expect: [{from: service-a, to: service-b, port: 80, result: fail, reason: upstream-503}]
 - name: port-override
   steps:
   - mtls:
@@ -119,11 +134,79 @@ scenarios:
     exclude: [{mode: DISABLE}]
   steps:
   - mtls: {peerAuthentications: [{scope: namespace, mode: "${mode}"}]}
+- name: mesh-wide
+  steps:
+  - mtls:
+      peerAuthentications:
+      - {scope: mesh, mode: STRICT}
+      - {scope: workload, workload: service-b, mode: STRICT, ports: [{port: 18080, mode: PERMISSIVE}, {port: 19000, mode: DISABLE}]}
+      destinationRules:
+      - {scope: mesh, mode: ISTIO_MUTUAL}
+      - {scope: mesh, mode: DISABLE, port: 8080}
+      - {workload: service-b, mode: ISTIO_MUTUAL, port: 80}
+  - expect:
+    - {from: service-a, to: service-b, port: 80, result: mtls}
+    - {from: service-a, to: service-b, port: 9000, result: plaintext}
+    - {from: service-a, to: legacy, port: 8080, result: plaintext}
+    - {from: legacy, to: service-b, port: 9090, result: fail}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertPlanAccepted(t, s, "plan-shapes")
+
+	// predict agrees with every row written for these shapes.
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		for j := range sc.Steps {
+			if sc.Steps[j].Expect == nil {
+				continue
+			}
+			preds, err := oracle.Predict(s, sc, j)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range sc.Steps[j].Expect.Table {
+				if p, _ := oracle.Find(preds, x.From, x.To, x.Port); !p.Agrees(x) {
+					t.Errorf("%s: row %s -> %s:%d %s, predicted %s (%s)", sc.Name, x.From, x.To, x.Port, x.Result, p, p.Why)
+				}
+			}
+		}
+	}
+
+	// The shapes as stored (the last scenario's policies are the last
+	// applied): the mesh-wide rule in the root namespace for
+	// every host, the PeerAuthentication keyed by container ports, the
+	// Service forwarding 80 to 18080 with appProtocol as declared.
+	ctx := context.Background()
+	c := kube.Get(t).Client
+	dr := &unstructured.Unstructured{}
+	dr.SetAPIVersion("networking.istio.io/v1")
+	dr.SetKind("DestinationRule")
+	if err := c.Get(ctx, client.ObjectKey{Namespace: scenario.IstioRootNamespace, Name: "meshproof-mesh"}, dr); err != nil {
+		t.Fatalf("the mesh-wide DestinationRule is not stored: %v", err)
+	}
+	if host, _, _ := unstructured.NestedString(dr.Object, "spec", "host"); host != "*" {
+		t.Errorf("mesh-wide DestinationRule host = %q, want *", host)
+	}
+	pa := &unstructured.Unstructured{}
+	pa.SetAPIVersion("security.istio.io/v1")
+	pa.SetKind("PeerAuthentication")
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "plan-shapes", Name: "meshproof-service-b"}, pa); err != nil {
+		t.Fatal(err)
+	}
+	ports, _, _ := unstructured.NestedMap(pa.Object, "spec", "portLevelMtls")
+	if _, ok := ports["18080"]; !ok || len(ports) != 2 {
+		t.Errorf("stored portLevelMtls = %v, want container ports 18080 and 19000", ports)
+	}
+	svc := &corev1.Service{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "plan-shapes", Name: "service-b"}, svc); err != nil {
+		t.Fatal(err)
+	}
+	sp := svc.Spec.Ports
+	if sp[0].Port != 80 || sp[0].TargetPort.IntValue() != 18080 || *sp[0].AppProtocol != "http" || *sp[1].AppProtocol != "tcp" {
+		t.Errorf("stored Service ports = %+v", sp)
+	}
 }
 
 // assertPlanAccepted applies what `meshproof plan -o yaml` prints for s, and

@@ -59,20 +59,24 @@ func ForMTLS(suite *scenario.Suite, m *scenario.MTLSStep, step Step) ([]Object, 
 		}
 		out = append(out, Object{Object: obj, Source: pa.Source.Position})
 	}
-	// One DestinationRule per workload: Istio keeps only the oldest rule's
-	// traffic policy when several rules name the same host
-	// (mergeDestinationRule in pilot/pkg/model/destination_rule.go), so a
-	// whole-workload mode and port modes must share one object.
+	// One DestinationRule per workload (and one for the mesh): Istio keeps
+	// only the oldest rule's traffic policy when several rules name the
+	// same host (mergeDestinationRule in pilot/pkg/model/destination_rule.go),
+	// so a whole-workload mode and port modes must share one object.
 	var order []string
-	byWorkload := map[string][]scenario.DestinationRule{}
+	byTarget := map[string][]scenario.DestinationRule{}
 	for _, dr := range m.DestinationRules {
-		if _, seen := byWorkload[dr.Workload]; !seen {
-			order = append(order, dr.Workload)
+		key := dr.Workload // a DNS label, never MeshHost
+		if dr.Scope == scenario.DRScopeMesh {
+			key = MeshHost
 		}
-		byWorkload[dr.Workload] = append(byWorkload[dr.Workload], dr)
+		if _, seen := byTarget[key]; !seen {
+			order = append(order, key)
+		}
+		byTarget[key] = append(byTarget[key], dr)
 	}
-	for _, name := range order {
-		rules := byWorkload[name]
+	for _, key := range order {
+		rules := byTarget[key]
 		obj, err := destinationRule(suite, rules, step)
 		if err != nil {
 			return nil, err
@@ -110,28 +114,39 @@ func peerAuthentication(suite *scenario.Suite, pa scenario.PeerAuthentication, s
 				spec.PortLevelMtls = map[uint32]*securityapi.PeerAuthentication_MutualTLS{}
 			}
 			// Istio matches port-level modes against the container (target)
-			// port; the fixtures serve every service port on the same number.
+			// port, which is what the scenario's port names.
 			spec.PortLevelMtls[uint32(pm.Port)] = &securityapi.PeerAuthentication_MutualTLS{Mode: portMode}
 		}
 	}
 	return obj, nil
 }
 
-// destinationRule builds the rule of one workload from the scenario's rules
-// for it: the one without a port sets the workload's mode, the others
-// override single ports.
+// MeshHost is the host of a mesh-wide DestinationRule, which lives in
+// Istio's root namespace: every service, as Istio's global-dr test
+// template (tests/integration/security/testdata/reachability).
+const MeshHost = "*"
+
+// destinationRule builds the rule of one workload (or the mesh-wide rule)
+// from the scenario's rules for it: the one without a port sets the mode,
+// the others override single Service ports.
 func destinationRule(suite *scenario.Suite, rules []scenario.DestinationRule, step Step) (*networkingv1.DestinationRule, error) {
-	w := suite.Workload(rules[0].Workload)
-	if w == nil {
-		return nil, fmt.Errorf("%s: no workload named %q", rules[0].Source.At("workload"), rules[0].Workload)
-	}
 	obj := &networkingv1.DestinationRule{
 		TypeMeta:   metav1.TypeMeta{APIVersion: networkingv1.SchemeGroupVersion.String(), Kind: "DestinationRule"},
-		ObjectMeta: metav1.ObjectMeta{Name: namePrefix + w.Name, Namespace: w.Namespace, Labels: step.Labels()},
+		ObjectMeta: metav1.ObjectMeta{Labels: step.Labels()},
 	}
 	// The spec is a protobuf message: it is filled in place, never copied.
 	spec := &obj.Spec
-	spec.Host = fmt.Sprintf("%s.%s.svc.cluster.local", w.Name, w.Namespace)
+	if rules[0].Scope == scenario.DRScopeMesh {
+		obj.Name, obj.Namespace = namePrefix+string(scenario.DRScopeMesh), scenario.IstioRootNamespace
+		spec.Host = MeshHost
+	} else {
+		w := suite.Workload(rules[0].Workload)
+		if w == nil {
+			return nil, fmt.Errorf("%s: no workload named %q", rules[0].Source.At("workload"), rules[0].Workload)
+		}
+		obj.Name, obj.Namespace = namePrefix+w.Name, w.Namespace
+		spec.Host = fmt.Sprintf("%s.%s.svc.cluster.local", w.Name, w.Namespace)
+	}
 	spec.TrafficPolicy = &networkingapi.TrafficPolicy{}
 	for _, dr := range rules {
 		mode, err := tlsMode(dr.Mode)

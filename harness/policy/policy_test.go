@@ -164,3 +164,55 @@ scenarios:
 		}
 	}
 }
+
+// A mesh-wide DestinationRule is one object for host "*" in Istio's root
+// namespace, beside the workloads' own; a PeerAuthentication's port key is
+// the container port the scenario names, not the Service port.
+func TestMeshWideDestinationRuleAndContainerPortKeys(t *testing.T) {
+	s, err := scenario.Load("p.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+fixtures:
+  workloads:
+  - {name: client}
+  - {name: server, ports: [{name: http, number: 80, targetPort: 18080}]}
+scenarios:
+- name: s
+  steps:
+  - mtls:
+      peerAuthentications:
+      - {scope: workload, workload: server, mode: STRICT, ports: [{port: 18080, mode: PERMISSIVE}]}
+      destinationRules:
+      - {scope: mesh, mode: ISTIO_MUTUAL}
+      - {workload: server, mode: DISABLE, port: 80}
+      - {scope: mesh, mode: DISABLE, port: 80}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := ForMTLS(s, s.Scenarios[0].Steps[0].MTLS, Step{RunID: "run1", Scenario: "s", Index: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 3 {
+		t.Fatalf("got %d objects, want a PeerAuthentication and two DestinationRules", len(objs))
+	}
+	pa := objs[0].Object.(*securityv1.PeerAuthentication)
+	if _, ok := pa.Spec.PortLevelMtls[18080]; !ok || len(pa.Spec.PortLevelMtls) != 1 {
+		t.Errorf("portLevelMtls = %v, want the container port 18080 only", pa.Spec.PortLevelMtls)
+	}
+	mesh := objs[1].Object.(*networkingv1.DestinationRule)
+	if mesh.Namespace != scenario.IstioRootNamespace || mesh.Name != "meshproof-mesh" || mesh.Spec.Host != "*" ||
+		mesh.Spec.TrafficPolicy.Tls.Mode.String() != "ISTIO_MUTUAL" ||
+		len(mesh.Spec.TrafficPolicy.PortLevelSettings) != 1 || mesh.Spec.TrafficPolicy.PortLevelSettings[0].Port.Number != 80 ||
+		mesh.Spec.TrafficPolicy.PortLevelSettings[0].Tls.Mode.String() != "DISABLE" {
+		t.Errorf("mesh-wide rule = %s/%s %v", mesh.Namespace, mesh.Name, &mesh.Spec)
+	}
+	if objs[1].Source.Line != 15 {
+		t.Errorf("mesh-wide rule's source line = %d, want 15 (its first entry)", objs[1].Source.Line)
+	}
+	wl := objs[2].Object.(*networkingv1.DestinationRule)
+	if wl.Namespace != "meshproof" || wl.Spec.Host != "server.meshproof.svc.cluster.local" || wl.Spec.TrafficPolicy.PortLevelSettings[0].Port.Number != 80 {
+		t.Errorf("workload rule = %s/%s %v", wl.Namespace, wl.Name, &wl.Spec)
+	}
+}

@@ -265,6 +265,11 @@ func (s *Suite) defaultPairs() []Pair {
 }
 
 func (s *Suite) defaultMTLSNamespaces(m *MTLSStep) {
+	for k := range m.DestinationRules {
+		if dr := &m.DestinationRules[k]; dr.Scope == "" {
+			dr.Scope = DRScopeWorkload
+		}
+	}
 	for k := range m.PeerAuthentications {
 		pa := &m.PeerAuthentications[k]
 		if pa.Namespace != "" {
@@ -307,12 +312,21 @@ func (m *MTLSStep) Summary() string {
 		modes = append(modes, mode)
 	}
 	for _, dr := range m.DestinationRules {
-		modes = append(modes, "DR "+dr.Workload+" "+string(dr.Mode))
+		modes = append(modes, "DR "+dr.Target()+" "+string(dr.Mode))
 	}
 	if len(modes) == 0 {
 		return "no policies"
 	}
 	return strings.Join(modes, ", ")
+}
+
+// Target is what the rule is for: its workload, or "mesh" for a mesh-wide
+// rule.
+func (dr DestinationRule) Target() string {
+	if dr.Scope == DRScopeMesh {
+		return "mesh"
+	}
+	return dr.Workload
 }
 
 func orDuration(d *Duration, def string) {

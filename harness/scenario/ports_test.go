@@ -132,3 +132,58 @@ func TestNameProtocol(t *testing.T) {
 		}
 	}
 }
+
+func TestMeshWideDestinationRule(t *testing.T) {
+	s := mustLoad(t, echoLike+`scenarios:
+- name: s
+  steps:
+  - mtls:
+      destinationRules:
+      - {scope: mesh, mode: ISTIO_MUTUAL}
+      - {scope: mesh, mode: DISABLE, port: 9000}
+      - {workload: server, mode: DISABLE}
+`)
+	drs := s.Scenarios[0].Steps[0].MTLS.DestinationRules
+	if drs[0].Scope != DRScopeMesh || drs[2].Scope != DRScopeWorkload {
+		t.Errorf("scopes = %q, %q; want mesh, and workload by default", drs[0].Scope, drs[2].Scope)
+	}
+	if got := s.Scenarios[0].Steps[0].MTLS.Summary(); got != "DR mesh ISTIO_MUTUAL, DR mesh DISABLE, DR server DISABLE" {
+		t.Errorf("summary = %q", got)
+	}
+	scenario := func(rules string) string {
+		return echoLike + "scenarios:\n- name: s\n  steps:\n  - {mtls: {destinationRules: " + rules + "}}\n"
+	}
+	for _, tc := range []struct {
+		name, src, path, want string
+	}{
+		{"mesh rule with a workload", scenario("[{scope: mesh, workload: server, mode: DISABLE}]"),
+			"scenarios[0].steps[0].mtls.destinationRules[0].workload", `a mesh-wide DestinationRule (host "*" in istio-system) names every service, not a workload`},
+		{"two mesh rules", scenario("[{scope: mesh, mode: DISABLE}, {scope: mesh, mode: ISTIO_MUTUAL}]"),
+			"scenarios[0].steps[0].mtls.destinationRules[1]", "a second destination rule for the same mesh and port"},
+		{"mesh rule on a port nobody serves", scenario("[{scope: mesh, mode: DISABLE, port: 19000}]"),
+			"scenarios[0].steps[0].mtls.destinationRules[0].port", "no workload has Service port 19000, so the rule's port-level setting would apply to nothing; the Service ports are 8080, 9090, 80, 9000, 7070; 19000 is the container port behind server's Service port 9000"},
+		{"workload rule without workload", scenario("[{mode: DISABLE}]"),
+			"scenarios[0].steps[0].mtls.destinationRules[0]", "a workload DestinationRule needs workload (or scope: mesh for every service)"},
+		{"unknown scope", scenario("[{scope: namespace, mode: DISABLE}]"),
+			"scenarios[0].steps[0].mtls.destinationRules[0].scope", `unknown value "namespace"; want one of workload, mesh`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := loadErrors(t, tc.src)
+			var found *Error
+			for _, e := range errs {
+				if strings.Contains(e.Message, tc.want) {
+					found = e
+				}
+			}
+			if found == nil {
+				t.Fatalf("errors:\n%s\nwant one containing:\n%s", errs, tc.want)
+			}
+			if found.Path != tc.path {
+				t.Errorf("path = %q, want %q", found.Path, tc.path)
+			}
+			if !found.Pos.IsValid() {
+				t.Errorf("error without a position: %v", found)
+			}
+		})
+	}
+}

@@ -315,15 +315,22 @@ type PortMode struct {
 }
 
 // DestinationRule is a networking.istio.io/v1 DestinationRule setting the
-// client-side TLS mode towards a workload.
+// client-side TLS mode towards a workload, or towards every service.
 type DestinationRule struct {
-	// Workload whose service the rule applies to.
-	Workload string `json:"workload"`
+	// Scope: workload (a rule for the workload's Service, in its namespace)
+	// or mesh (host "*" in Istio's root namespace, as Istio's own global
+	// rule: every client uses it towards every service that has no
+	// DestinationRule of its own, in the client's or the service's
+	// namespace; a workload rule shadows it entirely, on every port).
+	// Default workload.
+	Scope DestinationRuleScope `json:"scope,omitempty"`
+	// Workload whose service the rule applies to; scope workload only.
+	Workload string `json:"workload,omitempty"`
 	// Mode of client-side TLS.
 	Mode TLSMode `json:"mode"`
 	// Port limits the rule to one Service port (a port's number, not its
 	// targetPort): Istio matches portLevelSettings against the port clients
-	// call.
+	// call. On a mesh-wide rule it is that port of every service.
 	Port int `json:"port,omitempty"`
 
 	// Source is where the rule was written, for error messages.

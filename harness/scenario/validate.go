@@ -443,16 +443,52 @@ func (v *validator) mtls(m *MTLSStep, path string) {
 			// refuses MUTUAL without credentials.
 			v.errorf(dr.Source.At("mode"), dpath+".mode", "mode MUTUAL needs a client certificate and private key of your own (or a credentialName), which a scenario cannot give: Istio refuses it with \"client certificate required for mutual tls\" and \"private key required for mutual tls\"; use ISTIO_MUTUAL for the mesh's own certificates")
 		}
-		w := v.workload(dr.Workload, dr.Source, "workload", dpath)
-		if w != nil && dr.Port != 0 {
+		if dr.Scope == DRScopeMesh {
+			v.meshDestinationRule(dr, dpath)
+		} else if dr.Workload == "" {
+			v.errorf(dr.Source.Position, dpath, "a workload DestinationRule needs workload (or scope: mesh for every service)")
+		} else if w := v.workload(dr.Workload, dr.Source, "workload", dpath); w != nil && dr.Port != 0 {
 			v.servicePort(w, dr.Port, dr.Source.At("port"), dpath+".port", "a DestinationRule's port")
 		}
-		key := dr.Workload + ":" + strconv.Itoa(dr.Port)
+		key := string(dr.Scope) + "/" + dr.Target() + ":" + strconv.Itoa(dr.Port)
 		if first, dup := hosts[key]; dup {
-			v.errorf(dr.Source.Position, dpath, "a second destination rule for the same workload and port (first at %s)", first)
+			v.errorf(dr.Source.Position, dpath, "a second destination rule for the same %s and port (first at %s): one object cannot hold both", dr.Scope, first)
 		}
 		hosts[key] = dr.Source.Position
 	}
+}
+
+// meshDestinationRule checks a mesh-wide DestinationRule: it names no
+// workload, and a port of it must be some workload's Service port, or it
+// would set nothing.
+func (v *validator) meshDestinationRule(dr DestinationRule, dpath string) {
+	if dr.Workload != "" {
+		v.errorf(dr.Source.At("workload"), dpath+".workload", "a mesh-wide DestinationRule (host \"*\" in %s) names every service, not a workload; use scope: workload for one", IstioRootNamespace)
+	}
+	if dr.Port == 0 {
+		return
+	}
+	var ports []string
+	seen := map[int]bool{}
+	for _, w := range v.s.Fixtures.Workloads {
+		if w.HasPort(dr.Port) {
+			return
+		}
+		for _, p := range w.Ports {
+			if !seen[p.Number] {
+				seen[p.Number] = true
+				ports = append(ports, strconv.Itoa(p.Number))
+			}
+		}
+	}
+	hint := ""
+	for _, w := range v.s.Fixtures.Workloads {
+		if p := w.TargetPort(dr.Port); p != nil {
+			hint = fmt.Sprintf("; %d is the container port behind %s's Service port %d, and a DestinationRule's port names the Service port", dr.Port, w.Name, p.Number)
+			break
+		}
+	}
+	v.errorf(dr.Source.At("port"), dpath+".port", "no workload has Service port %d, so the rule's port-level setting would apply to nothing; the Service ports are %s%s", dr.Port, strings.Join(ports, ", "), hint)
 }
 
 func (v *validator) expectStep(st *Step, _ *Scenario, _ int, path string) {

@@ -43,6 +43,21 @@ func (PolicyScope) Values() []string {
 	return []string{string(ScopeMesh), string(ScopeNamespace), string(ScopeWorkload)}
 }
 
+// DestinationRuleScope is which services a DestinationRule names.
+type DestinationRuleScope string
+
+const (
+	// DRScopeWorkload names one workload's Service.
+	DRScopeWorkload DestinationRuleScope = "workload"
+	// DRScopeMesh names every service: host "*" in Istio's root namespace.
+	DRScopeMesh DestinationRuleScope = "mesh"
+)
+
+// Values lists the valid DestinationRule scopes.
+func (DestinationRuleScope) Values() []string {
+	return []string{string(DRScopeWorkload), string(DRScopeMesh)}
+}
+
 // MTLSMode is a PeerAuthentication mutual TLS mode, spelled as Istio's API
 // spells it.
 type MTLSMode string

@@ -1,0 +1,113 @@
+package dataplane_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshproof/meshproof/harness/plan"
+	"github.com/meshproof/meshproof/harness/scenario"
+)
+
+// deployRendered stores the suite's fixtures as meshproof renders them
+// (plan.FixtureOptions, manifests.Render): ServiceAccounts and Services as
+// rendered, and for each Deployment one running pod of its template, with
+// an istio-proxy container when the workload is in the mesh, as injection
+// would store it. ips are the pod IPs in workload order.
+func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
+	t.Helper()
+	ctx := context.Background()
+	env.EnsureNamespace(t, scenario.IstioRootNamespace)
+	p, err := plan.Build(s, "dataplane-shapes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := 0
+	for _, o := range p.Clusters[0].Fixtures {
+		switch obj := o.(type) {
+		case *corev1.Namespace:
+			continue // the test's namespace exists
+		case *appsv1.Deployment:
+			w := s.Workload(obj.Name)
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: obj.Name + "-0", Namespace: obj.Namespace, Labels: obj.Spec.Template.Labels},
+				Spec:       *obj.Spec.Template.Spec.DeepCopy(),
+			}
+			if w.InMesh() {
+				always := corev1.ContainerRestartPolicyAlways
+				pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "istio-proxy", Image: "docker.io/istio/proxyv2:1.30.3", RestartPolicy: &always})
+			}
+			if err := env.Client.Create(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[i],
+				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+			i++
+			if err := env.Client.Status().Update(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			if err := env.Client.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// The new shapes decided from the stored objects: a mesh-wide
+// DestinationRule (host "*" in istio-system) for every service without a
+// rule of its own, shadowed by a workload's rule on every port; a Service
+// port 80 forwarded to container port 18080, whose PeerAuthentication
+// port-level mode is keyed by 18080.
+func TestMeshWideDestinationRuleAndTargetPortFromTheCluster(t *testing.T) {
+	ns := namespaceFor(t)
+	s, err := scenario.Load("dataplane.yaml", []byte(fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+defaults: {interval: 50ms, consecutive: 2, requests: 2, timeout: 5s}
+clusters: [{name: c, istio: {version: 1.30.3}}]
+fixtures:
+  namespace: %s
+  workloads:
+  - {name: service-a}
+  - {name: service-b, ports: [{name: http, number: 80, targetPort: 18080}, {name: http-alt, number: 9090}]}
+  - {name: legacy, mesh: false}
+scenarios:
+- name: s
+  steps:
+  - mtls:
+      peerAuthentications:
+      - {scope: workload, workload: service-b, mode: STRICT, ports: [{port: 18080, mode: DISABLE}]}
+      destinationRules: [{scope: mesh, mode: ISTIO_MUTUAL}]
+  - expect:
+    - {from: service-a, to: service-b, port: 80, result: fail, reason: upstream-503}
+    - {from: service-a, to: service-b, port: 9090, result: mtls}
+    - {from: service-a, to: legacy, port: 8080, result: fail, reason: upstream-503}
+    - {from: legacy, to: service-b, port: 80, result: plaintext}
+    - {from: legacy, to: service-b, port: 9090, result: fail, reason: reset}
+  - mtls:
+      peerAuthentications:
+      - {scope: workload, workload: service-b, mode: STRICT, ports: [{port: 18080, mode: DISABLE}]}
+      destinationRules:
+      - {scope: mesh, mode: DISABLE}
+      - {workload: service-b, mode: ISTIO_MUTUAL, port: 9090}
+  - expect:
+    - {from: service-a, to: legacy, port: 8080, result: plaintext}
+    - {from: service-b, to: service-a, port: 8080, result: plaintext}
+    - {from: service-a, to: service-b, port: 9090, result: mtls}
+    - {from: service-a, to: service-b, port: 80, result: plaintext}
+`, ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deployRendered(t, s, "10.40.0.1", "10.40.0.2", "10.40.0.3")
+	errs, _ := run(t, s, newTestCA(t))
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("step %d: %v", i+1, err)
+		}
+	}
+}
