@@ -53,32 +53,45 @@ func (e *Execer) probe(ctx context.Context, client *corev1.Pod, stdin []byte) ([
 	enc := json.NewEncoder(&out)
 	for _, t := range spec.Targets {
 		for attempt := range max(spec.RequestsPerTarget, 1) {
-			start := time.Now()
-			status, body, reqErr, err := e.request(ctx, client, t)
+			answer := e.probeHTTP
+			if strings.HasPrefix(t.URL, "tcp://") {
+				answer = e.probeTCP
+			}
+			res, err := answer(ctx, client, t, attempt)
 			if err != nil {
 				return nil, fmt.Errorf("echo probe: %s: %w", t.Name, err)
 			}
-			latency := time.Since(start)
-			outcome := echoapi.Classify(status, body, reqErr)
-			res := echoapi.ProbeResult{
-				Target: t.Name, URL: t.URL, Attempt: attempt, StatusCode: status,
-				Latency: latency.String(), LatencyNS: latency.Nanoseconds(),
-				Result: outcome.Result, Reason: outcome.Reason, XFCC: outcome.XFCC,
-			}
-			if reqErr != nil {
-				res.Error = reqErr.Error()
-			}
-			if outcome.Echo != nil {
-				res.ServerPod, res.ServerNamespace, res.ServerServiceAccount = outcome.Echo.Pod, outcome.Echo.Namespace, outcome.Echo.ServiceAccount
-			}
-			nearest := outcome.Nearest()
-			res.PeerURI, res.ProxyURI = nearest.URI, nearest.By
 			if err := enc.Encode(res); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return out.Bytes(), nil
+}
+
+// probeHTTP is one HTTP request of a batch.
+func (e *Execer) probeHTTP(ctx context.Context, client *corev1.Pod, t echoapi.Target, attempt int) (echoapi.ProbeResult, error) {
+	start := time.Now()
+	status, body, reqErr, err := e.request(ctx, client, t)
+	if err != nil {
+		return echoapi.ProbeResult{}, err
+	}
+	latency := time.Since(start)
+	outcome := echoapi.Classify(status, body, reqErr)
+	res := echoapi.ProbeResult{
+		Target: t.Name, URL: t.URL, Attempt: attempt, StatusCode: status,
+		Latency: latency.String(), LatencyNS: latency.Nanoseconds(),
+		Result: outcome.Result, Reason: outcome.Reason, XFCC: outcome.XFCC,
+	}
+	if reqErr != nil {
+		res.Error = reqErr.Error()
+	}
+	if outcome.Echo != nil {
+		res.ServerPod, res.ServerNamespace, res.ServerServiceAccount = outcome.Echo.Pod, outcome.Echo.Namespace, outcome.Echo.ServiceAccount
+	}
+	nearest := outcome.Nearest()
+	res.PeerURI, res.ProxyURI = nearest.URI, nearest.By
+	return res, nil
 }
 
 // request decides one GET: what status and body, or which transport error,
@@ -131,42 +144,54 @@ func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Targ
 	return 0, nil, nil, fmt.Errorf("the oracle predicts %s, which the simulated data plane cannot render (%s)", pred, pred.Why)
 }
 
-// mtls is the Istio mutual TLS handshake between the two sidecars, with the
-// certificates each holds: the server verifies the client's chain against
-// its roots, the client the server's against its roots and expects the
-// server's ServiceAccount identity (Istio's subjectAltNames for the
-// endpoint). Any failure is the client sidecar's 503 for a TLS error.
+// mtls is the Istio mutual TLS handshake between the two sidecars (see
+// handshake); any failure is the client sidecar's 503 for a TLS error.
 func (e *Execer) mtls(ctx context.Context, client *corev1.Pod, dst *destination, u *url.URL) (int, []byte, error, error) {
-	tlsFail := func(why error) (int, []byte, error, error) {
-		e.log.Info("simulated mTLS handshake failed", "client", client.Namespace+"/"+client.Name, "server", dst.pod.Namespace+"/"+dst.pod.Name, "why", why)
+	clientID, serverID, clientLeaf, why := e.handshake(ctx, client, dst)
+	if why != nil {
 		return 503, []byte(echoapi.EnvoyUpstreamResetBody + ". reset reason: remote connection failure, transport failure reason: TLS_error: " + why.Error()), nil, nil
 	}
+	sum := sha256.Sum256(clientLeaf.Raw)
+	xfcc := fmt.Sprintf(`By=%s;Hash=%s;Subject="";URI=%s`, serverID, hex.EncodeToString(sum[:]), clientID)
+	return 200, echoBody(client, dst, u, xfcc), nil, nil
+}
+
+// handshake is the Istio mutual TLS handshake between the two sidecars,
+// with the certificates each holds: the server verifies the client's chain
+// against its roots, the client the server's against its roots and expects
+// the server's ServiceAccount identity (Istio's subjectAltNames for the
+// endpoint). It returns both identities and the client's leaf, or why the
+// handshake fails.
+func (e *Execer) handshake(ctx context.Context, client *corev1.Pod, dst *destination) (clientID, serverID string, clientLeaf *x509.Certificate, why error) {
+	defer func() {
+		if why != nil {
+			e.log.Info("simulated mTLS handshake failed", "client", client.Namespace+"/"+client.Name, "server", dst.pod.Namespace+"/"+dst.pod.Name, "why", why)
+		}
+	}()
 	cc, err := e.certsOf(ctx, client)
 	if err != nil {
-		return tlsFail(err)
+		return "", "", nil, err
 	}
 	sc, err := e.certsOf(ctx, dst.pod)
 	if err != nil {
-		return tlsFail(err)
+		return "", "", nil, err
 	}
-	serverID, err := verifyPeer(sc.Chain, cc.Roots)
+	serverID, err = verifyPeer(sc.Chain, cc.Roots)
 	if err != nil {
-		return tlsFail(fmt.Errorf("the client does not trust the server: %w", err))
+		return "", "", nil, fmt.Errorf("the client does not trust the server: %w", err)
 	}
-	clientID, err := verifyPeer(cc.Chain, sc.Roots)
+	clientID, err = verifyPeer(cc.Chain, sc.Roots)
 	if err != nil {
-		return tlsFail(fmt.Errorf("the server does not trust the client: %w", err))
+		return "", "", nil, fmt.Errorf("the server does not trust the client: %w", err)
 	}
 	want, err := expectedServerID(clientID, dst.pod)
 	if err != nil {
-		return tlsFail(err)
+		return "", "", nil, err
 	}
 	if serverID != want {
-		return tlsFail(fmt.Errorf("the server presented %s, want %s", serverID, want))
+		return "", "", nil, fmt.Errorf("the server presented %s, want %s", serverID, want)
 	}
-	sum := sha256.Sum256(cc.Leaf().Raw)
-	xfcc := fmt.Sprintf(`By=%s;Hash=%s;Subject="";URI=%s`, serverID, hex.EncodeToString(sum[:]), clientID)
-	return 200, echoBody(client, dst, u, xfcc), nil, nil
+	return clientID, serverID, cc.Leaf(), nil
 }
 
 // expectedServerID is the identity a client sidecar accepts for the server:

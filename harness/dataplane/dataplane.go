@@ -2,7 +2,8 @@
 // transport seam (probe.Execer), for rehearsals on a cluster without a
 // kubelet or Envoy. It answers exactly the commands the harness runs in
 // pods, in the wire formats of the real programs: `echo probe`,
-// `echo peercert` and the sidecar's `pilot-agent request GET config_dump`.
+// `echo peercert` and the sidecar's `pilot-agent request GET config_dump`
+// and `... GET stats/prometheus`.
 //
 // Every answer is decided from the objects as stored in the API server at
 // the time of the exec, never from a scenario file: the client and server
@@ -63,6 +64,9 @@ type Execer struct {
 
 	mu       sync.Mutex
 	sidecars map[types.UID]*sidecar
+	// tcpCounts are the inbound TCP connections each simulated sidecar
+	// counted, by peer (tcpanswers.go).
+	tcpCounts map[types.UID]map[tcpPeer]uint64
 }
 
 var _ probe.Execer = (*Execer)(nil)
@@ -160,6 +164,9 @@ func (e *Execer) exec(ctx context.Context, cmd probe.Command) ([]byte, error) {
 	case cmd.Container == injection.ContainerName && len(argv) == 4 && argv[0] == "pilot-agent" && argv[1] == "request" && argv[2] == "GET" &&
 		(argv[3] == "config_dump" || argv[3] == "config_dump?mask=dynamic_active_secrets"):
 		return e.configDump(ctx, pod)
+	case cmd.Container == injection.ContainerName && len(argv) == 4 && argv[0] == "pilot-agent" && argv[1] == "request" && argv[2] == "GET" &&
+		argv[3] == probe.StatsPath:
+		return e.stats(pod), nil
 	}
 	return nil, errUnknownCommand
 }

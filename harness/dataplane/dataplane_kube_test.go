@@ -90,7 +90,7 @@ func (c *testCA) Issue(_ context.Context, pod *corev1.Pod, ttl time.Duration) (*
 }
 
 // fixture is one workload as stored: its ServiceAccount, Service (8080 and
-// 9090) and one running pod, injected or not.
+// 9090 HTTP, 7070 TCP) and one running pod, injected or not.
 type fixture struct {
 	name     string
 	injected bool
@@ -117,6 +117,8 @@ func deploy(t *testing.T, ns string, fixtures ...fixture) {
 			Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{
 				{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080)},
 				{Name: "http-alt", Port: 9090, TargetPort: intstr.FromInt32(9090)},
+				// Istio reads a port's protocol from appProtocol first.
+				{Name: "echo-tcp", Port: 7070, TargetPort: intstr.FromInt32(7070), AppProtocol: ptr.To("tcp")},
 			}},
 		}
 		if err := env.Client.Create(ctx, svc); err != nil {
@@ -180,7 +182,8 @@ func runWith(t *testing.T, s *scenario.Suite, dp probe.Execer) ([]error, *record
 	t.Helper()
 	rec := &recorder{}
 	e, err := engine.New(s, "c", env.Client, probe.NewProber(dp), fmt.Sprint("run-", time.Now().UnixNano()),
-		engine.WithLogger(t.Logf), engine.WithRecorder(rec), engine.WithCertReader(probe.NewCertReader(dp)))
+		engine.WithLogger(t.Logf), engine.WithRecorder(rec), engine.WithCertReader(probe.NewCertReader(dp)),
+		engine.WithConnectionWitness(probe.NewStatsReader(dp)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,6 +79,10 @@ type Engine struct {
 	// gapLimit bounds how long continuous traffic may not observe a
 	// client (traffic.go); 0 means defaultGapLimit.
 	gapLimit time.Duration
+	// witness proves how TCP connections arrived; tcpLocks keeps one
+	// witness window per server workload at a time (tcp.go).
+	witness  ConnectionWitness
+	tcpLocks witnessLocks
 }
 
 // Option configures an Engine.

@@ -85,6 +85,12 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 		if err == nil {
 			err = e.probeClient(ctx, sc, st, from, pod, byClient[from], td)
 		}
+		if err != nil && ctx.Err() != nil {
+			// Cut short by the step's timeout: the rows keep what the last
+			// full round saw (a TCP row's witness window can outlast the
+			// margin expect leaves before the deadline).
+			return false, ctx.Err()
+		}
 		if err != nil {
 			errs = append(errs, err)
 			for _, r := range byClient[from] {
@@ -102,29 +108,54 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 
 // probeClient runs one client's batch and scores its rows.
 func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pod results.Pod, rows []*rowHistory, td string) error {
-	spec := echoapi.ProbeSpec{
-		RequestsPerTarget: e.suite.Defaults.Requests,
-		Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
-		Deadline:          echoapi.Duration(e.batchDeadline(len(rows))),
-	}
+	// HTTP rows go in one batch; each TCP row is probed in a witness
+	// window of its own (tcp.go).
+	var httpRows, tcpRows []*rowHistory
 	for _, r := range rows {
-		spec.Targets = append(spec.Targets, e.target(r.expectation))
+		if e.isTCP(r.expectation.To, r.expectation.Port) {
+			tcpRows = append(tcpRows, r)
+		} else {
+			httpRows = append(httpRows, r)
+		}
 	}
-	answers, err := e.prober.Probe(ctx, pod, spec)
-	if err != nil {
-		return fmt.Errorf("probing from %s (%s): %w", from, pod, err)
+	var obs []results.Observation
+	if len(httpRows) > 0 {
+		spec := echoapi.ProbeSpec{
+			RequestsPerTarget: e.suite.Defaults.Requests,
+			Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
+			Deadline:          echoapi.Duration(e.batchDeadline(len(httpRows))),
+		}
+		for _, r := range httpRows {
+			spec.Targets = append(spec.Targets, e.target(r.expectation))
+		}
+		answers, err := e.prober.Probe(ctx, pod, spec)
+		if err != nil {
+			return fmt.Errorf("probing from %s (%s): %w", from, pod, err)
+		}
+		now := e.now()
+		for _, r := range httpRows {
+			for _, res := range answers {
+				if res.Target == targetName(r.expectation.To, r.expectation.Port) {
+					obs = append(obs, observation(now, sc.Name, st.Name, from, r.expectation, pod.Name, res))
+				}
+			}
+		}
 	}
-	now := e.now()
+	for _, r := range tcpRows {
+		o, err := e.probeTCP(ctx, sc, st, from, pod, r.expectation, e.suite.Defaults.Requests)
+		if err != nil {
+			return err
+		}
+		obs = append(obs, o...)
+	}
 	for _, r := range rows {
 		x := r.expectation
-		name := targetName(x.To, x.Port)
 		ids := expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: e.suite.Workload(x.To).SPIFFEID(td)}
 		r.last, r.lastWhy = r.last[:0], ""
-		for _, res := range answers {
-			if res.Target != name {
+		for _, o := range obs {
+			if pairOf(x) != (pair{o.From, o.To, o.Port}) {
 				continue
 			}
-			o := observation(now, sc.Name, st.Name, from, x, pod.Name, res)
 			e.rec.Record(o)
 			r.last = append(r.last, o)
 			r.counts[describe(o)]++

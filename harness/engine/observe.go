@@ -51,6 +51,11 @@ type expectedIDs struct{ client, server string }
 
 // mismatch says why an observation does not match a row, or "" if it does.
 func mismatch(e scenario.Expectation, ids expectedIDs, o results.Observation) string {
+	if o.Result == scenario.ResultFail && o.Reason == ReasonNoWitness {
+		// The connection worked; that it was mtls or plaintext is
+		// unproven, so no expectation holds, a fail least of all.
+		return "the connection echoed, but its server's sidecar did not prove how it arrived: " + o.Error
+	}
 	if o.Result != e.Result {
 		return fmt.Sprintf("got %s", describe(o))
 	}

@@ -292,26 +292,45 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 	if err != nil {
 		return nil, err
 	}
-	spec := echoapi.ProbeSpec{
-		RequestsPerTarget: 1,
-		Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
-		Deadline:          echoapi.Duration(time.Duration(len(pairs))*e.suite.Defaults.RequestTimeout.Duration + time.Second),
-	}
+	var httpPairs, tcpPairs []scenario.Pair
 	for _, p := range pairs {
-		spec.Targets = append(spec.Targets, e.target(scenario.Expectation{To: p.To, Port: p.Port}))
-	}
-	answers, err := e.prober.Probe(ctx, pod, spec)
-	if err != nil {
-		return nil, fmt.Errorf("probing from pod %s: %w", pod, err)
+		if e.isTCP(p.To, p.Port) {
+			tcpPairs = append(tcpPairs, p)
+		} else {
+			httpPairs = append(httpPairs, p)
+		}
 	}
 	out := make([]results.Observation, 0, len(pairs))
-	for _, p := range pairs {
-		name := targetName(p.To, p.Port)
-		for _, r := range answers {
-			if r.Target == name {
-				out = append(out, observation(e.now(), sc.Name, st.Name, from, scenario.Expectation{To: p.To, Port: p.Port}, pod.Name, r))
+	if len(httpPairs) > 0 {
+		spec := echoapi.ProbeSpec{
+			RequestsPerTarget: 1,
+			Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
+			Deadline:          echoapi.Duration(time.Duration(len(httpPairs))*e.suite.Defaults.RequestTimeout.Duration + time.Second),
+		}
+		for _, p := range httpPairs {
+			spec.Targets = append(spec.Targets, e.target(scenario.Expectation{To: p.To, Port: p.Port}))
+		}
+		answers, err := e.prober.Probe(ctx, pod, spec)
+		if err != nil {
+			return nil, fmt.Errorf("probing from pod %s: %w", pod, err)
+		}
+		for _, p := range httpPairs {
+			name := targetName(p.To, p.Port)
+			for _, r := range answers {
+				if r.Target == name {
+					out = append(out, observation(e.now(), sc.Name, st.Name, from, scenario.Expectation{To: p.To, Port: p.Port}, pod.Name, r))
+				}
 			}
 		}
+	}
+	// Each TCP pair in a witness window of its own (tcp.go), one
+	// connection as for HTTP.
+	for _, p := range tcpPairs {
+		obs, err := e.probeTCP(ctx, sc, st, from, pod, scenario.Expectation{To: p.To, Port: p.Port}, 1)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, obs...)
 	}
 	return out, nil
 }

@@ -220,7 +220,8 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 		return err
 	}
 
-	opts := []engine.Option{engine.WithRecorder(r.rec), engine.WithCertReader(probe.NewCertReader(st.execer)), engine.WithLogger(r.logf)}
+	opts := []engine.Option{engine.WithRecorder(r.rec), engine.WithCertReader(probe.NewCertReader(st.execer)),
+		engine.WithConnectionWitness(probe.NewStatsReader(st.execer)), engine.WithLogger(r.logf)}
 	if st.mesh != nil && st.mesh.Istio != nil {
 		opts = append(opts, engine.WithMeshControl(st.mesh.Istio))
 		if st.mesh.CA != nil {
