@@ -3,13 +3,20 @@ package dataplane_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshproof/meshproof/harness/dataplane"
+	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/plan"
+	"github.com/meshproof/meshproof/harness/probe"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -109,5 +116,50 @@ scenarios:
 		if err != nil {
 			t.Errorf("step %d: %v", i+1, err)
 		}
+	}
+}
+
+// examples/istio-reachability.yaml, every scenario, rehearsed on its
+// rendered fixtures (echo-shaped ports 80 -> 18080 and a tcp port 9000 ->
+// 19000): the mesh-wide rules, the container-port override and the tcp
+// rows are decided from the stored objects.
+func TestReachabilityExampleRehearsed(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "examples", "istio-reachability.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := namespaceFor(t)
+	src := strings.Replace(string(data), "namespace: reachability", "namespace: "+ns, 1)
+	src = strings.Replace(src, "apiVersion: meshproof.dev/v1alpha1\n", "apiVersion: meshproof.dev/v1alpha1\ndefaults: {interval: 50ms, consecutive: 2, requests: 2, timeout: 10s}\n", 1)
+	s, err := scenario.Load("istio-reachability.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deployRendered(t, s, "10.41.0.1", "10.41.0.2", "10.41.0.3")
+	dp := dataplane.New(env.Client, newTestCA(t))
+	e, err := engine.New(s, "reachability", env.Client, probe.NewProber(dp), fmt.Sprint("run-", time.Now().UnixNano()),
+		engine.WithLogger(t.Logf), engine.WithCertReader(probe.NewCertReader(dp)), engine.WithConnectionWitness(probe.NewStatsReader(dp)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.RemovePolicies(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	rows := 0
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		for j := range sc.Steps {
+			if err := e.RunStep(context.Background(), sc, j); err != nil {
+				t.Errorf("%s: %v", sc.Name, err)
+			}
+			if x := sc.Steps[j].Expect; x != nil {
+				rows += len(x.Table)
+			}
+		}
+	}
+	if rows != 12 {
+		t.Errorf("rehearsed %d rows, want the example's 12", rows)
 	}
 }
