@@ -197,3 +197,50 @@ func TestStatsAnswerParses(t *testing.T) {
 		t.Fatalf("counts %v, want 3 mutual_tls and 3 none", after)
 	}
 }
+
+// Continuous traffic over TCP: two clients probe the same server port at
+// once through a transition to STRICT. The witness windows of one server
+// are taken in turn, so neither client's connections spoil the other's
+// counts: service-a is mtls throughout, legacy plaintext until the change
+// and refused after it, and nothing is left unwitnessed.
+func TestTCPTransitionUnderConcurrentTraffic(t *testing.T) {
+	ns := namespaceFor(t)
+	deploy(t, ns, standardFixtures(15)...)
+	s := tcpSuite(t, ns, `  - transition:
+      to:
+        peerAuthentications: [{scope: namespace, mode: STRICT}]
+      observe: 2s
+      noPlaintextAfter: 1500ms
+      traffic:
+        every: 100ms
+        maxFailures: 1000
+        pairs:
+        - {from: service-a, to: service-b, port: 7070}
+        - {from: legacy, to: service-b, port: 7070}
+    timeout: 30s
+`)
+	errs, rec := run(t, s, newTestCA(t))
+	if errs[0] != nil {
+		t.Fatalf("transition: %v", errs[0])
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	seen := map[string]int{}
+	for _, o := range rec.obs {
+		if o.Reason == engine.ReasonNoWitness {
+			t.Fatalf("%s -> %s:%d unwitnessed: %s", o.From, o.To, o.Port, o.Error)
+		}
+		if o.Expected == "" {
+			t.Errorf("%s -> %s:%d at %s carries no expectation", o.From, o.To, o.Port, o.Time)
+		}
+		seen[o.From+" "+o.Outcome()]++
+	}
+	if seen["service-a mtls"] == 0 || seen["legacy plaintext"] == 0 || seen["legacy fail (reset)"] == 0 {
+		t.Fatalf("observed %v, want service-a mtls, legacy plaintext before the change and reset after", seen)
+	}
+	for k := range seen {
+		if strings.HasPrefix(k, "service-a ") && k != "service-a mtls" {
+			t.Errorf("service-a observed %s (%v)", k, seen)
+		}
+	}
+}

@@ -13,10 +13,16 @@
 // results.Verdict. It is independent of Ginkgo: the suites drive it, and so
 // can any Go program.
 //
+// Over a tcp port no X-Forwarded-Client-Cert exists, so mtls is proven by
+// the server sidecar's own count of the connections it accepted, read
+// around each TCP probe through a ConnectionWitness (tcp.go says how, and
+// how it refuses to guess).
+//
 // The engine talks to the API server through a controller-runtime client, to
-// pods through two small interfaces, Prober and CertReader, and to Istio's
-// installation through MeshControl, so that its step logic is tested against
-// a real API server with only the in-pod transport scripted.
+// pods through small interfaces (Prober, CertReader, ConnectionWitness),
+// and to Istio's installation through MeshControl, so that its step logic
+// is tested against a real API server with only the in-pod transport
+// scripted.
 //
 // Continuous traffic (transition, rotate, upgrade, rotateRoot) counts only
 // requests that ran as requests. When the harness itself cannot probe (no

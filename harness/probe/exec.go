@@ -1,7 +1,10 @@
 // Package probe reaches into pods: it runs the echo program's probe and
-// peercert subcommands inside fixture pods and reads a sidecar's
-// certificates from its Envoy config dump. Prober and CertReader implement
-// engine.Prober and engine.CertReader on top of an Execer, the one
+// peercert subcommands inside fixture pods, reads a sidecar's
+// certificates from its Envoy config dump and its inbound TCP connection
+// counts from its statistics (package istiostats), the witness of how a
+// TCP connection arrived. Prober, CertReader and StatsReader implement
+// engine.Prober, engine.CertReader and engine.ConnectionWitness on top of
+// an Execer, the one
 // transport to a pod; NewKubeExecer is the real one (the API server's exec
 // subresource, as kubectl exec uses it), and tests script their own.
 package probe

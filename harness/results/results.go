@@ -43,7 +43,9 @@ type Observation struct {
 	Status   int           `json:"status,omitempty"`
 	Latency  time.Duration `json:"latencyNs"`
 	// ClientID and ServerID are the SPIFFE identities of the X-Forwarded-
-	// Client-Cert element the server's sidecar added (URI and By).
+	// Client-Cert element the server's sidecar added (URI and By); on a
+	// tcp port, the source_principal and destination_principal under which
+	// the server's sidecar counted the connection.
 	ClientID string `json:"clientId,omitempty"`
 	ServerID string `json:"serverId,omitempty"`
 	Error    string `json:"error,omitempty"`
