@@ -48,18 +48,28 @@ const (
 	// for connected proxies; the simulated proxies reconnect by themselves, and
 	// every restart of a revision waits for it.
 	istiodShutdownDuration = "1s"
+	// servingTimeout bounds how long a started istiod may take to answer
+	// GET /ready before the supervisor stops waiting (its pod stays unready).
+	servingTimeout = 5 * time.Minute
 )
 
 // Istiod runs the real istiod (pilot-discovery, built from the istio.io/istio
 // module of binaries.IstioVersion) for the local cluster. No kubelet runs
-// containers here: kwok makes the istiod Deployment's pods Running and Ready,
-// and Istiod plays their container. It watches the istiod pods in
-// istio-system and runs exactly one process per revision that has a running
-// pod, configured from that pod's spec (its discovery container's env and
-// args) plus what a local process needs instead of a pod (see start). A new
-// pod of the revision (a rollout restart, an in-place upgrade) restarts the
-// process from a fresh working directory, as a new pod starts from fresh
-// volumes; when the revision's pods are gone, its process stops.
+// containers here: Istiod plays the container of the istiod Deployments'
+// pods. It watches the istiod pods in istio-system and runs exactly one
+// process per revision that has a pod scheduled to a node, configured from
+// that pod's spec (its discovery container's env and args) plus what a local
+// process needs instead of a pod (see start). Once the process answers
+// GET /ready (the chart's readiness probe), kwok makes the pod Running and
+// Ready (see gateIstiodReadiness), so the Deployment's rollout status means
+// what it means on a real cluster. A new pod of the revision (a rollout
+// restart, an in-place upgrade) restarts the process from a fresh working
+// directory, as a new pod starts from fresh volumes; when the revision's pods
+// are gone, its process stops.
+//
+// One process per revision means a restart has a gap of a second or two
+// where nothing serves the revision (a real rolling update keeps the old pod
+// serving until the new one is ready).
 //
 // Each revision's ports on 127.0.0.1 are reserved the first time the
 // revision is seen (by PostRenderer or by a pod) and kept for the cluster's
@@ -174,7 +184,9 @@ func (s *Istiod) stop() error {
 }
 
 // reconcile makes the processes match the pods: per revision, the newest
-// running pod not being deleted is the one a process plays.
+// pod scheduled to a node and not being deleted is the one a process plays
+// (it turns Running and Ready once the process serves; see
+// gateIstiodReadiness).
 func (s *Istiod) reconcile(ctx context.Context, lister listersv1.PodLister) {
 	pods, err := lister.Pods(IstioNamespace).List(labels.Everything())
 	if err != nil {
@@ -183,7 +195,8 @@ func (s *Istiod) reconcile(ctx context.Context, lister listersv1.PodLister) {
 	}
 	want := map[string]*corev1.Pod{}
 	for _, p := range pods {
-		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		if p.DeletionTimestamp != nil || p.Spec.NodeName == "" ||
+			(p.Status.Phase != corev1.PodPending && p.Status.Phase != corev1.PodRunning) {
 			continue
 		}
 		rev := p.Labels[revisionLabel]
@@ -198,7 +211,7 @@ func (s *Istiod) reconcile(ctx context.Context, lister listersv1.PodLister) {
 	defer s.mu.Unlock()
 	for name, r := range s.revisions {
 		if want[name] == nil && r.process != nil {
-			if err := s.stopProcess(r, "no running pod of revision "+name+" is left"); err != nil {
+			if err := s.stopProcess(r, "no pod of revision "+name+" is left"); err != nil {
 				s.logger.Error("istiod supervisor", "revision", name, "error", err)
 			}
 		}
@@ -365,10 +378,60 @@ func (s *Istiod) start(ctx context.Context, r *istiodRevision, pod *corev1.Pod) 
 		s.mu.Unlock()
 	}()
 	r.process = p
+	go s.markServing(ctx, r, p, pod)
 	s.logger.Info("istiod started", "revision", r.name, "pod", pod.Name, "pid", p.Pid(), "start", r.starts,
 		"https", r.ports.https, "secureGRPC", r.ports.secureGRPC, "module", s.Module())
 	return nil
 }
+
+// markServing waits until p answers GET /ready and then annotates pod with
+// servingAnnotation, the sign for kwok to make it Running and Ready. It gives
+// up when p exits or is replaced, or after servingTimeout; the pod then stays
+// unready, as a pod whose readiness probe fails.
+func (s *Istiod) markServing(ctx context.Context, r *istiodRevision, p *proc.Process, pod *corev1.Pod) {
+	ready := false
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, servingTimeout, true, func(ctx context.Context) (bool, error) {
+		s.mu.Lock()
+		current := r.process == p
+		s.mu.Unlock()
+		if !current {
+			return false, errors.New("replaced before it served")
+		}
+		if err := p.ExitError(); err != nil {
+			return false, err
+		}
+		ready = s.ready(ctx, r.ports)
+		return ready, nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			s.logger.Error("istiod not ready: its pod stays unready", "revision", r.name, "pod", pod.Name, "pid", p.Pid(), "error", err)
+		}
+		return
+	}
+	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:"true"}}}`, servingAnnotation)
+	if _, err := s.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		s.logger.Error("marking the istiod pod ready", "revision", r.name, "pod", pod.Name, "error", err)
+		return
+	}
+	s.logger.Info("istiod ready; its pod turns Ready", "revision", r.name, "pod", pod.Name, "pid", p.Pid())
+}
+
+// ready reports whether the istiod on ports answers GET /ready with 200.
+func (s *Istiod) ready(ctx context.Context, ports istiodPorts) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+loopback(ports.http)+"/ready", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := readyClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+var readyClient = &http.Client{Timeout: 2 * time.Second}
 
 // stopProcess stops r's process, if any. The caller holds s.mu.
 func (s *Istiod) stopProcess(r *istiodRevision, why string) error {
@@ -562,8 +625,9 @@ func (s *Istiod) pids() map[string]int {
 // default revision) answers GET /ready with 200. It fails at once when the
 // process has exited, with its last output.
 func (s *Istiod) WaitServing(ctx context.Context, revision string, timeout time.Duration) error {
-	client := &http.Client{Timeout: 2 * time.Second}
 	last := "no istiod process yet"
+	var exited error
+	var tail string
 	start := time.Now()
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		r, p, err := s.running(revision)
@@ -571,23 +635,20 @@ func (s *Istiod) WaitServing(ctx context.Context, revision string, timeout time.
 			last = err.Error()
 			return false, nil
 		}
-		if err := p.ExitError(); err != nil {
-			return false, fmt.Errorf("%w; its last output:\n%s", err, p.Tail())
+		if exited = p.ExitError(); exited != nil {
+			tail = p.Tail()
+			return false, exited
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+loopback(r.ports.http)+"/ready", nil)
-		if err != nil {
-			return false, err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			last = err.Error()
+		if !s.ready(ctx, r.ports) {
+			last = "GET http://" + loopback(r.ports.http) + "/ready: not 200 OK yet"
 			return false, nil
 		}
-		resp.Body.Close()
-		last = "GET /ready: " + resp.Status
-		return resp.StatusCode == http.StatusOK, nil
+		return true, nil
 	})
-	if err != nil {
+	switch {
+	case exited != nil:
+		return fmt.Errorf("istiod of revision %s exited before it served: %w; its last output:\n%s", revisionName(revision), exited, tail)
+	case err != nil:
 		return fmt.Errorf("istiod of revision %s not serving within %s (last: %s): %w", revisionName(revision), timeout, last, err)
 	}
 	s.logger.Info("istiod serving", "revision", revisionName(revision), "pid", s.Pid(revision), "waited", time.Since(start).Round(10*time.Millisecond))

@@ -240,13 +240,14 @@ func restartedIstiod(ctx context.Context, t *testing.T, kube kubernetes.Interfac
 	if err := restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var pid int
-	until(t, 2*time.Minute, "a new istiod process after "+what, func(context.Context) (bool, error) {
-		pid = is.Pid("")
-		return pid != 0 && pid != oldPid, nil
-	})
-	if err := is.WaitServing(ctx, "", 2*time.Minute); err != nil {
-		t.Fatal(err)
+	// restart waits for the rollout, and the new pod is Ready only once its
+	// istiod serves: no waiting for the process here.
+	pid := is.Pid("")
+	if pid == 0 || pid == oldPid {
+		t.Fatalf("%s completed with istiod pid %d (before: %d): the rollout did not wait for the new istiod", what, pid, oldPid)
+	}
+	if err := is.WaitServing(ctx, "", time.Second); err != nil {
+		t.Fatalf("%s completed before the new istiod served: %v", what, err)
 	}
 	t.Logf("%s: istiod restarted (pid %d -> %d) and serving %s after it began", what, oldPid, pid, time.Since(start).Round(100*time.Millisecond))
 	if syscall.Kill(oldPid, 0) == nil {
@@ -299,13 +300,57 @@ func TestIstiodFollowsAnInPlaceUpgrade(t *testing.T) {
 		t.Errorf("before the upgrade, injection gave istio-proxy tag %s, want %s", tag, from)
 	}
 	pid := restartedIstiod(ctx, t, kube, is, is.Pid(""), "the in-place upgrade to "+to, func(ctx context.Context) error {
-		return m.Istio.Upgrade(ctx, to, filepath.Join(testenv.IstioCharts(t), to))
+		if err := m.Istio.Upgrade(ctx, to, filepath.Join(testenv.IstioCharts(t), to)); err != nil {
+			return err
+		}
+		return m.Ready(ctx) // rolled out, and the injector of the new version answers
 	})
-	if err := m.Ready(ctx); err != nil { // the injector of the new version answers
-		t.Fatal(err)
-	}
 	checkWebhooksCall(t, kube, pid)
 	issueCert(t, is, env, m.CA, "", &old)
+}
+
+// An istiod that never serves (here: its pod's args hold a flag value
+// pilot-discovery cannot parse) leaves its pod unready, as a failing
+// readiness probe would: WaitServing fails at once with istiod's own words,
+// and the installer's readiness wait fails on the Deployment's rollout.
+func TestIstiodNeverReadyLeavesItsPodUnready(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	lc, _ := istiodCluster(ctx, t, "lc-istiod-broken")
+	m, err := installMesh(ctx, t, lc, "{version: "+istio.DefaultVersion+", values: {extraContainerArgs: [--keepaliveMaxServerConnectionAge=meshproof-not-a-duration]}}",
+		istio.WithReadyTimeout(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = lc.Istiod().WaitServing(ctx, "", 3*time.Minute)
+	if err == nil || !strings.Contains(err.Error(), "meshproof-not-a-duration") {
+		t.Fatalf("WaitServing = %v, want istiod's exit with its complaint about the flag", err)
+	}
+	t.Logf("WaitServing failed after %s: %v", time.Since(start).Round(10*time.Millisecond), firstLine(err))
+	err = m.Ready(ctx)
+	if err == nil || !strings.Contains(err.Error(), "istiod Deployment istio-system/istiod to roll out") {
+		t.Fatalf("Ready = %v, want a timeout on the istiod Deployment's rollout", err)
+	}
+	t.Logf("Ready failed: %v", firstLine(err))
+	kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := kube.CoreV1().Pods(localcluster.IstioNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("istiod pods: %d (%v)", len(pods.Items), err)
+	}
+	for _, p := range pods.Items {
+		if podReady(&p) {
+			t.Errorf("pod %s is Ready though its istiod never served", p.Name)
+		}
+	}
+}
+
+func firstLine(err error) string {
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	return line
 }
 
 // meshCluster starts a local cluster WithIstiod and installs Istio version
@@ -315,7 +360,28 @@ func TestIstiodFollowsAnInPlaceUpgrade(t *testing.T) {
 // *destroyed.
 func meshCluster(ctx context.Context, t *testing.T, name, version string) (*localcluster.Cluster, *mesh.Mesh, *bool) {
 	t.Helper()
-	t.Setenv(mesh.ChartsEnv, testenv.IstioCharts(t))
+	lc, destroyed := istiodCluster(ctx, t, name)
+	start := time.Now()
+	m, err := installMesh(ctx, t, lc, "{version: "+version+", pluggedCA: true, workloadCertTTL: 1m}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Istio %s charts applied in %s", version, time.Since(start).Round(100*time.Millisecond))
+	if err := lc.Istiod().WaitServing(ctx, "", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("istiod serving %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
+	if err := m.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Istio ready (istiod rolled out, injecting) %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
+	return lc, m, destroyed
+}
+
+// istiodCluster starts a local cluster WithIstiod; Cleanup destroys it
+// unless the test set *destroyed.
+func istiodCluster(ctx context.Context, t *testing.T, name string) (*localcluster.Cluster, *bool) {
+	t.Helper()
 	start := time.Now()
 	lc := localcluster.New(localcluster.WithName(name), localcluster.WithIstiod())
 	destroyed := false
@@ -328,33 +394,28 @@ func meshCluster(ctx context.Context, t *testing.T, name, version string) (*loca
 		t.Fatal(err)
 	}
 	t.Logf("local cluster with the istiod supervisor created in %s", time.Since(start).Round(100*time.Millisecond))
-	is := lc.Istiod()
-	if is == nil {
+	if lc.Istiod() == nil {
 		t.Fatal("Istiod() is nil on a cluster created WithIstiod")
 	}
+	return lc, &destroyed
+}
+
+// installMesh applies Istio's charts (a scenario cluster's istio settings,
+// given as YAML) through harness/mesh with the supervisor's post-renderer,
+// without waiting for readiness.
+func installMesh(ctx context.Context, t *testing.T, lc *localcluster.Cluster, istioYAML string, extra ...istio.Option) (*mesh.Mesh, error) {
+	t.Helper()
+	t.Setenv(mesh.ChartsEnv, testenv.IstioCharts(t))
 	suite, err := scenario.Load("istiod.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
-clusters: [{name: c, istio: {version: `+version+`, pluggedCA: true, workloadCertTTL: 1m}}]
+clusters: [{name: c, istio: `+istioYAML+`}]
 scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	start = time.Now()
-	m, err := mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(is.PostRenderer()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("Istio %s charts applied in %s", version, time.Since(start).Round(100*time.Millisecond))
-	if err := is.WaitServing(ctx, "", 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("istiod serving %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
-	if err := m.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("Istio ready (istiod rolled out, injecting) %s after the charts were applied", time.Since(start).Round(100*time.Millisecond))
-	return lc, m, &destroyed
+	opts := append([]istio.Option{istio.WithPostRenderer(lc.Istiod().PostRenderer())}, extra...)
+	return mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, opts...)
 }
 
 // webhooks are every webhook's client config, by kind/configuration/index.

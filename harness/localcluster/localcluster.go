@@ -159,6 +159,11 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 	if err := writeStages(ctx, bins.kwokStages, stages); err != nil {
 		return "", err
 	}
+	if c.withIstiod {
+		if err := gateIstiodReadiness(stages); err != nil {
+			return "", err
+		}
+	}
 	if err := c.startPart("kwok", bins.kwok, []string{
 		"--kubeconfig=" + kubeconfig,
 		"--config=" + stages,
