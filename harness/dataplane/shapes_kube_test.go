@@ -69,7 +69,8 @@ func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
 // DestinationRule (host "*" in istio-system) for every service without a
 // rule of its own, shadowed by a workload's rule on every port; a Service
 // port 80 forwarded to container port 18080, whose PeerAuthentication
-// port-level mode is keyed by 18080.
+// port-level mode is keyed by 18080; a mesh-wide SIMPLE, whose one-way TLS
+// nothing on the server side terminates.
 func TestMeshWideDestinationRuleAndTargetPortFromTheCluster(t *testing.T) {
 	ns := namespaceFor(t)
 	s, err := scenario.Load("dataplane.yaml", []byte(fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
@@ -106,6 +107,11 @@ scenarios:
     - {from: service-b, to: service-a, port: 8080, result: plaintext}
     - {from: service-a, to: service-b, port: 9090, result: mtls}
     - {from: service-a, to: service-b, port: 80, result: plaintext}
+  - mtls: {destinationRules: [{scope: mesh, mode: SIMPLE}]}
+  - expect:
+    - {from: service-a, to: service-b, port: 9090, result: fail, reason: upstream-503}
+    - {from: service-b, to: legacy, port: 8080, result: fail, reason: upstream-503}
+    - {from: legacy, to: service-b, port: 80, result: plaintext}
 `, ns)))
 	if err != nil {
 		t.Fatal(err)

@@ -326,12 +326,15 @@ func hostSpecificity(host string) int {
 	return len(host)
 }
 
+// tlsMode converts a stored rule's client TLS mode. SIMPLE is one-way TLS
+// the oracle decides (no server side of the fixtures terminates it); MUTUAL
+// carries the user's own credentials, which the simulation does not hold.
 func tlsMode(dr *networkingv1.DestinationRule, mode string) (scenario.TLSMode, error) {
 	switch m := scenario.TLSMode(mode); m {
-	case scenario.TLSDisable, scenario.TLSIstioMutual:
+	case scenario.TLSDisable, scenario.TLSIstioMutual, scenario.TLSSimple:
 		return m, nil
 	}
-	return "", fmt.Errorf("DestinationRule %s/%s sets tls mode %s, which the simulated data plane does not model (DISABLE and ISTIO_MUTUAL only)", dr.Namespace, dr.Name, mode)
+	return "", fmt.Errorf("DestinationRule %s/%s sets tls mode %s, which the simulated data plane does not model (DISABLE, ISTIO_MUTUAL and SIMPLE only)", dr.Namespace, dr.Name, mode)
 }
 
 // hostMatches reports whether a DestinationRule host, written in namespace
