@@ -239,10 +239,10 @@ func (e *Engine) witnessed(ctx context.Context, server results.Pod, before istio
 	switch {
 	case restarted != nil:
 		return noWitness(fmt.Sprintf("the sidecar of %s: %v", server, restarted)), nil
-	case err != nil && ctx.Err() != nil:
-		return tcpVerdict{}, ctx.Err()
 	case err != nil && readErr != nil:
 		return tcpVerdict{}, readErr
+	case err != nil && ctx.Err() != nil:
+		return tcpVerdict{}, ctx.Err()
 	case err != nil:
 		return noWitness(fmt.Sprintf("the sidecar of %s counted %d of the %d connections echoed within %s (%s); are Istio's standard metrics turned off?",
 			server, delta.Total(), n, tcpWitnessWait, delta)), nil
