@@ -207,7 +207,8 @@ type Port struct {
 	// port's appProtocol (which Istio prefers over the name): http or tcp.
 	// Default: what Istio reads from the name's prefix (tcp for tcp or
 	// tcp-*), else http. Over tcp no X-Forwarded-Client-Cert exists, so
-	// result mtls is witnessed otherwise (see the README).
+	// result mtls is witnessed from the server's sidecar (README: How mTLS
+	// is proven over TCP).
 	Protocol PortProtocol `json:"protocol,omitempty"`
 
 	Source Source `json:"-"`
