@@ -182,6 +182,9 @@ func TestIstiodServesTheLocalCluster(t *testing.T) {
 	})
 
 	t.Run("nothing of istiod listens beyond 127.0.0.1", func(t *testing.T) {
+		if len(lc.Pids()) != 7 {
+			t.Fatalf("Pids() = %v, want the five parts, istiod-default and istiod-canary", lc.Pids())
+		}
 		for name, pid := range lc.Pids() {
 			if !strings.HasPrefix(name, "istiod-") {
 				continue
@@ -202,6 +205,43 @@ func TestIstiodServesTheLocalCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("completing the canary stops the old revision's istiod; the canary serves every webhook", func(t *testing.T) {
+		canaryPid := is.Pid("canary")
+		start := time.Now()
+		if err := m.Istio.RemoveRevision(ctx, ""); err != nil {
+			t.Fatal(err)
+		}
+		until(t, 2*time.Minute, "the default revision's istiod to stop once its pods are gone", func(context.Context) (bool, error) {
+			return is.Pid("") == 0, nil
+		})
+		t.Logf("the default revision's istiod stopped %s after its release was removed", time.Since(start).Round(100*time.Millisecond))
+		if syscall.Kill(defaultPid, 0) == nil {
+			t.Errorf("the default revision's istiod (pid %d) still runs", defaultPid)
+		}
+		if _, err := is.CAAddress(""); err == nil {
+			t.Error("CAAddress of the removed revision still answers")
+		}
+		if is.Pid("canary") != canaryPid {
+			t.Fatalf("the canary's istiod changed (pid %d -> %d)", canaryPid, is.Pid("canary"))
+		}
+		// The base release's default validator now names istiod-canary:
+		// the post-renderer pointed it at the canary on the upgrade.
+		checkWebhooksCall(t, kube, canaryPid)
+		until(t, time.Minute, "validation through the canary to refuse MUTUAL without a client certificate", func(ctx context.Context) (bool, error) {
+			_, err := env.Istio.NetworkingV1().DestinationRules(ns).Create(ctx, &istionetworking.DestinationRule{
+				ObjectMeta: metav1.ObjectMeta{Name: "mutual-after-canary", Namespace: ns},
+				Spec: networkingv1.DestinationRule{
+					Host:          "echo." + ns + ".svc.cluster.local",
+					TrafficPolicy: &networkingv1.TrafficPolicy{Tls: &networkingv1.ClientTLSSettings{Mode: networkingv1.ClientTLSSettings_MUTUAL}},
+				},
+			}, metav1.CreateOptions{})
+			if err == nil {
+				return false, fmt.Errorf("an invalid DestinationRule was admitted after the canary completed")
+			}
+			return strings.Contains(err.Error(), "client certificate required for mutual tls"), nil
+		})
+	})
+
 	logs := t.TempDir()
 	if err := lc.ExportLogs(ctx, logs); err != nil {
 		t.Fatal(err)
@@ -214,8 +254,8 @@ func TestIstiodServesTheLocalCluster(t *testing.T) {
 	}
 
 	pids := lc.Pids()
-	if pids["istiod-default"] == 0 || pids["istiod-canary"] == 0 {
-		t.Fatalf("Pids() = %v, want istiod-default and istiod-canary among them", pids)
+	if pids["istiod-canary"] == 0 {
+		t.Fatalf("Pids() = %v, want istiod-canary among them", pids)
 	}
 	start := time.Now()
 	*destroyed = true
