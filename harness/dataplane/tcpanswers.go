@@ -66,10 +66,13 @@ func newNonce() string {
 // the sidecar closes a connection whose first bytes it never read, which
 // the kernel turns into a reset, as in Istio's task where curl sees exit
 // code 56. Where the client's own sidecar could not make or keep its
-// upstream connection (an mTLS handshake the server side does not finish,
-// plaintext reset by a STRICT server), that sidecar closes the probe's
-// connection: rendered as an EOF, though a real Envoy may show either,
-// which is why the oracle leaves a TCP failure's reason open.
+// upstream connection, that sidecar's tcp_proxy closes the probe's
+// connection: with the greeting unread (a reset) when the upstream failed
+// before it was established, e.g. an mTLS handshake the server side does
+// not finish, after reading it (an EOF) when the upstream closed later,
+// e.g. plaintext a STRICT server resets (the oracle's [TCPCLOSE]). The
+// simulation renders both as an EOF; the oracle leaves a TCP failure's
+// reason open, so no expectation depends on which.
 func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Target, nonce string) (reply []byte, reqErr, err error) {
 	u, err := url.Parse(t.URL)
 	if err != nil {

@@ -51,6 +51,13 @@ import (
 //	       tcp_proxy (buildOutboundNetworkFilters / the inbound chains'
 //	       TCP filters), no HTTP connection manager,
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/networkfilter.go
+//	[TCPCLOSE] Envoy's tcp_proxy keeps the downstream connection unread
+//	       until its upstream connection is established (for TLS, its
+//	       handshake done; Filter::onUpstreamEvent re-enables reads on
+//	       Connected); an upstream that fails before then closes the
+//	       downstream with its bytes unread, which the kernel sends as a
+//	       reset, one closed after then closes it with FlushWrite, an EOF,
+//	       https://github.com/envoyproxy/envoy/blob/main/source/common/tcp_proxy/tcp_proxy.cc
 //	[DRLOOKUP] PushContext.destinationRule (client namespace, then the
 //	       service's, then the root namespace),
 //	       https://github.com/istio/istio/blob/master/pilot/pkg/model/push_context.go
@@ -352,9 +359,12 @@ func (p *policies) predict(client, server *scenario.Workload, port int) Predicti
 		// [TCPPROXY]: on a tcp port the sidecars run Envoy's tcp_proxy,
 		// which has no HTTP response to give: where an HTTP client gets
 		// the client sidecar's 503, a TCP client sees its connection
-		// closed (reset or EOF, depending on timing), and a reset by the
-		// server's sidecar may equally arrive as EOF. The result stands,
-		// the reason is left open.
+		// closed, [TCPCLOSE] a reset when the upstream failed before it
+		// was established (a TLS handshake the server side does not
+		// finish) and an EOF when it closed after (plaintext a STRICT
+		// sidecar resets once it has read it), and a reset by the server's
+		// sidecar may equally arrive as EOF. The result stands, the reason
+		// is left open.
 		out.Why += "; port " + fmt.Sprint(port) + " is tcp: no HTTP status, the connection is closed (reason not determinate)"
 		out.Reason = ""
 	}
