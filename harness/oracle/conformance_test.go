@@ -7,15 +7,31 @@ import (
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// measuredCell is one policy combination of issue 12's measurements with
-// real istiod, pilot-agent and grpc-go: what a proxyless client (grpc-a,
+// measuredCell is one policy combination measured with real istiod,
+// pilot-agent and grpc-go (issue 12, and harness/proxyless's conformance
+// test, which runs the same and more cells): what a proxyless client (grpc-a,
 // xds:/// with xDS credentials) and a plain client (legacy, insecure gRPC)
 // got from the proxyless server grpc-b.
 type measuredCell struct {
 	name             string
 	policies         *scenario.MTLSStep
-	proxyless, plain scenario.Result
+	proxyless, plain outcome
 }
+
+// outcome is a result and its fail reason.
+type outcome struct {
+	result scenario.Result
+	reason string
+}
+
+var (
+	gotPlaintext = outcome{plaintext, ""}
+	gotMTLS      = outcome{mtls, ""}
+	// The server closes a plaintext connection it wants TLS on.
+	gotEOF = outcome{fail, "eof"}
+	// The client's TLS handshake reads the server's plaintext HTTP/2.
+	gotTLS = outcome{fail, "tls"}
+)
 
 func measuredCells() []measuredCell {
 	ns := func(m scenario.MTLSMode) []scenario.PeerAuthentication {
@@ -23,19 +39,20 @@ func measuredCells() []measuredCell {
 	}
 	im := []scenario.DestinationRule{dr("grpc-b", istioMutual, 0)}
 	return []measuredCell{
-		{"no policy", nil, plaintext, plaintext},
-		{"namespace STRICT", &scenario.MTLSStep{PeerAuthentications: ns(strict)}, fail, fail},
-		{"namespace STRICT, DR ISTIO_MUTUAL", &scenario.MTLSStep{PeerAuthentications: ns(strict), DestinationRules: im}, mtls, fail},
-		{"namespace PERMISSIVE, DR ISTIO_MUTUAL", &scenario.MTLSStep{PeerAuthentications: ns(permissive), DestinationRules: im}, fail, plaintext},
-		{"namespace PERMISSIVE", &scenario.MTLSStep{PeerAuthentications: ns(permissive)}, plaintext, plaintext},
-		{"namespace DISABLE", &scenario.MTLSStep{PeerAuthentications: ns(disable)}, plaintext, plaintext},
+		{"no policy", nil, gotPlaintext, gotPlaintext},
+		{"namespace STRICT", &scenario.MTLSStep{PeerAuthentications: ns(strict)}, gotEOF, gotEOF},
+		{"namespace STRICT, DR ISTIO_MUTUAL", &scenario.MTLSStep{PeerAuthentications: ns(strict), DestinationRules: im}, gotMTLS, gotEOF},
+		{"namespace PERMISSIVE, DR ISTIO_MUTUAL", &scenario.MTLSStep{PeerAuthentications: ns(permissive), DestinationRules: im}, gotTLS, gotPlaintext},
+		{"namespace PERMISSIVE", &scenario.MTLSStep{PeerAuthentications: ns(permissive)}, gotPlaintext, gotPlaintext},
+		{"namespace DISABLE", &scenario.MTLSStep{PeerAuthentications: ns(disable)}, gotPlaintext, gotPlaintext},
+		{"namespace DISABLE, DR ISTIO_MUTUAL", &scenario.MTLSStep{PeerAuthentications: ns(disable), DestinationRules: im}, gotTLS, gotPlaintext},
 	}
 }
 
 func (c measuredCell) observed() []Observed {
 	return []Observed{
-		{From: "grpc-a", To: "grpc-b", Port: grpcPort, Result: c.proxyless},
-		{From: "legacy", To: "grpc-b", Port: grpcPort, Result: c.plain},
+		{From: "grpc-a", To: "grpc-b", Port: grpcPort, Result: c.proxyless.result, Reason: c.proxyless.reason},
+		{From: "legacy", To: "grpc-b", Port: grpcPort, Result: c.plain.result, Reason: c.plain.reason},
 	}
 }
 
@@ -71,8 +88,8 @@ func TestConformCatchesAWrongRule(t *testing.T) {
 	joined := strings.Join(failed, "\n")
 	for _, want := range []string{
 		`cell "no policy": grpc-a -> grpc-b:7070: Istio gave plaintext, the oracle predicts mtls because auto mTLS`,
-		`cell "namespace STRICT": grpc-a -> grpc-b:7070: Istio gave fail, the oracle predicts mtls`,
-		`cell "namespace PERMISSIVE, DR ISTIO_MUTUAL": grpc-a -> grpc-b:7070: Istio gave fail, the oracle predicts mtls`,
+		`cell "namespace STRICT": grpc-a -> grpc-b:7070: Istio gave fail (eof), the oracle predicts mtls`,
+		`cell "namespace PERMISSIVE, DR ISTIO_MUTUAL": grpc-a -> grpc-b:7070: Istio gave fail (tls), the oracle predicts mtls`,
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("the comparison does not report %q; it reported:\n%s", want, joined)

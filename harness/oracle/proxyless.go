@@ -209,11 +209,17 @@ func (p *policies) proxylessAccepts(cp DataPlane, server *scenario.Workload, por
 	case mode == scenario.ModeStrict && cp == DataPlaneSidecar:
 		return scenario.ResultFail, "upstream-503", "proxyless server's " + from + " has no plaintext chain: the client sidecar answers 503"
 	case mode == scenario.ModeStrict:
-		return scenario.ResultFail, "", "proxyless server's " + from + " has no plaintext chain: the connection is refused"
+		// grpc-go's TLS handshake reads the client's HTTP/2 preface as a
+		// bad record and closes the connection: the gRPC client sees it
+		// closed (measured: "error reading server preface: EOF").
+		return scenario.ResultFail, "eof", "proxyless server's " + from + " has no plaintext chain: it closes the plaintext connection"
 	case mtls && cp == DataPlaneSidecar:
 		return scenario.ResultFail, "upstream-503", "proxyless server's " + from + " has no TLS chain: the client sidecar's handshake fails (503)"
 	case mtls:
-		return scenario.ResultFail, "", "proxyless server's " + from + " has no TLS chain: the client's handshake fails"
+		// The plaintext server's HTTP/2 SETTINGS frame reaches the
+		// client's TLS handshake first (measured: "tls: first record does
+		// not look like a TLS handshake").
+		return scenario.ResultFail, "tls", "proxyless server's " + from + " has no TLS chain: the client's TLS handshake reads plaintext HTTP/2"
 	default:
 		return scenario.ResultPlaintext, "", "proxyless server's " + from + " accepts plaintext"
 	}

@@ -1,0 +1,523 @@
+//go:build linux
+
+package proxyless_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	networkingapi "istio.io/api/networking/v1"
+	istionetworking "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/localcluster"
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/policy"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv"
+	"github.com/meshproof/meshproof/harness/testenv/binaries"
+	"github.com/meshproof/meshproof/harness/testenv/proc"
+)
+
+const (
+	namespace = "proxyless"
+	grpcPort  = 7070
+)
+
+// workloadSpec is one fixture of the matrix: a proxyless workload runs a
+// pilot-agent and, when it serves, the echo binary's gRPC server.
+type workloadSpec struct {
+	name string
+	ip   string // its own loopback address, its WorkloadEntry's address
+}
+
+var (
+	grpcB = workloadSpec{name: "grpc-b", ip: "127.0.0.10"}
+	grpcA = workloadSpec{name: "grpc-a", ip: "127.0.0.11"}
+)
+
+// The fixtures as the oracle sees them: grpc-a and grpc-b proxyless (as
+// Istio's grpc-agent template makes them, without the tlsMode label), and
+// legacy, a plain gRPC client outside the mesh.
+func conformanceSuite() (*scenario.Suite, map[string]oracle.ProxylessWorkload) {
+	outOfMesh := false
+	ports := []scenario.Port{{Name: "grpc", Number: grpcPort}}
+	s := &scenario.Suite{Fixtures: scenario.Fixtures{Namespace: namespace, Workloads: []scenario.Workload{
+		{Name: grpcA.name, Namespace: namespace, ServiceAccount: grpcA.name, Ports: ports},
+		{Name: grpcB.name, Namespace: namespace, ServiceAccount: grpcB.name, Ports: ports},
+		{Name: "legacy", Namespace: namespace, ServiceAccount: "legacy", Mesh: &outOfMesh, Ports: ports},
+	}}}
+	return s, map[string]oracle.ProxylessWorkload{grpcA.name: {}, grpcB.name: {}}
+}
+
+// cell is one policy combination of the matrix.
+type cell struct {
+	name     string
+	policies *scenario.MTLSStep
+}
+
+// matrixCells is the first slice of issue 12's matrix: PeerAuthentication
+// of the namespace none/UNSET/PERMISSIVE/STRICT/DISABLE × DestinationRule
+// for the server none/ISTIO_MUTUAL.
+func matrixCells() []cell {
+	var cells []cell
+	for _, pa := range []scenario.MTLSMode{"", scenario.ModeUnset, scenario.ModePermissive, scenario.ModeStrict, scenario.ModeDisable} {
+		for _, dr := range []scenario.TLSMode{"", scenario.TLSIstioMutual} {
+			m := &scenario.MTLSStep{}
+			name := "no PeerAuthentication"
+			if pa != "" {
+				m.PeerAuthentications = []scenario.PeerAuthentication{{Scope: scenario.ScopeNamespace, Namespace: namespace, Mode: pa}}
+				name = "namespace " + string(pa)
+			}
+			if dr != "" {
+				m.DestinationRules = []scenario.DestinationRule{{Workload: grpcB.name, Mode: dr}}
+				name += ", DestinationRule " + string(dr)
+			} else {
+				name += ", no DestinationRule"
+			}
+			cells = append(cells, cell{name: name, policies: m})
+		}
+	}
+	return cells
+}
+
+// The oracle's proxyless predictions against real istiod, pilot-agent and
+// grpc-go, cell by cell.
+func TestProxylessConformance(t *testing.T) {
+	charts := testenv.IstioCharts(t)
+	t.Setenv(mesh.ChartsEnv, charts)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
+	defer cancel()
+
+	agentBinary, err := binaries.EnsureTool(ctx, binaries.PilotAgent, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoBinary := buildEcho(t)
+
+	start := time.Now()
+	lc := localcluster.New(localcluster.WithName("lc-proxyless"), localcluster.WithIstiod())
+	if _, err := lc.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Destroy(context.Background()) })
+	is := lc.Istiod()
+	env := lc.Env()
+	kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	suite, err := scenario.Load("proxyless.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true}}]
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(is.PostRenderer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := is.WaitServing(ctx, "", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	xdsAddr, err := is.CAAddress("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("local cluster, Istio %s charts and istiod (module %s) ready in %s", istio.DefaultVersion, is.Module(), time.Since(start).Round(100*time.Millisecond))
+
+	start = time.Now()
+	register(t, kube, env.Istio, grpcA, grpcB)
+	rootPEM := ca.EncodeCertificatesPEM(m.CA.Root)
+	clientAgent := startAgent(t, kube, agentBinary, xdsAddr, rootPEM, grpcA)
+	serverAgent := startAgent(t, kube, agentBinary, xdsAddr, rootPEM, grpcB)
+	startEcho(t, echoBinary, serverAgent, grpcB)
+	t.Logf("proxyless workloads (pilot-agent, echo's xDS gRPC server) serving in %s", time.Since(start).Round(100*time.Millisecond))
+
+	s, proxyless := conformanceSuite()
+	start = time.Now()
+	for i, c := range matrixCells() {
+		applyPolicies(t, env.Client, s, c, i)
+		observed := observeSettled(t, echoBinary, clientAgent)
+		preds, err := oracle.PredictProxyless(s, c.policies, proxyless)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range observed {
+			p, _ := oracle.Find(preds, o.From, o.To, o.Port)
+			t.Logf("%-55s %s -> %s:%d observed %s %s, predicted %s %s", c.name, o.From, o.To, o.Port, o.Result, o.Reason, p.Result, p.Reason)
+		}
+		for _, d := range oracle.Conform(c.name, preds, observed) {
+			t.Error(d)
+		}
+	}
+	t.Logf("conformance matrix: %d cells x 2 clients in %s", len(matrixCells()), time.Since(start).Round(100*time.Millisecond))
+}
+
+// register creates the namespace, the ServiceAccounts, and for each
+// workload a Service that selects a WorkloadEntry at the workload's loopback
+// address: EndpointSlices refuse loopback addresses, WorkloadEntries do not.
+func register(t *testing.T, kube kubernetes.Interface, istioClient istioclient.Interface, ws ...workloadSpec) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range ws {
+		labels := map[string]string{"app": w.name}
+		if _, err := kube.CoreV1().ServiceAccounts(namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: w.name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: w.name, Namespace: namespace},
+			Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{
+				Name: "grpc", Port: grpcPort, TargetPort: intstr.FromInt32(grpcPort), AppProtocol: ptr.To("grpc"),
+			}}},
+		}
+		if _, err := kube.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		we := &istionetworking.WorkloadEntry{
+			ObjectMeta: metav1.ObjectMeta{Name: w.name, Namespace: namespace},
+			Spec:       networkingapi.WorkloadEntry{Address: w.ip, Labels: labels, ServiceAccount: w.name},
+		}
+		if _, err := istioClient.NetworkingV1().WorkloadEntries(namespace).Create(ctx, we, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// agent is a running pilot-agent in grpc-agent mode.
+type agent struct {
+	dir       string // its working directory
+	bootstrap string // the xDS bootstrap it wrote for grpc-go
+}
+
+// startAgent runs pilot-agent for w as Istio's grpc-agent template runs it
+// in a pod (issue 12's recipe): no Envoy, a gRPC xDS bootstrap and the
+// workload's certificates written to files, istiod at xdsAddr verified
+// against the mesh's root, a ServiceAccount token for audience istio-ca.
+// Every default path of pilot-agent is relative to its working directory,
+// so each agent has its own. It waits for the bootstrap and the
+// certificates.
+func startAgent(t *testing.T, kube kubernetes.Interface, binary, xdsAddr string, rootPEM []byte, w workloadSpec) agent {
+	t.Helper()
+	dir := t.TempDir()
+	tok, err := kube.CoreV1().ServiceAccounts(namespace).CreateToken(t.Context(), w.name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"istio-ca"}, ExpirationSeconds: ptr.To[int64](3600)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "var/run/secrets/tokens/istio-token"), []byte(tok.Status.Token))
+	writeFile(t, filepath.Join(dir, "var/run/secrets/istio/root-cert.pem"), rootPEM)
+	a := agent{dir: dir, bootstrap: filepath.Join(dir, "etc/istio/proxy/grpc-bootstrap.json")}
+	certs := filepath.Join(dir, "var/lib/istio/data")
+	// A pod has these as emptyDir volumes; pilot-agent does not create them.
+	for _, d := range []string{certs, filepath.Dir(a.bootstrap)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxyConfig, err := json.Marshal(map[string]any{
+		"discoveryAddress": xdsAddr,
+		"statusPort":       freePort(t),
+		"configPath":       filepath.Join(dir, "etc/istio/proxy"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := json.Marshal(map[string]string{"app": w.name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{
+		"ISTIO_META_GENERATOR=grpc", "DISABLE_ENVOY=true", "ISTIO_META_DNS_CAPTURE=false",
+		"OUTPUT_CERTS=" + certs, "GRPC_XDS_BOOTSTRAP=" + a.bootstrap,
+		"JWT_POLICY=third-party-jwt", "PILOT_CERT_PROVIDER=istiod", "ISTIOD_SAN=istiod.istio-system.svc",
+		"POD_NAME=" + w.name, "POD_NAMESPACE=" + namespace, "INSTANCE_IP=" + w.ip, "SERVICE_ACCOUNT=" + w.name, "HOST_IP=" + w.ip,
+		"ISTIO_META_CLUSTER_ID=Kubernetes", "TRUST_DOMAIN=cluster.local", "ISTIO_METAJSON_LABELS=" + string(labels),
+		"PROXY_CONFIG=" + string(proxyConfig),
+	}
+	log := openLog(t, "pilot-agent-"+w.name)
+	p, err := proc.Start("pilot-agent-"+w.name, binary, []string{"proxy", "sidecar", "--domain", namespace + ".svc.cluster.local"},
+		proc.WithEnv(env...), proc.WithDir(dir), proc.WithOutput(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopProcess(t, p) })
+	untilOr(t, time.Minute, "pilot-agent of "+w.name+" to write its xDS bootstrap and certificates", p.Tail, func(context.Context) (bool, error) {
+		if err := p.ExitError(); err != nil {
+			return false, fmt.Errorf("pilot-agent of %s exited: %w\n%s", w.name, err, p.Tail())
+		}
+		for _, f := range []string{a.bootstrap, filepath.Join(certs, "cert-chain.pem"), filepath.Join(certs, "root-cert.pem")} {
+			if _, err := os.Stat(f); err != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return a
+}
+
+// startEcho runs the echo binary's gRPC server for w with its agent's
+// bootstrap, and waits for grpc-go to report the listener SERVING, which it
+// does once istiod's listener for the port has arrived.
+func startEcho(t *testing.T, binary string, a agent, w workloadSpec) {
+	t.Helper()
+	out := &lineLog{log: openLog(t, "echo-"+w.name)}
+	p, err := proc.Start("echo-"+w.name, binary, []string{"serve", "--host", w.ip, "--ports", "0", "--grpc-ports", strconv.Itoa(grpcPort)},
+		proc.WithEnv("GRPC_XDS_BOOTSTRAP="+a.bootstrap, "POD_NAME="+w.name, "POD_NAMESPACE="+namespace, "SERVICE_ACCOUNT="+w.name),
+		proc.WithDir(a.dir), proc.WithOutput(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopProcess(t, p) })
+	serving := fmt.Sprintf("grpc serving %s", net.JoinHostPort(w.ip, strconv.Itoa(grpcPort)))
+	untilOr(t, time.Minute, "the echo of "+w.name+" to serve gRPC with istiod's listener", p.Tail, func(context.Context) (bool, error) {
+		if err := p.ExitError(); err != nil {
+			return false, fmt.Errorf("echo of %s exited: %w\n%s", w.name, err, p.Tail())
+		}
+		return out.contains(serving), nil
+	})
+}
+
+// applyPolicies replaces the namespace's policies by the cell's.
+func applyPolicies(t *testing.T, kube client.Client, s *scenario.Suite, c cell, index int) {
+	t.Helper()
+	ctx := t.Context()
+	if err := kube.DeleteAllOf(ctx, &securityv1.PeerAuthentication{}, client.InNamespace(namespace)); err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.DeleteAllOf(ctx, &istionetworking.DestinationRule{}, client.InNamespace(namespace)); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := policy.ForMTLS(s, c.policies, policy.Step{RunID: "conformance", Scenario: "proxyless", Index: index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := kube.Create(ctx, o.Object); err != nil {
+			t.Fatalf("cell %q: %v", c.name, err)
+		}
+	}
+}
+
+// observeSettled probes the server from the proxyless client (xds:///, xDS
+// credentials, grpc-a's bootstrap) and from a plain client (grpc://, no
+// TLS) until what they see has settled: the same outcome in settleRounds
+// consecutive rounds, the first of them at least settleAfter after the
+// policies were applied (istiod pushes them in 0.3-1.5 s).
+func observeSettled(t *testing.T, echoBinary string, from agent) []oracle.Observed {
+	t.Helper()
+	const (
+		settleAfter  = 2 * time.Second
+		settleRounds = 3
+	)
+	applied := time.Now()
+	var last []oracle.Observed
+	same := 0
+	until(t, 45*time.Second, "the probes' outcome to settle", func(ctx context.Context) (bool, error) {
+		obs, err := probe(ctx, echoBinary, from)
+		if err != nil {
+			return false, err
+		}
+		if time.Since(applied) < settleAfter {
+			return false, nil
+		}
+		if sameOutcome(obs, last) {
+			same++
+		} else {
+			same = 1
+		}
+		last = obs
+		return same >= settleRounds, nil
+	})
+	return last
+}
+
+func sameOutcome(a, b []oracle.Observed) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].From != b[i].From || a[i].Result != b[i].Result || a[i].Reason != b[i].Reason {
+			return false
+		}
+	}
+	return true
+}
+
+// probe runs one round of `echo probe` with both targets.
+func probe(ctx context.Context, echoBinary string, from agent) ([]oracle.Observed, error) {
+	var out bytes.Buffer
+	target := fmt.Sprintf("%s.%s.svc.cluster.local:%d", grpcB.name, namespace, grpcPort)
+	p, err := proc.Start("echo-probe", echoBinary, []string{"probe", "--timeout", "3s",
+		"--target", grpcA.name + "=xds:///" + target,
+		"--target", "legacy=grpc://" + net.JoinHostPort(grpcB.ip, strconv.Itoa(grpcPort))},
+		proc.WithEnv("GRPC_XDS_BOOTSTRAP="+from.bootstrap, "GRPC_GO_LOG_SEVERITY_LEVEL=error"), proc.WithDir(from.dir), proc.WithOutput(&syncBuffer{b: &out}))
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.Done():
+	case <-ctx.Done():
+		p.Stop()
+		return nil, ctx.Err()
+	}
+	var obs []oracle.Observed
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		var r echoapi.ProbeResult
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return nil, fmt.Errorf("probe output %q: %w", line, err)
+		}
+		// mtls means grpc-go's server saw a client certificate; it must be
+		// the proxyless client's own identity, issued by istiod.
+		if want := "spiffe://cluster.local/ns/" + namespace + "/sa/" + r.Target; r.Result == echoapi.ResultMTLS && r.PeerURI != want {
+			return nil, fmt.Errorf("%s got mtls with the peer identity %q, want %q", r.Target, r.PeerURI, want)
+		}
+		obs = append(obs, oracle.Observed{From: r.Target, To: grpcB.name, Port: grpcPort,
+			Result: scenario.Result(r.Result), Reason: r.Reason, Detail: r.Error})
+	}
+	if len(obs) != 2 {
+		return nil, fmt.Errorf("probe printed %d results, want 2 (exit %v):\n%s", len(obs), p.ExitError(), out.String())
+	}
+	return obs, nil
+}
+
+// until waits, at most timeout, for cond; an error from cond ends the wait.
+func until(t *testing.T, timeout time.Duration, what string, cond func(context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(t.Context(), 250*time.Millisecond, timeout, true, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// untilOr is until, adding what detail says to a failure.
+func untilOr(t *testing.T, timeout time.Duration, what string, detail func() string, cond func(context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(t.Context(), 250*time.Millisecond, timeout, true, cond); err != nil {
+		t.Fatalf("waiting for %s: %v; its output ends:\n%s", what, err, detail())
+	}
+}
+
+func stopProcess(t *testing.T, p *proc.Process) {
+	if err := p.Stop(); err != nil {
+		t.Errorf("stopping %s: %v", p.Name(), err)
+	}
+}
+
+// buildEcho builds the echo program the way its image is built.
+func buildEcho(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "echo")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-o", bin, "github.com/meshproof/meshproof/fixtures/echo")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building echo: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openLog is a file for a process's output in the test's temporary
+// directory, kept for a failure's diagnosis while the test runs.
+func openLog(t *testing.T, name string) *os.File {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// lineLog copies output to log and remembers it for contains.
+type lineLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	log *os.File
+}
+
+func (l *lineLog) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(b)
+	return l.log.Write(b)
+}
+
+func (l *lineLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Contains(l.buf.Bytes(), []byte(s))
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// testWriter sends a build's progress to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
