@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sort"
 	"strings"
 
@@ -66,6 +67,12 @@ func Find(ctx context.Context, disco discovery.DiscoveryInterfaceWithContext, me
 			}
 			gvr := gv.WithResource(res.Name)
 			objects, err := listAll(ctx, meta, gvr, selector)
+			if apierrors.IsNotFound(err) {
+				// The type went between discovery and the list (its CRD
+				// was just deleted, e.g. by uninstalling Istio's base
+				// chart): none of its objects is left.
+				continue
+			}
 			if err != nil {
 				return nil, err
 			}

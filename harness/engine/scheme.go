@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -15,6 +16,8 @@ func NewScheme() (*runtime.Scheme, error) {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{
 		clientgoscheme.AddToScheme,
+		// The run's ledger deletes the CRDs Istio's base chart installed.
+		apiextensionsv1.AddToScheme,
 		securityv1.AddToScheme,
 		networkingv1.AddToScheme,
 	} {
