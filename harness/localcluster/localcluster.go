@@ -67,6 +67,8 @@ type Cluster struct {
 	stopPlane func() error
 	// parts run in start order; Destroy stops them newest first.
 	parts []*proc.Process
+	// images are the tags of the image archives loaded (LoadImageArchive).
+	images []string
 	// istiod supervises the istiod processes (nil without WithIstiod).
 	istiod *Istiod
 }
@@ -172,6 +174,10 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		"--node-ip=127.0.0.1",
 		// No kubelet API server: it would listen on every address.
 		"--node-port=0",
+		// Renew each node's Lease as a kubelet does: without it the node
+		// lifecycle controller finds the node unhealthy after its grace
+		// period (50s) and marks every pod on it not ready.
+		"--node-lease-duration-seconds=40",
 	}); err != nil {
 		return "", err
 	}
