@@ -1,6 +1,9 @@
 # meshproof's two commands (see README.md):
 #   make test   needs only Go: unit, loopback TLS and real kube-apiserver tests
 #   make e2e    needs Go and Docker: the scenarios on a kind cluster with Istio
+#   make rehearse  needs only Go: the same job on a local cluster of real
+#               parts (kube-apiserver, controllers, kwok nodes, a real istiod),
+#               with only the data plane simulated
 GO ?= go
 # Istio's charts: this project's machines have them beside the repository
 # (air-gapped: the tests and make e2e use them). Elsewhere the variable stays
@@ -10,12 +13,13 @@ ifneq ($(wildcard ../shared/istio-charts/.),)
 export MESHPROOF_ISTIO_CHARTS ?= $(abspath ../shared/istio-charts)
 endif
 SCENARIOS ?= scenarios.yaml
+REPORTS ?= reports
 # ISTIO_VERSION, when set, overrides the Istio version of every cluster.
 ISTIO_VERSION ?=
 GINKGO_FLAGS ?=
 TEST_TIMEOUT ?= 30m
 
-.PHONY: test e2e validate lint generate envtest clean
+.PHONY: test e2e rehearse validate lint generate envtest clean
 
 test: lint
 	@# envtest binaries (kube-apiserver, etcd) are built from source once and
@@ -28,6 +32,11 @@ test: lint
 e2e:
 	$(GO) tool ginkgo -tags e2e -v --timeout 2h $(GINKGO_FLAGS) ./suites/mtls -- \
 		--scenarios $(abspath $(SCENARIOS)) --reports $(abspath reports) $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+
+# The first rehearsal builds the local cluster's binaries from source
+# (minutes; cached under $$HOME/.cache/meshproof).
+rehearse:
+	$(GO) run ./cmd/meshproof run $(SCENARIOS) --reports $(REPORTS) --rehearse
 
 validate:
 	$(GO) run ./cmd/meshproof validate $(SCENARIOS)

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshproof/meshproof/harness/rehearsal"
 	meshrun "github.com/meshproof/meshproof/harness/run"
 )
 
@@ -22,6 +23,12 @@ names: creates or reuses kind clusters or uses existing ones, installs
 Istio, deploys the fixtures, runs every step and removes what it created.
 Writes DIR/<run-id>/{junit.xml,results.json,events.json,report.html,
 diagnostics/} and points DIR/latest at it.
+
+With --rehearse every cluster of the file is a local cluster of real parts
+(kube-apiserver, etcd, controller-manager, scheduler, kwok for nodes, a
+real istiod), built from source on first use and cached: the whole job
+runs without Docker, with only the data plane simulated, and every report
+says so. Only a run on real sidecars proves that Envoy enforces mTLS.
 
 Ctrl-C (or SIGTERM) stops the run and cleans up, still writing JUnit and
 results; a second one stops the clean-up and prints what may be left.
@@ -38,11 +45,12 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
-	c := newCommandLine("run", "[FILE|-] [--reports DIR] [--label-filter EXPR] [--keep] [--istio-version V]", runAbout, 1, stdout, stderr)
+	c := newCommandLine("run", "[FILE|-] [--reports DIR] [--label-filter EXPR] [--keep] [--istio-version V] [--rehearse]", runAbout, 1, stdout, stderr)
 	reports := c.String("reports", "reports", "the folder run folders are written under")
 	labelFilter := c.String("label-filter", "", "run only the scenarios whose labels match this Ginkgo label filter, e.g. 'smoke && !slow'")
 	keep := c.Bool("keep", false, "leave clusters, Istio and fixtures in place after the run, for debugging")
 	istioVersion := c.String("istio-version", "", "install this Istio version on every cluster instead of the file's")
+	rehearse := c.Bool("rehearse", false, "rehearse on local clusters of real parts with the data plane simulated (no Docker needed)")
 	files, code, ok := c.parse(args)
 	if !ok {
 		return code
@@ -56,8 +64,18 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 	if s == nil {
 		return code
 	}
-	r, err := meshrun.New(s, meshrun.WithReports(*reports), meshrun.WithSuiteName(meshrun.SuiteName(file)), meshrun.WithKeep(*keep), meshrun.WithIstioVersion(*istioVersion), filter,
-		meshrun.WithLogger(slog.New(meshrun.NewProgressHandler(stdout))))
+	logger := slog.New(meshrun.NewProgressHandler(stdout))
+	opts := []meshrun.Option{meshrun.WithReports(*reports), meshrun.WithSuiteName(meshrun.SuiteName(file)), meshrun.WithKeep(*keep), meshrun.WithIstioVersion(*istioVersion), filter,
+		meshrun.WithLogger(logger)}
+	if *rehearse {
+		if err := rehearsal.Refuse(s); err != nil {
+			fmt.Fprintf(stderr, "meshproof run: %v\n", err)
+			return exitInvalid
+		}
+		logger.Info(rehearsal.Label())
+		opts = append(opts, rehearsal.New(rehearsal.WithLogger(logger), rehearsal.WithBuildLog(stderr)).RunOptions()...)
+	}
+	r, err := meshrun.New(s, opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshproof run: %v\n", err)
 		return exitInvalid

@@ -206,6 +206,18 @@ func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Log
 // nothing: it detects the control plane that is there and waits until it
 // is healthy; the mesh it returns is nil (nothing to upgrade or remove).
 func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
+	return installMesh(ctx, on, c, logf, nil)
+}
+
+// InstallMeshWith is InstallMesh with extra installer options, e.g. a
+// post-renderer a cluster provider needs (istio.WithPostRenderer).
+func InstallMeshWith(extra ...istio.Option) MeshFunc {
+	return func(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
+		return installMesh(ctx, on, c, logf, extra)
+	}
+}
+
+func installMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any), more []istio.Option) (*mesh.Mesh, error) {
 	if c.Istio.Mode == scenario.IstioUseExisting {
 		inst, err := istio.UseExisting(ctx, on.REST, scenario.IstioRootNamespace, useExistingTimeout)
 		if err != nil {
@@ -220,7 +232,7 @@ func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func
 	if on.Ledger != nil {
 		extra = append(extra, istio.WithLedger(on.Ledger))
 	}
-	m, err := mesh.Install(ctx, on.Kube, on.REST, c, logf, extra...)
+	m, err := mesh.Install(ctx, on.Kube, on.REST, c, logf, append(extra, more...)...)
 	if err != nil {
 		return m, err
 	}

@@ -1,0 +1,274 @@
+package rehearsal_test
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshproof/meshproof/harness/rehearsal"
+	"github.com/meshproof/meshproof/harness/report"
+	"github.com/meshproof/meshproof/harness/results"
+)
+
+// A setup whose istiod never runs (its pods select no node) fails with the
+// reason, writes the failure into JUnit and results.json and leaves
+// nothing on the cluster.
+func TestIstiodNeverReadyFailsTheSetup(t *testing.T) {
+	r := newRun(t, "testdata/istiod-unschedulable.yaml", rehearsal.WithIstioReadyTimeout(20*time.Second))
+	sum := execute(t, r)
+	if !sum.SetupFailed || sum.Passed != 0 {
+		t.Fatalf("summary %+v, want the setup failed and nothing passed", sum)
+	}
+	f := readFolder(t, r.Dir())
+	var setup *results.Verdict
+	for i, v := range f.verdicts {
+		if v.Step == results.SetupStep && v.Scenario == "" {
+			setup = &f.verdicts[i]
+		}
+	}
+	if setup == nil || setup.Status != results.Failed {
+		t.Fatalf("results.json has no failed setup verdict: %+v", f.verdicts)
+	}
+	t.Logf("setup failure: %s", setup.Reason)
+	if !strings.Contains(setup.Reason, "istiod") {
+		t.Errorf("the setup's reason does not name istiod: %s", setup.Reason)
+	}
+	if f.junit.Failures == 0 {
+		t.Error("junit.xml records no failure")
+	}
+	if setup.Diagnostics == "" {
+		t.Error("the failed setup has no diagnostics")
+	} else if _, err := os.Stat(filepath.Join(r.Dir(), setup.Diagnostics)); err != nil {
+		t.Errorf("diagnostics: %v", err)
+	}
+	f.labelled(t)
+}
+
+// A second run right after the first meets the first run's namespace still
+// terminating (the namespace controller empties it while the first run's
+// teardown goes on) and waits for it, then passes.
+func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
+	first := newRun(t, "testdata/rerun.yaml")
+	if sum := execute(t, first); !sum.OK() {
+		t.Fatalf("first run: %+v", sum)
+	}
+	ns, err := kube.CoreV1().Namespaces().Get(t.Context(), "rehearsal-rerun", metav1.GetOptions{})
+	if err != nil || ns.DeletionTimestamp == nil {
+		t.Logf("after the first run the namespace is %v (err %v): the second run may not have to wait", ns.Status.Phase, err)
+	} else {
+		t.Logf("after the first run the namespace is terminating")
+	}
+	second := newRun(t, "testdata/rerun.yaml")
+	if sum := execute(t, second); !sum.OK() {
+		t.Fatalf("second run: %+v", sum)
+	}
+	got, err := kube.CoreV1().Namespaces().Get(t.Context(), "rehearsal-rerun", metav1.GetOptions{})
+	if err == nil && got.DeletionTimestamp == nil {
+		t.Errorf("the namespace outlived the second run's teardown (created %s)", got.CreationTimestamp)
+	}
+}
+
+// SIGINT to `meshproof run --rehearse` in the middle of a step: the run
+// stops, cleans up, still writes junit.xml and results.json, exits 1, and
+// no process it started is left.
+func TestInterruptedCommandLeavesNothing(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "meshproof")
+	build := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "github.com/meshproof/meshproof/cmd/meshproof")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	reports := t.TempDir()
+	cmd := exec.Command(bin, "run", "testdata/interrupted.yaml", "--rehearse", "--reports", reports)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches a terminal's foreground group
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := make(chan string, 100)
+	var output strings.Builder
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var descendants []process
+	deadline := time.After(10 * time.Minute)
+	interrupted := false
+	for !interrupted {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("meshproof ended before the step to interrupt; output:\n%s\nstderr:\n%s", output.String(), stderr.String())
+			}
+			output.WriteString(line + "\n")
+			if strings.Contains(line, "ok   1 mtls") {
+				// The expect step has begun; let it run a little.
+				time.Sleep(3 * time.Second)
+				descendants = descendantsOf(t, cmd.Process.Pid)
+				if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+					t.Fatal(err)
+				}
+				interrupted = true
+			}
+		case <-deadline:
+			t.Fatalf("no step began within 10 minutes; output:\n%s", output.String())
+		}
+	}
+	for line := range lines {
+		output.WriteString(line + "\n")
+	}
+	err = cmd.Wait()
+	t.Logf("output:\n%s\nstderr:\n%s", output.String(), stderr.String())
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Errorf("meshproof exited with %v, want status 1", err)
+	}
+	if len(descendants) < 6 {
+		t.Errorf("only %d processes under meshproof before the interrupt (%v), want the local cluster's parts and istiod", len(descendants), descendants)
+	}
+	for _, p := range descendants {
+		if p.alive() {
+			t.Errorf("process %d (%s) outlived meshproof", p.pid, p.name)
+		}
+	}
+	for _, bad := range []string{"clean-up stopped", "teardown:", "undoing what the run created"} {
+		if strings.Contains(output.String()+stderr.String(), bad) {
+			t.Errorf("the clean-up did not finish cleanly (%q in the output)", bad)
+		}
+	}
+	if !strings.Contains(output.String(), "removed") {
+		t.Error("the output shows no clean-up of the run's objects")
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Join(reports, report.LatestLink))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := readFolder(t, dir)
+	var never *results.Verdict
+	for i, v := range f.verdicts {
+		if v.Step == "never" {
+			never = &f.verdicts[i]
+		}
+	}
+	if never == nil || never.Status == results.Passed {
+		t.Errorf("the interrupted step's verdict is %+v, want failed or skipped", never)
+	}
+	if f.junit.Tests == 0 {
+		t.Error("junit.xml has no testcase")
+	}
+	f.labelled(t)
+}
+
+// process is a process seen under meshproof: pid, name and start time (so
+// a reused pid is not mistaken for it).
+type process struct {
+	pid   int
+	name  string
+	start string
+}
+
+func (p process) alive() bool {
+	cur, ok := readProcess(p.pid)
+	return ok && cur.start == p.start
+}
+
+// readProcess reads /proc/<pid>/stat: the name, the parent and the start
+// time (field 22).
+func readProcess(pid int) (process, bool) {
+	p, _, ok := readStat(pid)
+	return p, ok
+}
+
+func readStat(pid int) (process, int, bool) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return process{}, 0, false
+	}
+	s := string(data)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return process{}, 0, false
+	}
+	fields := strings.Fields(s[end+1:])
+	if len(fields) < 20 {
+		return process{}, 0, false
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	// fields[0] is the state (field 3); the start time is field 22.
+	if fields[0] == "Z" {
+		return process{}, 0, false
+	}
+	return process{pid: pid, name: s[open+1 : end], start: fields[19]}, ppid, true
+}
+
+// descendantsOf lists every live process below pid.
+func descendantsOf(t *testing.T, pid int) []process {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	children := map[int][]process{}
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if p, ppid, ok := readStat(n); ok {
+			children[ppid] = append(children[ppid], p)
+		}
+	}
+	var out []process
+	queue := []int{pid}
+	for len(queue) > 0 {
+		next := queue[0]
+		queue = queue[1:]
+		for _, c := range children[next] {
+			out = append(out, c)
+			queue = append(queue, c.pid)
+		}
+	}
+	return out
+}
+
+// The root CA is rotated (Istio's multi-root procedure) and Istio upgraded
+// in place from 1.29.6's charts to 1.30.3's under traffic. One istiod build
+// serves both versions' charts; the report's label says so.
+func TestRotateRootAndUpgradeInPlace(t *testing.T) {
+	r := newRun(t, "testdata/upgrade-in-place.yaml")
+	sum := execute(t, r)
+	f := readFolder(t, r.Dir())
+	if !sum.OK() {
+		t.Errorf("summary %+v; failed: %q", sum, f.failedCases())
+	}
+	f.labelled(t)
+}
+
+// A canary upgrade: a second istiod revision (its own real istiod process),
+// the namespaces relabelled, the workloads restarted onto it.
+func TestCanaryUpgrade(t *testing.T) {
+	r := newRun(t, "testdata/upgrade-canary.yaml")
+	sum := execute(t, r)
+	f := readFolder(t, r.Dir())
+	if !sum.OK() {
+		t.Errorf("summary %+v; failed: %q", sum, f.failedCases())
+	}
+	f.labelled(t)
+}

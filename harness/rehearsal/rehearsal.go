@@ -1,0 +1,321 @@
+// Package rehearsal runs meshproof's main job without Docker: the same run
+// library as `meshproof run` and `make e2e` (harness/run), on local
+// clusters of real parts (harness/localcluster: etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler, kwok for nodes and a real
+// istiod per Istio revision), with only the data plane simulated
+// (harness/dataplane).
+//
+// What is real: the cluster's API and controllers (Deployments, rollouts,
+// namespace termination, garbage collection), Istio's charts installed
+// with the Helm SDK, istiod's injection of every fixture pod and its
+// validation of every policy meshproof applies, and every workload
+// certificate, issued by istiod's CA from the plugged root. What is
+// simulated: the kubelet (kwok: pods become Running and Ready, no
+// container runs) and the sidecars, whose answers the simulated data
+// plane decides from the objects as stored in the API server with Istio's
+// rules. A rehearsal therefore proves the harness, the policies as Istio
+// stores and validates them and the identities istiod issues; only a run
+// on real sidecars (make e2e) proves that Envoy enforces them. Every report
+// of a rehearsal says so (Label).
+package rehearsal
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/support"
+
+	"github.com/meshproof/meshproof/harness/dataplane"
+	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/localcluster"
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/run"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv/binaries"
+)
+
+// Label is what every observation, verdict and report of a rehearsal says
+// (results.Observation.DataPlane): the data plane is simulated, and which
+// istiod build issued the identities and injected the sidecars. One istiod
+// build serves every Istio version a file names: the charts of each
+// version are installed as they are, but the control plane that reads them
+// is always this one.
+func Label() string {
+	return dataplane.Label + "; istiod " + binaries.IstioVersion + " (one build for every Istio version the file names)"
+}
+
+// Rehearsal makes runs into rehearsals: its RunOptions give a run local
+// clusters, Istio installed on them with a real istiod serving it, and the
+// simulated data plane as the pod transport.
+type Rehearsal struct {
+	logger       *slog.Logger
+	buildLog     io.Writer
+	borrowed     *localcluster.Cluster
+	readyTimeout time.Duration
+
+	mu sync.Mutex
+	// clusters are the rehearsal's local clusters by their API server's
+	// address, which is what the run's seams are handed.
+	clusters map[string]*localcluster.Cluster
+}
+
+// Option configures a Rehearsal.
+type Option func(*Rehearsal)
+
+// WithLogger receives the local clusters' progress (default: none).
+func WithLogger(l *slog.Logger) Option { return func(r *Rehearsal) { r.logger = l } }
+
+// WithBuildLog receives the output of first-use builds of the clusters'
+// binaries (default os.Stderr).
+func WithBuildLog(w io.Writer) Option { return func(r *Rehearsal) { r.buildLog = w } }
+
+// WithCluster runs every run on lc, a local cluster created WithIstiod by
+// the caller, instead of a new local cluster per run; the runs leave it
+// running (as they leave an existing cluster). Successive runs on one
+// cluster show what a rerun meets: the earlier run's namespaces still
+// terminating, its Lease. The file must use one cluster.
+func WithCluster(lc *localcluster.Cluster) Option { return func(r *Rehearsal) { r.borrowed = lc } }
+
+// WithIstioReadyTimeout bounds the wait for istiod to serve and inject
+// after Istio is installed (default: the installer's).
+func WithIstioReadyTimeout(d time.Duration) Option {
+	return func(r *Rehearsal) { r.readyTimeout = d }
+}
+
+// New returns a Rehearsal.
+func New(opts ...Option) *Rehearsal {
+	r := &Rehearsal{logger: slog.New(slog.DiscardHandler), buildLog: os.Stderr, clusters: map[string]*localcluster.Cluster{}}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// RunOptions are the run options of a rehearsal. Give them to run.New after
+// the caller's own, so that they win.
+func (r *Rehearsal) RunOptions() []run.Option {
+	return []run.Option{
+		run.WithProviders(r.provider),
+		run.WithMesh(r.installMesh),
+		run.WithTransport(r.transport),
+		run.WithDataPlane(Label()),
+	}
+}
+
+// Refuse says why a file cannot be rehearsed, before anything starts: a
+// rehearsal installs Istio itself on a new cluster, so there is no Istio
+// of the user's to use.
+func Refuse(suite *scenario.Suite) error {
+	var errs []error
+	for i := range suite.Clusters {
+		c := &suite.Clusters[i]
+		if c.Istio.Mode == scenario.IstioUseExisting {
+			errs = append(errs, fmt.Errorf("%s: cluster %s: istio.mode use-existing cannot be rehearsed: a rehearsal installs Istio %s itself on a local cluster (use mode install, or run it with meshproof run)",
+				c.Source.Position, c.Name, c.Istio.Version))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// provider gives every scenario cluster a local cluster, whatever its
+// provider says (kind or existing): the rehearsal never touches a real
+// cluster.
+func (r *Rehearsal) provider(c *scenario.Cluster, _ string, logger *slog.Logger) (support.E2EClusterProvider, error) {
+	if c.Istio.Mode == scenario.IstioUseExisting {
+		return nil, Refuse(&scenario.Suite{Clusters: []scenario.Cluster{*c}})
+	}
+	if r.borrowed != nil {
+		return borrowedCluster{Cluster: r.borrowed, register: r.register}, nil
+	}
+	logger.Info("rehearsal: a local cluster stands in for the file's cluster", "provider", c.Provider)
+	return &ownCluster{
+		Cluster:  localcluster.New(localcluster.WithName(c.Name), localcluster.WithIstiod(), localcluster.WithLogger(logger), localcluster.WithBuildLog(r.buildLog)),
+		register: r.register,
+	}, nil
+}
+
+// register remembers a created local cluster by its API server's address.
+func (r *Rehearsal) register(lc *localcluster.Cluster) {
+	cfg := lc.KubernetesRestConfig()
+	if cfg == nil {
+		return
+	}
+	r.mu.Lock()
+	r.clusters[cfg.Host] = lc
+	r.mu.Unlock()
+}
+
+// cluster is the local cluster whose API server cfg addresses.
+func (r *Rehearsal) cluster(cfg *rest.Config) (*localcluster.Cluster, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lc := r.clusters[cfg.Host]
+	if lc == nil {
+		return nil, fmt.Errorf("rehearsal: %s is none of the rehearsal's local clusters", cfg.Host)
+	}
+	if lc.Istiod() == nil {
+		return nil, fmt.Errorf("rehearsal: local cluster %s runs no istiod (create it with localcluster.WithIstiod)", lc.Name())
+	}
+	return lc, nil
+}
+
+// ownCluster is a local cluster a run creates and destroys.
+type ownCluster struct {
+	*localcluster.Cluster
+	register func(*localcluster.Cluster)
+}
+
+func (c *ownCluster) Create(ctx context.Context, args ...string) (string, error) {
+	kubeconfig, err := c.Cluster.Create(ctx, args...)
+	if err == nil {
+		c.register(c.Cluster)
+	}
+	return kubeconfig, err
+}
+
+// borrowedCluster is a local cluster the caller runs: a run uses it and
+// leaves it running.
+type borrowedCluster struct {
+	*localcluster.Cluster
+	register func(*localcluster.Cluster)
+}
+
+func (c borrowedCluster) Create(context.Context, ...string) (string, error) {
+	kubeconfig := c.GetKubeconfig()
+	if kubeconfig == "" {
+		return "", errors.New("rehearsal: the local cluster given WithCluster is not created")
+	}
+	c.register(c.Cluster)
+	return kubeconfig, nil
+}
+
+func (borrowedCluster) Destroy(context.Context) error { return nil }
+
+// installMesh installs Istio as a run does, with the chart's webhooks
+// pointed at the local istiod's address instead of its Service (the API
+// server must not look istiod's Service name up in the machine's DNS).
+func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
+	lc, err := r.cluster(on.REST)
+	if err != nil {
+		return nil, err
+	}
+	opts := []istio.Option{istio.WithPostRenderer(lc.Istiod().PostRenderer())}
+	if r.readyTimeout > 0 {
+		opts = append(opts, istio.WithReadyTimeout(r.readyTimeout))
+	}
+	return run.InstallMeshWith(opts...)(ctx, on, c, logf)
+}
+
+// transport is the simulated data plane, with every sidecar's certificates
+// from the istiod of the revision that injected it.
+func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
+	lc, err := r.cluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	scheme, err := engine.NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	kube, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("rehearsal: a client for cluster %s: %w", lc.Name(), err)
+	}
+	certs := &revisionCA{kube: kube, istiod: lc.Istiod(), byAddr: map[string]*istiodClient{}}
+	return dataplane.New(kube, certs, dataplane.WithLogger(r.logger.With("cluster", lc.Name()))), nil
+}
+
+// revisionCA issues a simulated sidecar's certificates as its istio-agent
+// would get them: from the istiod of the revision that injected the pod,
+// verified against the root the pod's namespace was given (the
+// istio-ca-root-cert ConfigMap, which istiod keeps current, also across a
+// root rotation).
+type revisionCA struct {
+	kube   client.Client
+	istiod *localcluster.Istiod
+
+	mu     sync.Mutex
+	byAddr map[string]*istiodClient
+}
+
+// istiodClient is a connection to one istiod and the roots it trusts.
+type istiodClient struct {
+	roots string
+	ca    *dataplane.IstiodCA
+}
+
+var _ dataplane.CertSource = (*revisionCA)(nil)
+
+// rootCertConfigMap is the ConfigMap istiod writes the mesh's roots into
+// in every namespace, as pods mount it.
+const rootCertConfigMap = "istio-ca-root-cert"
+
+func (c *revisionCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration) (*dataplane.Certs, error) {
+	rev := injectedRevision(pod)
+	addr, err := c.istiod.CAAddress(rev)
+	if err != nil {
+		return nil, fmt.Errorf("the istiod of revision %s that injected %s/%s: %w", rev, pod.Namespace, pod.Name, err)
+	}
+	var roots corev1.ConfigMap
+	if err := c.kube.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: rootCertConfigMap}, &roots); err != nil {
+		return nil, fmt.Errorf("the mesh's roots for %s/%s (ConfigMap %s): %w", pod.Namespace, pod.Name, rootCertConfigMap, err)
+	}
+	pemRoots := roots.Data["root-cert.pem"]
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(pemRoots)) {
+		return nil, fmt.Errorf("ConfigMap %s/%s holds no root certificate", pod.Namespace, rootCertConfigMap)
+	}
+	ca, err := c.client(addr, pemRoots, pool)
+	if err != nil {
+		return nil, err
+	}
+	return ca.Issue(ctx, pod, ttl)
+}
+
+// client is the connection to the istiod at addr trusting roots; one made
+// with other roots (before a root rotation) is closed.
+func (c *revisionCA) client(addr, roots string, pool *x509.CertPool) (*dataplane.IstiodCA, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cl := c.byAddr[addr]; cl != nil {
+		if cl.roots == roots {
+			return cl.ca, nil
+		}
+		_ = cl.ca.Close()
+		delete(c.byAddr, addr)
+	}
+	ca, err := dataplane.NewIstiodCA(c.kube, addr, pool)
+	if err != nil {
+		return nil, err
+	}
+	c.byAddr[addr] = &istiodClient{roots: roots, ca: ca}
+	return ca, nil
+}
+
+// injectedRevision is the revision the injector recorded in the pod's
+// sidecar.istio.io/status annotation ("default" when it names none).
+func injectedRevision(pod *corev1.Pod) string {
+	var status struct {
+		Revision string `json:"revision"`
+	}
+	if s := pod.Annotations["sidecar.istio.io/status"]; s != "" && json.Unmarshal([]byte(s), &status) == nil && status.Revision != "" {
+		return status.Revision
+	}
+	if rev := pod.Labels["istio.io/rev"]; rev != "" {
+		return rev
+	}
+	return "default"
+}

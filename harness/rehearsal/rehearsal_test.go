@@ -1,0 +1,328 @@
+package rehearsal_test
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/onsi/ginkgo/v2/reporters"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+
+	"github.com/meshproof/meshproof/harness/deploy"
+	"github.com/meshproof/meshproof/harness/junit"
+	"github.com/meshproof/meshproof/harness/localcluster"
+	"github.com/meshproof/meshproof/harness/rehearsal"
+	"github.com/meshproof/meshproof/harness/report"
+	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/harness/run"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/testenv/proc"
+)
+
+// cluster is the local cluster every test's runs rehearse on, one after
+// the other, as runs on one kind cluster would.
+var (
+	cluster *localcluster.Cluster
+	kube    kubernetes.Interface
+)
+
+func TestMain(m *testing.M) {
+	proc.StopOnSignal(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute) // includes first-use builds
+	cluster = localcluster.New(localcluster.WithName("rehearsal-test"), localcluster.WithIstiod())
+	_, err := cluster.Create(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "these tests need a local cluster with istiod:", err)
+		os.Exit(1)
+	}
+	if kube, err = kubernetes.NewForConfig(cluster.KubernetesRestConfig()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := cluster.Destroy(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "destroying the local cluster:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// testLogger writes a run's progress lines into the test's log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(run.NewProgressHandler(testWriter{t}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// newRun is a rehearsal run of the file at path (relative to this
+// package) on the shared local cluster, writing under a fresh folder.
+func newRun(t *testing.T, path string, opts ...rehearsal.Option) *run.Run {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suite, err := scenario.Load(path, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := testLogger(t)
+	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger)},
+		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(cluster), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// execute runs r to its end and checks that the run left nothing of its
+// own on the cluster.
+func execute(t *testing.T, r *run.Run) run.Summary {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("run folder kept: %s", r.Dir())
+		}
+	})
+	t.Helper()
+	start := time.Now()
+	sum, err := r.Execute(t.Context(), context.Background())
+	t.Logf("rehearsal took %s: %d passed, %d failed, %d skipped, setup failed %t", time.Since(start).Round(time.Second), sum.Passed, sum.Failed, sum.Skipped, sum.SetupFailed)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	leftNothing(t, r.ID())
+	return sum
+}
+
+// leftNothing fails when an object labelled with the run's id is still on
+// the cluster (namespaces still terminating excepted: the next run waits for
+// them), or an Istio release is still installed.
+func leftNothing(t *testing.T, runID string) {
+	t.Helper()
+	cfg := cluster.KubernetesRestConfig()
+	disco := discovery.NewDiscoveryClientForConfigOrDie(cfg)
+	meta := metadata.NewForConfigOrDie(cfg)
+	refs, err := deploy.Find(t.Context(), disco, meta, deploy.RunSelector(runID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range refs {
+		if ref.Resource.Resource == "namespaces" {
+			ns, err := kube.CoreV1().Namespaces().Get(t.Context(), ref.Name, metav1.GetOptions{})
+			if err == nil && ns.DeletionTimestamp != nil {
+				continue
+			}
+		}
+		t.Errorf("left on the cluster: %s", ref)
+	}
+	releases, err := kube.CoreV1().Secrets("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "owner=helm"})
+	if err == nil {
+		for _, s := range releases.Items {
+			t.Errorf("Helm release left installed: %s", s.Name)
+		}
+	}
+}
+
+// runFolder is what a run wrote.
+type runFolder struct {
+	junit        reporters.JUnitTestSuites
+	observations []results.Observation
+	verdicts     []results.Verdict
+	html         string
+}
+
+func readFolder(t *testing.T, dir string) runFolder {
+	t.Helper()
+	var f runFolder
+	data, err := os.ReadFile(filepath.Join(dir, report.JUnitFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := xml.Unmarshal(data, &f.junit); err != nil {
+		t.Fatalf("junit.xml: %v", err)
+	}
+	if f.observations, f.verdicts, err = report.ReadResults(filepath.Join(dir, report.ResultsFile)); err != nil {
+		t.Fatal(err)
+	}
+	html, err := os.ReadFile(filepath.Join(dir, report.HTMLFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.html = string(html)
+	return f
+}
+
+// failedCases are the names of the JUnit testcases that failed.
+func (f runFolder) failedCases() []string {
+	var out []string
+	for _, s := range f.junit.TestSuites {
+		for _, tc := range s.TestCases {
+			if tc.Failure != nil {
+				out = append(out, tc.Name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// labelled checks that everything the run wrote says it was a rehearsal.
+func (f runFolder) labelled(t *testing.T) {
+	t.Helper()
+	label := rehearsal.Label()
+	for _, o := range f.observations {
+		if o.DataPlane != label {
+			t.Fatalf("observation %s→%s:%d says data plane %q, want %q", o.From, o.To, o.Port, o.DataPlane, label)
+		}
+	}
+	for _, v := range f.verdicts {
+		if v.DataPlane != label {
+			t.Fatalf("verdict %s/%s says data plane %q, want %q", v.Scenario, v.Step, v.DataPlane, label)
+		}
+	}
+	for _, s := range f.junit.TestSuites {
+		for _, tc := range s.TestCases {
+			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "data plane simulated") {
+				t.Fatalf("testcase %q has no %s property saying the data plane was simulated", tc.Name, junit.DataPlaneProperty)
+			}
+		}
+	}
+	if !strings.Contains(f.html, "rehearsal: data plane simulated") {
+		t.Fatal("report.html does not say the data plane was simulated")
+	}
+}
+
+// The default scenarios pass on the rehearsal, end to end, through the same
+// run library as meshproof run; every observation carries its expectation.
+func TestDefaultScenariosPass(t *testing.T) {
+	r := newRun(t, "../../scenarios.yaml")
+	sum := execute(t, r)
+	f := readFolder(t, r.Dir())
+	if !sum.OK() || sum.Passed == 0 {
+		t.Errorf("summary %+v, want every step passed; failed: %q", sum, f.failedCases())
+	}
+	if got := f.junit.Tests; got == 0 || f.junit.Failures != 0 || f.junit.Errors != 0 {
+		t.Errorf("junit.xml: %d tests, %d failures, %d errors", got, f.junit.Failures, f.junit.Errors)
+	}
+	if len(f.observations) == 0 {
+		t.Fatal("results.json holds no observation")
+	}
+	for _, o := range f.observations {
+		if o.Expected == "" {
+			t.Errorf("observation %s %s %s→%s:%d carries no expectation", o.Scenario, o.Step, o.From, o.To, o.Port)
+			break
+		}
+	}
+	f.labelled(t)
+}
+
+// Expectations that contradict Istio fail exactly the steps that hold them,
+// with red cells in report.html and a diagnostics folder per failure.
+func TestContradictionsFailExactlyTheirSteps(t *testing.T) {
+	r := newRun(t, "testdata/contradicting.yaml")
+	sum := execute(t, r)
+	f := readFolder(t, r.Dir())
+	want := []string{
+		"[It] permissive-expected-strict expect legacy reset [Serial]",
+		"[It] strict-expected-open expect legacy plaintext [Serial]",
+	}
+	if got := f.failedCases(); !slices.Equal(got, want) {
+		t.Errorf("failed testcases %q, want %q", got, want)
+	}
+	if sum.Failed != len(want) {
+		t.Errorf("summary %+v, want %d failed", sum, len(want))
+	}
+	for _, v := range f.verdicts {
+		if v.Status != results.Failed {
+			continue
+		}
+		if v.Diagnostics == "" {
+			t.Errorf("failed step %s/%s has no diagnostics", v.Scenario, v.Step)
+		} else if _, err := os.Stat(filepath.Join(r.Dir(), v.Diagnostics)); err != nil {
+			t.Errorf("diagnostics of %s/%s: %v", v.Scenario, v.Step, err)
+		}
+	}
+	if n := strings.Count(f.html, "cell cell-differs"); n != 2 {
+		t.Errorf("report.html has %d red cells (expected differs from observed), want 2", n)
+	}
+	f.labelled(t)
+}
+
+// A policy changed behind the harness's back between its steps is what
+// the next expect step sees: the simulated data plane decides from the
+// cluster, never from the file.
+func TestPolicyChangedBehindTheHarnessFails(t *testing.T) {
+	r := newRun(t, "testdata/behind-the-back.yaml")
+	ctx := t.Context()
+	defer func() {
+		if err := r.Teardown(context.Background()); err != nil {
+			t.Error(err)
+		}
+		if err := r.Close(); err != nil {
+			t.Error(err)
+		}
+		leftNothing(t, r.ID())
+	}()
+	if err := r.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sc := r.Scenarios()[0]
+	if err := r.BeginScenario(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RunStep(ctx, sc, 0); err != nil { // STRICT
+		t.Fatal(err)
+	}
+	// Someone turns the namespace's policy to PERMISSIVE.
+	changeMode(t, "rehearsal-behind", "PERMISSIVE")
+	err := r.RunStep(ctx, sc, 1)
+	if err == nil {
+		t.Fatal("the expect step passed although the stored policy lets plaintext in")
+	}
+	if !strings.Contains(err.Error(), "plaintext") {
+		t.Errorf("the step failed for another reason: %v", err)
+	}
+	if err := r.EndScenario(ctx, sc); err != nil {
+		t.Error(err)
+	}
+}
+
+// changeMode sets the mode of every PeerAuthentication in namespace, as a
+// person with kubectl would.
+func changeMode(t *testing.T, namespace, mode string) {
+	t.Helper()
+	dyn := dynamic.NewForConfigOrDie(cluster.KubernetesRestConfig())
+	pas := dyn.Resource(schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"}).Namespace(namespace)
+	list, err := pas.List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) == 0 {
+		t.Fatalf("no PeerAuthentication in %s to change", namespace)
+	}
+	patch := fmt.Appendf(nil, `{"spec":{"mtls":{"mode":%q}}}`, mode)
+	for _, pa := range list.Items {
+		if _, err := pas.Patch(t.Context(), pa.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
