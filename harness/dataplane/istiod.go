@@ -87,7 +87,7 @@ func (c *IstiodCA) Close() error { return c.conn.Close() }
 
 // Issue asks istiod for a certificate for pod's ServiceAccount, valid ttl.
 // The chain istiod returns is the workload chain ("default"); its last
-// certificate, the root, is the trust anchor ("ROOTCA"), as istio-agent
+// element, the mesh's roots, is the trust anchor ("ROOTCA"), as istio-agent
 // keeps them.
 func (c *IstiodCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration) (*Certs, error) {
 	token, err := c.token(ctx, pod)
@@ -112,15 +112,24 @@ func (c *IstiodCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration
 	if len(resp.GetCertChain()) < 2 {
 		return nil, fmt.Errorf("istiod CreateCertificate for %s/%s: a chain of %d certificates, want the leaf and its root at least", pod.Namespace, serviceAccount(pod), len(resp.GetCertChain()))
 	}
-	var chain []*x509.Certificate
-	for i, p := range resp.GetCertChain() {
+	// istiod flattens the signed chain to one certificate per element but
+	// sends its whole root-cert.pem as the last element (several roots
+	// during a multi-root rotation); istio-agent's ROOTCA is that element
+	// (security/pkg/server/ca/server.go CreateCertificate,
+	// security/pkg/nodeagent/cache/secretcache.go generateNewSecret).
+	elems := resp.GetCertChain()
+	var chain, roots []*x509.Certificate
+	for i, p := range elems {
 		certs, err := ca.ParseCertificatesPEM([]byte(p))
 		if err != nil {
 			return nil, fmt.Errorf("istiod's certificate %d: %w", i, err)
 		}
 		chain = append(chain, certs...)
+		if i == len(elems)-1 {
+			roots = certs
+		}
 	}
-	return &Certs{Chain: chain, Roots: chain[len(chain)-1:], Issued: issued}, nil
+	return &Certs{Chain: chain, Roots: roots, Issued: issued}, nil
 }
 
 // token is a TokenRequest for the pod's ServiceAccount, bound to the pod,

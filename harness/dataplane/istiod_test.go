@@ -40,6 +40,9 @@ import (
 type standInIstiod struct {
 	pb.UnimplementedIstioCertificateServiceServer
 	bundle *ca.Bundle
+	// moreRoots are sent after the bundle's root in the last element, as
+	// istiod sends its whole root-cert.pem during a multi-root rotation.
+	moreRoots []*x509.Certificate
 
 	mu       sync.Mutex
 	clusters []string // ClusterID headers seen
@@ -89,10 +92,15 @@ func (s *standInIstiod) CreateCertificate(ctx context.Context, req *pb.IstioCert
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	var chain []string
-	for _, der := range [][]byte{leaf, s.bundle.Intermediate.Raw, s.bundle.Root.Raw} {
+	for _, der := range [][]byte{leaf, s.bundle.Intermediate.Raw} {
 		chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	}
-	return &pb.IstioCertificateResponse{CertChain: chain}, nil
+	// The roots come as one element, the last, never flattened.
+	rootPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.bundle.Root.Raw})
+	for _, r := range s.moreRoots {
+		rootPEM = append(rootPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return &pb.IstioCertificateResponse{CertChain: append(chain, string(rootPEM))}, nil
 }
 
 // serveStandIn starts the stand-in on 127.0.0.1 with a serving certificate
@@ -200,5 +208,43 @@ func TestIstiodCAIssuesForThePodsServiceAccount(t *testing.T) {
 	t.Cleanup(func() { _ = bad.Close() })
 	if _, err := bad.Issue(ctx, &pod, time.Minute); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("a client not trusting istiod's certificate got %v, want a TLS failure", err)
+	}
+}
+
+// During a multi-root rotation istiod's last element holds every root of
+// its root-cert.pem; the sidecar trusts them all, as istio-agent does, so
+// a peer whose certificate chains to either root is trusted.
+func TestIstiodCATrustsEveryRootOfTheLastElement(t *testing.T) {
+	ns := namespaceFor(t)
+	deploy(t, ns, standardFixtures(8)...)
+	old, err := ca.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := ca.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveStandIn(t, &standInIstiod{bundle: old, moreRoots: []*x509.Certificate{next.Root}})
+	roots := x509.NewCertPool()
+	roots.AddCert(old.Root)
+	c, err := dataplane.NewIstiodCA(env.Client, addr, roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	var pod corev1.Pod
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "service-a-0"}, &pod); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := c.Issue(t.Context(), &pod, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(certs.Roots) != 2 || !certs.Roots[0].Equal(old.Root) || !certs.Roots[1].Equal(next.Root) {
+		t.Fatalf("ROOTCA holds %d certificates, want the old and the new root", len(certs.Roots))
+	}
+	if _, err := ca.VerifyWorkloadChain(certs.Chain, certs.Roots...); err != nil {
+		t.Errorf("the sidecar's own chain: %v", err)
 	}
 }
