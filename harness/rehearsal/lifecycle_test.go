@@ -2,17 +2,22 @@ package rehearsal_test
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/report"
@@ -54,27 +59,97 @@ func TestIstiodNeverReadyFailsTheSetup(t *testing.T) {
 }
 
 // A second run right after the first meets the first run's namespace still
-// terminating (the namespace controller empties it while the first run's
-// teardown goes on) and waits for it, then passes.
+// terminating and waits for it before it deploys its fixtures there, then
+// passes. A ConfigMap with a finalizer (as a user's controller may leave)
+// keeps the first run's namespace terminating until the second run's
+// sweep of leftovers has begun.
 func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
+	const ns, finalizer = "rehearsal-rerun", "meshproof.dev/test-hold"
 	first := newRun(t, "testdata/rerun.yaml")
+	held := make(chan error, 1)
+	go func() {
+		held <- wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "hold", Namespace: ns, Finalizers: []string{finalizer}}}
+			_, err := kube.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{})
+			return err == nil, nil
+		})
+	}()
 	if sum := execute(t, first); !sum.OK() {
 		t.Fatalf("first run: %+v", sum)
 	}
-	ns, err := kube.CoreV1().Namespaces().Get(t.Context(), "rehearsal-rerun", metav1.GetOptions{})
-	if err != nil || ns.DeletionTimestamp == nil {
-		t.Logf("after the first run the namespace is %v (err %v): the second run may not have to wait", ns.Status.Phase, err)
-	} else {
-		t.Logf("after the first run the namespace is terminating")
+	if err := <-held; err != nil {
+		t.Fatalf("holding the first run's namespace: %v", err)
 	}
-	second := newRun(t, "testdata/rerun.yaml")
+	if got, err := kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{}); err != nil || got.DeletionTimestamp == nil {
+		t.Fatalf("after the first run namespace %s is not terminating (err %v)", ns, err)
+	}
+	sweepBegan := make(chan struct{})
+	progress := &lines{}
+	second := newRunLogging(t, "testdata/rerun.yaml", lineWatcher{t, "leftovers of earlier runs ...", sweepBegan, progress})
+	var released time.Time
+	go func() {
+		select {
+		case <-sweepBegan:
+		case <-t.Context().Done():
+			return
+		}
+		time.Sleep(3 * time.Second)
+		released = time.Now()
+		patch := []byte(`{"metadata":{"finalizers":null}}`)
+		if _, err := kube.CoreV1().ConfigMaps(ns).Patch(context.Background(), "hold", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Errorf("releasing the namespace: %v", err)
+		}
+	}()
 	if sum := execute(t, second); !sum.OK() {
 		t.Fatalf("second run: %+v", sum)
 	}
-	got, err := kube.CoreV1().Namespaces().Get(t.Context(), "rehearsal-rerun", metav1.GetOptions{})
-	if err == nil && got.DeletionTimestamp == nil {
-		t.Errorf("the namespace outlived the second run's teardown (created %s)", got.CreationTimestamp)
+	if released.IsZero() {
+		t.Fatal("the second run never began its sweep of leftovers")
 	}
+	if want := "waiting for a leftover of an earlier run to finish terminating: Namespace " + ns; !strings.Contains(progress.String(), want) {
+		t.Errorf("the second run's progress does not say %q", want)
+	}
+	got, err := kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{})
+	if err == nil && got.CreationTimestamp.Time.Before(released) && got.DeletionTimestamp == nil {
+		t.Errorf("the second run deployed into the first run's namespace (created %s, released %s)", got.CreationTimestamp, released)
+	}
+}
+
+// lineWatcher passes progress lines to the test's log and closes seen at
+// the first line holding want.
+type lineWatcher struct {
+	t    *testing.T
+	want string
+	seen chan struct{}
+	all  *lines
+}
+
+// lines are the progress lines a run wrote.
+type lines struct {
+	mu   sync.Mutex
+	text strings.Builder
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.text.String()
+}
+
+func (w lineWatcher) Write(p []byte) (int, error) {
+	line := strings.TrimRight(string(p), "\n")
+	w.t.Log(line)
+	w.all.mu.Lock()
+	w.all.text.WriteString(line + "\n")
+	w.all.mu.Unlock()
+	if strings.Contains(line, w.want) {
+		select {
+		case <-w.seen:
+		default:
+			close(w.seen)
+		}
+	}
+	return len(p), nil
 }
 
 // SIGINT to `meshproof run --rehearse` in the middle of a step: the run

@@ -142,7 +142,8 @@ func (r *Rehearsal) provider(c *scenario.Cluster, _ string, logger *slog.Logger)
 	}
 	logger.Info("rehearsal: a local cluster stands in for the file's cluster", "provider", c.Provider)
 	return &ownCluster{
-		Cluster:  localcluster.New(localcluster.WithName(c.Name), localcluster.WithIstiod(), localcluster.WithLogger(logger), localcluster.WithBuildLog(r.buildLog)),
+		// The rehearsal's logger: the cluster's own lines name the cluster.
+		Cluster:  localcluster.New(localcluster.WithName(c.Name), localcluster.WithIstiod(), localcluster.WithLogger(r.logger), localcluster.WithBuildLog(r.buildLog)),
 		register: r.register,
 	}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/xml"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -61,11 +62,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testLogger writes a run's progress lines into the test's log.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(run.NewProgressHandler(testWriter{t}))
-}
-
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -77,6 +73,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 // package) on the shared local cluster, writing under a fresh folder.
 func newRun(t *testing.T, path string, opts ...rehearsal.Option) *run.Run {
 	t.Helper()
+	return newRunLogging(t, path, testWriter{t}, opts...)
+}
+
+// newRunLogging is newRun with the progress lines written to w.
+func newRunLogging(t *testing.T, path string, w io.Writer, opts ...rehearsal.Option) *run.Run {
+	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +87,7 @@ func newRun(t *testing.T, path string, opts ...rehearsal.Option) *run.Run {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := testLogger(t)
+	logger := slog.New(run.NewProgressHandler(w))
 	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger)},
 		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(cluster), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
 	if err != nil {

@@ -287,7 +287,11 @@ func (r *Run) sweepLeftovers(ctx context.Context, st *clusterState) error {
 	removed, err := deploy.Sweep(ctx, st.sweepTarget(), deploy.LeftoversSelector(r.ID()))
 	var namespaces []string
 	for _, o := range removed {
-		r.logf("%s: removing a leftover of an earlier run: %s", st.spec.Name, o)
+		if o.Terminating {
+			r.logf("%s: waiting for a leftover of an earlier run to finish terminating: %s", st.spec.Name, o)
+		} else {
+			r.logf("%s: removing a leftover of an earlier run: %s", st.spec.Name, o)
+		}
 		if o.Resource.Group == "" && o.Resource.Resource == "namespaces" {
 			namespaces = append(namespaces, o.Name)
 		}
