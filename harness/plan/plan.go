@@ -172,7 +172,7 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 				port += fmt.Sprintf("->%d", p.Target())
 			}
 			if p.Protocol != manifests.ProtocolHTTP {
-				port += " " + p.Protocol
+				port += "/" + p.Protocol
 			}
 			ports = append(ports, port)
 		}
