@@ -206,12 +206,17 @@ func (c *Collector) Collect(ctx context.Context, dir string) (Summary, error) {
 		pods = append(pods, c.collectPods(ctx, dir, ns, s)...)
 	}
 
+	fake := c.fakeNodes(ctx, pods)
 	var jobs []func()
 	for _, p := range pods {
-		for _, ct := range p.containers {
-			jobs = append(jobs, func() { c.collectLog(ctx, dir, p, ct, false, s) })
-			if ct.restarts > 0 {
-				jobs = append(jobs, func() { c.collectLog(ctx, dir, p, ct, true, s) })
+		if fake[p.node] {
+			s.note(fmt.Sprintf("logs of %s/%s: none, its node %s is played by kwok and runs no container", p.namespace, p.name, p.node))
+		} else {
+			for _, ct := range p.containers {
+				jobs = append(jobs, func() { c.collectLog(ctx, dir, p, ct, false, s) })
+				if ct.restarts > 0 {
+					jobs = append(jobs, func() { c.collectLog(ctx, dir, p, ct, true, s) })
+				}
 			}
 		}
 		if p.inMesh {

@@ -546,3 +546,36 @@ func TestCollectFailsWhenTheFolderCannotBeMade(t *testing.T) {
 		t.Errorf("Collect into a path under a file = %v, want an error", err)
 	}
 }
+
+// A pod on a node kwok plays (a local cluster's) has no container and so no
+// log: that is a note, not a failed item.
+func TestPodsOnKwokNodesHaveNoLogsToCollect(t *testing.T) {
+	ctx := t.Context()
+	ns := env.NewNamespace(t, "diag-kwok")
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "diag-kwok-node", Annotations: map[string]string{"kwok.x-k8s.io/node": "fake"}}}
+	if err := env.Client.Create(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), node) })
+	podOn(t, node.Name, ns, "service-a-0", nil, nil, []string{"app"}, nil)
+	pod(t, ns, "service-b-0", nil, nil, []string{"app"}, nil)
+	sum, err := New(env.Client, clientset, WithNamespaces(ns), WithIstioNamespace(ns)).Collect(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Notes) != 1 || !strings.Contains(sum.Notes[0], "service-a-0") || !strings.Contains(sum.Notes[0], "kwok") {
+		t.Errorf("notes = %v, want one saying service-a-0's node runs no container", sum.Notes)
+	}
+	for _, f := range sum.Failed {
+		if strings.Contains(f.Path, "service-a-0") {
+			t.Errorf("a log of the pod on the kwok node was tried: %+v", f)
+		}
+	}
+	var tried bool
+	for _, f := range sum.Failed {
+		tried = tried || strings.Contains(f.Path, "service-b-0")
+	}
+	if !tried {
+		t.Errorf("the pod on a real (absent) node was not tried: failed %+v", sum.Failed)
+	}
+}

@@ -21,6 +21,8 @@ type podRef struct {
 	namespace, name string
 	containers      []containerRef
 	inMesh          bool // it has an istio-proxy container
+	// node is the node the pod is bound to ("" before scheduling).
+	node string
 }
 
 type containerRef struct {
@@ -91,7 +93,7 @@ func refOf(p *corev1.Pod) podRef {
 			restarts[st.Name] = st.RestartCount
 		}
 	}
-	ref := podRef{namespace: p.Namespace, name: p.Name}
+	ref := podRef{namespace: p.Namespace, name: p.Name, node: p.Spec.NodeName}
 	add := func(name, kind string) {
 		ref.containers = append(ref.containers, containerRef{name: name, kind: kind, restarts: restarts[name]})
 		if name == probe.ProxyContainer {
@@ -163,4 +165,26 @@ func (c *Collector) collectLog(ctx context.Context, dir string, p podRef, ct con
 	default:
 		s.collected(rel, fmt.Sprintf("%s, %d bytes", what, n))
 	}
+}
+
+// fakeNodeAnnotation marks the nodes kwok plays the kubelet of (a local
+// cluster's): no container runs there, so no container has a log.
+const fakeNodeAnnotation = "kwok.x-k8s.io/node"
+
+// fakeNodes are the nodes among pods' nodes that run no containers.
+func (c *Collector) fakeNodes(ctx context.Context, pods []podRef) map[string]bool {
+	fake := map[string]bool{}
+	for _, p := range pods {
+		if p.node == "" {
+			continue
+		}
+		if _, seen := fake[p.node]; seen {
+			continue
+		}
+		ictx, cancel := c.itemContext(ctx)
+		node, err := c.clientset.CoreV1().Nodes().Get(ictx, p.node, metav1.GetOptions{})
+		cancel()
+		fake[p.node] = err == nil && node.Annotations[fakeNodeAnnotation] != ""
+	}
+	return fake
 }
