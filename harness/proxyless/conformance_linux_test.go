@@ -36,6 +36,7 @@ import (
 	"github.com/meshproof/meshproof/harness/localcluster"
 	"github.com/meshproof/meshproof/harness/mesh"
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"github.com/meshproof/meshproof/harness/testenv"
@@ -53,25 +54,43 @@ const (
 type workloadSpec struct {
 	name string
 	ip   string // its own loopback address, its WorkloadEntry's address
+	// tlsModeLabel labels it security.istio.io/tlsMode=istio, which Istio's
+	// grpc-agent template leaves to the user.
+	tlsModeLabel bool
 }
 
 var (
-	grpcB = workloadSpec{name: "grpc-b", ip: "127.0.0.10"}
 	grpcA = workloadSpec{name: "grpc-a", ip: "127.0.0.11"}
+	grpcB = workloadSpec{name: "grpc-b", ip: "127.0.0.10"}
+	grpcL = workloadSpec{name: "grpc-l", ip: "127.0.0.12", tlsModeLabel: true}
+	// servers are probed from the proxyless client grpc-a and from legacy.
+	servers = []workloadSpec{grpcB, grpcL}
 )
 
-// The fixtures as the oracle sees them: grpc-a and grpc-b proxyless (as
-// Istio's grpc-agent template makes them, without the tlsMode label), and
-// legacy, a plain gRPC client outside the mesh.
+// labels are a workload's labels, on its WorkloadEntry and as its
+// pilot-agent reports them.
+func (w workloadSpec) labels() map[string]string {
+	l := map[string]string{"app": w.name}
+	if w.tlsModeLabel {
+		l["security.istio.io/tlsMode"] = "istio"
+	}
+	return l
+}
+
+// The fixtures as the oracle sees them: grpc-a, grpc-b and grpc-l
+// proxyless (grpc-l with the tlsMode label), and legacy, a plain gRPC
+// client outside the mesh.
 func conformanceSuite() (*scenario.Suite, map[string]oracle.ProxylessWorkload) {
 	outOfMesh := false
 	ports := []scenario.Port{{Name: "grpc", Number: grpcPort}}
-	s := &scenario.Suite{Fixtures: scenario.Fixtures{Namespace: namespace, Workloads: []scenario.Workload{
-		{Name: grpcA.name, Namespace: namespace, ServiceAccount: grpcA.name, Ports: ports},
-		{Name: grpcB.name, Namespace: namespace, ServiceAccount: grpcB.name, Ports: ports},
-		{Name: "legacy", Namespace: namespace, ServiceAccount: "legacy", Mesh: &outOfMesh, Ports: ports},
-	}}}
-	return s, map[string]oracle.ProxylessWorkload{grpcA.name: {}, grpcB.name: {}}
+	s := &scenario.Suite{Fixtures: scenario.Fixtures{Namespace: namespace}}
+	proxyless := map[string]oracle.ProxylessWorkload{}
+	for _, w := range []workloadSpec{grpcA, grpcB, grpcL} {
+		s.Fixtures.Workloads = append(s.Fixtures.Workloads, scenario.Workload{Name: w.name, Namespace: namespace, ServiceAccount: w.name, Ports: ports})
+		proxyless[w.name] = oracle.ProxylessWorkload{TLSModeLabel: w.tlsModeLabel}
+	}
+	s.Fixtures.Workloads = append(s.Fixtures.Workloads, scenario.Workload{Name: "legacy", Namespace: namespace, ServiceAccount: "legacy", Mesh: &outOfMesh, Ports: ports})
+	return s, proxyless
 }
 
 // cell is one policy combination of the matrix.
@@ -80,24 +99,60 @@ type cell struct {
 	policies *scenario.MTLSStep
 }
 
-// matrixCells is the first slice of issue 12's matrix: PeerAuthentication
-// of the namespace none/UNSET/PERMISSIVE/STRICT/DISABLE × DestinationRule
-// for the server none/ISTIO_MUTUAL.
+// peerAuthentications is one PeerAuthentication setting of the matrix.
+type peerAuthentications struct {
+	name string
+	pas  []scenario.PeerAuthentication
+}
+
+// paSettings are issue 12's PeerAuthentication axis: none, then mesh-wide
+// (in istio-system), namespace-wide and workload (one per server, by
+// selector) × UNSET/DISABLE/PERMISSIVE/STRICT, and two port-level
+// overrides of a workload mode.
+func paSettings() []peerAuthentications {
+	out := []peerAuthentications{{name: "no PeerAuthentication"}}
+	modes := []scenario.MTLSMode{scenario.ModeUnset, scenario.ModeDisable, scenario.ModePermissive, scenario.ModeStrict}
+	for _, mode := range modes {
+		out = append(out, peerAuthentications{name: "mesh " + string(mode), pas: []scenario.PeerAuthentication{
+			{Scope: scenario.ScopeMesh, Namespace: scenario.IstioRootNamespace, Mode: mode}}})
+	}
+	for _, mode := range modes {
+		out = append(out, peerAuthentications{name: "namespace " + string(mode), pas: []scenario.PeerAuthentication{
+			{Scope: scenario.ScopeNamespace, Namespace: namespace, Mode: mode}}})
+	}
+	workload := func(mode, portMode scenario.MTLSMode) []scenario.PeerAuthentication {
+		var pas []scenario.PeerAuthentication
+		for _, w := range servers {
+			pa := scenario.PeerAuthentication{Scope: scenario.ScopeWorkload, Namespace: namespace, Workload: w.name, Mode: mode}
+			if portMode != "" {
+				pa.Ports = []scenario.PortMode{{Port: grpcPort, Mode: portMode}}
+			}
+			pas = append(pas, pa)
+		}
+		return pas
+	}
+	for _, mode := range modes {
+		out = append(out, peerAuthentications{name: "workload " + string(mode), pas: workload(mode, "")})
+	}
+	out = append(out,
+		peerAuthentications{name: "workload STRICT, port PERMISSIVE", pas: workload(scenario.ModeStrict, scenario.ModePermissive)},
+		peerAuthentications{name: "workload PERMISSIVE, port STRICT", pas: workload(scenario.ModePermissive, scenario.ModeStrict)})
+	return out
+}
+
+// matrixCells is paSettings × DestinationRule for both servers
+// none/DISABLE/ISTIO_MUTUAL.
 func matrixCells() []cell {
 	var cells []cell
-	for _, pa := range []scenario.MTLSMode{"", scenario.ModeUnset, scenario.ModePermissive, scenario.ModeStrict, scenario.ModeDisable} {
-		for _, dr := range []scenario.TLSMode{"", scenario.TLSIstioMutual} {
-			m := &scenario.MTLSStep{}
-			name := "no PeerAuthentication"
-			if pa != "" {
-				m.PeerAuthentications = []scenario.PeerAuthentication{{Scope: scenario.ScopeNamespace, Namespace: namespace, Mode: pa}}
-				name = "namespace " + string(pa)
-			}
+	for _, pa := range paSettings() {
+		for _, dr := range []scenario.TLSMode{"", scenario.TLSDisable, scenario.TLSIstioMutual} {
+			m := &scenario.MTLSStep{PeerAuthentications: pa.pas}
+			name := pa.name + ", no DestinationRule"
 			if dr != "" {
-				m.DestinationRules = []scenario.DestinationRule{{Workload: grpcB.name, Mode: dr}}
-				name += ", DestinationRule " + string(dr)
-			} else {
-				name += ", no DestinationRule"
+				for _, w := range servers {
+					m.DestinationRules = append(m.DestinationRules, scenario.DestinationRule{Workload: w.name, Mode: dr})
+				}
+				name = pa.name + ", DestinationRule " + string(dr)
 			}
 			cells = append(cells, cell{name: name, policies: m})
 		}
@@ -156,11 +211,12 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	t.Logf("local cluster, Istio %s charts and istiod (module %s) ready in %s", istio.DefaultVersion, is.Module(), time.Since(start).Round(100*time.Millisecond))
 
 	start = time.Now()
-	register(t, kube, env.Istio, grpcA, grpcB)
+	register(t, kube, env.Istio, grpcA, grpcB, grpcL)
 	rootPEM := ca.EncodeCertificatesPEM(m.CA.Root)
 	clientAgent := startAgent(t, kube, agentBinary, xdsAddr, rootPEM, grpcA)
-	serverAgent := startAgent(t, kube, agentBinary, xdsAddr, rootPEM, grpcB)
-	startEcho(t, echoBinary, serverAgent, grpcB)
+	for _, w := range servers {
+		startEcho(t, echoBinary, startAgent(t, kube, agentBinary, xdsAddr, rootPEM, w), w)
+	}
 	t.Logf("proxyless workloads (pilot-agent, echo's xDS gRPC server) serving in %s", time.Since(start).Round(100*time.Millisecond))
 
 	s, proxyless := conformanceSuite()
@@ -180,7 +236,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			t.Error(d)
 		}
 	}
-	t.Logf("conformance matrix: %d cells x 2 clients in %s", len(matrixCells()), time.Since(start).Round(100*time.Millisecond))
+	t.Logf("conformance matrix: %d cells x 2 clients x %d servers in %s", len(matrixCells()), len(servers), time.Since(start).Round(100*time.Millisecond))
 }
 
 // register creates the namespace, the ServiceAccounts, and for each
@@ -193,13 +249,13 @@ func register(t *testing.T, kube kubernetes.Interface, istioClient istioclient.I
 		t.Fatal(err)
 	}
 	for _, w := range ws {
-		labels := map[string]string{"app": w.name}
+		labels := w.labels()
 		if _, err := kube.CoreV1().ServiceAccounts(namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: w.name}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: w.name, Namespace: namespace},
-			Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": w.name}, Ports: []corev1.ServicePort{{
 				Name: "grpc", Port: grpcPort, TargetPort: intstr.FromInt32(grpcPort), AppProtocol: ptr.To("grpc"),
 			}}},
 		}
@@ -256,7 +312,7 @@ func startAgent(t *testing.T, kube kubernetes.Interface, binary, xdsAddr string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	labels, err := json.Marshal(map[string]string{"app": w.name})
+	labels, err := json.Marshal(w.labels())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,13 +371,17 @@ func startEcho(t *testing.T, binary string, a agent, w workloadSpec) {
 func applyPolicies(t *testing.T, kube client.Client, s *scenario.Suite, c cell, index int) {
 	t.Helper()
 	ctx := t.Context()
-	if err := kube.DeleteAllOf(ctx, &securityv1.PeerAuthentication{}, client.InNamespace(namespace)); err != nil {
+	step := policy.Step{RunID: "conformance", Scenario: "proxyless", Index: index}
+	ours := client.MatchingLabels(ownership.Labels(step.RunID))
+	for _, ns := range []string{namespace, scenario.IstioRootNamespace} {
+		if err := kube.DeleteAllOf(ctx, &securityv1.PeerAuthentication{}, client.InNamespace(ns), ours); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := kube.DeleteAllOf(ctx, &istionetworking.DestinationRule{}, client.InNamespace(namespace), ours); err != nil {
 		t.Fatal(err)
 	}
-	if err := kube.DeleteAllOf(ctx, &istionetworking.DestinationRule{}, client.InNamespace(namespace)); err != nil {
-		t.Fatal(err)
-	}
-	objs, err := policy.ForMTLS(s, c.policies, policy.Step{RunID: "conformance", Scenario: "proxyless", Index: index})
+	objs, err := policy.ForMTLS(s, c.policies, step)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,8 +392,8 @@ func applyPolicies(t *testing.T, kube client.Client, s *scenario.Suite, c cell, 
 	}
 }
 
-// observeSettled probes the server from the proxyless client (xds:///, xDS
-// credentials, grpc-a's bootstrap) and from a plain client (grpc://, no
+// observeSettled probes the servers from the proxyless client (xds:///,
+// xDS credentials, grpc-a's bootstrap) and from a plain client (grpc://, no
 // TLS) until what they see has settled: the same outcome in settleRounds
 // consecutive rounds, the first of them at least settleAfter after the
 // policies were applied (istiod pushes them in 0.3-1.5 s).
@@ -370,20 +430,24 @@ func sameOutcome(a, b []oracle.Observed) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].From != b[i].From || a[i].Result != b[i].Result || a[i].Reason != b[i].Reason {
+		if a[i].From != b[i].From || a[i].To != b[i].To || a[i].Result != b[i].Result || a[i].Reason != b[i].Reason {
 			return false
 		}
 	}
 	return true
 }
 
-// probe runs one round of `echo probe` with both targets.
+// probe runs one round of `echo probe`: each server from both clients.
+// Target names are <client>/<server>.
 func probe(ctx context.Context, echoBinary string, from agent) ([]oracle.Observed, error) {
 	var out bytes.Buffer
-	target := fmt.Sprintf("%s.%s.svc.cluster.local:%d", grpcB.name, namespace, grpcPort)
-	p, err := proc.Start("echo-probe", echoBinary, []string{"probe", "--timeout", "3s",
-		"--target", grpcA.name + "=xds:///" + target,
-		"--target", "legacy=grpc://" + net.JoinHostPort(grpcB.ip, strconv.Itoa(grpcPort))},
+	args := []string{"probe", "--timeout", "3s"}
+	for _, w := range servers {
+		args = append(args,
+			"--target", fmt.Sprintf("%s/%s=xds:///%s.%s.svc.cluster.local:%d", grpcA.name, w.name, w.name, namespace, grpcPort),
+			"--target", fmt.Sprintf("legacy/%s=grpc://%s", w.name, net.JoinHostPort(w.ip, strconv.Itoa(grpcPort))))
+	}
+	p, err := proc.Start("echo-probe", echoBinary, args,
 		proc.WithEnv("GRPC_XDS_BOOTSTRAP="+from.bootstrap, "GRPC_GO_LOG_SEVERITY_LEVEL=error"), proc.WithDir(from.dir), proc.WithOutput(&syncBuffer{b: &out}))
 	if err != nil {
 		return nil, err
@@ -403,16 +467,17 @@ func probe(ctx context.Context, echoBinary string, from agent) ([]oracle.Observe
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			return nil, fmt.Errorf("probe output %q: %w", line, err)
 		}
+		from, to, _ := strings.Cut(r.Target, "/")
 		// mtls means grpc-go's server saw a client certificate; it must be
 		// the proxyless client's own identity, issued by istiod.
-		if want := "spiffe://cluster.local/ns/" + namespace + "/sa/" + r.Target; r.Result == echoapi.ResultMTLS && r.PeerURI != want {
+		if want := "spiffe://cluster.local/ns/" + namespace + "/sa/" + from; r.Result == echoapi.ResultMTLS && r.PeerURI != want {
 			return nil, fmt.Errorf("%s got mtls with the peer identity %q, want %q", r.Target, r.PeerURI, want)
 		}
-		obs = append(obs, oracle.Observed{From: r.Target, To: grpcB.name, Port: grpcPort,
+		obs = append(obs, oracle.Observed{From: from, To: to, Port: grpcPort,
 			Result: scenario.Result(r.Result), Reason: r.Reason, Detail: r.Error})
 	}
-	if len(obs) != 2 {
-		return nil, fmt.Errorf("probe printed %d results, want 2 (exit %v):\n%s", len(obs), p.ExitError(), out.String())
+	if len(obs) != 2*len(servers) {
+		return nil, fmt.Errorf("probe printed %d results, want %d (exit %v):\n%s", len(obs), 2*len(servers), p.ExitError(), out.String())
 	}
 	return obs, nil
 }
