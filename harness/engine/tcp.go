@@ -30,7 +30,7 @@ import (
 // connection_security_policy (mutual_tls or none) and the client's and its
 // own SPIFFE identity (source_principal, destination_principal); see
 // harness/probe/istiostats for the source. The engine reads those counts
-// from every pod of the server workload before the probe, runs the
+// from every ready pod of the server workload before the probe, runs the
 // probe, and reads the counts of the pod that answered until they have
 // grown by at least the connections echoed (bounded by tcpWitnessWait).
 //
@@ -109,9 +109,10 @@ func (e *Engine) tcpTarget(x scenario.Expectation) echoapi.Target {
 	return echoapi.Target{Name: targetName(x.To, x.Port), URL: u.String(), Port: x.Port}
 }
 
-// serverPods are the workload's pods that may take a connection: running
-// and not terminating (a pod may still be turning ready, and one being
-// replaced still answers).
+// serverPods are the workload's pods that may take a connection: the
+// Service's endpoints, running, ready and not terminating. A pod not ready
+// yet (its sidecar may not answer its admin requests either) gets no
+// baseline; should it answer all the same, its echo is unwitnessed.
 func (e *Engine) serverPods(ctx context.Context, workload string) ([]corev1.Pod, error) {
 	w := e.suite.Workload(workload)
 	var pods corev1.PodList
@@ -120,7 +121,7 @@ func (e *Engine) serverPods(ctx context.Context, workload string) ([]corev1.Pod,
 	}
 	var out []corev1.Pod
 	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && podReady(&p) {
 			out = append(out, p)
 		}
 	}
@@ -190,7 +191,7 @@ func (e *Engine) probeTCP(ctx context.Context, sc *scenario.Scenario, st *scenar
 		case withoutSidecar[server]:
 			verdicts[server] = tcpVerdict{result: scenario.ResultPlaintext}
 		case !ok:
-			verdicts[server] = noWitness(fmt.Sprintf("pod %q answered, but was not a running pod of %s before the probe, so its sidecar's counts have no baseline", server, x.To))
+			verdicts[server] = noWitness(fmt.Sprintf("pod %q answered, but was not a ready pod of %s before the probe, so its sidecar's counts have no baseline", server, x.To))
 		default:
 			ref := results.Pod{Namespace: e.suite.Workload(x.To).Namespace, Name: server}
 			v, err := e.witnessed(ctx, ref, counts, n)
