@@ -221,9 +221,14 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 
 	s, proxyless := conformanceSuite()
 	start = time.Now()
+	var slowest time.Duration
+	slowestCell := ""
 	for i, c := range matrixCells() {
 		applyPolicies(t, env.Client, s, c, i)
-		observed := observeSettled(t, echoBinary, clientAgent)
+		observed, took := observeSettled(t, echoBinary, clientAgent)
+		if took > slowest {
+			slowest, slowestCell = took, c.name
+		}
 		preds, err := oracle.PredictProxyless(s, c.policies, proxyless)
 		if err != nil {
 			t.Fatal(err)
@@ -236,7 +241,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			t.Error(d)
 		}
 	}
-	t.Logf("conformance matrix: %d cells x 2 clients x %d servers in %s", len(matrixCells()), len(servers), time.Since(start).Round(100*time.Millisecond))
+	t.Logf("conformance matrix: %d cells x 2 clients x %d servers in %s; slowest change seen %s after the apply (%s)",
+		len(matrixCells()), len(servers), time.Since(start).Round(100*time.Millisecond), slowest.Round(10*time.Millisecond), slowestCell)
 }
 
 // register creates the namespace, the ServiceAccounts, and for each
@@ -396,33 +402,47 @@ func applyPolicies(t *testing.T, kube client.Client, s *scenario.Suite, c cell, 
 // xDS credentials, grpc-a's bootstrap) and from a plain client (grpc://, no
 // TLS) until what they see has settled: the same outcome in settleRounds
 // consecutive rounds, the first of them at least settleAfter after the
-// policies were applied (istiod pushes them in 0.3-1.5 s).
-func observeSettled(t *testing.T, echoBinary string, from agent) []oracle.Observed {
+// policies were applied (istiod pushes them in 0.3-1.5 s). It also returns
+// how long after the apply the settled outcome was first seen, when the
+// first round saw another (0 when nothing changed).
+func observeSettled(t *testing.T, echoBinary string, from agent) ([]oracle.Observed, time.Duration) {
 	t.Helper()
 	const (
 		settleAfter  = 2 * time.Second
 		settleRounds = 3
 	)
 	applied := time.Now()
-	var last []oracle.Observed
+	type round struct {
+		at  time.Duration
+		obs []oracle.Observed
+	}
+	var rounds []round
 	same := 0
 	until(t, 45*time.Second, "the probes' outcome to settle", func(ctx context.Context) (bool, error) {
 		obs, err := probe(ctx, echoBinary, from)
 		if err != nil {
 			return false, err
 		}
-		if time.Since(applied) < settleAfter {
-			return false, nil
-		}
-		if sameOutcome(obs, last) {
+		at := time.Since(applied)
+		if len(rounds) > 0 && sameOutcome(obs, rounds[len(rounds)-1].obs) {
 			same++
 		} else {
 			same = 1
 		}
-		last = obs
-		return same >= settleRounds, nil
+		rounds = append(rounds, round{at, obs})
+		// Rounds before settleAfter count only when the ones after it
+		// agree with them.
+		return at >= settleAfter && same >= settleRounds && rounds[len(rounds)-settleRounds].at >= settleAfter, nil
 	})
-	return last
+	final := rounds[len(rounds)-1].obs
+	first := len(rounds) - 1
+	for first > 0 && sameOutcome(rounds[first-1].obs, final) {
+		first--
+	}
+	if first == 0 {
+		return final, 0
+	}
+	return final, rounds[first].at
 }
 
 func sameOutcome(a, b []oracle.Observed) bool {
