@@ -28,8 +28,10 @@ import (
 // reason, writes the failure into JUnit and results.json and leaves
 // nothing on the cluster.
 func TestIstiodNeverReadyFailsTheSetup(t *testing.T) {
-	r := newRun(t, "testdata/istiod-unschedulable.yaml", rehearsal.WithIstioReadyTimeout(20*time.Second))
-	sum := execute(t, r)
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "testdata/istiod-unschedulable.yaml", rehearsal.WithIstioReadyTimeout(20*time.Second))
+	sum := execute(t, c, r)
 	if !sum.SetupFailed || sum.Passed != 0 {
 		t.Fatalf("summary %+v, want the setup failed and nothing passed", sum)
 	}
@@ -64,28 +66,30 @@ func TestIstiodNeverReadyFailsTheSetup(t *testing.T) {
 // keeps the first run's namespace terminating until the second run's
 // sweep of leftovers has begun.
 func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
+	t.Parallel()
+	c := takeCluster(t)
 	const ns, finalizer = "rehearsal-rerun", "meshproof.dev/test-hold"
-	first := newRun(t, "testdata/rerun.yaml")
+	first := newRun(t, c, "testdata/rerun.yaml")
 	held := make(chan error, 1)
 	go func() {
 		held <- wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
 			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "hold", Namespace: ns, Finalizers: []string{finalizer}}}
-			_, err := kube.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{})
+			_, err := c.kube.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{})
 			return err == nil, nil
 		})
 	}()
-	if sum := execute(t, first); !sum.OK() {
+	if sum := execute(t, c, first); !sum.OK() {
 		t.Fatalf("first run: %+v", sum)
 	}
 	if err := <-held; err != nil {
 		t.Fatalf("holding the first run's namespace: %v", err)
 	}
-	if got, err := kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{}); err != nil || got.DeletionTimestamp == nil {
+	if got, err := c.kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{}); err != nil || got.DeletionTimestamp == nil {
 		t.Fatalf("after the first run namespace %s is not terminating (err %v)", ns, err)
 	}
 	sweepBegan := make(chan struct{})
 	progress := &lines{}
-	second := newRunLogging(t, "testdata/rerun.yaml", lineWatcher{t, "leftovers of earlier runs ...", sweepBegan, progress})
+	second := newRunLogging(t, c, "testdata/rerun.yaml", lineWatcher{t, "leftovers of earlier runs ...", sweepBegan, progress})
 	var released time.Time
 	go func() {
 		select {
@@ -96,11 +100,11 @@ func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		released = time.Now()
 		patch := []byte(`{"metadata":{"finalizers":null}}`)
-		if _, err := kube.CoreV1().ConfigMaps(ns).Patch(context.Background(), "hold", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := c.kube.CoreV1().ConfigMaps(ns).Patch(context.Background(), "hold", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			t.Errorf("releasing the namespace: %v", err)
 		}
 	}()
-	if sum := execute(t, second); !sum.OK() {
+	if sum := execute(t, c, second); !sum.OK() {
 		t.Fatalf("second run: %+v", sum)
 	}
 	if released.IsZero() {
@@ -109,7 +113,7 @@ func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
 	if want := "waiting for a leftover of an earlier run to finish terminating: Namespace " + ns; !strings.Contains(progress.String(), want) {
 		t.Errorf("the second run's progress does not say %q", want)
 	}
-	got, err := kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{})
+	got, err := c.kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{})
 	if err == nil && got.CreationTimestamp.Time.Before(released) && got.DeletionTimestamp == nil {
 		t.Errorf("the second run deployed into the first run's namespace (created %s, released %s)", got.CreationTimestamp, released)
 	}
@@ -156,6 +160,7 @@ func (w lineWatcher) Write(p []byte) (int, error) {
 // stops, cleans up, still writes junit.xml and results.json, exits 1, and
 // no process it started is left.
 func TestInterruptedCommandLeavesNothing(t *testing.T) {
+	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "meshproof")
 	build := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "github.com/meshproof/meshproof/cmd/meshproof")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -327,8 +332,10 @@ func descendantsOf(t *testing.T, pid int) []process {
 // in place from 1.29.6's charts to 1.30.3's under traffic. One istiod build
 // serves both versions' charts; the report's label says so.
 func TestRotateRootAndUpgradeInPlace(t *testing.T) {
-	r := newRun(t, "testdata/upgrade-in-place.yaml")
-	sum := execute(t, r)
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "testdata/upgrade-in-place.yaml")
+	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() {
 		t.Errorf("summary %+v; failed: %q", sum, f.failedCases())
@@ -339,8 +346,10 @@ func TestRotateRootAndUpgradeInPlace(t *testing.T) {
 // A canary upgrade: a second istiod revision (its own real istiod process),
 // the namespaces relabelled, the workloads restarted onto it.
 func TestCanaryUpgrade(t *testing.T) {
-	r := newRun(t, "testdata/upgrade-canary.yaml")
-	sum := execute(t, r)
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "testdata/upgrade-canary.yaml")
+	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() {
 		t.Errorf("summary %+v; failed: %q", sum, f.failedCases())

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,33 +34,76 @@ import (
 	"github.com/meshproof/meshproof/harness/testenv/proc"
 )
 
-// cluster is the local cluster every test's runs rehearse on, one after
-// the other, as runs on one kind cluster would.
-var (
-	cluster *localcluster.Cluster
-	kube    kubernetes.Interface
-)
+// clusters is a pool of local clusters the tests rehearse on, in parallel:
+// a test takes one for all its runs (one after the other, as runs on one
+// kind cluster would follow each other) and gives it back.
+var clusters = make(chan *testCluster, poolSize)
+
+// poolSize bounds how many rehearsals run at once; most of a rehearsal's
+// time is waiting, not computing.
+const poolSize = 2
+
+// testCluster is a local cluster with istiod and a client for it.
+type testCluster struct {
+	*localcluster.Cluster
+	kube kubernetes.Interface
+}
 
 func TestMain(m *testing.M) {
 	proc.StopOnSignal(30 * time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute) // includes first-use builds
-	cluster = localcluster.New(localcluster.WithName("rehearsal-test"), localcluster.WithIstiod())
-	_, err := cluster.Create(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "these tests need a local cluster with istiod:", err)
-		os.Exit(1)
-	}
-	if kube, err = kubernetes.NewForConfig(cluster.KubernetesRestConfig()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := cluster.Destroy(context.Background()); err != nil {
-		fmt.Fprintln(os.Stderr, "destroying the local cluster:", err)
-		code = 1
-	}
+	code := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute) // includes first-use builds
+		defer cancel()
+		var created []*localcluster.Cluster
+		defer func() {
+			for _, lc := range created {
+				if err := lc.Destroy(context.Background()); err != nil {
+					fmt.Fprintln(os.Stderr, "destroying a local cluster:", err)
+				}
+			}
+		}()
+		errs := make(chan error, poolSize)
+		var mu sync.Mutex
+		for i := range poolSize {
+			go func() {
+				lc := localcluster.New(localcluster.WithName(fmt.Sprintf("rehearsal-test-%d", i)), localcluster.WithIstiod())
+				mu.Lock()
+				created = append(created, lc)
+				mu.Unlock()
+				if _, err := lc.Create(ctx); err != nil {
+					errs <- err
+					return
+				}
+				kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
+				if err == nil {
+					clusters <- &testCluster{Cluster: lc, kube: kube}
+				}
+				errs <- err
+			}()
+		}
+		for range poolSize {
+			if err := <-errs; err != nil {
+				fmt.Fprintln(os.Stderr, "these tests need local clusters with istiod:", err)
+				return 1
+			}
+		}
+		return m.Run()
+	}()
 	os.Exit(code)
+}
+
+// takeCluster gives the test a local cluster of its own until it ends.
+func takeCluster(t *testing.T) *testCluster {
+	t.Helper()
+	select {
+	case c := <-clusters:
+		t.Cleanup(func() { clusters <- c })
+		t.Logf("rehearsing on local cluster %s", c.Name())
+		return c
+	case <-t.Context().Done():
+		t.Fatal("no local cluster became free")
+		return nil
+	}
 }
 
 type testWriter struct{ t *testing.T }
@@ -71,13 +115,13 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // newRun is a rehearsal run of the file at path (relative to this
 // package) on the shared local cluster, writing under a fresh folder.
-func newRun(t *testing.T, path string, opts ...rehearsal.Option) *run.Run {
+func newRun(t *testing.T, c *testCluster, path string, opts ...rehearsal.Option) *run.Run {
 	t.Helper()
-	return newRunLogging(t, path, testWriter{t}, opts...)
+	return newRunLogging(t, c, path, testWriter{t}, opts...)
 }
 
 // newRunLogging is newRun with the progress lines written to w.
-func newRunLogging(t *testing.T, path string, w io.Writer, opts ...rehearsal.Option) *run.Run {
+func newRunLogging(t *testing.T, c *testCluster, path string, w io.Writer, opts ...rehearsal.Option) *run.Run {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -89,7 +133,7 @@ func newRunLogging(t *testing.T, path string, w io.Writer, opts ...rehearsal.Opt
 	}
 	logger := slog.New(run.NewProgressHandler(w))
 	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger)},
-		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(cluster), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
+		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(c.Cluster), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +142,7 @@ func newRunLogging(t *testing.T, path string, w io.Writer, opts ...rehearsal.Opt
 
 // execute runs r to its end and checks that the run left nothing of its
 // own on the cluster.
-func execute(t *testing.T, r *run.Run) run.Summary {
+func execute(t *testing.T, c *testCluster, r *run.Run) run.Summary {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("run folder kept: %s", r.Dir())
@@ -111,16 +155,16 @@ func execute(t *testing.T, r *run.Run) run.Summary {
 	if err != nil {
 		t.Fatalf("run: %v", err)
 	}
-	leftNothing(t, r.ID())
+	leftNothing(t, c, r.ID())
 	return sum
 }
 
 // leftNothing fails when an object labelled with the run's id is still on
 // the cluster (namespaces still terminating excepted: the next run waits for
 // them), or an Istio release is still installed.
-func leftNothing(t *testing.T, runID string) {
+func leftNothing(t *testing.T, c *testCluster, runID string) {
 	t.Helper()
-	cfg := cluster.KubernetesRestConfig()
+	cfg := c.KubernetesRestConfig()
 	disco := discovery.NewDiscoveryClientForConfigOrDie(cfg)
 	meta := metadata.NewForConfigOrDie(cfg)
 	refs, err := deploy.Find(t.Context(), disco, meta, deploy.RunSelector(runID))
@@ -129,14 +173,14 @@ func leftNothing(t *testing.T, runID string) {
 	}
 	for _, ref := range refs {
 		if ref.Resource.Resource == "namespaces" {
-			ns, err := kube.CoreV1().Namespaces().Get(t.Context(), ref.Name, metav1.GetOptions{})
+			ns, err := c.kube.CoreV1().Namespaces().Get(t.Context(), ref.Name, metav1.GetOptions{})
 			if err == nil && ns.DeletionTimestamp != nil {
 				continue
 			}
 		}
 		t.Errorf("left on the cluster: %s", ref)
 	}
-	releases, err := kube.CoreV1().Secrets("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "owner=helm"})
+	releases, err := c.kube.CoreV1().Secrets("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "owner=helm"})
 	if err == nil {
 		for _, s := range releases.Items {
 			t.Errorf("Helm release left installed: %s", s.Name)
@@ -216,8 +260,10 @@ func (f runFolder) labelled(t *testing.T) {
 // The default scenarios pass on the rehearsal, end to end, through the same
 // run library as meshproof run; every observation carries its expectation.
 func TestDefaultScenariosPass(t *testing.T) {
-	r := newRun(t, "../../scenarios.yaml")
-	sum := execute(t, r)
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "../../scenarios.yaml")
+	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() || sum.Passed == 0 {
 		t.Errorf("summary %+v, want every step passed; failed: %q", sum, f.failedCases())
@@ -240,8 +286,10 @@ func TestDefaultScenariosPass(t *testing.T) {
 // Expectations that contradict Istio fail exactly the steps that hold them,
 // with red cells in report.html and a diagnostics folder per failure.
 func TestContradictionsFailExactlyTheirSteps(t *testing.T) {
-	r := newRun(t, "testdata/contradicting.yaml")
-	sum := execute(t, r)
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "testdata/contradicting.yaml")
+	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	want := []string{
 		"[It] permissive-expected-strict expect legacy reset [Serial]",
@@ -273,7 +321,9 @@ func TestContradictionsFailExactlyTheirSteps(t *testing.T) {
 // the next expect step sees: the simulated data plane decides from the
 // cluster, never from the file.
 func TestPolicyChangedBehindTheHarnessFails(t *testing.T) {
-	r := newRun(t, "testdata/behind-the-back.yaml")
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "testdata/behind-the-back.yaml")
 	ctx := t.Context()
 	defer func() {
 		if err := r.Teardown(context.Background()); err != nil {
@@ -282,7 +332,7 @@ func TestPolicyChangedBehindTheHarnessFails(t *testing.T) {
 		if err := r.Close(); err != nil {
 			t.Error(err)
 		}
-		leftNothing(t, r.ID())
+		leftNothing(t, c, r.ID())
 	}()
 	if err := r.Setup(ctx); err != nil {
 		t.Fatal(err)
@@ -295,7 +345,7 @@ func TestPolicyChangedBehindTheHarnessFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Someone turns the namespace's policy to PERMISSIVE.
-	changeMode(t, "rehearsal-behind", "PERMISSIVE")
+	changeMode(t, c, "rehearsal-behind", "PERMISSIVE")
 	err := r.RunStep(ctx, sc, 1)
 	if err == nil {
 		t.Fatal("the expect step passed although the stored policy lets plaintext in")
@@ -310,9 +360,9 @@ func TestPolicyChangedBehindTheHarnessFails(t *testing.T) {
 
 // changeMode sets the mode of every PeerAuthentication in namespace, as a
 // person with kubectl would.
-func changeMode(t *testing.T, namespace, mode string) {
+func changeMode(t *testing.T, c *testCluster, namespace, mode string) {
 	t.Helper()
-	dyn := dynamic.NewForConfigOrDie(cluster.KubernetesRestConfig())
+	dyn := dynamic.NewForConfigOrDie(c.KubernetesRestConfig())
 	pas := dyn.Resource(schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"}).Namespace(namespace)
 	list, err := pas.List(t.Context(), metav1.ListOptions{})
 	if err != nil {
