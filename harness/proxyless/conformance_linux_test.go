@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -59,13 +60,23 @@ type workloadSpec struct {
 	tlsModeLabel bool
 }
 
+// The workloads' addresses are set by useAddresses.
 var (
-	grpcA = workloadSpec{name: "grpc-a", ip: "127.0.0.11"}
-	grpcB = workloadSpec{name: "grpc-b", ip: "127.0.0.10"}
-	grpcL = workloadSpec{name: "grpc-l", ip: "127.0.0.12", tlsModeLabel: true}
+	grpcA = workloadSpec{name: "grpc-a"}
+	grpcB = workloadSpec{name: "grpc-b"}
+	grpcL = workloadSpec{name: "grpc-l", tlsModeLabel: true}
 	// servers are probed from the proxyless client grpc-a and from legacy.
-	servers = []workloadSpec{grpcB, grpcL}
+	servers []workloadSpec
 )
+
+// useAddresses gives the workloads addresses in a /24 of 127.0.0.0/8 chosen
+// at random, so that two runs of the test on one machine (two checkouts'
+// make test) do not fight over the servers' gRPC port.
+func useAddresses() {
+	prefix := fmt.Sprintf("127.%d.%d.", 2+rand.IntN(250), 1+rand.IntN(250))
+	grpcA.ip, grpcB.ip, grpcL.ip = prefix+"11", prefix+"10", prefix+"12"
+	servers = []workloadSpec{grpcB, grpcL}
+}
 
 // labels are a workload's labels, on its WorkloadEntry and as its
 // pilot-agent reports them.
@@ -173,6 +184,7 @@ func TestProxylessConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	echoBinary := buildEcho(t)
+	useAddresses()
 
 	start := time.Now()
 	lc := localcluster.New(localcluster.WithName("lc-proxyless"), localcluster.WithIstiod())
