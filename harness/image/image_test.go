@@ -282,8 +282,8 @@ func runEchoRoundTrip(t *testing.T, bin string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
 	defer cancel()
-	serve := exec.CommandContext(ctx, bin, "serve", "--host=127.0.0.1", "--ports=0")
-	serve.Env = append(os.Environ(), "POD_NAME=image-test", "POD_NAMESPACE=test", "SERVICE_ACCOUNT=tester")
+	serve := exec.CommandContext(ctx, bin, "serve", "--host=127.0.0.1", "--ports=0", "--grpc-ports=0")
+	serve.Env = append(os.Environ(), "POD_NAME=image-test", "POD_NAMESPACE=test", "SERVICE_ACCOUNT=tester", "GRPC_XDS_BOOTSTRAP=", "GRPC_XDS_BOOTSTRAP_CONFIG=")
 	serve.Cancel = func() error { return serve.Process.Signal(syscall.SIGTERM) }
 	serve.WaitDelay = 15 * time.Second
 	stdout, err := serve.StdoutPipe()
@@ -332,8 +332,21 @@ func runEchoRoundTrip(t *testing.T, bin string) {
 	case <-time.After(time.Minute):
 		t.Fatalf("/echo serve did not report a listening address: %s", stderr.String())
 	}
+	// The image's echo also serves the gRPC echo (plain, without an xDS
+	// bootstrap).
+	var grpcAddr string
+	select {
+	case line := <-lines:
+		rest, _ := strings.CutPrefix(line, "listening on ")
+		grpcAddr, _ = strings.CutSuffix(rest, " (plain gRPC)")
+		if grpcAddr == rest || grpcAddr == "" {
+			t.Fatalf("second line from /echo serve %q, want its gRPC listener", line)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("/echo serve did not report its gRPC listener: %s", stderr.String())
+	}
 
-	probe := exec.CommandContext(ctx, bin, "probe", "--target", "self=http://"+addr+"/", "--requests", "2", "--timeout", "5s")
+	probe := exec.CommandContext(ctx, bin, "probe", "--target", "self=http://"+addr+"/", "--target", "grpc=grpc://"+grpcAddr, "--requests", "2", "--timeout", "5s")
 	probe.WaitDelay = 10 * time.Second
 	out, err := probe.Output()
 	if err != nil {
@@ -348,12 +361,16 @@ func runEchoRoundTrip(t *testing.T, bin string) {
 		}
 		results = append(results, r)
 	}
-	if len(results) != 2 {
-		t.Fatalf("probe printed %d results, want 2: %s", len(results), out)
+	if len(results) != 4 {
+		t.Fatalf("probe printed %d results, want 4: %s", len(results), out)
 	}
 	for _, r := range results {
-		if r.Result != echoapi.ResultPlaintext || r.StatusCode != 200 {
-			t.Errorf("probe result %+v, want plaintext 200", r)
+		wantStatus := 200
+		if r.Target == "grpc" {
+			wantStatus = 0 // gRPC has no HTTP status in the result
+		}
+		if r.Result != echoapi.ResultPlaintext || r.StatusCode != wantStatus {
+			t.Errorf("probe result %+v, want plaintext %d", r, wantStatus)
 		}
 		if r.ServerPod != "image-test" || r.ServerServiceAccount != "tester" {
 			t.Errorf("server identity %q/%q, want image-test/tester from the environment", r.ServerPod, r.ServerServiceAccount)
