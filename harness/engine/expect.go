@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"sigs.k8s.io/e2e-framework/klient/wait"
@@ -41,7 +42,7 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		}
 		rounds++
 		ok, err := e.round(ctx, sc, st, rows)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			return false, nil // a round cut short by the timeout tells nothing
 		}
 		lastErr = err
@@ -85,11 +86,11 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 		if err == nil {
 			err = e.probeClient(ctx, sc, st, from, pod, byClient[from], td)
 		}
-		if err != nil && ctx.Err() != nil {
+		if err != nil && cutByDeadline(ctx, err) {
 			// Cut short by the step's timeout: the rows keep what the last
 			// full round saw (a TCP row's witness window can outlast the
 			// margin expect leaves before the deadline).
-			return false, ctx.Err()
+			return false, context.DeadlineExceeded
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -182,4 +183,12 @@ func (e *Engine) target(x scenario.Expectation) echoapi.Target {
 // request timeout, plus a second of slack for the exec itself.
 func (e *Engine) batchDeadline(targets int) time.Duration {
 	return time.Duration(targets*e.suite.Defaults.Requests)*e.suite.Defaults.RequestTimeout.Duration + time.Second
+}
+
+// cutByDeadline tells whether err ended a probe because the step's time
+// ran out: the context ended, or a client's rate limiter refused to wait
+// past the deadline (golang.org/x/time/rate says so before the deadline
+// passes, without wrapping context.DeadlineExceeded).
+func cutByDeadline(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || strings.Contains(err.Error(), "would exceed context deadline")
 }
