@@ -659,14 +659,16 @@ func issueCert(t *testing.T, is *localcluster.Istiod, env *testenv.Env, bundle *
 	if want := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", pod.Namespace, pod.Spec.ServiceAccountName); id != want {
 		t.Errorf("istiod issued %s, want %s", id, want)
 	}
-	if !certs.Roots[0].Equal(bundle.Root) {
-		t.Errorf("istiod's chain ends in %s, not the plugged root %s", certs.Roots[0].Subject, bundle.Root.Subject)
+	// istiod's last element is its whole trust bundle (root-cert.pem):
+	// after a rotation, several roots; the sidecar trusts them all.
+	if !slices.ContainsFunc(certs.Roots, bundle.Root.Equal) {
+		t.Errorf("the trust anchors istiod sent (%d roots) lack the signing root %s", len(certs.Roots), bundle.Root.SerialNumber)
 	}
 	leaf := certs.Leaf()
 	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 5*time.Minute {
 		t.Errorf("leaf valid %s, asked for 1m (istiod backdates NotBefore by minutes at most)", life)
 	}
-	t.Logf("revision %s issued %s (valid %s to %s) in %s", revisionOrDefault(revision), id, leaf.NotBefore.Format(time.TimeOnly), leaf.NotAfter.Format(time.TimeOnly), took.Round(time.Millisecond))
+	t.Logf("revision %s issued %s (valid %s to %s; %d trusted roots) in %s", revisionOrDefault(revision), id, leaf.NotBefore.Format(time.TimeOnly), leaf.NotAfter.Format(time.TimeOnly), len(certs.Roots), took.Round(time.Millisecond))
 }
 
 func revisionOrDefault(rev string) string {
