@@ -32,10 +32,10 @@ import (
 func TestAgainstAPIServer(t *testing.T) {
 	root := testenv.IstioCharts(t)
 	ctrllog.SetLogger(logr.Discard())
-	env := testenv.Start(t)
-	// testenv installs Istio's CRDs itself; the base release must create
-	// (and own) them, as on a fresh cluster.
-	deleteCRDs(t, env)
+	// No Istio CRDs from testenv: the base release must create (and own)
+	// them, as on a fresh cluster. (Deleting testenv's right after it
+	// installed them sometimes waited minutes on the CRD finalizer.)
+	env := testenv.Start(t, testenv.WithoutIstioCRDs())
 
 	t.Run("install then uninstall with purge", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -259,29 +259,6 @@ func newInstaller(t *testing.T, env *testenv.Env, root, version string, opts ...
 
 // deleteCRDs removes the Istio CRDs testenv preinstalled and waits until
 // the API server has dropped them.
-func deleteCRDs(t *testing.T, env *testenv.Env) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	for _, crd := range env.IstioCRDs {
-		if err := env.Client.Delete(ctx, crd.DeepCopy()); err != nil && !apierrors.IsNotFound(err) {
-			t.Fatal(err)
-		}
-	}
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		for _, crd := range env.IstioCRDs {
-			err := env.Client.Get(ctx, client.ObjectKey{Name: crd.Name}, &apiextensionsv1.CustomResourceDefinition{})
-			if !apierrors.IsNotFound(err) {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("testenv's Istio CRDs were not deleted: %v", err)
-	}
-}
-
 func istiodImage(t *testing.T, env *testenv.Env, ns, name string) string {
 	t.Helper()
 	d := &appsv1.Deployment{}
@@ -318,5 +295,30 @@ func wantSecret(t *testing.T, env *testenv.Env, ns, name string) {
 	t.Helper()
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &corev1.Secret{}); err != nil {
 		t.Errorf("Secret %s/%s: %v", ns, name, err)
+	}
+}
+
+// deleteCRDs deletes the Istio CRDs testenv installed and waits until they
+// are gone.
+func deleteCRDs(t *testing.T, env *testenv.Env) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	for _, crd := range env.IstioCRDs {
+		if err := env.Client.Delete(ctx, crd.DeepCopy()); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, crd := range env.IstioCRDs {
+			err := env.Client.Get(ctx, client.ObjectKey{Name: crd.Name}, &apiextensionsv1.CustomResourceDefinition{})
+			if !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("testenv's Istio CRDs were not deleted: %v", err)
 	}
 }

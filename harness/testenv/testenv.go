@@ -91,14 +91,15 @@ type Env struct {
 	plane *controlPlane
 }
 
-// Start starts a control plane for t and stops it in t.Cleanup. It fails t (never
-// skips it) when the control plane cannot be started, saying why and how to fix it.
-func Start(t testing.TB) *Env {
+// Start starts a control plane for t (with opts, as StartEnv) and stops it in
+// t.Cleanup. It fails t (never skips it) when the control plane cannot be
+// started, saying why and how to fix it.
+func Start(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	proc.StopOnSignal(stopTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	env, stop, err := StartEnv(ctx)
+	env, stop, err := StartEnv(ctx, opts...)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
