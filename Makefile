@@ -18,6 +18,10 @@ REPORTS ?= reports
 ISTIO_VERSION ?=
 GINKGO_FLAGS ?=
 TEST_TIMEOUT ?= 30m
+# Test packages run at once. Most of their time is spent waiting on API
+# servers, local clusters and rehearsals, not computing, so twice the
+# cores' count keeps two cores busy.
+TEST_PACKAGES ?= 4
 
 .PHONY: test e2e rehearse validate lint generate envtest clean
 
@@ -25,7 +29,7 @@ test: lint
 	@# envtest binaries (kube-apiserver, etcd) are built from source once and
 	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
 	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/testenv/assets)" && export KUBEBUILDER_ASSETS && \
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) ./...
 	@# The e2e suites need a cluster; here they are only compiled, so they cannot rot.
 	$(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
 
