@@ -125,12 +125,21 @@ func DefaultPorts() []Port {
 	return []Port{{Name: "http", Number: 8080, Protocol: ProtocolHTTP}, {Name: "http-alt", Number: 9090, Protocol: ProtocolHTTP}}
 }
 
-// defaultProtocol is the protocol of a port that names none: tcp when Istio
-// reads tcp from the name, http otherwise (a name selecting a protocol the
-// echo server does not serve is refused by validation).
+// DefaultProxylessPorts are the ports of a proxyless workload that lists
+// none: one gRPC port, the one Istio's own proxyless echo examples use.
+func DefaultProxylessPorts() []Port {
+	return []Port{{Name: "grpc", Number: 7070, Protocol: ProtocolGRPC}}
+}
+
+// defaultProtocol is the protocol of a port that names none: tcp or grpc
+// when Istio reads it from the name, http otherwise (a name selecting a
+// protocol the echo server does not serve is refused by validation).
 func defaultProtocol(name string) PortProtocol {
-	if NameProtocol(name) == string(ProtocolTCP) {
+	switch NameProtocol(name) {
+	case string(ProtocolTCP):
 		return ProtocolTCP
+	case string(ProtocolGRPC):
+		return ProtocolGRPC
 	}
 	return ProtocolHTTP
 }
@@ -207,6 +216,9 @@ func (s *Suite) setDefaults(dir string) {
 		if w.Mesh == nil {
 			inMesh := true
 			w.Mesh = &inMesh
+		}
+		if len(w.Ports) == 0 && w.Proxyless {
+			w.Ports = DefaultProxylessPorts()
 		}
 		if len(w.Ports) == 0 {
 			w.Ports = DefaultPorts()

@@ -183,7 +183,23 @@ type Workload struct {
 	ServiceAccount string `json:"serviceAccount,omitempty"`
 	// Mesh says whether the workload gets an Istio sidecar. Default true.
 	Mesh *bool `json:"mesh,omitempty"`
-	// Ports the workload serves. Default http 8080 and http-alt 9090.
+	// Proxyless makes the workload a proxyless gRPC workload instead of one
+	// with a sidecar: Istio's grpc-agent injection template runs pilot-agent
+	// without Envoy, and the echo server's gRPC ports are grpc-go's xDS
+	// server and client, which enforce the TLS istiod computes. Its ports
+	// must all have protocol grpc (default: grpc 7070); mesh: false excludes
+	// it. Its mTLS differs from a sidecar's (README: Proxyless gRPC): its
+	// client sends mTLS only under a DestinationRule ISTIO_MUTUAL, and its
+	// server serves PERMISSIVE as plaintext only, unless tlsModeLabel.
+	Proxyless bool `json:"proxyless,omitempty"`
+	// TLSModeLabel labels a proxyless workload's pods
+	// security.istio.io/tlsMode=istio, which Istio's grpc-agent template
+	// leaves to the user: sidecar clients' auto mTLS then sends it mTLS,
+	// and istiod serves its PERMISSIVE ports as STRICT. Only for proxyless
+	// workloads (Istio's sidecar template sets the label itself).
+	TLSModeLabel bool `json:"tlsModeLabel,omitempty"`
+	// Ports the workload serves. Default http 8080 and http-alt 9090; for
+	// a proxyless workload grpc 7070.
 	Ports []Port `json:"ports,omitempty"`
 
 	Source Source `json:"-"`
@@ -204,11 +220,12 @@ type Port struct {
 	// Default: number.
 	TargetPort int `json:"targetPort,omitempty"`
 	// Protocol the echo server serves on the port, written as the Service
-	// port's appProtocol (which Istio prefers over the name): http or tcp.
-	// Default: what Istio reads from the name's prefix (tcp for tcp or
-	// tcp-*), else http. Over tcp no X-Forwarded-Client-Cert exists, so
-	// result mtls is witnessed from the server's sidecar (README: How mTLS
-	// is proven over TCP).
+	// port's appProtocol (which Istio prefers over the name): http, tcp or
+	// grpc (the echo's gRPC service; a proxyless workload's ports are all
+	// grpc). Default: what Istio reads from the name's prefix (tcp for tcp
+	// or tcp-*, grpc for grpc or grpc-*), else http. Over tcp no
+	// X-Forwarded-Client-Cert exists, so result mtls is witnessed from the
+	// server's sidecar (README: How mTLS is proven over TCP).
 	Protocol PortProtocol `json:"protocol,omitempty"`
 
 	Source Source `json:"-"`

@@ -136,6 +136,7 @@ func (v *validator) workloads() {
 		if !dnsLabel.MatchString(w.ServiceAccount) {
 			v.errorf(w.Source.At("serviceAccount"), path+".serviceAccount", "service account %q must be a DNS label", w.ServiceAccount)
 		}
+		v.proxyless(w, path)
 		ports, targets := map[int]bool{}, map[int]bool{}
 		names := map[string]bool{}
 		for j, p := range w.Ports {
@@ -166,9 +167,35 @@ func (v *validator) workloads() {
 			// would leave Istio speaking it to the echo server; protocol
 			// (written as appProtocol, which Istio prefers) overrides it.
 			if named := NameProtocol(p.Name); !p.Source.has("protocol") && named != "" && !contains(PortProtocol("").Values(), named) {
-				v.errorf(p.Source.At("name"), ppath+".name", "Istio reads protocol %s from the port name %q, which the echo server does not serve; set protocol (http or tcp; written as appProtocol, which Istio prefers over the name) or rename the port", named, p.Name)
+				v.errorf(p.Source.At("name"), ppath+".name", "Istio reads protocol %s from the port name %q, which the echo server does not serve; set protocol (http, tcp or grpc; written as appProtocol, which Istio prefers over the name) or rename the port", named, p.Name)
 			}
 		}
+	}
+}
+
+// proxyless checks a proxyless workload's fields and ports: pilot-agent
+// without Envoy carries no traffic, so the workload serves nothing but
+// grpc-go's xDS server, and it is in the mesh by definition.
+func (v *validator) proxyless(w Workload, path string) {
+	if w.TLSModeLabel && !w.Proxyless {
+		v.errorf(w.Source.At("tlsModeLabel"), path+".tlsModeLabel", "tlsModeLabel is for proxyless workloads (Istio's sidecar injection sets security.istio.io/tlsMode=istio itself); add proxyless: true or remove it")
+	}
+	if !w.Proxyless {
+		return
+	}
+	if !w.InMesh() {
+		v.errorf(w.Source.At("mesh"), path+".mesh", "a proxyless workload is in the mesh (pilot-agent gives grpc-go istiod's configuration and Istio's certificates); remove mesh: false, or proxyless: true for a workload outside the mesh")
+	}
+	for j, p := range w.Ports {
+		if p.Protocol == ProtocolGRPC {
+			continue
+		}
+		ppath := fmt.Sprintf("%s.ports[%d]", path, j)
+		field := "protocol"
+		if !p.Source.has(field) {
+			field = "name"
+		}
+		v.errorf(p.Source.At(field), ppath+"."+field, "port %s (%d) has protocol %s, but a proxyless workload serves gRPC only: no sidecar carries its other traffic, so nothing of Istio's would apply to it; set protocol: grpc (or name it grpc or grpc-*)", p.Name, p.Number, p.Protocol)
 	}
 }
 

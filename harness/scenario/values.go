@@ -103,10 +103,16 @@ const (
 	ProtocolHTTP PortProtocol = "http"
 	// ProtocolTCP: opaque TCP; Istio proxies the bytes without reading them.
 	ProtocolTCP PortProtocol = "tcp"
+	// ProtocolGRPC: the echo's gRPC service (HTTP/2); on a proxyless
+	// workload grpc-go's xDS server, which returns the caller's SPIFFE ID
+	// from its peer certificate.
+	ProtocolGRPC PortProtocol = "grpc"
 )
 
 // Values lists the valid port protocols.
-func (PortProtocol) Values() []string { return []string{string(ProtocolHTTP), string(ProtocolTCP)} }
+func (PortProtocol) Values() []string {
+	return []string{string(ProtocolHTTP), string(ProtocolTCP), string(ProtocolGRPC)}
+}
 
 // istioNamePrefixes are the protocols Istio selects by a port name's prefix
 // ("<protocol>[-<suffix>]", case-insensitive), from
