@@ -119,6 +119,9 @@ func Predict(s *scenario.Suite, sc *scenario.Scenario, stepIndex int) ([]Predict
 // PredictPolicies is Predict for a given authentication state; nil means no
 // meshproof policy.
 func PredictPolicies(s *scenario.Suite, m *scenario.MTLSStep) ([]Prediction, error) {
+	if proxyless := proxylessWorkloads(s); len(proxyless) > 0 {
+		return PredictProxyless(s, m, proxyless)
+	}
 	pol, err := indexPolicies(s, m)
 	if err != nil {
 		return nil, err

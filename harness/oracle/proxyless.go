@@ -106,6 +106,18 @@ func PredictProxyless(s *scenario.Suite, m *scenario.MTLSStep, proxyless map[str
 	return out, nil
 }
 
+// proxylessWorkloads are the suite's workloads marked proxyless in the
+// scenario file, as PredictProxyless takes them.
+func proxylessWorkloads(s *scenario.Suite) map[string]ProxylessWorkload {
+	out := map[string]ProxylessWorkload{}
+	for _, w := range s.Fixtures.Workloads {
+		if w.Proxyless {
+			out[w.Name] = ProxylessWorkload{TLSModeLabel: w.TLSModeLabel}
+		}
+	}
+	return out
+}
+
 // dataPlane is the data plane of a workload given the proxyless ones.
 func dataPlane(proxyless map[string]ProxylessWorkload, w *scenario.Workload) DataPlane {
 	switch _, ok := proxyless[w.Name]; {
@@ -122,6 +134,18 @@ func dataPlane(proxyless map[string]ProxylessWorkload, w *scenario.Workload) Dat
 // proxyless and to the proxyless rules otherwise.
 func (p *policies) predictMixed(proxyless map[string]ProxylessWorkload, client, server *scenario.Workload, port int) Prediction {
 	cp, sp := dataPlane(proxyless, client), dataPlane(proxyless, server)
+	if cp == DataPlaneProxyless && sp != DataPlaneProxyless {
+		if pt := server.Port(port); pt != nil && (pt.Protocol == scenario.ProtocolHTTP || pt.Protocol == scenario.ProtocolTCP) {
+			// pilot-agent intercepts nothing and grpc-go's xDS applies to
+			// gRPC calls only: the client's HTTP or TCP leaves as the
+			// application wrote it, plaintext, as from outside the mesh.
+			outside := *client
+			outside.Mesh = new(bool)
+			pred := p.predict(&outside, server, port)
+			pred.Why = "proxyless client's " + string(pt.Protocol) + " is not gRPC, nothing of Istio's applies to it: " + pred.Why
+			return pred
+		}
+	}
 	if cp != DataPlaneProxyless && sp != DataPlaneProxyless {
 		return p.predict(client, server, port)
 	}

@@ -11,12 +11,17 @@ import (
 // grpcPort is the gRPC port of the proxyless fixtures.
 const grpcPort = 7070
 
-// proxylessSuite is testSuite plus three proxyless gRPC workloads in
-// namespace meshproof: grpc-a and grpc-b as Istio's grpc-agent template
-// makes them (no tlsMode label), grpc-l labelled security.istio.io/tlsMode=istio.
+// proxylessSuite is testSuite, whose workloads also serve gRPC on
+// grpcPort, plus three proxyless gRPC workloads in namespace meshproof:
+// grpc-a and grpc-b as Istio's grpc-agent template makes them (no tlsMode
+// label), grpc-l labelled security.istio.io/tlsMode=istio.
 func proxylessSuite() (*scenario.Suite, map[string]ProxylessWorkload) {
 	s := testSuite()
-	ports := []scenario.Port{{Name: "grpc", Number: grpcPort}}
+	ports := []scenario.Port{{Name: "grpc", Number: grpcPort, Protocol: scenario.ProtocolGRPC}}
+	for i := range s.Fixtures.Workloads {
+		w := &s.Fixtures.Workloads[i]
+		w.Ports = append(append([]scenario.Port(nil), w.Ports...), ports...)
+	}
 	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l"} {
 		s.Fixtures.Workloads = append(s.Fixtures.Workloads,
 			scenario.Workload{Name: name, Namespace: "meshproof", ServiceAccount: name, Ports: ports})
@@ -139,14 +144,18 @@ func TestProxylessMixedPairs(t *testing.T) {
 		{"sidecar to labelled proxyless: workload STRICT in a DISABLE namespace", pas{namespace("meshproof", disable), workload("grpc-l", strict)}, nil, "service-a", "grpc-l", grpcPort, fail, "upstream-503"},
 		{"sidecar DR SIMPLE to proxyless: 503", nil, drs{dr("grpc-l", scenario.TLSSimple, 0)}, "service-a", "grpc-l", grpcPort, fail, "upstream-503"},
 		{"other namespace's sidecar to labelled proxyless", nil, nil, "other-ns", "grpc-l", grpcPort, mtls, ""},
-		{"proxyless to sidecar: plaintext into PERMISSIVE", nil, nil, "grpc-a", "service-b", 8080, plaintext, ""},
-		{"proxyless to sidecar STRICT without DR: reset", ns(strict), nil, "grpc-a", "service-b", 8080, fail, ""},
-		{"proxyless to sidecar STRICT + ISTIO_MUTUAL: mTLS", ns(strict), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", 8080, mtls, ""},
-		{"proxyless to sidecar PERMISSIVE + ISTIO_MUTUAL: no Istio ALPN", ns(permissive), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", 9090, fail, ""},
-		{"proxyless to sidecar DISABLE + ISTIO_MUTUAL", ns(disable), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", 8080, fail, ""},
-		{"proxyless to sidecar DISABLE", ns(disable), nil, "grpc-a", "service-b", 8080, plaintext, ""},
-		{"proxyless to no sidecar", ns(strict), nil, "grpc-a", "legacy", 8080, plaintext, ""},
-		{"proxyless ISTIO_MUTUAL to no sidecar", nil, drs{dr("legacy", istioMutual, 0)}, "grpc-a", "legacy", 8080, fail, ""},
+		{"proxyless to sidecar: plaintext into PERMISSIVE", nil, nil, "grpc-a", "service-b", grpcPort, plaintext, ""},
+		{"proxyless to sidecar STRICT without DR: reset", ns(strict), nil, "grpc-a", "service-b", grpcPort, fail, ""},
+		{"proxyless to sidecar STRICT + ISTIO_MUTUAL: mTLS", ns(strict), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", grpcPort, mtls, ""},
+		{"proxyless to sidecar PERMISSIVE + ISTIO_MUTUAL: no Istio ALPN", ns(permissive), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", grpcPort, fail, ""},
+		{"proxyless to sidecar DISABLE + ISTIO_MUTUAL", ns(disable), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", grpcPort, fail, ""},
+		{"proxyless to sidecar DISABLE", ns(disable), nil, "grpc-a", "service-b", grpcPort, plaintext, ""},
+		{"proxyless to no sidecar", ns(strict), nil, "grpc-a", "legacy", grpcPort, plaintext, ""},
+		{"proxyless ISTIO_MUTUAL to no sidecar", nil, drs{dr("legacy", istioMutual, 0)}, "grpc-a", "legacy", grpcPort, fail, ""},
+		// pilot-agent intercepts nothing: the proxyless workload's HTTP
+		// leaves as plaintext, as from a workload outside the mesh.
+		{"proxyless HTTP to sidecar PERMISSIVE: plaintext", nil, nil, "grpc-a", "service-b", 8080, plaintext, ""},
+		{"proxyless HTTP to sidecar STRICT: reset, even with ISTIO_MUTUAL", ns(strict), drs{dr("service-b", istioMutual, 0)}, "grpc-a", "service-b", 8080, fail, "reset"},
 	})
 }
 
@@ -219,6 +228,45 @@ func TestProxylessWhyNamesTheRule(t *testing.T) {
 		p, ok := Find(ps, c.from, c.to, grpcPort)
 		if !ok || !strings.Contains(p.Why, c.want) {
 			t.Errorf("%s -> %s why = %q, want it to say %q", c.from, c.to, p.Why, c.want)
+		}
+	}
+}
+
+// A suite whose scenario file marks workloads proxyless is predicted by the
+// proxyless rules wherever the oracle predicts (predict, expect: auto,
+// transitions), with the tlsMode label the file gives.
+func TestPredictPoliciesFollowsProxylessFixtures(t *testing.T) {
+	s, err := scenario.Load("proxyless.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters:
+- name: c1
+  istio: {version: 1.30.3}
+fixtures:
+  workloads:
+  - {name: client, ports: [{name: grpc, number: 7070}, {name: http, number: 8080}]}
+  - {name: grpc-a, proxyless: true}
+  - {name: grpc-l, proxyless: true, tlsModeLabel: true}
+scenarios:
+- {name: s, steps: [{wait: {duration: 1s}}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := PredictPolicies(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := PredictProxyless(s, nil, map[string]ProxylessWorkload{"grpc-a": {}, "grpc-l": {TLSModeLabel: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("PredictPolicies = %v, want PredictProxyless's %v", got, want)
+	}
+	// Auto mTLS tells the two proxyless servers apart by the label alone.
+	for to, result := range map[string]scenario.Result{"grpc-a": plaintext, "grpc-l": mtls} {
+		if p, ok := Find(got, "client", to, 7070); !ok || p.Result != result {
+			t.Errorf("client -> %s:7070 = %v, want %s", to, p, result)
 		}
 	}
 }
