@@ -84,7 +84,7 @@ func FixtureOptions(s *scenario.Suite, c *scenario.Cluster, runID, image string)
 			seen[w.Namespace] = true
 			opts.Namespaces = append(opts.Namespaces, manifests.Namespace{Name: w.Namespace, Revision: c.Istio.Revision})
 		}
-		mw := manifests.Workload{Name: w.Name, ServiceAccount: w.ServiceAccount, Namespace: w.Namespace, InMesh: w.InMesh()}
+		mw := manifests.Workload{Name: w.Name, ServiceAccount: w.ServiceAccount, Namespace: w.Namespace, InMesh: w.InMesh(), Proxyless: w.Proxyless, TLSModeLabel: w.TLSModeLabel}
 		for _, port := range w.Ports {
 			mw.Ports = append(mw.Ports, manifests.Port{Name: port.Name, Number: int32(port.Number), TargetPort: int32(port.Target()), Protocol: string(port.Protocol)})
 		}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	sigsyaml "sigs.k8s.io/yaml"
 
+	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/apply"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -428,4 +430,76 @@ func TestInvalidDestinationRuleTLSModeIsReportedAtItsScenarioLine(t *testing.T) 
 	})
 	err := applyWithField(t, dr, "ISTIO_MUTAL", "spec", "trafficPolicy", "tls", "mode")
 	assertRefusedAtLine(t, err, dr, lines, `Unsupported value: "ISTIO_MUTAL"`)
+}
+
+// Proxyless gRPC fixtures: a proxyless workload (Istio's grpc-agent
+// injection, the app held until pilot-agent is ready, the tlsMode label on
+// request) and a sidecar workload with a gRPC port, all with appProtocol
+// grpc; predict agrees with the rows written for them.
+func TestProxylessFixturesAreAcceptedByTheAPIServer(t *testing.T) {
+	s, err := scenario.Load("proxyless.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+fixtures:
+  namespace: plan-proxyless
+  workloads:
+  - {name: service-a, ports: [{name: http, number: 8080}, {name: grpc, number: 7070}]}
+  - {name: grpc-a, proxyless: true}
+  - {name: grpc-l, proxyless: true, tlsModeLabel: true, ports: [{name: grpc-echo, number: 80, targetPort: 17070}]}
+scenarios:
+- name: proxyless
+  steps:
+  - mtls:
+      peerAuthentications: [{scope: namespace, mode: STRICT}]
+      destinationRules: [{workload: grpc-a, mode: ISTIO_MUTUAL}]
+  - expect:
+    - {from: grpc-l, to: grpc-a, port: 7070, result: mtls}
+    - {from: service-a, to: grpc-a, port: 7070, result: mtls}
+    - {from: grpc-a, to: grpc-l, port: 80, result: fail, reason: eof}
+    - {from: grpc-a, to: service-a, port: 8080, result: fail}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertPlanAccepted(t, s, "plan-proxyless")
+
+	sc := &s.Scenarios[0]
+	preds, err := oracle.Predict(s, sc, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range sc.Steps[1].Expect.Table {
+		if p, _ := oracle.Find(preds, x.From, x.To, x.Port); !p.Agrees(x) {
+			t.Errorf("row %s -> %s:%d %s %s, predicted %s (%s)", x.From, x.To, x.Port, x.Result, x.Reason, p, p.Why)
+		}
+	}
+
+	ctx := context.Background()
+	c := kube.Get(t).Client
+	dep := &appsv1.Deployment{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "plan-proxyless", Name: "grpc-l"}, dep); err != nil {
+		t.Fatal(err)
+	}
+	pod := dep.Spec.Template
+	if pod.Annotations[manifests.InjectTemplatesAnnotation] != manifests.GRPCAgentTemplate ||
+		pod.Annotations[manifests.ProxyConfigAnnotation] != manifests.HoldApplicationConfig ||
+		pod.Labels[manifests.TLSModeLabel] != manifests.TLSModeIstio {
+		t.Errorf("stored proxyless pod template labels %v annotations %v", pod.Labels, pod.Annotations)
+	}
+	if args := pod.Spec.Containers[0].Args; !reflect.DeepEqual(args, []string{"serve", "--ports=", "--grpc-ports=17070"}) {
+		t.Errorf("stored proxyless args %q", args)
+	}
+	for name, port := range map[string]int32{"grpc-a": 7070, "grpc-l": 80, "service-a": 7070} {
+		svc := &corev1.Service{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "plan-proxyless", Name: name}, svc); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, sp := range svc.Spec.Ports {
+			found = found || sp.Port == port && sp.AppProtocol != nil && *sp.AppProtocol == "grpc"
+		}
+		if !found {
+			t.Errorf("stored Service %s ports %+v, want %d with appProtocol grpc", name, svc.Spec.Ports, port)
+		}
+	}
 }
