@@ -114,6 +114,9 @@ func New(suite *scenario.Suite, clusterName string, kube client.Client, prober P
 	if c == nil {
 		return nil, fmt.Errorf("engine: no cluster named %q in the suite", clusterName)
 	}
+	if err := Unsupported(suite); err != nil {
+		return nil, err
+	}
 	e := &Engine{suite: suite, cluster: c, kube: kube, prober: prober, runID: runID,
 		rec: results.Discard{}, logf: func(string, ...any) {}, now: time.Now}
 	for _, o := range opts {

@@ -96,6 +96,9 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	if s.istioVersion != "" {
 		OverrideIstioVersion(suite, s.istioVersion)
 	}
+	if err := engine.Unsupported(suite); err != nil {
+		return nil, err
+	}
 	folder, err := report.Open(s.reports, s.runID)
 	if err != nil {
 		return nil, err

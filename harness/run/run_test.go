@@ -292,3 +292,35 @@ func keys[V any](m map[string]V) []string {
 	}
 	return out
 }
+
+// A suite with gRPC fixtures, which the engine cannot probe yet, is refused
+// before anything exists: no run folder, no cluster. The error names each
+// fixture at its line and what is missing.
+func TestGRPCFixturesAreRefusedBeforeAnything(t *testing.T) {
+	s, err := scenario.Load("grpc.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+fixtures:
+  workloads:
+  - {name: service-a, ports: [{name: http, number: 8080}, {name: grpc, number: 7070}]}
+  - {name: grpc-a, proxyless: true}
+scenarios:
+- {name: s, steps: [{wait: {duration: 1s}}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reports := t.TempDir()
+	_, err = New(s, WithReports(reports))
+	if err == nil {
+		t.Fatal("New accepted a suite with gRPC fixtures")
+	}
+	for _, want := range []string{`grpc.yaml:6:59: port grpc (7070) of workload "service-a" is grpc`, `grpc.yaml:7:31: workload "grpc-a" is proxyless gRPC`, "no gRPC probe"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if entries, _ := os.ReadDir(reports); len(entries) != 0 {
+		t.Errorf("the refused run left %v in the reports folder", entries)
+	}
+}
