@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -244,5 +245,120 @@ func TestPredictUsageErrors(t *testing.T) {
 		if code != exitUsage || !strings.Contains(errOut, c.want) || out != "" {
 			t.Errorf("meshproof %v: exit %d (want 2), stdout %q, stderr %q (want it to say %q)", c.args, code, out, errOut, c.want)
 		}
+	}
+}
+
+// proxylessSuite writes a suite with a sidecar workload, two proxyless gRPC
+// workloads (grpc-l labelled tlsMode=istio) and one outside the mesh, whose
+// scenario is given.
+func proxylessSuite(t *testing.T, scenarios string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "proxyless.yaml")
+	src := `apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3}}]
+fixtures:
+  workloads:
+  - {name: service-a, ports: [{name: grpc, number: 7070}]}
+  - {name: grpc-a, proxyless: true}
+  - {name: grpc-l, proxyless: true, tlsModeLabel: true}
+  - {name: legacy, mesh: false, ports: [{name: grpc, number: 7070}]}
+scenarios:
+` + scenarios
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// predict prints the pairs of proxyless workloads, decided by the proxyless
+// rules, holds written rows against them, and expect: auto asserts them.
+func TestPredictProxylessPairs(t *testing.T) {
+	file := proxylessSuite(t, `- name: proxyless
+  steps:
+  - mtls:
+      peerAuthentications: [{scope: namespace, mode: PERMISSIVE}]
+      destinationRules: [{workload: grpc-l, mode: ISTIO_MUTUAL}]
+  - expect:
+    - {from: grpc-a, to: grpc-l, port: 7070, result: mtls}
+    - {from: service-a, to: grpc-a, port: 7070, result: plaintext}
+    - {from: legacy, to: grpc-l, port: 7070, result: fail, reason: eof}
+    - {from: grpc-l, to: grpc-a, port: 7070, result: plaintext}
+  - expect: auto
+`)
+	code, out, errOut := runCLI("predict", file)
+	if code != exitOK || errOut != "" {
+		t.Fatalf("exit %d, stderr:\n%s\nstdout:\n%s", code, errOut, out)
+	}
+	if !strings.Contains(out, "client \\ server  service-a:7070  grpc-a:7070  grpc-l:7070  legacy:7070") {
+		t.Errorf("no matrix over the proxyless servers:\n%s", out)
+	}
+	_, jsonOut, _ := runCLI("predict", "-o", "json", file)
+	rules := map[string]string{}
+	asserted := 0
+	for _, r := range decodeRows(t, jsonOut) {
+		if r.Step == 2 {
+			rules[r.From+">"+r.To] = r.Rule
+			if r.Asserted {
+				asserted++
+			}
+		}
+	}
+	if asserted != 4 {
+		t.Errorf("%d asserted cells, want the 4 rows", asserted)
+	}
+	for pair, want := range map[string]string{
+		"grpc-a>grpc-l":    "proxyless client sends mTLS",
+		"service-a>grpc-a": "auto mTLS: proxyless server without the tlsMode=istio label",
+		"legacy>grpc-l":    "with the tlsMode=istio label, served as STRICT",
+		"grpc-l>grpc-a":    "proxyless client without DestinationRule sends plaintext (no auto mTLS)",
+	} {
+		if !strings.Contains(rules[pair], want) {
+			t.Errorf("%s rule %q, want it to say %q", pair, rules[pair], want)
+		}
+	}
+
+	// expect: auto is the proxyless prediction, row for row.
+	s, err := scenario.LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := oracle.Table(s, &s.Scenarios[0], 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := s.Scenarios[0].Steps[1].Expect.Table
+	for _, w := range written {
+		found := false
+		for _, a := range table {
+			if a.From == w.From && a.To == w.To && a.Port == w.Port {
+				found = a.Result == w.Result && a.Reason == w.Reason
+			}
+		}
+		if !found {
+			t.Errorf("expect: auto has no row %s -> %s:%d %s %s", w.From, w.To, w.Port, w.Result, w.Reason)
+		}
+	}
+	if len(table) != 12 {
+		t.Errorf("expect: auto has %d rows, want every pair of 4 workloads on one port (12)", len(table))
+	}
+}
+
+// A row that expects a sidecar's auto mTLS from a proxyless client
+// contradicts the proxyless rules, and the gate says why.
+func TestPredictProxylessContradiction(t *testing.T) {
+	file := proxylessSuite(t, `- name: no-dr
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+  - expect:
+    - {from: grpc-a, to: grpc-l, port: 7070, result: mtls}
+`)
+	code, _, errOut := runCLI("predict", file)
+	if code != exitInvalid {
+		t.Fatalf("exit %d, want %d: %s", code, exitInvalid, errOut)
+	}
+	want := file + ":15:7: no-dr step 2: grpc-a -> grpc-l:7070 expects mtls, Istio's rules give fail (eof): proxyless client without DestinationRule sends plaintext (no auto mTLS)"
+	if !strings.Contains(errOut, want) {
+		t.Errorf("stderr lacks\n%s\nin:\n%s", want, errOut)
 	}
 }
