@@ -162,8 +162,13 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 	var ws []string
 	for _, w := range opts.Workloads {
 		where := "in the mesh"
-		if !w.InMesh {
+		switch {
+		case !w.InMesh:
 			where = "out of the mesh"
+		case w.Proxyless && w.TLSModeLabel:
+			where = "proxyless gRPC (grpc-agent), labelled tlsMode=istio"
+		case w.Proxyless:
+			where = "proxyless gRPC (grpc-agent)"
 		}
 		var ports []string
 		for _, p := range w.Ports {

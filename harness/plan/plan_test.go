@@ -32,3 +32,35 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		t.Errorf("err = %v", err)
 	}
 }
+
+// The plan's setup says which workloads are proxyless gRPC and which carry
+// the tlsMode label.
+func TestSetupNamesProxylessWorkloads(t *testing.T) {
+	s, err := scenario.Load("test.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c1, istio: {version: 1.30.3}}]
+fixtures:
+  workloads:
+  - {name: service-a}
+  - {name: grpc-a, proxyless: true}
+  - {name: grpc-l, proxyless: true, tlsModeLabel: true}
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Build(s, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup := strings.Join(p.Clusters[0].Setup, "\n")
+	for _, want := range []string{
+		"meshproof/service-a (in the mesh; http 8080, http-alt 9090)",
+		"meshproof/grpc-a (proxyless gRPC (grpc-agent); grpc 7070/grpc)",
+		"meshproof/grpc-l (proxyless gRPC (grpc-agent), labelled tlsMode=istio; grpc 7070/grpc)",
+	} {
+		if !strings.Contains(setup, want) {
+			t.Errorf("setup lacks %q:\n%s", want, setup)
+		}
+	}
+}
