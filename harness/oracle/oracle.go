@@ -119,25 +119,6 @@ func Predict(s *scenario.Suite, sc *scenario.Scenario, stepIndex int) ([]Predict
 // PredictPolicies is Predict for a given authentication state; nil means no
 // meshproof policy.
 func PredictPolicies(s *scenario.Suite, m *scenario.MTLSStep) ([]Prediction, error) {
-	if proxyless := proxylessWorkloads(s); len(proxyless) > 0 {
-		return PredictProxyless(s, m, proxyless)
-	}
-	pol, err := indexPolicies(s, m)
-	if err != nil {
-		return nil, err
-	}
-	var out []Prediction
-	for i := range s.Fixtures.Workloads {
-		client := &s.Fixtures.Workloads[i]
-		for j := range s.Fixtures.Workloads {
-			server := &s.Fixtures.Workloads[j]
-			if client.Name == server.Name {
-				continue
-			}
-			for _, port := range server.Ports {
-				out = append(out, pol.predict(client, server, port.Number))
-			}
-		}
-	}
-	return out, nil
+	// Without proxyless workloads every pair follows the sidecar rules.
+	return PredictProxyless(s, m, proxylessWorkloads(s))
 }
