@@ -234,6 +234,10 @@ type cellView struct {
 	Verdict  string // "✓ expected mtls", "✗ expected mtls: 3 of 12 differ", "no expectation"
 	Status   string // "ok", "differs", "observed" or "empty"
 	Label    string // the cell in words, for aria-label and title
+	// DataPlane is what answered the cell's requests when it was not the
+	// cluster's own data plane ("simulated", "real (proxyless gRPC)"), from
+	// its observations' DataPlane; empty on a run on real sidecars.
+	DataPlane string
 }
 
 type outcomeView struct {
@@ -706,8 +710,12 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	expectations := map[string]bool{}
 	identities := map[string]bool{}
 	errs := map[string]bool{}
+	dataPlanes := map[string]bool{}
 	differing, withExpectation := 0, 0
 	for _, o := range obs {
+		if o.DataPlane != "" {
+			dataPlanes[dataPlaneShort(o.DataPlane)] = true
+		}
 		l := outcomeLabel(o)
 		if counts[l] == nil {
 			counts[l] = &count{result: o.Result, label: l}
@@ -762,6 +770,10 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	}
 	if ids := sortedKeys(identities); len(ids) > 0 {
 		fmt.Fprintf(&label, "; identities %s", strings.Join(ids, ", "))
+	}
+	if dp := sortedKeys(dataPlanes); len(dp) > 0 {
+		c.DataPlane = "data plane: " + strings.Join(dp, " / ")
+		fmt.Fprintf(&label, "; %s", c.DataPlane)
 	}
 	if e := sortedKeys(errs); len(e) > 0 {
 		const shown = 3
@@ -968,7 +980,25 @@ func dataPlaneNotes(c Contents) []string {
 	}
 	notes := make([]string, len(labels))
 	for i, l := range labels {
-		notes[i] = l + " (these verdicts do not show what Envoy itself enforces)"
+		notes[i] = l
+		if dataPlaneShort(l) == "simulated" {
+			notes[i] += " (these verdicts do not show what Envoy itself enforces)"
+		}
 	}
 	return notes
+}
+
+// dataPlaneShort is the part of a data plane label a matrix cell shows:
+// "rehearsal: data plane simulated; istiod v…" is "simulated",
+// "rehearsal: data plane real (proxyless gRPC): pilot-agent …" is
+// "real (proxyless gRPC)". A label of another shape is shown whole.
+func dataPlaneShort(label string) string {
+	_, rest, ok := strings.Cut(label, "data plane ")
+	if !ok {
+		return label
+	}
+	if i := strings.IndexAny(rest, ";:"); i >= 0 {
+		rest = rest[:i]
+	}
+	return strings.TrimSpace(rest)
 }

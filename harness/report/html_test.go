@@ -587,3 +587,45 @@ func TestHTMLDataPlaneNote(t *testing.T) {
 		t.Errorf("a run on a real data plane has notes %q", notes)
 	}
 }
+
+// Each cell says what answered its requests in a rehearsal, so a pair run
+// on the real proxyless data plane reads apart from a simulated one, and
+// the real one's note does not claim to be a stand-in for Envoy.
+func TestHTMLCellDataPlane(t *testing.T) {
+	const (
+		simulated = "rehearsal: data plane simulated; istiod v0.0.0-x"
+		real      = "rehearsal: data plane real (proxyless gRPC): pilot-agent and grpc-go, istiod v0.0.0-x"
+	)
+	sim := probe("s", "look", 0, "service-a", "service-b", 8080, mtls, "", "mtls")
+	sim.DataPlane = simulated
+	grpc := probe("s", "look", 0, "grpc-a", "grpc-b", 7070, mtls, "", "mtls")
+	grpc.DataPlane = real
+	onEnvoy := probe("s", "look", 0, "legacy", "service-b", 8080, mtls, "", "mtls")
+	doc := parse(t, render(t, Contents{Observations: []results.Observation{sim, grpc, onEnvoy}}))
+	marks := map[string]string{}
+	for _, cell := range findAll(doc, byTagClass("td", "cell")) {
+		var mark []string
+		for _, m := range findAll(cell, byTagClass("span", "dataplane")) {
+			mark = append(mark, strings.Join(texts([]*html.Node{m}), ""))
+		}
+		marks[attr(cell, "data-from")+"->"+attr(cell, "data-target")] = strings.Join(mark, ",")
+	}
+	for pair, want := range map[string]string{
+		"service-a->service-b:8080": "data plane: simulated",
+		"grpc-a->grpc-b:7070":       "data plane: real (proxyless gRPC)",
+		"legacy->service-b:8080":    "",
+	} {
+		if marks[pair] != want {
+			t.Errorf("cell %s marked %q, want %q (all: %q)", pair, marks[pair], want, marks)
+		}
+	}
+	notes := texts(findAll(doc, byTagClass("p", "note")))
+	if len(notes) != 2 {
+		t.Fatalf("notes %q, want one per label", notes)
+	}
+	for _, n := range notes {
+		if strings.Contains(n, real) && strings.Contains(n, "Envoy") {
+			t.Errorf("the real data plane's note %q speaks of Envoy", n)
+		}
+	}
+}
