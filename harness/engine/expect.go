@@ -151,7 +151,7 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 	}
 	for _, r := range rows {
 		x := r.expectation
-		ids := expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: e.suite.Workload(x.To).SPIFFEID(td)}
+		ids := e.expectedIDs(x, td)
 		r.last, r.lastWhy = r.last[:0], ""
 		for _, o := range obs {
 			if pairOf(x) != (pair{o.From, o.To, o.Port}) {
@@ -172,10 +172,24 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 }
 
 // target is the URL a row probes: the server's Service, so that the client's
-// sidecar routes it and any DestinationRule for that host applies.
+// sidecar routes it and any DestinationRule for that host applies. A grpc
+// port gets a gRPC call: through grpc-go's xDS resolver and credentials
+// (xds:///, GRPC_XDS_BOOTSTRAP, which Istio's grpc-agent template sets on
+// the app container) when the client is proxyless, so that istiod's
+// configuration decides its TLS; plain gRPC (grpc://) otherwise, which a
+// client's sidecar carries as it carries HTTP. A proxyless client's HTTP
+// and TCP leave as the application writes them (the oracle's mixed rules):
+// http:// and tcp:// as from any client.
 func (e *Engine) target(x scenario.Expectation) echoapi.Target {
 	w := e.suite.Workload(x.To)
-	u := url.URL{Scheme: "http", Host: fmt.Sprintf("%s.%s.svc.cluster.local:%d", w.Name, w.Namespace, x.Port), Path: "/"}
+	host := fmt.Sprintf("%s.%s.svc.cluster.local:%d", w.Name, w.Namespace, x.Port)
+	u := url.URL{Scheme: "http", Host: host, Path: "/"}
+	if p := w.Port(x.Port); p != nil && p.Protocol == scenario.ProtocolGRPC {
+		u = url.URL{Scheme: echoapi.SchemeGRPC, Host: host}
+		if c := e.suite.Workload(x.From); c != nil && c.Proxyless {
+			u = url.URL{Scheme: echoapi.SchemeXDS, Path: "/" + host}
+		}
+	}
 	return echoapi.Target{Name: targetName(x.To, x.Port), URL: u.String(), Port: x.Port}
 }
 

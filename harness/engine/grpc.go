@@ -7,27 +7,38 @@ import (
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// Unsupported reports what of suite the engine cannot run yet: proxyless
-// gRPC workloads and gRPC ports. The scenario language, plan and predict
-// know them, but the engine has no gRPC probe (Prober speaks HTTP and TCP)
-// and no way to witness mTLS from grpc-go's peer certificate, so running
-// them could only report what was never observed. Callers refuse such a
-// suite before any cluster is touched.
+// Unsupported reports the steps of suite the engine cannot run: a rotate
+// step of a proxyless workload and a rotateRoot step in a suite with
+// proxyless workloads. Both read the certificate a workload serves from its
+// sidecar (a handshake with Envoy offering Istio's ALPN, Envoy's config
+// dump of its SDS secrets), and a proxyless pod has no Envoy: pilot-agent
+// hands its certificates to grpc-go, which neither answers. Everything else
+// of proxyless workloads and grpc ports runs: expect and continuous
+// traffic probe them with gRPC calls (target). Callers refuse such a suite
+// before any cluster is touched.
 func Unsupported(suite *scenario.Suite) error {
-	var problems []string
+	var proxyless []string
 	for _, w := range suite.Fixtures.Workloads {
 		if w.Proxyless {
-			problems = append(problems, fmt.Sprintf("%s: workload %q is proxyless gRPC", w.Source.At("proxyless"), w.Name))
-			continue
+			proxyless = append(proxyless, w.Name)
 		}
-		for _, p := range w.Ports {
-			if p.Protocol == scenario.ProtocolGRPC {
-				problems = append(problems, fmt.Sprintf("%s: port %s (%d) of workload %q is grpc", p.Source.Position, p.Name, p.Number, w.Name))
+	}
+	if len(proxyless) == 0 {
+		return nil
+	}
+	var problems []string
+	for _, sc := range suite.Scenarios {
+		for _, st := range sc.Steps {
+			switch {
+			case st.Rotate != nil && suite.Workload(st.Rotate.Workload) != nil && suite.Workload(st.Rotate.Workload).Proxyless:
+				problems = append(problems, fmt.Sprintf("%s: step %q rotates proxyless workload %q, whose served certificate cannot be read: it has no Envoy to handshake with or dump its secrets", st.Source.At("rotate"), st.Name, st.Rotate.Workload))
+			case st.RotateRoot != nil:
+				problems = append(problems, fmt.Sprintf("%s: step %q checks every in-mesh workload's served certificate and trust bundle, which proxyless workloads (%s) cannot show: they have no Envoy to handshake with or dump its secrets", st.Source.At("rotateRoot"), st.Name, strings.Join(proxyless, ", ")))
 			}
 		}
 	}
 	if len(problems) == 0 {
 		return nil
 	}
-	return fmt.Errorf("the engine cannot run gRPC fixtures yet: it has no gRPC probe (echo probe's grpc:// and xds:/// targets are not wired into it) and no per-workload pilot-agent in the rehearsal; `meshproof plan` and `meshproof predict` cover them:\n  %s", strings.Join(problems, "\n  "))
+	return fmt.Errorf("the engine cannot run these steps with proxyless gRPC workloads (`meshproof plan` and `meshproof predict` cover them):\n  %s", strings.Join(problems, "\n  "))
 }

@@ -39,15 +39,36 @@ func observation(now time.Time, scenarioName, step, from string, e scenario.Expe
 		o.Expected = results.ExpectedOutcome(e)
 	}
 	// The sidecar appends its element last; the last one is the hop that
-	// terminated mTLS in front of the echo server.
-	if n := len(r.XFCC); n > 0 {
+	// terminated mTLS in front of the echo server. Without XFCC, a gRPC
+	// result's PeerURI is the client certificate grpc-go itself saw (a
+	// proxyless server), with no proxy (ProxyURI empty).
+	switch n := len(r.XFCC); {
+	case n > 0:
 		o.ClientID, o.ServerID = r.XFCC[n-1].URI, r.XFCC[n-1].By
+	default:
+		o.ClientID, o.ServerID = r.PeerURI, r.ProxyURI
 	}
+	// What answered, when a transport says it was not the cluster's own
+	// data plane (a rehearsal's real proxyless processes); the run fills
+	// its own label where this is empty.
+	o.DataPlane = r.DataPlane
 	return o
 }
 
-// expectedIDs are the identities an mtls row must show.
-type expectedIDs struct{ client, server string }
+// expectedIDs are the identities an mtls row must show. A proxyless server
+// terminates mTLS in grpc-go itself and reports the client certificate it
+// saw: no proxy adds an identity of its own (XFCC By), so only the
+// client's is checked, and a proxy's identity is a mismatch.
+type expectedIDs struct {
+	client, server string
+	serverIsProxyless bool
+}
+
+// expectedIDs are the identities row x must show in trust domain td.
+func (e *Engine) expectedIDs(x scenario.Expectation, td string) expectedIDs {
+	server := e.suite.Workload(x.To)
+	return expectedIDs{client: e.suite.Workload(x.From).SPIFFEID(td), server: server.SPIFFEID(td), serverIsProxyless: server.Proxyless}
+}
 
 // mismatch says why an observation does not match a row, or "" if it does.
 func mismatch(e scenario.Expectation, ids expectedIDs, o results.Observation) string {
@@ -68,7 +89,10 @@ func mismatch(e scenario.Expectation, ids expectedIDs, o results.Observation) st
 		if o.ClientID != ids.client {
 			return fmt.Sprintf("mtls with client identity %q, want %q", o.ClientID, ids.client)
 		}
-		if o.ServerID != ids.server {
+		switch {
+		case ids.serverIsProxyless && o.ServerID != "":
+			return fmt.Sprintf("mtls terminated by a proxy with identity %q, want grpc-go of the proxyless server (%s) to terminate it", o.ServerID, ids.server)
+		case !ids.serverIsProxyless && o.ServerID != ids.server:
 			return fmt.Sprintf("mtls with server identity %q, want %q", o.ServerID, ids.server)
 		}
 	}

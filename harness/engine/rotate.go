@@ -285,7 +285,10 @@ func (e *Engine) observers(target string) (outside, inside string) {
 		switch {
 		case !w.InMesh() && outside == "":
 			outside = w.Name
-		case w.InMesh() && w.Name != target && inside == "":
+		// The traffic a rotation keeps flowing is mTLS the sidecars
+		// originate: a proxyless client would send the target's HTTP as
+		// plaintext.
+		case w.InMesh() && !w.Proxyless && w.Name != target && inside == "":
 			inside = w.Name
 		}
 	}

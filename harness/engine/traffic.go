@@ -308,7 +308,7 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 			Deadline:          echoapi.Duration(time.Duration(len(httpPairs))*e.suite.Defaults.RequestTimeout.Duration + time.Second),
 		}
 		for _, p := range httpPairs {
-			spec.Targets = append(spec.Targets, e.target(scenario.Expectation{To: p.To, Port: p.Port}))
+			spec.Targets = append(spec.Targets, e.target(scenario.Expectation{From: from, To: p.To, Port: p.Port}))
 		}
 		answers, err := e.prober.Probe(ctx, pod, spec)
 		if err != nil {

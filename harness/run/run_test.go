@@ -293,19 +293,22 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-// A suite with gRPC fixtures, which the engine cannot probe yet, is refused
-// before anything exists: no run folder, no cluster. The error names each
-// fixture at its line and what is missing.
-func TestGRPCFixturesAreRefusedBeforeAnything(t *testing.T) {
+// A suite whose steps the engine cannot run with proxyless workloads (a
+// rotation of one, a root rotation next to them) is refused before
+// anything exists: no run folder, no cluster. The error names each step at
+// its line and what is missing. gRPC ports and proxyless workloads as such
+// are not refused.
+func TestProxylessCertificateStepsAreRefusedBeforeAnything(t *testing.T) {
 	s, err := scenario.Load("grpc.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
-clusters: [{name: c, istio: {version: 1.30.3}}]
+clusters: [{name: c, istio: {version: 1.30.3, pluggedCA: true}}]
 fixtures:
   workloads:
   - {name: service-a, ports: [{name: http, number: 8080}, {name: grpc, number: 7070}]}
   - {name: grpc-a, proxyless: true}
+  - {name: legacy, mesh: false}
 scenarios:
-- {name: s, steps: [{wait: {duration: 1s}}]}
+- {name: s, steps: [{name: wait, wait: {duration: 1s}}, {name: rot, rotate: {workload: grpc-a}}, {name: root, rotateRoot: {}}]}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -313,12 +316,15 @@ scenarios:
 	reports := t.TempDir()
 	_, err = New(s, WithReports(reports))
 	if err == nil {
-		t.Fatal("New accepted a suite with gRPC fixtures")
+		t.Fatal("New accepted a rotation of a proxyless workload")
 	}
-	for _, want := range []string{`grpc.yaml:6:59: port grpc (7070) of workload "service-a" is grpc`, `grpc.yaml:7:31: workload "grpc-a" is proxyless gRPC`, "no gRPC probe"} {
+	for _, want := range []string{`grpc.yaml:10:`, `step "rot" rotates proxyless workload "grpc-a"`, `step "root" checks every in-mesh workload's served certificate`, "proxyless workloads (grpc-a)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
+	}
+	if strings.Contains(err.Error(), `"wait"`) || strings.Contains(err.Error(), "7070") {
+		t.Errorf("error %q names what runs: the wait step or the grpc port", err)
 	}
 	if entries, _ := os.ReadDir(reports); len(entries) != 0 {
 		t.Errorf("the refused run left %v in the reports folder", entries)
