@@ -49,13 +49,21 @@ func (e *Execer) probe(ctx context.Context, client *corev1.Pod, stdin []byte) ([
 	if len(spec.Targets) == 0 {
 		return nil, errors.New("echo probe: the spec has no targets")
 	}
+	for _, t := range spec.Targets {
+		if err := refuseTarget(client, t); err != nil {
+			return nil, fmt.Errorf("echo probe: %s: %w", t.Name, err)
+		}
+	}
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
 	for _, t := range spec.Targets {
 		for attempt := range max(spec.RequestsPerTarget, 1) {
 			answer := e.probeHTTP
-			if strings.HasPrefix(t.URL, "tcp://") {
+			switch {
+			case strings.HasPrefix(t.URL, "tcp://"):
 				answer = e.probeTCP
+			case strings.HasPrefix(t.URL, echoapi.SchemeGRPC+"://"):
+				answer = e.probeGRPC
 			}
 			res, err := answer(ctx, client, t, attempt)
 			if err != nil {
@@ -120,7 +128,9 @@ func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Targ
 		return 0, nil, wrap(connError("dial", syscall.ECONNREFUSED)), nil
 	case err != nil:
 		return 0, nil, nil, err
-	case dst.pod == nil && injection.Proxy(client) != nil:
+	case protocol(dst.port) == scenario.ProtocolGRPC:
+		return 0, nil, nil, errWrongProtocol(t, dst)
+	case dst.pod == nil && hasEnvoy(client):
 		// Envoy's local reply for a cluster without endpoints.
 		return 503, []byte("no healthy upstream"), nil, nil
 	case dst.pod == nil:
@@ -274,6 +284,8 @@ func (e *Execer) peercert(ctx context.Context, args []string) ([]byte, error) {
 		return nil, err
 	}
 	switch {
+	case server != nil && proxyless(server):
+		return nil, fmt.Errorf("echo peercert: %s is a proxyless gRPC pod: %w", *addr, errProxylessNotSimulated)
 	case server == nil:
 		report.DialError = "dial tcp " + *addr + ": connect: connection refused"
 	case injection.Proxy(server) == nil:

@@ -16,6 +16,12 @@
 // (IstiodCA asks a real istiod) with the TTL the pod's SECRET_TTL asks and
 // renews at SECRET_GRACE_PERIOD_RATIO as istio-agent does.
 //
+// gRPC calls (grpc://) towards sidecar and proxyless servers are answered
+// the same way, the proxyless ones by the oracle's proxyless rules; what
+// only a proxyless pod's grpc-go and pilot-agent can show (xds:/// calls,
+// any gRPC call from a proxyless pod) is refused, never pretended
+// (grpcanswers.go).
+//
 // What it cannot show: anything Envoy itself would get wrong. A rehearsal
 // proves the harness, the policies as Istio stores and validates them and
 // the identities istiod issues; only a run with real sidecars proves Envoy
@@ -154,6 +160,11 @@ func (e *Execer) exec(ctx context.Context, cmd probe.Command) ([]byte, error) {
 	}
 	if err := execable(pod, cmd.Container); err != nil {
 		return nil, err
+	}
+	if cmd.Container == injection.ContainerName && proxyless(pod) {
+		// pilot-agent's request command asks Envoy's admin port, and a
+		// proxyless pod runs no Envoy.
+		return nil, errProxylessNotSimulated
 	}
 	argv := cmd.Argv
 	switch {

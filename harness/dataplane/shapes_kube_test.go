@@ -44,7 +44,15 @@ func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
 				ObjectMeta: metav1.ObjectMeta{Name: obj.Name + "-0", Namespace: obj.Namespace, Labels: obj.Spec.Template.Labels},
 				Spec:       *obj.Spec.Template.Spec.DeepCopy(),
 			}
-			if w.InMesh() {
+			switch {
+			case w.Proxyless:
+				// What Istio's grpc-agent template stores: pilot-agent as
+				// a regular istio-proxy container without Envoy, and the
+				// bootstrap's path on the app container.
+				pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy", Image: "docker.io/istio/proxyv2:1.30.3",
+					Env: []corev1.EnvVar{{Name: "ISTIO_META_GENERATOR", Value: "grpc"}, {Name: "DISABLE_ENVOY", Value: "true"}}})
+				pod.Spec.Containers[0].Env = append(pod.Spec.Containers[0].Env, corev1.EnvVar{Name: "GRPC_XDS_BOOTSTRAP", Value: "/etc/istio/proxy/grpc-bootstrap.json"})
+			case w.InMesh():
 				always := corev1.ContainerRestartPolicyAlways
 				pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "istio-proxy", Image: "docker.io/istio/proxyv2:1.30.3", RestartPolicy: &always})
 			}

@@ -95,7 +95,9 @@ func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.
 		return nil, connError("dial", syscall.ECONNREFUSED), nil
 	case err != nil:
 		return nil, nil, err
-	case dst.pod == nil && injection.Proxy(client) != nil:
+	case protocol(dst.port) == scenario.ProtocolGRPC:
+		return nil, nil, errWrongProtocol(t, dst)
+	case dst.pod == nil && hasEnvoy(client):
 		// tcp_proxy finds no healthy upstream and closes the connection
 		// it has not read from yet.
 		return nil, connError("read", syscall.ECONNRESET), nil
@@ -120,7 +122,7 @@ func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.
 		}
 		return tcpEchoReply(client, dst, nonce), nil, nil
 	case scenario.ResultFail:
-		if injection.Proxy(client) == nil {
+		if !hasEnvoy(client) {
 			return nil, connError("read", syscall.ECONNRESET), nil
 		}
 		return nil, io.EOF, nil

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/scenario"
 	injection "github.com/meshproof/meshproof/harness/sidecar"
@@ -145,14 +146,18 @@ func targetPort(pod *corev1.Pod, p corev1.ServicePort) int {
 
 // protocol is the protocol Istio selects for a Service port: its
 // appProtocol, else its name's prefix (ConvertProtocol in istio/istio
-// pkg/config/kube/conversion.go); tcp when either says tcp, http otherwise.
+// pkg/config/kube/conversion.go); tcp or grpc when it says so (the echo
+// serves its gRPC service on a grpc port), http otherwise.
 func protocol(p corev1.ServicePort) scenario.PortProtocol {
 	name := p.Name
 	if p.AppProtocol != nil {
 		name = *p.AppProtocol
 	}
-	if scenario.NameProtocol(name) == string(scenario.ProtocolTCP) {
+	switch scenario.NameProtocol(name) {
+	case string(scenario.ProtocolTCP):
 		return scenario.ProtocolTCP
+	case string(scenario.ProtocolGRPC):
+		return scenario.ProtocolGRPC
 	}
 	return scenario.ProtocolHTTP
 }
@@ -176,10 +181,21 @@ func (e *Execer) podByIP(ctx context.Context, ip string) (*corev1.Pod, error) {
 // Service does, given the policies stored in the API server right now.
 func (e *Execer) predict(ctx context.Context, clientPod *corev1.Pod, dst *destination) (oracle.Prediction, error) {
 	port := int(dst.port.Port)
-	clientW := scenario.Workload{Name: clientKey, Namespace: clientPod.Namespace, ServiceAccount: serviceAccount(clientPod), Mesh: ptr(injection.Proxy(clientPod) != nil)}
+	clientW := scenario.Workload{Name: clientKey, Namespace: clientPod.Namespace, ServiceAccount: serviceAccount(clientPod), Mesh: ptr(injection.Proxy(clientPod) != nil),
+		// A proxyless client reaches the simulation only with its HTTP and
+		// TCP (grpcanswers.go), which the oracle's mixed rules send as
+		// from outside the mesh: pilot-agent intercepts nothing.
+		Proxyless: proxyless(clientPod)}
 	serverW := scenario.Workload{Name: serverKey, Namespace: dst.service.Namespace, Mesh: ptr(injection.Proxy(dst.pod) != nil),
 		Ports: []scenario.Port{{Name: dst.port.Name, Number: port, TargetPort: targetPort(dst.pod, dst.port), Protocol: protocol(dst.port)}}}
 	serverW.ServiceAccount = serviceAccount(dst.pod)
+	if proxyless(dst.pod) {
+		// The oracle's proxyless rules: grpc-go's listener as istiod
+		// builds it, and the label that turns PERMISSIVE into STRICT and
+		// makes a sidecar client's auto mTLS send mTLS.
+		serverW.Proxyless = true
+		serverW.TLSModeLabel = dst.pod.Labels[manifests.TLSModeLabel] == manifests.TLSModeIstio
+	}
 	pas, err := e.peerAuthentications(ctx, dst)
 	if err != nil {
 		return oracle.Prediction{}, err
