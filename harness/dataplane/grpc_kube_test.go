@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -213,6 +214,55 @@ func TestGRPCUnsimulatedCommandsAreRefused(t *testing.T) {
 		}
 		if len(stdout) != 0 || !strings.Contains(string(stderr), dataplane.Label) {
 			t.Errorf("%s: stdout %q stderr %q, want nothing answered and the label", name, stdout, stderr)
+		}
+	}
+}
+
+// labelling says on every probe result what answered it, as a rehearsal's
+// transport does for the results its real proxyless processes produce.
+type labelling struct {
+	probe.Execer
+	label string
+}
+
+func (l labelling) Exec(ctx context.Context, cmd probe.Command) ([]byte, []byte, error) {
+	stdout, stderr, err := l.Execer.Exec(ctx, cmd)
+	if err != nil || len(cmd.Argv) != 2 || cmd.Argv[1] != "probe" {
+		return stdout, stderr, err
+	}
+	res, err := echoapi.DecodeResults(bytes.NewReader(stdout))
+	if err != nil {
+		return nil, stderr, err
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	for _, r := range res {
+		r.DataPlane = l.label
+		if err := enc.Encode(r); err != nil {
+			return nil, stderr, err
+		}
+	}
+	return out.Bytes(), stderr, nil
+}
+
+// What a transport says answered a result reaches its observation, gRPC,
+// HTTP and TCP alike.
+func TestResultDataPlaneReachesTheObservation(t *testing.T) {
+	const label = "rehearsal: data plane real (proxyless gRPC): test"
+	s, _ := grpcSuite(t, 55, `  - expect:
+    - {from: service-a, to: service-b, port: 7070, result: mtls}
+    - {from: service-a, to: service-b, port: 8080, result: mtls}
+`)
+	errs, rec := runWith(t, s, labelling{Execer: dataplane.New(env.Client, newTestCA(t)), label: label})
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if len(rec.obs) == 0 {
+		t.Fatal("nothing observed")
+	}
+	for _, o := range rec.obs {
+		if o.DataPlane != label {
+			t.Errorf("%s -> %s:%d: data plane %q, want the transport's %q", o.From, o.To, o.Port, o.DataPlane, label)
 		}
 	}
 }

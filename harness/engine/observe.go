@@ -60,7 +60,7 @@ func observation(now time.Time, scenarioName, step, from string, e scenario.Expe
 // saw: no proxy adds an identity of its own (XFCC By), so only the
 // client's is checked, and a proxy's identity is a mismatch.
 type expectedIDs struct {
-	client, server string
+	client, server    string
 	serverIsProxyless bool
 }
 

@@ -973,7 +973,12 @@ func dataPlaneNotes(c Contents) []string {
 		}
 	}
 	for _, v := range c.Verdicts {
-		add(v.DataPlane)
+		// A step answered by several names each (results.StepDataPlane).
+		for _, l := range results.DataPlanes(v.DataPlane) {
+			if l != results.OwnDataPlane {
+				add(l)
+			}
+		}
 	}
 	for _, o := range c.Observations {
 		add(o.DataPlane)

@@ -368,20 +368,44 @@ type recorder struct {
 	dataPlane string
 	mu        sync.Mutex
 	verdicts  []results.Verdict
+	// stepDataPlanes are the labels of each step's observations so far,
+	// for its verdict (results.StepDataPlane).
+	stepDataPlanes map[stepKey][]string
 }
+
+type stepKey struct{ scenario, step string }
 
 func (c *recorder) Record(o results.Observation) {
 	if o.DataPlane == "" {
 		o.DataPlane = c.dataPlane
 	}
+	c.mu.Lock()
+	k := stepKey{o.Scenario, o.Step}
+	if !slices.Contains(c.stepDataPlanes[k], o.DataPlane) {
+		if c.stepDataPlanes == nil {
+			c.stepDataPlanes = map[stepKey][]string{}
+		}
+		c.stepDataPlanes[k] = append(c.stepDataPlanes[k], o.DataPlane)
+	}
+	c.mu.Unlock()
 	c.to.Record(o)
 }
 func (c *recorder) RecordEvent(e results.Event) { c.to.RecordEvent(e) }
+
+// RecordVerdict records v with the data planes that answered its step's
+// requests: the one they share, or all of them when they differ (a
+// rehearsal's simulated sidecars and real proxyless processes); a step
+// without requests gets the run's label.
 func (c *recorder) RecordVerdict(v results.Verdict) {
+	c.mu.Lock()
+	k := stepKey{v.Scenario, v.Step}
+	if v.DataPlane == "" {
+		v.DataPlane = results.StepDataPlane(c.stepDataPlanes[k])
+	}
 	if v.DataPlane == "" {
 		v.DataPlane = c.dataPlane
 	}
-	c.mu.Lock()
+	delete(c.stepDataPlanes, k)
 	c.verdicts = append(c.verdicts, v)
 	c.mu.Unlock()
 	c.to.RecordVerdict(v)
