@@ -18,6 +18,14 @@
 // around each TCP probe through a ConnectionWitness (tcp.go says how, and
 // how it refuses to guess).
 //
+// A grpc port is probed with a gRPC call (target): xds:/// from a proxyless
+// client, so that grpc-go's xDS client applies istiod's configuration,
+// grpc:// from any other. mTLS to a sidecar server is proven by its XFCC as
+// for HTTP; a proxyless server terminates mTLS in grpc-go and reports the
+// client certificate it saw, whose identity an mtls row checks (no proxy
+// identity exists there to check). What the engine cannot yet run with
+// proxyless workloads, Unsupported says.
+//
 // The engine talks to the API server through a controller-runtime client, to
 // pods through small interfaces (Prober, CertReader, ConnectionWitness),
 // and to Istio's installation through MeshControl, so that its step logic

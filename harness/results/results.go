@@ -45,7 +45,9 @@ type Observation struct {
 	// ClientID and ServerID are the SPIFFE identities of the X-Forwarded-
 	// Client-Cert element the server's sidecar added (URI and By); on a
 	// tcp port, the source_principal and destination_principal under which
-	// the server's sidecar counted the connection.
+	// the server's sidecar counted the connection; from a proxyless gRPC
+	// server, which terminates mTLS in grpc-go itself, ClientID is the
+	// client certificate's identity it saw and ServerID is empty.
 	ClientID string `json:"clientId,omitempty"`
 	ServerID string `json:"serverId,omitempty"`
 	Error    string `json:"error,omitempty"`
