@@ -61,7 +61,7 @@ const (
 // that pod's spec (its discovery container's env and args) plus what a local
 // process needs instead of a pod (see start). Once the process answers
 // GET /ready (the chart's readiness probe), kwok makes the pod Running and
-// Ready (see gateIstiodReadiness), so the Deployment's rollout status means
+// Ready (see gateReadiness), so the Deployment's rollout status means
 // what it means on a real cluster. A new pod of the revision (a rollout
 // restart, an in-place upgrade) restarts the process from a fresh working
 // directory, as a new pod starts from fresh volumes; when the revision's pods
@@ -186,7 +186,7 @@ func (s *Istiod) stop() error {
 // reconcile makes the processes match the pods: per revision, the newest
 // pod scheduled to a node and not being deleted is the one a process plays
 // (it turns Running and Ready once the process serves; see
-// gateIstiodReadiness).
+// gateReadiness).
 func (s *Istiod) reconcile(ctx context.Context, lister listersv1.PodLister) {
 	pods, err := lister.Pods(IstioNamespace).List(labels.Everything())
 	if err != nil {

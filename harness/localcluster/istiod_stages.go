@@ -13,14 +13,37 @@ import (
 // process answers GET /ready; kwok makes the pod Running and Ready only then.
 const servingAnnotation = "meshproof.dev/istiod-serving"
 
-// gateIstiodReadiness edits kwok's stages (the file written for --config) so
-// that an istiod pod turns Ready when its istiod process is ready, as the
-// chart's readinessProbe (GET /ready) makes a kubelet do, not at once: kwok's
-// pod-ready stage skips istiod pods, and a copy of it takes only those the
-// supervisor marked with servingAnnotation. A rollout of istiod (a restart, an
-// upgrade) then completes only once the new istiod serves, and one whose
-// istiod never serves never does.
-func gateIstiodReadiness(file string) error {
+// proxylessServingAnnotation is set by the proxyless supervisor on a pod
+// asking for the grpc-agent template once its echo serves gRPC with
+// istiod's listeners (or at once when it was not injected); kwok makes the
+// pod Running and Ready only then.
+const proxylessServingAnnotation = "meshproof.dev/proxyless-serving"
+
+// readinessGate holds back kwok's pod-ready stage for the pods whose key
+// (a kwok stage expression) has one of values until a supervisor has set
+// annotation to "true".
+type readinessGate struct {
+	stage      string
+	key        string
+	values     []any
+	annotation string
+}
+
+// istiodGate: an istiod pod turns Ready when its istiod process is ready,
+// as the chart's readinessProbe (GET /ready) makes a kubelet do, not at
+// once. A rollout of istiod (a restart, an upgrade) then completes only once
+// the new istiod serves, and one whose istiod never serves never does.
+var istiodGate = readinessGate{stage: "meshproof-istiod-pod-ready", key: ".metadata.labels.app", values: []any{"istiod"}, annotation: servingAnnotation}
+
+// proxylessGate: a pod asking for the grpc-agent template turns Ready when
+// its echo serves gRPC with the listeners istiod sent (see Proxyless), as
+// its readiness probe on the gRPC port would make a kubelet do.
+var proxylessGate = readinessGate{stage: "meshproof-proxyless-pod-ready", key: `.metadata.annotations["` + injectTemplatesAnnotation + `"]`, values: []any{GRPCAgentTemplate}, annotation: proxylessServingAnnotation}
+
+// gateReadiness edits kwok's stages (the file written for --config) so that
+// kwok's pod-ready stage skips the pods of every gate, and a copy of it per
+// gate takes only those the gate's supervisor marked with its annotation.
+func gateReadiness(file string, gates ...readinessGate) error {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -38,21 +61,24 @@ func gateIstiodReadiness(file string) error {
 		u := unstructured.Unstructured{Object: stage}
 		if u.GetKind() == "Stage" && u.GetName() == "pod-ready" {
 			found = true
-			gated := u.DeepCopy()
-			gated.SetName("meshproof-istiod-pod-ready")
-			if err := addSelectorExpressions(gated.Object,
-				map[string]any{"key": ".metadata.labels.app", "operator": "In", "values": []any{"istiod"}},
-				map[string]any{"key": `.metadata.annotations["` + servingAnnotation + `"]`, "operator": "In", "values": []any{"true"}},
-			); err != nil {
-				return err
-			}
-			if err := addSelectorExpressions(stage,
-				map[string]any{"key": ".metadata.labels.app", "operator": "NotIn", "values": []any{"istiod"}},
-			); err != nil {
-				return err
-			}
-			if err := writeYAMLDoc(&out, gated.Object); err != nil {
-				return err
+			original := u.DeepCopy()
+			for _, g := range gates {
+				gated := original.DeepCopy()
+				gated.SetName(g.stage)
+				if err := addSelectorExpressions(gated.Object,
+					map[string]any{"key": g.key, "operator": "In", "values": g.values},
+					map[string]any{"key": `.metadata.annotations["` + g.annotation + `"]`, "operator": "In", "values": []any{"true"}},
+				); err != nil {
+					return err
+				}
+				if err := addSelectorExpressions(stage,
+					map[string]any{"key": g.key, "operator": "NotIn", "values": g.values},
+				); err != nil {
+					return err
+				}
+				if err := writeYAMLDoc(&out, gated.Object); err != nil {
+					return err
+				}
 			}
 		}
 		if err := writeYAMLDoc(&out, stage); err != nil {
@@ -60,7 +86,7 @@ func gateIstiodReadiness(file string) error {
 		}
 	}
 	if !found {
-		return fmt.Errorf("local cluster: kwok's stages in %s have no pod-ready stage to gate istiod's readiness on", file)
+		return fmt.Errorf("local cluster: kwok's stages in %s have no pod-ready stage to gate readiness on", file)
 	}
 	return os.WriteFile(file, out.Bytes(), 0o600)
 }

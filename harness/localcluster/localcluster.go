@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -61,16 +62,24 @@ type Cluster struct {
 	buildLog     io.Writer
 	startTimeout time.Duration
 	withIstiod   bool
+	// echoBinaryPath is WithEchoBinary's.
+	echoBinaryPath string
 
 	dir       string
 	env       *testenv.Env
 	stopPlane func() error
 	// parts run in start order; Destroy stops them newest first.
 	parts []*proc.Process
-	// images are the tags of the image archives loaded (LoadImageArchive).
-	images []string
 	// istiod supervises the istiod processes (nil without WithIstiod).
 	istiod *Istiod
+	// proxyless supervises proxyless gRPC pods (nil without WithIstiod).
+	proxyless *Proxyless
+
+	mu sync.Mutex
+	// images are the tags of the image archives loaded (LoadImageArchive).
+	images []string
+	// echoBinaries are the echo binaries extracted from them, by tag.
+	echoBinaries map[string]string
 }
 
 // Option configures New.
@@ -92,14 +101,21 @@ func WithBuildLog(w io.Writer) Option { return func(c *Cluster) { c.buildLog = w
 func WithStartTimeout(d time.Duration) Option { return func(c *Cluster) { c.startTimeout = d } }
 
 // WithIstiod also runs the real istiod (pilot-discovery) for every istiod
-// Deployment installed in istio-system: Create builds it on first use and
-// starts the supervisor (see Istiod), Destroy stops it before any other part.
-// Install Istio's charts with Istiod().PostRenderer().
+// Deployment installed in istio-system, and the real pilot-agent and echo of
+// every pod istiod injects with the grpc-agent template (proxyless gRPC):
+// Create builds them on first use and starts their supervisors (see Istiod
+// and Proxyless), Destroy stops them before any other part, the proxyless
+// pods first. Install Istio's charts with Istiod().PostRenderer().
 func WithIstiod() Option { return func(c *Cluster) { c.withIstiod = true } }
+
+// WithEchoBinary is the echo binary proxyless pods run when no image archive
+// loaded (LoadImageArchive) is their app container's image (default: none;
+// such a pod then does not start).
+func WithEchoBinary(path string) Option { return func(c *Cluster) { c.echoBinaryPath = path } }
 
 // New returns a cluster that Create starts.
 func New(opts ...Option) *Cluster {
-	c := &Cluster{name: "meshproof-local", nodes: 1, logger: slog.Default(), buildLog: os.Stderr, startTimeout: defaultStartTimeout}
+	c := &Cluster{name: "meshproof-local", nodes: 1, logger: slog.Default(), buildLog: os.Stderr, startTimeout: defaultStartTimeout, echoBinaries: map[string]string{}}
 	for _, opt := range opts {
 		opt(c)
 	}
@@ -146,8 +162,18 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		"--secure-port=0",
 	}
 	c.logger.Info("starting kube-controller-manager, kube-scheduler and kwok", "cluster", c.name)
+	controllers := "*"
+	if c.withIstiod {
+		// No EndpointSlices or Endpoints: a proxyless pod's endpoint is the
+		// WorkloadEntry at its loopback address (see Proxyless), and its
+		// kwok pod IP, which the EndpointSlice controller would publish,
+		// reaches nothing, yet istiod would hand it to grpc-go as a second
+		// endpoint. Nothing else reads them here: the simulated data plane
+		// reads pods, and istiod's webhooks are called by URL.
+		controllers = "*,-endpointslice-controller,-endpointslice-mirroring-controller,-endpoints-controller"
+	}
 	if err := c.startPart("kube-controller-manager", bins.controllerManager, append(clientFlags,
-		"--controllers=*",
+		"--controllers="+controllers,
 		"--service-account-private-key-file="+env.ServiceAccountKeyFile,
 		"--root-ca-file="+env.ServingCAFile,
 		"--use-service-account-credentials=false",
@@ -162,7 +188,7 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		return "", err
 	}
 	if c.withIstiod {
-		if err := gateIstiodReadiness(stages); err != nil {
+		if err := gateReadiness(stages, istiodGate, proxylessGate); err != nil {
 			return "", err
 		}
 	}
@@ -191,6 +217,9 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		if err := c.startIstiod(ctx, bins.pilotDiscovery); err != nil {
 			return "", err
 		}
+		if err := c.startProxyless(ctx, bins.pilotAgent); err != nil {
+			return "", err
+		}
 	}
 	c.logger.Info("local cluster ready", "cluster", c.name, "kubernetes", env.ServerVersion.GitVersion, "nodes", c.nodes, "took", time.Since(start).Round(100*time.Millisecond))
 	return kubeconfig, nil
@@ -198,7 +227,7 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 
 type binaryPaths struct {
 	controllerManager, scheduler, kwok, kwokStages string
-	pilotDiscovery                                 string // "" without WithIstiod
+	pilotDiscovery, pilotAgent                     string // "" without WithIstiod
 }
 
 // ensureBinaries builds what the cache lacks (minutes each on a cold machine).
@@ -218,7 +247,7 @@ func (c *Cluster) ensureBinaries(ctx context.Context) (binaryPaths, error) {
 		{binaries.KwokStages, &paths.kwokStages},
 	}
 	if c.withIstiod {
-		tools = append(tools, toolPath{binaries.PilotDiscovery, &paths.pilotDiscovery})
+		tools = append(tools, toolPath{binaries.PilotDiscovery, &paths.pilotDiscovery}, toolPath{binaries.PilotAgent, &paths.pilotAgent})
 	}
 	for _, b := range tools {
 		path, err := binaries.EnsureTool(ctx, b.tool, c.buildLog)
@@ -344,12 +373,17 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// Destroy stops istiod first (while the API server still answers it), then
+// Destroy stops the proxyless pods' processes and istiod first (while the
+// API server still answers them), then
 // the parts in the reverse of their start order (kwok, kube-scheduler,
 // kube-controller-manager), then kube-apiserver, then etcd, each escalated to
 // SIGKILL after a bound, and removes the cluster's directory.
 func (c *Cluster) Destroy(context.Context) error {
 	var errs []error
+	if c.proxyless != nil {
+		errs = append(errs, c.proxyless.stop())
+		c.proxyless = nil
+	}
 	if c.istiod != nil {
 		errs = append(errs, c.istiod.stop())
 		c.istiod = nil
@@ -390,15 +424,39 @@ func (c *Cluster) startIstiod(ctx context.Context, binary string) error {
 	return nil
 }
 
+// Proxyless is the proxyless gRPC pods' supervisor (nil without WithIstiod
+// or before Create).
+func (c *Cluster) Proxyless() *Proxyless { return c.proxyless }
+
+// startProxyless starts the proxyless pods' supervisor.
+func (c *Cluster) startProxyless(ctx context.Context, agentBinary string) error {
+	kube, err := kubernetes.NewForConfig(c.env.Config)
+	if err != nil {
+		return err
+	}
+	s := newProxyless(agentBinary, c.dir, kube, c.env.Istio, c.istiod, c.echoBinary, c.logger.With("cluster", c.name))
+	if err := s.run(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("local cluster %s: starting the proxyless supervisor: %w", c.name, err)
+	}
+	c.proxyless = s
+	c.logger.Info("proxyless supervisor watching pods injected with grpc-agent", "cluster", c.name, "addresses", s.AddressPrefix()+"0/24")
+	return nil
+}
+
 // Env is the running control plane with its clients (nil before Create).
 func (c *Cluster) Env() *testenv.Env { return c.env }
 
 // Pids are the running parts' process ids by name, kube-apiserver and etcd
-// included, and with WithIstiod each running istiod as istiod-<revision>.
+// included, and with WithIstiod each running istiod as istiod-<revision>
+// and each proxyless pod's processes as pilot-agent-<namespace>-<pod> and
+// echo-<namespace>-<pod>.
 func (c *Cluster) Pids() map[string]int {
 	pids := map[string]int{}
 	if c.istiod != nil {
 		maps.Copy(pids, c.istiod.pids())
+	}
+	if c.proxyless != nil {
+		maps.Copy(pids, c.proxyless.pids())
 	}
 	for _, p := range c.parts {
 		pids[p.Name()] = p.Pid()

@@ -56,6 +56,8 @@ type options struct {
 	env         []string
 	dir         string
 	output      io.Writer
+	stderr      io.Writer
+	stdin       io.Reader
 	stopTimeout time.Duration
 }
 
@@ -72,6 +74,13 @@ func WithDir(dir string) Option { return func(o *options) { o.dir = dir } }
 // WithOutput also copies the child's stdout and stderr to w (Tail keeps the end
 // of them either way).
 func WithOutput(w io.Writer) Option { return func(o *options) { o.output = w } }
+
+// WithStdin gives the child r as its standard input (default: none).
+func WithStdin(r io.Reader) Option { return func(o *options) { o.stdin = r } }
+
+// WithStderr sends the child's stderr to w alone, apart from its stdout
+// (which WithOutput and Tail keep), for a command whose stdout is data.
+func WithStderr(w io.Writer) Option { return func(o *options) { o.stderr = w } }
 
 // WithStopTimeout bounds how long Stop waits for the child to exit after SIGTERM
 // before it sends SIGKILL.
@@ -105,6 +114,10 @@ func Start(name, path string, args []string, opts ...Option) (*Process, error) {
 		out = io.MultiWriter(p.tail, o.output)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
+	if o.stderr != nil {
+		cmd.Stderr = o.stderr
+	}
+	cmd.Stdin = o.stdin
 	p.cmd = cmd
 
 	// The registry lock is held from the fork to the registration so that a
