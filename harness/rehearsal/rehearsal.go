@@ -221,7 +221,9 @@ func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario
 }
 
 // transport is the simulated data plane, with every sidecar's certificates
-// from the istiod of the revision that injected it.
+// from the istiod of the revision that injected it, behind a router that
+// gives the local cluster's real proxyless gRPC pods what they can answer
+// (proxylessRouter).
 func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 	lc, err := r.cluster(cfg)
 	if err != nil {
@@ -236,7 +238,11 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 		return nil, fmt.Errorf("rehearsal: a client for cluster %s: %w", lc.Name(), err)
 	}
 	certs := &revisionCA{kube: kube, istiod: lc.Istiod(), byAddr: map[string]*istiodClient{}}
-	return dataplane.New(kube, certs, dataplane.WithLogger(r.logger.With("cluster", lc.Name()))), nil
+	simulated := dataplane.New(kube, certs, dataplane.WithLogger(r.logger.With("cluster", lc.Name())))
+	if lc.Proxyless() == nil {
+		return simulated, nil
+	}
+	return &proxylessRouter{simulated: simulated, local: lc.Proxyless(), kube: kube}, nil
 }
 
 // revisionCA issues a simulated sidecar's certificates as its istio-agent
