@@ -91,10 +91,12 @@ const (
 // container that exits (it is logged and the pod stays as it is), the
 // istio-token is requested once for the pod's lifetime (12 h, bound to the
 // pod) and the root certificate is copied once from the namespace's
-// ConfigMap (a kubelet keeps both current). pilot-agent's status server is
-// off (statusPort 0): it would listen on every address of the machine
-// (pilot/cmd/pilot-agent/status/server.go in Istio has no listen address),
-// and nothing probes it here.
+// ConfigMap (a kubelet keeps both current). pilot-agent's status server
+// gets a free port, but it listens on every address of the machine, not the
+// pod's loopback one: Istio's pilot-agent has no setting for its address
+// (pilot/cmd/pilot-agent/status/server.go: net.Listen("tcp", ":<port>")),
+// and validates statusPort to 1..65535
+// (pkg/config/validation/agent/validation.go), so it cannot be turned off.
 type Proxyless struct {
 	agentBinary string
 	dir         string
@@ -116,6 +118,8 @@ type Proxyless struct {
 	pods map[types.UID]*proxylessPod
 	// hosts are the last octets in use.
 	hosts map[int]bool
+	// started counts the pods started, naming their directories.
+	started int
 }
 
 // proxylessPod is one pod the supervisor runs.
@@ -220,13 +224,21 @@ func (p *Proxyless) stop() error {
 }
 
 // proxylessTemplate reports whether Istio's injector gave pod the
-// grpc-agent template, as its status annotation records.
+// grpc-agent template: its status annotation says it injected the pod, with
+// the templates the pod asked for (Istio 1.30's status names no templates;
+// where it does, they must include grpc-agent).
 func proxylessTemplate(pod *corev1.Pod) bool {
 	var status struct {
 		Templates []string `json:"templates"`
 	}
 	s := pod.Annotations[injectionStatusAnnotation]
-	return s != "" && json.Unmarshal([]byte(s), &status) == nil && slices.Contains(status.Templates, GRPCAgentTemplate)
+	if s == "" || json.Unmarshal([]byte(s), &status) != nil {
+		return false
+	}
+	if len(status.Templates) > 0 {
+		return slices.Contains(status.Templates, GRPCAgentTemplate)
+	}
+	return asksProxyless(pod)
 }
 
 // asksProxyless reports whether pod asks for the grpc-agent template, which
@@ -291,11 +303,14 @@ func (p *Proxyless) reconcile(ctx context.Context, lister listersv1.PodLister) {
 			continue
 		}
 		p.hosts[host] = true
+		p.started++
 		podCtx, cancel := context.WithCancel(ctx)
 		pp := &proxylessPod{
 			uid: uid, namespace: pod.Namespace, name: pod.Name, labels: maps.Clone(pod.Labels),
 			addr:   p.prefix + strconv.Itoa(host),
-			dir:    filepath.Join(p.dir, "proxyless", pod.Namespace+"-"+pod.Name+"-"+string(uid)[:8]),
+			// Short: pilot-agent's XDS socket is <dir>/etc/istio/proxy/XDS,
+			// and a socket's path has at most 107 bytes.
+			dir:    filepath.Join(p.dir, "pl", fmt.Sprintf("%d-%d", host, p.started)),
 			cancel: cancel,
 		}
 		p.pods[uid] = pp
@@ -549,7 +564,8 @@ func (p *Proxyless) createWorkloadEntry(ctx context.Context, pp *proxylessPod, p
 //   - INSTANCE_IP and HOST_IP: the pod's loopback address;
 //   - PROXY_CONFIG: discoveryAddress the local istiod of the pod's revision
 //     (ISTIOD_SAN keeps the name the agent checks in istiod's certificate),
-//     statusPort 0 (see Proxyless), configPath the pod's own directory;
+//     statusPort a free port (see Proxyless), configPath the pod's own
+//     directory;
 //   - CA_ADDR, if set: that istiod too;
 //   - OUTPUT_CERTS and GRPC_XDS_BOOTSTRAP: absolute paths in the pod's
 //     directory (the app's working directory is the same; an absolute path
@@ -583,7 +599,11 @@ func (p *Proxyless) agentEnv(ctx context.Context, pp *proxylessPod, pod *corev1.
 	}
 	configPath := filepath.Join(pp.dir, "etc/istio/proxy")
 	proxyConfig["discoveryAddress"] = istiod
-	proxyConfig["statusPort"] = 0
+	statusPort, err := freePorts(1)
+	if err != nil {
+		return nil, "", err
+	}
+	proxyConfig["statusPort"] = statusPort[0]
 	proxyConfig["configPath"] = configPath
 	pc, err := json.Marshal(proxyConfig)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,6 +36,7 @@ import (
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
+	injection "github.com/meshproof/meshproof/harness/sidecar"
 	"github.com/meshproof/meshproof/harness/testenv"
 )
 
@@ -45,9 +47,9 @@ const (
 )
 
 // The rehearsal's transport on a local cluster that runs proxyless gRPC
-// pods for real: fixtures rendered as a run renders them (two proxyless
-// Deployments, grpc-a and grpc-l with the tlsMode label, and legacy out of
-// the mesh) are injected with grpc-agent by the real istiod, their
+// pods for real: fixtures rendered as a run renders them (three proxyless
+// Deployments, the client grpc-a and the servers grpc-b and grpc-l, with
+// the tlsMode label, and legacy out of the mesh) are injected with grpc-agent by the real istiod, their
 // pilot-agent and echo run at WorkloadEntries' 127/8 addresses, and probes
 // through the rehearsal's transport are answered by the real processes,
 // labelled so, agreeing with the oracle's proxyless rules.
@@ -83,6 +85,7 @@ fixtures:
   namespace: %[3]s
   workloads:
   - {name: grpc-a, proxyless: true}
+  - {name: grpc-b, proxyless: true}
   - {name: grpc-l, proxyless: true, tlsModeLabel: true}
   - {name: legacy, mesh: false, ports: [{name: grpc, number: %[4]d}]}
 scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
@@ -110,6 +113,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		Namespaces: []manifests.Namespace{{Name: plNamespace}},
 		Workloads: []manifests.Workload{
 			{Name: "grpc-a", Namespace: plNamespace, InMesh: true, Proxyless: true, Ports: grpcPorts},
+			{Name: "grpc-b", Namespace: plNamespace, InMesh: true, Proxyless: true, Ports: grpcPorts},
 			{Name: "grpc-l", Namespace: plNamespace, InMesh: true, Proxyless: true, TLSModeLabel: true, Ports: grpcPorts},
 			{Name: "legacy", Namespace: plNamespace, InMesh: false, Ports: grpcPorts},
 		},
@@ -122,21 +126,26 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			t.Fatal(err)
 		}
 	}
-	for _, name := range []string{"grpc-a", "grpc-l", "legacy"} {
+	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", "legacy"} {
 		waitAvailable(t, env.Client, name)
 	}
-	t.Logf("two proxyless Deployments and legacy Available (pilot-agent and echo serving with istiod's listeners) in %s", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("three proxyless Deployments and legacy Available (pilot-agent and echo serving with istiod's listeners) in %s", time.Since(start).Round(100*time.Millisecond))
 
 	pods := map[string]*corev1.Pod{}
-	for _, name := range []string{"grpc-a", "grpc-l", "legacy"} {
+	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", "legacy"} {
 		pods[name] = podOf(t, env.Client, name)
 	}
 	prefix := lc.Proxyless().AddressPrefix()
 	pids := lc.Pids()
-	for _, name := range []string{"grpc-a", "grpc-l"} {
+	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l"} {
 		pod := pods[name]
-		if status := pod.Annotations["sidecar.istio.io/status"]; !strings.Contains(status, `"grpc-agent"`) {
-			t.Errorf("%s: istiod did not inject the grpc-agent template: status %q", pod.Name, status)
+		// The grpc-agent template's istio-proxy: pilot-agent without Envoy,
+		// asking istiod for gRPC xDS.
+		proxy := injection.Proxy(pod)
+		if pod.Annotations["sidecar.istio.io/status"] == "" || proxy == nil ||
+			!slices.Contains(proxy.Env, corev1.EnvVar{Name: "DISABLE_ENVOY", Value: "true"}) ||
+			!slices.Contains(proxy.Env, corev1.EnvVar{Name: "ISTIO_META_GENERATOR", Value: "grpc"}) {
+			t.Errorf("%s: istiod did not inject the grpc-agent template (status %q)", pod.Name, pod.Annotations["sidecar.istio.io/status"])
 		}
 		for _, process := range []string{"pilot-agent", "echo"} {
 			if pids[process+"-"+plNamespace+"-"+pod.Name] == 0 {
@@ -174,7 +183,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		{"namespace STRICT, DestinationRules ISTIO_MUTUAL", &scenario.MTLSStep{
 			PeerAuthentications: []scenario.PeerAuthentication{{Scope: scenario.ScopeNamespace, Namespace: plNamespace, Mode: scenario.ModeStrict}},
 			DestinationRules: []scenario.DestinationRule{
-				{Workload: "grpc-a", Mode: scenario.TLSIstioMutual}, {Workload: "grpc-l", Mode: scenario.TLSIstioMutual}},
+				{Workload: "grpc-b", Mode: scenario.TLSIstioMutual}, {Workload: "grpc-l", Mode: scenario.TLSIstioMutual}},
 		}},
 	}
 	for i, c := range cells {
@@ -190,7 +199,14 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		// istiod pushes a change in a second or two: wait until what the
 		// processes answer is what the oracle predicts, at most 45 s.
 		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 45*time.Second, true, func(ctx context.Context) (bool, error) {
-			observed, byPair = probeRound(t, ctx, transport, pods)
+			obs, pairs, err := probeRound(ctx, transport, pods)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false, nil // the wait's end: the last round stands
+				}
+				return false, err
+			}
+			observed, byPair = obs, pairs
 			disagreements = oracle.Conform(c.name, preds, observed)
 			return len(disagreements) == 0, nil
 		})
@@ -206,15 +222,14 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		}
 		t.Logf("cell %q: real answers agree with the oracle %s after the apply", c.name, time.Since(applied).Round(10*time.Millisecond))
 		// What issue 12 names, beyond the oracle's agreement.
-		self := byPair["grpc-a/grpc-a"]
 		switch i {
 		case 0:
-			if self.Result != echoapi.ResultPlaintext {
-				t.Errorf("no policy: grpc-a -> grpc-a over xds:/// gave %s %s, want plaintext", self.Result, self.Reason)
+			if r := byPair["grpc-a/grpc-b"]; r.Result != echoapi.ResultPlaintext {
+				t.Errorf("no policy: grpc-a -> grpc-b over xds:/// gave %s %s, want plaintext", r.Result, r.Reason)
 			}
 		case 1:
 			want := "spiffe://cluster.local/ns/" + plNamespace + "/sa/grpc-a"
-			for _, to := range []string{"grpc-a", "grpc-l"} {
+			for _, to := range []string{"grpc-b", "grpc-l"} {
 				if r := byPair["grpc-a/"+to]; r.Result != echoapi.ResultMTLS || r.PeerURI != want {
 					t.Errorf("STRICT + ISTIO_MUTUAL: grpc-a -> %s gave %s %s (peer %q), want mtls from %s", to, r.Result, r.Reason, r.PeerURI, want)
 				}
@@ -259,8 +274,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			proxylessPids = append(proxylessPids, pid)
 		}
 	}
-	if len(proxylessPids) != 2 {
-		t.Errorf("grpc-a's processes before Destroy: %v, want pilot-agent and echo", lc.Pids())
+	if len(proxylessPids) != 4 {
+		t.Errorf("grpc-a's and grpc-b's processes before Destroy: %v, want pilot-agent and echo of each", lc.Pids())
 	}
 	destroyed = true
 	if err := lc.Destroy(context.Background()); err != nil {
@@ -295,11 +310,10 @@ func applyCell(t *testing.T, kube client.Client, s *scenario.Suite, m *scenario.
 	}
 }
 
-// probeRound probes both servers from grpc-a (xds:///, as the engine
+// probeRound probes grpc-b and grpc-l from grpc-a (xds:///, as the engine
 // targets a proxyless client's gRPC) and from legacy (grpc://) through the
 // rehearsal's transport. Every result must come from the real processes.
-func probeRound(t *testing.T, ctx context.Context, transport probe.Execer, pods map[string]*corev1.Pod) ([]oracle.Observed, map[string]echoapi.ProbeResult) {
-	t.Helper()
+func probeRound(ctx context.Context, transport probe.Execer, pods map[string]*corev1.Pod) ([]oracle.Observed, map[string]echoapi.ProbeResult, error) {
 	var observed []oracle.Observed
 	byPair := map[string]echoapi.ProbeResult{}
 	for _, from := range []string{"grpc-a", "legacy"} {
@@ -308,41 +322,41 @@ func probeRound(t *testing.T, ctx context.Context, transport probe.Execer, pods 
 			scheme = "xds:///"
 		}
 		spec := echoapi.ProbeSpec{Timeout: echoapi.Duration(3 * time.Second), Deadline: echoapi.Duration(20 * time.Second)}
-		for _, to := range []string{"grpc-a", "grpc-l"} {
+		for _, to := range []string{"grpc-b", "grpc-l"} {
 			spec.Targets = append(spec.Targets, echoapi.Target{
 				Name: to, URL: fmt.Sprintf("%s%s.%s.svc.cluster.local:%d", scheme, to, plNamespace, plPort), Port: plPort,
 			})
 		}
 		stdin, err := json.Marshal(spec)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		stdout, _, err := transport.Exec(ctx, probe.Command{
 			Pod: results.Pod{Namespace: plNamespace, Name: pods[from].Name}, Container: manifests.ContainerName,
 			Argv: []string{image.BinaryPath, "probe"}, Stdin: stdin,
 		})
 		if err != nil {
-			t.Fatalf("probe from %s: %v", from, err)
+			return nil, nil, fmt.Errorf("probe from %s: %w", from, err)
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(stdout)), "\n") {
 			var r echoapi.ProbeResult
 			if err := json.Unmarshal([]byte(line), &r); err != nil {
-				t.Fatalf("probe from %s printed %q: %v", from, line, err)
+				return nil, nil, fmt.Errorf("probe from %s printed %q: %w", from, line, err)
 			}
 			if r.DataPlane != rehearsal.ProxylessLabel() {
-				t.Fatalf("probe %s -> %s: dataPlane %q, want %q (answered by the real processes)", from, r.Target, r.DataPlane, rehearsal.ProxylessLabel())
+				return nil, nil, fmt.Errorf("probe %s -> %s: dataPlane %q, want %q (answered by the real processes)", from, r.Target, r.DataPlane, rehearsal.ProxylessLabel())
 			}
 			if !strings.HasPrefix(r.URL, scheme) || !strings.Contains(r.URL, ".svc.cluster.local") {
-				t.Fatalf("probe %s -> %s: URL %q is not the batch's", from, r.Target, r.URL)
+				return nil, nil, fmt.Errorf("probe %s -> %s: URL %q is not the batch's", from, r.Target, r.URL)
 			}
 			byPair[from+"/"+r.Target] = r
 			observed = append(observed, oracle.Observed{From: from, To: r.Target, Port: plPort, Result: scenario.Result(r.Result), Reason: r.Reason, Detail: r.Error})
 		}
 	}
 	if len(observed) != 4 {
-		t.Fatalf("%d results, want 4: %v", len(observed), observed)
+		return nil, nil, fmt.Errorf("%d results, want 4: %v", len(observed), observed)
 	}
-	return observed, byPair
+	return observed, byPair, nil
 }
 
 // waitAvailable waits until Deployment name is Available.
