@@ -307,7 +307,7 @@ func (p *Proxyless) reconcile(ctx context.Context, lister listersv1.PodLister) {
 		podCtx, cancel := context.WithCancel(ctx)
 		pp := &proxylessPod{
 			uid: uid, namespace: pod.Namespace, name: pod.Name, labels: maps.Clone(pod.Labels),
-			addr:   p.prefix + strconv.Itoa(host),
+			addr: p.prefix + strconv.Itoa(host),
 			// Short: pilot-agent's XDS socket is <dir>/etc/istio/proxy/XDS,
 			// and a socket's path has at most 107 bytes.
 			dir:    filepath.Join(p.dir, "pl", fmt.Sprintf("%d-%d", host, p.started)),
