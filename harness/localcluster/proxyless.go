@@ -92,11 +92,15 @@ const (
 // istio-token is requested once for the pod's lifetime (12 h, bound to the
 // pod) and the root certificate is copied once from the namespace's
 // ConfigMap (a kubelet keeps both current). pilot-agent's status server
-// gets a free port, but it listens on every address of the machine, not the
-// pod's loopback one: Istio's pilot-agent has no setting for its address
+// does not run: it would listen on every address of the machine, as
+// pilot-agent has no setting for its address
 // (pilot/cmd/pilot-agent/status/server.go: net.Listen("tcp", ":<port>")),
-// and validates statusPort to 1..65535
-// (pkg/config/validation/agent/validation.go), so it cannot be turned off.
+// and statusPort cannot be 0 (pkg/config/validation/agent/validation.go
+// wants 1..65535). So the supervisor holds statusPort on 127.0.0.1 for the
+// pod's life: pilot-agent's wildcard listen then fails (EADDRINUSE), which
+// it logs ("Error listening on status port") and runs on without, and it
+// listens on no TCP port at all (its xDS proxy and SDS are Unix sockets in
+// the pod's directory). Nothing here probes the status server.
 type Proxyless struct {
 	agentBinary string
 	dir         string
@@ -139,10 +143,12 @@ type proxylessPod struct {
 	stopped bool
 	// Set by the start goroutine, under Proxyless.mu.
 	agent, echo *proc.Process
-	echoPath    string
-	appEnv      []string
-	serving     bool
-	err         error
+	// statusHold holds pilot-agent's statusPort on 127.0.0.1 (see Proxyless).
+	statusHold net.Listener
+	echoPath   string
+	appEnv     []string
+	serving    bool
+	err        error
 }
 
 func newProxyless(agentBinary, dir string, kube kubernetes.Interface, istio istioclient.Interface, istiod *Istiod, echoBinary func(string) (string, error), logger *slog.Logger) *Proxyless {
@@ -335,7 +341,7 @@ func (p *Proxyless) stopPod(pp *proxylessPod, why string, deleteEntry bool) erro
 	pp.cancel()
 	p.mu.Lock()
 	pp.stopped = true
-	agent, echo := pp.agent, pp.echo
+	agent, echo, hold := pp.agent, pp.echo, pp.statusHold
 	p.mu.Unlock()
 	var errs []error
 	p.logger.Info("stopping proxyless pod", "pod", pp.namespace+"/"+pp.name, "address", pp.addr, "why", why)
@@ -343,6 +349,9 @@ func (p *Proxyless) stopPod(pp *proxylessPod, why string, deleteEntry bool) erro
 		if pr != nil {
 			errs = append(errs, pr.Stop())
 		}
+	}
+	if hold != nil {
+		hold.Close()
 	}
 	if deleteEntry {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -564,8 +573,8 @@ func (p *Proxyless) createWorkloadEntry(ctx context.Context, pp *proxylessPod, p
 //   - INSTANCE_IP and HOST_IP: the pod's loopback address;
 //   - PROXY_CONFIG: discoveryAddress the local istiod of the pod's revision
 //     (ISTIOD_SAN keeps the name the agent checks in istiod's certificate),
-//     statusPort a free port (see Proxyless), configPath the pod's own
-//     directory;
+//     statusPort one the supervisor holds (see Proxyless), configPath the
+//     pod's own directory;
 //   - CA_ADDR, if set: that istiod too;
 //   - OUTPUT_CERTS and GRPC_XDS_BOOTSTRAP: absolute paths in the pod's
 //     directory (the app's working directory is the same; an absolute path
@@ -599,11 +608,21 @@ func (p *Proxyless) agentEnv(ctx context.Context, pp *proxylessPod, pod *corev1.
 	}
 	configPath := filepath.Join(pp.dir, "etc/istio/proxy")
 	proxyConfig["discoveryAddress"] = istiod
-	statusPort, err := freePorts(1)
+	// Held until the pod stops (see Proxyless): pilot-agent must not
+	// listen on it.
+	hold, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("holding a status port for pilot-agent: %w", err)
 	}
-	proxyConfig["statusPort"] = statusPort[0]
+	p.mu.Lock()
+	pp.statusHold = hold
+	stopped := pp.stopped
+	p.mu.Unlock()
+	if stopped {
+		hold.Close()
+		return nil, "", errors.New("the pod is gone")
+	}
+	proxyConfig["statusPort"] = hold.Addr().(*net.TCPAddr).Port
 	proxyConfig["configPath"] = configPath
 	pc, err := json.Marshal(proxyConfig)
 	if err != nil {

@@ -4,9 +4,12 @@ package rehearsal_test
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -162,8 +165,17 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		if we.Spec.ServiceAccount != name || we.Spec.Labels["app"] != name {
 			t.Errorf("WorkloadEntry %s: ServiceAccount %q, labels %v", we.Name, we.Spec.ServiceAccount, we.Spec.Labels)
 		}
-		t.Logf("%s: injected with grpc-agent, WorkloadEntry at %s, pilot-agent pid %d, echo pid %d", pod.Name, we.Spec.Address,
-			pids["pilot-agent-"+plNamespace+"-"+pod.Name], pids["echo-"+plNamespace+"-"+pod.Name])
+		for _, process := range []string{"pilot-agent", "echo"} {
+			pid := pids[process+"-"+plNamespace+"-"+pod.Name]
+			for _, addr := range listening(t, pid) {
+				if addr != we.Spec.Address {
+					t.Errorf("%s of %s (pid %d) listens on %s, not only on its address %s", process, pod.Name, pid, addr, we.Spec.Address)
+				}
+			}
+		}
+		t.Logf("%s: injected with grpc-agent, WorkloadEntry at %s, pilot-agent pid %d (listening on %v), echo pid %d (listening on %v)", pod.Name, we.Spec.Address,
+			pids["pilot-agent-"+plNamespace+"-"+pod.Name], listening(t, pids["pilot-agent-"+plNamespace+"-"+pod.Name]),
+			pids["echo-"+plNamespace+"-"+pod.Name], listening(t, pids["echo-"+plNamespace+"-"+pod.Name]))
 	}
 	if pids["pilot-agent-"+plNamespace+"-"+pods["legacy"].Name] != 0 {
 		t.Errorf("a pilot-agent runs for the out-of-mesh pod %s", pods["legacy"].Name)
@@ -396,4 +408,45 @@ func podOf(t *testing.T, kube client.Client, name string) *corev1.Pod {
 		t.Fatalf("Deployment %s has %d running pods, want 1", name, len(running))
 	}
 	return running[0]
+}
+
+// listening are the IP addresses pid's TCP sockets listen on: its socket
+// inodes (/proc/<pid>/fd) looked up in the kernel's tables, whose
+// local_address is the IP as 32-bit words in host (little-endian) order.
+func listening(t *testing.T, pid int) []string {
+	t.Helper()
+	fds, err := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && strings.HasPrefix(target, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")] = true
+		}
+	}
+	var addrs []string
+	for _, table := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			// local_address f[1], st f[3] (0A is LISTEN), inode f[9].
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			ipHex, _, _ := strings.Cut(f[1], ":")
+			raw, err := hex.DecodeString(ipHex)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i+4 <= len(raw); i += 4 {
+				raw[i], raw[i+1], raw[i+2], raw[i+3] = raw[i+3], raw[i+2], raw[i+1], raw[i]
+			}
+			addrs = append(addrs, net.IP(raw).String())
+		}
+	}
+	return addrs
 }
