@@ -87,6 +87,13 @@ const (
 // EndpointSlices, and the local cluster runs no EndpointSlice controller,
 // so the pod's own (kwok) IP is never an endpoint istiod hands grpc-go.
 //
+// It also runs the echo of every out-of-mesh pod (no sidecar, not injected)
+// that serves gRPC, as a plain gRPC server at its own address with a
+// WorkloadEntry, so that proxyless clients, whose gRPC calls only real
+// processes answer, reach a real server there too. kwok does not wait for
+// those (the app's readiness is not gated), and nothing else of such a pod
+// runs.
+//
 // What differs from a pod: one process per container, no restart of a
 // container that exits (it is logged and the pod stays as it is), the
 // istio-token is requested once for the pod's lifetime (12 h, bound to the
@@ -136,6 +143,9 @@ type proxylessPod struct {
 	dir    string
 	// app is the container the echo plays.
 	app string
+	// plain is an out-of-mesh pod's plain gRPC server (see
+	// plainGRPCServer): its echo runs without pilot-agent.
+	plain bool
 
 	cancel context.CancelFunc
 	// stopped is set, under Proxyless.mu, once stopPod has begun: a
@@ -272,7 +282,7 @@ func (p *Proxyless) reconcile(ctx context.Context, lister listersv1.PodLister) {
 			continue
 		}
 		switch {
-		case proxylessTemplate(pod):
+		case proxylessTemplate(pod), plainGRPCServer(pod):
 			want[pod.UID] = pod
 		case asksProxyless(pod) && pod.Annotations[proxylessServingAnnotation] != "true":
 			p.markServing(ctx, pod.Namespace, pod.Name, "not injected: its app runs without pilot-agent, simulated")
@@ -313,7 +323,8 @@ func (p *Proxyless) reconcile(ctx context.Context, lister listersv1.PodLister) {
 		podCtx, cancel := context.WithCancel(ctx)
 		pp := &proxylessPod{
 			uid: uid, namespace: pod.Namespace, name: pod.Name, labels: maps.Clone(pod.Labels),
-			addr: p.prefix + strconv.Itoa(host),
+			plain: !proxylessTemplate(pod),
+			addr:  p.prefix + strconv.Itoa(host),
 			// Short: pilot-agent's XDS socket is <dir>/etc/istio/proxy/XDS,
 			// and a socket's path has at most 107 bytes.
 			dir:    filepath.Join(p.dir, "pl", fmt.Sprintf("%d-%d", host, p.started)),
@@ -375,18 +386,28 @@ func (p *Proxyless) stopPod(pp *proxylessPod, why string, deleteEntry bool) erro
 func (p *Proxyless) start(ctx context.Context, pp *proxylessPod, pod *corev1.Pod) error {
 	ctx, cancel := context.WithTimeout(ctx, proxylessStartTimeout)
 	defer cancel()
-	proxy := injection.Proxy(pod)
-	if proxy == nil {
-		return fmt.Errorf("pod %s/%s has no injected %s container", pod.Namespace, pod.Name, injection.ContainerName)
-	}
 	app := appContainer(pod)
 	if app == nil {
-		return fmt.Errorf("pod %s/%s has no app container next to %s", pod.Namespace, pod.Name, injection.ContainerName)
+		return fmt.Errorf("pod %s/%s has no app container", pod.Namespace, pod.Name)
 	}
 	pp.app = app.Name
 	echoPath, err := p.echoBinary(app.Image)
 	if err != nil {
 		return fmt.Errorf("container %s: %w", app.Name, err)
+	}
+	appEnv, err := p.istiod.containerEnv(ctx, pod, app)
+	if err != nil {
+		return err
+	}
+	if pp.plain {
+		if err := p.createWorkloadEntry(ctx, pp, pod); err != nil {
+			return err
+		}
+		return p.startEcho(ctx, pp, app, echoPath, appEnv, "listening on %s (plain gRPC)")
+	}
+	proxy := injection.Proxy(pod)
+	if proxy == nil {
+		return fmt.Errorf("pod %s/%s has no injected %s container", pod.Namespace, pod.Name, injection.ContainerName)
 	}
 	if err := p.writeVolumes(ctx, pp, pod); err != nil {
 		return err
@@ -413,14 +434,21 @@ func (p *Proxyless) start(ctx context.Context, pp *proxylessPod, pod *corev1.Pod
 	}); err != nil {
 		return err
 	}
-	appEnv, err := p.istiod.containerEnv(ctx, pod, app)
-	if err != nil {
-		return err
-	}
 	// What the grpc-agent template gives the app container, with the
 	// bootstrap's local path.
 	appEnv = setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", bootstrap)
 	appEnv = setEnv(appEnv, "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT", "true")
+	if err := p.startEcho(ctx, pp, app, echoPath, appEnv, "grpc serving %s"); err != nil {
+		return err
+	}
+	p.markServing(ctx, pod.Namespace, pod.Name, "pilot-agent and the echo serve at "+pp.addr)
+	return nil
+}
+
+// startEcho runs the pod's app container as the echo binary at echoPath,
+// bound to the pod's address, and waits until it prints serving (a format
+// taking the address) for every gRPC port.
+func (p *Proxyless) startEcho(ctx context.Context, pp *proxylessPod, app *corev1.Container, echoPath string, appEnv []string, serving string) error {
 	args := append(expandAll(app.Args, appEnv), "--host", pp.addr)
 	if len(app.Command) > 0 {
 		if app.Command[0] != image.BinaryPath {
@@ -433,23 +461,33 @@ func (p *Proxyless) start(ctx context.Context, pp *proxylessPod, pod *corev1.Pod
 	if err != nil {
 		return err
 	}
-	var serving []string
+	var lines []string
 	for _, port := range grpcPorts(args) {
-		serving = append(serving, "grpc serving "+net.JoinHostPort(pp.addr, port))
+		lines = append(lines, fmt.Sprintf(serving, net.JoinHostPort(pp.addr, port)))
 	}
-	if len(serving) == 0 {
-		serving = []string{"grpc serving "}
-	}
-	if err := waitProcess(ctx, echo, "the echo to serve gRPC with istiod's listeners ("+strings.Join(serving, ", ")+")", func() bool {
-		return out.containsAll(serving)
+	if err := waitProcess(ctx, echo, "the echo to print "+strings.Join(lines, ", "), func() bool {
+		return out.containsAll(lines)
 	}); err != nil {
 		return err
 	}
 	p.mu.Lock()
 	pp.echoPath, pp.appEnv, pp.serving = echoPath, appEnv, true
 	p.mu.Unlock()
-	p.markServing(ctx, pod.Namespace, pod.Name, "pilot-agent and the echo serve at "+pp.addr)
 	return nil
+}
+
+// plainGRPCServer reports whether pod is an out-of-mesh pod (no sidecar, no
+// injection) whose app serves gRPC (the echo's --grpc-ports): the
+// supervisor runs its echo too, as a plain gRPC server at its own address
+// with a WorkloadEntry, so that proxyless clients' grpc-go, which istiod
+// sends there, reaches a real server (the simulated data plane answers no
+// gRPC call from a proxyless pod). Its other commands stay simulated.
+func plainGRPCServer(pod *corev1.Pod) bool {
+	if pod.Annotations[injectionStatusAnnotation] != "" || injection.Proxy(pod) != nil {
+		return false
+	}
+	app := appContainer(pod)
+	return app != nil && len(grpcPorts(append(slices.Clone(app.Command), app.Args...))) > 0
 }
 
 // appContainer is the pod's first container other than istio-proxy, the
@@ -661,6 +699,9 @@ func injectedRevision(pod *corev1.Pod) string {
 // copies) and, when watch is set, there too.
 func (p *Proxyless) startProcess(pp *proxylessPod, container, binary string, args, env []string, watch *lineWatch) (*proc.Process, error) {
 	name := container + "-" + pp.namespace + "-" + pp.name
+	if err := os.MkdirAll(pp.dir, 0o755); err != nil {
+		return nil, err
+	}
 	logFile, err := os.OpenFile(filepath.Join(p.dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err

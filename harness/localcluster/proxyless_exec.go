@@ -26,9 +26,10 @@ type Endpoint struct {
 	Address        string
 }
 
-// Endpoints are the serving proxyless pods of namespace whose labels match
-// selector (a Service's selector): what the Service's WorkloadEntries give
-// istiod, in no particular order.
+// Endpoints are the serving pods of namespace the supervisor runs (proxyless
+// ones and out-of-mesh plain gRPC servers) whose labels match selector (a
+// Service's selector): what the Service's WorkloadEntries give istiod, in
+// no particular order.
 func (p *Proxyless) Endpoints(namespace string, selector map[string]string) []Endpoint {
 	if len(selector) == 0 {
 		return nil
@@ -45,10 +46,12 @@ func (p *Proxyless) Endpoints(namespace string, selector map[string]string) []En
 	return out
 }
 
-// Runs reports whether the supervisor runs pod namespace/name (it was
-// injected with grpc-agent and is scheduled), serving or not yet.
+// Runs reports whether the supervisor runs proxyless pod namespace/name (it
+// was injected with grpc-agent and is scheduled), serving or not yet; not
+// for an out-of-mesh pod whose plain gRPC server it runs.
 func (p *Proxyless) Runs(namespace, name string) bool {
-	return p.find(namespace, name) != nil
+	pp := p.find(namespace, name)
+	return pp != nil && !pp.plain
 }
 
 func (p *Proxyless) find(namespace, name string) *proxylessPod {
@@ -73,7 +76,7 @@ func (p *Proxyless) find(namespace, name string) *proxylessPod {
 // non-zero exit is a k8s.io/utils/exec ExitError, as from a real exec.
 func (p *Proxyless) Exec(ctx context.Context, namespace, name, container string, argv []string, stdin []byte) (stdout, stderr []byte, handled bool, err error) {
 	pp := p.find(namespace, name)
-	if pp == nil {
+	if pp == nil || pp.plain {
 		return nil, nil, false, nil
 	}
 	p.mu.Lock()

@@ -177,8 +177,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			pids["pilot-agent-"+plNamespace+"-"+pod.Name], listening(t, pids["pilot-agent-"+plNamespace+"-"+pod.Name]),
 			pids["echo-"+plNamespace+"-"+pod.Name], listening(t, pids["echo-"+plNamespace+"-"+pod.Name]))
 	}
-	if pids["pilot-agent-"+plNamespace+"-"+pods["legacy"].Name] != 0 {
-		t.Errorf("a pilot-agent runs for the out-of-mesh pod %s", pods["legacy"].Name)
+	if legacy := pods["legacy"].Name; pids["pilot-agent-"+plNamespace+"-"+legacy] != 0 || pids["echo-"+plNamespace+"-"+legacy] == 0 {
+		t.Errorf("the out-of-mesh pod %s runs a pilot-agent or no plain gRPC echo: %v", legacy, pids)
 	}
 
 	transport, err := rehearsal.TransportFor(rehearsal.New(), lc)
@@ -236,8 +236,10 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		// What issue 12 names, beyond the oracle's agreement.
 		switch i {
 		case 0:
-			if r := byPair["grpc-a/grpc-b"]; r.Result != echoapi.ResultPlaintext {
-				t.Errorf("no policy: grpc-a -> grpc-b over xds:/// gave %s %s, want plaintext", r.Result, r.Reason)
+			for _, to := range []string{"grpc-b", "legacy"} {
+				if r := byPair["grpc-a/"+to]; r.Result != echoapi.ResultPlaintext {
+					t.Errorf("no policy: grpc-a -> %s over xds:/// gave %s %s, want plaintext", to, r.Result, r.Reason)
+				}
 			}
 		case 1:
 			want := "spiffe://cluster.local/ns/" + plNamespace + "/sa/grpc-a"
@@ -286,8 +288,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			proxylessPids = append(proxylessPids, pid)
 		}
 	}
-	if len(proxylessPids) != 4 {
-		t.Errorf("grpc-a's and grpc-b's processes before Destroy: %v, want pilot-agent and echo of each", lc.Pids())
+	if len(proxylessPids) != 5 {
+		t.Errorf("processes before Destroy: %v, want pilot-agent and echo of grpc-a and grpc-b and legacy's echo", lc.Pids())
 	}
 	destroyed = true
 	if err := lc.Destroy(context.Background()); err != nil {
@@ -322,7 +324,7 @@ func applyCell(t *testing.T, kube client.Client, s *scenario.Suite, m *scenario.
 	}
 }
 
-// probeRound probes grpc-b and grpc-l from grpc-a (xds:///, as the engine
+// probeRound probes grpc-b, grpc-l and legacy from grpc-a (xds:///, as the engine
 // targets a proxyless client's gRPC) and from legacy (grpc://) through the
 // rehearsal's transport. Every result must come from the real processes.
 func probeRound(ctx context.Context, transport probe.Execer, pods map[string]*corev1.Pod) ([]oracle.Observed, map[string]echoapi.ProbeResult, error) {
@@ -334,7 +336,13 @@ func probeRound(ctx context.Context, transport probe.Execer, pods map[string]*co
 			scheme = "xds:///"
 		}
 		spec := echoapi.ProbeSpec{Timeout: echoapi.Duration(3 * time.Second), Deadline: echoapi.Duration(20 * time.Second)}
-		for _, to := range []string{"grpc-b", "grpc-l"} {
+		targets := []string{"grpc-b", "grpc-l"}
+		if from == "grpc-a" {
+			// An out-of-mesh plain gRPC server, which the local cluster
+			// runs too, reached through istiod by grpc-go's xDS client.
+			targets = append(targets, "legacy")
+		}
+		for _, to := range targets {
 			spec.Targets = append(spec.Targets, echoapi.Target{
 				Name: to, URL: fmt.Sprintf("%s%s.%s.svc.cluster.local:%d", scheme, to, plNamespace, plPort), Port: plPort,
 			})
@@ -365,8 +373,8 @@ func probeRound(ctx context.Context, transport probe.Execer, pods map[string]*co
 			observed = append(observed, oracle.Observed{From: from, To: r.Target, Port: plPort, Result: scenario.Result(r.Result), Reason: r.Reason, Detail: r.Error})
 		}
 	}
-	if len(observed) != 4 {
-		return nil, nil, fmt.Errorf("%d results, want 4: %v", len(observed), observed)
+	if len(observed) != 5 {
+		return nil, nil, fmt.Errorf("%d results, want 5: %v", len(observed), observed)
 	}
 	return observed, byPair, nil
 }
