@@ -94,6 +94,15 @@ const (
 // those (the app's readiness is not gated), and nothing else of such a pod
 // runs.
 //
+// A command exec'd into a proxyless pod (an `echo probe` with xds:///
+// targets) gets a second pilot-agent of the pod's identity and address, in
+// a directory of its own: in a real pod it would share the pod's one
+// pilot-agent, whose xDS proxy serves one stream at a time and closes the
+// older when another connects (Istio's pkg/istio-agent/xds_proxy.go,
+// registerStream: "registered overlapping stream; closing previous"), so a
+// probe would cut the echo server's own xDS stream and make it fail calls
+// for a moment.
+//
 // What differs from a pod: one process per container, no restart of a
 // container that exits (it is logged and the pod stays as it is), the
 // istio-token is requested once for the pod's lifetime (12 h, bound to the
@@ -152,13 +161,16 @@ type proxylessPod struct {
 	// process started after it is stopped at once.
 	stopped bool
 	// Set by the start goroutine, under Proxyless.mu.
-	agent, echo *proc.Process
-	// statusHold holds pilot-agent's statusPort on 127.0.0.1 (see Proxyless).
-	statusHold net.Listener
-	echoPath   string
-	appEnv     []string
-	serving    bool
-	err        error
+	processes []*proc.Process
+	// statusHolds hold the agents' statusPorts on 127.0.0.1 (see Proxyless).
+	statusHolds []net.Listener
+	echoPath    string
+	// execEnv and execDir are an exec'd command's environment (the second
+	// agent's bootstrap) and working directory.
+	execEnv []string
+	execDir string
+	serving bool
+	err     error
 }
 
 func newProxyless(agentBinary, dir string, kube kubernetes.Interface, istio istioclient.Interface, istiod *Istiod, echoBinary func(string) (string, error), logger *slog.Logger) *Proxyless {
@@ -352,16 +364,16 @@ func (p *Proxyless) stopPod(pp *proxylessPod, why string, deleteEntry bool) erro
 	pp.cancel()
 	p.mu.Lock()
 	pp.stopped = true
-	agent, echo, hold := pp.agent, pp.echo, pp.statusHold
+	processes, holds := slices.Clone(pp.processes), pp.statusHolds
 	p.mu.Unlock()
 	var errs []error
 	p.logger.Info("stopping proxyless pod", "pod", pp.namespace+"/"+pp.name, "address", pp.addr, "why", why)
-	for _, pr := range []*proc.Process{echo, agent} {
-		if pr != nil {
-			errs = append(errs, pr.Stop())
-		}
+	// The app first, as a kubelet stops a native sidecar after the app.
+	slices.Reverse(processes)
+	for _, pr := range processes {
+		errs = append(errs, pr.Stop())
 	}
-	if hold != nil {
+	for _, hold := range holds {
 		hold.Close()
 	}
 	if deleteEntry {
@@ -409,40 +421,70 @@ func (p *Proxyless) start(ctx context.Context, pp *proxylessPod, pod *corev1.Pod
 	if proxy == nil {
 		return fmt.Errorf("pod %s/%s has no injected %s container", pod.Namespace, pod.Name, injection.ContainerName)
 	}
-	if err := p.writeVolumes(ctx, pp, pod); err != nil {
-		return err
-	}
 	if err := p.createWorkloadEntry(ctx, pp, pod); err != nil {
 		return err
 	}
-	agentEnv, bootstrap, err := p.agentEnv(ctx, pp, pod, proxy)
-	if err != nil {
+	// The pod's own pilot-agent, and a second one of the same identity and
+	// address for the commands exec'd into the pod (see Proxyless).
+	execDir := filepath.Join(pp.dir, "x")
+	type agentRun struct {
+		name, dir string
+		bootstrap string
+		err       error
+	}
+	agents := []*agentRun{{name: "pilot-agent", dir: pp.dir}, {name: "pilot-agent-exec", dir: execDir}}
+	var wg sync.WaitGroup
+	for _, a := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.bootstrap, a.err = p.runAgent(ctx, pp, pod, proxy, a.name, a.dir)
+		}()
+	}
+	wg.Wait()
+	for _, a := range agents {
+		if a.err != nil {
+			return a.err
+		}
+	}
+	// What the grpc-agent template gives the app container, with the
+	// bootstrap's local path.
+	appEnv = setEnv(appEnv, "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT", "true")
+	p.mu.Lock()
+	pp.execEnv, pp.execDir = setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", agents[1].bootstrap), execDir
+	p.mu.Unlock()
+	if err := p.startEcho(ctx, pp, app, echoPath, setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", agents[0].bootstrap), "grpc serving %s"); err != nil {
 		return err
 	}
-	agent, err := p.startProcess(pp, "pilot-agent", p.agentBinary, expandAll(proxy.Args, agentEnv), agentEnv, nil)
-	if err != nil {
-		return err
+	p.markServing(ctx, pod.Namespace, pod.Name, "pilot-agent and the echo serve at "+pp.addr)
+	return nil
+}
+
+// runAgent runs pilot-agent for pod as name, in dir (its volumes' files
+// there), and waits for its xDS bootstrap and certificates; it returns the
+// bootstrap's path.
+func (p *Proxyless) runAgent(ctx context.Context, pp *proxylessPod, pod *corev1.Pod, proxy *corev1.Container, name, dir string) (string, error) {
+	if err := p.writeVolumes(ctx, dir, pod); err != nil {
+		return "", err
 	}
-	certs := envOf(agentEnv, "OUTPUT_CERTS")
-	if err := waitProcess(ctx, agent, "pilot-agent to write its xDS bootstrap and certificates", func() bool {
+	env, bootstrap, err := p.agentEnv(ctx, dir, pp, pod, proxy)
+	if err != nil {
+		return "", err
+	}
+	agent, err := p.startProcess(pp, name, dir, p.agentBinary, expandAll(proxy.Args, env), env, nil)
+	if err != nil {
+		return "", err
+	}
+	certs := envOf(env, "OUTPUT_CERTS")
+	err = waitProcess(ctx, agent, name+" to write its xDS bootstrap and certificates", func() bool {
 		for _, f := range []string{bootstrap, filepath.Join(certs, "cert-chain.pem"), filepath.Join(certs, "root-cert.pem")} {
 			if _, err := os.Stat(f); err != nil {
 				return false
 			}
 		}
 		return true
-	}); err != nil {
-		return err
-	}
-	// What the grpc-agent template gives the app container, with the
-	// bootstrap's local path.
-	appEnv = setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", bootstrap)
-	appEnv = setEnv(appEnv, "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT", "true")
-	if err := p.startEcho(ctx, pp, app, echoPath, appEnv, "grpc serving %s"); err != nil {
-		return err
-	}
-	p.markServing(ctx, pod.Namespace, pod.Name, "pilot-agent and the echo serve at "+pp.addr)
-	return nil
+	})
+	return bootstrap, err
 }
 
 // startEcho runs the pod's app container as the echo binary at echoPath,
@@ -457,7 +499,7 @@ func (p *Proxyless) startEcho(ctx context.Context, pp *proxylessPod, app *corev1
 		args = append(expandAll(app.Command[1:], appEnv), args...)
 	}
 	out := &lineWatch{}
-	echo, err := p.startProcess(pp, "echo", echoPath, args, appEnv, out)
+	echo, err := p.startProcess(pp, "echo", pp.dir, echoPath, args, appEnv, out)
 	if err != nil {
 		return err
 	}
@@ -471,7 +513,7 @@ func (p *Proxyless) startEcho(ctx context.Context, pp *proxylessPod, app *corev1
 		return err
 	}
 	p.mu.Lock()
-	pp.echoPath, pp.appEnv, pp.serving = echoPath, appEnv, true
+	pp.echoPath, pp.serving = echoPath, true
 	p.mu.Unlock()
 	return nil
 }
@@ -509,7 +551,7 @@ func appContainer(pod *corev1.Pod) *corev1.Container {
 // as a kubelet waits for a volume's ConfigMap) and the pod's labels and
 // annotations (the istio-podinfo downward API volume). The emptyDir
 // volumes (bootstrap, certificates) are made empty.
-func (p *Proxyless) writeVolumes(ctx context.Context, pp *proxylessPod, pod *corev1.Pod) error {
+func (p *Proxyless) writeVolumes(ctx context.Context, dir string, pod *corev1.Pod) error {
 	audience, ttl, rootConfigMap := "istio-ca", int64(istioTokenTTL), rootCertConfigMap
 	for _, v := range pod.Spec.Volumes {
 		switch {
@@ -554,7 +596,7 @@ func (p *Proxyless) writeVolumes(ctx context.Context, pp *proxylessPod, pod *cor
 		"etc/istio/pod/annotations":           downwardAPIFile(pod.Annotations),
 	}
 	for name, data := range files {
-		path := filepath.Join(pp.dir, name)
+		path := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
 		}
@@ -563,7 +605,7 @@ func (p *Proxyless) writeVolumes(ctx context.Context, pp *proxylessPod, pod *cor
 		}
 	}
 	for _, d := range []string{"etc/istio/proxy", "var/lib/istio/data", "var/run/secrets/workload-spiffe-uds", "var/run/secrets/workload-spiffe-credentials"} {
-		if err := os.MkdirAll(filepath.Join(pp.dir, d), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return err
 		}
 	}
@@ -621,7 +663,7 @@ func (p *Proxyless) createWorkloadEntry(ctx context.Context, pp *proxylessPod, p
 //     capture DNS on this machine).
 //
 // It also returns the bootstrap's path.
-func (p *Proxyless) agentEnv(ctx context.Context, pp *proxylessPod, pod *corev1.Pod, proxy *corev1.Container) ([]string, string, error) {
+func (p *Proxyless) agentEnv(ctx context.Context, dir string, pp *proxylessPod, pod *corev1.Pod, proxy *corev1.Container) ([]string, string, error) {
 	env, err := p.istiod.containerEnv(ctx, pod, proxy)
 	if err != nil {
 		return nil, "", err
@@ -644,7 +686,7 @@ func (p *Proxyless) agentEnv(ctx context.Context, pp *proxylessPod, pod *corev1.
 			}
 		}
 	}
-	configPath := filepath.Join(pp.dir, "etc/istio/proxy")
+	configPath := filepath.Join(dir, "etc/istio/proxy")
 	proxyConfig["discoveryAddress"] = istiod
 	// Held until the pod stops (see Proxyless): pilot-agent must not
 	// listen on it.
@@ -653,7 +695,7 @@ func (p *Proxyless) agentEnv(ctx context.Context, pp *proxylessPod, pod *corev1.
 		return nil, "", fmt.Errorf("holding a status port for pilot-agent: %w", err)
 	}
 	p.mu.Lock()
-	pp.statusHold = hold
+	pp.statusHolds = append(pp.statusHolds, hold)
 	stopped := pp.stopped
 	p.mu.Unlock()
 	if stopped {
@@ -670,7 +712,7 @@ func (p *Proxyless) agentEnv(ctx context.Context, pp *proxylessPod, pod *corev1.
 	env = setEnv(env, "PROXY_CONFIG", string(pc))
 	env = setEnv(env, "INSTANCE_IP", pp.addr)
 	env = setEnv(env, "HOST_IP", pp.addr)
-	env = setEnv(env, "OUTPUT_CERTS", filepath.Join(pp.dir, "var/lib/istio/data"))
+	env = setEnv(env, "OUTPUT_CERTS", filepath.Join(dir, "var/lib/istio/data"))
 	env = setEnv(env, "GRPC_XDS_BOOTSTRAP", bootstrap)
 	env = setEnv(env, "ISTIO_META_DNS_CAPTURE", "false")
 	if envOf(env, "CA_ADDR") != "" {
@@ -697,9 +739,9 @@ func injectedRevision(pod *corev1.Pod) string {
 // startProcess starts one of pp's containers, with its output in the
 // cluster's directory (<container>-<namespace>-<pod>.log, which ExportLogs
 // copies) and, when watch is set, there too.
-func (p *Proxyless) startProcess(pp *proxylessPod, container, binary string, args, env []string, watch *lineWatch) (*proc.Process, error) {
+func (p *Proxyless) startProcess(pp *proxylessPod, container, dir, binary string, args, env []string, watch *lineWatch) (*proc.Process, error) {
 	name := container + "-" + pp.namespace + "-" + pp.name
-	if err := os.MkdirAll(pp.dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	logFile, err := os.OpenFile(filepath.Join(p.dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -713,19 +755,15 @@ func (p *Proxyless) startProcess(pp *proxylessPod, container, binary string, arg
 		watch.w = logFile
 		out = watch
 	}
-	pr, err := proc.Start(name, binary, args, proc.WithEnv(env...), proc.WithDir(pp.dir), proc.WithOutput(out), proc.WithStopTimeout(proxylessStopTimeout))
+	pr, err := proc.Start(name, binary, args, proc.WithEnv(env...), proc.WithDir(dir), proc.WithOutput(out), proc.WithStopTimeout(proxylessStopTimeout))
 	if err != nil {
 		logFile.Close()
 		return nil, err
 	}
 	p.mu.Lock()
 	stopped := pp.stopped
-	switch {
-	case stopped:
-	case container == "pilot-agent":
-		pp.agent = pr
-	default:
-		pp.echo = pr
+	if !stopped {
+		pp.processes = append(pp.processes, pr)
 	}
 	p.mu.Unlock()
 	go func() {
@@ -883,7 +921,7 @@ func (p *Proxyless) pids() map[string]int {
 	defer p.mu.Unlock()
 	out := map[string]int{}
 	for _, pp := range p.pods {
-		for _, pr := range []*proc.Process{pp.agent, pp.echo} {
+		for _, pr := range pp.processes {
 			if pr != nil && pr.ExitError() == nil {
 				out[pr.Name()] = pr.Pid()
 			}

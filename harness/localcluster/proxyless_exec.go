@@ -69,9 +69,9 @@ func (p *Proxyless) find(namespace, name string) *proxylessPod {
 // exec into it would, when the supervisor runs that pod (handled false
 // otherwise, and nothing ran): the app container's argv[0] must be the echo
 // image's binary (image.BinaryPath), which runs as the pod's local echo
-// binary with the rest of argv, stdin, the app container's environment
-// (GRPC_XDS_BOOTSTRAP included) and the pod's directory as its working
-// directory. Commands for the istio-proxy container are refused: pilot-agent
+// binary with the rest of argv, stdin and the app container's environment,
+// but GRPC_XDS_BOOTSTRAP is the pod's second pilot-agent's (see Proxyless)
+// and its directory the working directory. Commands for the istio-proxy container are refused: pilot-agent
 // runs without Envoy, so there is no admin API for `pilot-agent request`. A
 // non-zero exit is a k8s.io/utils/exec ExitError, as from a real exec.
 func (p *Proxyless) Exec(ctx context.Context, namespace, name, container string, argv []string, stdin []byte) (stdout, stderr []byte, handled bool, err error) {
@@ -80,7 +80,7 @@ func (p *Proxyless) Exec(ctx context.Context, namespace, name, container string,
 		return nil, nil, false, nil
 	}
 	p.mu.Lock()
-	serving, startErr, app, echoPath, env := pp.serving, pp.err, pp.app, pp.echoPath, pp.appEnv
+	serving, startErr, app, echoPath, env, dir := pp.serving, pp.err, pp.app, pp.echoPath, pp.execEnv, pp.execDir
 	p.mu.Unlock()
 	switch {
 	case container == injection.ContainerName:
@@ -92,7 +92,7 @@ func (p *Proxyless) Exec(ctx context.Context, namespace, name, container string,
 	case container != app:
 		return nil, nil, true, fmt.Errorf("container %s is not valid for pod %s", container, name)
 	}
-	stdout, stderr, err = runLocal(ctx, "exec-"+namespace+"-"+name, echoPath, argv, stdin, env, pp.dir)
+	stdout, stderr, err = runLocal(ctx, "exec-"+namespace+"-"+name, echoPath, argv, stdin, env, dir)
 	return stdout, stderr, true, err
 }
 

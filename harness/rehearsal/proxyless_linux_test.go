@@ -150,7 +150,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			!slices.Contains(proxy.Env, corev1.EnvVar{Name: "ISTIO_META_GENERATOR", Value: "grpc"}) {
 			t.Errorf("%s: istiod did not inject the grpc-agent template (status %q)", pod.Name, pod.Annotations["sidecar.istio.io/status"])
 		}
-		for _, process := range []string{"pilot-agent", "echo"} {
+		for _, process := range []string{"pilot-agent", "pilot-agent-exec", "echo"} {
 			if pids[process+"-"+plNamespace+"-"+pod.Name] == 0 {
 				t.Errorf("no %s runs for pod %s: %v", process, pod.Name, pids)
 			}
@@ -165,7 +165,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		if we.Spec.ServiceAccount != name || we.Spec.Labels["app"] != name {
 			t.Errorf("WorkloadEntry %s: ServiceAccount %q, labels %v", we.Name, we.Spec.ServiceAccount, we.Spec.Labels)
 		}
-		for _, process := range []string{"pilot-agent", "echo"} {
+		for _, process := range []string{"pilot-agent", "pilot-agent-exec", "echo"} {
 			pid := pids[process+"-"+plNamespace+"-"+pod.Name]
 			for _, addr := range listening(t, pid) {
 				if addr != we.Spec.Address {
@@ -288,8 +288,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			proxylessPids = append(proxylessPids, pid)
 		}
 	}
-	if len(proxylessPids) != 5 {
-		t.Errorf("processes before Destroy: %v, want pilot-agent and echo of grpc-a and grpc-b and legacy's echo", lc.Pids())
+	if len(proxylessPids) != 7 {
+		t.Errorf("processes before Destroy: %v, want the two pilot-agents and the echo of grpc-a and grpc-b, and legacy's echo", lc.Pids())
 	}
 	destroyed = true
 	if err := lc.Destroy(context.Background()); err != nil {
