@@ -458,3 +458,40 @@ func listening(t *testing.T, pid int) []string {
 	}
 	return addrs
 }
+
+// A whole rehearsal of a file with proxyless workloads, through the run
+// library as meshproof run --rehearse: the pairs with a proxyless side or a
+// gRPC call towards one are observed from the real processes and say so,
+// the rest stay simulated, every step passes, and nothing of the run's
+// proxyless pods is left running.
+func TestProxylessRehearsal(t *testing.T) {
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "testdata/proxyless.yaml")
+	sum := execute(t, c, r)
+	f := readFolder(t, r.Dir())
+	if !sum.OK() || sum.Passed == 0 {
+		t.Errorf("summary %+v, want every step passed; failed: %q", sum, f.failedCases())
+	}
+	proxyless := map[string]bool{"grpc-a": true, "grpc-b": true, "grpc-l": true}
+	counts := map[string]int{}
+	for _, o := range f.observations {
+		want := rehearsal.Label()
+		if (proxyless[o.From] && o.Port == plPort) || (o.From == "legacy" && proxyless[o.To]) {
+			want = rehearsal.ProxylessLabel()
+		}
+		if o.DataPlane != want {
+			t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, want)
+		}
+		counts[o.DataPlane]++
+	}
+	if counts[rehearsal.ProxylessLabel()] == 0 {
+		t.Error("no observation came from the real proxyless processes")
+	}
+	t.Logf("observations by data plane: %v", counts)
+	for name := range c.Pids() {
+		if strings.HasPrefix(name, "pilot-agent-") || strings.HasPrefix(name, "echo-") {
+			t.Errorf("%s still runs after the run", name)
+		}
+	}
+}
