@@ -101,7 +101,11 @@ const (
 // older when another connects (Istio's pkg/istio-agent/xds_proxy.go,
 // registerStream: "registered overlapping stream; closing previous"), so a
 // probe would cut the echo server's own xDS stream and make it fail calls
-// for a moment.
+// for a moment. The echo's hand-off of a probe batch to the serving echo
+// (fixtures/echo/probeforward.go, the socket next to GRPC_XDS_BOOTSTRAP)
+// does not avoid that with grpc-go 1.66 or later, whose xDS clients are per
+// target (README: Proxyless gRPC); with its own bootstrap the exec'd probe
+// finds no such socket and runs with its own agent's stream.
 //
 // What differs from a pod: one process per container, no restart of a
 // container that exits (it is logged and the pod stays as it is), the
