@@ -22,6 +22,11 @@ TEST_TIMEOUT ?= 30m
 # servers, local clusters and rehearsals, not computing, so twice the
 # cores' count keeps two cores busy.
 TEST_PACKAGES ?= 4
+# go test starts packages in the order it is given them: the longest ones
+# (each several minutes of local clusters, istiod and Helm installs) go
+# first, so that none of them starts last and runs alone at the end.
+SLOW_TEST_PACKAGES = ./harness/istio ./harness/rehearsal ./harness/engine \
+	./harness/localcluster ./harness/proxyless
 
 .PHONY: test e2e rehearse validate lint generate envtest clean
 
@@ -29,7 +34,7 @@ test: lint
 	@# envtest binaries (kube-apiserver, etcd) are built from source once and
 	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
 	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/testenv/assets)" && export KUBEBUILDER_ASSETS && \
-	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) $(SLOW_TEST_PACKAGES) ./...
 	@# The e2e suites need a cluster; here they are only compiled, so they cannot rot.
 	$(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
 
