@@ -30,6 +30,8 @@ import (
 // cannot be reached without a kubelet, so WaitReady is checked for its
 // failure report only.
 func TestAgainstAPIServer(t *testing.T) {
+	// Each of the API server tests has an API server of its own.
+	t.Parallel()
 	root := testenv.IstioCharts(t)
 	ctrllog.SetLogger(logr.Discard())
 	// No Istio CRDs from testenv: the base release must create (and own)

@@ -52,6 +52,8 @@ const userVersion = "1.30.3"
 // install mode (refused), must leave the releases' values, the objects and
 // the CRDs exactly as they were.
 func TestUsersIstioIsLeftAlone(t *testing.T) {
+	// Not parallel: installing the user's Istio sets Helm's global field
+	// manager, which the other tests' installs would then use.
 	root := testenv.IstioCharts(t)
 	ctrllog.SetLogger(logr.Discard())
 	env := testenv.Start(t)

@@ -97,6 +97,8 @@ func setDeploymentStatus(ctx context.Context, t *testing.T, env *testenv.Env, d 
 // API server's admission chain calls the injector (a stand-in answering as
 // istiod would), whose proxy tag must be the new version's.
 func TestInPlaceUpgradeReadinessAgainstAPIServer(t *testing.T) {
+	// Each of the API server tests has an API server of its own.
+	t.Parallel()
 	root := testenv.IstioCharts(t)
 	ctrllog.SetLogger(logr.Discard())
 	env := testenv.Start(t)
