@@ -25,7 +25,7 @@ TEST_PACKAGES ?= 4
 # go test starts packages in the order it is given them: the longest ones
 # (each several minutes of local clusters, istiod and Helm installs) go
 # first, so that none of them starts last and runs alone at the end.
-SLOW_TEST_PACKAGES = ./harness/istio ./harness/rehearsal ./harness/engine \
+SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/istio ./harness/engine \
 	./harness/localcluster ./harness/proxyless
 
 .PHONY: test e2e rehearse validate lint generate envtest clean
