@@ -28,14 +28,21 @@ TEST_PACKAGES ?= 4
 SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/istio ./harness/engine \
 	./harness/localcluster ./harness/proxyless
 
-.PHONY: test e2e rehearse validate lint generate envtest clean
+.PHONY: test test-packages compile-suites e2e rehearse validate lint generate envtest clean
 
+# The package tests, and beside them (not after them) the e2e suites'
+# compilation.
 test: lint
+	@$(MAKE) --no-print-directory -j2 test-packages compile-suites
+
+test-packages:
 	@# envtest binaries (kube-apiserver, etcd) are built from source once and
 	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
 	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/testenv/assets)" && export KUBEBUILDER_ASSETS && \
 	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) $(SLOW_TEST_PACKAGES) ./...
-	@# The e2e suites need a cluster; here they are only compiled, so they cannot rot.
+
+# The e2e suites need a cluster; here they are only compiled, so they cannot rot.
+compile-suites:
 	$(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
 
 e2e:
