@@ -43,6 +43,8 @@ import (
 // then istiod injects, validates and signs; a rollout restart restarts it, a
 // canary revision gets its own, and Destroy leaves none running.
 func TestIstiodServesTheLocalCluster(t *testing.T) {
+	// Each istiod test has a local cluster of its own.
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
 	lc, m, destroyed := meshCluster(ctx, t, "lc-istiod", istio.DefaultVersion)
@@ -325,6 +327,8 @@ func checkWebhooksCall(t *testing.T, kube kubernetes.Interface, pid int) {
 // webhooks still call 127.0.0.1 (the post-renderer runs on upgrades too),
 // and the injector then injects the new proxy.
 func TestIstiodFollowsAnInPlaceUpgrade(t *testing.T) {
+	// Each istiod test has a local cluster of its own.
+	t.Parallel()
 	const from, to = "1.29.6", "1.30.3"
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
@@ -354,6 +358,8 @@ func TestIstiodFollowsAnInPlaceUpgrade(t *testing.T) {
 // readiness probe would: WaitServing fails at once with istiod's own words,
 // and the installer's readiness wait fails on the Deployment's rollout.
 func TestIstiodNeverReadyLeavesItsPodUnready(t *testing.T) {
+	// Each istiod test has a local cluster of its own.
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	lc, _ := istiodCluster(ctx, t, "lc-istiod-broken")
@@ -445,7 +451,6 @@ func istiodCluster(ctx context.Context, t *testing.T, name string) (*localcluste
 // without waiting for readiness.
 func installMesh(ctx context.Context, t *testing.T, lc *localcluster.Cluster, istioYAML string, extra ...istio.Option) (*mesh.Mesh, error) {
 	t.Helper()
-	t.Setenv(mesh.ChartsEnv, testenv.IstioCharts(t))
 	suite, err := scenario.Load("istiod.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
 clusters: [{name: c, istio: `+istioYAML+`}]
@@ -454,8 +459,12 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The tests' charts, named as a scenario names them: through
+	// $MESHPROOF_ISTIO_CHARTS (t.Setenv) the tests could not run in parallel.
+	c := &suite.Clusters[0]
+	c.Istio.Charts = filepath.Join(testenv.IstioCharts(t), c.Istio.Version)
 	opts := append([]istio.Option{istio.WithPostRenderer(lc.Istiod().PostRenderer())}, extra...)
-	return mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, opts...)
+	return mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), c, t.Logf, opts...)
 }
 
 // webhooks are every webhook's client config, by kind/configuration/index.
