@@ -64,6 +64,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/apply"
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -96,7 +97,10 @@ type Engine struct {
 	// witness proves how TCP connections arrived; tcpLocks keeps one
 	// witness window per server workload at a time (tcp.go).
 	witness  ConnectionWitness
-	tcpLocks witnessLocks
+	tcpLocks keyedLocks
+	// xdsLocks keeps one probe at a time in a proxyless client's pod
+	// (proxyless.go).
+	xdsLocks keyedLocks
 }
 
 // Option configures an Engine.
@@ -256,12 +260,18 @@ func (e *Engine) removePolicies(ctx context.Context, keep map[string]bool) ([]st
 
 // readyPod returns the newest ready, running pod of a workload.
 func (e *Engine) readyPod(ctx context.Context, workload string) (results.Pod, error) {
+	return e.newestReady(ctx, workload, client.MatchingLabels{manifests.AppLabel: workload})
+}
+
+// newestReady returns the newest ready, running pod of a workload among
+// those selector picks.
+func (e *Engine) newestReady(ctx context.Context, workload string, selector client.MatchingLabels) (results.Pod, error) {
 	w := e.suite.Workload(workload)
 	if w == nil {
 		return results.Pod{}, fmt.Errorf("no workload named %q", workload)
 	}
 	var pods corev1.PodList
-	if err := e.kube.List(ctx, &pods, client.InNamespace(w.Namespace), client.MatchingLabels{"app": w.Name}); err != nil {
+	if err := e.kube.List(ctx, &pods, client.InNamespace(w.Namespace), selector); err != nil {
 		return results.Pod{}, fmt.Errorf("listing pods of %s: %w", w.Name, err)
 	}
 	var best *corev1.Pod

@@ -82,7 +82,7 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 	all := true
 	var errs []error
 	for _, from := range clients {
-		pod, err := e.readyPod(ctx, from)
+		pod, err := e.clientPod(ctx, from)
 		if err == nil {
 			err = e.probeClient(ctx, sc, st, from, pod, byClient[from], td)
 		}
@@ -129,7 +129,7 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 		for _, r := range httpRows {
 			spec.Targets = append(spec.Targets, e.target(r.expectation))
 		}
-		answers, err := e.prober.Probe(ctx, pod, spec)
+		answers, err := e.probe(ctx, from, pod, spec)
 		if err != nil {
 			return fmt.Errorf("probing from %s (%s): %w", from, pod, err)
 		}

@@ -74,13 +74,14 @@ type ConnectionWitness interface {
 // cannot be told from plaintext without it.
 func WithConnectionWitness(w ConnectionWitness) Option { return func(e *Engine) { e.witness = w } }
 
-// witnessLocks serialises the TCP witness windows per server workload.
-type witnessLocks struct {
+// keyedLocks is one mutex per key: the TCP witness windows per server
+// workload, the probes per proxyless client workload.
+type keyedLocks struct {
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
 }
 
-func (w *witnessLocks) of(workload string) *sync.Mutex {
+func (w *keyedLocks) of(workload string) *sync.Mutex {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.locks == nil {

@@ -288,7 +288,7 @@ func (e *Engine) probeWithRetries(ctx context.Context, sc *scenario.Scenario, st
 // probePairs sends one request per pair from a client's ready pod. An error
 // is the harness's (no ready client pod, a failed exec): no request ran.
 func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pairs []scenario.Pair) ([]results.Observation, error) {
-	pod, err := e.readyPod(ctx, from)
+	pod, err := e.clientPod(ctx, from)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +310,7 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 		for _, p := range httpPairs {
 			spec.Targets = append(spec.Targets, e.target(scenario.Expectation{From: from, To: p.To, Port: p.Port}))
 		}
-		answers, err := e.prober.Probe(ctx, pod, spec)
+		answers, err := e.probe(ctx, from, pod, spec)
 		if err != nil {
 			return nil, fmt.Errorf("probing from pod %s: %w", pod, err)
 		}
