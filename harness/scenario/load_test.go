@@ -40,7 +40,7 @@ func TestDefaultScenariosLoad(t *testing.T) {
 		names = append(names, sc.Name)
 	}
 	want := []string{"strict", "permissive", "disable", "client-tls-towards-strict[tls=DISABLE]",
-		"client-tls-towards-strict[tls=ISTIO_MUTUAL]", "mtls-forced-towards-legacy", "port-level-override", "workload-cert-rotation", "migrate-to-strict"}
+		"client-tls-towards-strict[tls=ISTIO_MUTUAL]", "mtls-forced-towards-legacy", "port-level-override", "workload-cert-rotation", "migrate-to-strict", "proxyless-grpc"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("scenarios = %v, want %v", names, want)
 	}
@@ -143,6 +143,7 @@ func TestValidationErrors(t *testing.T) {
 		{"bad cluster name", strings.Replace(header, "c1", "C_1", 1) + "scenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", `cluster name "C_1" must be a DNS label`},
 		{"bad version", strings.Replace(header, "1.30.3", "latest", 1) + "scenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", `Istio version "latest" is not a full release version`},
 		{"istio port", header + "fixtures: {workloads: [{name: w, ports: [{name: http, number: 15006}]}]}\nscenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", "port 15006 is in the range 15000-15090"},
+		{"client deployment name", header + "fixtures: {workloads: [{name: a-xds-client}]}\nscenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", `ends in -xds-client`},
 		{"duplicate workload", header + "fixtures: {workloads: [{name: w}, {name: w}]}\nscenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", `duplicate workload name "w"`},
 		{"kind config twice", "apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters:\n- name: c1\n  kind: {config: x, configFile: y}\n  istio: {version: 1.30.3}\nscenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", "set either config or configFile, not both"},
 		{"existing with kind block", "apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters:\n- name: c1\n  provider: existing\n  kind: {reuse: true}\n  istio: {version: 1.30.3}\nscenarios:\n- {name: s, steps: [{wait: {duration: 1s}}]}\n", "only for provider kind"},

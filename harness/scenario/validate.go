@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/meshproof/meshproof/fixtures/manifests"
 )
 
 var (
@@ -127,6 +129,9 @@ func (v *validator) workloads() {
 			v.errorf(w.Source.At("name"), path+".name", "duplicate workload name %q (first at %s)", w.Name, first)
 		}
 		seen[w.Name] = w.Source.At("name")
+		if strings.HasSuffix(w.Name, manifests.ProxylessClientSuffix) {
+			v.errorf(w.Source.At("name"), path+".name", "workload name %q ends in %s, which names the client Deployments meshproof adds for proxyless workloads", w.Name, manifests.ProxylessClientSuffix)
+		}
 		if w.Namespace != "" && !dnsLabel.MatchString(w.Namespace) {
 			v.errorf(w.Source.At("namespace"), path+".namespace", "namespace %q must be a DNS label", w.Namespace)
 		}
