@@ -40,8 +40,8 @@ func TestPredictTableEveryStep(t *testing.T) {
 	}
 	// Rows are clients; the strict scenario's first matrix reads:
 	for _, row := range []string{
-		"    service-a        -               -               mtls            mtls            plaintext    plaintext\n",
-		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -\n",
+		"    service-a        -               -               mtls            mtls            plaintext    plaintext    fail(upstream-503)  mtls\n",
+		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -            fail(eof)           fail(eof)\n",
 	} {
 		if !strings.Contains(out, row) {
 			t.Errorf("table lacks the row\n%s\nin:\n%s", row, out)
@@ -79,8 +79,10 @@ func TestPredictJSON(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	if len(rows) != 21*12 { // 21 steps, each 3 clients x 2 other servers x 2 ports
-		t.Errorf("%d rows, want %d", len(rows), 21*12)
+	// 25 steps, each with every client towards every other workload's
+	// ports: three workloads with two ports, two proxyless ones with one.
+	if want := 25 * (3*(2*2+2) + 2*(3*2+1)); len(rows) != want {
+		t.Errorf("%d rows, want %d", len(rows), want)
 	}
 	found := false
 	asserted := 0
@@ -89,7 +91,7 @@ func TestPredictJSON(t *testing.T) {
 			found = true
 			if r.Result != scenario.ResultFail || r.Reason != "reset" || !r.Asserted || r.Agrees == nil || !*r.Agrees ||
 				r.Expected == nil || r.Expected.Reason != "reset" || !strings.Contains(r.Rule, "namespace STRICT") ||
-				!strings.HasPrefix(r.At, defaultScenarios+":49:") || r.StepName == "" {
+				!strings.HasPrefix(r.At, defaultScenarios+":58:") || r.StepName == "" {
 				t.Errorf("strict step 2 legacy -> service-b:8080 = %+v", r)
 			}
 		}
@@ -127,8 +129,8 @@ func TestPredictOneStep(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	if len(rows) != 12 {
-		t.Fatalf("%d rows, want 12", len(rows))
+	if len(rows) != 32 {
+		t.Fatalf("%d rows, want 32", len(rows))
 	}
 	got := map[string]scenario.Result{}
 	for _, r := range rows {
