@@ -94,18 +94,15 @@ const (
 // those (the app's readiness is not gated), and nothing else of such a pod
 // runs.
 //
-// A command exec'd into a proxyless pod (an `echo probe` with xds:///
-// targets) gets a second pilot-agent of the pod's identity and address, in
-// a directory of its own: in a real pod it would share the pod's one
-// pilot-agent, whose xDS proxy serves one stream at a time and closes the
-// older when another connects (Istio's pkg/istio-agent/xds_proxy.go,
-// registerStream: "registered overlapping stream; closing previous"), so a
-// probe would cut the echo server's own xDS stream and make it fail calls
-// for a moment. The echo's hand-off of a probe batch to the serving echo
-// (fixtures/echo/probeforward.go, the socket next to GRPC_XDS_BOOTSTRAP)
-// does not avoid that with grpc-go 1.66 or later, whose xDS clients are per
-// target (README: Proxyless gRPC); with its own bootstrap the exec'd probe
-// finds no such socket and runs with its own agent's stream.
+// A command exec'd into a proxyless pod runs in the pod's directory with
+// the app container's environment, so an `echo probe` there is an xDS
+// client of the pod's one pilot-agent, as in a real pod. meshproof execs
+// probes only into proxyless client pods (`echo idle`, see
+// manifests.ProxylessClientSuffix), never beside a serving echo: the
+// agent's xDS proxy serves one stream at a time and closes the older when
+// another connects (Istio's pkg/istio-agent/xds_proxy.go registerStream).
+// A client pod (its app runs `echo idle`) is Ready once its agent has
+// written the bootstrap and certificates.
 //
 // What differs from a pod: one process per container, no restart of a
 // container that exits (it is logged and the pod stays as it is), the
@@ -169,8 +166,8 @@ type proxylessPod struct {
 	// statusHolds hold the agents' statusPorts on 127.0.0.1 (see Proxyless).
 	statusHolds []net.Listener
 	echoPath    string
-	// execEnv and execDir are an exec'd command's environment (the second
-	// agent's bootstrap) and working directory.
+	// execEnv and execDir are an exec'd command's environment (the app
+	// container's, with the pod's agent's bootstrap) and working directory.
 	execEnv []string
 	execDir string
 	serving bool
@@ -428,36 +425,18 @@ func (p *Proxyless) start(ctx context.Context, pp *proxylessPod, pod *corev1.Pod
 	if err := p.createWorkloadEntry(ctx, pp, pod); err != nil {
 		return err
 	}
-	// The pod's own pilot-agent, and a second one of the same identity and
-	// address for the commands exec'd into the pod (see Proxyless).
-	execDir := filepath.Join(pp.dir, "x")
-	type agentRun struct {
-		name, dir string
-		bootstrap string
-		err       error
-	}
-	agents := []*agentRun{{name: "pilot-agent", dir: pp.dir}, {name: "pilot-agent-exec", dir: execDir}}
-	var wg sync.WaitGroup
-	for _, a := range agents {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.bootstrap, a.err = p.runAgent(ctx, pp, pod, proxy, a.name, a.dir)
-		}()
-	}
-	wg.Wait()
-	for _, a := range agents {
-		if a.err != nil {
-			return a.err
-		}
+	bootstrap, err := p.runAgent(ctx, pp, pod, proxy, "pilot-agent", pp.dir)
+	if err != nil {
+		return err
 	}
 	// What the grpc-agent template gives the app container, with the
 	// bootstrap's local path.
 	appEnv = setEnv(appEnv, "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT", "true")
+	appEnv = setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", bootstrap)
 	p.mu.Lock()
-	pp.execEnv, pp.execDir = setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", agents[1].bootstrap), execDir
+	pp.execEnv, pp.execDir = appEnv, pp.dir
 	p.mu.Unlock()
-	if err := p.startEcho(ctx, pp, app, echoPath, setEnv(appEnv, "GRPC_XDS_BOOTSTRAP", agents[0].bootstrap), "grpc serving %s"); err != nil {
+	if err := p.startEcho(ctx, pp, app, echoPath, appEnv, "grpc serving %s"); err != nil {
 		return err
 	}
 	p.markServing(ctx, pod.Namespace, pod.Name, "pilot-agent and the echo serve at "+pp.addr)
@@ -495,7 +474,12 @@ func (p *Proxyless) runAgent(ctx context.Context, pp *proxylessPod, pod *corev1.
 // bound to the pod's address, and waits until it prints serving (a format
 // taking the address) for every gRPC port.
 func (p *Proxyless) startEcho(ctx context.Context, pp *proxylessPod, app *corev1.Container, echoPath string, appEnv []string, serving string) error {
-	args := append(expandAll(app.Args, appEnv), "--host", pp.addr)
+	args := expandAll(app.Args, appEnv)
+	if len(args) > 0 && args[0] == "serve" {
+		// Bound to the pod's address; `echo idle` (a proxyless client
+		// pod) listens on nothing.
+		args = append(args, "--host", pp.addr)
+	}
 	if len(app.Command) > 0 {
 		if app.Command[0] != image.BinaryPath {
 			return fmt.Errorf("container %s runs %s: only the echo image's %s runs here", app.Name, app.Command[0], image.BinaryPath)

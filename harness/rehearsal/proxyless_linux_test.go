@@ -129,18 +129,18 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			t.Fatal(err)
 		}
 	}
-	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", "legacy"} {
+	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", "legacy", grpcAClient} {
 		waitAvailable(t, env.Client, name)
 	}
 	t.Logf("three proxyless Deployments and legacy Available (pilot-agent and echo serving with istiod's listeners) in %s", time.Since(start).Round(100*time.Millisecond))
 
 	pods := map[string]*corev1.Pod{}
-	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", "legacy"} {
+	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", "legacy", grpcAClient} {
 		pods[name] = podOf(t, env.Client, name)
 	}
 	prefix := lc.Proxyless().AddressPrefix()
 	pids := lc.Pids()
-	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l"} {
+	for _, name := range []string{"grpc-a", "grpc-b", "grpc-l", grpcAClient} {
 		pod := pods[name]
 		// The grpc-agent template's istio-proxy: pilot-agent without Envoy,
 		// asking istiod for gRPC xDS.
@@ -150,7 +150,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			!slices.Contains(proxy.Env, corev1.EnvVar{Name: "ISTIO_META_GENERATOR", Value: "grpc"}) {
 			t.Errorf("%s: istiod did not inject the grpc-agent template (status %q)", pod.Name, pod.Annotations["sidecar.istio.io/status"])
 		}
-		for _, process := range []string{"pilot-agent", "pilot-agent-exec", "echo"} {
+		for _, process := range []string{"pilot-agent", "echo"} {
 			if pids[process+"-"+plNamespace+"-"+pod.Name] == 0 {
 				t.Errorf("no %s runs for pod %s: %v", process, pod.Name, pids)
 			}
@@ -288,8 +288,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			proxylessPids = append(proxylessPids, pid)
 		}
 	}
-	if len(proxylessPids) != 7 {
-		t.Errorf("processes before Destroy: %v, want the two pilot-agents and the echo of grpc-a and grpc-b, and legacy's echo", lc.Pids())
+	if len(proxylessPids) != 9 {
+		t.Errorf("processes before Destroy: %v, want the pilot-agent and the echo of grpc-a, grpc-b and the client pods of grpc-a and grpc-l, and legacy's echo", lc.Pids())
 	}
 	destroyed = true
 	if err := lc.Destroy(context.Background()); err != nil {
@@ -335,28 +335,35 @@ func probeRound(ctx context.Context, transport probe.Execer, pods map[string]*co
 		if from == "grpc-a" {
 			scheme = "xds:///"
 		}
-		spec := echoapi.ProbeSpec{Timeout: echoapi.Duration(3 * time.Second), Deadline: echoapi.Duration(20 * time.Second)}
 		targets := []string{"grpc-b", "grpc-l"}
+		// grpc-a's requests go from its client pod, one xds:/// target per
+		// probe, as the engine sends them (manifests.ProxylessClientSuffix).
+		pod, batches := pods[from], [][]string{targets}
 		if from == "grpc-a" {
 			// An out-of-mesh plain gRPC server, which the local cluster
 			// runs too, reached through istiod by grpc-go's xDS client.
-			targets = append(targets, "legacy")
+			pod, batches = pods[grpcAClient], [][]string{{"grpc-b"}, {"grpc-l"}, {"legacy"}}
 		}
-		for _, to := range targets {
-			spec.Targets = append(spec.Targets, echoapi.Target{
-				Name: to, URL: fmt.Sprintf("%s%s.%s.svc.cluster.local:%d", scheme, to, plNamespace, plPort), Port: plPort,
+		var stdout []byte
+		for _, batch := range batches {
+			spec := echoapi.ProbeSpec{Timeout: echoapi.Duration(3 * time.Second), Deadline: echoapi.Duration(20 * time.Second)}
+			for _, to := range batch {
+				spec.Targets = append(spec.Targets, echoapi.Target{
+					Name: to, URL: fmt.Sprintf("%s%s.%s.svc.cluster.local:%d", scheme, to, plNamespace, plPort), Port: plPort,
+				})
+			}
+			stdin, err := json.Marshal(spec)
+			if err != nil {
+				return nil, nil, err
+			}
+			out, _, err := transport.Exec(ctx, probe.Command{
+				Pod: results.Pod{Namespace: plNamespace, Name: pod.Name}, Container: manifests.ContainerName,
+				Argv: []string{image.BinaryPath, "probe"}, Stdin: stdin,
 			})
-		}
-		stdin, err := json.Marshal(spec)
-		if err != nil {
-			return nil, nil, err
-		}
-		stdout, _, err := transport.Exec(ctx, probe.Command{
-			Pod: results.Pod{Namespace: plNamespace, Name: pods[from].Name}, Container: manifests.ContainerName,
-			Argv: []string{image.BinaryPath, "probe"}, Stdin: stdin,
-		})
-		if err != nil {
-			return nil, nil, fmt.Errorf("probe from %s: %w", from, err)
+			if err != nil {
+				return nil, nil, fmt.Errorf("probe from %s: %w", from, err)
+			}
+			stdout = append(stdout, out...)
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(stdout)), "\n") {
 			var r echoapi.ProbeResult
@@ -398,6 +405,9 @@ func waitAvailable(t *testing.T, kube client.Client, name string) {
 		t.Fatalf("Deployment %s not Available: %v (status %+v)", name, err, d.Status)
 	}
 }
+
+// grpcAClient is grpc-a's client Deployment, which its requests go from.
+const grpcAClient = "grpc-a" + manifests.ProxylessClientSuffix
 
 // podOf is the one running pod of Deployment name.
 func podOf(t *testing.T, kube client.Client, name string) *corev1.Pod {
