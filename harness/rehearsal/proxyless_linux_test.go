@@ -162,10 +162,10 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		if !strings.HasPrefix(we.Spec.Address, prefix) || !strings.HasPrefix(prefix, "127.") {
 			t.Errorf("WorkloadEntry %s at %s, want an address in %s0/24 of 127.0.0.0/8", we.Name, we.Spec.Address, prefix)
 		}
-		if we.Spec.ServiceAccount != name || we.Spec.Labels["app"] != name {
+		if we.Spec.ServiceAccount != strings.TrimSuffix(name, manifests.ProxylessClientSuffix) || we.Spec.Labels["app"] != name {
 			t.Errorf("WorkloadEntry %s: ServiceAccount %q, labels %v", we.Name, we.Spec.ServiceAccount, we.Spec.Labels)
 		}
-		for _, process := range []string{"pilot-agent", "pilot-agent-exec", "echo"} {
+		for _, process := range []string{"pilot-agent", "echo"} {
 			pid := pids[process+"-"+plNamespace+"-"+pod.Name]
 			for _, addr := range listening(t, pid) {
 				if addr != we.Spec.Address {
@@ -288,8 +288,8 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 			proxylessPids = append(proxylessPids, pid)
 		}
 	}
-	if len(proxylessPids) != 9 {
-		t.Errorf("processes before Destroy: %v, want the pilot-agent and the echo of grpc-a, grpc-b and the client pods of grpc-a and grpc-l, and legacy's echo", lc.Pids())
+	if len(proxylessPids) != 11 {
+		t.Errorf("processes before Destroy: %v, want the pilot-agent and the echo of grpc-a, grpc-b and the client pods of grpc-a, grpc-b and grpc-l, and legacy's echo", lc.Pids())
 	}
 	destroyed = true
 	if err := lc.Destroy(context.Background()); err != nil {
