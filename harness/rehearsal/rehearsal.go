@@ -117,7 +117,8 @@ func (r *Rehearsal) RunOptions() []run.Option {
 
 // Refuse says why a file cannot be rehearsed, before anything starts: a
 // rehearsal installs Istio itself on a new cluster, so there is no Istio
-// of the user's to use.
+// of the user's to use; and no Envoy runs, so a sidecar's gRPC port cannot
+// answer proxyless clients.
 func Refuse(suite *scenario.Suite) error {
 	var errs []error
 	for i := range suite.Clusters {
@@ -125,6 +126,28 @@ func Refuse(suite *scenario.Suite) error {
 		if c.Istio.Mode == scenario.IstioUseExisting {
 			errs = append(errs, fmt.Errorf("%s: cluster %s: istio.mode use-existing cannot be rehearsed: a rehearsal installs Istio %s itself on a local cluster (use mode install, or run it with meshproof run)",
 				c.Source.Position, c.Name, c.Istio.Version))
+		}
+	}
+	// A proxyless client's gRPC goes through istiod to the server's own
+	// address: a sidecar server's is a pod IP nothing listens on here
+	// (the simulated sidecar answers exec'd commands, not connections).
+	proxyless := ""
+	for _, w := range suite.Fixtures.Workloads {
+		if w.Proxyless {
+			proxyless = w.Name
+			break
+		}
+	}
+	for i := range suite.Fixtures.Workloads {
+		w := &suite.Fixtures.Workloads[i]
+		if proxyless == "" || w.Proxyless || !w.InMesh() {
+			continue
+		}
+		for _, p := range w.Ports {
+			if p.Protocol == scenario.ProtocolGRPC {
+				errs = append(errs, fmt.Errorf("%s: port %s (%d) of workload %s is gRPC behind a sidecar, and proxyless workloads (%s) would call it: a rehearsal has no Envoy to answer a proxyless client's gRPC (make e2e has); give the gRPC port to a proxyless or out-of-mesh workload, or rehearse without the proxyless workloads",
+					p.Source.Position, p.Name, p.Number, w.Name, proxyless))
+			}
 		}
 	}
 	return errors.Join(errs...)
