@@ -223,6 +223,14 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 	if len(descendants) < 6 {
 		t.Errorf("only %d processes under meshproof before the interrupt (%v), want the local cluster's parts and istiod", len(descendants), descendants)
 	}
+	// grpc-a's pod and its client pod: a pilot-agent and an echo each.
+	names := map[string]int{}
+	for _, p := range descendants {
+		names[p.name]++
+	}
+	if names["pilot-agent"] != 2 || names["echo"] != 2 {
+		t.Errorf("processes under meshproof before the interrupt: %v, want the pilot-agent and echo of grpc-a's two pods", names)
+	}
 	for _, p := range descendants {
 		if p.alive() {
 			t.Errorf("process %d (%s) outlived meshproof", p.pid, p.name)
