@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/dataplane"
 	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/plan"
@@ -24,7 +25,8 @@ import (
 // (plan.FixtureOptions, manifests.Render): ServiceAccounts and Services as
 // rendered, and for each Deployment one running pod of its template, with
 // an istio-proxy container when the workload is in the mesh, as injection
-// would store it. ips are the pod IPs in workload order.
+// would store it. ips are the pod IPs in workload order (a proxyless
+// workload's client pod gets none).
 func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
 	t.Helper()
 	ctx := context.Background()
@@ -40,6 +42,10 @@ func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
 			continue // the test's namespace exists
 		case *appsv1.Deployment:
 			w := s.Workload(obj.Name)
+			clientOf := obj.Labels[manifests.ClientOfLabel]
+			if clientOf != "" {
+				w = s.Workload(clientOf) // a proxyless workload's client pods
+			}
 			pod := &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: obj.Name + "-0", Namespace: obj.Namespace, Labels: obj.Spec.Template.Labels},
 				Spec:       *obj.Spec.Template.Spec.DeepCopy(),
@@ -59,9 +65,14 @@ func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
 			if err := env.Client.Create(ctx, pod); err != nil {
 				t.Fatal(err)
 			}
-			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[i],
+			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning,
 				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
-			i++
+			if clientOf == "" {
+				// ips are the workloads' own pods'; client pods serve
+				// nothing, so nothing reaches them by address.
+				pod.Status.PodIP = ips[i]
+				i++
+			}
 			if err := env.Client.Status().Update(ctx, pod); err != nil {
 				t.Fatal(err)
 			}

@@ -52,7 +52,7 @@ func (e *errNoSuchHost) Error() string { return "lookup " + e.host + ": no such 
 // resolve finds the Service a request from a pod in clientNS to host:port
 // reaches, as cluster DNS and kube-proxy (or the client's sidecar) route it.
 func (e *Execer) resolve(ctx context.Context, clientNS, host string, port int) (*destination, error) {
-	name, ns, ok := serviceName(host, clientNS)
+	name, ns, ok := ServiceName(host, clientNS)
 	if !ok {
 		return nil, &errNoSuchHost{host: host}
 	}
@@ -81,9 +81,10 @@ func (e *Execer) resolve(ctx context.Context, clientNS, host string, port int) (
 	return d, nil
 }
 
-// serviceName reads a Service name and namespace out of a cluster host
-// name: name, name.ns, name.ns.svc, name.ns.svc.cluster.local.
-func serviceName(host, clientNS string) (name, ns string, ok bool) {
+// ServiceName reads a Service's name and namespace out of a cluster host
+// name as the cluster's DNS would: name (in clientNS), name.ns, name.ns.svc,
+// name.ns.svc.cluster.local.
+func ServiceName(host, clientNS string) (name, ns string, ok bool) {
 	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
 	switch {
 	case len(parts) == 1:
@@ -365,7 +366,7 @@ func hostMatches(host, ns, fqdn string) bool {
 	case !strings.Contains(host, "."):
 		return host+"."+ns+".svc.cluster.local" == fqdn
 	}
-	name, hns, ok := serviceName(host, ns)
+	name, hns, ok := ServiceName(host, ns)
 	return ok && name+"."+hns+".svc.cluster.local" == fqdn
 }
 

@@ -23,7 +23,6 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshproof/meshproof/harness/testenv/binaries"
 	"github.com/meshproof/meshproof/harness/testenv/proc"
@@ -81,11 +80,7 @@ type Istiod struct {
 	logger     *slog.Logger
 	kube       kubernetes.Interface
 
-	cancel context.CancelFunc
-	done   chan struct{}
-	// wake asks the supervising loop to look again (a pod changed, a
-	// process exited).
-	wake chan struct{}
+	watch podWatch
 
 	mu        sync.Mutex
 	revisions map[string]*istiodRevision
@@ -116,7 +111,6 @@ func newIstiod(binary, kubeconfig, dir string, kube kubernetes.Interface, logger
 		dir:        dir,
 		logger:     logger,
 		kube:       kube,
-		wake:       make(chan struct{}, 1),
 		revisions:  map[string]*istiodRevision{},
 	}
 }
@@ -128,52 +122,14 @@ func (s *Istiod) Module() string { return binaries.IstioVersion }
 
 // run starts watching istiod pods; stop ends it.
 func (s *Istiod) run(ctx context.Context) error {
-	ctx, s.cancel = context.WithCancel(ctx)
-	s.done = make(chan struct{})
-	factory := informers.NewSharedInformerFactoryWithOptions(s.kube, 0,
+	return s.watch.start(ctx, s.kube, s.reconcile,
 		informers.WithNamespace(IstioNamespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = istiodSelector }))
-	pods := factory.Core().V1().Pods()
-	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.poke() },
-		UpdateFunc: func(any, any) { s.poke() },
-		DeleteFunc: func(any) { s.poke() },
-	}); err != nil {
-		return err
-	}
-	factory.Start(ctx.Done())
-	go func() {
-		defer close(s.done)
-		defer factory.Shutdown()
-		if !cache.WaitForCacheSync(ctx.Done(), pods.Informer().HasSynced) {
-			return
-		}
-		lister := pods.Lister()
-		for {
-			s.reconcile(ctx, lister)
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
-			}
-		}
-	}()
-	return nil
-}
-
-func (s *Istiod) poke() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 }
 
 // stop ends the watch, then every istiod process.
 func (s *Istiod) stop() error {
-	if s.cancel != nil {
-		s.cancel()
-		<-s.done
-	}
+	s.watch.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error

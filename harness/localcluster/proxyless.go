@@ -29,10 +29,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 
 	"github.com/meshproof/meshproof/harness/image"
@@ -129,9 +127,7 @@ type Proxyless struct {
 	// prefix is the cluster's /24 of 127.0.0.0/8, "127.a.b.".
 	prefix string
 
-	cancel context.CancelFunc
-	done   chan struct{}
-	wake   chan struct{}
+	watch podWatch
 	// starts tracks the start goroutines, which stop waits for.
 	starts sync.WaitGroup
 
@@ -184,7 +180,6 @@ func newProxyless(agentBinary, dir string, kube kubernetes.Interface, istio isti
 		echoBinary:  echoBinary,
 		logger:      logger,
 		prefix:      fmt.Sprintf("127.%d.%d.", 2+rand.IntN(250), 1+rand.IntN(250)),
-		wake:        make(chan struct{}, 1),
 		pods:        map[types.UID]*proxylessPod{},
 		hosts:       map[int]bool{},
 	}
@@ -196,51 +191,13 @@ func (p *Proxyless) AddressPrefix() string { return p.prefix }
 
 // run starts watching pods; stop ends it.
 func (p *Proxyless) run(ctx context.Context) error {
-	ctx, p.cancel = context.WithCancel(ctx)
-	p.done = make(chan struct{})
-	factory := informers.NewSharedInformerFactory(p.kube, 0)
-	pods := factory.Core().V1().Pods()
-	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { p.poke() },
-		UpdateFunc: func(any, any) { p.poke() },
-		DeleteFunc: func(any) { p.poke() },
-	}); err != nil {
-		return err
-	}
-	factory.Start(ctx.Done())
-	go func() {
-		defer close(p.done)
-		defer factory.Shutdown()
-		if !cache.WaitForCacheSync(ctx.Done(), pods.Informer().HasSynced) {
-			return
-		}
-		lister := pods.Lister()
-		for {
-			p.reconcile(ctx, lister)
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.wake:
-			}
-		}
-	}()
-	return nil
-}
-
-func (p *Proxyless) poke() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	return p.watch.start(ctx, p.kube, p.reconcile)
 }
 
 // stop ends the watch, then every pod's processes. Their WorkloadEntries
 // are left: the cluster goes with them.
 func (p *Proxyless) stop() error {
-	if p.cancel != nil {
-		p.cancel()
-		<-p.done
-	}
+	p.watch.stop()
 	p.mu.Lock()
 	pods := slices.Collect(maps.Values(p.pods))
 	p.mu.Unlock()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/dataplane"
 	"github.com/meshproof/meshproof/harness/image"
 	"github.com/meshproof/meshproof/harness/localcluster"
 	"github.com/meshproof/meshproof/harness/probe"
@@ -209,7 +210,7 @@ func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t ec
 	if t.Port != 0 {
 		port = t.Port
 	}
-	name, ns, ok := serviceName(host, clientNS)
+	name, ns, ok := dataplane.ServiceName(host, clientNS)
 	if !ok {
 		return t, false, nil
 	}
@@ -240,21 +241,6 @@ func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t ec
 	sent.URL = "grpc://" + net.JoinHostPort(ep.Address, strconv.Itoa(target))
 	sent.Port = 0
 	return sent, true, nil
-}
-
-// serviceName reads a Service's name and namespace from a host name as the
-// cluster's DNS would: name, name.ns, name.ns.svc or
-// name.ns.svc.cluster.local.
-func serviceName(host, clientNS string) (name, ns string, ok bool) {
-	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
-	switch {
-	case len(parts) == 1:
-		return parts[0], clientNS, parts[0] != ""
-	case len(parts) == 2, len(parts) == 3 && parts[2] == "svc",
-		len(parts) == 5 && parts[2] == "svc" && parts[3] == "cluster" && parts[4] == "local":
-		return parts[0], parts[1], parts[0] != "" && parts[1] != ""
-	}
-	return "", "", false
 }
 
 // targetPort is the container port behind svcPort on ep's pod: its number,

@@ -9,24 +9,6 @@ import (
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 )
 
-func TestServiceName(t *testing.T) {
-	for host, want := range map[string][2]string{
-		"grpc-b":                              {"grpc-b", "client-ns"},
-		"grpc-b.other":                        {"grpc-b", "other"},
-		"grpc-b.other.svc":                    {"grpc-b", "other"},
-		"grpc-b.other.svc.cluster.local":      {"grpc-b", "other"},
-		"grpc-b.other.svc.cluster.local.":     {"grpc-b", "other"},
-		"127.0.0.1":                           {"", ""},
-		"grpc-b.other.svc.example.com":        {"", ""},
-		"grpc-b.other.pod.cluster.local.more": {"", ""},
-	} {
-		name, ns, ok := serviceName(host, "client-ns")
-		if got := [2]string{name, ns}; got != want || ok != (want[0] != "") {
-			t.Errorf("serviceName(%q) = %q, %q, %t; want %q", host, name, ns, ok, want)
-		}
-	}
-}
-
 // The real and simulated parts of a split batch come back in the batch's
 // target order, every attempt of a target together; the real ones with the
 // batch's URL and ProxylessLabel, the simulated ones as they were.

@@ -177,6 +177,16 @@ func leftNothing(t *testing.T, c *testCluster, runID string) {
 			if err == nil && ns.DeletionTimestamp != nil {
 				continue
 			}
+			if err == nil {
+				// Who wrote it and when, for a namespace that was never
+				// deleted or was made again.
+				var managers []string
+				for _, m := range ns.ManagedFields {
+					managers = append(managers, m.Manager+" at "+m.Time.UTC().Format(time.TimeOnly))
+				}
+				t.Errorf("left on the cluster: %s, created %s, written by %v", ref, ns.CreationTimestamp.UTC().Format(time.TimeOnly), managers)
+				continue
+			}
 		}
 		t.Errorf("left on the cluster: %s", ref)
 	}
@@ -280,7 +290,37 @@ func TestDefaultScenariosPass(t *testing.T) {
 			break
 		}
 	}
-	f.labelled(t)
+	// grpc-a and grpc-b are proxyless: gRPC from them, and from legacy
+	// towards them, is answered by their real processes; the rest by the
+	// simulation.
+	proxyless := map[string]bool{"grpc-a": true, "grpc-b": true}
+	counts := map[string]int{}
+	for _, o := range f.observations {
+		want := rehearsal.Label()
+		if proxyless[o.To] && (proxyless[o.From] || o.From == "legacy") {
+			want = rehearsal.ProxylessLabel()
+		}
+		if o.DataPlane != want {
+			t.Fatalf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, want)
+		}
+		counts[o.DataPlane]++
+	}
+	if counts[rehearsal.ProxylessLabel()] == 0 {
+		t.Error("no observation came from the real proxyless processes")
+	}
+	t.Logf("observations by data plane: %v", counts)
+	for _, s := range f.junit.TestSuites {
+		for _, tc := range s.TestCases {
+			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: data plane") {
+				t.Fatalf("testcase %q has no %s property saying what answered it", tc.Name, junit.DataPlaneProperty)
+			}
+		}
+	}
+	for _, want := range []string{"data plane: real (proxyless gRPC)", "data plane: simulated"} {
+		if !strings.Contains(f.html, want) {
+			t.Errorf("report.html marks no cell %q", want)
+		}
+	}
 }
 
 // Expectations that contradict Istio fail exactly the steps that hold them,
