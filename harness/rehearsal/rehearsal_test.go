@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/onsi/ginkgo/v2/reporters"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -174,8 +175,8 @@ func leftNothing(t *testing.T, c *testCluster, runID string) {
 	for _, ref := range refs {
 		if ref.Resource.Resource == "namespaces" {
 			ns, err := c.kube.CoreV1().Namespaces().Get(t.Context(), ref.Name, metav1.GetOptions{})
-			if err == nil && ns.DeletionTimestamp != nil {
-				continue
+			if apierrors.IsNotFound(err) || err == nil && ns.DeletionTimestamp != nil {
+				continue // gone since it was listed, or going
 			}
 			if err == nil {
 				// Who wrote it and when, for a namespace that was never
