@@ -69,11 +69,12 @@ func (p *Proxyless) find(namespace, name string) *proxylessPod {
 // exec into it would, when the supervisor runs that pod (handled false
 // otherwise, and nothing ran): the app container's argv[0] must be the echo
 // image's binary (image.BinaryPath), which runs as the pod's local echo
-// binary with the rest of argv, stdin and the app container's environment,
-// but GRPC_XDS_BOOTSTRAP is the pod's second pilot-agent's (see Proxyless)
-// and its directory the working directory. Commands for the istio-proxy container are refused: pilot-agent
-// runs without Envoy, so there is no admin API for `pilot-agent request`. A
-// non-zero exit is a k8s.io/utils/exec ExitError, as from a real exec.
+// binary with the rest of argv, stdin and the app container's environment
+// (GRPC_XDS_BOOTSTRAP the pod's pilot-agent's, see Proxyless), in the pod's
+// directory. Commands for the istio-proxy container are refused:
+// pilot-agent runs without Envoy, so there is no admin API for
+// `pilot-agent request`. A non-zero exit is a k8s.io/utils/exec ExitError,
+// as from a real exec.
 func (p *Proxyless) Exec(ctx context.Context, namespace, name, container string, argv []string, stdin []byte) (stdout, stderr []byte, handled bool, err error) {
 	pp := p.find(namespace, name)
 	if pp == nil || pp.plain {
