@@ -483,22 +483,7 @@ func TestProxylessRehearsal(t *testing.T) {
 	if !sum.OK() || sum.Passed == 0 {
 		t.Errorf("summary %+v, want every step passed; failed: %q", sum, f.failedCases())
 	}
-	proxyless := map[string]bool{"grpc-a": true, "grpc-b": true, "grpc-l": true}
-	counts := map[string]int{}
-	for _, o := range f.observations {
-		want := rehearsal.Label()
-		if (proxyless[o.From] && o.Port == plPort) || (o.From == "legacy" && proxyless[o.To]) {
-			want = rehearsal.ProxylessLabel()
-		}
-		if o.DataPlane != want {
-			t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, want)
-		}
-		counts[o.DataPlane]++
-	}
-	if counts[rehearsal.ProxylessLabel()] == 0 {
-		t.Error("no observation came from the real proxyless processes")
-	}
-	t.Logf("observations by data plane: %v", counts)
+	f.proxylessLabelled(t, plPort, "grpc-a", "grpc-b", "grpc-l")
 	for name := range c.Pids() {
 		if strings.HasPrefix(name, "pilot-agent-") || strings.HasPrefix(name, "echo-") {
 			t.Errorf("%s still runs after the run", name)

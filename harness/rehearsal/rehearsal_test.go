@@ -268,6 +268,30 @@ func (f runFolder) labelled(t *testing.T) {
 	}
 }
 
+// proxylessLabelled checks what answered each observation of a run whose
+// proxyless workloads serve gRPC on grpcPort: their real processes for
+// gRPC from a proxyless client and for legacy's calls towards a proxyless
+// server, the simulation for the rest (the rehearsal's router); and that
+// some observation was real.
+func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...string) {
+	t.Helper()
+	counts := map[string]int{}
+	for _, o := range f.observations {
+		want := rehearsal.Label()
+		if (slices.Contains(workloads, o.From) && o.Port == grpcPort) || (o.From == "legacy" && slices.Contains(workloads, o.To)) {
+			want = rehearsal.ProxylessLabel()
+		}
+		if o.DataPlane != want {
+			t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, want)
+		}
+		counts[o.DataPlane]++
+	}
+	if counts[rehearsal.ProxylessLabel()] == 0 {
+		t.Error("no observation came from the real proxyless processes")
+	}
+	t.Logf("observations by data plane: %v", counts)
+}
+
 // The default scenarios pass on the rehearsal, end to end, through the same
 // run library as meshproof run; every observation carries its expectation.
 func TestDefaultScenariosPass(t *testing.T) {
@@ -294,22 +318,7 @@ func TestDefaultScenariosPass(t *testing.T) {
 	// grpc-a and grpc-b are proxyless: gRPC from them, and from legacy
 	// towards them, is answered by their real processes; the rest by the
 	// simulation.
-	proxyless := map[string]bool{"grpc-a": true, "grpc-b": true}
-	counts := map[string]int{}
-	for _, o := range f.observations {
-		want := rehearsal.Label()
-		if proxyless[o.To] && (proxyless[o.From] || o.From == "legacy") {
-			want = rehearsal.ProxylessLabel()
-		}
-		if o.DataPlane != want {
-			t.Fatalf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, want)
-		}
-		counts[o.DataPlane]++
-	}
-	if counts[rehearsal.ProxylessLabel()] == 0 {
-		t.Error("no observation came from the real proxyless processes")
-	}
-	t.Logf("observations by data plane: %v", counts)
+	f.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
 	for _, s := range f.junit.TestSuites {
 		for _, tc := range s.TestCases {
 			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: data plane") {
