@@ -1,133 +1,109 @@
-// Package junit writes meshproof's JUnit reports: Ginkgo's report format,
-// with every time written as a plain decimal so that strict XSD validators
-// in CI tools accept it. The Ginkgo suites write their Ginkgo report with
-// it; `meshproof run`, which runs without Ginkgo, first turns its steps'
-// verdicts into the same report (FromVerdicts), so both name every suite
-// and test case alike.
+// Package junit writes meshproof's JUnit reports from a run's verdicts.
+// `meshproof run` and the Ginkgo suites (suites/spec, which first turns
+// Ginkgo's report into verdicts) both write through FromVerdicts and Write,
+// so the same run gives the same JUnit whichever ran it: one testcase for
+// the setup and one per planned step, named as Ginkgo names its specs
+// ("[It] <scenario> <step> [labels]"), every step present (a step that did
+// not run is skipped, with the reason), and every attribute in the form
+// strict XSD validators in CI tools accept (times as plain decimals, counts
+// that agree at every level).
+//
+// It is written here rather than by Ginkgo's reporters package because that
+// package links Ginkgo's runtime into the shipped binary, and because its
+// JUnit of steps Ginkgo never ran carries placeholder text.
 package junit
 
 import (
+	"encoding/xml"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/onsi/ginkgo/v2/reporters"
-	"github.com/onsi/ginkgo/v2/types"
-
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// timeAttr matches a time attribute; Ginkgo formats durations as Go floats,
-// which may use an exponent (8.4e-05) that the XSD decimal type forbids.
-var timeAttr = regexp.MustCompile(`time="([^"]*)"`)
+// SetupCase is the name of the setup's testcase: the node Ginkgo runs the
+// setup in.
+const SetupCase = "[SynchronizedBeforeSuite]"
 
-// Write writes a Ginkgo report as JUnit XML with every time written as
-// a plain decimal, so that strict XSD validation in CI tools accepts it.
-func Write(report types.Report, path string) error {
-	tmp := path + ".tmp"
-	if err := reporters.GenerateJUnitReportWithConfig(report, tmp, reporters.JunitReportConfig{}); err != nil {
-		return fmt.Errorf("writing JUnit report: %w", err)
-	}
-	data, err := os.ReadFile(tmp)
-	if err != nil {
-		return err
-	}
-	data = timeAttr.ReplaceAllFunc(data, func(m []byte) []byte {
-		v, err := strconv.ParseFloat(string(timeAttr.FindSubmatch(m)[1]), 64)
-		if err != nil {
-			return m
-		}
-		return []byte(`time="` + strconv.FormatFloat(v, 'f', 3, 64) + `"`)
-	})
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+// Report is the JUnit report of one run: one suite, its cases in order.
+type Report struct {
+	Suite    string
+	Start    time.Time
+	Duration time.Duration
+	Cases    []Case
 }
 
-// FromVerdicts turns a run's verdicts into the report Ginkgo would have
-// made of the same run: the setup as a [SynchronizedBeforeSuite] case and
-// each step as an [It] case named "<scenario> <step> [labels]". Every step
-// of scenarios appears: one without a verdict is skipped, with the setup's
-// failure as the reason when the setup failed.
-func FromVerdicts(suiteName string, scenarios []*scenario.Scenario, verdicts []results.Verdict, start time.Time, runTime time.Duration) types.Report {
-	report := types.Report{SuiteDescription: suiteName, StartTime: start, EndTime: start.Add(runTime), RunTime: runTime, SuiteSucceeded: true}
+// Case is one testcase: the setup or a step.
+type Case struct {
+	Name     string
+	Status   results.Status
+	Duration time.Duration
+	// Reason is why the case failed or was skipped, whole.
+	Reason string
+	// Source is where the step is written, file:line:col.
+	Source     string
+	Properties []Property
+}
+
+// Property is a testcase property: CI tools show it beside the result.
+type Property struct{ Name, Value string }
+
+// DataPlaneProperty is the name of the testcase property that says what
+// stood in for the cluster's sidecars (results.Verdict.DataPlane).
+const DataPlaneProperty = "dataPlane"
+
+// properties are the testcase properties a verdict carries, in this order;
+// a verdict whose value is empty carries none. To carry a new verdict field
+// into JUnit, add a row.
+var properties = []struct {
+	name  string
+	value func(results.Verdict) string
+}{
+	{DataPlaneProperty, func(v results.Verdict) string { return v.DataPlane }},
+}
+
+// FromVerdicts is the JUnit report of a run of scenarios: the setup's case
+// first (when verdicts hold the setup's verdict), then every step of
+// scenarios in file order. A step without a verdict is skipped, with the
+// reason results.NotRun gives.
+func FromVerdicts(suiteName string, scenarios []*scenario.Scenario, verdicts []results.Verdict, start time.Time, runTime time.Duration) Report {
+	report := Report{Suite: suiteName, Start: start, Duration: runTime}
+	verdicts = append(slices.Clone(verdicts), results.NotRun(scenarios, verdicts, false, start.Add(runTime))...)
 	byStep := map[[2]string]results.Verdict{}
 	for _, v := range verdicts {
 		if v.Scenario == "" && v.Step == results.SetupStep {
-			report.SpecReports = append(report.SpecReports, specReport(types.NodeTypeSynchronizedBeforeSuite, nil, v))
+			report.Cases = append(report.Cases, fromVerdict(SetupCase, v))
 			continue
 		}
 		byStep[[2]string{v.Scenario, v.Step}] = v
 	}
 	for _, sc := range scenarios {
 		for _, st := range sc.Steps {
-			v, ok := byStep[[2]string{sc.Name, st.Name}]
-			if !ok {
-				continue
-			}
-			r := specReport(types.NodeTypeIt, sc, v)
-			r.LeafNodeText = st.Name
-			report.SpecReports = append(report.SpecReports, r)
-		}
-	}
-	report = Complete(report, scenarios)
-	for _, r := range report.SpecReports {
-		if r.State.Is(types.SpecStateFailureStates) {
-			report.SuiteSucceeded = false
+			report.Cases = append(report.Cases, fromVerdict(CaseName(sc, st.Name), byStep[[2]string{sc.Name, st.Name}]))
 		}
 	}
 	return report
 }
 
-func specReport(nodeType types.NodeType, sc *scenario.Scenario, v results.Verdict) types.SpecReport {
-	r := types.SpecReport{LeafNodeType: nodeType, StartTime: v.Started, EndTime: v.Started.Add(v.Duration), RunTime: v.Duration}
-	if sc != nil {
-		r.ContainerHierarchyTexts = []string{sc.Name}
-		r.ContainerHierarchyLabels = [][]string{Labels(sc)}
-	}
-	if v.DataPlane != "" {
-		// A JUnit property of the testcase: CI shows it next to the result.
-		r.ReportEntries = append(r.ReportEntries, DataPlaneEntry(v.DataPlane, v.Started))
-	}
-	switch v.Status {
-	case results.Passed:
-		r.State = types.SpecStatePassed
-	case results.Skipped:
-		r.State = types.SpecStateSkipped
-		r.Failure.Message = v.Reason
-	default:
-		r.State = types.SpecStateFailed
-		r.Failure.Message = v.Reason
-		r.Failure.FailureNodeType = nodeType
-		r.Failure.TimelineLocation.Time = r.EndTime
-		if v.Source != "" {
-			r.Failure.Message += "\n(step written at " + v.Source + ")"
-			r.Failure.Location = codeLocation(v.Source)
+func fromVerdict(name string, v results.Verdict) Case {
+	c := Case{Name: name, Status: v.Status, Duration: v.Duration, Reason: v.Reason, Source: v.Source}
+	for _, p := range properties {
+		if value := p.value(v); value != "" {
+			c.Properties = append(c.Properties, Property{p.name, value})
 		}
 	}
-	return r
+	return c
 }
 
-// codeLocation turns a scenario position, file:line:col, into the location
-// Ginkgo reports a failure at.
-func codeLocation(pos string) types.CodeLocation {
-	file, line := pos, 0
-	for range 2 { // drop :col, then take :line
-		i := strings.LastIndexByte(file, ':')
-		if i < 0 {
-			break
-		}
-		if n, err := strconv.Atoi(file[i+1:]); err == nil {
-			file, line = file[:i], n
-		}
-	}
-	return types.CodeLocation{FileName: file, LineNumber: line}
+// CaseName is the name of a step's testcase, as Ginkgo names the step's
+// spec: "[It] <scenario> <step> [<labels>]".
+func CaseName(sc *scenario.Scenario, step string) string {
+	return "[It] " + sc.Name + " " + step + " [" + strings.Join(Labels(sc), ", ") + "]"
 }
 
 // Labels are a scenario container's labels as Ginkgo lists them: Serial
@@ -143,44 +119,120 @@ func Labels(sc *scenario.Scenario) []string {
 	return out
 }
 
-// Complete adds, as skipped, every step of scenarios that report has no
-// [It] case for: Ginkgo leaves out the specs it never reached (after a
-// failed setup, or an interrupt), and a CI gate must still see every
-// planned step. The reason is the setup's failure when it failed, else
-// that the step did not run.
-func Complete(report types.Report, scenarios []*scenario.Scenario) types.Report {
-	reason := "not run"
-	have := map[[2]string]bool{}
-	for _, r := range report.SpecReports {
-		switch {
-		case r.LeafNodeType == types.NodeTypeIt && len(r.ContainerHierarchyTexts) == 1:
-			have[[2]string{r.ContainerHierarchyTexts[0], r.LeafNodeText}] = true
-		case r.LeafNodeType.Is(types.NodeTypeBeforeSuite|types.NodeTypeSynchronizedBeforeSuite) && r.State.Is(types.SpecStateFailureStates):
-			reason = "not run: setup failed: " + r.Failure.Message
-		}
-	}
-	for _, sc := range scenarios {
-		for _, st := range sc.Steps {
-			if have[[2]string{sc.Name, st.Name}] {
-				continue
-			}
-			report.SpecReports = append(report.SpecReports, types.SpecReport{
-				LeafNodeType: types.NodeTypeIt, LeafNodeText: st.Name,
-				ContainerHierarchyTexts: []string{sc.Name}, ContainerHierarchyLabels: [][]string{Labels(sc)},
-				State: types.SpecStateSkipped, Failure: types.Failure{Message: reason},
-			})
-		}
-	}
-	return report
+// SourceNote is what a failure's text ends with to say where the step is
+// written; Ginkgo's failure messages carry it, and the testcase's failure
+// text ends with it.
+func SourceNote(position string) string { return "\n(step written at " + position + ")" }
+
+// The XML: testsuites > testsuite > testcase, with the attributes of the
+// JUnit XSD CI tools validate against (Jenkins' junit plugin, GitLab, the
+// GitHub test reporters).
+type xmlSuites struct {
+	XMLName  xml.Name   `xml:"testsuites"`
+	Name     string     `xml:"name,attr"`
+	Tests    int        `xml:"tests,attr"`
+	Failures int        `xml:"failures,attr"`
+	Errors   int        `xml:"errors,attr"`
+	Time     seconds    `xml:"time,attr"`
+	Suites   []xmlSuite `xml:"testsuite"`
 }
 
-// DataPlaneProperty is the name of the JUnit property that says what stood
-// in for the cluster's sidecars (results.Verdict.DataPlane).
-const DataPlaneProperty = "dataPlane"
+type xmlSuite struct {
+	Name      string    `xml:"name,attr"`
+	Tests     int       `xml:"tests,attr"`
+	Failures  int       `xml:"failures,attr"`
+	Errors    int       `xml:"errors,attr"`
+	Skipped   int       `xml:"skipped,attr"`
+	Time      seconds   `xml:"time,attr"`
+	Timestamp string    `xml:"timestamp,attr"`
+	Cases     []xmlCase `xml:"testcase"`
+}
 
-// DataPlaneEntry is the report entry a spec carries when its verdict was
-// decided by a stand-in for the cluster's sidecars; Ginkgo's JUnit reporter
-// writes it as the testcase's property DataPlaneProperty.
-func DataPlaneEntry(label string, at time.Time) types.ReportEntry {
-	return types.ReportEntry{Name: DataPlaneProperty, Value: types.WrapEntryValue(label), Time: at, Visibility: types.ReportEntryVisibilityNever}
+type xmlCase struct {
+	Name       string         `xml:"name,attr"`
+	Classname  string         `xml:"classname,attr"`
+	Status     string         `xml:"status,attr"`
+	Time       seconds        `xml:"time,attr"`
+	Skipped    *xmlSkipped    `xml:"skipped,omitempty"`
+	Failure    *xmlFailure    `xml:"failure,omitempty"`
+	Properties *xmlProperties `xml:"properties,omitempty"`
+}
+
+type xmlSkipped struct {
+	Message string `xml:"message,attr"`
+}
+
+type xmlFailure struct {
+	Message string `xml:"message,attr"`
+	Type    string `xml:"type,attr"`
+	Text    string `xml:",chardata"`
+}
+
+type xmlProperties struct {
+	Properties []xmlProperty `xml:"property"`
+}
+
+type xmlProperty struct {
+	Name  string `xml:"name,attr"`
+	Value string `xml:"value,attr"`
+}
+
+// seconds is a duration in seconds, written as a plain decimal: Go's float
+// formatting may use an exponent (8.4e-05), which the XSD decimal type
+// forbids.
+type seconds time.Duration
+
+func (s seconds) MarshalXMLAttr(name xml.Name) (xml.Attr, error) {
+	return xml.Attr{Name: name, Value: strconv.FormatFloat(time.Duration(s).Seconds(), 'f', 3, 64)}, nil
+}
+
+// Marshal renders report as JUnit XML.
+func Marshal(report Report) ([]byte, error) {
+	suite := xmlSuite{Name: report.Suite, Time: seconds(report.Duration), Timestamp: report.Start.UTC().Format("2006-01-02T15:04:05")}
+	for _, c := range report.Cases {
+		x := xmlCase{Name: c.Name, Classname: report.Suite, Status: string(c.Status), Time: seconds(c.Duration)}
+		switch c.Status {
+		case results.Passed:
+		case results.Skipped:
+			x.Skipped = &xmlSkipped{Message: c.Reason}
+			suite.Skipped++
+		default:
+			text := c.Reason
+			if c.Source != "" {
+				text += SourceNote(c.Source)
+			}
+			first, _, _ := strings.Cut(c.Reason, "\n")
+			x.Failure = &xmlFailure{Message: first, Type: "failed", Text: text}
+			x.Status = string(results.Failed)
+			suite.Failures++
+		}
+		if len(c.Properties) > 0 {
+			x.Properties = &xmlProperties{}
+			for _, p := range c.Properties {
+				x.Properties.Properties = append(x.Properties.Properties, xmlProperty(p))
+			}
+		}
+		suite.Cases = append(suite.Cases, x)
+	}
+	suite.Tests = len(suite.Cases)
+	doc := xmlSuites{Name: report.Suite, Tests: suite.Tests, Failures: suite.Failures, Errors: suite.Errors, Time: suite.Time, Suites: []xmlSuite{suite}}
+	out, err := xml.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("writing JUnit report: %w", err)
+	}
+	return append([]byte(xml.Header), append(out, '\n')...), nil
+}
+
+// Write writes report to path as JUnit XML, replacing what is there in one
+// step (a reader never sees half a report).
+func Write(report Report, path string) error {
+	data, err := Marshal(report)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("writing JUnit report: %w", err)
+	}
+	return os.Rename(tmp, path)
 }

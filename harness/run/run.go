@@ -25,8 +25,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/onsi/ginkgo/v2/types"
-
 	"github.com/meshproof/meshproof/harness/deploy"
 	"github.com/meshproof/meshproof/harness/engine"
 	"github.com/meshproof/meshproof/harness/junit"
@@ -169,10 +167,17 @@ func (r *Run) BeginScenario(ctx context.Context, sc *scenario.Scenario) error {
 		return err
 	}
 	r.logf("scenario %s on %s", sc.Name, sc.Cluster)
+	started := time.Now()
 	if err := st.engine.RemovePolicies(ctx); err != nil {
 		r.noteInterrupt(ctx)
-		r.diagnose(ctx, sc, "begin")
-		return fmt.Errorf("preparing scenario %s: %w", sc.Name, err)
+		err = fmt.Errorf("preparing scenario %s: %w", sc.Name, err)
+		// The scenario's first step fails with it, as under Ginkgo (its
+		// BeforeAll failing fails the first spec): a scenario that could
+		// not start is a failure, not a skip.
+		v := engine.Verdict(sc, 0, started, time.Since(started), err)
+		v.Diagnostics = r.diagnose(ctx, sc, "begin")
+		r.rec.RecordVerdict(v)
+		return err
 	}
 	return nil
 }
@@ -276,39 +281,18 @@ func (r *Run) Summary() Summary {
 // junit.xml from the verdicts, then closes the run folder, which renders
 // report.html. It is idempotent.
 //
-// Under Ginkgo, Ginkgo's own JUnit report (the same suite and test case
-// names) replaces junit.xml after Close.
+// Under Ginkgo, the suite rewrites junit.xml from these verdicts and
+// what Ginkgo saw (suites/spec): the same report.
 func (r *Run) Close() error {
 	r.closeOnce.Do(func() {
-		have := map[[2]string]bool{}
-		for _, v := range r.rec.verdictList() {
-			have[[2]string{v.Scenario, v.Step}] = true
-		}
-		reason := "not run"
-		switch {
-		case r.setupErr != nil:
-			reason = "not run: setup failed: " + r.setupErr.Error()
-		case !r.interruptedAt.IsZero():
-			reason = "not run: the run was interrupted"
-		}
-		for _, sc := range r.Scenarios() {
-			for i := range sc.Steps {
-				if !have[[2]string{sc.Name, sc.Steps[i].Name}] {
-					r.SkipStep(sc, i, reason)
-				}
-			}
+		for _, v := range results.NotRun(r.Scenarios(), r.rec.verdictList(), !r.interruptedAt.IsZero(), time.Now()) {
+			r.rec.RecordVerdict(v)
 		}
 		report := junit.FromVerdicts(r.o.suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
 		r.closeErr = errors.Join(junit.Write(report, r.JUnitPath()), r.folder.Close())
 		r.endLife()
 	})
 	return r.closeErr
-}
-
-// CompleteGinkgoReport adds the selected steps that a Ginkgo report lacks
-// (Ginkgo omits specs it never reached after a failed setup) as skipped.
-func (r *Run) CompleteGinkgoReport(report types.Report) types.Report {
-	return junit.Complete(report, r.Scenarios())
 }
 
 // Execute runs the whole job: Setup, every selected scenario's steps in
@@ -336,19 +320,11 @@ func (r *Run) Execute(ctx, cleanup context.Context) (Summary, error) {
 }
 
 func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario) {
-	failed := ""
-	if err := r.BeginScenario(ctx, sc); err != nil {
-		failed = err.Error()
-	}
-	for i := range sc.Steps {
-		switch {
-		case failed != "":
-			r.SkipStep(sc, i, "not run: "+failed)
-		case ctx.Err() != nil:
-			r.SkipStep(sc, i, "not run: the run was interrupted")
-		default:
-			if err := r.RunStep(ctx, sc, i); err != nil {
-				failed = fmt.Sprintf("step %q of this scenario failed", sc.Steps[i].Name)
+	// A step not run gets its skipped verdict, with the reason, in Close.
+	if r.BeginScenario(ctx, sc) == nil {
+		for i := range sc.Steps {
+			if ctx.Err() != nil || r.RunStep(ctx, sc, i) != nil {
+				break
 			}
 		}
 	}

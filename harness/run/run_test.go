@@ -192,6 +192,20 @@ func TestCreatedButUnreachableClusterIsDestroyed(t *testing.T) {
 			t.Errorf("testcase %q = %+v, want it skipped because the setup failed (cases: %v)", name, c, keys(cases))
 		}
 	}
+	raw, err := os.ReadFile(r.JUnitPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"INVALID NODE TYPE", "01/01/01", "disabled=", "skipped - "} {
+		if bytes.Contains(raw, []byte(bad)) {
+			t.Errorf("junit.xml holds %q:\n%s", bad, raw)
+		}
+	}
+	for _, want := range []string{`<testsuites name="meshproof mtls (scenarios.yaml)" tests="4" failures="1" errors="0"`, `tests="4" failures="1" errors="0" skipped="3"`} {
+		if !bytes.Contains(raw, []byte(want)) {
+			t.Errorf("junit.xml lacks %s:\n%s", want, raw)
+		}
+	}
 
 	obs, verdicts, err := report.ReadResults(filepath.Join(r.Dir(), report.ResultsFile))
 	if err != nil || len(obs) != 0 || len(verdicts) != 4 {

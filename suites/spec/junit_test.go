@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -8,8 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/meshproof/meshproof/harness/junit"
+	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/harness/scenario"
 )
 
 // junitSuites is the JUnit XML that CI tools read (Jenkins' junit plugin,
@@ -17,6 +24,7 @@ import (
 // most one failure, error or skipped per test case.
 type junitSuites struct {
 	XMLName  xml.Name     `xml:"testsuites"`
+	Disabled *int         `xml:"disabled,attr"`
 	Tests    *int         `xml:"tests,attr"`
 	Failures *int         `xml:"failures,attr"`
 	Errors   *int         `xml:"errors,attr"`
@@ -29,6 +37,7 @@ type junitSuite struct {
 	Failures  *int        `xml:"failures,attr"`
 	Errors    *int        `xml:"errors,attr"`
 	Skipped   *int        `xml:"skipped,attr"`
+	Disabled  *int        `xml:"disabled,attr"`
 	Time      string      `xml:"time,attr"`
 	Timestamp string      `xml:"timestamp,attr"`
 	Cases     []junitCase `xml:"testcase"`
@@ -41,7 +50,12 @@ type junitCase struct {
 	Status    string         `xml:"status,attr"`
 	Failures  []junitFailure `xml:"failure"`
 	Errors    []junitFailure `xml:"error"`
-	Skipped   []struct{}     `xml:"skipped"`
+	Skipped   []junitSkipped `xml:"skipped"`
+	SystemErr string         `xml:"system-err"`
+}
+
+type junitSkipped struct {
+	Message string `xml:"message,attr"`
 }
 
 type junitFailure struct {
@@ -64,8 +78,11 @@ func validateJUnit(data []byte) (*junitSuites, error) {
 	if len(r.Suites) == 0 {
 		errs = append(errs, errors.New("no testsuite"))
 	}
-	total, failed, errored := 0, 0, 0
+	total, failed, errored, disabled := 0, 0, 0, 0
 	for _, s := range r.Suites {
+		if s.Disabled != nil {
+			disabled += *s.Disabled
+		}
 		if s.Name == "" || s.Tests == nil || s.Failures == nil || s.Errors == nil {
 			errs = append(errs, fmt.Errorf("testsuite %q lacks name, tests, failures or errors", s.Name))
 			continue
@@ -89,6 +106,9 @@ func validateJUnit(data []byte) (*junitSuites, error) {
 					errs = append(errs, fmt.Errorf("testcase %q: failure without message or type", c.Name))
 				}
 			}
+			if strings.Contains(c.SystemErr, "INVALID NODE TYPE") || strings.Contains(c.SystemErr, "01/01/01") {
+				errs = append(errs, fmt.Errorf("testcase %q carries placeholder text: %q", c.Name, c.SystemErr))
+			}
 			f += len(c.Failures)
 			e += len(c.Errors)
 			sk += len(c.Skipped)
@@ -97,6 +117,9 @@ func validateJUnit(data []byte) (*junitSuites, error) {
 			errs = append(errs, fmt.Errorf("testsuite %q counts tests=%d failures=%d errors=%d, but its cases have %d, %d, %d", s.Name, *s.Tests, *s.Failures, *s.Errors, len(s.Cases), f, e))
 		}
 		total, failed, errored = total+len(s.Cases), failed+f, errored+e
+	}
+	if r.Disabled != nil && *r.Disabled != disabled {
+		errs = append(errs, fmt.Errorf("testsuites says disabled=%d, its testsuites %d", *r.Disabled, disabled))
 	}
 	if r.Tests != nil && (*r.Tests != total || *r.Failures != failed || *r.Errors != errored) {
 		errs = append(errs, fmt.Errorf("testsuites counts disagree with the cases: tests=%d failures=%d errors=%d vs %d, %d, %d", *r.Tests, *r.Failures, *r.Errors, total, failed, errored))
@@ -115,6 +138,10 @@ var decimal = regexp.MustCompile(`^[+-]?(\d+(\.\d*)?|\.\d+)$`)
 func runTiny(t *testing.T, env ...string) []byte {
 	t.Helper()
 	report := filepath.Join(t.TempDir(), "junit.xml")
+	env = slices.Clone(env)
+	for i, e := range env {
+		env[i] = strings.ReplaceAll(e, "$DIR", filepath.Dir(report))
+	}
 	cmd := exec.Command("go", "run", "./testdata/tiny")
 	cmd.Env = append(append(os.Environ(), "MESHPROOF_TINY_JUNIT="+report), env...)
 	out, err := cmd.CombinedOutput()
@@ -126,8 +153,12 @@ func runTiny(t *testing.T, env ...string) []byte {
 	if err != nil {
 		t.Fatalf("no JUnit report: %v\n%s", err, out)
 	}
+	tinyReports = append(tinyReports, report)
 	return data
 }
+
+// tinyReports are the paths runTiny wrote reports to, the last one last.
+var tinyReports []string
 
 func caseByName(r *junitSuites, fragment string) *junitCase {
 	for i := range r.Suites[0].Cases {
@@ -153,49 +184,70 @@ func TestJUnitHasPassingFailingAndSetupFailingScenarios(t *testing.T) {
 		t.Errorf("failing step: %+v", fail)
 	}
 	setup := caseByName(r, "setup-fails 1 wait")
-	if setup == nil || len(setup.Failures) != 1 || !strings.Contains(setup.Failures[0].Body, "preparing scenario setup-fails: removing the previous scenario's policies") {
+	if setup == nil || len(setup.Failures) != 1 || !strings.Contains(setup.Failures[0].Body, "preparing scenario setup-fails: removing the previous scenario's policies") ||
+		strings.Count(setup.Failures[0].Body, "preparing scenario") != 1 {
 		t.Errorf("scenario whose setup failed: %+v", setup)
 	}
-}
-
-// A failure of the suite's own setup (cluster, Istio) lands in the report
-// too, where chainsaw and kuttl lose it.
-func TestJUnitRecordsSuiteSetupFailure(t *testing.T) {
-	r, err := validateJUnit(runTiny(t, "MESHPROOF_TINY_SETUP_FAILS=1"))
-	if err != nil {
-		t.Fatalf("the JUnit report is not valid: %v", err)
-	}
-	setup := caseByName(r, "[SynchronizedBeforeSuite]")
-	if setup == nil || len(setup.Failures) != 1 || !strings.Contains(setup.Failures[0].Body, "istiod did not become Available") {
-		t.Fatalf("suite setup failure not recorded: %+v", setup)
-	}
-	// Every planned step is a test case, skipped with the setup failure as
-	// the reason: Ginkgo itself leaves them out.
-	steps := 0
-	for _, c := range r.Suites[0].Cases {
-		if !strings.HasPrefix(c.Name, "[It]") {
-			continue
-		}
-		steps++
-		if len(c.Skipped) != 1 || c.Status != "skipped" {
-			t.Errorf("step %q should be reported skipped after the setup failed: %+v", c.Name, c)
-		}
-	}
-	if steps != 5 {
-		t.Errorf("%d steps in the report, want the 5 planned", steps)
+	after := caseByName(r, "setup-fails 2 wait")
+	if after == nil || len(after.Skipped) != 1 || after.Skipped[0].Message != `not run: step "1 wait" of this scenario failed` {
+		t.Errorf("the step after a scenario that could not start: %+v", after)
 	}
 }
 
-func TestValidateJUnitRejectsBrokenReports(t *testing.T) {
-	for name, doc := range map[string]string{
-		"not xml":        "<testsuites>",
-		"no suite":       `<testsuites tests="0" failures="0" errors="0"></testsuites>`,
-		"bad count":      `<testsuites><testsuite name="s" tests="2" failures="0" errors="0" time="1"><testcase name="a" classname="s"/></testsuite></testsuites>`,
-		"two outcomes":   `<testsuites><testsuite name="s" tests="1" failures="1" errors="0" time="1"><testcase name="a" classname="s"><failure message="m" type="t"/><skipped/></testcase></testsuite></testsuites>`,
-		"anonymous case": `<testsuites><testsuite name="s" tests="1" failures="0" errors="0" time="1"><testcase classname="s"/></testsuite></testsuites>`,
-	} {
-		if _, err := validateJUnit([]byte(doc)); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
+// The Ginkgo path and `meshproof run` write the same JUnit of the same run:
+// with a runner that records verdicts as the run library does, the suite's
+// JUnit is, but for the suite's own time and timestamp, byte for byte what
+// junit.FromVerdicts writes of those verdicts (what `meshproof run` writes),
+// data-plane property included.
+func TestJUnitOfGinkgoEqualsMeshproofRun(t *testing.T) {
+	for _, env := range [][]string{nil, {"MESHPROOF_TINY_SETUP_FAILS=1"}} {
+		t.Run(strings.Join(env, ","), func(t *testing.T) {
+			got := runTiny(t, append(env, "MESHPROOF_TINY_VERDICTS=$DIR/verdicts.json")...)
+			if _, err := validateJUnit(got); err != nil {
+				t.Fatalf("the JUnit report is not valid: %v", err)
+			}
+			dir := filepath.Dir(tinyReports[len(tinyReports)-1])
+			data, err := os.ReadFile(filepath.Join(dir, "verdicts.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var verdicts []results.Verdict
+			if err := json.Unmarshal(data, &verdicts); err != nil {
+				t.Fatal(err)
+			}
+			file, err := os.ReadFile("testdata/tiny/tiny.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := scenario.Load("tiny.yaml", file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := junit.Marshal(junit.FromVerdicts("tiny", scenarios(s), verdicts, time.Now(), time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, w := withoutSuiteTimes(got), withoutSuiteTimes(want); g != w {
+				t.Errorf("the suite's JUnit differs from meshproof run's of the same verdicts:\n--- suite\n%s\n--- meshproof run\n%s", g, w)
+			}
+			if !strings.Contains(string(got), `<property name="dataPlane" value="rehearsal: data plane simulated; istiod test">`) {
+				t.Errorf("no data-plane property, as written, in:\n%s", got)
+			}
+		})
 	}
 }
+
+// withoutSuiteTimes is a JUnit report without the testsuites' and
+// testsuite's time and timestamp, which differ between two writes of one
+// run.
+func withoutSuiteTimes(report []byte) string {
+	lines := strings.Split(string(report), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "<testsuite") {
+			lines[i] = suiteTime.ReplaceAllString(l, "")
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+var suiteTime = regexp.MustCompile(` (time|timestamp)="[^"]*"`)

@@ -21,12 +21,14 @@ import (
 // report what it returns.
 type Runner interface {
 	// Setup runs once, on the first Ginkgo process, before any scenario:
-	// clusters, Istio, the echo image, the fixtures. What it returns is
+	// clusters, Istio, the echo image, the fixtures. Its error is the
+	// setup's failure, as is. What it returns is
 	// handed to Connect on every process.
 	Setup(ctx context.Context) ([]byte, error)
 	// Connect prepares a process to run steps, from what Setup returned.
 	Connect(ctx context.Context, setup []byte) error
-	// BeginScenario runs before a scenario's first step.
+	// BeginScenario runs before a scenario's first step. Its error is the
+	// first step's failure, as is: say which scenario it was preparing.
 	BeginScenario(ctx context.Context, sc *scenario.Scenario) error
 	// RunStep runs one step.
 	RunStep(ctx context.Context, sc *scenario.Scenario, index int) error
@@ -59,9 +61,12 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 	}
 	if o.junit != "" {
 		ReportAfterSuite("JUnit report", func(report Report) {
-			// Ginkgo leaves out the specs it never reached (after a failed
-			// setup): every planned step must still be a test case.
-			if err := junit.Write(junit.Complete(report, scenarios(s)), o.junit); err != nil {
+			// The same JUnit as `meshproof run` writes of the same run:
+			// from the verdicts (the runner's, where it records them, and
+			// what Ginkgo saw besides), every planned step a test case.
+			scs := scenarios(s)
+			verdicts := Verdicts(report, scs, r)
+			if err := junit.Write(junit.FromVerdicts(report.SuiteDescription, scs, verdicts, report.StartTime, report.RunTime), o.junit); err != nil {
 				Fail(err.Error())
 			}
 		})
@@ -70,7 +75,8 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 		start := time.Now()
 		data, err := r.Setup(ctx)
 		if err != nil {
-			Fail(fmt.Sprintf("setup failed after %s: %v", time.Since(start).Round(time.Second), err))
+			progress("setup failed after %s", time.Since(start).Round(time.Second))
+			Fail(err.Error())
 		}
 		progress("setup done in %s", time.Since(start).Round(time.Second))
 		return data
@@ -99,7 +105,7 @@ func declareScenario(sc *scenario.Scenario, r Runner) {
 		BeforeAll(func(ctx SpecContext) {
 			progress("scenario %s on %s", sc.Name, sc.Cluster)
 			if err := r.BeginScenario(ctx, sc); err != nil {
-				Fail(fmt.Sprintf("preparing scenario %s: %v", sc.Name, err))
+				Fail(err.Error())
 			}
 		})
 		AfterAll(func(ctx SpecContext) {
@@ -115,7 +121,7 @@ func declareScenario(sc *scenario.Scenario, r Runner) {
 				took := time.Since(start).Round(time.Millisecond)
 				if err != nil {
 					progress("  FAIL %s (%s)", st.Name, took)
-					Fail(fmt.Sprintf("%s\n(step written at %s)", err, st.Source.Position))
+					Fail(err.Error() + junit.SourceNote(st.Source.Position.String()))
 				}
 				progress("  ok   %s (%s)", st.Name, took)
 			}, NodeTimeout(st.Timeout.Duration+margin))
