@@ -8,7 +8,7 @@ GO ?= go
 # Istio's charts: this project's machines have them beside the repository
 # (air-gapped: the tests and make e2e use them). Elsewhere the variable stays
 # unset and the charts are pulled from Istio's chart repository into
-# $HOME/.cache/meshproof (see harness/testenv.IstioCharts).
+# $HOME/.cache/meshproof (see harness/internal/testsupport.IstioCharts).
 ifneq ($(wildcard ../shared/istio-charts/.),)
 export MESHPROOF_ISTIO_CHARTS ?= $(abspath ../shared/istio-charts)
 endif
@@ -25,8 +25,8 @@ TEST_PACKAGES ?= 4
 # go test starts packages in the order it is given them: the longest ones
 # (each several minutes of local clusters, istiod and Helm installs) go
 # first, so that none of them starts last and runs alone at the end.
-SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/istio ./harness/engine \
-	./harness/localcluster ./harness/proxyless
+SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/internal/istio ./harness/internal/engine \
+	./harness/internal/local/cluster ./harness/oracle/conformance
 
 .PHONY: test test-packages compile-suites e2e rehearse validate lint generate envtest clean
 
@@ -38,7 +38,7 @@ test: lint
 test-packages:
 	@# envtest binaries (kube-apiserver, etcd) are built from source once and
 	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
-	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/testenv/assets)" && export KUBEBUILDER_ASSETS && \
+	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/internal/local/binaries/assets)" && export KUBEBUILDER_ASSETS && \
 	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) $(SLOW_TEST_PACKAGES) ./...
 
 # The e2e suites need a cluster; here they are only compiled, so they cannot rot.
@@ -70,7 +70,7 @@ generate:
 	$(GO) test ./harness/scenario -run 'IsCurrent' -update
 
 envtest:
-	$(GO) run ./harness/testenv/assets
+	$(GO) run ./harness/internal/local/binaries/assets
 
 clean:
 	find reports -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,6 +1,6 @@
 // Package meshproof carries the module's go.mod and go.sum, embedded so
 // that a meshproof binary far from any source tree can build the echo image
-// (harness/image) with the very dependency versions it was built with.
+// (harness/internal/image) with the very dependency versions it was built with.
 package meshproof
 
 import _ "embed"

@@ -8,7 +8,7 @@ import (
 )
 
 // measuredCell is one policy combination measured with real istiod,
-// pilot-agent and grpc-go (issue 12, and harness/proxyless's conformance
+// pilot-agent and grpc-go (issue 12, and harness/oracle/conformance's conformance
 // test, which runs the same and more cells): what a proxyless client (grpc-a,
 // xds:/// with xDS credentials) and a plain client (legacy, insecure gRPC)
 // got from the proxyless server grpc-b.

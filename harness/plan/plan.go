@@ -12,8 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/internal/policy"
 	"github.com/meshproof/meshproof/harness/oracle"
-	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 

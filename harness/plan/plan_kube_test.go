@@ -1,7 +1,7 @@
 package plan_test
 
 // These tests hold the plan to a real kube-apiserver with Istio's real CRDs
-// (harness/testenv): every object `meshproof plan -o yaml` prints must be
+// (harness/internal/local/controlplane): every object `meshproof plan -o yaml` prints must be
 // accepted by server-side apply, and a policy the CRD schema refuses must be
 // reported with the API server's words at the scenario line it came from.
 
@@ -27,16 +27,16 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/apply"
+	"github.com/meshproof/meshproof/harness/internal/apply"
+	"github.com/meshproof/meshproof/harness/internal/policy"
+	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
-	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
-	"github.com/meshproof/meshproof/harness/testenv"
 )
 
-var kube testenv.Shared
+var kube testsupport.Shared
 
 func TestMain(m *testing.M) {
 	os.Exit(kube.Main(m))

@@ -1,13 +1,13 @@
 package rehearsal
 
 import (
-	"github.com/meshproof/meshproof/harness/localcluster"
-	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/internal/local/cluster"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 )
 
 // TransportFor is the pod transport a run of r on lc gets, for tests that
 // exec without a run.
-func TransportFor(r *Rehearsal, lc *localcluster.Cluster) (probe.Execer, error) {
+func TransportFor(r *Rehearsal, lc *cluster.Cluster) (probe.Execer, error) {
 	r.register(lc)
 	return r.transport(lc.KubernetesRestConfig())
 }

@@ -19,18 +19,18 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/dataplane"
-	"github.com/meshproof/meshproof/harness/image"
-	"github.com/meshproof/meshproof/harness/localcluster"
-	"github.com/meshproof/meshproof/harness/probe"
-	injection "github.com/meshproof/meshproof/harness/sidecar"
-	"github.com/meshproof/meshproof/harness/testenv/binaries"
+	"github.com/meshproof/meshproof/harness/internal/image"
+	"github.com/meshproof/meshproof/harness/internal/local/binaries"
+	"github.com/meshproof/meshproof/harness/internal/local/cluster"
+	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
+	"github.com/meshproof/meshproof/harness/internal/probe"
+	injection "github.com/meshproof/meshproof/harness/internal/sidecar"
 )
 
 // ProxylessLabel is what every probe result answered by real processes of a
 // proxyless gRPC pair says (echoapi.ProbeResult.DataPlane, then
 // results.Observation.DataPlane): the local cluster ran the pods injected
-// with Istio's grpc-agent template for real (see localcluster.Proxyless),
+// with Istio's grpc-agent template for real (see cluster.Proxyless),
 // so the real pilot-agent, grpc-go's xDS client and server and the echo
 // binary of the delivered image decided the outcome, with the listeners and
 // clusters this istiod build computed.
@@ -43,7 +43,7 @@ func ProxylessLabel() string {
 // the rest to the simulated data plane, unchanged.
 //
 //   - A command in a proxyless pod the local cluster runs runs there, as
-//     an exec would (localcluster.Proxyless.Exec); but the targets of an
+//     an exec would (cluster.Proxyless.Exec); but the targets of an
 //     `echo probe` that are not gRPC towards a proxyless server (HTTP, TCP,
 //     gRPC towards a simulated sidecar) are answered by the simulation,
 //     since no Envoy or pod network exists to reach.
@@ -59,7 +59,7 @@ func ProxylessLabel() string {
 // ProxylessLabel.
 type proxylessRouter struct {
 	simulated probe.Execer
-	local     *localcluster.Proxyless
+	local     *cluster.Proxyless
 	kube      client.Reader
 }
 
@@ -245,7 +245,7 @@ func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t ec
 
 // targetPort is the container port behind svcPort on ep's pod: its number,
 // or the pod's container port of its name.
-func (r *proxylessRouter) targetPort(ctx context.Context, ep localcluster.Endpoint, svcPort *corev1.ServicePort) (int, error) {
+func (r *proxylessRouter) targetPort(ctx context.Context, ep cluster.Endpoint, svcPort *corev1.ServicePort) (int, error) {
 	tp := svcPort.TargetPort
 	switch {
 	case tp.Type == intstr.Int && tp.IntVal != 0:

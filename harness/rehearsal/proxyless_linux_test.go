@@ -28,19 +28,19 @@ import (
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/image"
-	"github.com/meshproof/meshproof/harness/istio"
-	"github.com/meshproof/meshproof/harness/localcluster"
-	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/internal/image"
+	"github.com/meshproof/meshproof/harness/internal/istio"
+	"github.com/meshproof/meshproof/harness/internal/local/cluster"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/policy"
+	"github.com/meshproof/meshproof/harness/internal/probe"
+	injection "github.com/meshproof/meshproof/harness/internal/sidecar"
+	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
-	"github.com/meshproof/meshproof/harness/policy"
-	"github.com/meshproof/meshproof/harness/probe"
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
-	injection "github.com/meshproof/meshproof/harness/sidecar"
-	"github.com/meshproof/meshproof/harness/testenv"
 )
 
 const (
@@ -58,7 +58,7 @@ const (
 // labelled so, agreeing with the oracle's proxyless rules.
 func TestProxylessPodsRunForReal(t *testing.T) {
 	t.Parallel()
-	charts := testenv.IstioCharts(t)
+	charts := testsupport.IstioCharts(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -66,8 +66,8 @@ func TestProxylessPodsRunForReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lc := localcluster.New(localcluster.WithName("rehearsal-proxyless"), localcluster.WithIstiod(),
-		localcluster.WithLogger(slog.New(slog.NewTextHandler(testWriter{t}, nil))), localcluster.WithBuildLog(testWriter{t}))
+	lc := cluster.New(cluster.WithName("rehearsal-proxyless"), cluster.WithIstiod(),
+		cluster.WithLogger(slog.New(slog.NewTextHandler(testWriter{t}, nil))), cluster.WithBuildLog(testWriter{t}))
 	if _, err := lc.Create(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,9 @@
 // Package rehearsal runs meshproof's main job without Docker: the same run
 // library as `meshproof run` and `make e2e` (harness/run), on local
-// clusters of real parts (harness/localcluster: etcd, kube-apiserver,
+// clusters of real parts (harness/internal/local/cluster: etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, kwok for nodes and a real
 // istiod per Istio revision), with only the data plane simulated
-// (harness/dataplane).
+// (harness/internal/local/dataplane).
 //
 // What is real: the cluster's API and controllers (Deployments, rollouts,
 // namespace termination, garbage collection), Istio's charts installed
@@ -36,15 +36,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/support"
 
-	"github.com/meshproof/meshproof/harness/dataplane"
-	"github.com/meshproof/meshproof/harness/engine"
-	"github.com/meshproof/meshproof/harness/istio"
-	"github.com/meshproof/meshproof/harness/localcluster"
-	"github.com/meshproof/meshproof/harness/mesh"
-	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/internal/istio"
+	"github.com/meshproof/meshproof/harness/internal/kube"
+	"github.com/meshproof/meshproof/harness/internal/local/binaries"
+	"github.com/meshproof/meshproof/harness/internal/local/cluster"
+	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
-	"github.com/meshproof/meshproof/harness/testenv/binaries"
 )
 
 // Label is what every observation, verdict and report of a rehearsal says
@@ -63,13 +63,13 @@ func Label() string {
 type Rehearsal struct {
 	logger       *slog.Logger
 	buildLog     io.Writer
-	borrowed     *localcluster.Cluster
+	borrowed     *cluster.Cluster
 	readyTimeout time.Duration
 
 	mu sync.Mutex
 	// clusters are the rehearsal's local clusters by their API server's
 	// address, which is what the run's seams are handed.
-	clusters map[string]*localcluster.Cluster
+	clusters map[string]*cluster.Cluster
 }
 
 // Option configures a Rehearsal.
@@ -87,7 +87,7 @@ func WithBuildLog(w io.Writer) Option { return func(r *Rehearsal) { r.buildLog =
 // running (as they leave an existing cluster). Successive runs on one
 // cluster show what a rerun meets: the earlier run's namespaces still
 // terminating, its Lease. The file must use one cluster.
-func WithCluster(lc *localcluster.Cluster) Option { return func(r *Rehearsal) { r.borrowed = lc } }
+func WithCluster(lc *cluster.Cluster) Option { return func(r *Rehearsal) { r.borrowed = lc } }
 
 // WithIstioReadyTimeout bounds the wait for istiod to serve and inject
 // after Istio is installed (default: the installer's).
@@ -97,7 +97,7 @@ func WithIstioReadyTimeout(d time.Duration) Option {
 
 // New returns a Rehearsal.
 func New(opts ...Option) *Rehearsal {
-	r := &Rehearsal{logger: slog.New(slog.DiscardHandler), buildLog: os.Stderr, clusters: map[string]*localcluster.Cluster{}}
+	r := &Rehearsal{logger: slog.New(slog.DiscardHandler), buildLog: os.Stderr, clusters: map[string]*cluster.Cluster{}}
 	for _, o := range opts {
 		o(r)
 	}
@@ -166,13 +166,13 @@ func (r *Rehearsal) provider(c *scenario.Cluster, _ string, logger *slog.Logger)
 	logger.Info("rehearsal: a local cluster stands in for the file's cluster", "provider", c.Provider)
 	return &ownCluster{
 		// The rehearsal's logger: the cluster's own lines name the cluster.
-		Cluster:  localcluster.New(localcluster.WithName(c.Name), localcluster.WithIstiod(), localcluster.WithLogger(r.logger), localcluster.WithBuildLog(r.buildLog)),
+		Cluster:  cluster.New(cluster.WithName(c.Name), cluster.WithIstiod(), cluster.WithLogger(r.logger), cluster.WithBuildLog(r.buildLog)),
 		register: r.register,
 	}, nil
 }
 
 // register remembers a created local cluster by its API server's address.
-func (r *Rehearsal) register(lc *localcluster.Cluster) {
+func (r *Rehearsal) register(lc *cluster.Cluster) {
 	cfg := lc.KubernetesRestConfig()
 	if cfg == nil {
 		return
@@ -183,7 +183,7 @@ func (r *Rehearsal) register(lc *localcluster.Cluster) {
 }
 
 // cluster is the local cluster whose API server cfg addresses.
-func (r *Rehearsal) cluster(cfg *rest.Config) (*localcluster.Cluster, error) {
+func (r *Rehearsal) localCluster(cfg *rest.Config) (*cluster.Cluster, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	lc := r.clusters[cfg.Host]
@@ -191,15 +191,15 @@ func (r *Rehearsal) cluster(cfg *rest.Config) (*localcluster.Cluster, error) {
 		return nil, fmt.Errorf("rehearsal: %s is none of the rehearsal's local clusters", cfg.Host)
 	}
 	if lc.Istiod() == nil {
-		return nil, fmt.Errorf("rehearsal: local cluster %s runs no istiod (create it with localcluster.WithIstiod)", lc.Name())
+		return nil, fmt.Errorf("rehearsal: local cluster %s runs no istiod (create it with cluster.WithIstiod)", lc.Name())
 	}
 	return lc, nil
 }
 
 // ownCluster is a local cluster a run creates and destroys.
 type ownCluster struct {
-	*localcluster.Cluster
-	register func(*localcluster.Cluster)
+	*cluster.Cluster
+	register func(*cluster.Cluster)
 }
 
 func (c *ownCluster) Create(ctx context.Context, args ...string) (string, error) {
@@ -213,8 +213,8 @@ func (c *ownCluster) Create(ctx context.Context, args ...string) (string, error)
 // borrowedCluster is a local cluster the caller runs: a run uses it and
 // leaves it running.
 type borrowedCluster struct {
-	*localcluster.Cluster
-	register func(*localcluster.Cluster)
+	*cluster.Cluster
+	register func(*cluster.Cluster)
 }
 
 func (c borrowedCluster) Create(context.Context, ...string) (string, error) {
@@ -232,7 +232,7 @@ func (borrowedCluster) Destroy(context.Context) error { return nil }
 // pointed at the local istiod's address instead of its Service (the API
 // server must not look istiod's Service name up in the machine's DNS).
 func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
-	lc, err := r.cluster(on.REST)
+	lc, err := r.localCluster(on.REST)
 	if err != nil {
 		return nil, err
 	}
@@ -248,11 +248,11 @@ func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario
 // gives the local cluster's real proxyless gRPC pods what they can answer
 // (proxylessRouter).
 func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
-	lc, err := r.cluster(cfg)
+	lc, err := r.localCluster(cfg)
 	if err != nil {
 		return nil, err
 	}
-	scheme, err := engine.NewScheme()
+	scheme, err := kube.NewScheme()
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +275,7 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 // root rotation).
 type revisionCA struct {
 	kube   client.Client
-	istiod *localcluster.Istiod
+	istiod *cluster.Istiod
 
 	mu     sync.Mutex
 	byAddr map[string]*istiodClient

@@ -24,15 +24,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
-	"github.com/meshproof/meshproof/harness/deploy"
+	"github.com/meshproof/meshproof/harness/internal/deploy"
+	"github.com/meshproof/meshproof/harness/internal/local/cluster"
+	"github.com/meshproof/meshproof/harness/internal/local/proc"
 	"github.com/meshproof/meshproof/harness/junit"
-	"github.com/meshproof/meshproof/harness/localcluster"
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/report"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
-	"github.com/meshproof/meshproof/harness/testenv/proc"
 )
 
 // clusters is a pool of local clusters the tests rehearse on, in parallel:
@@ -46,7 +46,7 @@ const poolSize = 2
 
 // testCluster is a local cluster with istiod and a client for it.
 type testCluster struct {
-	*localcluster.Cluster
+	*cluster.Cluster
 	kube kubernetes.Interface
 }
 
@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 	code := func() int {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute) // includes first-use builds
 		defer cancel()
-		var created []*localcluster.Cluster
+		var created []*cluster.Cluster
 		defer func() {
 			for _, lc := range created {
 				if err := lc.Destroy(context.Background()); err != nil {
@@ -67,7 +67,7 @@ func TestMain(m *testing.M) {
 		var mu sync.Mutex
 		for i := range poolSize {
 			go func() {
-				lc := localcluster.New(localcluster.WithName(fmt.Sprintf("rehearsal-test-%d", i)), localcluster.WithIstiod())
+				lc := cluster.New(cluster.WithName(fmt.Sprintf("rehearsal-test-%d", i)), cluster.WithIstiod())
 				mu.Lock()
 				created = append(created, lc)
 				mu.Unlock()

@@ -4,7 +4,7 @@ package report_test
 // package report must not import the engine (the engine's results reach
 // the report as data, through package results). It proves the page on
 // what the real code path produces: the engine runs its steps against a
-// real kube-apiserver (testenv) and records into a real report.Run; only
+// real kube-apiserver (testsupport) and records into a real report.Run; only
 // the in-pod transport (probes, certificate reads) is scripted, since
 // there is no kubelet, and the test writes the pods' readiness as a
 // kubelet would.
@@ -27,15 +27,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
-	"github.com/meshproof/meshproof/harness/ca"
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/internal/ca"
+	"github.com/meshproof/meshproof/harness/internal/engine"
+	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/report"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
-	"github.com/meshproof/meshproof/harness/testenv"
 )
 
-var kube testenv.Shared
+var kube testsupport.Shared
 
 func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
 

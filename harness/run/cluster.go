@@ -20,16 +20,17 @@ import (
 	"sigs.k8s.io/e2e-framework/support"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/deploy"
-	"github.com/meshproof/meshproof/harness/diagnose"
-	"github.com/meshproof/meshproof/harness/engine"
-	"github.com/meshproof/meshproof/harness/istio"
-	"github.com/meshproof/meshproof/harness/lease"
-	"github.com/meshproof/meshproof/harness/ledger"
-	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/internal/deploy"
+	"github.com/meshproof/meshproof/harness/internal/diagnose"
+	"github.com/meshproof/meshproof/harness/internal/engine"
+	"github.com/meshproof/meshproof/harness/internal/istio"
+	"github.com/meshproof/meshproof/harness/internal/kube"
+	"github.com/meshproof/meshproof/harness/internal/lease"
+	"github.com/meshproof/meshproof/harness/internal/ledger"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
-	"github.com/meshproof/meshproof/harness/probe"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -312,7 +313,7 @@ func (st *clusterState) connect(transport TransportFunc) error {
 	// client-go's default 5 requests/s would throttle the steps' own waits.
 	cfg.QPS, cfg.Burst = 50, 100
 	st.rest = cfg
-	scheme, err := engine.NewScheme()
+	scheme, err := kube.NewScheme()
 	if err != nil {
 		return err
 	}

@@ -14,13 +14,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/support"
 
-	"github.com/meshproof/meshproof/harness/cluster"
-	"github.com/meshproof/meshproof/harness/deploy"
-	"github.com/meshproof/meshproof/harness/image"
-	"github.com/meshproof/meshproof/harness/istio"
-	"github.com/meshproof/meshproof/harness/ledger"
-	"github.com/meshproof/meshproof/harness/mesh"
-	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/internal/cluster"
+	"github.com/meshproof/meshproof/harness/internal/deploy"
+	"github.com/meshproof/meshproof/harness/internal/image"
+	"github.com/meshproof/meshproof/harness/internal/istio"
+	"github.com/meshproof/meshproof/harness/internal/ledger"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -200,7 +200,7 @@ func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Log
 }
 
 // InstallMesh, in install mode, installs Istio with the plugged CA first
-// (harness/mesh), recording what it creates in the run's ledger and
+// (harness/internal/mesh), recording what it creates in the run's ledger and
 // refusing releases it did not install (unless istio.adoptReleases), and
 // waits until istiod serves and injects. In use-existing mode it installs
 // nothing: it detects the control plane that is there and waits until it

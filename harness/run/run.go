@@ -25,8 +25,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/meshproof/meshproof/harness/deploy"
-	"github.com/meshproof/meshproof/harness/engine"
+	"github.com/meshproof/meshproof/harness/internal/deploy"
+	"github.com/meshproof/meshproof/harness/internal/engine"
 	"github.com/meshproof/meshproof/harness/junit"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/report"

@@ -17,15 +17,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/support"
 
-	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/scenario"
-	"github.com/meshproof/meshproof/harness/testenv"
 )
 
-var kube testenv.Shared
+var apiServer testsupport.Shared
 
-func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(apiServer.Main(m)) }
 
 // fixturesSuite runs on the test API server; its fixtures go into a
 // namespace of its own per test.
@@ -44,7 +44,7 @@ scenarios:
 // earlierRunsNamespace creates namespace name as an earlier run left it,
 // already deleted: on this API server no namespace controller finalizes it,
 // so it stays Terminating until the test finalizes it itself.
-func earlierRunsNamespace(t *testing.T, env *testenv.Env, name string) {
+func earlierRunsNamespace(t *testing.T, env *testsupport.Env, name string) {
 	t.Helper()
 	ctx := t.Context()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: ownership.Labels("20200101-000000-0badc0de")}}
@@ -67,7 +67,7 @@ func finalize(ctx context.Context, cs kubernetes.Interface, name string) error {
 
 // kubeconfigOf is the control plane's kubeconfig, as a provider hands it
 // out.
-func kubeconfigOf(t *testing.T, env *testenv.Env) []byte {
+func kubeconfigOf(t *testing.T, env *testsupport.Env) []byte {
 	t.Helper()
 	data, err := os.ReadFile(env.Kubeconfig)
 	if err != nil {
@@ -79,12 +79,12 @@ func kubeconfigOf(t *testing.T, env *testenv.Env) []byte {
 // finalizeTerminating lets every namespace the test left terminating go
 // (this API server has no namespace controller), so that the next test's
 // leftover sweep does not wait for it.
-func finalizeTerminating(t *testing.T, env *testenv.Env) {
+func finalizeTerminating(t *testing.T, env *testsupport.Env) {
 	t.Cleanup(func() { finalizeAll(t, env) })
 }
 
 // finalizeAll plays the namespace controller once.
-func finalizeAll(t *testing.T, env *testenv.Env) {
+func finalizeAll(t *testing.T, env *testsupport.Env) {
 	if err := env.FinalizeTerminating(context.Background()); err != nil {
 		t.Logf("%v", err)
 	}
@@ -105,7 +105,7 @@ func (b builtRef) Deliver(context.Context, support.E2EClusterProvider, *scenario
 // namespace, which takes a while to terminate; deploy waits for it and then
 // puts the fixtures into a namespace of the same name.
 func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
-	env := kube.Get(t)
+	env := apiServer.Get(t)
 	finalizeTerminating(t, env)
 	const ns = "rerun"
 	earlierRunsNamespace(t, env, ns)
@@ -126,7 +126,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 	}()
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
+	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 
 	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
@@ -159,7 +159,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 
 // A namespace that never finishes terminating fails the setup, naming it.
 func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
-	env := kube.Get(t)
+	env := apiServer.Get(t)
 	finalizeTerminating(t, env)
 	const ns = "stuck"
 	earlierRunsNamespace(t, env, ns)
@@ -187,12 +187,12 @@ func TestNamespaceThatNeverGoesFailsSetup(t *testing.T) {
 // fails naming the first, without touching the first run's objects; once
 // the first is done, a third run gets the cluster.
 func TestSecondRunWaitsForTheFirst(t *testing.T) {
-	env := kube.Get(t)
+	env := apiServer.Get(t)
 	finalizeTerminating(t, env)
 	const ns = "shared-cluster"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
+	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 	newRun := func(wait time.Duration) (*Run, *fakeProvider) {
 		p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 		r, _ := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
@@ -238,7 +238,7 @@ func TestSecondRunWaitsForTheFirst(t *testing.T) {
 // and its teardown its labels are the user's again and the user's objects
 // in it are untouched.
 func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
-	env := kube.Get(t)
+	env := apiServer.Get(t)
 	finalizeTerminating(t, env)
 	const ns = "users-own"
 	user := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"team": "payments", "istio-injection": "disabled"}}}
@@ -251,7 +251,7 @@ func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
 	}
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
+	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 
 	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
 	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")))
@@ -294,12 +294,12 @@ func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
 // setup runs: between steps (here: well past the Lease's duration after
 // the setup returned) a second run still finds the cluster taken.
 func TestLeaseOutlivesTheSetup(t *testing.T) {
-	env := kube.Get(t)
+	env := apiServer.Get(t)
 	finalizeTerminating(t, env)
 	const ns = "long-run"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
+	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 	newRun := func() *Run {
 		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, WithMesh(readyMesh),
 			WithImageDelivery(builtRef("meshproof.local/echo:test")), WithLeaseDuration(3*time.Second), WithLeaseWait(time.Second))
@@ -324,12 +324,12 @@ func TestLeaseOutlivesTheSetup(t *testing.T) {
 // the next run then takes the cluster over and removes what the crashed
 // run's ledger lists.
 func TestCrashedRunIsCleanedUpByTheNext(t *testing.T) {
-	env := kube.Get(t)
+	env := apiServer.Get(t)
 	finalizeTerminating(t, env)
 	const ns = "crashed-run"
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	go testenv.PlayDeploymentStatus(ctx, env.Client, ns)
+	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 	controller := make(chan struct{})
 	go func() { // the namespace controller, which this API server lacks
 		defer close(controller)

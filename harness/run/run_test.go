@@ -17,8 +17,8 @@ import (
 	"sigs.k8s.io/e2e-framework/klient"
 	"sigs.k8s.io/e2e-framework/support"
 
-	"github.com/meshproof/meshproof/harness/mesh"
-	"github.com/meshproof/meshproof/harness/probe"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/report"
 	"github.com/meshproof/meshproof/harness/scenario"
 )

@@ -1,0 +1,110 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+)
+
+// servingAnnotation is set by the supervisor on an istiod pod once its
+// process answers GET /ready; kwok makes the pod Running and Ready only then.
+const servingAnnotation = "meshproof.dev/istiod-serving"
+
+// proxylessServingAnnotation is set by the proxyless supervisor on a pod
+// asking for the grpc-agent template once its echo serves gRPC with
+// istiod's listeners (or at once when it was not injected); kwok makes the
+// pod Running and Ready only then.
+const proxylessServingAnnotation = "meshproof.dev/proxyless-serving"
+
+// readinessGate holds back kwok's pod-ready stage for the pods whose key
+// (a kwok stage expression) has one of values until a supervisor has set
+// annotation to "true".
+type readinessGate struct {
+	stage      string
+	key        string
+	values     []any
+	annotation string
+}
+
+// istiodGate: an istiod pod turns Ready when its istiod process is ready,
+// as the chart's readinessProbe (GET /ready) makes a kubelet do, not at
+// once. A rollout of istiod (a restart, an upgrade) then completes only once
+// the new istiod serves, and one whose istiod never serves never does.
+var istiodGate = readinessGate{stage: "meshproof-istiod-pod-ready", key: ".metadata.labels.app", values: []any{"istiod"}, annotation: servingAnnotation}
+
+// proxylessGate: a pod asking for the grpc-agent template turns Ready when
+// its echo serves gRPC with the listeners istiod sent (see Proxyless), as
+// its readiness probe on the gRPC port would make a kubelet do.
+var proxylessGate = readinessGate{stage: "meshproof-proxyless-pod-ready", key: `.metadata.annotations["` + injectTemplatesAnnotation + `"]`, values: []any{GRPCAgentTemplate}, annotation: proxylessServingAnnotation}
+
+// gateReadiness edits kwok's stages (the file written for --config) so that
+// kwok's pod-ready stage skips the pods of every gate, and a copy of it per
+// gate takes only those the gate's supervisor marked with its annotation.
+func gateReadiness(file string, gates ...readinessGate) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	found := false
+	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
+		var stage map[string]any
+		if err := yaml.Unmarshal(doc, &stage); err != nil {
+			return fmt.Errorf("local cluster: parsing kwok's stages: %w", err)
+		}
+		if len(stage) == 0 {
+			continue
+		}
+		u := unstructured.Unstructured{Object: stage}
+		if u.GetKind() == "Stage" && u.GetName() == "pod-ready" {
+			found = true
+			original := u.DeepCopy()
+			for _, g := range gates {
+				gated := original.DeepCopy()
+				gated.SetName(g.stage)
+				if err := addSelectorExpressions(gated.Object,
+					map[string]any{"key": g.key, "operator": "In", "values": g.values},
+					map[string]any{"key": `.metadata.annotations["` + g.annotation + `"]`, "operator": "In", "values": []any{"true"}},
+				); err != nil {
+					return err
+				}
+				if err := addSelectorExpressions(stage,
+					map[string]any{"key": g.key, "operator": "NotIn", "values": g.values},
+				); err != nil {
+					return err
+				}
+				if err := writeYAMLDoc(&out, gated.Object); err != nil {
+					return err
+				}
+			}
+		}
+		if err := writeYAMLDoc(&out, stage); err != nil {
+			return err
+		}
+	}
+	if !found {
+		return fmt.Errorf("local cluster: kwok's stages in %s have no pod-ready stage to gate readiness on", file)
+	}
+	return os.WriteFile(file, out.Bytes(), 0o600)
+}
+
+func addSelectorExpressions(stage map[string]any, exprs ...any) error {
+	existing, _, err := unstructured.NestedSlice(stage, "spec", "selector", "matchExpressions")
+	if err != nil {
+		return fmt.Errorf("local cluster: kwok stage: %w", err)
+	}
+	return unstructured.SetNestedSlice(stage, append(existing, exprs...), "spec", "selector", "matchExpressions")
+}
+
+func writeYAMLDoc(out *bytes.Buffer, obj map[string]any) error {
+	data, err := yaml.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	out.WriteString("---\n")
+	out.Write(data)
+	return nil
+}
