@@ -67,7 +67,7 @@ func TestGRPCTargets(t *testing.T) {
 // to a sidecar server needs its sidecar's identity too; neither result
 // passes for the other kind of server or another client.
 func TestGRPCMTLSIdentities(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "..", "fixtures", "echo", "echoapi", "testdata", "grpc-results.jsonl"))
+	f, err := os.Open(filepath.Join("..", "..", "..", "fixtures", "echo", "echoapi", "testdata", "grpc-results.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}

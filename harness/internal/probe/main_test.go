@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	echoBinary = filepath.Join(dir, "echo")
-	build := exec.Command("go", "build", "-trimpath", "-o", echoBinary, "../../fixtures/echo")
+	build := exec.Command("go", "build", "-trimpath", "-o", echoBinary, "../../../fixtures/echo")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building echo: %v\n%s", err, out)

@@ -14,7 +14,7 @@ import (
 
 func readWrapperModFile(t *testing.T, module string) *modfile.File {
 	t.Helper()
-	path := filepath.Join("..", "assets", module, "go.mod")
+	path := filepath.Join("assets", module, "go.mod")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +60,7 @@ func TestWrapperPinsEveryStagingModule(t *testing.T) {
 	}
 
 	cmd := exec.Command("go", "list", "-mod=readonly", "-m", "-f", "{{.GoMod}}", "k8s.io/kubernetes")
-	cmd.Dir = filepath.Join("..", "assets", "kube-apiserver")
+	cmd.Dir = filepath.Join("assets", "kube-apiserver")
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -269,7 +269,7 @@ func TestBuildOneFailureLeavesNoFile(t *testing.T) {
 }
 
 func TestKubeVersionLDFlagsStampBothVersionPackages(t *testing.T) {
-	flags, err := kubeVersionLDFlags(context.Background(), filepath.Join("..", "assets", "kube-apiserver"))
+	flags, err := kubeVersionLDFlags(context.Background(), filepath.Join("assets", "kube-apiserver"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ func TestEveryToolIsDeclaredInItsWrapperModule(t *testing.T) {
 		if !slices.ContainsFunc(f.Tool, func(d *modfile.Tool) bool { return d.Path == tool.pkg }) {
 			t.Errorf("%s/go.mod does not declare tool %s", tool.module, tool.pkg)
 		}
-		sum, err := os.ReadFile(filepath.Join("..", "assets", tool.module, "go.sum"))
+		sum, err := os.ReadFile(filepath.Join("assets", tool.module, "go.sum"))
 		if err != nil || len(sum) == 0 {
 			t.Errorf("%s has no go.sum: %v", tool.module, err)
 		}

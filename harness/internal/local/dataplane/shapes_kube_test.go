@@ -149,7 +149,7 @@ scenarios:
 // 19000): the mesh-wide rules, the container-port override and the tcp
 // rows are decided from the stored objects.
 func TestReachabilityExampleRehearsed(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "..", "examples", "istio-reachability.yaml"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "examples", "istio-reachability.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
