@@ -96,7 +96,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(lc.Istiod().PostRenderer()))
+	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], testsupport.Logger(t), istio.WithPostRenderer(lc.Istiod().PostRenderer()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -231,7 +231,7 @@ func (borrowedCluster) Destroy(context.Context) error { return nil }
 // installMesh installs Istio as a run does, with the chart's webhooks
 // pointed at the local istiod's address instead of its Service (the API
 // server must not look istiod's Service name up in the machine's DNS).
-func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
+func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error) {
 	lc, err := r.localCluster(on.REST)
 	if err != nil {
 		return nil, err
@@ -240,7 +240,7 @@ func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario
 	if r.readyTimeout > 0 {
 		opts = append(opts, istio.WithReadyTimeout(r.readyTimeout))
 	}
-	return run.InstallMeshWith(opts...)(ctx, on, c, logf)
+	return run.InstallMeshWith(opts...)(ctx, on, c, log)
 }
 
 // transport is the simulated data plane, with every sidecar's certificates

@@ -187,7 +187,7 @@ func realRun(t *testing.T) *report.Run {
 	}
 	// The setup's verdict: this test's setup is the API server and pods.
 	run.RecordVerdict(results.Verdict{Step: results.SetupStep, Kind: results.SetupStep, Status: results.Passed, Started: time.Now()})
-	e, err := engine.New(s, "c", env.Client, mesh, "real-run", engine.WithRecorder(run), engine.WithCertReader(mesh), engine.WithLogger(t.Logf))
+	e, err := engine.New(s, "c", env.Client, mesh, "real-run", engine.WithRecorder(run), engine.WithCertReader(mesh), engine.WithLogger(testsupport.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,10 +94,10 @@ func (r *Run) Setup(ctx context.Context) error {
 		r.noteInterrupt(ctx)
 		r.setupErr = err
 		v.Status, v.Reason = results.Failed, err.Error()
-		r.logf("setup failed after %s: %v", v.Duration.Round(time.Second), err)
+		r.log().Error("setup failed", "took", v.Duration.Round(time.Second), "error", err)
 		v.Diagnostics = r.diagnose(ctx, nil, results.SetupStep)
 	} else {
-		r.logf("setup done in %s", v.Duration.Round(time.Second))
+		r.log().Info("setup done", "took", v.Duration.Round(time.Second))
 	}
 	r.rec.RecordVerdict(v)
 	return err
@@ -106,7 +106,7 @@ func (r *Run) Setup(ctx context.Context) error {
 // phase runs one setup phase with progress lines and a timeline event.
 func (r *Run) phase(c *scenario.Cluster, what string, f func() error) error {
 	start := time.Now()
-	r.logf("%s: %s ...", c.Name, what)
+	r.log(c.Name).Info(what + " ...")
 	err := f()
 	took := time.Since(start).Round(time.Millisecond)
 	outcome := "done"
@@ -115,7 +115,7 @@ func (r *Run) phase(c *scenario.Cluster, what string, f func() error) error {
 	}
 	r.rec.RecordEvent(results.Event{Time: time.Now(), Step: results.SetupStep, Kind: results.EventSetupPhase,
 		Detail: fmt.Sprintf("%s: %s %s in %s", c.Name, what, outcome, took)})
-	r.logf("%s: %s %s (%s)", c.Name, what, outcome, took)
+	r.log(c.Name).Info(what+" "+outcome, "took", took)
 	return err
 }
 
@@ -165,7 +165,7 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 			return err
 		}
 		if st.lease.TookOverFrom() != "" {
-			r.logf("%s: run %s stopped without releasing the cluster; its leftovers are swept", c.Name, st.lease.TookOverFrom())
+			r.log(c.Name).Info("an earlier run stopped without releasing the cluster; its leftovers are swept", "earlierRun", st.lease.TookOverFrom())
 		}
 		// Everything the run creates from here on is written in its
 		// ledger first; teardown removes only what the ledger lists.
@@ -184,7 +184,7 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	}
 
 	if err := r.phase(c, "Istio "+c.Istio.Version, func() error {
-		m, err := r.o.mesh(ctx, Cluster{Kube: st.kube, REST: st.rest, Ledger: st.ledger}, c, r.logf)
+		m, err := r.o.mesh(ctx, Cluster{Kube: st.kube, REST: st.rest, Ledger: st.ledger}, c, r.log(c.Name))
 		st.mesh = m
 		return err
 	}); err != nil {
@@ -193,7 +193,7 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 
 	var ref string
 	if err := r.phase(c, "echo image", func() (err error) {
-		ref, err = r.o.images.Deliver(ctx, p, c, r.logf)
+		ref, err = r.o.images.Deliver(ctx, p, c, r.log(c.Name))
 		return err
 	}); err != nil {
 		return err
@@ -222,7 +222,7 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	}
 
 	opts := []engine.Option{engine.WithRecorder(r.rec), engine.WithCertReader(probe.NewCertReader(st.execer)),
-		engine.WithConnectionWitness(probe.NewStatsReader(st.execer)), engine.WithLogger(r.logf)}
+		engine.WithConnectionWitness(probe.NewStatsReader(st.execer)), engine.WithLogger(r.log(c.Name))}
 	if st.mesh != nil && st.mesh.Istio != nil {
 		opts = append(opts, engine.WithMeshControl(st.mesh.Istio))
 		if st.mesh.CA != nil {
@@ -260,7 +260,7 @@ func (r *Run) claimNamespaces(ctx context.Context, st *clusterState, objs []clie
 			return nil, err
 		}
 		if !created {
-			r.logf("%s: namespace %s exists: using it, labels %v for the run only; it stays after the run", st.spec.Name, o.GetName(), labels)
+			r.log(st.spec.Name).Info("namespace exists: using it, with labels for the run only; it stays after the run", "namespace", o.GetName(), "labels", labels)
 		}
 	}
 	return rest, nil
@@ -280,7 +280,7 @@ func (r *Run) sweepLeftovers(ctx context.Context, st *clusterState) error {
 	}
 	swept, err := ledger.Sweep(ctx, st.kube, r.ID(), live, uninstall, ledger.WithNamespace(st.lease.Namespace()))
 	for _, id := range swept {
-		r.logf("%s: undid the ledger of run %s, which is over", st.spec.Name, id)
+		r.log(st.spec.Name).Info("undid the ledger of an earlier run, which is over", "earlierRun", id)
 	}
 	if err != nil {
 		return fmt.Errorf("undoing the ledgers of earlier runs: %w", err)
@@ -289,9 +289,9 @@ func (r *Run) sweepLeftovers(ctx context.Context, st *clusterState) error {
 	var namespaces []string
 	for _, o := range removed {
 		if o.Terminating {
-			r.logf("%s: waiting for a leftover of an earlier run to finish terminating: %s", st.spec.Name, o)
+			r.log(st.spec.Name).Info("waiting for a leftover of an earlier run to finish terminating", "object", o)
 		} else {
-			r.logf("%s: removing a leftover of an earlier run: %s", st.spec.Name, o)
+			r.log(st.spec.Name).Info("removing a leftover of an earlier run", "object", o)
 		}
 		if o.Resource.Group == "" && o.Resource.Resource == "namespaces" {
 			namespaces = append(namespaces, o.Name)
@@ -361,7 +361,7 @@ func (r *Run) Teardown(ctx context.Context) error {
 	r.tornDown = true
 	if r.o.keep {
 		for _, name := range r.order {
-			r.logf("--keep: cluster %s left as it is; reach it with: kubectl --kubeconfig %s get pods -A", name, r.clusters[name].kubeconfig)
+			r.log(name).Info("--keep: cluster left as it is; reach it with kubectl --kubeconfig KUBECONFIG get pods -A", "kubeconfig", r.clusters[name].kubeconfig)
 		}
 		return nil
 	}
@@ -406,7 +406,7 @@ func (r *Run) cleanUp(ctx context.Context, st *clusterState) error {
 	}
 	// What the ledger does not list: the policies steps applied.
 	removed, err := deploy.Sweep(ctx, st.sweepTarget(), deploy.RunSelector(r.ID()))
-	r.logf("%s: removed %d more objects of this run", st.spec.Name, len(removed))
+	r.log(st.spec.Name).Info("removed more objects of this run", "count", len(removed))
 	if err != nil {
 		errs = append(errs, fmt.Errorf("cluster %s: removing this run's objects: %w", st.spec.Name, err))
 	}
@@ -474,7 +474,7 @@ func (r *Run) diagnose(ctx context.Context, sc *scenario.Scenario, step string) 
 		// Leave half of what remains for the clean-up that follows.
 		budget = (r.o.gracePeriod - time.Since(r.interruptedAt)) / 2
 		if budget <= time.Second {
-			r.logf("diagnostics skipped: the run was interrupted and its grace period is spent")
+			r.log().Info("diagnostics skipped: the run was interrupted and its grace period is spent")
 			return ""
 		}
 	}
@@ -493,11 +493,11 @@ func (r *Run) diagnose(ctx context.Context, sc *scenario.Scenario, step string) 
 		dir := r.folder.Path(rel, name)
 		summary, err := diagnose.New(st.kube, st.clientset, opts...).Collect(dctx, dir)
 		if err != nil {
-			r.logf("%s: collecting diagnostics: %v", name, err)
+			r.log(name).Info("collecting diagnostics failed", "error", err)
 			continue
 		}
 		collected = true
-		r.logf("%s: diagnostics in %s: %d collected, %d failed", name, dir, len(summary.Collected), len(summary.Failed))
+		r.log(name).Info("diagnostics written", "dir", dir, "collected", len(summary.Collected), "failed", len(summary.Failed))
 	}
 	if !collected {
 		return ""

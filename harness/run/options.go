@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,12 +43,12 @@ type Cluster struct {
 // MeshFunc installs the mesh a scenario cluster asks for and waits until it
 // is ready (istiod available and injecting). It may return a partly
 // installed mesh with an error: Teardown then removes what was installed.
-type MeshFunc func(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error)
+type MeshFunc func(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error)
 
 // ImageDelivery makes the echo image available to a cluster's nodes and
 // returns the reference the fixtures run.
 type ImageDelivery interface {
-	Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, logf func(string, ...any)) (ref string, err error)
+	Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, log *slog.Logger) (ref string, err error)
 }
 
 // TransportFunc builds the pod transport (exec into pods) of a cluster.
@@ -205,26 +207,26 @@ func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Log
 // waits until istiod serves and injects. In use-existing mode it installs
 // nothing: it detects the control plane that is there and waits until it
 // is healthy; the mesh it returns is nil (nothing to upgrade or remove).
-func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
-	return installMesh(ctx, on, c, logf, nil)
+func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error) {
+	return installMesh(ctx, on, c, log, nil)
 }
 
 // InstallMeshWith is InstallMesh with extra installer options, e.g. a
 // post-renderer a cluster provider needs (istio.WithPostRenderer).
 func InstallMeshWith(extra ...istio.Option) MeshFunc {
-	return func(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any)) (*mesh.Mesh, error) {
-		return installMesh(ctx, on, c, logf, extra)
+	return func(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error) {
+		return installMesh(ctx, on, c, log, extra)
 	}
 }
 
-func installMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func(string, ...any), more []istio.Option) (*mesh.Mesh, error) {
+func installMesh(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger, more []istio.Option) (*mesh.Mesh, error) {
 	if c.Istio.Mode == scenario.IstioUseExisting {
 		inst, err := istio.UseExisting(ctx, on.REST, scenario.IstioRootNamespace, useExistingTimeout)
 		if err != nil {
 			return nil, fmt.Errorf("use-existing: %w", err)
 		}
 		for _, cp := range inst.ControlPlanes {
-			logf("%s: using the Istio installed there: %s (revision %s, Istio %s, multi-root %t, plugged CA %t)", c.Name, cp.Deployment, cp.Revision, cp.Version, cp.MultiRoot, inst.PluggedCA)
+			log.Info("using the Istio installed there", "deployment", cp.Deployment, "revision", cp.Revision, "version", cp.Version, "multiRoot", cp.MultiRoot, "pluggedCA", inst.PluggedCA)
 		}
 		return nil, nil
 	}
@@ -232,7 +234,7 @@ func installMesh(ctx context.Context, on Cluster, c *scenario.Cluster, logf func
 	if on.Ledger != nil {
 		extra = append(extra, istio.WithLedger(on.Ledger))
 	}
-	m, err := mesh.Install(ctx, on.Kube, on.REST, c, logf, append(extra, more...)...)
+	m, err := mesh.Install(ctx, on.Kube, on.REST, c, log, append(extra, more...)...)
 	if err != nil {
 		return m, err
 	}
@@ -255,7 +257,7 @@ const useExistingTimeout = 5 * time.Minute
 type BuiltImage struct{}
 
 // Deliver builds the image and delivers it to the cluster.
-func (BuiltImage) Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, logf func(string, ...any)) (string, error) {
+func (BuiltImage) Deliver(ctx context.Context, p support.E2EClusterProvider, c *scenario.Cluster, log *slog.Logger) (string, error) {
 	var source *scenario.ImageSource
 	if c.Existing != nil {
 		source = c.Existing.Image
@@ -270,7 +272,7 @@ func (BuiltImage) Deliver(ctx context.Context, p support.E2EClusterProvider, c *
 	if source != nil && source.Push != "" {
 		ref, err := image.Deliver(ctx, img, image.PushTo(source.Push))
 		if err == nil {
-			logf("%s: pushed %s as %s", c.Name, img.Ref, ref)
+			log.Info("echo image pushed", "image", img.Ref, "ref", ref)
 		}
 		return ref, err
 	}
@@ -298,8 +300,17 @@ func (h *progressHandler) Enabled(_ context.Context, l slog.Level) bool { return
 
 func (h *progressHandler) Handle(_ context.Context, r slog.Record) error {
 	line := r.Time.Format("15:04:05") + " " + r.Message
+	seen := map[string]string{}
 	add := func(a slog.Attr) bool {
-		line += " " + a.Key + "=" + a.Value.String()
+		v := a.Value.Resolve().String()
+		if prev, ok := seen[a.Key]; ok && prev == v {
+			return true // the same attribute from a logger and from its caller
+		}
+		seen[a.Key] = v
+		if v == "" || strings.ContainsAny(v, " =\"\t\n") {
+			v = strconv.Quote(v)
+		}
+		line += " " + a.Key + "=" + v
 		return true
 	}
 	for _, a := range h.attrs {

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -103,7 +104,7 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	}
 	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder, dataPlane: s.dataPlane}, start: time.Now(), clusters: map[string]*clusterState{}}
 	r.life, r.endLife = context.WithCancel(context.Background())
-	r.logf("run %s: reports in %s", folder.ID, folder.Dir)
+	r.log().Info("run started", "run", folder.ID, "reports", folder.Dir)
 	return r, nil
 }
 
@@ -149,7 +150,14 @@ func (r *Run) Scenarios() []*scenario.Scenario {
 // Verdicts are the verdicts recorded so far.
 func (r *Run) Verdicts() []results.Verdict { return r.rec.verdictList() }
 
-func (r *Run) logf(format string, args ...any) { r.o.logger.Info(fmt.Sprintf(format, args...)) }
+// log is the run's logger, with the cluster an operation is about as an
+// attribute when it names one.
+func (r *Run) log(cluster ...string) *slog.Logger {
+	if len(cluster) == 1 {
+		return r.o.logger.With("cluster", cluster[0])
+	}
+	return r.o.logger
+}
 
 // noteInterrupt remembers when the run was first interrupted: what is left
 // of the grace period bounds diagnostics and clean-up.
@@ -166,7 +174,7 @@ func (r *Run) BeginScenario(ctx context.Context, sc *scenario.Scenario) error {
 	if err != nil {
 		return err
 	}
-	r.logf("scenario %s on %s", sc.Name, sc.Cluster)
+	r.log(sc.Cluster).Info("scenario", "scenario", sc.Name)
 	started := time.Now()
 	if err := st.engine.RemovePolicies(ctx); err != nil {
 		r.noteInterrupt(ctx)
@@ -199,10 +207,10 @@ func (r *Run) RunStep(ctx context.Context, sc *scenario.Scenario, index int) err
 		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 			v.Reason = "interrupted: " + v.Reason
 		}
-		r.logf("  FAIL %s (%s)", step.Name, took.Round(time.Millisecond))
+		r.log(sc.Cluster).Error("step failed", "scenario", sc.Name, "step", step.Name, "took", took.Round(time.Millisecond))
 		v.Diagnostics = r.diagnose(ctx, sc, step.Name)
 	} else {
-		r.logf("  ok   %s (%s)", step.Name, took.Round(time.Millisecond))
+		r.log(sc.Cluster).Info("step passed", "scenario", sc.Name, "step", step.Name, "took", took.Round(time.Millisecond))
 	}
 	r.rec.RecordVerdict(v)
 	return err
@@ -331,7 +339,7 @@ func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario) {
 	// Policies go even when the run was interrupted: the cleanup context
 	// still runs.
 	if err := r.EndScenario(cleanup, sc); err != nil {
-		r.logf("%v", err)
+		r.log(sc.Cluster).Error("ending the scenario failed", "scenario", sc.Name, "error", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -91,13 +92,13 @@ func finalizeAll(t *testing.T, env *testsupport.Env) {
 }
 
 // readyMesh stands in for Istio: the API server here runs no istiod.
-func readyMesh(context.Context, Cluster, *scenario.Cluster, func(string, ...any)) (*mesh.Mesh, error) {
+func readyMesh(context.Context, Cluster, *scenario.Cluster, *slog.Logger) (*mesh.Mesh, error) {
 	return nil, nil
 }
 
 type builtRef string
 
-func (b builtRef) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
+func (b builtRef) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, *slog.Logger) (string, error) {
 	return string(b), nil
 }
 

@@ -120,7 +120,7 @@ func loadSuite(t *testing.T, doc string) *scenario.Suite {
 // noMesh, noImage and noTransport stand in for the seams a test does not
 // reach; reaching them anyway fails the test.
 func noMesh(t *testing.T) MeshFunc {
-	return func(context.Context, Cluster, *scenario.Cluster, func(string, ...any)) (*mesh.Mesh, error) {
+	return func(context.Context, Cluster, *scenario.Cluster, *slog.Logger) (*mesh.Mesh, error) {
 		t.Error("the mesh installer was called")
 		return nil, errors.New("no mesh in this test")
 	}
@@ -128,7 +128,7 @@ func noMesh(t *testing.T) MeshFunc {
 
 type noImage struct{ t *testing.T }
 
-func (n noImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
+func (n noImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, *slog.Logger) (string, error) {
 	n.t.Error("image delivery was called")
 	return "", errors.New("no image in this test")
 }

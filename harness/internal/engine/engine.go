@@ -53,6 +53,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -88,7 +89,7 @@ type Engine struct {
 	certs   CertReader
 	runID   string
 	rec     results.Recorder
-	logf    func(format string, args ...any)
+	log     *slog.Logger
 	now     func() time.Time
 	mesh    meshState // upgrade and rotateRoot: meshcontrol.go
 	// gapLimit bounds how long continuous traffic may not observe a
@@ -109,10 +110,8 @@ type Option func(*Engine)
 // WithRecorder sends every observation to r.
 func WithRecorder(r results.Recorder) Option { return func(e *Engine) { e.rec = r } }
 
-// WithLogger receives progress lines.
-func WithLogger(logf func(format string, args ...any)) Option {
-	return func(e *Engine) { e.logf = logf }
-}
+// WithLogger receives the engine's progress (default: none).
+func WithLogger(l *slog.Logger) Option { return func(e *Engine) { e.log = l } }
 
 // WithCertReader reads served certificates for rotate steps.
 func WithCertReader(c CertReader) Option { return func(e *Engine) { e.certs = c } }
@@ -130,7 +129,7 @@ func New(suite *scenario.Suite, clusterName string, kube client.Client, prober P
 		return nil, err
 	}
 	e := &Engine{suite: suite, cluster: c, kube: kube, prober: prober, runID: runID,
-		rec: results.Discard{}, logf: func(string, ...any) {}, now: time.Now}
+		rec: results.Discard{}, log: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, o := range opts {
 		o(e)
 	}
@@ -207,7 +206,7 @@ func (e *Engine) applyPolicies(ctx context.Context, sc *scenario.Scenario, index
 	}
 	removed, err := e.removePolicies(ctx, keep)
 	for _, r := range removed {
-		e.logf("removed %s", r)
+		e.log.Info("policy removed", "object", r)
 	}
 	return err
 }
@@ -217,7 +216,7 @@ func (e *Engine) applyPolicies(ctx context.Context, sc *scenario.Scenario, index
 func (e *Engine) RemovePolicies(ctx context.Context) error {
 	removed, err := e.removePolicies(ctx, nil)
 	for _, r := range removed {
-		e.logf("removed %s", r)
+		e.log.Info("policy removed", "object", r)
 	}
 	return err
 }
@@ -317,7 +316,7 @@ func (e *Engine) restart(ctx context.Context, workloads []string) error {
 		if err := e.kube.Patch(ctx, &d, patch); err != nil {
 			return fmt.Errorf("restarting %s: %w", name, err)
 		}
-		e.logf("restarted %s/%s", w.Namespace, w.Name)
+		e.log.Info("workload restarted", "namespace", w.Namespace, "workload", w.Name)
 	}
 	return e.waitRolledOut(ctx, workloads)
 }

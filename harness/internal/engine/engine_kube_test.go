@@ -71,7 +71,7 @@ scenarios:
 
 func newEngine(t *testing.T, s *scenario.Suite, p Prober, opts ...Option) *Engine {
 	t.Helper()
-	opts = append([]Option{WithLogger(t.Logf)}, opts...)
+	opts = append([]Option{WithLogger(testsupport.Logger(t))}, opts...)
 	e, err := New(s, "c", env.Client, p, "run-"+fmt.Sprint(time.Now().UnixNano()), opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -49,7 +49,7 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		switch {
 		case err != nil:
 			streak = 0
-			e.logf("%s: round %d: %v", st.Name, rounds, err)
+			e.log.Info("probe round failed", "step", st.Name, "round", rounds, "error", err)
 		case ok:
 			streak++
 		default:
@@ -58,7 +58,7 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		return streak >= need, nil
 	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(timeLeft(ctx)))
 	if err == nil {
-		e.logf("%s: held for %d rounds in a row after %d rounds (%s)", st.Name, need, rounds, e.now().Sub(start).Round(time.Millisecond))
+		e.log.Info("expectations held", "step", st.Name, "consecutive", need, "rounds", rounds, "took", e.now().Sub(start).Round(time.Millisecond))
 		return nil
 	}
 	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {

@@ -59,7 +59,7 @@ func kubeFast() client.Client {
 // newMeshEngine is newEngine on the unthrottled client.
 func newMeshEngine(t *testing.T, s *scenario.Suite, p Prober, opts ...Option) *Engine {
 	t.Helper()
-	e, err := New(s, "c", kubeFast(), p, fmt.Sprintf("run-%d", time.Now().UnixNano()), append([]Option{WithLogger(t.Logf)}, opts...)...)
+	e, err := New(s, "c", kubeFast(), p, fmt.Sprintf("run-%d", time.Now().UnixNano()), append([]Option{WithLogger(testsupport.Logger(t))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func installIstio(t *testing.T, istioNS, version string, opts ...istio.Option) *
 		t.Fatal(err)
 	}
 	base := []istio.Option{istio.WithVersion(version), istio.WithChartsDir(filepath.Join(root, version)), istio.WithNamespace(istioNS),
-		istio.WithLogger(func(f string, a ...any) { t.Logf(f, a...) })}
+		istio.WithLogger(testsupport.Logger(t))}
 	in, err := istio.New(env.Config, append(base, opts...)...)
 	if err != nil {
 		t.Fatal(err)

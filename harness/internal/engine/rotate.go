@@ -192,7 +192,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 	waitErr := wait.For(func(ctx context.Context) (bool, error) {
 		c, err := read(ctx)
 		if err != nil {
-			e.logf("%s: reading the served certificate: %v", st.Name, err)
+			e.log.Info("reading the served certificate failed", "step", st.Name, "error", err)
 			return false, nil
 		}
 		after = c
@@ -233,7 +233,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		c, err := readOne(ctx)
 		if err != nil {
 			lastErr = err
-			e.logf("%s: cross-check: %v", st.Name, err)
+			e.log.Info("certificate cross-check failed", "step", st.Name, "error", err)
 			return false, nil
 		}
 		check.CrossReads = append(check.CrossReads, CertRead{source, c})
@@ -259,7 +259,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		return err
 	}
 	if len(sidecarRoots) > 0 && !sameCerts(sidecarRoots, check.Roots) {
-		e.logf("note: %s's sidecar ROOTCA differs from ConfigMap %s (a root rotation may be in progress)", w.Name, RootCertConfigMap)
+		e.log.Info("the sidecar's ROOTCA differs from the root ConfigMap (a root rotation may be in progress)", "workload", w.Name, "configMap", RootCertConfigMap)
 	}
 	if err := errors.Join(check.Verify(), traffic.Err()); err != nil {
 		return &DeadlineError{Deadlines: []results.Deadline{met}, Err: err}

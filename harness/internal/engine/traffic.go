@@ -27,7 +27,7 @@ func (e *Engine) event(sc *scenario.Scenario, st *scenario.Step, kind results.Ev
 func (e *Engine) eventAt(at time.Time, sc *scenario.Scenario, st *scenario.Step, kind results.EventKind, format string, args ...any) time.Time {
 	ev := results.Event{Time: at, Scenario: sc.Name, Step: st.Name, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 	e.rec.RecordEvent(ev)
-	e.logf("%s: %s: %s", st.Name, kind, ev.Detail)
+	e.log.Info(ev.Detail, "step", st.Name, "event", kind)
 	return ev.Time
 }
 
@@ -253,7 +253,7 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 			if gap.lost == 1 {
 				e.event(sc, st, results.EventHarnessError, "cannot observe %s (%d attempts): %v; its requests are not counted until it is observed again (limit %s)", from, attempts, gap.lastErr, gap.limit)
 			} else {
-				e.logf("%s: still cannot observe %s (%d rounds lost): %v", st.Name, from, gap.lost, gap.lastErr)
+				e.log.Info("still cannot observe a client", "step", st.Name, "client", from, "roundsLost", gap.lost, "error", gap.lastErr)
 			}
 			if err := gap.overLimit(now); err != nil {
 				tr.fail(err)

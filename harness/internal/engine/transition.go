@@ -77,7 +77,7 @@ func (e *Engine) predictBefore(sc *scenario.Scenario, index int) []oracle.Predic
 	}
 	p, err := oracle.PredictPolicies(e.suite, before)
 	if err != nil {
-		e.logf("%s: no expectation for the traffic before the change: %v", sc.Steps[index].Name, err)
+		e.log.Info("no expectation for the traffic before the change", "step", sc.Steps[index].Name, "error", err)
 		return nil
 	}
 	return p

@@ -211,7 +211,7 @@ func (e *Engine) checkProxyVersions(ctx context.Context, workloads []string, ver
 		case !sidecar.TagIsVersion(sidecar.ImageTag(proxy.Image), version):
 			errs = append(errs, fmt.Errorf("%s: pod %s runs %s, want the proxy of Istio %s", name, p, proxy.Image, version))
 		default:
-			e.logf("%s: pod %s runs %s", name, p, proxy.Image)
+			e.log.Info("proxy version checked", "workload", name, "pod", p, "image", proxy.Image)
 		}
 	}
 	return errors.Join(errs...)

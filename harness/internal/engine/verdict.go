@@ -58,7 +58,7 @@ func (e *Engine) deadline(sc *scenario.Scenario, st *scenario.Step, d results.De
 	ev := results.Event{Time: e.now(), Scenario: sc.Name, Step: st.Name, Kind: results.EventDeadline,
 		Detail: fmt.Sprintf("%s (%s): %s", d.Name, met, d.Detail), Deadline: &d}
 	e.rec.RecordEvent(ev)
-	e.logf("%s: %s: %s", st.Name, ev.Kind, ev.Detail)
+	e.log.Info(ev.Detail, "step", st.Name, "event", ev.Kind)
 	return d
 }
 

@@ -252,7 +252,7 @@ func TestAgainstAPIServer(t *testing.T) {
 
 func newInstaller(t *testing.T, env *testsupport.Env, root, version string, opts ...istio.Option) *istio.Installer {
 	t.Helper()
-	base := []istio.Option{istio.WithVersion(version), istio.WithChartsDir(filepath.Join(root, version)), istio.WithLogger(func(f string, a ...any) { t.Logf(time.Now().Format("15:04:05.000 ")+f, a...) })}
+	base := []istio.Option{istio.WithVersion(version), istio.WithChartsDir(filepath.Join(root, version)), istio.WithLogger(testsupport.Logger(t))}
 	in, err := istio.New(env.Config, append(base, opts...)...)
 	if err != nil {
 		t.Fatal(err)

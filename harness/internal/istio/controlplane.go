@@ -56,7 +56,7 @@ func (i *Installer) RestartControlPlane(ctx context.Context) error {
 		if _, err := cs.AppsV1().Deployments(i.s.namespace).Patch(ctx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			return fmt.Errorf("istio: restarting istiod Deployment %s/%s: %w", i.s.namespace, name, err)
 		}
-		i.s.logf("istio: restarted istiod Deployment %s/%s", i.s.namespace, name)
+		i.s.log.Info("istiod restarted", "namespace", i.s.namespace, "deployment", name)
 	}
 	for _, p := range planes {
 		name := istiodReleaseName(p.revision)

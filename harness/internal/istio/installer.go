@@ -1,9 +1,9 @@
 package istio
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -76,7 +76,7 @@ type settings struct {
 	workloadCertTTL  time.Duration
 	trustDomain      string
 	multiRoot        bool
-	logf             func(format string, args ...any)
+	log              *slog.Logger
 	operationTimeout time.Duration
 	readyTimeout     time.Duration
 	// ledger, when set, limits the Installer to what meshproof owns (see
@@ -154,10 +154,9 @@ func WithPostRenderer(pr postrenderer.PostRenderer) Option {
 	return func(s *settings) { s.postRenderer = pr }
 }
 
-// WithLogger receives progress messages and Helm's warnings.
-func WithLogger(logf func(format string, args ...any)) Option {
-	return func(s *settings) { s.logf = logf }
-}
+// WithLogger receives progress messages and Helm's warnings (default:
+// none).
+func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.log = l } }
 
 // WithOperationTimeout bounds each Helm install/upgrade/uninstall. Default 5m.
 func WithOperationTimeout(d time.Duration) Option {
@@ -179,7 +178,7 @@ func New(restConfig *rest.Config, opts ...Option) (*Installer, error) {
 		chartRepository:  DefaultChartRepository,
 		namespace:        DefaultNamespace,
 		hub:              DefaultHub,
-		logf:             func(string, ...any) {},
+		log:              slog.New(slog.DiscardHandler),
 		operationTimeout: defaultOperationTimeout,
 		readyTimeout:     defaultReadyTimeout,
 	}
@@ -228,8 +227,8 @@ func (s *settings) validate() error {
 	if s.operationTimeout <= 0 || s.readyTimeout <= 0 {
 		errs = append(errs, errors.New("timeouts must be positive"))
 	}
-	if s.logf == nil {
-		s.logf = func(string, ...any) {}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("istio: invalid options: %w", errors.Join(errs...))
@@ -305,16 +304,25 @@ func revisionLabelValue(rev string) string {
 }
 
 // helmLogHandler forwards Helm's warnings and errors to the Installer's
-// logger; Helm's debug chatter is dropped.
+// logger, marked as Helm's; Helm's debug and info chatter is dropped.
 func (i *Installer) helmLogHandler() slog.Handler {
-	return slog.NewTextHandler(logWriter{i.s.logf}, &slog.HandlerOptions{Level: slog.LevelWarn})
+	return minLevel{Handler: i.s.log.With("source", "helm").Handler(), min: slog.LevelWarn}
 }
 
-type logWriter struct{ logf func(string, ...any) }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.logf("helm: %s", strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+// minLevel drops the records of a handler below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
 }
 
-var _ io.Writer = logWriter{}
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
+}

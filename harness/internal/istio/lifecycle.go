@@ -73,13 +73,13 @@ func (i *Installer) Install(ctx context.Context) error {
 	if err := i.ensureNamespace(ctx); err != nil {
 		return err
 	}
-	i.s.logf("istio: installing release %s (Istio %s CRDs) in %s", BaseReleaseName, i.current.version, i.s.namespace)
+	i.s.log.Info("installing Istio's CRDs", "release", BaseReleaseName, "version", i.current.version, "namespace", i.s.namespace)
 	if err := i.installRelease(ctx, base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(i.current.revision)
-	i.s.logf("istio: installing release %s (istiod %s, revision %q)", name, i.current.version, revisionLabelValue(i.current.revision))
+	i.s.log.Info("installing istiod", "release", name, "version", i.current.version, "revision", revisionLabelValue(i.current.revision))
 	return i.installRelease(ctx, istiod, name, i.istiodValues(i.current))
 }
 
@@ -102,13 +102,13 @@ func (i *Installer) Upgrade(ctx context.Context, toVersion, chartsDir string) er
 	if err != nil {
 		return err
 	}
-	i.s.logf("istio: upgrading release %s from %s to %s", BaseReleaseName, i.current.version, toVersion)
+	i.s.log.Info("upgrading Istio's CRDs", "release", BaseReleaseName, "from", i.current.version, "to", toVersion)
 	if err := i.upgradeRelease(ctx, base, BaseReleaseName, i.baseValues(target.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(target.revision)
-	i.s.logf("istio: upgrading release %s from %s to %s", name, i.current.version, toVersion)
+	i.s.log.Info("upgrading istiod", "release", name, "from", i.current.version, "to", toVersion)
 	if err := i.upgradeRelease(ctx, istiod, name, i.istiodValues(target)); err != nil {
 		return err
 	}
@@ -145,13 +145,13 @@ func (i *Installer) InstallCanary(ctx context.Context, revision, toVersion, char
 	if err != nil {
 		return err
 	}
-	i.s.logf("istio: upgrading release %s to %s for canary %q", BaseReleaseName, toVersion, revision)
+	i.s.log.Info("upgrading Istio's CRDs for a canary", "release", BaseReleaseName, "to", toVersion, "revision", revision)
 	if err := i.upgradeRelease(ctx, base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(revision)
-	i.s.logf("istio: installing canary release %s (istiod %s)", name, toVersion)
+	i.s.log.Info("installing a canary istiod", "release", name, "version", toVersion)
 	if err := i.installRelease(ctx, istiod, name, i.istiodValues(target)); err != nil {
 		return err
 	}
@@ -217,7 +217,7 @@ func (i *Installer) RemoveRevision(ctx context.Context, revision string) error {
 		if err != nil {
 			return err
 		}
-		i.s.logf("istio: making revision %q the default of release %s", revisionLabelValue(next.revision), BaseReleaseName)
+		i.s.log.Info("making a revision the default", "revision", revisionLabelValue(next.revision), "release", BaseReleaseName)
 		if err := i.upgradeRelease(ctx, base, BaseReleaseName, i.baseValues(next.revision)); err != nil {
 			return err
 		}
@@ -259,7 +259,7 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 			continue
 		}
 		if !i.ownRelease(rel.Name) {
-			i.s.logf("istio: keeping release %s: meshproof's ledger does not list it", rel.Name)
+			i.s.log.Info("keeping a release meshproof's ledger does not list", "release", rel.Name)
 			continue
 		}
 		switch rel.Chart.Metadata.Name {
@@ -273,7 +273,7 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 	// and everything removable should go.
 	var errs []error
 	for _, name := range append(istiods, bases...) {
-		i.s.logf("istio: uninstalling release %s", name)
+		i.s.log.Info("uninstalling", "release", name)
 		if err := i.uninstallRelease(ctx, name); err != nil {
 			errs = append(errs, err)
 		}
@@ -286,7 +286,7 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 			return errors.Join(append(errs, err)...)
 		}
 		if len(left) > 0 {
-			i.s.logf("istio: not purging Istio's CRDs and cluster objects: releases meshproof did not install still use them: %v", left)
+			i.s.log.Info("not purging Istio's CRDs and cluster objects: releases meshproof did not install still use them", "releases", left)
 			purge = false
 		}
 	}
@@ -321,7 +321,7 @@ func (i *Installer) installRelease(ctx context.Context, ch *chart.Chart, name st
 	// upgrade to the same or another version converges on what was asked,
 	// where an install would fail on the name.
 	if _, err := cfg.Releases.Deployed(name); err == nil {
-		i.s.logf("istio: release %s is already deployed (a reused cluster): upgrading it in place", name)
+		i.s.log.Info("release already deployed (a reused cluster): upgrading it in place", "release", name)
 		return i.upgradeRelease(ctx, ch, name, values)
 	}
 	ctx, cancel := context.WithTimeout(ctx, i.s.operationTimeout)

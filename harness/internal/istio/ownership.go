@@ -142,7 +142,7 @@ func (i *Installer) CheckInstall(ctx context.Context) error {
 	}
 	if i.s.adopt {
 		for _, r := range foreign {
-			i.s.logf("istio: adopting release %s as the file allows: it will be upgraded, never uninstalled", r)
+			i.s.log.Info("adopting a release as the file allows: it will be upgraded, never uninstalled", "release", r)
 		}
 		return nil
 	}
@@ -218,7 +218,7 @@ func (i *Installer) claimRelease(ctx context.Context, cfg *action.Configuration,
 		return nil
 	}
 	if i.s.adopt {
-		i.s.logf("istio: adopting release %s, which meshproof did not install: upgrading it, never uninstalling it", name)
+		i.s.log.Info("adopting a release meshproof did not install: upgrading it, never uninstalling it", "release", name)
 		return nil
 	}
 	rels, err := i.Releases(ctx)

@@ -102,7 +102,7 @@ func TestUsersIstioIsLeftAlone(t *testing.T) {
 	}
 	newInstaller := func(t *testing.T, l *ledger.Ledger) *istio.Installer {
 		in, err := istio.New(env.Config, istio.WithVersion(userVersion), istio.WithChartsDir(filepath.Join(root, userVersion)),
-			istio.WithLedger(l), istio.WithLogger(func(f string, a ...any) { t.Logf(f, a...) }))
+			istio.WithLedger(l), istio.WithLogger(testsupport.Logger(t)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -504,7 +504,7 @@ func assertUnchanged(t *testing.T, before, after map[string]string) {
 // publishedImage is an echo image the user published: delivered as is.
 type publishedImage string
 
-func (p publishedImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, func(string, ...any)) (string, error) {
+func (p publishedImage) Deliver(context.Context, support.E2EClusterProvider, *scenario.Cluster, *slog.Logger) (string, error) {
 	return string(p), nil
 }
 

@@ -106,10 +106,10 @@ func (i *Installer) purge(ctx context.Context) error {
 		}
 		for _, o := range objs {
 			if k.gvr == crdKind.gvr && !i.purgeableCRD(o.GetName(), string(o.GetUID())) {
-				i.s.logf("istio: keeping CRD %s: meshproof's ledger does not say meshproof installed it", o.GetName())
+				i.s.log.Info("keeping a CRD meshproof's ledger does not list", "crd", o.GetName())
 				continue
 			}
-			i.s.logf("istio: purging %s %s", k.gvr.Resource, o.GetName())
+			i.s.log.Info("purging", "resource", k.gvr.Resource, "name", o.GetName())
 			if err := dc.Resource(k.gvr).Delete(ctx, o.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("deleting %s %s: %w", k.gvr.Resource, o.GetName(), err))
 			}
@@ -182,10 +182,10 @@ func (i *Installer) deleteOwnNamespace(ctx context.Context, dc dynamic.Interface
 		return fmt.Errorf("reading namespace %s: %w", i.s.namespace, err)
 	}
 	if ns.GetLabels()[ownership.ManagedByLabel] != ownership.ManagedByValue {
-		i.s.logf("istio: keeping namespace %s: meshproof did not create it", i.s.namespace)
+		i.s.log.Info("keeping a namespace meshproof did not create", "namespace", i.s.namespace)
 		return nil
 	}
-	i.s.logf("istio: deleting namespace %s", i.s.namespace)
+	i.s.log.Info("deleting the namespace", "namespace", i.s.namespace)
 	if err := dc.Resource(namespacesGVR).Delete(ctx, i.s.namespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting namespace %s: %w", i.s.namespace, err)
 	}

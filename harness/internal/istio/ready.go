@@ -54,14 +54,14 @@ func (i *Installer) WaitReady(ctx context.Context) error {
 	}
 	for _, p := range planes {
 		name := istiodReleaseName(p.revision) // the Deployment has the release's name
-		i.s.logf("istio: waiting for Deployment %s/%s to roll out", i.s.namespace, name)
+		i.s.log.Info("waiting for a rollout", "namespace", i.s.namespace, "deployment", name)
 		if err := poll(ctx, "istiod Deployment "+i.s.namespace+"/"+name+" to roll out", func(ctx context.Context) (bool, string, error) {
 			return deploymentRolledOut(ctx, cs, i.s.namespace, name)
 		}); err != nil {
 			return fmt.Errorf("istio: %w", err)
 		}
 		tag := i.proxyTag(p)
-		i.s.logf("istio: waiting for the sidecar injector of revision %q to inject the proxy of tag %s", revisionLabelValue(p.revision), tag)
+		i.s.log.Info("waiting for the sidecar injector", "revision", revisionLabelValue(p.revision), "proxyTag", tag)
 		if err := i.waitInjection(ctx, cs, p.revision, tag); err != nil {
 			return fmt.Errorf("istio: %w", err)
 		}
@@ -242,7 +242,7 @@ func (i *Installer) waitInjection(ctx context.Context, cs kubernetes.Interface, 
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if err := cs.CoreV1().Namespaces().Delete(dctx, ns.Name, metav1.DeleteOptions{}); err != nil {
-			i.s.logf("istio: could not delete probe namespace %s: %v", ns.Name, err)
+			i.s.log.Info("could not delete the injection probe's namespace", "namespace", ns.Name, "error", err)
 		}
 	}()
 	pod := &corev1.Pod{

@@ -8,6 +8,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -42,10 +43,10 @@ type Mesh struct {
 // extra options come last: the run passes its ledger (istio.WithLedger), so
 // that the installer refuses Istio releases it did not install and
 // removes only what it did.
-func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scenario.Cluster, logf func(string, ...any), extra ...istio.Option) (*Mesh, error) {
+func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scenario.Cluster, log *slog.Logger, extra ...istio.Option) (*Mesh, error) {
 	m := &Mesh{}
 	opts := []istio.Option{istio.WithVersion(c.Istio.Version), istio.WithHub(c.Istio.Hub), istio.WithTag(c.Istio.Tag),
-		istio.WithTrustDomain(c.Istio.TrustDomain), istio.WithLogger(logf)}
+		istio.WithTrustDomain(c.Istio.TrustDomain), istio.WithLogger(log)}
 	if charts := ChartsDir(c); charts != "" {
 		opts = append(opts, istio.WithChartsDir(charts))
 	}
@@ -69,7 +70,7 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 		return nil, err
 	}
 	if c.Istio.PluggedCA {
-		if m.CA, err = pluggedCA(ctx, kube, m.Istio.Namespace(), logf); err != nil {
+		if m.CA, err = pluggedCA(ctx, kube, m.Istio.Namespace(), log); err != nil {
 			return nil, err
 		}
 	}
@@ -82,7 +83,7 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 // pluggedCA creates the cacerts secret, or keeps the one a reused
 // cluster's istiod already runs with: replacing it under running workloads
 // would split the mesh between two roots until every certificate rotated.
-func pluggedCA(ctx context.Context, kube client.Client, namespace string, logf func(string, ...any)) (*ca.Bundle, error) {
+func pluggedCA(ctx context.Context, kube client.Client, namespace string, log *slog.Logger) (*ca.Bundle, error) {
 	var existing corev1.Secret
 	err := kube.Get(ctx, client.ObjectKey{Namespace: namespace, Name: ca.SecretName}, &existing)
 	switch {
@@ -91,7 +92,7 @@ func pluggedCA(ctx context.Context, kube client.Client, namespace string, logf f
 		if err != nil {
 			return nil, fmt.Errorf("the cluster already has %s/%s, but: %w", namespace, ca.SecretName, err)
 		}
-		logf("plugged CA: keeping secret %s/%s already in the cluster (root %s)", namespace, ca.SecretName, b.Root.Subject)
+		log.Info("plugged CA: keeping the secret already in the cluster", "namespace", namespace, "secret", ca.SecretName, "root", b.Root.Subject)
 		return b, nil
 	case !apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("reading %s/%s: %w", namespace, ca.SecretName, err)
@@ -106,7 +107,7 @@ func pluggedCA(ctx context.Context, kube client.Client, namespace string, logf f
 	if err := b.Install(ctx, kube, namespace, labels); err != nil {
 		return nil, fmt.Errorf("creating the %s secret: %w", ca.SecretName, err)
 	}
-	logf("plugged CA: secret %s/%s created before istiod (root %s)", namespace, ca.SecretName, b.Root.Subject)
+	log.Info("plugged CA: secret created before istiod", "namespace", namespace, "secret", ca.SecretName, "root", b.Root.Subject)
 	return b, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,11 +54,14 @@ type logLines struct {
 	lines []string
 }
 
-func (l *logLines) logf(format string, args ...any) {
+func (l *logLines) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+	l.lines = append(l.lines, strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
+
+func (l *logLines) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
 // keyFragments are pieces of the CA's private keys that must never appear:
 // each PEM body line and the whole DER in base64.
@@ -108,7 +112,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	defer cancel()
 	var logs logLines
 	start := time.Now()
-	m, err := Install(ctx, env.Client, env.Config, c, logs.logf)
+	m, err := Install(ctx, env.Client, env.Config, c, logs.logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +177,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	}
 	// A second run on the same (reused) cluster converges: the releases are
 	// upgraded in place and the CA istiod runs with is kept.
-	again, err := Install(ctx, env.Client, env.Config, c, logs.logf)
+	again, err := Install(ctx, env.Client, env.Config, c, logs.logger())
 	if err != nil {
 		t.Fatalf("installing again on the reused cluster: %v", err)
 	}

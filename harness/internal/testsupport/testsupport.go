@@ -10,6 +10,8 @@ package testsupport
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,4 +75,17 @@ func (e *Env) HandIstioCRDsToHelm(ctx context.Context, release, namespace string
 		}
 	}
 	return nil
+}
+
+// Logger is a logger whose records go to t's log, one line each.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }

@@ -206,7 +206,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], t.Logf, istio.WithPostRenderer(is.PostRenderer()))
+	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), &suite.Clusters[0], testsupport.Logger(t), istio.WithPostRenderer(is.PostRenderer()))
 	if err != nil {
 		t.Fatal(err)
 	}

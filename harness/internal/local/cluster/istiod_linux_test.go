@@ -465,7 +465,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	c := &suite.Clusters[0]
 	c.Istio.Charts = filepath.Join(testsupport.IstioCharts(t), c.Istio.Version)
 	opts := append([]istio.Option{istio.WithPostRenderer(lc.Istiod().PostRenderer())}, extra...)
-	return mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), c, t.Logf, opts...)
+	return mesh.Install(ctx, lc.Env().Client, lc.KubernetesRestConfig(), c, testsupport.Logger(t), opts...)
 }
 
 // webhooks are every webhook's client config, by kind/configuration/index.

@@ -182,7 +182,7 @@ func runWith(t *testing.T, s *scenario.Suite, dp probe.Execer) ([]error, *record
 	t.Helper()
 	rec := &recorder{}
 	e, err := engine.New(s, "c", env.Client, probe.NewProber(dp), fmt.Sprint("run-", time.Now().UnixNano()),
-		engine.WithLogger(t.Logf), engine.WithRecorder(rec), engine.WithCertReader(probe.NewCertReader(dp)),
+		engine.WithLogger(testsupport.Logger(t)), engine.WithRecorder(rec), engine.WithCertReader(probe.NewCertReader(dp)),
 		engine.WithConnectionWitness(probe.NewStatsReader(dp)))
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/engine"
 	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
 	"github.com/meshproof/meshproof/harness/internal/probe"
+	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -163,7 +164,7 @@ func TestReachabilityExampleRehearsed(t *testing.T) {
 	deployRendered(t, s, "10.41.0.1", "10.41.0.2", "10.41.0.3")
 	dp := dataplane.New(env.Client, newTestCA(t))
 	e, err := engine.New(s, "reachability", env.Client, probe.NewProber(dp), fmt.Sprint("run-", time.Now().UnixNano()),
-		engine.WithLogger(t.Logf), engine.WithCertReader(probe.NewCertReader(dp)), engine.WithConnectionWitness(probe.NewStatsReader(dp)))
+		engine.WithLogger(testsupport.Logger(t)), engine.WithCertReader(probe.NewCertReader(dp)), engine.WithConnectionWitness(probe.NewStatsReader(dp)))
 	if err != nil {
 		t.Fatal(err)
 	}
