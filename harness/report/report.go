@@ -45,6 +45,10 @@ const (
 	HTMLFile = "report.html"
 	// JUnitFile is the JUnit report the suites write.
 	JUnitFile = "junit.xml"
+	// LogFile is the run's debug log: every record of the run's logger,
+	// debug level included, and what Kubernetes' client libraries logged
+	// (their warnings, e.g. deprecated APIs), which the terminal never shows.
+	LogFile = "meshproof.log"
 
 	dirMode  os.FileMode = 0o755
 	fileMode os.FileMode = 0o644
@@ -146,6 +150,9 @@ func (r *Run) EventsPath() string { return r.Path(EventsFile) }
 
 // HTMLPath is the run's report.html, written by Close.
 func (r *Run) HTMLPath() string { return r.Path(HTMLFile) }
+
+// LogPath is where the run's debug log goes.
+func (r *Run) LogPath() string { return r.Path(LogFile) }
 
 // Err reports the first failure to record an observation, a verdict or an
 // event (a write error, or a Record after Close), since the Recorder's

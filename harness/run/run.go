@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -78,6 +79,7 @@ type Run struct {
 	tornDown      bool
 	closeOnce     sync.Once
 	closeErr      error
+	logFile       *os.File // the run folder's debug log (report.LogFile)
 }
 
 // New prepares a run of suite: it opens the run folder
@@ -102,7 +104,15 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder, dataPlane: s.dataPlane}, start: time.Now(), clusters: map[string]*clusterState{}}
+	RouteKubernetesLogs()
+	logFile, err := os.OpenFile(folder.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("opening the run's log: %w", err), folder.Close())
+	}
+	debugLog := slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})
+	s.logger = slog.New(teeHandler{s.logger.Handler(), debugLog})
+	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder, dataPlane: s.dataPlane}, start: time.Now(), clusters: map[string]*clusterState{}, logFile: logFile}
+	addKubeLogSink(r, debugLog)
 	r.life, r.endLife = context.WithCancel(context.Background())
 	r.log().Info("run started", "run", folder.ID, "reports", folder.Dir)
 	return r, nil
@@ -299,6 +309,8 @@ func (r *Run) Close() error {
 		report := junit.FromVerdicts(r.o.suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
 		r.closeErr = errors.Join(junit.Write(report, r.JUnitPath()), r.folder.Close())
 		r.endLife()
+		removeKubeLogSink(r)
+		r.closeErr = errors.Join(r.closeErr, r.logFile.Close())
 	})
 	return r.closeErr
 }
