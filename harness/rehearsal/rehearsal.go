@@ -31,17 +31,16 @@ import (
 	"sync"
 	"time"
 
+	"helm.sh/helm/v4/pkg/postrenderer"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/support"
 
-	"github.com/meshproof/meshproof/harness/internal/istio"
 	"github.com/meshproof/meshproof/harness/internal/kube"
 	"github.com/meshproof/meshproof/harness/internal/local/binaries"
 	"github.com/meshproof/meshproof/harness/internal/local/cluster"
 	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
-	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
@@ -109,7 +108,8 @@ func New(opts ...Option) *Rehearsal {
 func (r *Rehearsal) RunOptions() []run.Option {
 	return []run.Option{
 		run.WithProviders(r.provider),
-		run.WithMesh(r.installMesh),
+		run.WithHelmPostRenderer(r.postRenderer),
+		run.WithIstioReadyTimeout(r.readyTimeout),
 		run.WithTransport(r.transport),
 		run.WithDataPlane(Label()),
 	}
@@ -228,19 +228,15 @@ func (c borrowedCluster) Create(context.Context, ...string) (string, error) {
 
 func (borrowedCluster) Destroy(context.Context) error { return nil }
 
-// installMesh installs Istio as a run does, with the chart's webhooks
-// pointed at the local istiod's address instead of its Service (the API
-// server must not look istiod's Service name up in the machine's DNS).
-func (r *Rehearsal) installMesh(ctx context.Context, on run.Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error) {
-	lc, err := r.localCluster(on.REST)
+// postRenderer points the charts' webhooks at the local istiod's address
+// instead of its Service (the API server must not look istiod's Service
+// name up in the machine's DNS).
+func (r *Rehearsal) postRenderer(cfg *rest.Config) (postrenderer.PostRenderer, error) {
+	lc, err := r.localCluster(cfg)
 	if err != nil {
 		return nil, err
 	}
-	opts := []istio.Option{istio.WithPostRenderer(lc.Istiod().PostRenderer())}
-	if r.readyTimeout > 0 {
-		opts = append(opts, istio.WithReadyTimeout(r.readyTimeout))
-	}
-	return run.InstallMeshWith(opts...)(ctx, on, c, log)
+	return lc.Istiod().PostRenderer(), nil
 }
 
 // transport is the simulated data plane, with every sidecar's certificates

@@ -184,7 +184,11 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 	}
 
 	if err := r.phase(c, "Istio "+c.Istio.Version, func() error {
-		m, err := r.o.mesh(ctx, Cluster{Kube: st.kube, REST: st.rest, Ledger: st.ledger}, c, r.log(c.Name))
+		more, err := r.o.istioOptions(st.rest)
+		if err != nil {
+			return err
+		}
+		m, err := r.o.mesh(ctx, target{Kube: st.kube, REST: st.rest, Ledger: st.ledger}, c, r.log(c.Name), more)
 		st.mesh = m
 		return err
 	}); err != nil {

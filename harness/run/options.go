@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/onsi/ginkgo/v2/types"
+	"helm.sh/helm/v4/pkg/postrenderer"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/support"
@@ -31,8 +32,8 @@ import (
 // kubeconfig it creates.
 type ProviderFunc func(c *scenario.Cluster, kubeconfigDir string, logger *slog.Logger) (support.E2EClusterProvider, error)
 
-// Cluster is a reached cluster, as the mesh installer sees it.
-type Cluster struct {
+// target is a reached cluster, as the mesh installer sees it.
+type target struct {
 	Kube client.Client
 	REST *rest.Config
 	// Ledger records what the run creates on the cluster; teardown
@@ -40,10 +41,27 @@ type Cluster struct {
 	Ledger *ledger.Ledger
 }
 
-// MeshFunc installs the mesh a scenario cluster asks for and waits until it
+// meshFunc installs the mesh a scenario cluster asks for and waits until it
 // is ready (istiod available and injecting). It may return a partly
 // installed mesh with an error: Teardown then removes what was installed.
-type MeshFunc func(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error)
+type meshFunc func(ctx context.Context, on target, c *scenario.Cluster, log *slog.Logger, more []istio.Option) (*mesh.Mesh, error)
+
+// istioOptions are the installer options the settings add for the cluster
+// cfg reaches.
+func (s *settings) istioOptions(cfg *rest.Config) ([]istio.Option, error) {
+	var opts []istio.Option
+	if s.postRenderer != nil {
+		pr, err := s.postRenderer(cfg)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, istio.WithPostRenderer(pr))
+	}
+	if s.istioReadyTimeout > 0 {
+		opts = append(opts, istio.WithReadyTimeout(s.istioReadyTimeout))
+	}
+	return opts, nil
+}
 
 // ImageDelivery makes the echo image available to a cluster's nodes and
 // returns the reference the fixtures run.
@@ -66,7 +84,9 @@ type settings struct {
 	istioVersion       string
 	labelFilter        types.LabelFilter
 	providers          ProviderFunc
-	mesh               MeshFunc
+	mesh               meshFunc
+	postRenderer       func(*rest.Config) (postrenderer.PostRenderer, error)
+	istioReadyTimeout  time.Duration
 	images             ImageDelivery
 	transport          TransportFunc
 	dataPlane          string
@@ -83,7 +103,7 @@ func defaultSettings() settings {
 		suiteName:          SuiteName("scenarios.yaml"),
 		logger:             slog.New(slog.DiscardHandler),
 		providers:          DefaultProvider,
-		mesh:               InstallMesh,
+		mesh:               installMesh,
 		images:             BuiltImage{},
 		transport:          probe.NewKubeExecer,
 		reachTimeout:       DefaultReachTimeout,
@@ -134,8 +154,23 @@ func WithLabelFilter(expr string) (Option, error) {
 // or an existing cluster, as the file says).
 func WithProviders(f ProviderFunc) Option { return func(s *settings) { s.providers = f } }
 
-// WithMesh installs the mesh (default InstallMesh: Istio with Helm).
-func WithMesh(f MeshFunc) Option { return func(s *settings) { s.mesh = f } }
+// withMesh replaces the mesh installer (default installMesh: Istio with
+// Helm), for tests of clusters that run no istiod.
+func withMesh(f meshFunc) Option { return func(s *settings) { s.mesh = f } }
+
+// WithHelmPostRenderer has Helm pass the objects of Istio's charts through
+// the post-renderer f returns for the cluster a config reaches, before it
+// applies them, as `helm install --post-renderer` does. A rehearsal uses it
+// to point Istio's webhooks at local istiod processes instead of a Service.
+func WithHelmPostRenderer(f func(*rest.Config) (postrenderer.PostRenderer, error)) Option {
+	return func(s *settings) { s.postRenderer = f }
+}
+
+// WithIstioReadyTimeout bounds the wait for istiod to serve and inject once
+// Istio is installed (default: the installer's, 5 min).
+func WithIstioReadyTimeout(d time.Duration) Option {
+	return func(s *settings) { s.istioReadyTimeout = d }
+}
 
 // WithImageDelivery delivers the echo image (default BuiltImage).
 func WithImageDelivery(d ImageDelivery) Option { return func(s *settings) { s.images = d } }
@@ -201,25 +236,15 @@ func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Log
 	return nil, fmt.Errorf("cluster %s: no provider for %q", c.Name, c.Provider)
 }
 
-// InstallMesh, in install mode, installs Istio with the plugged CA first
+// installMesh, in install mode, installs Istio with the plugged CA first
 // (harness/internal/mesh), recording what it creates in the run's ledger and
 // refusing releases it did not install (unless istio.adoptReleases), and
 // waits until istiod serves and injects. In use-existing mode it installs
 // nothing: it detects the control plane that is there and waits until it
 // is healthy; the mesh it returns is nil (nothing to upgrade or remove).
-func InstallMesh(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error) {
-	return installMesh(ctx, on, c, log, nil)
-}
-
-// InstallMeshWith is InstallMesh with extra installer options, e.g. a
-// post-renderer a cluster provider needs (istio.WithPostRenderer).
-func InstallMeshWith(extra ...istio.Option) MeshFunc {
-	return func(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger) (*mesh.Mesh, error) {
-		return installMesh(ctx, on, c, log, extra)
-	}
-}
-
-func installMesh(ctx context.Context, on Cluster, c *scenario.Cluster, log *slog.Logger, more []istio.Option) (*mesh.Mesh, error) {
+// more are the installer options the run's settings add
+// (WithHelmPostRenderer, WithIstioReadyTimeout).
+func installMesh(ctx context.Context, on target, c *scenario.Cluster, log *slog.Logger, more []istio.Option) (*mesh.Mesh, error) {
 	if c.Istio.Mode == scenario.IstioUseExisting {
 		inst, err := istio.UseExisting(ctx, on.REST, scenario.IstioRootNamespace, useExistingTimeout)
 		if err != nil {

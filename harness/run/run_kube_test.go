@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/support"
 
+	"github.com/meshproof/meshproof/harness/internal/istio"
 	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -92,7 +93,7 @@ func finalizeAll(t *testing.T, env *testsupport.Env) {
 }
 
 // readyMesh stands in for Istio: the API server here runs no istiod.
-func readyMesh(context.Context, Cluster, *scenario.Cluster, *slog.Logger) (*mesh.Mesh, error) {
+func readyMesh(context.Context, target, *scenario.Cluster, *slog.Logger, []istio.Option) (*mesh.Mesh, error) {
 	return nil, nil
 }
 
@@ -130,7 +131,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 
 	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
-	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
+	r, log := newTestRun(t, fixturesSuite(t, ns), p, withMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
 		WithTerminatingTimeout(time.Minute))
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatalf("Setup: %v\n%s", err, log)
@@ -196,7 +197,7 @@ func TestSecondRunWaitsForTheFirst(t *testing.T) {
 	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 	newRun := func(wait time.Duration) (*Run, *fakeProvider) {
 		p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
-		r, _ := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
+		r, _ := newTestRun(t, fixturesSuite(t, ns), p, withMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")),
 			WithLeaseWait(wait))
 		return r, p
 	}
@@ -255,7 +256,7 @@ func TestUsersNamespaceUnchangedAfterARun(t *testing.T) {
 	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 
 	p := &fakeProvider{kubeconfig: kubeconfigOf(t, env)}
-	r, log := newTestRun(t, fixturesSuite(t, ns), p, WithMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")))
+	r, log := newTestRun(t, fixturesSuite(t, ns), p, withMesh(readyMesh), WithImageDelivery(builtRef("meshproof.local/echo:test")))
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatalf("Setup: %v\n%s", err, log)
 	}
@@ -302,7 +303,7 @@ func TestLeaseOutlivesTheSetup(t *testing.T) {
 	defer stop()
 	go testsupport.PlayDeploymentStatus(ctx, env.Client, ns)
 	newRun := func() *Run {
-		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, WithMesh(readyMesh),
+		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, withMesh(readyMesh),
 			WithImageDelivery(builtRef("meshproof.local/echo:test")), WithLeaseDuration(3*time.Second), WithLeaseWait(time.Second))
 		return r
 	}
@@ -341,7 +342,7 @@ func TestCrashedRunIsCleanedUpByTheNext(t *testing.T) {
 	}()
 	defer func() { stop(); <-controller }()
 	newRun := func(wait time.Duration) *Run {
-		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, WithMesh(readyMesh),
+		r, _ := newTestRun(t, fixturesSuite(t, ns), &fakeProvider{kubeconfig: kubeconfigOf(t, env)}, withMesh(readyMesh),
 			WithImageDelivery(builtRef("meshproof.local/echo:test")), WithLeaseDuration(3*time.Second), WithLeaseWait(wait))
 		return r
 	}

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient"
 	"sigs.k8s.io/e2e-framework/support"
 
+	"github.com/meshproof/meshproof/harness/internal/istio"
 	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/report"
@@ -119,8 +120,8 @@ func loadSuite(t *testing.T, doc string) *scenario.Suite {
 
 // noMesh, noImage and noTransport stand in for the seams a test does not
 // reach; reaching them anyway fails the test.
-func noMesh(t *testing.T) MeshFunc {
-	return func(context.Context, Cluster, *scenario.Cluster, *slog.Logger) (*mesh.Mesh, error) {
+func noMesh(t *testing.T) meshFunc {
+	return func(context.Context, target, *scenario.Cluster, *slog.Logger, []istio.Option) (*mesh.Mesh, error) {
 		t.Error("the mesh installer was called")
 		return nil, errors.New("no mesh in this test")
 	}
@@ -145,7 +146,7 @@ func newTestRun(t *testing.T, s *scenario.Suite, p *fakeProvider, opts ...Option
 			p.dir = t.TempDir()
 			return p, nil
 		}),
-		WithMesh(noMesh(t)), WithImageDelivery(noImage{t}), WithTransport(noTransport),
+		withMesh(noMesh(t)), WithImageDelivery(noImage{t}), WithTransport(noTransport),
 	}
 	r, err := New(s, append(base, opts...)...)
 	if err != nil {

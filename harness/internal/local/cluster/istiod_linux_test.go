@@ -401,7 +401,7 @@ func firstLine(err error) string {
 }
 
 // meshCluster starts a local cluster WithIstiod and installs Istio version
-// on it as the run library does (run.InstallMesh: harness/internal/mesh's cacerts
+// on it as the run library does (the run library's installMesh: harness/internal/mesh's cacerts
 // and releases, then the installer's readiness), with the supervisor's
 // post-renderer. Cleanup destroys the cluster unless the test set
 // *destroyed.
