@@ -65,9 +65,11 @@ lint:
 	$(GO) mod tidy -diff
 	$(GO) tool actionlint .github/workflows/*.yaml
 
-# Regenerates the files generated from the scenario API types.
+# Regenerates the files generated from the scenario API types and the
+# README's Layout section from the package docs.
 generate:
 	$(GO) test ./harness/scenario -run 'IsCurrent' -update
+	$(GO) test ./internal/repocheck -run 'LayoutIsCurrent' -update
 
 envtest:
 	$(GO) run ./harness/internal/local/binaries/assets

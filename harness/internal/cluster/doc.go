@@ -1,5 +1,6 @@
 // Package cluster provides the Kubernetes clusters meshproof runs against,
-// as e2e-framework cluster providers (support.E2EClusterProvider):
+// kind or existing, as e2e-framework cluster providers
+// (support.E2EClusterProvider).
 //
 //   - Kind creates, reuses and deletes kind clusters through kind's Go
 //     library (sigs.k8s.io/kind/pkg/cluster). No kind binary is run or

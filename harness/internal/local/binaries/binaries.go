@@ -1,11 +1,14 @@
-// Package binaries builds, caches and locates the kube-apiserver and etcd binaries
-// that meshproof's Kubernetes-facing tests run against.
+// Package binaries builds, caches and locates the binaries of the local stack:
+// kube-apiserver and etcd, which every Kubernetes-facing test runs against, and
+// the local cluster's kube-controller-manager, kube-scheduler, kwok, istiod and
+// pilot-agent (tools.go).
 //
-// No prebuilt control-plane binaries can be downloaded where meshproof is tested, so
-// both are compiled from source fetched through the Go module proxy. The exact
-// module versions are pinned by two small wrapper modules kept in the repository
-// (harness/internal/local/binaries/assets/kube-apiserver and harness/internal/local/binaries/assets/etcd); their
-// go.sum files make the build reproducible. The resulting binaries are cached per
+// No prebuilt binaries can be downloaded where meshproof is tested, so all are
+// compiled from source fetched through the Go module proxy. The exact module
+// versions are pinned by small wrapper modules kept in the repository
+// (harness/internal/local/binaries/assets/<name>), so that their dependency
+// versions never touch meshproof's go.mod; their go.sum files make the build
+// reproducible. The resulting binaries are cached per
 // version in a directory laid out the way controller-runtime's envtest expects
 // (KUBEBUILDER_ASSETS): a directory holding `kube-apiserver` and `etcd`.
 package binaries

@@ -1,5 +1,7 @@
-// Command assets prints the directory holding the kube-apiserver and etcd binaries
-// that meshproof's tests use, building them from source first if they are not cached:
+// Command assets builds the local stack's binaries from source, once, and
+// prints where they are cached: the directory holding the kube-apiserver and
+// etcd binaries that meshproof's tests use, then (on request) the local
+// cluster's tools.
 //
 //	KUBEBUILDER_ASSETS=$(go run ./harness/internal/local/binaries/assets) go test ./...
 //
