@@ -51,18 +51,22 @@ import (
 //	       no chain for other TLS at all; TCP ports: other TLS is passed to
 //	       the application as it is), its STRICT chains terminate any TLS.
 
-// DataPlane is what carries a workload's traffic.
-type DataPlane string
+// DataPlane is what carries a workload's traffic, as the scenario
+// language names it.
+type DataPlane = scenario.DataPlane
 
 const (
 	// DataPlaneNone is a workload outside the mesh: the application's own
 	// plaintext, nothing enforced.
-	DataPlaneNone DataPlane = "none"
+	DataPlaneNone = scenario.DataPlaneNone
 	// DataPlaneSidecar is a workload with Istio's Envoy sidecar.
-	DataPlaneSidecar DataPlane = "sidecar"
+	DataPlaneSidecar = scenario.DataPlaneSidecar
 	// DataPlaneProxyless is a workload of Istio's grpc-agent mode: grpc-go
 	// configured by istiod through pilot-agent, no Envoy.
-	DataPlaneProxyless DataPlane = "proxyless"
+	DataPlaneProxyless = scenario.DataPlaneProxyless
+	// DataPlaneAmbient is a workload in Istio's ambient mode: no sidecar,
+	// its node's ztunnel (ambient.go).
+	DataPlaneAmbient = scenario.DataPlaneAmbient
 )
 
 // ProxylessWorkload describes a workload that runs Istio's proxyless gRPC
@@ -118,36 +122,48 @@ func proxylessWorkloads(s *scenario.Suite) map[string]ProxylessWorkload {
 	return out
 }
 
-// dataPlane is the data plane of a workload given the proxyless ones.
+// dataPlane is the data plane of a workload given the proxyless ones: a
+// workload named there is proxyless; otherwise ambient, or out of the
+// mesh, as the workload says; any other is a sidecar.
 func dataPlane(proxyless map[string]ProxylessWorkload, w *scenario.Workload) DataPlane {
-	switch _, ok := proxyless[w.Name]; {
-	case ok:
+	if _, ok := proxyless[w.Name]; ok {
 		return DataPlaneProxyless
-	case w.InMesh():
-		return DataPlaneSidecar
-	default:
+	}
+	switch w.Plane() {
+	case DataPlaneAmbient:
+		return DataPlaneAmbient
+	case DataPlaneNone:
 		return DataPlaneNone
 	}
+	return DataPlaneSidecar
 }
 
 // predictMixed dispatches a pair to the sidecar rules when neither side is
-// proxyless and to the proxyless rules otherwise.
+// proxyless or ambient, to the ambient rules when one side is ambient
+// (ambient.go), and to the proxyless rules otherwise.
 func (p *policies) predictMixed(proxyless map[string]ProxylessWorkload, client, server *scenario.Workload, port int) Prediction {
 	cp, sp := dataPlane(proxyless, client), dataPlane(proxyless, server)
+	prefix := ""
 	if cp == DataPlaneProxyless && sp != DataPlaneProxyless {
 		if pt := server.Port(port); pt != nil && (pt.Protocol == scenario.ProtocolHTTP || pt.Protocol == scenario.ProtocolTCP) {
 			// pilot-agent intercepts nothing and grpc-go's xDS applies to
 			// gRPC calls only: the client's HTTP or TCP leaves as the
 			// application wrote it, plaintext, as from outside the mesh.
 			outside := *client
-			outside.Mesh = new(bool)
-			pred := p.predict(&outside, server, port)
-			pred.Why = "proxyless client's " + string(pt.Protocol) + " is not gRPC, nothing of Istio's applies to it: " + pred.Why
-			return pred
+			outside.Mesh, outside.Proxyless, outside.DataPlane = new(bool), false, DataPlaneNone
+			client, cp = &outside, DataPlaneNone
+			prefix = "proxyless client's " + string(pt.Protocol) + " is not gRPC, nothing of Istio's applies to it: "
 		}
 	}
+	if cp == DataPlaneAmbient || sp == DataPlaneAmbient {
+		pred := p.predictAmbient(cp, sp, client, server, port, proxyless[server.Name])
+		pred.Why = prefix + pred.Why
+		return pred
+	}
 	if cp != DataPlaneProxyless && sp != DataPlaneProxyless {
-		return p.predict(client, server, port)
+		pred := p.predict(client, server, port)
+		pred.Why = prefix + pred.Why
+		return pred
 	}
 	out := Prediction{From: client.Name, To: server.Name, Port: port}
 	sent, why := p.proxylessSends(cp, client, server, port, proxyless[server.Name])

@@ -84,7 +84,7 @@ func FixtureOptions(s *scenario.Suite, c *scenario.Cluster, runID, image string)
 			seen[w.Namespace] = true
 			opts.Namespaces = append(opts.Namespaces, manifests.Namespace{Name: w.Namespace, Revision: c.Istio.Revision})
 		}
-		mw := manifests.Workload{Name: w.Name, ServiceAccount: w.ServiceAccount, Namespace: w.Namespace, InMesh: w.InMesh(), Proxyless: w.Proxyless, TLSModeLabel: w.TLSModeLabel}
+		mw := manifests.Workload{Name: w.Name, ServiceAccount: w.ServiceAccount, Namespace: w.Namespace, InMesh: w.InMesh(), Proxyless: w.Proxyless, TLSModeLabel: w.TLSModeLabel, Ambient: w.Ambient()}
 		for _, port := range w.Ports {
 			mw.Ports = append(mw.Ports, manifests.Port{Name: port.Name, Number: int32(port.Number), TargetPort: int32(port.Target()), Protocol: string(port.Protocol)})
 		}
@@ -146,8 +146,13 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 	if len(in.Values) > 0 {
 		extra = append(extra, "with Helm values from the file")
 	}
-	add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
-	add("wait until istiod is Available and the sidecar injector injects")
+	if c.Ambient() {
+		add("install Istio %s from %s with profile ambient: base (CRDs), then istiod, istio-cni and ztunnel; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
+		add("wait until istiod is Available and the sidecar injector injects, istio-cni is ready on every node and ztunnel is Ready on every node")
+	} else {
+		add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
+		add("wait until istiod is Available and the sidecar injector injects")
+	}
 	if c.Provider == scenario.ProviderKind {
 		add("build the echo image and load it into every node")
 	} else {
@@ -165,6 +170,8 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		switch {
 		case !w.InMesh:
 			where = "out of the mesh"
+		case w.Ambient:
+			where = "ambient (ztunnel, no sidecar; label " + manifests.DataplaneModeLabel + "=" + manifests.DataplaneModeAmbient + ")"
 		case w.Proxyless && w.TLSModeLabel:
 			where = "proxyless gRPC (grpc-agent), labelled tlsMode=istio"
 		case w.Proxyless:

@@ -198,6 +198,9 @@ func (s *Suite) setDefaults(dir string) {
 		if in.TrustDomain == "" {
 			in.TrustDomain = DefaultTrustDomain
 		}
+		if in.Profile == "" {
+			in.Profile = ProfileDefault
+		}
 	}
 	if s.Fixtures.Namespace == "" {
 		s.Fixtures.Namespace = DefaultNamespace
@@ -213,10 +216,7 @@ func (s *Suite) setDefaults(dir string) {
 		if w.ServiceAccount == "" {
 			w.ServiceAccount = w.Name
 		}
-		if w.Mesh == nil {
-			inMesh := true
-			w.Mesh = &inMesh
-		}
+		w.defaultDataPlane()
 		if len(w.Ports) == 0 && w.Proxyless {
 			w.Ports = DefaultProxylessPorts()
 		}
@@ -374,8 +374,76 @@ func (s *Suite) Cluster(name string) *Cluster {
 	return nil
 }
 
-// InMesh reports whether the workload gets a sidecar.
-func (w *Workload) InMesh() bool { return w.Mesh == nil || *w.Mesh }
+// defaultDataPlane resolves the workload's data plane from dataPlane or,
+// when the file leaves it out, from the older fields (proxyless: true,
+// mesh: false), and keeps those fields in step with it so that either
+// reads the same. A dataPlane that contradicts them is left for
+// validation to refuse at its line.
+func (w *Workload) defaultDataPlane() {
+	if w.DataPlane == "" {
+		switch {
+		case w.Proxyless:
+			w.DataPlane = DataPlaneProxyless
+		case w.Mesh != nil && !*w.Mesh:
+			w.DataPlane = DataPlaneNone
+		default:
+			w.DataPlane = DataPlaneSidecar
+		}
+	}
+	if w.Mesh == nil {
+		inMesh := w.DataPlane != DataPlaneNone
+		w.Mesh = &inMesh
+	}
+	if w.DataPlane == DataPlaneProxyless {
+		w.Proxyless = true
+	}
+}
+
+// InMesh reports whether the workload is in the mesh: it has an Istio
+// identity and Istio carries its traffic, through a sidecar, ztunnel
+// (ambient) or grpc-go (proxyless).
+func (w *Workload) InMesh() bool {
+	if w.DataPlane != "" {
+		return w.DataPlane != DataPlaneNone
+	}
+	return w.Mesh == nil || *w.Mesh
+}
+
+// Plane is the workload's data plane, also for a Workload built in code
+// without DataPlane set: proxyless, else out of the mesh when Mesh says
+// so, else a sidecar.
+func (w *Workload) Plane() DataPlane {
+	switch {
+	case w.DataPlane != "":
+		return w.DataPlane
+	case w.Proxyless:
+		return DataPlaneProxyless
+	case w.Mesh != nil && !*w.Mesh:
+		return DataPlaneNone
+	}
+	return DataPlaneSidecar
+}
+
+// HasSidecar reports whether the workload's pods get Istio's Envoy
+// sidecar.
+func (w *Workload) HasSidecar() bool { return w.Plane() == DataPlaneSidecar }
+
+// Ambient reports whether the workload is enrolled in ambient mode.
+func (w *Workload) Ambient() bool { return w.Plane() == DataPlaneAmbient }
+
+// Ambient reports whether the cluster's Istio is installed with the
+// ambient profile.
+func (c *Cluster) Ambient() bool { return c.Istio.Profile == ProfileAmbient }
+
+// AmbientWorkloads reports whether any fixture is an ambient workload.
+func (s *Suite) AmbientWorkloads() bool {
+	for i := range s.Fixtures.Workloads {
+		if s.Fixtures.Workloads[i].Ambient() {
+			return true
+		}
+	}
+	return false
+}
 
 // HasPort reports whether the workload's Service has that port.
 func (w *Workload) HasPort(n int) bool { return w.Port(n) != nil }

@@ -155,6 +155,14 @@ type Istio struct {
 	// meshproof did not install (it refuses to otherwise): they are
 	// upgraded with meshproof's values but never uninstalled.
 	AdoptReleases bool `json:"adoptReleases,omitempty"`
+	// Profile is the profile of Istio's charts: default (sidecars) or
+	// ambient, which also installs the istio-cni and ztunnel charts (in
+	// Istio's documented order base, istiod, istio-cni, ztunnel) so that
+	// workloads with dataPlane: ambient run without a sidecar; sidecar,
+	// proxyless and out-of-mesh workloads keep working beside them. With
+	// mode use-existing it says what the cluster runs: ambient then needs
+	// the ztunnel DaemonSet there. Default: default.
+	Profile IstioProfile `json:"profile,omitempty"`
 
 	Source Source `json:"-"`
 }
@@ -181,7 +189,15 @@ type Workload struct {
 	// ServiceAccount the workload runs as, which is its SPIFFE identity.
 	// Default: the workload's name.
 	ServiceAccount string `json:"serviceAccount,omitempty"`
-	// Mesh says whether the workload gets an Istio sidecar. Default true.
+	// DataPlane is what carries the workload's traffic: sidecar (Istio's
+	// Envoy sidecar, injected), ambient (no sidecar: the pod is enrolled
+	// with the label istio.io/dataplane-mode=ambient and its node's ztunnel
+	// carries its traffic; needs istio.profile: ambient), proxyless (see
+	// proxyless) or none (outside the mesh). Default: sidecar, or what the
+	// older fields mesh and proxyless say, which stay valid.
+	DataPlane DataPlane `json:"dataPlane,omitempty"`
+	// Mesh says whether the workload is in the mesh; mesh: false is
+	// dataPlane: none. Default true.
 	Mesh *bool `json:"mesh,omitempty"`
 	// Proxyless makes the workload a proxyless gRPC workload instead of one
 	// with a sidecar: Istio's grpc-agent injection template runs pilot-agent

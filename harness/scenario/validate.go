@@ -97,6 +97,7 @@ func (v *validator) clusters() {
 		if in.Revision != "" && !dnsLabel.MatchString(in.Revision) {
 			v.errorf(in.Source.At("revision"), ipath+".revision", "revision %q must be a DNS label (lower case letters, digits and -), e.g. 1-30-3", in.Revision)
 		}
+		v.ambientProfile(&v.s.Clusters[i], path)
 		if in.Mode == IstioUseExisting {
 			if in.PluggedCA {
 				v.errorf(in.Source.At("pluggedCA"), ipath+".pluggedCA", "a plugged CA needs Istio installed by meshproof; with mode use-existing the cluster's own CA is used")
@@ -141,6 +142,7 @@ func (v *validator) workloads() {
 		if !dnsLabel.MatchString(w.ServiceAccount) {
 			v.errorf(w.Source.At("serviceAccount"), path+".serviceAccount", "service account %q must be a DNS label", w.ServiceAccount)
 		}
+		v.dataPlane(w, path)
 		v.proxyless(w, path)
 		ports, targets := map[int]bool{}, map[int]bool{}
 		names := map[string]bool{}
@@ -188,7 +190,7 @@ func (v *validator) proxyless(w Workload, path string) {
 	if !w.Proxyless {
 		return
 	}
-	if !w.InMesh() {
+	if w.Mesh != nil && !*w.Mesh {
 		v.errorf(w.Source.At("mesh"), path+".mesh", "a proxyless workload is in the mesh (pilot-agent gives grpc-go istiod's configuration and Istio's certificates); remove mesh: false, or proxyless: true for a workload outside the mesh")
 	}
 	for j, p := range w.Ports {
@@ -383,6 +385,7 @@ func (v *validator) upgrade(st *Step, sc *Scenario, index int, path string) {
 	v.traffic(u.Traffic, path+".upgrade.traffic")
 	v.continuousTimes(u.Traffic, st.Timeout, "the step's timeout", path+".upgrade.traffic")
 	v.upgradeVersion(st, sc, index, path)
+	v.ambientUpgrade(st, sc, path)
 	v.existingPath(u.Charts, u.Source.At("charts"), path+".upgrade.charts", "upgrade.charts", true)
 }
 
@@ -398,6 +401,13 @@ func (v *validator) rotateRoot(st *Step, sc *Scenario, _ int, path string) {
 		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster %s", c.Name)
 	}
 	v.traffic(st.RotateRoot.Traffic, path+".rotateRoot.traffic")
+	if names := v.ambientNames(); names != "" {
+		// rotateRoot proves every workload ends on the new root by a
+		// handshake with its sidecar and its sidecar's config dump; an
+		// ambient pod's certificate lives in its node's ztunnel, which
+		// serves it only over HBONE.
+		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA checks every in-mesh workload's served certificate through its sidecar, which ambient workloads (%s) do not have: their certificates live in their node's ztunnel; run the rotation in a suite without ambient workloads", names)
+	}
 }
 
 // traffic checks the pairs of a continuous probe.
@@ -523,8 +533,9 @@ func (v *validator) meshDestinationRule(dr DestinationRule, dpath string) {
 	v.errorf(dr.Source.At("port"), dpath+".port", "no workload has Service port %d, so the rule's port-level setting would apply to nothing; the Service ports are %s%s", dr.Port, strings.Join(ports, ", "), hint)
 }
 
-func (v *validator) expectStep(st *Step, _ *Scenario, _ int, path string) {
+func (v *validator) expectStep(st *Step, sc *Scenario, index int, path string) {
 	v.expect(st.Expect, st.Source, path+".expect")
+	v.ambientRows(st.Expect, sc, index, path+".expect")
 	v.probeTimes(st, path)
 }
 

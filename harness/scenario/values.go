@@ -29,6 +29,48 @@ const (
 // Values lists the valid Istio modes.
 func (IstioMode) Values() []string { return []string{string(IstioInstall), string(IstioUseExisting)} }
 
+// IstioProfile is the Helm profile Istio's charts are installed with.
+type IstioProfile string
+
+const (
+	// ProfileDefault installs Istio for sidecars: the base and istiod charts.
+	ProfileDefault IstioProfile = "default"
+	// ProfileAmbient installs Istio's ambient mode beside sidecars, in the
+	// order Istio documents: base, istiod (PILOT_ENABLE_AMBIENT), istio-cni
+	// (which redirects enrolled pods' traffic to their node's ztunnel) and
+	// ztunnel (the per-node proxy that carries ambient pods' traffic over
+	// HBONE), all with profile ambient.
+	ProfileAmbient IstioProfile = "ambient"
+)
+
+// Values lists the valid profiles.
+func (IstioProfile) Values() []string {
+	return []string{string(ProfileDefault), string(ProfileAmbient)}
+}
+
+// DataPlane is what carries a workload's traffic.
+type DataPlane string
+
+const (
+	// DataPlaneSidecar: Istio's Envoy sidecar, injected into the pod.
+	DataPlaneSidecar DataPlane = "sidecar"
+	// DataPlaneAmbient: no sidecar; the pod is enrolled in ambient mode
+	// (label istio.io/dataplane-mode=ambient) and its node's ztunnel carries
+	// its traffic, over HBONE (HTTP CONNECT in mutual TLS, port 15008) to
+	// other ambient and sidecar-capable peers.
+	DataPlaneAmbient DataPlane = "ambient"
+	// DataPlaneProxyless: Istio's grpc-agent injection; grpc-go configured
+	// by istiod through pilot-agent, no Envoy.
+	DataPlaneProxyless DataPlane = "proxyless"
+	// DataPlaneNone: outside the mesh; the application's own plaintext.
+	DataPlaneNone DataPlane = "none"
+)
+
+// Values lists the valid data planes.
+func (DataPlane) Values() []string {
+	return []string{string(DataPlaneSidecar), string(DataPlaneAmbient), string(DataPlaneProxyless), string(DataPlaneNone)}
+}
+
 // PolicyScope is where a PeerAuthentication applies.
 type PolicyScope string
 
