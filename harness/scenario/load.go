@@ -165,6 +165,9 @@ func (s *Suite) setDefaults(dir string) {
 	if df.Consecutive == 0 {
 		df.Consecutive = 3
 	}
+	if df.WireWitness == "" {
+		df.WireWitness = WitnessAuto
+	}
 	for i := range s.Clusters {
 		c := &s.Clusters[i]
 		if c.Provider == "" {

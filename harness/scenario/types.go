@@ -49,6 +49,13 @@ type Defaults struct {
 	Consecutive int `json:"consecutive,omitempty"`
 	// RequestTimeout bounds a single probe request. Default 3s.
 	RequestTimeout Duration `json:"requestTimeout,omitempty"`
+	// WireWitness captures the probes' packets on every node (a pod per
+	// node in the host network, with NET_RAW and NET_ADMIN) so that mtls
+	// also needs every request encrypted on the wire and plaintext its
+	// canary seen in cleartext: auto (on in the kind clusters meshproof
+	// creates and in rehearsals, off on existing clusters), on, required
+	// (setup fails where the witness cannot run) or off. Default auto.
+	WireWitness WireWitness `json:"wireWitness,omitempty"`
 
 	Source Source `json:"-"`
 }
@@ -284,6 +291,10 @@ type Step struct {
 	Name string `json:"name,omitempty"`
 	// Timeout of the step. Default: defaults.timeout.
 	Timeout Duration `json:"timeout,omitempty"`
+	// WireWitness overrides defaults.wireWitness for this step's probes:
+	// off stops judging them on the wire; on or required turn the witness
+	// on (required fails the setup where it cannot run).
+	WireWitness WireWitness `json:"wireWitness,omitempty"`
 	// MTLS replaces the mesh's authentication policies with the ones given;
 	// the previous step's policies are removed.
 	MTLS *MTLSStep `json:"mtls,omitempty"`

@@ -71,6 +71,31 @@ func (DataPlane) Values() []string {
 	return []string{string(DataPlaneSidecar), string(DataPlaneAmbient), string(DataPlaneProxyless), string(DataPlaneNone)}
 }
 
+// WireWitness is whether the wire witness watches the probes' packets: a
+// capture that tells, per request, whether its canary crossed the network
+// encrypted (TLS records) or in cleartext.
+type WireWitness string
+
+const (
+	// WitnessAuto: on in the kind clusters meshproof creates and in
+	// rehearsals, off on existing clusters.
+	WitnessAuto WireWitness = "auto"
+	// WitnessOn: watch; where the witness cannot run (admission refuses
+	// its privileged pod, no CAP_NET_RAW) the run says so and requests
+	// carry not-captured, which no verdict holds against them.
+	WitnessOn WireWitness = "on"
+	// WitnessRequired: watch, and fail the setup where the witness cannot
+	// run.
+	WitnessRequired WireWitness = "required"
+	// WitnessOff: no capture; verdicts rest on what the mesh reports.
+	WitnessOff WireWitness = "off"
+)
+
+// Values lists the valid wire witness settings.
+func (WireWitness) Values() []string {
+	return []string{string(WitnessAuto), string(WitnessOn), string(WitnessRequired), string(WitnessOff)}
+}
+
 // PolicyScope is where a PeerAuthentication applies.
 type PolicyScope string
 
@@ -265,4 +290,51 @@ func (s Source) At(field string) Position {
 func (s Source) has(field string) bool {
 	_, ok := s.fields[field]
 	return ok
+}
+
+// WireWitnessOn is the wire witness setting in force on cluster c when no
+// step says otherwise: defaults.wireWitness, with auto resolved (on for a
+// kind cluster, off for an existing one; a rehearsal treats every cluster
+// as one it creates). It is on, required or off.
+func (s *Suite) WireWitnessOn(c *Cluster, rehearsal bool) WireWitness {
+	switch w := s.Defaults.WireWitness; {
+	case w == WitnessAuto || w == "":
+		if rehearsal || c.Provider == ProviderKind {
+			return WitnessOn
+		}
+		return WitnessOff
+	default:
+		return w
+	}
+}
+
+// StepWireWitness is the setting for one step of a scenario on cluster c:
+// the step's own when it sets one, else the cluster's (WireWitnessOn).
+func (s *Suite) StepWireWitness(c *Cluster, st *Step, rehearsal bool) WireWitness {
+	if st.WireWitness != "" && st.WireWitness != WitnessAuto {
+		return st.WireWitness
+	}
+	return s.WireWitnessOn(c, rehearsal)
+}
+
+// DeployWireWitness is whether cluster c needs the witness at all, and
+// how strictly: the strictest setting any of its steps runs with (off
+// when none watches).
+func (s *Suite) DeployWireWitness(c *Cluster, rehearsal bool) WireWitness {
+	out := WitnessOff
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		if sc.Cluster != c.Name {
+			continue
+		}
+		for j := range sc.Steps {
+			switch s.StepWireWitness(c, &sc.Steps[j], rehearsal) {
+			case WitnessRequired:
+				return WitnessRequired
+			case WitnessOn:
+				out = WitnessOn
+			}
+		}
+	}
+	return out
 }
