@@ -55,6 +55,13 @@ type Observation struct {
 	// cluster's own sidecars, e.g. "rehearsal: data plane simulated;
 	// istiod <version>"; empty for a run on a real data plane.
 	DataPlane string `json:"dataPlane,omitempty"`
+	// Canary is the random token the request carried, which a wire
+	// witness looks for in cleartext; empty from echo programs older than
+	// the witness.
+	Canary string `json:"canary,omitempty"`
+	// Wire is what the wire witness saw of the request on the network;
+	// nil when no witness watched the step (wireWitness off).
+	Wire *Wire `json:"wire,omitempty"`
 }
 
 // Outcome renders the observed outcome the way expectations are written:
@@ -162,7 +169,47 @@ type Verdict struct {
 	// DataPlane is Observation.DataPlane for the step: empty on a real
 	// data plane, else what stood in for it.
 	DataPlane string `json:"dataPlane,omitempty"`
+	// Failure names a failure of its own kind, which reports show before
+	// every other: FailureWirePlaintext.
+	Failure string `json:"failure,omitempty"`
 }
+
+// Wire verdicts (Wire.Verdict), as the witness gives them.
+const (
+	WireEncrypted   = "encrypted"
+	WirePlaintext   = "plaintext"
+	WireNotCaptured = "not-captured"
+)
+
+// Wire is what the wire witness saw of one request.
+type Wire struct {
+	// Verdict is encrypted (TLS records, the canary nowhere in
+	// cleartext), plaintext (the canary seen in cleartext) or
+	// not-captured (never counted as encrypted).
+	Verdict string `json:"verdict"`
+	// Detail says what the verdict rests on, or why nothing was captured.
+	Detail string `json:"detail,omitempty"`
+	// Packet is, for plaintext, the packet that carried the canary:
+	// its addresses, ports and TCP header, tcpdump style.
+	Packet string `json:"packet,omitempty"`
+	// Node is the node whose witness answered, on a cluster.
+	Node string `json:"node,omitempty"`
+	// Unavailable: no witness could watch the request (a simulated data
+	// plane, a refused witness pod, no CAP_NET_RAW): Verdict is
+	// not-captured and no expectation is held against it.
+	Unavailable bool `json:"unavailable,omitempty"`
+}
+
+// Witnessed reports whether a witness watched the request and saw it
+// encrypted or in plaintext.
+func (w *Wire) Witnessed() bool {
+	return w != nil && (w.Verdict == WireEncrypted || w.Verdict == WirePlaintext)
+}
+
+// FailureWirePlaintext is the failure of its own kind (Verdict.Failure):
+// a request the mesh reported as mTLS whose canary the wire witness saw in
+// cleartext.
+const FailureWirePlaintext = "mTLS claimed, plaintext on the wire"
 
 // Row is one row of an expect step's table: the pair, what was expected,
 // what the last round saw, the counts over the whole wait and why it did
@@ -175,6 +222,9 @@ type Row struct {
 	LastObserved string `json:"lastObserved"`
 	OverTheWait  string `json:"overTheWait"`
 	Why          string `json:"why,omitempty"`
+	// Wire counts the wire witness's verdicts over the whole wait, e.g.
+	// "encrypted x9"; empty when no witness watched.
+	Wire string `json:"wire,omitempty"`
 }
 
 // Deadline is a point in time a step held the mesh to, e.g. "no plaintext

@@ -102,6 +102,11 @@ type Engine struct {
 	// xdsLocks keeps one probe at a time in a proxyless client's pod
 	// (proxyless.go).
 	xdsLocks keyedLocks
+	// wire watches probe batches' packets (wire.go); wireSet says the run
+	// turned the witness on at all, rehearsal how auto resolves.
+	wire      WireWitness
+	wireSet   bool
+	rehearsal bool
 }
 
 // Option configures an Engine.

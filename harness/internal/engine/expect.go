@@ -28,7 +28,7 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 	}
 	rows := make([]*rowHistory, len(table))
 	for i, x := range table {
-		rows[i] = &rowHistory{expectation: x, counts: map[string]int{}}
+		rows[i] = &rowHistory{expectation: x, counts: map[string]int{}, wire: map[string]int{}}
 	}
 	need := e.suite.Defaults.Consecutive
 	streak, rounds := 0, 0
@@ -42,6 +42,10 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		}
 		rounds++
 		ok, err := e.round(ctx, sc, st, rows)
+		if leak := firstLeak(rows); leak != "" {
+			// No later round undoes a canary seen in cleartext.
+			return false, errWireLeak
+		}
 		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			return false, nil // a round cut short by the timeout tells nothing
 		}
@@ -61,10 +65,27 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		e.log.Info("expectations held", "step", st.Name, "consecutive", need, "rounds", rounds, "took", e.now().Sub(start).Round(time.Millisecond))
 		return nil
 	}
+	if leak := firstLeak(rows); leak != "" {
+		return &ExpectationError{Step: st.Name, Timeout: st.Timeout.Duration, Rounds: rounds, rows: rows, WireLeak: leak}
+	}
 	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return ctx.Err() // interrupted, not timed out
 	}
 	return &ExpectationError{Step: st.Name, Timeout: st.Timeout.Duration, Rounds: rounds, rows: rows, Cause: lastErr}
+}
+
+// errWireLeak ends an expect step's wait at the first request the mesh
+// reported as mTLS whose canary crossed in cleartext.
+var errWireLeak = errors.New(results.FailureWirePlaintext)
+
+// firstLeak is the first row's wire leak (wireLeak), or "".
+func firstLeak(rows []*rowHistory) string {
+	for _, r := range rows {
+		if r.leak != "" {
+			return r.leak
+		}
+	}
+	return ""
 }
 
 // round runs one probe round and reports whether every row matched.
@@ -129,7 +150,7 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 		for _, r := range httpRows {
 			spec.Targets = append(spec.Targets, e.target(r.expectation))
 		}
-		answers, err := e.probe(ctx, from, pod, spec)
+		answers, err := e.watched(ctx, st, pod, spec, func() ([]echoapi.ProbeResult, error) { return e.probe(ctx, from, pod, spec) })
 		if err != nil {
 			return fmt.Errorf("probing from %s (%s): %w", from, pod, err)
 		}
@@ -137,7 +158,7 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 		for _, r := range httpRows {
 			for _, res := range answers {
 				if res.Target == targetName(r.expectation.To, r.expectation.Port) {
-					obs = append(obs, observation(now, sc.Name, st.Name, from, r.expectation, pod.Name, res))
+					obs = append(obs, e.observe(observation(now, sc.Name, st.Name, from, r.expectation, pod.Name, res), st))
 				}
 			}
 		}
@@ -160,6 +181,12 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 			e.rec.Record(o)
 			r.last = append(r.last, o)
 			r.counts[describe(o)]++
+			if o.Wire != nil {
+				r.wire[o.Wire.Verdict]++
+			}
+			if leak := wireLeak(o); leak != "" && r.leak == "" {
+				r.leak = leak
+			}
 			if why := mismatch(x, ids, o); why != "" && r.lastWhy == "" {
 				r.lastWhy = why
 			}

@@ -52,7 +52,41 @@ func observation(now time.Time, scenarioName, step, from string, e scenario.Expe
 	// data plane (a rehearsal's real proxyless processes); the run fills
 	// its own label where this is empty.
 	o.DataPlane = r.DataPlane
+	o.Canary = r.Canary
+	if w := r.Witness; w != nil {
+		o.Wire = &results.Wire{Verdict: string(w.Verdict), Detail: w.Detail, Node: w.Node, Unavailable: w.Unavailable}
+		if w.Packet != nil {
+			o.Wire.Packet = w.Packet.String()
+		}
+	}
 	return o
+}
+
+// wireLeak says, for a request the mesh reported as mTLS whose canary the
+// wire witness saw in cleartext, what was seen; "" otherwise.
+func wireLeak(o results.Observation) string {
+	if o.Result != scenario.ResultMTLS || o.Wire == nil || o.Wire.Verdict != results.WirePlaintext {
+		return ""
+	}
+	return fmt.Sprintf("%s: %s -> %s:%d was reported as mtls, but its canary crossed in cleartext: %s", results.FailureWirePlaintext, o.From, o.To, o.Port, o.Wire.Packet)
+}
+
+// wireMismatch says why the wire contradicts or fails to confirm an
+// observation that otherwise matches row e, or "": with a witness that
+// watched, mtls needs the request encrypted on the wire and plaintext its
+// canary seen in cleartext. A request no witness could watch
+// (Wire.Unavailable) is not held against the row.
+func wireMismatch(e scenario.Expectation, o results.Observation) string {
+	if o.Wire == nil || o.Wire.Unavailable {
+		return ""
+	}
+	switch {
+	case e.Result == scenario.ResultMTLS && o.Wire.Verdict != results.WireEncrypted:
+		return fmt.Sprintf("mtls, but the wire witness did not see it encrypted: %s (%s)", o.Wire.Verdict, o.Wire.Detail)
+	case e.Result == scenario.ResultPlaintext && o.Wire.Verdict != results.WirePlaintext:
+		return fmt.Sprintf("plaintext, but the wire witness did not see its canary in cleartext: %s (%s)", o.Wire.Verdict, o.Wire.Detail)
+	}
+	return ""
 }
 
 // expectedIDs are the identities an mtls row must show. A proxyless server
@@ -72,6 +106,9 @@ func (e *Engine) expectedIDs(x scenario.Expectation, td string) expectedIDs {
 
 // mismatch says why an observation does not match a row, or "" if it does.
 func mismatch(e scenario.Expectation, ids expectedIDs, o results.Observation) string {
+	if leak := wireLeak(o); leak != "" {
+		return leak
+	}
 	if o.Result == scenario.ResultFail && o.Reason == ReasonNoWitness {
 		// The connection worked; that it was mtls or plaintext is
 		// unproven, so no expectation holds, a fail least of all.
@@ -96,7 +133,7 @@ func mismatch(e scenario.Expectation, ids expectedIDs, o results.Observation) st
 			return fmt.Sprintf("mtls with server identity %q, want %q", o.ServerID, ids.server)
 		}
 	}
-	return ""
+	return wireMismatch(e, o)
 }
 
 // describe renders an observation's outcome for a person.
@@ -117,6 +154,8 @@ type rowHistory struct {
 	last        []results.Observation // the latest round's observations
 	counts      map[string]int        // outcome → count over the whole wait
 	lastWhy     string
+	wire        map[string]int // wire verdict → count over the whole wait
+	leak        string         // the first wire leak seen (wireLeak)
 }
 
 // ExpectationError is an expect step that did not hold within its timeout:
@@ -128,11 +167,18 @@ type ExpectationError struct {
 	Rounds  int
 	rows    []*rowHistory
 	Cause   error // set when probing itself failed, e.g. no ready client pod
+	// WireLeak is set when the step failed at once because a request the
+	// mesh reported as mTLS crossed in cleartext (wireLeak says how).
+	WireLeak string
 }
 
 func (e *ExpectationError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "step %q: expectations did not hold within %s (%d probe rounds)", e.Step, e.Timeout, e.Rounds)
+	if e.WireLeak != "" {
+		fmt.Fprintf(&b, "step %q: %s (round %d)", e.Step, e.WireLeak, e.Rounds)
+	} else {
+		fmt.Fprintf(&b, "step %q: expectations did not hold within %s (%d probe rounds)", e.Step, e.Timeout, e.Rounds)
+	}
 	if e.Cause != nil {
 		fmt.Fprintf(&b, "; last probe error: %v", e.Cause)
 	}

@@ -174,7 +174,7 @@ func (e *Engine) probeTCP(ctx context.Context, sc *scenario.Scenario, st *scenar
 		Timeout:           echoapi.Duration(e.suite.Defaults.RequestTimeout.Duration),
 		Deadline:          echoapi.Duration(time.Duration(requests)*e.suite.Defaults.RequestTimeout.Duration + time.Second),
 	}
-	answers, err := e.prober.Probe(ctx, client, spec)
+	answers, err := e.watched(ctx, st, client, spec, func() ([]echoapi.ProbeResult, error) { return e.prober.Probe(ctx, client, spec) })
 	if err != nil {
 		return nil, fmt.Errorf("probing from %s (%s): %w", from, client, err)
 	}
@@ -205,7 +205,7 @@ func (e *Engine) probeTCP(ctx context.Context, sc *scenario.Scenario, st *scenar
 
 	out := make([]results.Observation, 0, len(answers))
 	for _, r := range answers {
-		o := observation(now, sc.Name, st.Name, from, x, client.Name, r)
+		o := e.observe(observation(now, sc.Name, st.Name, from, x, client.Name, r), st)
 		if r.Result == echoapi.ResultEchoed {
 			v := verdicts[r.ServerPod]
 			o.Result, o.Reason, o.ClientID, o.ServerID = v.result, v.reason, v.clientID, v.serverID

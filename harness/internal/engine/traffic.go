@@ -310,7 +310,7 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 		for _, p := range httpPairs {
 			spec.Targets = append(spec.Targets, e.target(scenario.Expectation{From: from, To: p.To, Port: p.Port}))
 		}
-		answers, err := e.probe(ctx, from, pod, spec)
+		answers, err := e.watched(ctx, st, pod, spec, func() ([]echoapi.ProbeResult, error) { return e.probe(ctx, from, pod, spec) })
 		if err != nil {
 			return nil, fmt.Errorf("probing from pod %s: %w", pod, err)
 		}
@@ -318,7 +318,7 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 			name := targetName(p.To, p.Port)
 			for _, r := range answers {
 				if r.Target == name {
-					out = append(out, observation(e.now(), sc.Name, st.Name, from, scenario.Expectation{To: p.To, Port: p.Port}, pod.Name, r))
+					out = append(out, e.observe(observation(e.now(), sc.Name, st.Name, from, scenario.Expectation{To: p.To, Port: p.Port}, pod.Name, r), st))
 				}
 			}
 		}

@@ -29,6 +29,9 @@ func Verdict(sc *scenario.Scenario, index int, started time.Time, took time.Dura
 	var xe *ExpectationError
 	if errors.As(err, &xe) {
 		v.Table = xe.Table()
+		if xe.WireLeak != "" {
+			v.Failure = results.FailureWirePlaintext
+		}
 	}
 	var de *DeadlineError
 	if errors.As(err, &de) {
@@ -72,6 +75,9 @@ func (e *ExpectationError) Table() []results.Row {
 		}
 		out[i] = results.Row{From: r.expectation.From, To: r.expectation.To, Port: r.expectation.Port,
 			Expected: describeExpectation(r.expectation), LastObserved: last, OverTheWait: formatCounts(r.counts), Why: r.lastWhy}
+		if len(r.wire) > 0 {
+			out[i].Wire = formatCounts(r.wire)
+		}
 	}
 	return out
 }
