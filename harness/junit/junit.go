@@ -46,7 +46,10 @@ type Case struct {
 	// Reason is why the case failed or was skipped, whole.
 	Reason string
 	// Source is where the step is written, file:line:col.
-	Source     string
+	Source string
+	// Failure names a failure of its own kind (results.Verdict.Failure):
+	// the failure's type, and such cases come first.
+	Failure    string
 	Properties []Property
 }
 
@@ -87,11 +90,23 @@ func FromVerdicts(suiteName string, scenarios []*scenario.Scenario, verdicts []r
 			report.Cases = append(report.Cases, fromVerdict(CaseName(sc, st.Name), byStep[[2]string{sc.Name, st.Name}]))
 		}
 	}
+	// A request reported as mTLS that crossed in cleartext is the worst
+	// there is: such cases come first.
+	slices.SortStableFunc(report.Cases, func(a, b Case) int {
+		return boolRank(a.Failure != results.FailureWirePlaintext) - boolRank(b.Failure != results.FailureWirePlaintext)
+	})
 	return report
 }
 
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func fromVerdict(name string, v results.Verdict) Case {
-	c := Case{Name: name, Status: v.Status, Duration: v.Duration, Reason: v.Reason, Source: v.Source}
+	c := Case{Name: name, Status: v.Status, Duration: v.Duration, Reason: v.Reason, Source: v.Source, Failure: v.Failure}
 	for _, p := range properties {
 		if value := p.value(v); value != "" {
 			c.Properties = append(c.Properties, Property{p.name, value})
@@ -202,7 +217,11 @@ func Marshal(report Report) ([]byte, error) {
 				text += SourceNote(c.Source)
 			}
 			first, _, _ := strings.Cut(c.Reason, "\n")
-			x.Failure = &xmlFailure{Message: first, Type: "failed", Text: text}
+			kind := "failed"
+			if c.Failure != "" {
+				kind = c.Failure
+			}
+			x.Failure = &xmlFailure{Message: first, Type: kind, Text: text}
 			x.Status = string(results.Failed)
 			suite.Failures++
 		}

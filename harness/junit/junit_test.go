@@ -161,3 +161,24 @@ func TestFailedStep(t *testing.T) {
 		t.Errorf("step of another scenario that has no verdict: %+v", c[3])
 	}
 }
+
+// A step that failed with mTLS claimed and plaintext on the wire comes
+// first, before the setup and every other case, with its kind as the
+// failure's type.
+func TestWireLeakComesFirst(t *testing.T) {
+	now := time.Now()
+	verdicts := []results.Verdict{
+		{Step: results.SetupStep, Kind: "setup", Status: results.Passed, Started: now},
+		{Scenario: "strict", Step: "1 mtls", Kind: "mtls", Status: results.Failed, Started: now, Reason: "expectations did not hold"},
+		{Scenario: "rotation", Step: "1 rotate", Kind: "rotate", Status: results.Failed, Started: now, Failure: results.FailureWirePlaintext,
+			Reason: "step \"1 rotate\": mTLS claimed, plaintext on the wire: a -> b:8080 was reported as mtls, but its canary crossed in cleartext: 10.0.0.1:1 > 10.0.0.2:8080"},
+	}
+	d, raw := write(t, FromVerdicts("s", twoScenarios, verdicts, now, time.Second))
+	c := d.Suites[0].Cases
+	if len(c) != 4 || c[0].Name != "[It] rotation 1 rotate [Serial]" || c[0].Failure == nil || c[0].Failure.Type != results.FailureWirePlaintext {
+		t.Fatalf("cases:\n%s", raw)
+	}
+	if c[1].Name != SetupCase || c[2].Failure == nil || c[2].Failure.Type != "failed" {
+		t.Errorf("the other cases keep their order and type:\n%s", raw)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -18,13 +19,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
-	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/internal/image"
 	"github.com/meshproof/meshproof/harness/internal/local/binaries"
 	"github.com/meshproof/meshproof/harness/internal/local/cluster"
 	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
 	"github.com/meshproof/meshproof/harness/internal/probe"
 	injection "github.com/meshproof/meshproof/harness/internal/sidecar"
+	"github.com/meshproof/meshproof/harness/internal/wire"
 )
 
 // ProxylessLabel is what every probe result answered by real processes of a
@@ -61,20 +61,21 @@ type proxylessRouter struct {
 	simulated probe.Execer
 	local     *cluster.Proxyless
 	kube      client.Reader
+	witness   *wire.Loopback
 }
 
 var _ probe.Execer = (*proxylessRouter)(nil)
 
 func (r *proxylessRouter) Exec(ctx context.Context, cmd probe.Command) (stdout, stderr []byte, err error) {
 	inProxyless := r.local.Runs(cmd.Pod.Namespace, cmd.Pod.Name)
-	isProbe := cmd.Container == manifests.ContainerName && len(cmd.Argv) == 2 && cmd.Argv[0] == image.BinaryPath && cmd.Argv[1] == "probe"
+	probing := isProbe(cmd)
 	switch {
-	case inProxyless && isProbe:
+	case inProxyless && probing:
 		return r.probe(ctx, cmd, true)
 	case inProxyless:
 		stdout, stderr, _, err := r.local.Exec(ctx, cmd.Pod.Namespace, cmd.Pod.Name, cmd.Container, cmd.Argv, cmd.Stdin)
 		return stdout, stderr, execError(cmd, stderr, err)
-	case isProbe:
+	case probing:
 		return r.probe(ctx, cmd, false)
 	}
 	return r.simulated.Exec(ctx, cmd)
@@ -114,13 +115,19 @@ func (r *proxylessRouter) probe(ctx context.Context, cmd probe.Command, fromProx
 	}
 	var local []localTarget
 	var simulated []echoapi.Target
+	var servers []netip.Addr // the real targets' endpoints, for the witness
 	for i, t := range spec.Targets {
-		sent, ok, err := r.localTarget(ctx, client.Namespace, t, fromProxyless)
+		sent, endpoints, ok, err := r.localTarget(ctx, client.Namespace, t, fromProxyless)
 		if err != nil {
 			return nil, nil, execError(cmd, nil, err)
 		}
 		if ok {
 			local = append(local, localTarget{index: i, sent: sent, original: t})
+			for _, ep := range endpoints {
+				if a, err := netip.ParseAddr(ep.Address); err == nil {
+					servers = append(servers, a)
+				}
+			}
 		} else {
 			simulated = append(simulated, t)
 		}
@@ -160,10 +167,18 @@ func (r *proxylessRouter) probe(ctx context.Context, cmd probe.Command, fromProx
 		return nil, nil, err
 	}
 	localCmd.Stdin = stdin
+	// The real processes talk over loopback: the witness captures there,
+	// between the probe's address and the targets' endpoints.
+	watch := r.witness.Watch(loopbackClients, servers)
 	if fromProxyless {
 		localOut, localErr, _, localExecErr = r.local.Exec(ctx, cmd.Pod.Namespace, cmd.Pod.Name, cmd.Container, cmd.Argv, stdin)
 	} else {
 		localOut, localErr, localExecErr = r.local.ExecApp(ctx, &client, cmd.Container, cmd.Argv, stdin)
+	}
+	if localExecErr == nil {
+		localOut, localExecErr = judged(watch, localOut)
+	} else {
+		watch.Stop()
 	}
 	wg.Wait()
 	stderr := append(append([]byte(nil), localErr...), simErr...)
@@ -188,10 +203,10 @@ func clientKey(cmd probe.Command) client.ObjectKey {
 // (grpc://, or xds:/// from a proxyless client, whose bootstrap it needs)
 // whose Service the local cluster's proxyless pods serve. A grpc:// target
 // is rewritten to one of them, as DNS and kube-proxy would route it.
-func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t echoapi.Target, fromProxyless bool) (echoapi.Target, bool, error) {
+func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t echoapi.Target, fromProxyless bool) (echoapi.Target, []cluster.Endpoint, bool, error) {
 	u, err := url.Parse(t.URL)
 	if err != nil {
-		return t, false, nil
+		return t, nil, false, nil
 	}
 	var hostPort string
 	switch {
@@ -200,11 +215,11 @@ func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t ec
 	case u.Scheme == echoapi.SchemeXDS && fromProxyless:
 		hostPort = strings.TrimPrefix(u.Path, "/")
 	default:
-		return t, false, nil
+		return t, nil, false, nil
 	}
 	host, portText, err := net.SplitHostPort(hostPort)
 	if err != nil {
-		return t, false, nil
+		return t, nil, false, nil
 	}
 	port, _ := strconv.Atoi(portText)
 	if t.Port != 0 {
@@ -212,11 +227,11 @@ func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t ec
 	}
 	name, ns, ok := dataplane.ServiceName(host, clientNS)
 	if !ok {
-		return t, false, nil
+		return t, nil, false, nil
 	}
 	var svc corev1.Service
 	if err := r.kube.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &svc); err != nil {
-		return t, false, client.IgnoreNotFound(err)
+		return t, nil, false, client.IgnoreNotFound(err)
 	}
 	var svcPort *corev1.ServicePort
 	for i := range svc.Spec.Ports {
@@ -226,21 +241,21 @@ func (r *proxylessRouter) localTarget(ctx context.Context, clientNS string, t ec
 	}
 	endpoints := r.local.Endpoints(ns, svc.Spec.Selector)
 	if svcPort == nil || len(endpoints) == 0 {
-		return t, false, nil
+		return t, nil, false, nil
 	}
 	if u.Scheme == echoapi.SchemeXDS {
-		return t, true, nil
+		return t, endpoints, true, nil
 	}
 	// kube-proxy picks an endpoint at random.
 	ep := endpoints[rand.IntN(len(endpoints))]
 	target, err := r.targetPort(ctx, ep, svcPort)
 	if err != nil {
-		return t, false, err
+		return t, nil, false, err
 	}
 	sent := t
 	sent.URL = "grpc://" + net.JoinHostPort(ep.Address, strconv.Itoa(target))
 	sent.Port = 0
-	return sent, true, nil
+	return sent, endpoints, true, nil
 }
 
 // targetPort is the container port behind svcPort on ep's pod: its number,

@@ -484,6 +484,7 @@ func TestProxylessRehearsal(t *testing.T) {
 		t.Errorf("summary %+v, want every step passed; failed: %q", sum, f.failedCases())
 	}
 	f.proxylessLabelled(t, plPort, "grpc-a", "grpc-b", "grpc-l")
+	f.wireVerdicts(t)
 	for name := range c.Pids() {
 		if strings.HasPrefix(name, "pilot-agent-") || strings.HasPrefix(name, "echo-") {
 			t.Errorf("%s still runs after the run", name)

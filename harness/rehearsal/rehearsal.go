@@ -42,6 +42,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/local/cluster"
 	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
 	"github.com/meshproof/meshproof/harness/internal/probe"
+	"github.com/meshproof/meshproof/harness/internal/wire"
 	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -60,7 +61,10 @@ func Label() string {
 // clusters, Istio installed on them with a real istiod serving it, and the
 // simulated data plane as the pod transport.
 type Rehearsal struct {
-	logger       *slog.Logger
+	logger *slog.Logger
+	// witness captures on loopback around the real proxyless pods'
+	// probes (proxylessRouter); it says once when it cannot.
+	witness      *wire.Loopback
 	buildLog     io.Writer
 	borrowed     *cluster.Cluster
 	readyTimeout time.Duration
@@ -100,6 +104,7 @@ func New(opts ...Option) *Rehearsal {
 	for _, o := range opts {
 		o(r)
 	}
+	r.witness = wire.NewLoopback(wire.WithLogger(r.logger))
 	return r
 }
 
@@ -112,6 +117,7 @@ func (r *Rehearsal) RunOptions() []run.Option {
 		run.WithIstioReadyTimeout(r.readyTimeout),
 		run.WithTransport(r.transport),
 		run.WithDataPlane(Label()),
+		run.WithTransportWitness(),
 	}
 }
 
@@ -259,9 +265,9 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 	certs := &revisionCA{kube: kube, istiod: lc.Istiod(), byAddr: map[string]*istiodClient{}}
 	simulated := dataplane.New(kube, certs, dataplane.WithLogger(r.logger.With("cluster", lc.Name())))
 	if lc.Proxyless() == nil {
-		return simulated, nil
+		return unwitnessed{simulated}, nil
 	}
-	return &proxylessRouter{simulated: simulated, local: lc.Proxyless(), kube: kube}, nil
+	return unwitnessed{&proxylessRouter{simulated: simulated, local: lc.Proxyless(), kube: kube, witness: r.witness}}, nil
 }
 
 // revisionCA issues a simulated sidecar's certificates as its istio-agent

@@ -24,9 +24,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
+	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	echowire "github.com/meshproof/meshproof/fixtures/echo/wire"
 	"github.com/meshproof/meshproof/harness/internal/deploy"
 	"github.com/meshproof/meshproof/harness/internal/local/cluster"
 	"github.com/meshproof/meshproof/harness/internal/local/proc"
+	"github.com/meshproof/meshproof/harness/internal/wire"
 	"github.com/meshproof/meshproof/harness/junit"
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/report"
@@ -290,6 +293,55 @@ func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...st
 		t.Error("no observation came from the real proxyless processes")
 	}
 	t.Logf("observations by data plane: %v", counts)
+}
+
+// wireVerdicts checks what the wire witness says of every observation:
+// the real proxyless processes' mtls requests were seen encrypted and
+// their plaintext ones with the canary in cleartext, from real packets on
+// loopback; what the simulation answered carries not-captured (simulated
+// data plane). Without CAP_NET_RAW the real ones say so instead (CI has
+// it: with CI=true its absence fails).
+func (f runFolder) wireVerdicts(t *testing.T) {
+	t.Helper()
+	capErr := echowire.CheckCapability()
+	if capErr != nil && os.Getenv("CI") == "true" {
+		t.Errorf("CI=true and the wire witness cannot capture: %v", capErr)
+	}
+	counts := map[string]int{}
+	witnessed := 0
+	for _, o := range f.observations {
+		where := fmt.Sprintf("observation %s %s→%s:%d (%s)", o.Step, o.From, o.To, o.Port, o.Outcome())
+		if o.Wire.Witnessed() {
+			witnessed++
+		}
+		if o.Wire == nil {
+			t.Errorf("%s carries no wire verdict", where)
+			continue
+		}
+		key := o.DataPlane + ": " + string(o.Result) + " " + o.Wire.Verdict
+		counts[key]++
+		switch {
+		case o.DataPlane != rehearsal.ProxylessLabel():
+			if o.Wire.Verdict != results.WireNotCaptured || !o.Wire.Unavailable || o.Wire.Detail != wire.SimulatedDataPlane {
+				t.Errorf("%s, simulated, says wire %+v", where, *o.Wire)
+			}
+		case capErr != nil:
+			if o.Wire.Verdict != results.WireNotCaptured || !o.Wire.Unavailable || !strings.Contains(o.Wire.Detail, "CAP_NET_RAW") {
+				t.Errorf("%s, without CAP_NET_RAW, says wire %+v", where, *o.Wire)
+			}
+		case o.Result == scenario.ResultMTLS && o.Wire.Verdict != results.WireEncrypted:
+			t.Errorf("%s: the wire witness saw %s (%s), want encrypted", where, o.Wire.Verdict, o.Wire.Detail)
+		case o.Result == scenario.ResultPlaintext && (o.Wire.Verdict != results.WirePlaintext || o.Wire.Packet == ""):
+			t.Errorf("%s: the wire witness saw %s (%s), want plaintext with the canary's packet", where, o.Wire.Verdict, o.Wire.Detail)
+		}
+		if o.DataPlane == rehearsal.ProxylessLabel() && !echoapi.IsCanary(o.Canary) {
+			t.Errorf("%s carries no canary (%q)", where, o.Canary)
+		}
+	}
+	if capErr == nil && witnessed == 0 {
+		t.Error("no observation was witnessed on the wire (encrypted or plaintext from real packets)")
+	}
+	t.Logf("wire verdicts: %v", counts)
 }
 
 // The default scenarios pass on the rehearsal, end to end, through the same

@@ -181,6 +181,9 @@ type failureView struct {
 	Deadlines   []deadlineView
 	Diagnostics string // the path as recorded
 	DiagHref    string
+	// Failure names a failure of its own kind (results.Verdict.Failure),
+	// which goes before every other: "mTLS claimed, plaintext on the wire".
+	Failure string
 }
 
 type tableRowView struct {
@@ -238,6 +241,13 @@ type cellView struct {
 	// cluster's own data plane ("simulated", "real (proxyless gRPC)"), from
 	// its observations' DataPlane; empty on a run on real sidecars.
 	DataPlane string
+	// Wire counts what the wire witness saw of the cell's requests
+	// ("wire: encrypted 6"); empty when no witness watched. Witnessed is
+	// set when it saw any of them encrypted or in plaintext, WireLeak when
+	// a request reported as mTLS crossed in cleartext.
+	Wire      string
+	Witnessed bool
+	WireLeak  bool
 }
 
 type outcomeView struct {
@@ -447,6 +457,11 @@ func buildPage(c Contents, o htmlOptions) page {
 		p.Scenarios = append(p.Scenarios, sv)
 	}
 	b.Scenarios = len(names)
+	// A request reported as mTLS that crossed in cleartext is the worst
+	// there is: such failures come first.
+	slices.SortStableFunc(p.Failures, func(a, b failureView) int {
+		return cmp.Compare(failureRank(a), failureRank(b))
+	})
 	switch {
 	case b.Failed > 0 || b.Setup == string(results.Failed):
 		b.Status, b.Headline = "failed", "FAILED"
@@ -460,6 +475,14 @@ func buildPage(c Contents, o htmlOptions) page {
 	return p
 }
 
+// failureRank puts the wire witness's failures before the others.
+func failureRank(f failureView) int {
+	if f.Failure == results.FailureWirePlaintext {
+		return 0
+	}
+	return 1
+}
+
 // compareVerdict orders verdicts by start, then by name and status.
 func compareVerdict(a, b results.Verdict) int {
 	return cmp.Or(a.Started.Compare(b.Started), cmp.Compare(a.Scenario, b.Scenario), cmp.Compare(a.Step, b.Step),
@@ -469,7 +492,7 @@ func compareVerdict(a, b results.Verdict) int {
 // buildFailure is a failed verdict with its evidence; start is the step's
 // first record, for the deadlines' offsets.
 func buildFailure(v results.Verdict, id, name string, start time.Time, o htmlOptions) failureView {
-	f := failureView{Name: name, Kind: v.Kind, Source: v.Source, Reason: v.Reason, Diagnostics: v.Diagnostics}
+	f := failureView{Name: name, Kind: v.Kind, Source: v.Source, Reason: v.Reason, Diagnostics: v.Diagnostics, Failure: v.Failure}
 	if id != "" {
 		f.Anchor = id
 	}
@@ -711,10 +734,20 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	identities := map[string]bool{}
 	errs := map[string]bool{}
 	dataPlanes := map[string]bool{}
+	wire := map[string]int{}
 	differing, withExpectation := 0, 0
 	for _, o := range obs {
 		if o.DataPlane != "" {
 			dataPlanes[dataPlaneShort(o.DataPlane)] = true
+		}
+		if o.Wire != nil {
+			v := o.Wire.Verdict
+			if o.Wire.Unavailable {
+				v += " (" + o.Wire.Detail + ")"
+			}
+			wire[v]++
+			c.Witnessed = c.Witnessed || o.Wire.Witnessed()
+			c.WireLeak = c.WireLeak || o.Result == scenario.ResultMTLS && o.Wire.Verdict == results.WirePlaintext
 		}
 		l := outcomeLabel(o)
 		if counts[l] == nil {
@@ -774,6 +807,17 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	if dp := sortedKeys(dataPlanes); len(dp) > 0 {
 		c.DataPlane = "data plane: " + strings.Join(dp, " / ")
 		fmt.Fprintf(&label, "; %s", c.DataPlane)
+	}
+	if len(wire) > 0 {
+		var parts []string
+		for _, v := range sortedKeys(wire) {
+			parts = append(parts, fmt.Sprintf("%s %d", v, wire[v]))
+		}
+		c.Wire = "wire: " + strings.Join(parts, ", ")
+		fmt.Fprintf(&label, "; %s", c.Wire)
+		if c.WireLeak {
+			fmt.Fprintf(&label, " (%s)", results.FailureWirePlaintext)
+		}
 	}
 	if e := sortedKeys(errs); len(e) > 0 {
 		const shown = 3

@@ -213,6 +213,8 @@ func TestConcurrentRecordsAllLand(t *testing.T) {
 func TestRoundTripEveryField(t *testing.T) {
 	r := open(t, t.TempDir(), "run-1")
 	want := observation(3)
+	want.Canary = "meshproof-canary-0123456789abcdef0123456789abcdef"
+	want.Wire = &results.Wire{Verdict: results.WireNotCaptured, Detail: "simulated data plane", Packet: "10.0.0.1:1 > 10.0.0.2:2: Flags [P.]", Node: "n1", Unavailable: true}
 	// Every field must be set, or the round trip would not prove it is kept.
 	v := reflect.ValueOf(want)
 	for i := range v.NumField() {
@@ -235,7 +237,7 @@ func TestRoundTripEveryField(t *testing.T) {
 		t.Errorf("time %v, want %v", got[0].Time, want.Time)
 	}
 	got[0].Time = want.Time
-	if got[0] != want {
+	if !reflect.DeepEqual(got[0], want) {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got[0], want)
 	}
 }
@@ -247,9 +249,9 @@ func TestRoundTripVerdict(t *testing.T) {
 	at := time.Date(2026, 11, 26, 23, 49, 4, 5, time.UTC)
 	want := results.Verdict{Scenario: "s", Step: "rotate", Kind: "rotate", Status: results.Failed, Reason: "no new serial\nsecond line",
 		Started: at, Duration: 3 * time.Second, Source: "scenarios.yaml:3:7",
-		Table:       []results.Row{{From: "a", To: "b", Port: 1, Expected: "mtls", LastObserved: "plaintext x1", OverTheWait: "plaintext x3", Why: "got plaintext"}},
+		Table:       []results.Row{{From: "a", To: "b", Port: 1, Expected: "mtls", LastObserved: "plaintext x1", OverTheWait: "plaintext x3", Why: "got plaintext", Wire: "plaintext x3"}},
 		Deadlines:   []results.Deadline{{Name: "new serial within 1s", At: at.Add(time.Second), Detail: "b still serves serial 1f"}},
-		Diagnostics: "diagnostics/s/rotate", DataPlane: "rehearsal: data plane simulated"}
+		Diagnostics: "diagnostics/s/rotate", DataPlane: "rehearsal: data plane simulated", Failure: results.FailureWirePlaintext}
 	v := reflect.ValueOf(want)
 	for i := range v.NumField() {
 		if v.Field(i).IsZero() {

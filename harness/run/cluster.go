@@ -233,6 +233,9 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 			opts = append(opts, engine.WithPluggedCA(st.mesh.CA))
 		}
 	}
+	if r.o.transportWitness {
+		opts = append(opts, engine.WithWireWitness(nil, true))
+	}
 	st.engine, err = engine.New(r.suite, c.Name, st.kube, probe.NewProber(st.execer), r.ID(), opts...)
 	return err
 }

@@ -90,6 +90,7 @@ type settings struct {
 	images             ImageDelivery
 	transport          TransportFunc
 	dataPlane          string
+	transportWitness   bool
 	reachTimeout       time.Duration
 	leaseWait          time.Duration
 	leaseDuration      time.Duration
@@ -184,6 +185,12 @@ func WithTransport(f TransportFunc) Option { return func(s *settings) { s.transp
 // that results.json, junit.xml and report.html say it. A transport that
 // is not the cluster's real data plane must come with its label.
 func WithDataPlane(label string) Option { return func(s *settings) { s.dataPlane = label } }
+
+// WithTransportWitness says the transport itself sets what the wire
+// witness saw of each probe request (echoapi.ProbeResult.Witness), as a
+// rehearsal's does on loopback: the run then deploys no witness pods, and
+// the steps' wireWitness settings resolve auto as in a rehearsal.
+func WithTransportWitness() Option { return func(s *settings) { s.transportWitness = true } }
 
 // WithReachTimeout bounds how long a cluster's API server may take to
 // answer (default DefaultReachTimeout).
