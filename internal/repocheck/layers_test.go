@@ -30,7 +30,7 @@ var layers = []layer{
 		"harness/internal/cluster", "harness/internal/lease", "harness/internal/ledger",
 		"harness/internal/apply", "harness/internal/deploy", "harness/internal/image",
 		"harness/internal/istio", "harness/internal/mesh", "harness/internal/probe",
-		"harness/internal/diagnose",
+		"harness/internal/diagnose", "fixtures/echo/wire", "harness/internal/wire",
 	}},
 	{"The local stack: a cluster of real parts for rehearsals", []string{
 		"harness/internal/local/proc", "harness/internal/local/binaries",
@@ -45,7 +45,7 @@ var layers = []layer{
 		"harness/run", "harness/rehearsal",
 	}},
 	{"Programs and suites", []string{
-		"cmd/meshproof", "fixtures/echo", "fixtures/echo/wire", "suites/spec", "suites/mtls",
+		"cmd/meshproof", "fixtures/echo", "suites/spec", "suites/mtls",
 		"harness/internal/local/binaries/assets", "meshtest",
 	}},
 	{"Tests only", []string{
