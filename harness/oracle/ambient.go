@@ -73,6 +73,19 @@ import (
 //	       without TLS, under DISABLE (no TLS context) and under
 //	       ISTIO_MUTUAL (HBONE replaces it) it is HBONE with a plain inner
 //	       socket; under SIMPLE the rule's TLS rides inside the tunnel.
+//	[SCHBONE] the ambient profile of Istio's charts (files/profile-ambient.yaml
+//	       in 1.29.6 and 1.30.3) sets meshConfig.defaultConfig.proxyMetadata
+//	       ISTIO_META_ENABLE_HBONE=true, so the sidecar injection template
+//	       (files/injection-template.yaml) labels injected pods
+//	       networking.istio.io/tunnel=http ([ZTUN]: HBONE to ztunnel), and
+//	       buildInboundHBONEListeners (pilot/pkg/networking/core/
+//	       listener_inbound.go) gives such a sidecar a connect_terminate
+//	       listener on 15008 that requires Istio mutual TLS
+//	       (buildConnectTerminateListener, listener_waypoint.go) in front of
+//	       inner chains built with mode DISABLE whatever the
+//	       PeerAuthentication says. Between two sidecars nothing changes:
+//	       an endpoint labelled tlsMode=istio keeps Istio mTLS unless
+//	       PILOT_PREFER_SENDING_HBONE ([HBSEND]).
 
 // ztMatch is one match of a ztunnel authorization rule, reduced to what
 // converted PeerAuthentications use ([ZAUTHZ]): no peer principal, and
@@ -301,6 +314,11 @@ func (p *policies) predictAmbient(cp, sp DataPlane, client, server *scenario.Wor
 	tcp := false
 	if pt := server.Port(port); pt != nil && pt.Protocol == scenario.ProtocolTCP {
 		tcp = true
+	}
+	if cp == DataPlaneAmbient && sp == DataPlaneSidecar && p.sidecarsHBONE {
+		out.Result = scenario.ResultMTLS
+		out.Why = "ambient client: its ztunnel sends HBONE to the sidecar, which the ambient profile makes HBONE-capable (tunnel label), and the sidecar's HBONE listener requires mutual TLS and passes it on under any PeerAuthentication"
+		return out
 	}
 	if cp == DataPlaneAmbient && sp != DataPlaneAmbient {
 		// [ZOUT] + [ZTUN]: the client's ztunnel sends the application's

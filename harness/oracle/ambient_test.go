@@ -63,13 +63,14 @@ func TestAmbientPairs(t *testing.T) {
 	runAmbientRules(t, []ruleCase{
 		{"ambient to ambient", nil, nil, "amb-a", "amb-b", 8080, mtls, ""},
 		{"sidecar to ambient: HBONE", nil, nil, "service-a", "amb-b", 8080, mtls, ""},
-		{"ambient to sidecar: plaintext", nil, nil, "amb-a", "service-a", 8080, plaintext, ""},
+		{"ambient to sidecar: HBONE under the ambient profile", nil, nil, "amb-a", "service-a", 8080, mtls, ""},
 		{"outside to ambient", nil, nil, "legacy", "amb-b", 8080, plaintext, ""},
 		{"ambient to outside", nil, nil, "amb-a", "legacy", 8080, plaintext, ""},
 		{"STRICT: ambient to ambient", ns(strict), nil, "amb-a", "amb-b", 8080, mtls, ""},
 		{"STRICT: sidecar to ambient", ns(strict), nil, "service-a", "amb-b", 9090, mtls, ""},
 		{"STRICT: outside to ambient denied, reason open", ns(strict), nil, "legacy", "amb-b", 8080, fail, ""},
-		{"STRICT: ambient to sidecar is plaintext, closed", ns(strict), nil, "amb-a", "service-a", 8080, fail, ""},
+		{"STRICT: ambient to sidecar is HBONE", ns(strict), nil, "amb-a", "service-a", 8080, mtls, ""},
+		{"DISABLE: ambient to sidecar is HBONE", ns(disable), nil, "amb-a", "service-a", 9090, mtls, ""},
 		{"STRICT: ambient to outside", ns(strict), nil, "amb-a", "legacy", 8080, plaintext, ""},
 		{"DISABLE: ambient to ambient stays HBONE", ns(disable), nil, "amb-a", "amb-b", 8080, mtls, ""},
 		{"DISABLE: sidecar to ambient stays HBONE", ns(disable), nil, "service-a", "amb-b", 8080, mtls, ""},
@@ -92,7 +93,7 @@ func TestAmbientIgnoresDestinationRules(t *testing.T) {
 		{"DISABLE: ambient to ambient", ns, drs{dr("amb-b", tlsDisable, 0)}, "amb-a", "amb-b", 8080, mtls, ""},
 		{"DISABLE: sidecar to ambient", ns, drs{dr("amb-b", tlsDisable, 0)}, "service-a", "amb-b", 8080, mtls, ""},
 		{"mesh DISABLE: sidecar to ambient", nil, drs{meshDR(tlsDisable, 0)}, "service-a", "amb-b", 8080, mtls, ""},
-		{"ISTIO_MUTUAL: ambient to sidecar stays plaintext", nil, drs{dr("service-a", istioMutual, 0)}, "amb-a", "service-a", 8080, plaintext, ""},
+		{"DISABLE: ambient to sidecar stays HBONE", nil, drs{dr("service-a", tlsDisable, 0)}, "amb-a", "service-a", 8080, mtls, ""},
 		{"SIMPLE: ambient to ambient", nil, drs{dr("amb-b", scenario.TLSSimple, 0)}, "amb-a", "amb-b", 8080, mtls, ""},
 		{"SIMPLE: sidecar to ambient, TLS inside HBONE", nil, drs{dr("amb-b", scenario.TLSSimple, 0)}, "service-a", "amb-b", 8080, fail, "upstream-503"},
 		{"SIMPLE on tcp: reason open", nil, drs{dr("amb-b", scenario.TLSSimple, 0)}, "service-a", "amb-b", 9000, fail, ""},
@@ -177,4 +178,25 @@ func groupsString(groups [][][]ztMatch) string {
 		gs = append(gs, "["+strings.Join(rs, " ")+"]")
 	}
 	return "[" + strings.Join(gs, " ") + "]"
+}
+
+// Without the ambient profile's HBONE-capable sidecars (a policies value
+// built so, as for a sidecar injected without ISTIO_META_ENABLE_HBONE),
+// ztunnel sends a sidecar plaintext, which its STRICT closes.
+func TestAmbientToSidecarWithoutHBONE(t *testing.T) {
+	s := ambientSuite()
+	p, err := indexPolicies(s, &scenario.MTLSStep{PeerAuthentications: pas{namespace("meshproof", strict)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.sidecarsHBONE = false
+	got := p.predictAmbient(DataPlaneAmbient, DataPlaneSidecar, s.Workload("amb-a"), s.Workload("service-a"), 8080, ProxylessWorkload{})
+	if got.Result != fail || got.Reason != "" {
+		t.Errorf("amb-a -> service-a = %s %q, want fail with the reason open (%s)", got.Result, got.Reason, got.Why)
+	}
+	p.mesh, p.namespace = nil, map[string]*scenario.PeerAuthentication{}
+	got = p.predictAmbient(DataPlaneAmbient, DataPlaneSidecar, s.Workload("amb-a"), s.Workload("service-a"), 8080, ProxylessWorkload{})
+	if got.Result != plaintext {
+		t.Errorf("amb-a -> service-a without policies = %s, want plaintext (%s)", got.Result, got.Why)
+	}
 }

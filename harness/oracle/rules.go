@@ -85,6 +85,10 @@ type policies struct {
 	dr map[string]*clientTLSRule
 	// meshDR is the mesh-wide rule (host "*" in the root namespace), if any.
 	meshDR *clientTLSRule
+	// sidecarsHBONE says the sidecars accept HBONE from ztunnel: a suite
+	// with ambient workloads runs Istio's ambient profile, which makes
+	// them ([SCHBONE] in ambient.go).
+	sidecarsHBONE bool
 }
 
 // clientTLSRule is the one DestinationRule meshproof writes for a workload's
@@ -101,6 +105,9 @@ func indexPolicies(s *scenario.Suite, m *scenario.MTLSStep) (*policies, error) {
 		namespace: map[string]*scenario.PeerAuthentication{},
 		workload:  map[string]*scenario.PeerAuthentication{},
 		dr:        map[string]*clientTLSRule{},
+		// Validation refuses ambient workloads on a cluster without the
+		// ambient profile.
+		sidecarsHBONE: s.AmbientWorkloads(),
 	}
 	if m == nil {
 		return p, nil

@@ -71,7 +71,9 @@ func (v *validator) ambientUpgrade(st *Step, sc *Scenario, path string) {
 // Istio's ambient data plane ignores it. ztunnel receives no
 // DestinationRule at all (istiod sends it workloads, services and
 // authorizations only), so it sends HBONE mutual TLS to an ambient or
-// HBONE-capable peer and plaintext to any other, whatever the rule says;
+// HBONE-capable peer (the ambient profile's sidecars are: it sets
+// ISTIO_META_ENABLE_HBONE) and plaintext to any other, whatever the rule
+// says;
 // and a sidecar sends HBONE to an ambient pod under DISABLE and
 // ISTIO_MUTUAL alike (istiod's applyHBONETransportSocketMatches puts the
 // hbone transport socket match first). The rows refused are those whose
@@ -99,8 +101,8 @@ func (v *validator) ambientRows(e *ExpectStep, sc *Scenario, index int, path str
 		case from.Ambient() && to.Ambient() && x.Result != ResultMTLS && dr.Mode != TLSIstioMutual:
 			v.errorf(at, xpath, "%s and %s are both ambient: their ztunnels always speak HBONE mutual TLS to each other and ignore the DestinationRule %s for %s (at %s), which istiod never sends to ztunnel; expect mtls",
 				x.From, x.To, dr.Mode, dr.Target(), dr.Source.Position)
-		case from.Ambient() && to.HasSidecar() && x.Result == ResultMTLS:
-			v.errorf(at, xpath, "%s is ambient: its ztunnel ignores the DestinationRule %s for %s (at %s) and sends plaintext to %s, whose sidecar does not accept HBONE (istiod gives sidecar pods tunnel protocol NONE); expect plaintext, or fail under STRICT",
+		case from.Ambient() && to.HasSidecar() && x.Result != ResultMTLS:
+			v.errorf(at, xpath, "%s is ambient: its ztunnel ignores the DestinationRule %s for %s (at %s) and sends HBONE mutual TLS to %s, whose sidecar the ambient profile makes HBONE-capable (ISTIO_META_ENABLE_HBONE); expect mtls",
 				x.From, dr.Mode, dr.Target(), dr.Source.Position, x.To)
 		case from.HasSidecar() && to.Ambient() && dr.Mode == TLSDisable && x.Result == ResultPlaintext:
 			v.errorf(at, xpath, "%s is ambient: %s's sidecar sends it HBONE mutual TLS even under the DestinationRule DISABLE for %s (at %s), since istiod puts the hbone transport socket match before the rule's plaintext one; expect mtls",

@@ -84,8 +84,8 @@ func TestAmbientValidation(t *testing.T) {
 			"scenarios[0].steps[1].expect[0].result", "both ambient: their ztunnels always speak HBONE mutual TLS to each other and ignore the DestinationRule DISABLE for b (at test.yaml:14:31)", "test.yaml:16:32"},
 		{"DR SIMPLE between ambient workloads", ambientHeader + twoAmbient + drStep("SIMPLE", "{from: a, to: b, result: fail}"),
 			"scenarios[0].steps[1].expect[0].result", "ignore the DestinationRule SIMPLE", "test.yaml:16:32"},
-		{"DR ISTIO_MUTUAL from ambient to a sidecar", ambientHeader + twoAmbient + "scenarios:\n- name: s\n  steps:\n  - mtls: {destinationRules: [{workload: s, mode: ISTIO_MUTUAL}]}\n  - expect:\n    - {from: a, to: s, result: mtls}\n",
-			"scenarios[0].steps[1].expect[0].result", "its ztunnel ignores the DestinationRule ISTIO_MUTUAL for s", "test.yaml:16:32"},
+		{"DR DISABLE from ambient to a sidecar", ambientHeader + twoAmbient + "scenarios:\n- name: s\n  steps:\n  - mtls: {destinationRules: [{workload: s, mode: DISABLE}]}\n  - expect:\n    - {from: a, to: s, result: plaintext}\n",
+			"scenarios[0].steps[1].expect[0].result", "its ztunnel ignores the DestinationRule DISABLE for s", "test.yaml:16:32"},
 		{"DR DISABLE from a sidecar to ambient", ambientHeader + twoAmbient + drStep("DISABLE", "{from: s, to: b, result: plaintext}"),
 			"scenarios[0].steps[1].expect[0].result", "s's sidecar sends it HBONE mutual TLS even under the DestinationRule DISABLE", "test.yaml:16:32"},
 		{"mesh-wide DR between ambient workloads", ambientHeader + twoAmbient + "scenarios:\n- name: s\n  steps:\n  - mtls: {destinationRules: [{scope: mesh, mode: DISABLE}]}\n  - expect:\n    - {from: a, to: b, result: plaintext}\n",
@@ -127,7 +127,7 @@ scenarios:
   - expect:
     - {from: a, to: b, result: mtls}
     - {from: s, to: b, result: mtls}
-    - {from: a, to: s, result: fail}
+    - {from: a, to: s, result: mtls}
     - {from: s, to: s2, result: fail, reason: upstream-503}
   - upgrade: {to: 1.30.3}
 `)
