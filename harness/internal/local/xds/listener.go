@@ -13,13 +13,13 @@ import (
 // checkListener is what Envoy checks of a listener beyond its proto
 // constraints before it adds it, where istiod can get it wrong: no two
 // filter chains may match the same connection. Envoy's filter chain
-// manager builds its match tree from every combination of each chain's
-// criteria and rejects the listener when a combination is there twice
-// ("error adding listener '<address>': multiple filter chains with the
-// same matching rules are defined", source/common/listener_manager/
-// filter_chain_manager_impl.cc; Istio's own xDS tests check its listeners
-// against it, pilot/pkg/simulation and pilot/test/xdstest
-// validateFilterChainMatch).
+// manager adds every combination of each chain's criteria to its match
+// tree and rejects the listener when a combination is there already
+// (envoyproxy/envoy source/common/listener_manager/
+// filter_chain_manager_impl.cc addFilterChainForSourcePorts: "error adding
+// listener '<address>': multiple filter chains with overlapping matching
+// rules are defined"). Istio's own xDS tests hold its listeners to the
+// same rule (pilot/test/xdstest validateFilterChainMatch).
 func checkListener(l *listenerv3.Listener) error {
 	if l.GetFilterChainMatcher() != nil {
 		return nil // the matcher API replaces filter_chain_match
@@ -28,7 +28,7 @@ func checkListener(l *listenerv3.Listener) error {
 	for i, fc := range l.GetFilterChains() {
 		for _, key := range matchCombinations(fc.GetFilterChainMatch()) {
 			if j, dup := seen[key]; dup {
-				return fmt.Errorf("error adding listener '%s': multiple filter chains with the same matching rules are defined (filter chains %d %q and %d %q)",
+				return fmt.Errorf("error adding listener '%s': multiple filter chains with overlapping matching rules are defined (filter chains %d %q and %d %q)",
 					listenerAddress(l), j, l.GetFilterChains()[j].GetName(), i, fc.GetName())
 			}
 			seen[key] = i

@@ -209,7 +209,7 @@ func TestSidecarFollowsEnvoysOrder(t *testing.T) {
 	srv.respond(t, ListenerType, "v2", "n5", dup)
 	nack := srv.next(t)
 	if nack.GetTypeUrl() != ListenerType || nack.GetVersionInfo() != "v1" || nack.GetResponseNonce() != "n5" ||
-		!strings.Contains(nack.GetErrorDetail().GetMessage(), "multiple filter chains with the same matching rules are defined") {
+		!strings.Contains(nack.GetErrorDetail().GetMessage(), "multiple filter chains with overlapping matching rules are defined") {
 		t.Fatalf("NACK: %v", nack)
 	}
 	if got := sc.NACKs(); len(got) != 1 || got[0].Push.Version != "v2" {
