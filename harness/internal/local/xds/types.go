@@ -13,9 +13,12 @@ import (
 
 	// The types Envoy's configuration nests in Any fields, registered so
 	// that they are decoded and validated as Envoy decodes and validates
-	// them when it instantiates the extension. A type Istio adds that is
-	// not Envoy's own (istio/proxy filters) is not among them: see
-	// Snapshot.Unknown.
+	// them when it instantiates the extension, with Istio's own
+	// extensions whose protos istio.io/api publishes (ALPN override,
+	// metadata exchange, stats). A type neither publishes is not among
+	// them: see Snapshot.Unknown.
+	_ "github.com/cncf/xds/go/udpa/type/v1"
+	_ "github.com/cncf/xds/go/xds/type/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
@@ -36,8 +39,9 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/tcp/v3"
-	_ "github.com/cncf/xds/go/xds/type/v3"
-	_ "github.com/cncf/xds/go/udpa/type/v1"
+	_ "istio.io/api/envoy/config/filter/http/alpn/v2alpha1"
+	_ "istio.io/api/envoy/config/filter/network/metadata_exchange"
+	_ "istio.io/api/envoy/extensions/stats"
 )
 
 // The type URLs of the resources an Envoy sidecar asks istiod for, in the

@@ -1,0 +1,250 @@
+// Package xdstest starts, for tests, a local cluster with the real istiod,
+// Istio's charts and meshproof's default fixtures, and connects xDS
+// clients to it as the fixtures' sidecars: the setup of the tests that
+// hold the xDS client and the Envoy evaluator to what istiod really
+// serves. Tests only.
+package xdstest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/deploy"
+	"github.com/meshproof/meshproof/harness/internal/local/endpointslices"
+	"github.com/meshproof/meshproof/harness/internal/local/xds"
+	"github.com/meshproof/meshproof/harness/istio"
+	"github.com/meshproof/meshproof/harness/localcluster"
+	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/policy"
+	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/meshproof/meshproof/harness/sidecar"
+	"github.com/meshproof/meshproof/harness/testenv"
+)
+
+// Mesh is a running local cluster with istiod and the fixtures.
+type Mesh struct {
+	Cluster   *localcluster.Cluster
+	Kube      kubernetes.Interface
+	Client    client.Client
+	Namespace string
+	// XDS is istiod's plaintext xDS address.
+	XDS string
+	// Pods are the fixtures' pods by workload name.
+	Pods map[string]*corev1.Pod
+	// Services are the fixtures' Services by workload name.
+	Services map[string]*corev1.Service
+	Suite    *scenario.Suite
+}
+
+// Start brings a mesh up for t and tears it down at its end: a local
+// cluster named name with istiod, Istio's default charts with a plugged
+// CA, the local cluster's EndpointSlices, and the suite's fixtures
+// (default: service-a, service-b, legacy) in namespace ns, rolled out.
+func Start(ctx context.Context, t *testing.T, name, ns string, workloads ...manifests.Workload) *Mesh {
+	t.Helper()
+	start := time.Now()
+	lc := localcluster.New(localcluster.WithName(name), localcluster.WithIstiod(), localcluster.WithLogger(slog.New(slog.NewTextHandler(testWriter{t}, nil))))
+	t.Cleanup(func() {
+		if err := lc.Destroy(context.Background()); err != nil {
+			t.Errorf("destroying the local cluster: %v", err)
+		}
+	})
+	if _, err := lc.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(lc.KubernetesRestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Until the local cluster writes them itself.
+	slices := endpointslices.New(kube, nil, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	if err := slices.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(slices.Stop)
+
+	suite, err := scenario.Load("xdstest.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true}}]
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &suite.Clusters[0]
+	c.Istio.Charts = filepath.Join(testenv.IstioCharts(t), c.Istio.Version)
+	env := lc.Env()
+	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), c, t.Logf, istio.WithPostRenderer(lc.Istiod().PostRenderer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.Istiod().WaitServing(ctx, "", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := xdsAddress(lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("local cluster and istiod (module %s, xDS %s) ready in %s", lc.Istiod().Module(), addr, time.Since(start).Round(100*time.Millisecond))
+
+	if len(workloads) == 0 {
+		workloads = manifests.StandardWorkloads(ns)
+	}
+	objs, err := manifests.Render(manifests.Options{RunID: "xdstest", Image: "meshproof.local/echo:test", Namespaces: []manifests.Namespace{{Name: ns}}, Workloads: workloads})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := deploy.Fixtures(ctx, env.Client, objs); err != nil {
+		t.Fatal(err)
+	}
+	var keys []client.ObjectKey
+	for _, w := range workloads {
+		keys = append(keys, client.ObjectKey{Namespace: w.Namespace, Name: w.Name})
+	}
+	if err := deploy.WaitRolledOut(ctx, env.Client, keys...); err != nil {
+		t.Fatal(err)
+	}
+	out := &Mesh{Cluster: lc, Kube: kube, Client: env.Client, Namespace: ns, XDS: addr, Pods: map[string]*corev1.Pod{}, Services: map[string]*corev1.Service{}, Suite: suite}
+	for _, w := range workloads {
+		pods, err := kube.CoreV1().Pods(w.Namespace).List(ctx, metav1.ListOptions{LabelSelector: manifests.AppLabel + "=" + w.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.DeletionTimestamp == nil && p.Status.PodIP != "" {
+				out.Pods[w.Name] = p
+			}
+		}
+		if out.Pods[w.Name] == nil {
+			t.Fatalf("no running pod of %s", w.Name)
+		}
+		if w.InMesh && sidecar.Proxy(out.Pods[w.Name]) == nil {
+			t.Fatalf("pod %s was not injected", out.Pods[w.Name].Name)
+		}
+		svc, err := kube.CoreV1().Services(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out.Services[w.Name] = svc
+	}
+	t.Logf("fixtures %v rolled out %s after the start", keysOf(out.Pods), time.Since(start).Round(100*time.Millisecond))
+	return out
+}
+
+func keysOf[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// xdsAddress is the --grpcAddr of the default revision's istiod process.
+func xdsAddress(lc *localcluster.Cluster) (string, error) {
+	pid := lc.Istiod().Pid("")
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return "", err
+	}
+	for _, a := range strings.Split(string(b), "\x00") {
+		if v, ok := strings.CutPrefix(a, "--grpcAddr="); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("istiod (pid %d) has no --grpcAddr", pid)
+}
+
+// Sidecar connects an xDS client as the named workload's sidecar and
+// waits until its configuration is warm.
+func (m *Mesh) Sidecar(ctx context.Context, t *testing.T, workload string) *xds.Sidecar {
+	t.Helper()
+	pod := m.Pods[workload]
+	env, err := xds.ProxyEnv(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := xds.SidecarNode(pod, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := xds.NewSidecar(m.XDS, node)
+	if err := sc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sc.Stop)
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := sc.Wait(wctx, (*xds.Snapshot).Warm); err != nil {
+		t.Fatalf("%v (stream %+v, NACKs %v)", err, sc.Status(), sc.NACKs())
+	}
+	return sc
+}
+
+// Apply replaces the policies of earlier Apply calls by step's, written as
+// a run writes them (harness/policy), and returns when the API server has
+// them.
+func (m *Mesh) Apply(ctx context.Context, t *testing.T, step *scenario.MTLSStep, index int) time.Time {
+	t.Helper()
+	s := &scenario.Suite{Fixtures: scenario.Fixtures{Namespace: m.Namespace}}
+	for _, w := range manifests.StandardWorkloads(m.Namespace) {
+		s.Fixtures.Workloads = append(s.Fixtures.Workloads, scenario.Workload{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.Name, Mesh: &w.InMesh})
+	}
+	ps := policy.Step{RunID: "xdstest", Scenario: "xdstest", Index: index}
+	ours := client.MatchingLabels(ownership.Labels(ps.RunID))
+	for _, ns := range []string{m.Namespace, scenario.IstioRootNamespace} {
+		if err := m.Client.DeleteAllOf(ctx, &securityv1.PeerAuthentication{}, client.InNamespace(ns), ours); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Client.DeleteAllOf(ctx, &networkingv1.DestinationRule{}, client.InNamespace(ns), ours); err != nil {
+			t.Fatal(err)
+		}
+	}
+	objs, err := policy.ForMTLS(s, step, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := m.Client.Create(ctx, o.Object); err != nil {
+			t.Fatalf("applying %s/%s: %v", o.Object.GetNamespace(), o.Object.GetName(), err)
+		}
+	}
+	return time.Now()
+}
+
+// Pod re-reads a fixture's pod.
+func (m *Mesh) Pod(ctx context.Context, t *testing.T, workload string) *corev1.Pod {
+	t.Helper()
+	p := m.Pods[workload]
+	var out corev1.Pod
+	if err := m.Client.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, &out); err != nil {
+		t.Fatal(err)
+	}
+	return &out
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
