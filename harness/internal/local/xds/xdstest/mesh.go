@@ -248,3 +248,44 @@ func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
 }
+
+// Settle waits until istiod has pushed what it will push after applied:
+// until some client has accepted a push received after applied (at most
+// firstPush; a change that concerns none of them brings none) and then no
+// client has received one for quiet (istiod debounces a change's events
+// for 100ms and pushes each proxy once, PILOT_DEBOUNCE_AFTER). It returns
+// the last push's arrival.
+func Settle(ctx context.Context, applied time.Time, clients ...*xds.Sidecar) (time.Time, error) {
+	const firstPush, quiet, limit = 3 * time.Second, 400 * time.Millisecond, 30 * time.Second
+	last := func() time.Time {
+		var t time.Time
+		for _, c := range clients {
+			if r := c.Snapshot().Push.Received; r.After(t) {
+				t = r
+			}
+			for _, n := range c.NACKs() {
+				if n.Push.Received.After(t) {
+					t = n.Push.Received
+				}
+			}
+		}
+		return t
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		now := time.Now()
+		l := last()
+		pushed := l.After(applied)
+		switch {
+		case pushed && now.Sub(l) >= quiet, !pushed && now.Sub(applied) >= firstPush:
+			return l, nil
+		case now.After(deadline):
+			return l, fmt.Errorf("istiod still pushing %s after the apply", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return l, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

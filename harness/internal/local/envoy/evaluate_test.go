@@ -1,0 +1,191 @@
+package envoy_test
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/internal/local/envoy"
+	"github.com/meshproof/meshproof/harness/internal/local/xds"
+)
+
+// testNetwork is a capture's pods and Services as an envoy.Network, with
+// workload certificates from a test CA standing in for istio-agent's SDS
+// (certificates are not part of what istiod serves over xDS).
+type testNetwork struct {
+	hosts    map[netip.Addr]*envoy.Host
+	byName   map[string]*envoy.Host
+	services map[netip.AddrPort]netip.AddrPort
+	vips     map[string]netip.Addr // by Service name
+}
+
+func (n *testNetwork) Host(ip netip.Addr) *envoy.Host { return n.hosts[ip] }
+
+func (n *testNetwork) KubeProxy(vip netip.AddrPort) (netip.AddrPort, bool) {
+	ep, ok := n.services[vip]
+	return ep, ok
+}
+
+func newNetwork(t *testing.T, c *capture, snaps map[string]*xds.Snapshot, bundle *ca.Bundle) *testNetwork {
+	t.Helper()
+	n := &testNetwork{hosts: map[netip.Addr]*envoy.Host{}, byName: map[string]*envoy.Host{}, services: map[netip.AddrPort]netip.AddrPort{}, vips: map[string]netip.Addr{}}
+	ips := map[string]netip.Addr{}
+	for _, h := range c.Hosts {
+		ip := netip.MustParseAddr(h.IP)
+		ips[h.Workload] = ip
+		ports := h.Ports
+		host := &envoy.Host{Name: h.Namespace + "/" + h.Pod, IP: ip, Listens: func(p uint16) (envoy.Protocol, bool) {
+			proto, ok := ports[p]
+			switch proto {
+			case "tcp":
+				return envoy.TCP, ok
+			case "grpc":
+				return envoy.GRPC, ok
+			}
+			return envoy.HTTP1, ok
+		}}
+		if h.Sidecar {
+			_, _, chain, err := bundle.IssueWorkloadCert(fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", h.Namespace, h.ServiceAccount), time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			host.Sidecar = &envoy.Proxy{Name: host.Name, Config: snaps[h.Workload], Identity: &envoy.Identity{Chain: chain, Roots: []*x509.Certificate{bundle.Root}}}
+			if host.Sidecar.Config == nil {
+				t.Fatalf("the capture has no snapshot of %s's sidecar", h.Workload)
+			}
+		}
+		n.hosts[ip], n.byName[h.Workload] = host, host
+	}
+	for _, s := range c.Services {
+		vip := netip.MustParseAddr(s.ClusterIP)
+		n.vips[s.Name] = vip
+		for _, p := range s.Ports {
+			n.services[netip.AddrPortFrom(vip, p.Port)] = netip.AddrPortFrom(ips[s.Name], p.TargetPort)
+		}
+	}
+	return n
+}
+
+// want is what a pair must come to: kind, whether the server received it
+// over mutual TLS, and for a local reply its status and a piece of its
+// body.
+type want struct {
+	kind   envoy.Kind
+	mtls   bool
+	status int
+	body   string
+}
+
+var (
+	mtls        = want{kind: envoy.Delivered, mtls: true}
+	plaintext   = want{kind: envoy.Delivered}
+	closed      = want{kind: envoy.Closed}
+	reply503    = want{kind: envoy.LocalReply, status: 503, body: "connection termination"}
+	reply503TLS = want{kind: envoy.LocalReply, status: 503, body: "TLS_error"}
+)
+
+type pair struct {
+	from, to string
+	port     uint16
+}
+
+// The evaluator on configurations the real istiod served, cell by cell:
+// what Istio's documentation and its own reachability tests say each
+// policy does to each pair (Istio's authentication policy task: a client
+// without sidecar is reset by STRICT; DestinationRule DISABLE towards
+// STRICT gets the client sidecar's 503; auto mTLS honours a workload or
+// port DISABLE; istiod infers a service's mode from namespace policies
+// only, so a workload STRICT under namespace DISABLE gets plaintext from
+// auto mTLS clients).
+func TestEvaluateCaptures(t *testing.T) {
+	bundle, err := ca.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]map[pair]want{
+		"default": {
+			{"service-a", "service-b", 80}: mtls, {"service-a", "service-b", 9000}: mtls, {"service-a", "service-b", 7070}: mtls,
+			{"legacy", "service-b", 80}: plaintext, {"legacy", "service-b", 9000}: plaintext, {"legacy", "service-b", 7070}: plaintext,
+			{"service-a", "legacy", 80}: plaintext, {"service-a", "legacy", 9000}: plaintext,
+		},
+		"namespace STRICT": {
+			{"service-a", "service-b", 80}: mtls, {"service-a", "service-b", 9000}: mtls, {"service-a", "service-b", 7070}: mtls,
+			{"legacy", "service-b", 80}: closed, {"legacy", "service-b", 9000}: closed, {"legacy", "service-b", 7070}: closed,
+			{"service-a", "legacy", 80}: plaintext,
+		},
+		"namespace STRICT, DR DISABLE": {
+			{"service-a", "service-b", 80}: reply503, {"service-a", "service-b", 9000}: closed,
+		},
+		"namespace STRICT, DR SIMPLE": {
+			{"service-a", "service-b", 80}: reply503TLS,
+		},
+		"namespace DISABLE": {
+			{"service-a", "service-b", 80}: plaintext, {"service-a", "service-b", 9000}: plaintext, {"legacy", "service-b", 80}: plaintext,
+		},
+		"namespace PERMISSIVE, workload DISABLE, port 19000 STRICT": {
+			{"service-a", "service-b", 80}: plaintext, {"service-a", "service-b", 9000}: mtls,
+			{"legacy", "service-b", 80}: plaintext, {"legacy", "service-b", 9000}: closed,
+		},
+		"mesh PERMISSIVE, namespace DISABLE, workload STRICT": {
+			{"service-a", "service-b", 80}: reply503, {"legacy", "service-b", 80}: closed,
+		},
+		"mesh DR ISTIO_MUTUAL": {
+			{"service-a", "service-b", 80}: mtls, {"service-a", "legacy", 80}: reply503TLS,
+		},
+	}
+	for _, cell := range captureCells {
+		t.Run(cell.name, func(t *testing.T) {
+			c, snaps := loadCapture(t, cell.name)
+			n := newNetwork(t, c, snaps, bundle)
+			for p, w := range cases[cell.name] {
+				proto := envoy.HTTP1
+				switch p.port {
+				case 9000:
+					proto = envoy.TCP
+				case 7070:
+					proto = envoy.GRPC
+				}
+				req := envoy.Request{Client: n.byName[p.from], Destination: netip.AddrPortFrom(n.vips[p.to], p.port), Protocol: proto,
+					Authority: fmt.Sprintf("%s:%d", p.to, p.port), Path: "/"}
+				out, err := envoy.Evaluate(n, req)
+				if err != nil {
+					t.Errorf("%s -> %s:%d: %v\ntrace: %s", p.from, p.to, p.port, err, out.Trace)
+					continue
+				}
+				got := fmt.Sprintf("%s mtls=%v", out.Kind, out.MTLS != nil)
+				if out.Kind != w.kind || (out.MTLS != nil) != w.mtls || (w.status != 0 && out.Status != w.status) || !strings.Contains(out.Body, w.body) {
+					t.Errorf("%s -> %s:%d: %s %d %q (%s), want %s mtls=%v %d %q\ntrace: %s", p.from, p.to, p.port, got, out.Status, out.Body, out.Why, w.kind, w.mtls, w.status, w.body, out.Trace)
+					continue
+				}
+				t.Logf("%s -> %s:%d: %s (%s); decided by %s", p.from, p.to, p.port, got, out.Why, out.Trace.DecidedBy())
+				checkDetails(t, p, proto, out)
+			}
+		})
+	}
+}
+
+// checkDetails holds a delivered mTLS request to what the probe reads: the
+// XFCC element the server's sidecar added (HTTP, gRPC), or the TCP count
+// its istio.stats filter made.
+func checkDetails(t *testing.T, p pair, proto envoy.Protocol, out envoy.Outcome) {
+	t.Helper()
+	if out.Kind != envoy.Delivered {
+		return
+	}
+	clientID := "spiffe://cluster.local/ns/" + captureNamespace + "/sa/" + p.from
+	serverID := "spiffe://cluster.local/ns/" + captureNamespace + "/sa/" + p.to
+	switch {
+	case proto == envoy.TCP && out.TCPCount == nil && out.MTLS != nil:
+		t.Errorf("%s -> %s:%d: an mTLS TCP connection counted by no istio.stats filter", p.from, p.to, p.port)
+	case proto == envoy.TCP && out.MTLS != nil && (out.TCPCount.Policy != envoy.PolicyMutualTLS || out.TCPCount.SourcePrincipal != clientID):
+		t.Errorf("%s -> %s:%d: counted %+v", p.from, p.to, p.port, out.TCPCount)
+	case proto != envoy.TCP && out.MTLS != nil && (!strings.Contains(out.XFCC, "By="+serverID) || !strings.Contains(out.XFCC, "URI="+clientID)):
+		t.Errorf("%s -> %s:%d: XFCC %q, want By=%s and URI=%s", p.from, p.to, p.port, out.XFCC, serverID, clientID)
+	case proto != envoy.TCP && out.MTLS == nil && out.XFCC != "":
+		t.Errorf("%s -> %s:%d: plaintext with XFCC %q", p.from, p.to, p.port, out.XFCC)
+	}
+}
