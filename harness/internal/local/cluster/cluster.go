@@ -74,6 +74,8 @@ type Cluster struct {
 	istiod *Istiod
 	// proxyless supervises proxyless gRPC pods (nil without WithIstiod).
 	proxyless *Proxyless
+	// slices writes the EndpointSlices (nil without WithIstiod).
+	slices *sliceWriter
 
 	mu sync.Mutex
 	// images are the tags of the image archives loaded (LoadImageArchive).
@@ -164,12 +166,14 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 	c.logger.Info("starting kube-controller-manager, kube-scheduler and kwok", "cluster", c.name)
 	controllers := "*"
 	if c.withIstiod {
-		// No EndpointSlices or Endpoints: a proxyless pod's endpoint is the
-		// WorkloadEntry at its loopback address (see Proxyless), and its
-		// kwok pod IP, which the EndpointSlice controller would publish,
-		// reaches nothing, yet istiod would hand it to grpc-go as a second
-		// endpoint. Nothing else reads them here: the simulated data plane
-		// reads pods, and istiod's webhooks are called by URL.
+		// No EndpointSlice, EndpointSlice mirroring or Endpoints
+		// controller: a proxyless pod's endpoint is the WorkloadEntry at its
+		// loopback address (see Proxyless), and its kwok pod IP, which the
+		// EndpointSlice controller would publish, reaches nothing, yet
+		// istiod would hand it to grpc-go as a second endpoint. The local
+		// cluster writes the EndpointSlices itself, without the proxyless
+		// pods (endpointslices.go), so that istiod's EDS gives sidecars
+		// their endpoints; nothing reads Endpoints.
 		controllers = "*,-endpointslice-controller,-endpointslice-mirroring-controller,-endpoints-controller"
 	}
 	if err := c.startPart("kube-controller-manager", bins.controllerManager, append(clientFlags,
@@ -218,6 +222,9 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 			return "", err
 		}
 		if err := c.startProxyless(ctx, bins.pilotAgent); err != nil {
+			return "", err
+		}
+		if err := c.startSlices(ctx); err != nil {
 			return "", err
 		}
 	}
@@ -380,6 +387,10 @@ func nodeReady(n *corev1.Node) bool {
 // SIGKILL after a bound, and removes the cluster's directory.
 func (c *Cluster) Destroy(context.Context) error {
 	var errs []error
+	if c.slices != nil {
+		c.slices.stop()
+		c.slices = nil
+	}
 	if c.proxyless != nil {
 		errs = append(errs, c.proxyless.stop())
 		c.proxyless = nil
@@ -427,6 +438,21 @@ func (c *Cluster) startIstiod(ctx context.Context, binary string) error {
 // Proxyless is the proxyless gRPC pods' supervisor (nil without WithIstiod
 // or before Create).
 func (c *Cluster) Proxyless() *Proxyless { return c.proxyless }
+
+// startSlices starts writing the EndpointSlices of every Service, without
+// the proxyless pods.
+func (c *Cluster) startSlices(ctx context.Context) error {
+	kube, err := kubernetes.NewForConfig(c.env.Config)
+	if err != nil {
+		return err
+	}
+	w := newSliceWriter(kube, proxylessTemplate, c.logger.With("cluster", c.name))
+	if err := w.start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("local cluster %s: starting the EndpointSlice writer: %w", c.name, err)
+	}
+	c.slices = w
+	return nil
+}
 
 // startProxyless starts the proxyless pods' supervisor.
 func (c *Cluster) startProxyless(ctx context.Context, agentBinary string) error {

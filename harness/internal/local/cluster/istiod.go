@@ -555,6 +555,19 @@ func (s *Istiod) CAAddress(revision string) (string, error) {
 	return loopback(r.ports.secureGRPC), nil
 }
 
+// XDSAddress is the address (127.0.0.1:port) of the plaintext xDS API
+// (istiod's --grpcAddr) of revision's istiod ("" is the default revision):
+// where the rehearsal's Envoy stand-ins ask for their configuration,
+// without the workload certificate the secure port wants. It fails when no
+// istiod runs for the revision.
+func (s *Istiod) XDSAddress(revision string) (string, error) {
+	r, _, err := s.running(revision)
+	if err != nil {
+		return "", err
+	}
+	return loopback(r.ports.grpc), nil
+}
+
 // Pid is the process id of revision's istiod, 0 when none runs.
 func (s *Istiod) Pid(revision string) int {
 	_, p, err := s.running(revision)

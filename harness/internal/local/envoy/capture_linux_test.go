@@ -13,7 +13,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/local/xds"
 	"github.com/meshproof/meshproof/harness/internal/local/xds/xdstest"
-	injection "github.com/meshproof/meshproof/harness/sidecar"
+	injection "github.com/meshproof/meshproof/harness/internal/sidecar"
 )
 
 var update = flag.Bool("update", false, "capture testdata/*.json from the real istiod of a local cluster")

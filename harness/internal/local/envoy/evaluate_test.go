@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshproof/meshproof/harness/ca"
+	"github.com/meshproof/meshproof/harness/internal/ca"
 	"github.com/meshproof/meshproof/harness/internal/local/envoy"
 	"github.com/meshproof/meshproof/harness/internal/local/xds"
 )

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 
-	injection "github.com/meshproof/meshproof/harness/sidecar"
+	injection "github.com/meshproof/meshproof/harness/internal/sidecar"
 )
 
 // The node an Envoy sidecar presents to istiod is the one pilot-agent

@@ -8,10 +8,7 @@ package xdstest
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,22 +21,21 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/deploy"
-	"github.com/meshproof/meshproof/harness/internal/local/endpointslices"
+	"github.com/meshproof/meshproof/harness/internal/deploy"
+	"github.com/meshproof/meshproof/harness/internal/istio"
+	"github.com/meshproof/meshproof/harness/internal/local/cluster"
 	"github.com/meshproof/meshproof/harness/internal/local/xds"
-	"github.com/meshproof/meshproof/harness/istio"
-	"github.com/meshproof/meshproof/harness/localcluster"
-	"github.com/meshproof/meshproof/harness/mesh"
+	"github.com/meshproof/meshproof/harness/internal/mesh"
+	"github.com/meshproof/meshproof/harness/internal/policy"
+	"github.com/meshproof/meshproof/harness/internal/sidecar"
+	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/ownership"
-	"github.com/meshproof/meshproof/harness/policy"
 	"github.com/meshproof/meshproof/harness/scenario"
-	"github.com/meshproof/meshproof/harness/sidecar"
-	"github.com/meshproof/meshproof/harness/testenv"
 )
 
 // Mesh is a running local cluster with istiod and the fixtures.
 type Mesh struct {
-	Cluster   *localcluster.Cluster
+	Cluster   *cluster.Cluster
 	Kube      kubernetes.Interface
 	Client    client.Client
 	Namespace string
@@ -54,12 +50,12 @@ type Mesh struct {
 
 // Start brings a mesh up for t and tears it down at its end: a local
 // cluster named name with istiod, Istio's default charts with a plugged
-// CA, the local cluster's EndpointSlices, and the suite's fixtures
+// CA, and the suite's fixtures
 // (default: service-a, service-b, legacy) in namespace ns, rolled out.
 func Start(ctx context.Context, t *testing.T, name, ns string, workloads ...manifests.Workload) *Mesh {
 	t.Helper()
 	start := time.Now()
-	lc := localcluster.New(localcluster.WithName(name), localcluster.WithIstiod(), localcluster.WithLogger(slog.New(slog.NewTextHandler(testWriter{t}, nil))))
+	lc := cluster.New(cluster.WithName(name), cluster.WithIstiod(), cluster.WithLogger(testsupport.Logger(t)))
 	t.Cleanup(func() {
 		if err := lc.Destroy(context.Background()); err != nil {
 			t.Errorf("destroying the local cluster: %v", err)
@@ -72,13 +68,6 @@ func Start(ctx context.Context, t *testing.T, name, ns string, workloads ...mani
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Until the local cluster writes them itself.
-	slices := endpointslices.New(kube, nil, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
-	if err := slices.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(slices.Stop)
-
 	suite, err := scenario.Load("xdstest.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
 clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true}}]
@@ -88,9 +77,9 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		t.Fatal(err)
 	}
 	c := &suite.Clusters[0]
-	c.Istio.Charts = filepath.Join(testenv.IstioCharts(t), c.Istio.Version)
+	c.Istio.Charts = filepath.Join(testsupport.IstioCharts(t), c.Istio.Version)
 	env := lc.Env()
-	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), c, t.Logf, istio.WithPostRenderer(lc.Istiod().PostRenderer()))
+	m, err := mesh.Install(ctx, env.Client, lc.KubernetesRestConfig(), c, testsupport.Logger(t), istio.WithPostRenderer(lc.Istiod().PostRenderer()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +89,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err := m.Ready(ctx); err != nil {
 		t.Fatal(err)
 	}
-	addr, err := xdsAddress(lc)
+	addr, err := lc.Istiod().XDSAddress("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,21 +146,6 @@ func keysOf[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
-}
-
-// xdsAddress is the --grpcAddr of the default revision's istiod process.
-func xdsAddress(lc *localcluster.Cluster) (string, error) {
-	pid := lc.Istiod().Pid("")
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return "", err
-	}
-	for _, a := range strings.Split(string(b), "\x00") {
-		if v, ok := strings.CutPrefix(a, "--grpcAddr="); ok {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("istiod (pid %d) has no --grpcAddr", pid)
 }
 
 // Sidecar connects an xDS client as the named workload's sidecar and
@@ -240,13 +214,6 @@ func (m *Mesh) Pod(ctx context.Context, t *testing.T, workload string) *corev1.P
 		t.Fatal(err)
 	}
 	return &out
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 // Settle waits until istiod has pushed what it will push after applied:

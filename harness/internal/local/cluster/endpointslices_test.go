@@ -1,4 +1,4 @@
-package endpointslices
+package cluster
 
 import (
 	"testing"
@@ -11,7 +11,7 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-func pod(name, ip string, ready bool, mutate ...func(*corev1.Pod)) *corev1.Pod {
+func slicePod(name, ip string, ready bool, mutate ...func(*corev1.Pod)) *corev1.Pod {
 	status := corev1.ConditionFalse
 	if ready {
 		status = corev1.ConditionTrue
@@ -31,7 +31,7 @@ func pod(name, ip string, ready bool, mutate ...func(*corev1.Pod)) *corev1.Pod {
 // The slices list what the EndpointSlice controller would: selected pods
 // with an IP that have not ended, with their conditions, ports resolved per
 // pod; the pods skip names are left out.
-func TestDesired(t *testing.T) {
+func TestDesiredSlices(t *testing.T) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "b", Namespace: "ns", UID: "svc-uid"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "b"}, Ports: []corev1.ServicePort{
@@ -41,21 +41,21 @@ func TestDesired(t *testing.T) {
 	}
 	now := metav1.NewTime(time.Now())
 	pods := []*corev1.Pod{
-		pod("ready", "10.244.0.5", true),
-		pod("starting", "10.244.0.6", false),
-		pod("terminating", "10.244.0.7", true, func(p *corev1.Pod) { p.DeletionTimestamp = &now }),
-		pod("no-ip", "", true),
-		pod("done", "10.244.0.8", false, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
-		pod("proxyless", "10.244.0.9", true),
-		pod("other", "10.244.0.10", true, func(p *corev1.Pod) { p.Labels = map[string]string{"app": "c"} }),
-		pod("no-named-port", "10.244.0.11", true, func(p *corev1.Pod) { p.Spec.Containers[0].Ports = nil }),
+		slicePod("ready", "10.244.0.5", true),
+		slicePod("starting", "10.244.0.6", false),
+		slicePod("terminating", "10.244.0.7", true, func(p *corev1.Pod) { p.DeletionTimestamp = &now }),
+		slicePod("no-ip", "", true),
+		slicePod("done", "10.244.0.8", false, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
+		slicePod("proxyless", "10.244.0.9", true),
+		slicePod("other", "10.244.0.10", true, func(p *corev1.Pod) { p.Labels = map[string]string{"app": "c"} }),
+		slicePod("no-named-port", "10.244.0.11", true, func(p *corev1.Pod) { p.Spec.Containers[0].Ports = nil }),
 	}
-	got := Desired(svc, pods, func(p *corev1.Pod) bool { return p.Name == "proxyless" })
+	got := desiredSlices(svc, pods, func(p *corev1.Pod) bool { return p.Name == "proxyless" })
 	if len(got) != 1 {
 		t.Fatalf("%d slices, want 1", len(got))
 	}
 	s := got[0]
-	if s.Name != "b-local" || s.Labels[discoveryv1.LabelServiceName] != "b" || s.Labels[discoveryv1.LabelManagedBy] != ManagedBy ||
+	if s.Name != "b-local" || s.Labels[discoveryv1.LabelServiceName] != "b" || s.Labels[discoveryv1.LabelManagedBy] != SlicesManagedBy ||
 		s.OwnerReferences[0].UID != "svc-uid" || s.AddressType != discoveryv1.AddressTypeIPv4 {
 		t.Errorf("slice meta %+v", s.ObjectMeta)
 	}
@@ -83,7 +83,7 @@ func TestDesired(t *testing.T) {
 			t.Errorf("%s: targetRef %+v, node %v", ep.Addresses[0], ep.TargetRef, ep.NodeName)
 		}
 	}
-	if got := Desired(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "ns"}}, pods, nil); got != nil {
+	if got := desiredSlices(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "ns"}}, pods, nil); got != nil {
 		t.Errorf("a Service without selector got slices %v", got)
 	}
 }

@@ -1,19 +1,4 @@
-// Package endpointslices writes a local cluster's EndpointSlices the way
-// Kubernetes' EndpointSlice controller would (k8s.io/kubernetes
-// pkg/controller/endpointslice, with k8s.io/endpointslice's reconciler),
-// for every Service with a selector and the pods it selects, except the
-// pods the caller leaves out.
-//
-// A rehearsal's local cluster cannot run the real controller: a proxyless
-// gRPC pod is reached at its WorkloadEntry's loopback address, and the
-// controller would publish its kwok pod IP too, which istiod would hand to
-// grpc-go as a second endpoint that reaches nothing. Without any
-// EndpointSlices, though, istiod's EDS is empty for every Service, and an
-// Envoy sidecar's auto mTLS decides per endpoint (the endpoint's tlsMode
-// metadata, which istiod takes from the pod's labels). So the local
-// cluster writes the slices itself, leaving out the pods WorkloadEntries
-// stand for.
-package endpointslices
+package cluster
 
 import (
 	"context"
@@ -24,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -39,14 +23,30 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// ManagedBy is the endpointslice.kubernetes.io/managed-by value of the
+// The local cluster writes its EndpointSlices the way Kubernetes'
+// EndpointSlice controller would (k8s.io/kubernetes
+// pkg/controller/endpointslice, with k8s.io/endpointslice's reconciler),
+// for every Service with a selector and the pods it selects, except the
+// proxyless pods.
+//
+// It cannot run the real controller: a proxyless gRPC pod is reached at
+// its WorkloadEntry's loopback address (Proxyless), and the controller
+// would publish its kwok pod IP too, which istiod would hand to grpc-go as
+// a second endpoint that reaches nothing. Without any EndpointSlices,
+// though, istiod's EDS is empty for every Service, and an Envoy sidecar's
+// auto mTLS decides per endpoint (the endpoint's tlsMode metadata, which
+// istiod takes from the pod's labels, and strips where the pod's
+// PeerAuthentication disables mTLS). So the local cluster writes the
+// slices itself, leaving out the pods WorkloadEntries stand for.
+
+// SlicesManagedBy is the endpointslice.kubernetes.io/managed-by value of the
 // slices written here: not the real controller's
 // (endpointslice-controller.k8s.io), so nobody mistakes them for its.
-const ManagedBy = "local-cluster.meshproof.dev"
+const SlicesManagedBy = "local-cluster.meshproof.dev"
 
-// Writer keeps the EndpointSlices of every Service in step with the pods
-// it selects. Start runs it, Stop ends it.
-type Writer struct {
+// sliceWriter keeps the EndpointSlices of every Service in step with the pods
+// it selects. start runs it, stop ends it.
+type sliceWriter struct {
 	kube   kubernetes.Interface
 	skip   func(*corev1.Pod) bool
 	logger *slog.Logger
@@ -54,30 +54,26 @@ type Writer struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	wake   chan struct{}
-
-	mu sync.Mutex
-	// writes counts the slices created, updated and deleted.
-	writes int
 }
 
-// New returns a Writer for the cluster kube reaches. skip names the pods
-// no slice lists (nil: none).
-func New(kube kubernetes.Interface, skip func(*corev1.Pod) bool, logger *slog.Logger) *Writer {
+// newSliceWriter returns a writer for the cluster kube reaches. skip names
+// the pods no slice lists (nil: none).
+func newSliceWriter(kube kubernetes.Interface, skip func(*corev1.Pod) bool, logger *slog.Logger) *sliceWriter {
 	if skip == nil {
 		skip = func(*corev1.Pod) bool { return false }
 	}
-	return &Writer{kube: kube, skip: skip, logger: logger}
+	return &sliceWriter{kube: kube, skip: skip, logger: logger}
 }
 
-// Start watches Services, Pods and the slices written here, and writes
+// start watches Services, Pods and the slices written here, and writes
 // slices until Stop or ctx ends.
-func (w *Writer) Start(ctx context.Context) error {
+func (w *sliceWriter) start(ctx context.Context) error {
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.done, w.wake = make(chan struct{}), make(chan struct{}, 1)
 	factory := informers.NewSharedInformerFactory(w.kube, 0)
 	svcs, pods := factory.Core().V1().Services(), factory.Core().V1().Pods()
 	ours := informers.NewSharedInformerFactoryWithOptions(w.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.LabelSelector = discoveryv1.LabelManagedBy + "=" + ManagedBy
+		o.LabelSelector = discoveryv1.LabelManagedBy + "=" + SlicesManagedBy
 	}))
 	sl := ours.Discovery().V1().EndpointSlices()
 	poke := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { w.poke() }, UpdateFunc: func(any, any) { w.poke() }, DeleteFunc: func(any) { w.poke() }}
@@ -108,32 +104,25 @@ func (w *Writer) Start(ctx context.Context) error {
 	return nil
 }
 
-func (w *Writer) poke() {
+func (w *sliceWriter) poke() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
 	}
 }
 
-// Stop ends the watch and waits for a running reconcile to return.
-func (w *Writer) Stop() {
+// stop ends the watch and waits for a running reconcile to return.
+func (w *sliceWriter) stop() {
 	if w.cancel != nil {
 		w.cancel()
 		<-w.done
 	}
 }
 
-// Writes counts the slices created, updated and deleted so far.
-func (w *Writer) Writes() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.writes
-}
-
-type lister[T any] func(labels.Selector) ([]T, error)
+type listFunc[T any] func(labels.Selector) ([]T, error)
 
 // reconcile makes the slices match every Service's pods.
-func (w *Writer) reconcile(ctx context.Context, services lister[*corev1.Service], pods lister[*corev1.Pod], existing lister[*discoveryv1.EndpointSlice]) {
+func (w *sliceWriter) reconcile(ctx context.Context, services listFunc[*corev1.Service], pods listFunc[*corev1.Pod], existing listFunc[*discoveryv1.EndpointSlice]) {
 	svcs, err := services(labels.Everything())
 	if err != nil {
 		w.logger.Error("endpoint slices: listing Services", "error", err)
@@ -151,7 +140,7 @@ func (w *Writer) reconcile(ctx context.Context, services lister[*corev1.Service]
 	}
 	want := map[string]*discoveryv1.EndpointSlice{} // by namespace/name
 	for _, svc := range svcs {
-		for _, s := range Desired(svc, allPods, w.skip) {
+		for _, s := range desiredSlices(svc, allPods, w.skip) {
 			want[s.Namespace+"/"+s.Name] = s
 		}
 	}
@@ -186,12 +175,9 @@ func (w *Writer) reconcile(ctx context.Context, services lister[*corev1.Service]
 	}
 }
 
-func (w *Writer) wrote(slice string, err error) {
+func (w *sliceWriter) wrote(slice string, err error) {
 	switch {
 	case err == nil:
-		w.mu.Lock()
-		w.writes++
-		w.mu.Unlock()
 	case apierrors.IsNotFound(err), apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
 		// A namespace going away, or an informer behind: the next event
 		// brings another look.
@@ -207,7 +193,7 @@ func sameSlice(a, b *discoveryv1.EndpointSlice) bool {
 		equality.Semantic.DeepEqual(a.Endpoints, b.Endpoints) && equality.Semantic.DeepEqual(a.Ports, b.Ports)
 }
 
-// Desired are the slices of svc as the EndpointSlice controller would
+// desiredSlices are the slices of svc as the EndpointSlice controller would
 // write them: none for a Service without selector; else one slice per
 // distinct mapping of the Service's ports to the pods' ports (a named
 // targetPort may resolve differently per pod), listing every selected pod
@@ -215,7 +201,7 @@ func sameSlice(a, b *discoveryv1.EndpointSlice) bool {
 // terminating pods included), with its conditions ready (Ready and not
 // terminating, or the Service publishes not-ready addresses), serving
 // (Ready) and terminating, its node and a targetRef to it.
-func Desired(svc *corev1.Service, pods []*corev1.Pod, skip func(*corev1.Pod) bool) []*discoveryv1.EndpointSlice {
+func desiredSlices(svc *corev1.Service, pods []*corev1.Pod, skip func(*corev1.Pod) bool) []*discoveryv1.EndpointSlice {
 	if len(svc.Spec.Selector) == 0 || svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
@@ -238,7 +224,7 @@ func Desired(svc *corev1.Service, pods []*corev1.Pod, skip func(*corev1.Pod) boo
 					Namespace: svc.Namespace,
 					Labels: map[string]string{
 						discoveryv1.LabelServiceName: svc.Name,
-						discoveryv1.LabelManagedBy:   ManagedBy,
+						discoveryv1.LabelManagedBy:   SlicesManagedBy,
 					},
 					OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID,
 						Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}},
@@ -306,10 +292,10 @@ func findPort(pod *corev1.Pod, sp corev1.ServicePort) (int32, bool) {
 		if name == "" {
 			return sp.Port, true
 		}
-		want := cmpOr(sp.Protocol, corev1.ProtocolTCP)
+		want := protocolOr(sp.Protocol, corev1.ProtocolTCP)
 		for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
 			for _, p := range c.Ports {
-				if p.Name == name && cmpOr(p.Protocol, corev1.ProtocolTCP) == want {
+				if p.Name == name && protocolOr(p.Protocol, corev1.ProtocolTCP) == want {
 					return p.ContainerPort, true
 				}
 			}
@@ -340,7 +326,7 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-func cmpOr(p, def corev1.Protocol) corev1.Protocol {
+func protocolOr(p, def corev1.Protocol) corev1.Protocol {
 	if p == "" {
 		return def
 	}
