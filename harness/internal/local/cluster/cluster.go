@@ -76,6 +76,9 @@ type Cluster struct {
 	proxyless *Proxyless
 	// slices writes the EndpointSlices (nil without WithIstiod).
 	slices *sliceWriter
+	// sidecars runs the Envoy sidecars' xDS clients (nil without
+	// WithIstiod).
+	sidecars *Sidecars
 
 	mu sync.Mutex
 	// images are the tags of the image archives loaded (LoadImageArchive).
@@ -103,11 +106,14 @@ func WithBuildLog(w io.Writer) Option { return func(c *Cluster) { c.buildLog = w
 func WithStartTimeout(d time.Duration) Option { return func(c *Cluster) { c.startTimeout = d } }
 
 // WithIstiod also runs the real istiod (pilot-discovery) for every istiod
-// Deployment installed in istio-system, and the real pilot-agent and echo of
-// every pod istiod injects with the grpc-agent template (proxyless gRPC):
-// Create builds them on first use and starts their supervisors (see Istiod
-// and Proxyless), Destroy stops them before any other part, the proxyless
-// pods first. Install Istio's charts with Istiod().PostRenderer().
+// Deployment installed in istio-system, the real pilot-agent and echo of
+// every pod istiod injects with the grpc-agent template (proxyless gRPC),
+// an xDS client in place of the Envoy of every pod injected with a sidecar,
+// and the EndpointSlices of every Service: Create builds them on first use
+// and starts their supervisors (see Istiod, Proxyless, Sidecars and
+// endpointslices.go), Destroy stops them before any other part, the
+// sidecars' clients and proxyless pods first. Install Istio's charts with
+// Istiod().PostRenderer().
 func WithIstiod() Option { return func(c *Cluster) { c.withIstiod = true } }
 
 // WithEchoBinary is the echo binary proxyless pods run when no image archive
@@ -225,6 +231,9 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 			return "", err
 		}
 		if err := c.startSlices(ctx); err != nil {
+			return "", err
+		}
+		if err := c.startSidecars(ctx); err != nil {
 			return "", err
 		}
 	}
@@ -387,6 +396,10 @@ func nodeReady(n *corev1.Node) bool {
 // SIGKILL after a bound, and removes the cluster's directory.
 func (c *Cluster) Destroy(context.Context) error {
 	var errs []error
+	if c.sidecars != nil {
+		c.sidecars.stop()
+		c.sidecars = nil
+	}
 	if c.slices != nil {
 		c.slices.stop()
 		c.slices = nil
@@ -451,6 +464,24 @@ func (c *Cluster) startSlices(ctx context.Context) error {
 		return fmt.Errorf("local cluster %s: starting the EndpointSlice writer: %w", c.name, err)
 	}
 	c.slices = w
+	return nil
+}
+
+// Sidecars runs the xDS clients that stand in for the Envoy sidecars (nil
+// without WithIstiod or before Create).
+func (c *Cluster) Sidecars() *Sidecars { return c.sidecars }
+
+// startSidecars starts the Envoy sidecars' xDS clients' supervisor.
+func (c *Cluster) startSidecars(ctx context.Context) error {
+	kube, err := kubernetes.NewForConfig(c.env.Config)
+	if err != nil {
+		return err
+	}
+	s := newSidecars(c.istiod, kube, c.logger.With("cluster", c.name))
+	if err := s.run(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("local cluster %s: starting the sidecars' xDS clients: %w", c.name, err)
+	}
+	c.sidecars = s
 	return nil
 }
 

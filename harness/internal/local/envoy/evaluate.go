@@ -60,9 +60,9 @@ type Host struct {
 	Name    string
 	IP      netip.Addr
 	Sidecar *Proxy
-	// Listens reports whether the application listens on a port, and
-	// what it speaks there.
-	Listens func(port uint16) (Protocol, bool)
+	// Listens are the protocols the application answers on a port, none
+	// when nothing listens there.
+	Listens func(port uint16) []Protocol
 }
 
 // Network is what the evaluator asks of the cluster: who is at an
@@ -586,19 +586,19 @@ func (e *evaluation) upstream(ep netip.AddrPort, client *Proxy, tlsCtx *tlsConte
 // application is the server's application receiving the connection
 // directly (no sidecar, or the server sidecar's inbound cluster).
 func (e *evaluation) application(h *Host, port uint16, tlsCtx *tlsContext, mtls *Session, xfcc string) (upstreamResult, error) {
-	proto, ok := h.Listens(port)
-	if !ok {
+	protos := h.Listens(port)
+	if len(protos) == 0 {
 		e.step("server "+h.Name, "application", fmt.Sprint(port), "nothing listens: connection refused")
 		return upstreamResult{refused: true, why: fmt.Sprintf("nothing listens on %s port %d", h.Name, port)}, nil
 	}
 	if tlsCtx != nil {
 		// The application speaks plaintext: the client's ClientHello gets
 		// an HTTP error or nothing back, not a ServerHello.
-		e.step("server "+h.Name, "application", fmt.Sprint(port), "speaks "+string(proto)+" in plaintext: the client's TLS handshake fails")
+		e.step("server "+h.Name, "application", fmt.Sprint(port), fmt.Sprintf("speaks %v in plaintext: the client's TLS handshake fails", protos))
 		return upstreamResult{tlsFailure: "WRONG_VERSION_NUMBER (the peer does not speak TLS)", why: "TLS to a plaintext application"}, nil
 	}
-	if proto != e.req.Protocol && !(proto.http() && e.req.Protocol.http()) {
-		return upstreamResult{}, undecidable("%s sent to %s port %d, which speaks %s", e.req.Protocol, h.Name, port, proto)
+	if !slices.Contains(protos, e.req.Protocol) {
+		return upstreamResult{}, undecidable("%s sent to %s port %d, where the application speaks %v", e.req.Protocol, h.Name, port, protos)
 	}
 	e.step("server "+h.Name, "application", fmt.Sprint(port), "receives the request")
 	return upstreamResult{server: h, serverPort: port, mtls: mtls, xfcc: xfcc}, nil

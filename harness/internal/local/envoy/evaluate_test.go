@@ -38,15 +38,16 @@ func newNetwork(t *testing.T, c *capture, snaps map[string]*xds.Snapshot, bundle
 		ip := netip.MustParseAddr(h.IP)
 		ips[h.Workload] = ip
 		ports := h.Ports
-		host := &envoy.Host{Name: h.Namespace + "/" + h.Pod, IP: ip, Listens: func(p uint16) (envoy.Protocol, bool) {
-			proto, ok := ports[p]
-			switch proto {
-			case "tcp":
-				return envoy.TCP, ok
-			case "grpc":
-				return envoy.GRPC, ok
+		host := &envoy.Host{Name: h.Namespace + "/" + h.Pod, IP: ip, Listens: func(p uint16) []envoy.Protocol {
+			// The echo serves HTTP and its TCP echo on every port but the
+			// gRPC ones (it sorts connections by their first bytes).
+			switch proto, ok := ports[p]; {
+			case !ok:
+				return nil
+			case proto == "grpc":
+				return []envoy.Protocol{envoy.GRPC}
 			}
-			return envoy.HTTP1, ok
+			return []envoy.Protocol{envoy.HTTP1, envoy.TCP}
 		}}
 		if h.Sidecar {
 			_, _, chain, err := bundle.IssueWorkloadCert(fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", h.Namespace, h.ServiceAccount), time.Hour)

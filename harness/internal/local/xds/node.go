@@ -2,7 +2,6 @@ package xds
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -62,8 +61,7 @@ var defaultProxyConfig = map[string]any{
 // sidecar~<podIP>~<pod>.<namespace>~<namespace>.svc.cluster.local (Proxy.
 // ServiceNode in pkg/istio-agent/agent.go, with initProxy's ID and DNS
 // domain) and the metadata GetNodeMetaData builds from env, the
-// istio-proxy container's environment as the kubelet resolves it (see
-// ProxyEnv):
+// istio-proxy container's environment as the kubelet resolves it:
 //   - every ISTIO_META_<KEY>=value as KEY, from PROXY_CONFIG's
 //     proxyMetadata first, then from the environment;
 //   - every ISTIO_METAJSON_* value's JSON object merged in;
@@ -203,64 +201,4 @@ func serviceCluster(labels map[string]string, ns string) string {
 		return app + "." + ns
 	}
 	return "istio-proxy." + ns
-}
-
-// ProxyEnv is the environment of pod's istio-proxy container as the
-// kubelet gives it: literal values and the downward API's pod fields,
-// which is all Istio's injection templates use but for resource fields
-// (ISTIO_CPU_LIMIT, GOMEMLIMIT, GOMAXPROCS), which are left out as they
-// do not reach the node metadata. A ConfigMap or Secret reference is an
-// error: resolve those with the API server instead.
-func ProxyEnv(pod *corev1.Pod) ([]string, error) {
-	proxy := injection.Proxy(pod)
-	if proxy == nil {
-		return nil, fmt.Errorf("pod %s/%s has no %s container", pod.Namespace, pod.Name, injection.ContainerName)
-	}
-	if len(proxy.EnvFrom) > 0 {
-		return nil, fmt.Errorf("pod %s/%s: container %s uses envFrom", pod.Namespace, pod.Name, proxy.Name)
-	}
-	var env []string
-	for _, e := range proxy.Env {
-		from := e.ValueFrom
-		switch {
-		case from == nil:
-			env = append(env, e.Name+"="+e.Value)
-		case from.ResourceFieldRef != nil:
-		case from.FieldRef != nil:
-			v, err := podField(pod, from.FieldRef.FieldPath)
-			if err != nil {
-				return nil, fmt.Errorf("pod %s/%s: env %s: %w", pod.Namespace, pod.Name, e.Name, err)
-			}
-			env = append(env, e.Name+"="+v)
-		default:
-			return nil, fmt.Errorf("pod %s/%s: env %s refers to a ConfigMap or Secret: %w", pod.Namespace, pod.Name, e.Name, errors.ErrUnsupported)
-		}
-	}
-	return env, nil
-}
-
-// podField is the downward API's value of path.
-func podField(pod *corev1.Pod, path string) (string, error) {
-	switch path {
-	case "metadata.name":
-		return pod.Name, nil
-	case "metadata.namespace":
-		return pod.Namespace, nil
-	case "metadata.uid":
-		return string(pod.UID), nil
-	case "spec.serviceAccountName":
-		return pod.Spec.ServiceAccountName, nil
-	case "spec.nodeName":
-		return pod.Spec.NodeName, nil
-	case "status.podIP":
-		return pod.Status.PodIP, nil
-	case "status.hostIP":
-		return pod.Status.HostIP, nil
-	}
-	for prefix, m := range map[string]map[string]string{"metadata.labels": pod.Labels, "metadata.annotations": pod.Annotations} {
-		if key, ok := strings.CutPrefix(path, prefix+"['"); ok {
-			return m[strings.TrimSuffix(key, "']")], nil
-		}
-	}
-	return "", fmt.Errorf("field %s is not one the downward API resolves here", path)
 }

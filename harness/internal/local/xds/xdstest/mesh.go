@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -148,24 +149,20 @@ func keysOf[V any](m map[string]V) []string {
 	return out
 }
 
-// Sidecar connects an xDS client as the named workload's sidecar and
-// waits until its configuration is warm.
+// Sidecar is the local cluster's xDS client for the named workload's
+// sidecar (Cluster.Sidecars), once its configuration is warm.
 func (m *Mesh) Sidecar(ctx context.Context, t *testing.T, workload string) *xds.Sidecar {
 	t.Helper()
 	pod := m.Pods[workload]
-	env, err := xds.ProxyEnv(pod)
+	var sc *xds.Sidecar
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		var err error
+		sc, err = m.Cluster.Sidecars().Client(pod)
+		return err == nil, nil
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("no xDS client for %s/%s: %v", pod.Namespace, pod.Name, err)
 	}
-	node, err := xds.SidecarNode(pod, env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := xds.NewSidecar(m.XDS, node)
-	if err := sc.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sc.Stop)
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if _, err := sc.Wait(wctx, (*xds.Snapshot).Warm); err != nil {
