@@ -110,7 +110,7 @@ func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
 	if released.IsZero() {
 		t.Fatal("the second run never began its sweep of leftovers")
 	}
-	if want := "waiting for a leftover of an earlier run to finish terminating: Namespace " + ns; !strings.Contains(progress.String(), want) {
+	if want := `waiting for a leftover of an earlier run to finish terminating cluster=local object="Namespace ` + ns + `"`; !strings.Contains(progress.String(), want) {
 		t.Errorf("the second run's progress does not say %q", want)
 	}
 	got, err := c.kube.CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{})
@@ -198,7 +198,7 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 				t.Fatalf("meshproof ended before the step to interrupt; output:\n%s\nstderr:\n%s", output.String(), stderr.String())
 			}
 			output.WriteString(line + "\n")
-			if strings.Contains(line, "ok   1 mtls") {
+			if strings.Contains(line, "step passed") && strings.Contains(line, `step="1 mtls`) {
 				// The expect step has begun; let it run a little.
 				time.Sleep(3 * time.Second)
 				descendants = descendantsOf(t, cmd.Process.Pid)

@@ -136,7 +136,7 @@ func TestTerminatingNamespaceDelaysDeploy(t *testing.T) {
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatalf("Setup: %v\n%s", err, log)
 	}
-	if !strings.Contains(log.String(), "removing a leftover of an earlier run: Namespace "+ns) {
+	if !strings.Contains(log.String(), `removing a leftover of an earlier run cluster=c1 object="Namespace `+ns+`"`) {
 		t.Errorf("the sweep did not report the earlier run's namespace:\n%s", log)
 	}
 	var got corev1.Namespace
