@@ -253,7 +253,7 @@ func DefaultProvider(c *scenario.Cluster, kubeconfigDir string, logger *slog.Log
 // (WithHelmPostRenderer, WithIstioReadyTimeout).
 func installMesh(ctx context.Context, on target, c *scenario.Cluster, log *slog.Logger, more []istio.Option) (*mesh.Mesh, error) {
 	if c.Istio.Mode == scenario.IstioUseExisting {
-		inst, err := istio.UseExisting(ctx, on.REST, scenario.IstioRootNamespace, useExistingTimeout)
+		inst, err := istio.UseExisting(ctx, on.REST, scenario.IstioRootNamespace, useExistingTimeout, c.Ambient())
 		if err != nil {
 			return nil, fmt.Errorf("use-existing: %w", err)
 		}

@@ -177,6 +177,10 @@ func TestAgainstAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("ambient: install, in-place upgrade 1.29.6 to 1.30.3, uninstall in Istio's order", func(t *testing.T) {
+		testAmbientLifecycle(t, env, root)
+	})
+
 	t.Run("canary from 1.29.6 to revision 1-30-3", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 		defer cancel()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
@@ -12,10 +13,13 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/istiocharts"
 )
 
-// The two charts an Istio sidecar-mode control plane needs.
+// The charts of a control plane: base and istiod, and for ambient mode
+// cni and ztunnel.
 const (
-	baseChart   = istiocharts.Base
-	istiodChart = istiocharts.Istiod
+	baseChart    = istiocharts.Base
+	istiodChart  = istiocharts.Istiod
+	cniChart     = istiocharts.CNI
+	ztunnelChart = istiocharts.Ztunnel
 )
 
 // chartSource says where the charts of one Istio version come from: a local
@@ -31,13 +35,13 @@ type chartSource struct {
 	cacheRoot string
 }
 
-func newChartSource(version, dir, repoURL, cacheRoot string) (chartSource, error) {
+func newChartSource(version, dir, repoURL, cacheRoot string, names []string) (chartSource, error) {
 	if dir != "" {
 		abs, err := filepath.Abs(dir)
 		if err != nil {
 			return chartSource{}, fmt.Errorf("istio charts dir %q: %w", dir, err)
 		}
-		if err := checkChartsDir(abs); err != nil {
+		if err := checkChartsDir(abs, names); err != nil {
 			return chartSource{}, err
 		}
 		return chartSource{version: version, dir: abs}, nil
@@ -67,8 +71,8 @@ func defaultChartCacheRoot() (string, error) {
 }
 
 // checkChartsDir fails early, naming what is missing, when dir is not a
-// directory with base/Chart.yaml and istiod/Chart.yaml.
-func checkChartsDir(dir string) error {
+// directory with <name>/Chart.yaml for each chart of names.
+func checkChartsDir(dir string, names []string) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("istio charts dir: %w", err)
@@ -77,13 +81,13 @@ func checkChartsDir(dir string) error {
 		return fmt.Errorf("istio charts dir %s is not a directory", dir)
 	}
 	var missing []error
-	for _, name := range []string{baseChart, istiodChart} {
+	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(dir, name, "Chart.yaml")); err != nil {
 			missing = append(missing, fmt.Errorf("no %s chart: %s/%s/Chart.yaml is missing", name, dir, name))
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("istio charts dir %s must contain the base/ and istiod/ charts of one Istio version: %w", dir, errors.Join(missing...))
+		return fmt.Errorf("istio charts dir %s must contain the %s/ charts of one Istio version: %w", dir, strings.Join(names, "/, "), errors.Join(missing...))
 	}
 	return nil
 }

@@ -27,6 +27,37 @@ type Installation struct {
 	ControlPlanes []ControlPlane
 	// PluggedCA: the cacerts Secret exists, so istiod signs with that CA.
 	PluggedCA bool
+	// NodeAgents are ambient mode's DaemonSets found (istio-cni-node,
+	// ztunnel); none on a cluster without ambient.
+	NodeAgents []NodeAgent
+}
+
+// NodeAgent is one of ambient mode's DaemonSets.
+type NodeAgent struct {
+	DaemonSet string
+	// Ready: an updated, ready pod on every node that should run one.
+	Ready bool
+	State string
+}
+
+// AmbientHealthy is nil when both of ambient mode's node agents run and
+// are ready on every node, else an error naming what is missing or not
+// ready.
+func (inst *Installation) AmbientHealthy() error {
+	var errs []error
+	for _, name := range []string{CNIDaemonSet, ZtunnelDaemonSet} {
+		idx := slices.IndexFunc(inst.NodeAgents, func(a NodeAgent) bool { return a.DaemonSet == name })
+		switch {
+		case idx < 0:
+			errs = append(errs, fmt.Errorf("no DaemonSet %s/%s: ambient mode is not installed (Istio's ambient profile installs the cni and ztunnel charts)", inst.Namespace, name))
+		case !inst.NodeAgents[idx].Ready:
+			errs = append(errs, fmt.Errorf("DaemonSet %s/%s is not ready on every node: %s", inst.Namespace, name, inst.NodeAgents[idx].State))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("istio: ambient mode is not healthy: %w", errors.Join(errs...))
+	}
+	return nil
 }
 
 // ControlPlane is one istiod Deployment.
@@ -94,6 +125,16 @@ func (i *Installer) detect(ctx context.Context) (*Installation, error) {
 		inst.ControlPlanes = append(inst.ControlPlanes, cp)
 	}
 	slices.SortFunc(inst.ControlPlanes, func(a, b ControlPlane) int { return strings.Compare(a.Revision, b.Revision) })
+	for _, name := range []string{CNIDaemonSet, ZtunnelDaemonSet} {
+		ready, state, err := daemonSetRolledOut(ctx, cs, i.s.namespace, name)
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("istio: reading DaemonSet %s/%s: %w", i.s.namespace, name, err)
+		}
+		inst.NodeAgents = append(inst.NodeAgents, NodeAgent{DaemonSet: name, Ready: ready, State: state})
+	}
 	_, err = cs.CoreV1().Secrets(i.s.namespace).Get(ctx, caSecretName, metav1.GetOptions{})
 	switch {
 	case err == nil:
@@ -171,7 +212,9 @@ func (inst *Installation) Revision(revision string) *ControlPlane {
 // namespace and waits, up to timeout, until it is healthy. It installs,
 // upgrades and deletes nothing; teardown in this mode has nothing of
 // Istio's to undo.
-func UseExisting(ctx context.Context, restConfig *rest.Config, namespace string, timeout time.Duration) (*Installation, error) {
+//
+// With ambient, ambient mode's node agents must be there and ready too.
+func UseExisting(ctx context.Context, restConfig *rest.Config, namespace string, timeout time.Duration, ambient bool) (*Installation, error) {
 	in, err := New(restConfig, WithNamespace(namespace))
 	if err != nil {
 		return nil, err
@@ -191,6 +234,11 @@ func UseExisting(ctx context.Context, restConfig *rest.Config, namespace string,
 		}
 		if err := inst.Healthy(); err != nil {
 			return false, err.Error(), nil
+		}
+		if ambient {
+			if err := inst.AmbientHealthy(); err != nil {
+				return false, err.Error(), nil
+			}
 		}
 		return true, "", nil
 	})

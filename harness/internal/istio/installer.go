@@ -33,6 +33,18 @@ const (
 	// appended so that several control planes can coexist.
 	BaseReleaseName   = "istio-base"
 	IstiodReleaseName = "istiod"
+	// CNIReleaseName and ZtunnelReleaseName are the releases of ambient
+	// mode's node agents, named as Istio's ambient Helm guide names them
+	// (https://istio.io/latest/docs/ambient/install/helm/).
+	CNIReleaseName     = "istio-cni"
+	ZtunnelReleaseName = "ztunnel"
+	// CNIDaemonSet and ZtunnelDaemonSet are the DaemonSets those releases
+	// run on every node (the charts' names).
+	CNIDaemonSet     = "istio-cni-node"
+	ZtunnelDaemonSet = "ztunnel"
+	// AmbientProfile is the profile of Istio's charts that turns ambient
+	// mode on (files/profile-ambient.yaml in each chart).
+	AmbientProfile = "ambient"
 
 	defaultOperationTimeout = 5 * time.Minute
 	defaultReadyTimeout     = 5 * time.Minute
@@ -86,6 +98,8 @@ type settings struct {
 	// postRenderer, when set, rewrites every release's rendered manifests
 	// before Helm applies them (WithPostRenderer).
 	postRenderer postrenderer.PostRenderer
+	// ambient installs Istio's ambient mode (WithAmbient).
+	ambient bool
 }
 
 // Option configures an Installer.
@@ -145,6 +159,15 @@ func WithTrustDomain(td string) Option { return func(s *settings) { s.trustDomai
 // needed to rotate the root CA without breaking mTLS.
 func WithMultiRoot(enabled bool) Option { return func(s *settings) { s.multiRoot = enabled } }
 
+// WithAmbient installs Istio's ambient mode beside sidecars, as Istio's
+// ambient Helm guide does: every chart with profile ambient (istiod then
+// runs with PILOT_ENABLE_AMBIENT), and after base and istiod the istio-cni
+// node agent and ztunnel. Uninstall removes them first; Upgrade upgrades
+// them after istiod; WaitReady waits for them after istiod. The charts
+// directory must then hold cni/ and ztunnel/ too. Canary upgrades are
+// refused: istio-cni and ztunnel serve every revision of a node.
+func WithAmbient(enabled bool) Option { return func(s *settings) { s.ambient = enabled } }
+
 // WithPostRenderer makes every install, upgrade and render of a release
 // (base, istiod, canary istiod) pass its rendered manifests through pr
 // before Helm applies or returns them, as `helm install --post-renderer`
@@ -188,7 +211,7 @@ func New(restConfig *rest.Config, opts ...Option) (*Installer, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	charts, err := newChartSource(s.version, s.chartsDir, s.chartRepository, s.chartCacheDir)
+	charts, err := newChartSource(s.version, s.chartsDir, s.chartRepository, s.chartCacheDir, s.chartNames())
 	if err != nil {
 		return nil, err
 	}
@@ -226,6 +249,9 @@ func (s *settings) validate() error {
 	}
 	if s.operationTimeout <= 0 || s.readyTimeout <= 0 {
 		errs = append(errs, errors.New("timeouts must be positive"))
+	}
+	if s.ambient && s.revision != "" {
+		errs = append(errs, fmt.Errorf("revision %q with ambient mode: istio-cni and ztunnel serve every revision of a node, and meshproof installs them for the default revision only", s.revision))
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -274,6 +300,17 @@ func validateRevision(rev string) error {
 	}
 	return nil
 }
+
+// chartNames are the charts the Installer's control plane needs.
+func (s *settings) chartNames() []string {
+	if s.ambient {
+		return []string{baseChart, istiodChart, cniChart, ztunnelChart}
+	}
+	return []string{baseChart, istiodChart}
+}
+
+// Ambient reports whether the Installer installs Istio's ambient mode.
+func (i *Installer) Ambient() bool { return i.s.ambient }
 
 // Namespace is the namespace of istiod and of the Helm release records.
 func (i *Installer) Namespace() string { return i.s.namespace }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"helm.sh/helm/v4/pkg/action"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
@@ -45,16 +46,50 @@ func (i *Installer) clientset() (*kubernetes.Clientset, error) {
 	return cs, nil
 }
 
-// loadCharts loads both charts of a control plane before anything touches
+// planeCharts are the charts of one control plane; cni and ztunnel only
+// for ambient mode.
+type planeCharts struct {
+	base, istiod, cni, ztunnel *chart.Chart
+}
+
+// loadCharts loads every chart of a control plane before anything touches
 // the cluster, so that a bad chart source fails without a half install.
-func loadCharts(src chartSource) (base, istiod *chart.Chart, err error) {
-	if base, err = src.load(baseChart); err != nil {
-		return nil, nil, err
+func (i *Installer) loadCharts(src chartSource) (planeCharts, error) {
+	var pc planeCharts
+	var err error
+	if pc.base, err = src.load(baseChart); err != nil {
+		return pc, err
 	}
-	if istiod, err = src.load(istiodChart); err != nil {
-		return nil, nil, err
+	if pc.istiod, err = src.load(istiodChart); err != nil {
+		return pc, err
 	}
-	return base, istiod, nil
+	if !i.s.ambient {
+		return pc, nil
+	}
+	if pc.cni, err = src.load(cniChart); err != nil {
+		return pc, err
+	}
+	if pc.ztunnel, err = src.load(ztunnelChart); err != nil {
+		return pc, err
+	}
+	return pc, nil
+}
+
+// applyAmbient installs or upgrades ambient mode's node agents of control
+// plane p after its istiod, in the order of Istio's ambient Helm guide:
+// istio-cni, then ztunnel. istio-cni first, so that no ambient pod starts
+// before something redirects its traffic, and ztunnel after istiod, whose
+// xDS and CA it needs. Readiness is WaitReady's, in the same order.
+func (i *Installer) applyAmbient(ctx context.Context, pc planeCharts, p plane, apply func(context.Context, *chart.Chart, string, map[string]any) error, verb string) error {
+	if !i.s.ambient {
+		return nil
+	}
+	i.s.log.Info(verb+" the istio-cni node agent", "release", CNIReleaseName, "version", p.version, "profile", AmbientProfile)
+	if err := apply(ctx, pc.cni, CNIReleaseName, i.cniValues(p)); err != nil {
+		return err
+	}
+	i.s.log.Info(verb+" ztunnel", "release", ZtunnelReleaseName, "version", p.version, "profile", AmbientProfile)
+	return apply(ctx, pc.ztunnel, ZtunnelReleaseName, i.ztunnelValues(p))
 }
 
 // Install installs the base release (CRDs, default validating webhook) and
@@ -66,7 +101,7 @@ func (i *Installer) Install(ctx context.Context) error {
 	if i.getter == nil {
 		return errNoCluster
 	}
-	base, istiod, err := loadCharts(i.current.charts)
+	pc, err := i.loadCharts(i.current.charts)
 	if err != nil {
 		return err
 	}
@@ -74,13 +109,16 @@ func (i *Installer) Install(ctx context.Context) error {
 		return err
 	}
 	i.s.log.Info("installing Istio's CRDs", "release", BaseReleaseName, "version", i.current.version, "namespace", i.s.namespace)
-	if err := i.installRelease(ctx, base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
+	if err := i.installRelease(ctx, pc.base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(i.current.revision)
 	i.s.log.Info("installing istiod", "release", name, "version", i.current.version, "revision", revisionLabelValue(i.current.revision))
-	return i.installRelease(ctx, istiod, name, i.istiodValues(i.current))
+	if err := i.installRelease(ctx, pc.istiod, name, i.istiodValues(i.current)); err != nil {
+		return err
+	}
+	return i.applyAmbient(ctx, pc, i.current, i.installRelease, "installing")
 }
 
 // Upgrade upgrades the control plane in place to toVersion: base (CRDs)
@@ -98,18 +136,24 @@ func (i *Installer) Upgrade(ctx context.Context, toVersion, chartsDir string) er
 	if err != nil {
 		return err
 	}
-	base, istiod, err := loadCharts(target.charts)
+	pc, err := i.loadCharts(target.charts)
 	if err != nil {
 		return err
 	}
 	i.s.log.Info("upgrading Istio's CRDs", "release", BaseReleaseName, "from", i.current.version, "to", toVersion)
-	if err := i.upgradeRelease(ctx, base, BaseReleaseName, i.baseValues(target.revision)); err != nil {
+	if err := i.upgradeRelease(ctx, pc.base, BaseReleaseName, i.baseValues(target.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(target.revision)
 	i.s.log.Info("upgrading istiod", "release", name, "from", i.current.version, "to", toVersion)
-	if err := i.upgradeRelease(ctx, istiod, name, i.istiodValues(target)); err != nil {
+	if err := i.upgradeRelease(ctx, pc.istiod, name, i.istiodValues(target)); err != nil {
+		return err
+	}
+	// Istio's ambient upgrade guide: the control plane first, then
+	// istio-cni, then ztunnel (whose pods' restart resets the connections
+	// they carry).
+	if err := i.applyAmbient(ctx, pc, target, i.upgradeRelease, "upgrading"); err != nil {
 		return err
 	}
 	i.current = target
@@ -137,22 +181,25 @@ func (i *Installer) InstallCanary(ctx context.Context, revision, toVersion, char
 	if i.canary != nil {
 		return fmt.Errorf("istio: canary revision %q is already installed", i.canary.revision)
 	}
+	if i.s.ambient {
+		return errors.New("istio: a canary upgrade of ambient mode is not supported: istio-cni and ztunnel serve every revision of a node and are upgraded in place (use Upgrade)")
+	}
 	target, err := i.targetPlane(revision, toVersion, chartsDir)
 	if err != nil {
 		return err
 	}
-	base, istiod, err := loadCharts(target.charts)
+	pc, err := i.loadCharts(target.charts)
 	if err != nil {
 		return err
 	}
 	i.s.log.Info("upgrading Istio's CRDs for a canary", "release", BaseReleaseName, "to", toVersion, "revision", revision)
-	if err := i.upgradeRelease(ctx, base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
+	if err := i.upgradeRelease(ctx, pc.base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(revision)
 	i.s.log.Info("installing a canary istiod", "release", name, "version", toVersion)
-	if err := i.installRelease(ctx, istiod, name, i.istiodValues(target)); err != nil {
+	if err := i.installRelease(ctx, pc.istiod, name, i.istiodValues(target)); err != nil {
 		return err
 	}
 	i.canary = &target
@@ -252,7 +299,9 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 	if err != nil {
 		return fmt.Errorf("istio: listing helm releases in %s: %w", i.s.namespace, err)
 	}
-	var istiods, bases []string
+	// Removed in the reverse of Istio's install order: ztunnel, istio-cni,
+	// then every istiod, then base (Istio's ambient uninstall guide).
+	var ztunnels, cnis, istiods, bases []string
 	for _, r := range rels {
 		rel, ok := r.(*release.Release)
 		if !ok || rel.Chart == nil || rel.Chart.Metadata == nil {
@@ -263,6 +312,10 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 			continue
 		}
 		switch rel.Chart.Metadata.Name {
+		case ztunnelChart:
+			ztunnels = append(ztunnels, rel.Name)
+		case cniChart:
+			cnis = append(cnis, rel.Name)
 		case istiodChart:
 			istiods = append(istiods, rel.Name)
 		case baseChart:
@@ -272,7 +325,7 @@ func (i *Installer) Uninstall(ctx context.Context, purge bool) error {
 	// Keep going on errors: an uninstall is often cleanup after a failure,
 	// and everything removable should go.
 	var errs []error
-	for _, name := range append(istiods, bases...) {
+	for _, name := range slices.Concat(ztunnels, cnis, istiods, bases) {
 		i.s.log.Info("uninstalling", "release", name)
 		if err := i.uninstallRelease(ctx, name); err != nil {
 			errs = append(errs, err)
@@ -302,7 +355,7 @@ func (i *Installer) targetPlane(revision, version, chartsDir string) (plane, err
 	if err := validateVersion(version); err != nil {
 		return plane{}, fmt.Errorf("istio: %w", err)
 	}
-	src, err := newChartSource(version, chartsDir, i.s.chartRepository, i.s.chartCacheDir)
+	src, err := newChartSource(version, chartsDir, i.s.chartRepository, i.s.chartCacheDir, i.s.chartNames())
 	if err != nil {
 		return plane{}, err
 	}

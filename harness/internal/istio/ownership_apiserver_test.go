@@ -122,7 +122,7 @@ func TestUsersIstioIsLeftAlone(t *testing.T) {
 	t.Run("use-existing", func(t *testing.T) {
 		l, release := startRun(t)
 		defer release()
-		inst, err := istio.UseExisting(ctx, env.Config, "istio-system", 30*time.Second)
+		inst, err := istio.UseExisting(ctx, env.Config, "istio-system", 30*time.Second, false)
 		if err != nil {
 			t.Fatalf("UseExisting: %v", err)
 		}

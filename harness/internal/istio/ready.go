@@ -66,7 +66,45 @@ func (i *Installer) WaitReady(ctx context.Context) error {
 			return fmt.Errorf("istio: %w", err)
 		}
 	}
+	if !i.s.ambient {
+		return nil
+	}
+	// Ambient's node agents, in install order: istio-cni ready on every
+	// node (its readiness probe passes once it has installed the CNI
+	// plugin and serves ztunnel's socket), then ztunnel Ready on every node.
+	for _, ds := range []string{CNIDaemonSet, ZtunnelDaemonSet} {
+		i.s.log.Info("waiting for a DaemonSet on every node", "namespace", i.s.namespace, "daemonset", ds)
+		if err := poll(ctx, "DaemonSet "+i.s.namespace+"/"+ds+" to be ready on every node", func(ctx context.Context) (bool, string, error) {
+			return daemonSetRolledOut(ctx, cs, i.s.namespace, ds)
+		}); err != nil {
+			return fmt.Errorf("istio: %w", err)
+		}
+	}
 	return nil
+}
+
+// daemonSetRolledOut reports whether a DaemonSet has observed its latest
+// spec and has an updated, ready pod on every node that should run one
+// (as `kubectl rollout status daemonset` decides), and at least one node.
+func daemonSetRolledOut(ctx context.Context, cs kubernetes.Interface, ns, name string) (bool, string, error) {
+	d, err := cs.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return false, "", err
+	}
+	st := d.Status
+	state := fmt.Sprintf("generation %d observed %d, desired %d scheduled %d updated %d ready %d available %d",
+		d.Generation, st.ObservedGeneration, st.DesiredNumberScheduled, st.CurrentNumberScheduled, st.UpdatedNumberScheduled, st.NumberReady, st.NumberAvailable)
+	switch {
+	case st.ObservedGeneration < d.Generation:
+		return false, state + "; its latest spec is not observed yet", nil
+	case st.DesiredNumberScheduled == 0:
+		return false, state + "; no node runs it", nil
+	case st.UpdatedNumberScheduled < st.DesiredNumberScheduled:
+		return false, fmt.Sprintf("%s; rollout in progress: %d of %d nodes updated", state, st.UpdatedNumberScheduled, st.DesiredNumberScheduled), nil
+	case st.NumberAvailable < st.DesiredNumberScheduled || st.NumberReady < st.DesiredNumberScheduled:
+		return false, fmt.Sprintf("%s; %d of %d nodes have a ready pod", state, st.NumberReady, st.DesiredNumberScheduled), nil
+	}
+	return true, state + "; ready on every node", nil
 }
 
 // poll is the one wait loop of the package: it runs check every

@@ -2,6 +2,8 @@ package istio
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -154,5 +156,59 @@ func TestPollRequiresABound(t *testing.T) {
 	err := poll(context.Background(), "anything", func(context.Context) (bool, string, error) { return true, "", nil })
 	if err == nil || !strings.Contains(err.Error(), "no deadline") {
 		t.Errorf("unbounded poll: err = %v, want a refusal", err)
+	}
+}
+
+// A node agent is ready once every node that should run it has an updated,
+// ready pod of its latest spec, as `kubectl rollout status daemonset`
+// decides; each other state says what is missing.
+func TestDaemonSetRolledOut(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		gen    int64
+		status appsv1.DaemonSetStatus
+		ok     bool
+		want   string
+	}{
+		{"ready everywhere", 2, appsv1.DaemonSetStatus{ObservedGeneration: 2, DesiredNumberScheduled: 3, CurrentNumberScheduled: 3, UpdatedNumberScheduled: 3, NumberReady: 3, NumberAvailable: 3}, true, "ready on every node"},
+		{"spec not observed", 3, appsv1.DaemonSetStatus{ObservedGeneration: 2, DesiredNumberScheduled: 3, UpdatedNumberScheduled: 3, NumberReady: 3, NumberAvailable: 3}, false, "latest spec is not observed"},
+		{"no node", 1, appsv1.DaemonSetStatus{ObservedGeneration: 1}, false, "no node runs it"},
+		{"rolling", 2, appsv1.DaemonSetStatus{ObservedGeneration: 2, DesiredNumberScheduled: 3, UpdatedNumberScheduled: 1, NumberReady: 3, NumberAvailable: 3}, false, "1 of 3 nodes updated"},
+		{"one not ready", 2, appsv1.DaemonSetStatus{ObservedGeneration: 2, DesiredNumberScheduled: 3, UpdatedNumberScheduled: 3, NumberReady: 2, NumberAvailable: 2}, false, "2 of 3 nodes have a ready pod"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: ZtunnelDaemonSet, Generation: tc.gen}, Status: tc.status}
+			ok, state, err := daemonSetRolledOut(context.Background(), fake.NewClientset(ds), "istio-system", ZtunnelDaemonSet)
+			if err != nil || ok != tc.ok || !strings.Contains(state, tc.want) {
+				t.Errorf("= %t %q %v; want %t and a state saying %q", ok, state, err, tc.ok, tc.want)
+			}
+		})
+	}
+	if _, _, err := daemonSetRolledOut(context.Background(), fake.NewClientset(), "istio-system", CNIDaemonSet); !apierrors.IsNotFound(err) {
+		t.Errorf("a missing DaemonSet: %v, want NotFound", err)
+	}
+}
+
+// The ambient Installer needs the cni and ztunnel charts too, and refuses
+// a revision (its node agents serve every revision of a node).
+func TestAmbientOptions(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{baseChart, istiodChart} {
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "Chart.yaml"), []byte("apiVersion: v2\nname: "+name+"\nversion: 1.0.0\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := New(nil, WithChartsDir(dir)); err != nil {
+		t.Errorf("sidecar charts only, no ambient: %v", err)
+	}
+	_, err := New(nil, WithChartsDir(dir), WithAmbient(true))
+	if err == nil || !strings.Contains(err.Error(), "no cni chart") || !strings.Contains(err.Error(), "no ztunnel chart") {
+		t.Errorf("ambient without its charts: %v", err)
+	}
+	if _, err := New(nil, WithAmbient(true), WithRevision("r1")); err == nil || !strings.Contains(err.Error(), "ambient mode") {
+		t.Errorf("ambient with a revision: %v", err)
 	}
 }

@@ -13,11 +13,23 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
-// Manifests are the rendered objects of the two releases of a control
-// plane, as `helm template` would print them.
+// Manifests are the rendered objects of the releases of a control plane,
+// as `helm template` would print them; CNI and Ztunnel only for ambient
+// mode (empty otherwise).
 type Manifests struct {
-	Base   RenderedRelease
-	Istiod RenderedRelease
+	Base    RenderedRelease
+	Istiod  RenderedRelease
+	CNI     RenderedRelease
+	Ztunnel RenderedRelease
+}
+
+// Releases are the rendered releases in install order.
+func (m Manifests) Releases() []RenderedRelease {
+	out := []RenderedRelease{m.Base, m.Istiod}
+	if m.CNI.Name != "" {
+		out = append(out, m.CNI, m.Ztunnel)
+	}
+	return out
 }
 
 // RenderedRelease is the rendered manifest of one Helm release.
@@ -54,8 +66,9 @@ func (r RenderedRelease) OfKind(kind string) []*unstructured.Unstructured {
 	return out
 }
 
-// Render renders the base and istiod releases with the Installer's values,
-// without a cluster (like `helm template`). It is what Install would apply.
+// Render renders the base and istiod releases (and for ambient mode the
+// istio-cni and ztunnel ones) with the Installer's values, without a
+// cluster (like `helm template`). It is what Install would apply.
 func (i *Installer) Render(ctx context.Context) (Manifests, error) {
 	p := i.current
 	base, err := i.renderRelease(ctx, p.charts, baseChart, BaseReleaseName, i.baseValues(p.revision))
@@ -66,7 +79,17 @@ func (i *Installer) Render(ctx context.Context) (Manifests, error) {
 	if err != nil {
 		return Manifests{}, err
 	}
-	return Manifests{Base: base, Istiod: istiod}, nil
+	m := Manifests{Base: base, Istiod: istiod}
+	if !i.s.ambient {
+		return m, nil
+	}
+	if m.CNI, err = i.renderRelease(ctx, p.charts, cniChart, CNIReleaseName, i.cniValues(p)); err != nil {
+		return Manifests{}, err
+	}
+	if m.Ztunnel, err = i.renderRelease(ctx, p.charts, ztunnelChart, ZtunnelReleaseName, i.ztunnelValues(p)); err != nil {
+		return Manifests{}, err
+	}
+	return m, nil
 }
 
 func (i *Installer) renderRelease(ctx context.Context, src chartSource, chartName, releaseName string, values map[string]any) (RenderedRelease, error) {

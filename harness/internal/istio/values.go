@@ -1,5 +1,10 @@
 package istio
 
+import (
+	"fmt"
+	"time"
+)
+
 // Where values go in Istio's charts (read from 1.29/1.30 values.yaml and
 // templates): both charts keep their defaults under
 // "_internal_defaults_do_not_set", and templates/zzz_profile.yaml deep-merges
@@ -56,6 +61,11 @@ func (i *Installer) istiodValues(p plane) map[string]any {
 	if p.revision != "" {
 		v["revision"] = p.revision
 	}
+	if i.s.ambient {
+		// The chart's files/profile-ambient.yaml: PILOT_ENABLE_AMBIENT for
+		// istiod, ISTIO_META_ENABLE_HBONE for the proxies it injects.
+		v["profile"] = AmbientProfile
+	}
 	if len(mesh) > 0 {
 		v["meshConfig"] = mesh
 	}
@@ -63,6 +73,42 @@ func (i *Installer) istiodValues(p plane) map[string]any {
 		v["env"] = env
 	}
 	return deepMerge(v, i.s.values)
+}
+
+// cniValues are the values of the istio-cni release of control plane p:
+// the ambient profile (cni.ambient.enabled), the images of p. kind needs no
+// platform value: its nodes use the chart's default CNI directories
+// (/opt/cni/bin, /etc/cni/net.d), and Istio's own ambient CI runs on kind
+// with these values (prow/config/ambient-sc.yaml, a stock kind config).
+func (i *Installer) cniValues(p plane) map[string]any {
+	return map[string]any{
+		"profile": AmbientProfile,
+		"global": map[string]any{
+			"hub":            i.s.hub,
+			"tag":            p.tag,
+			"istioNamespace": i.s.namespace,
+		},
+	}
+}
+
+// ztunnelValues are the values of the ztunnel release of control plane p:
+// the ambient profile, the images of p (this chart reads hub and tag at
+// its top level, not under global), and the workload certificate TTL,
+// which ztunnel reads from its SECRET_TTL environment variable (src/
+// config.rs, parsed by duration_str) and renews at half of, as istio-agent
+// does.
+func (i *Installer) ztunnelValues(p plane) map[string]any {
+	v := map[string]any{
+		"profile":        AmbientProfile,
+		"hub":            i.s.hub,
+		"tag":            p.tag,
+		"istioNamespace": i.s.namespace,
+	}
+	if i.s.workloadCertTTL > 0 {
+		// Whole seconds ("60s"), a form both Go and duration_str parse.
+		v["env"] = map[string]any{"SECRET_TTL": fmt.Sprintf("%ds", int64(i.s.workloadCertTTL.Round(time.Second)/time.Second))}
+	}
+	return v
 }
 
 // deepMerge returns a new map with over merged into base: nested maps are

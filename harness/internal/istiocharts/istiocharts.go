@@ -19,7 +19,7 @@ import (
 
 const (
 	// Env names a directory holding Istio's charts of one or more versions,
-	// <dir>/<version>/{base,istiod}.
+	// <dir>/<version>/{base,istiod,cni,ztunnel}.
 	Env = "MESHPROOF_ISTIO_CHARTS"
 	// DefaultRepository is Istio's official Helm chart repository.
 	DefaultRepository = "https://istio-release.storage.googleapis.com/charts"
@@ -27,14 +27,18 @@ const (
 	CacheEnv = "MESHPROOF_CACHE"
 )
 
-// The two charts an Istio sidecar-mode control plane needs.
+// The charts of an Istio control plane: base and istiod for sidecars,
+// and for ambient mode also cni (the istio-cni node agent) and ztunnel.
 const (
-	Base   = "base"
-	Istiod = "istiod"
+	Base    = "base"
+	Istiod  = "istiod"
+	CNI     = "cni"
+	Ztunnel = "ztunnel"
 )
 
-// Names are the charts of one Istio version, in install order.
-var Names = []string{Base, Istiod}
+// Names are the charts of one Istio version, in install order (Istio's
+// documented order for ambient: base, istiod, cni, ztunnel).
+var Names = []string{Base, Istiod, CNI, Ztunnel}
 
 // pullTimeout bounds each HTTP request to the chart repository.
 const pullTimeout = 2 * time.Minute

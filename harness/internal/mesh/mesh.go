@@ -24,7 +24,8 @@ import (
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// ChartsEnv names a directory of Istio charts, <dir>/<version>/{base,istiod},
+// ChartsEnv names a directory of Istio charts,
+// <dir>/<version>/{base,istiod,cni,ztunnel},
 // used when a scenario names no charts directory of its own (air-gapped
 // machines, and this project's tests).
 const ChartsEnv = istiocharts.Env
@@ -63,6 +64,9 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 	}
 	if !c.Istio.WorkloadCertTTL.IsZero() {
 		opts = append(opts, istio.WithWorkloadCertTTL(c.Istio.WorkloadCertTTL.Duration))
+	}
+	if c.Ambient() {
+		opts = append(opts, istio.WithAmbient(true))
 	}
 	opts = append(opts, extra...)
 	var err error

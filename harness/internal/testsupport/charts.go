@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -26,7 +27,7 @@ var IstioChartVersions = []string{"1.29.6", "1.30.3"}
 const unpackedChartsDir = "istio-charts"
 
 // IstioCharts returns the directory holding Istio's charts for the tests,
-// <dir>/<version>/{base,istiod} for each of IstioChartVersions. It is, in
+// <dir>/<version>/{base,istiod,cni,ztunnel} for each of IstioChartVersions. It is, in
 // order:
 //   - $MESHPROOF_ISTIO_CHARTS when set (set, it must hold them);
 //   - ../shared/istio-charts beside the meshproof checkout, when it exists
@@ -60,7 +61,7 @@ func IstioCharts(t testing.TB) string {
 	case err == nil:
 		return dir
 	case errors.As(err, &unavailable) && !inCI():
-		t.Skipf("%v; set %s to a directory holding <version>/base and <version>/istiod to run this test", err, istiocharts.Env)
+		t.Skipf("%v; set %s to a directory holding <version>/{base,istiod,cni,ztunnel} to run this test", err, istiocharts.Env)
 	default:
 		t.Fatal(err)
 	}
@@ -165,7 +166,8 @@ func pullAndUnpack(repoURL, cacheRoot, dir, name, version string) error {
 }
 
 // checkChartVersions fails, naming what is missing, unless dir holds
-// <version>/{base,istiod}/Chart.yaml for every version.
+// <version>/<chart>/Chart.yaml for every version and chart of
+// istiocharts.Names.
 func checkChartVersions(dir string, versions []string) error {
 	var missing []error
 	for _, v := range versions {
@@ -176,7 +178,7 @@ func checkChartVersions(dir string, versions []string) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("Istio charts dir %s must hold <version>/base and <version>/istiod for %v: %w", dir, versions, errors.Join(missing...))
+		return fmt.Errorf("Istio charts dir %s must hold <version>/{%s} for %v: %w", dir, strings.Join(istiocharts.Names, ","), versions, errors.Join(missing...))
 	}
 	return nil
 }
@@ -225,7 +227,7 @@ func (r *ChartRepository) Close() { r.srv.Close() }
 
 // ServeIstioChartRepository serves, on 127.0.0.1 until the test ends, a
 // Helm chart repository holding the charts of versions found in chartsDir
-// (<chartsDir>/<version>/{base,istiod}), packaged and indexed with Helm's
+// (<chartsDir>/<version>/{base,istiod,cni,ztunnel}), packaged and indexed with Helm's
 // own tools the way Istio publishes them, under /charts like Istio's.
 func ServeIstioChartRepository(t testing.TB, chartsDir string, versions ...string) *ChartRepository {
 	t.Helper()

@@ -8,13 +8,16 @@ import (
 	"testing"
 
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
+
+	"github.com/meshproof/meshproof/harness/internal/istiocharts"
 )
 
-// writeCharts makes dir/<version>/{base,istiod}/Chart.yaml for versions.
+// writeCharts makes dir/<version>/<chart>/Chart.yaml for versions and every
+// chart of istiocharts.Names.
 func writeCharts(t *testing.T, dir string, versions ...string) {
 	t.Helper()
 	for _, v := range versions {
-		for _, name := range []string{"base", "istiod"} {
+		for _, name := range istiocharts.Names {
 			if err := os.MkdirAll(filepath.Join(dir, v, name), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -71,7 +74,7 @@ func TestFindIstioChartsPullsFromRepository(t *testing.T) {
 		t.Errorf("charts dir = %s, want %s", dir, want)
 	}
 	for _, v := range versions {
-		for _, name := range []string{"base", "istiod"} {
+		for _, name := range istiocharts.Names {
 			ch, err := loader.LoadDir(filepath.Join(dir, v, name))
 			if err != nil {
 				t.Fatalf("unpacked %s %s: %v", name, v, err)
