@@ -139,3 +139,42 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
 }
+
+// The plan of an existing cluster whose Istio is used as it is and whose
+// echo image is published says what is detected and used, and neither
+// installs Istio nor builds an image; its sweep line says what the ledger
+// sweeps, nothing broader.
+func TestPlanUseExistingWithImageRef(t *testing.T) {
+	stdin = strings.NewReader(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters:
+- name: staging
+  provider: existing
+  existing: {context: staging, image: {ref: registry.example.com/echo:v1}}
+  istio: {version: 1.30.3, mode: use-existing}
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`)
+	t.Cleanup(func() { stdin = os.Stdin })
+	code, out, errOut := runCLI("plan", "-", "--run-id", "r1")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, bad := range []string{"install Istio", "chart", "build the echo image", "push it", "remove leftovers", "every object labelled"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("plan says %q:\n%s", bad, out)
+		}
+	}
+	for _, want := range []string{
+		`use existing cluster "staging" from $KUBECONFIG or ~/.kube/config (context staging); never deleted`,
+		"use the Istio installed in istio-system: detect its istiod Deployments (revision, version, plugged CA) and wait until they are healthy; install, upgrade and remove nothing of Istio",
+		"use the echo image registry.example.com/echo:v1 you published (a tag is resolved to its digest, which must exist); nothing is built or pushed",
+		"undo the ledgers of earlier runs that are over (their Lease expired)",
+		"then delete objects labelled app.kubernetes.io/managed-by=meshproof whose meshproof.dev/run-id is another run's",
+		"cluster staging (existing: it stays):",
+		"delete the run's other objects (its policies), labelled meshproof.dev/run-id=r1",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -12,8 +12,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
+	"github.com/meshproof/meshproof/harness/internal/lease"
 	"github.com/meshproof/meshproof/harness/internal/policy"
 	"github.com/meshproof/meshproof/harness/oracle"
+	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -123,40 +125,54 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 			ctx = "context " + c.Existing.Context
 		}
 		add("use existing cluster %q from %s (%s); never deleted", c.Name, kc, ctx)
-		add("remove leftovers of earlier meshproof runs (objects labelled app.kubernetes.io/managed-by=meshproof)")
 	}
+	add("take the cluster's Lease %s/%s (one meshproof run per cluster at a time; wait while another run holds it)", lease.Namespace, lease.Name)
+	add("undo the ledgers of earlier runs that are over (their Lease expired): delete what each recorded creating, if it is still that run's, and restore the namespace labels it set; then delete objects labelled %s=%s whose %s is another run's", ownership.ManagedByLabel, ownership.ManagedByValue, ownership.RunIDLabel)
 	in := c.Istio
-	if in.PluggedCA {
-		add("generate a root and an intermediate CA; create secret istio-system/cacerts before istiod starts")
-	}
-	charts := "the official Istio chart repository"
-	if in.Charts != "" {
-		charts = in.Charts
-	}
-	var extra []string
-	if in.Revision != "" {
-		extra = append(extra, "revision "+in.Revision)
-	}
-	if !in.WorkloadCertTTL.IsZero() {
-		extra = append(extra, "workload certificate TTL "+in.WorkloadCertTTL.String()+" (SECRET_TTL)")
-	}
-	if in.TrustDomain != scenario.DefaultTrustDomain {
-		extra = append(extra, "trust domain "+in.TrustDomain)
-	}
-	if len(in.Values) > 0 {
-		extra = append(extra, "with Helm values from the file")
-	}
-	if c.Ambient() {
-		add("install Istio %s from %s with profile ambient: base (CRDs), then istiod, istio-cni and ztunnel; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
-		add("wait until istiod is Available and the sidecar injector injects, istio-cni is ready on every node and ztunnel is Ready on every node")
+	if in.Mode == scenario.IstioUseExisting {
+		add("use the Istio installed in %s: detect its istiod Deployments (revision, version, plugged CA) and wait until they are healthy; install, upgrade and remove nothing of Istio (the version found is logged; the file's %s is not enforced)", scenario.IstioRootNamespace, in.Version)
 	} else {
-		add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
-		add("wait until istiod is Available and the sidecar injector injects")
+		if in.PluggedCA {
+			add("generate a root and an intermediate CA; create secret istio-system/cacerts before istiod starts")
+		}
+		charts := "the official Istio chart repository"
+		if in.Charts != "" {
+			charts = in.Charts
+		}
+		var extra []string
+		if in.Revision != "" {
+			extra = append(extra, "revision "+in.Revision)
+		}
+		if !in.WorkloadCertTTL.IsZero() {
+			extra = append(extra, "workload certificate TTL "+in.WorkloadCertTTL.String()+" (SECRET_TTL)")
+		}
+		if in.TrustDomain != scenario.DefaultTrustDomain {
+			extra = append(extra, "trust domain "+in.TrustDomain)
+		}
+		if len(in.Values) > 0 {
+			extra = append(extra, "with Helm values from the file")
+		}
+		if c.Ambient() {
+			add("install Istio %s from %s with profile ambient: base (CRDs), then istiod, istio-cni and ztunnel; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
+			add("wait until istiod is Available and the sidecar injector injects, istio-cni is ready on every node and ztunnel is Ready on every node")
+		} else {
+			add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
+			add("wait until istiod is Available and the sidecar injector injects")
+		}
 	}
-	if c.Provider == scenario.ProviderKind {
-		add("build the echo image and load it into every node")
-	} else {
-		add("build the echo image (the cluster must be able to pull it: push it to a registry it reaches)")
+	var source *scenario.ImageSource
+	if c.Existing != nil {
+		source = c.Existing.Image
+	}
+	switch {
+	case c.Provider == scenario.ProviderKind:
+		add("build the echo image from source (cached) and load it into every node")
+	case source != nil && source.Ref != "":
+		add("use the echo image %s you published (a tag is resolved to its digest, which must exist); nothing is built or pushed", source.Ref)
+	case source != nil && source.Push != "":
+		add("build the echo image from source (cached) and push it to %s with your docker credentials; pods use it by digest", source.Push)
+	default:
+		add("build the echo image from source (cached) and load it into the nodes: only a provider that loads image archives can; otherwise set existing.image (push or ref)")
 	}
 	opts := FixtureOptions(s, c, runID, PlaceholderImage)
 	objs, err := manifests.Render(opts)

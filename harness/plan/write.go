@@ -8,6 +8,9 @@ import (
 	"text/tabwriter"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshproof/meshproof/harness/ownership"
+	"github.com/meshproof/meshproof/harness/scenario"
 )
 
 // WriteText prints the plan for a person: each cluster's setup, then each
@@ -39,17 +42,24 @@ func (p *Plan) WriteText(w io.Writer) error {
 			}
 		}
 	}
-	fmt.Fprintf(&b, "\nTeardown\n")
-	fmt.Fprintf(&b, "  remove every object labelled meshproof.dev/run-id=%s; on failure first collect diagnostics\n", p.RunID)
+	fmt.Fprintf(&b, "\nTeardown (also after a failure or Ctrl-C; --keep skips it)\n")
 	for _, c := range p.Clusters {
 		switch {
-		case c.Cluster.Kind != nil && c.Cluster.Kind.Reuse:
-			fmt.Fprintf(&b, "  keep cluster %s (reuse: it may have existed before the run)\n", c.Cluster.Name)
+		case c.Cluster.Kind != nil && !c.Cluster.Kind.Reuse:
+			fmt.Fprintf(&b, "  delete kind cluster %s, which the run created\n", c.Cluster.Name)
+			continue
 		case c.Cluster.Kind != nil:
-			fmt.Fprintf(&b, "  delete kind cluster %s (unless --keep)\n", c.Cluster.Name)
+			fmt.Fprintf(&b, "  cluster %s (reused: it may have existed before the run, and stays):\n", c.Cluster.Name)
 		default:
-			fmt.Fprintf(&b, "  leave cluster %s as it was\n", c.Cluster.Name)
+			fmt.Fprintf(&b, "  cluster %s (existing: it stays):\n", c.Cluster.Name)
 		}
+		created := "namespaces, fixtures, Istio's releases and CRDs"
+		if c.Cluster.Istio.Mode == scenario.IstioUseExisting {
+			created = "namespaces, fixtures"
+		}
+		fmt.Fprintf(&b, "      undo the run's ledger: delete what the run created (%s) if still its own; restore the labels it set on namespaces it found\n", created)
+		fmt.Fprintf(&b, "      delete the run's other objects (its policies), labelled %s=%s\n", ownership.RunIDLabel, p.RunID)
+		fmt.Fprintf(&b, "      release the cluster's Lease\n")
 	}
 	_, err := w.Write(alignArrows(b.Bytes()))
 	return err
