@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -139,6 +140,27 @@ func printSummary(w io.Writer, r *meshrun.Run, s meshrun.Summary, took time.Dura
 	if s.SetupFailed {
 		setup = ", setup failed"
 	}
-	fmt.Fprintf(w, "%s in %s: %d passed, %d failed, %d skipped%s\n", outcome, took.Round(time.Second), s.Passed, s.Failed, s.Skipped, setup)
-	fmt.Fprintf(w, "run %s: %s (junit.xml, results.json, report.html)\n", r.ID(), r.Dir())
+	fmt.Fprintf(w, "%s in %s: %s%s\n", outcome, took.Round(time.Second), s.Counts(), setup)
+	fmt.Fprintf(w, "run %s: %s (%s)\n", r.ID(), r.Dir(), strings.Join(written(r.Dir()), ", "))
+}
+
+// written lists what the run folder holds, folders with a trailing slash:
+// what the run wrote, whatever that was.
+func written(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		name := e.Name()
+		if e.IsDir() {
+			name += "/"
+		}
+		out = append(out, name)
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +120,52 @@ scenarios:
 	}
 	if !strings.Contains(out.String(), "FAILED") || !strings.Contains(out.String(), "https://127.0.0.1:1") {
 		t.Errorf("the summary does not say what failed:\n%s", out.String())
+	}
+	finalLinesTellTheFolder(t, out.String(), folder)
+}
+
+// finalLinesTellTheFolder checks the CLI's last two lines against the run
+// folder: report.html's banner says what the summary line says (outcome,
+// counts, setup), and the last line lists every file and folder the run
+// wrote.
+func finalLinesTellTheFolder(t *testing.T, stdout, folder string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("stdout:\n%s", stdout)
+	}
+	summary := regexp.MustCompile(`^(PASSED|FAILED) in \S+: (\d+ passed, \d+ failed, \d+ skipped)(, setup failed)?$`).FindStringSubmatch(lines[len(lines)-2])
+	if summary == nil {
+		t.Fatalf("no summary line: %q", lines[len(lines)-2])
+	}
+	setup := "; setup passed"
+	if summary[3] != "" {
+		setup = "; setup failed"
+	}
+	page, err := os.ReadFile(filepath.Join(folder, "report.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	banner := regexp.MustCompile(`<span class="headline">([A-Z ]+)</span> <span class="counts">[^:<]*: ([^<]*)</span>`).FindSubmatch(page)
+	if banner == nil || string(banner[1]) != summary[1] || string(banner[2]) != summary[2]+setup {
+		t.Errorf("report.html's banner %q, the CLI's summary %q", banner, summary[0])
+	}
+	if summary[3] != "" && (bytes.Count(page, []byte(`<div class="failure"`)) != 1 || !bytes.Contains(page, []byte(`<div class="failure" id="failure-setup">`))) {
+		t.Errorf("report.html does not list the setup as the one failure")
+	}
+	entries, err := os.ReadDir(folder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() {
+			name += "/"
+		}
+		want = append(want, name)
+	}
+	if last := lines[len(lines)-1]; !strings.HasSuffix(last, "("+strings.Join(want, ", ")+")") || !strings.Contains(last, "events.json") {
+		t.Errorf("the last line %q does not list what the run folder holds: %q", last, want)
 	}
 }

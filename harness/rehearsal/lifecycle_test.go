@@ -52,6 +52,7 @@ func TestIstiodNeverReadyFailsTheSetup(t *testing.T) {
 	if f.junit.Failures == 0 {
 		t.Error("junit.xml records no failure")
 	}
+	f.bannerTells(t, sum)
 	if setup.Diagnostics == "" {
 		t.Error("the failed setup has no diagnostics")
 	} else if _, err := os.Stat(filepath.Join(r.Dir(), setup.Diagnostics)); err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -245,6 +246,47 @@ func (f runFolder) failedCases() []string {
 	return out
 }
 
+// bannerTells checks report.html's banner against the run's summary (what
+// the CLI's final line prints): PASSED or FAILED as the run, the same step
+// counts and the setup's outcome; the setup is its own section (phases, no
+// timeline), never a scenario or a step without a verdict; a failed setup
+// is the one failure listed.
+func (f runFolder) bannerTells(t *testing.T, sum run.Summary) {
+	t.Helper()
+	m := regexp.MustCompile(`<div class="banner banner-(\w+)" role="status"><span class="headline">([A-Z ]+)</span> <span class="counts">([^<]*)</span>`).FindStringSubmatch(f.html)
+	if m == nil {
+		t.Fatal("report.html has no banner")
+	}
+	headline, setup := "PASSED", "; setup passed"
+	if !sum.OK() {
+		headline = "FAILED"
+	}
+	if sum.SetupFailed {
+		setup = "; setup failed"
+	}
+	if m[1] != strings.ToLower(headline) || m[2] != headline || !strings.HasSuffix(m[3], ": "+sum.Counts()+setup) {
+		t.Errorf("banner %q %q, want %s ending in %q (the CLI's counts)", m[2], m[3], headline, sum.Counts()+setup)
+	}
+	steps := sum.Passed + sum.Failed + sum.Skipped
+	if !strings.Contains(m[3], fmt.Sprintf(" %d steps: ", steps)) || strings.Contains(m[3], "without a verdict") {
+		t.Errorf("banner %q, want %d steps, each with a verdict", m[3], steps)
+	}
+	section := regexp.MustCompile(`(?s)<section class="setup" id="setup">.*?</section>`).FindString(f.html)
+	if section == "" || strings.Contains(section, "<svg") || !strings.Contains(section, "setup-phase") {
+		t.Errorf("the setup's section is missing, draws a timeline or lists no phase:\n%s", section)
+	}
+	if strings.Contains(f.html, `"></a>`) || strings.Contains(f.html, "<h2>Scenario </h2>") {
+		t.Error("report.html lists a scenario without a name (the setup counted as one)")
+	}
+	failures := strings.Count(f.html, `<div class="failure"`)
+	if sum.SetupFailed && (failures != 1 || !strings.Contains(f.html, `<div class="failure" id="failure-setup">`)) {
+		t.Errorf("%d failures listed, want the setup alone", failures)
+	}
+	if want := sum.Failed; !sum.SetupFailed && failures != want {
+		t.Errorf("%d failures listed, want %d", failures, want)
+	}
+}
+
 // labelled checks that everything the run wrote says it was a rehearsal.
 func (f runFolder) labelled(t *testing.T) {
 	t.Helper()
@@ -361,6 +403,7 @@ func TestDefaultScenariosPass(t *testing.T) {
 	if len(f.observations) == 0 {
 		t.Fatal("results.json holds no observation")
 	}
+	f.bannerTells(t, sum)
 	for _, o := range f.observations {
 		if o.Expected == "" {
 			t.Errorf("observation %s %s %s→%s:%d carries no expectation", o.Scenario, o.Step, o.From, o.To, o.Port)
@@ -416,6 +459,7 @@ func TestContradictionsFailExactlyTheirSteps(t *testing.T) {
 	if n := strings.Count(f.html, "cell cell-differs"); n != 2 {
 		t.Errorf("report.html has %d red cells (expected differs from observed), want 2", n)
 	}
+	f.bannerTells(t, sum)
 	f.labelled(t)
 }
 

@@ -150,9 +150,25 @@ type page struct {
 	JUnit        string // link to junit.xml, "" when there is none
 	Failures     []failureView
 	Observations int
-	Events       int
-	AnyExpected  bool
-	Scenarios    []scenarioView
+	// Summary says how many observations and events the page draws.
+	Summary     string
+	AnyExpected bool
+	// Setup is the setup's section: its verdict and the phases it
+	// recorded; nil when the run recorded neither.
+	Setup     *setupView
+	Scenarios []scenarioView
+}
+
+// setupView is the setup (clusters, Istio, image, fixtures): not a step of
+// any scenario, so neither counted among the steps nor drawn as one (it
+// probes nothing: no matrix, no timeline), but its phases are listed.
+type setupView struct {
+	Status     string // "ok", "differs" or "observed" (no verdict)
+	StatusText string
+	Start, End string
+	Duration   string
+	Reason     string // the failure, whole
+	Events     []eventView
 }
 
 // bannerView is the run's verdict in one line and its counts.
@@ -168,6 +184,8 @@ type bannerView struct {
 	// verdict: an interrupted run, or results from before verdicts.
 	NoVerdict int
 	Setup     string // the setup's status, "" when it recorded no verdict
+	// Size is "3 scenarios, 6 steps".
+	Size string
 }
 
 // failureView is a failed step (or the setup) with its evidence.
@@ -351,7 +369,8 @@ type stepData struct {
 }
 
 func buildPage(c Contents, o htmlOptions) page {
-	p := page{Title: o.title, Notes: o.notes, Observations: len(c.Observations), Events: len(c.Events)}
+	p := page{Title: o.title, Notes: o.notes, Observations: len(c.Observations),
+		Summary: fmt.Sprintf("%s and %s recorded.", plural(len(c.Observations), "probe observation"), plural(len(c.Events), "event"))}
 	if o.runDir != "" {
 		if fi, err := os.Stat(filepath.Join(o.runDir, JUnitFile)); err == nil && fi.Mode().IsRegular() {
 			p.JUnit = o.href(JUnitFile)
@@ -379,7 +398,12 @@ func buildPage(c Contents, o htmlOptions) page {
 			p.AnyExpected = true
 		}
 	}
+	var setupEvents []results.Event
 	for _, e := range c.Events {
+		if e.Scenario == "" && e.Step == results.SetupStep {
+			setupEvents = append(setupEvents, e)
+			continue
+		}
 		d := get(stepKey{e.Scenario, e.Step}, e.Time)
 		d.events = append(d.events, e)
 	}
@@ -423,8 +447,13 @@ func buildPage(c Contents, o htmlOptions) page {
 	if setup != nil {
 		b.Setup = string(setup.Status)
 		if setup.Status == results.Failed {
-			p.Failures = append(p.Failures, buildFailure(*setup, "", "setup", setup.Started, o))
+			f := buildFailure(*setup, "", "setup", setup.Started, o)
+			f.Anchor = "setup"
+			p.Failures = append(p.Failures, f)
 		}
+	}
+	if setup != nil || len(setupEvents) > 0 {
+		p.Setup = buildSetup(setup, setupEvents)
 	}
 	for si, s := range names {
 		list := byScenario[s]
@@ -457,6 +486,7 @@ func buildPage(c Contents, o htmlOptions) page {
 		p.Scenarios = append(p.Scenarios, sv)
 	}
 	b.Scenarios = len(names)
+	b.Size = plural(b.Scenarios, "scenario") + ", " + plural(b.Steps, "step")
 	// A request reported as mTLS that crossed in cleartext is the worst
 	// there is: such failures come first.
 	slices.SortStableFunc(p.Failures, func(a, b failureView) int {
@@ -465,7 +495,7 @@ func buildPage(c Contents, o htmlOptions) page {
 	switch {
 	case b.Failed > 0 || b.Setup == string(results.Failed):
 		b.Status, b.Headline = "failed", "FAILED"
-	case b.Passed+b.Skipped > 0 && b.NoVerdict == 0:
+	case b.Passed+b.Skipped > 0 && b.NoVerdict == 0 && b.Setup != "":
 		b.Status, b.Headline = "passed", "PASSED"
 	case b.Passed+b.Skipped > 0 || b.Setup != "":
 		b.Status, b.Headline = "unknown", "INCOMPLETE"
@@ -481,6 +511,35 @@ func failureRank(f failureView) int {
 		return 0
 	}
 	return 1
+}
+
+// buildSetup is the setup's section from its verdict (nil when it recorded
+// none) and the phases it recorded.
+func buildSetup(v *results.Verdict, events []results.Event) *setupView {
+	slices.SortFunc(events, compareEvent)
+	var start, end time.Time
+	if v != nil && !v.Started.IsZero() {
+		start, end = v.Started, v.Started.Add(v.Duration)
+	}
+	for _, e := range events {
+		if start.IsZero() || e.Time.Before(start) {
+			start = e.Time
+		}
+		end = maxTime(end, e.Time)
+	}
+	sv := &setupView{Status: "observed", StatusText: "no verdict", Start: formatTime(start), End: formatTime(end), Duration: formatDuration(end.Sub(start))}
+	switch {
+	case v == nil:
+	case v.Status == results.Passed:
+		sv.Status, sv.StatusText = "ok", "✓ passed"
+	default:
+		sv.Status, sv.StatusText, sv.Reason = "differs", "✗ failed", v.Reason
+	}
+	for i, e := range events {
+		sv.Events = append(sv.Events, eventView{Number: i + 1, Time: formatTime(e.Time), Offset: formatOffset(e.Time.Sub(start)),
+			Kind: string(e.Kind), Detail: e.Detail, Class: "event-row"})
+	}
+	return sv
 }
 
 // compareVerdict orders verdicts by start, then by name and status.

@@ -213,11 +213,11 @@ func TestHTMLMatrixCells(t *testing.T) {
 		t.Errorf("skipped step reason %q", texts(r))
 	}
 	nav := findAll(doc, byTagClass("nav", ""))
-	if len(nav) != 1 || len(findAll(nav[0], byTagClass("a", ""))) != 3+6 {
-		t.Errorf("the table of contents does not link 3 scenarios and 6 steps")
+	if len(nav) != 1 || len(findAll(nav[0], byTagClass("a", ""))) != 1+3+6 {
+		t.Errorf("the table of contents does not link the setup, 3 scenarios and 6 steps")
 	}
 	// Scenarios in the order they ran, not alphabetical.
-	if got := texts(findAll(doc, byTagClass("h2", ""))); !slices.Equal(got, []string{"Failures", "Scenario strict-mesh", "Scenario permissive-to-strict", "Scenario root-rotation"}) {
+	if got := texts(findAll(doc, byTagClass("h2", ""))); !slices.Equal(got, []string{"Failures", "Setup ✓ passed", "Scenario strict-mesh", "Scenario permissive-to-strict", "Scenario root-rotation"}) {
 		t.Errorf("scenario order %q", got)
 	}
 	banner := findAll(doc, byTagClass("div", "banner"))
@@ -465,7 +465,7 @@ func TestHTMLWithoutExpectations(t *testing.T) {
 
 func TestHTMLEmptyRun(t *testing.T) {
 	doc := parse(t, render(t, Contents{}))
-	if s := texts(findAll(doc, byTagClass("p", "summary"))); len(s) != 1 || !strings.HasPrefix(s[0], "0 observations and 0 events") {
+	if s := texts(findAll(doc, byTagClass("p", "summary"))); len(s) != 1 || s[0] != "0 probe observations and 0 events recorded." {
 		t.Errorf("summary %q", s)
 	}
 	if b := findAll(doc, byTagClass("div", "banner-unknown")); len(b) != 1 || !strings.HasPrefix(text(b[0]), "NO VERDICT 0 scenarios, 0 steps") {
@@ -521,8 +521,8 @@ func TestHTMLSetupFailure(t *testing.T) {
 	if len(f) != 1 || !strings.HasPrefix(text(f[0]), "setup ✗ failed") || !strings.Contains(text(f[0]), v.Reason) {
 		t.Fatalf("failures %q", texts(f))
 	}
-	if a := findAll(f[0], byTagClass("a", "")); len(a) != 1 || attr(a[0], "href") != "diagnostics/setup" {
-		t.Errorf("setup failure links %q", texts(a))
+	if a := findAll(f[0], byTagClass("a", "")); len(a) != 2 || attr(a[0], "href") != "#setup" || attr(a[1], "href") != "diagnostics/setup" {
+		t.Errorf("setup failure links %q, want the setup's section and its diagnostics", texts(a))
 	}
 	// No junit.xml in the run folder: no link to one.
 	if a := findAll(findAll(doc, byTagClass("div", "banner"))[0], byTagClass("a", "")); len(a) != 0 {

@@ -266,6 +266,12 @@ type Summary struct {
 	Failures []results.Verdict
 }
 
+// Counts are the step counts as the CLI's final line and report.html's
+// banner write them: "25 passed, 0 failed, 0 skipped".
+func (s Summary) Counts() string {
+	return fmt.Sprintf("%d passed, %d failed, %d skipped", s.Passed, s.Failed, s.Skipped)
+}
+
 // OK reports whether nothing failed.
 func (s Summary) OK() bool { return s.Failed == 0 && !s.SetupFailed }
 
