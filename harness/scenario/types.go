@@ -402,7 +402,8 @@ type Expectation struct {
 	// Result expected: mtls, plaintext or fail.
 	Result Result `json:"result"`
 	// Reason a fail is expected for: reset, refused, timeout, eof, tls, dns,
-	// upstream-503 or http-<code>. Default: any reason.
+	// upstream-503 or http-<code>; on a grpc port also unavailable or
+	// grpc-<code> (grpc-permission-denied, ...). Default: any reason.
 	Reason string `json:"reason,omitempty"`
 
 	// Source is where the row was written, for error messages.

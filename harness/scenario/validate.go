@@ -3,6 +3,7 @@ package scenario
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -567,11 +568,25 @@ func (v *validator) expect(e *ExpectStep, stepSrc Source, path string) {
 			}
 		}
 		if x.Reason != "" {
-			if x.Result != ResultFail {
+			var port *Port
+			if to != nil {
+				port = to.Port(x.Port)
+			}
+			grpc := port != nil && port.Protocol == ProtocolGRPC
+			switch {
+			case x.Result != ResultFail:
 				v.errorf(x.Source.At("reason"), xpath+".reason", "a reason goes only with result: fail")
-			} else if !contains(FailReasons, x.Reason) && !httpReason.MatchString(x.Reason) {
-				v.errorf(x.Source.At("reason"), xpath+".reason", "unknown reason %q; want one of %s or http-<code>%s",
-					x.Reason, strings.Join(FailReasons, ", "), suggest(x.Reason, FailReasons))
+			case contains(GRPCFailReasons, x.Reason) && port != nil && !grpc:
+				v.errorf(x.Source.At("reason"), xpath+".reason", "reason %s is what a gRPC call reports, but port %d of workload %q is %s; use %s or http-<code>",
+					x.Reason, port.Number, to.Name, port.Protocol, strings.Join(FailReasons, ", "))
+			case !contains(FailReasons, x.Reason) && !contains(GRPCFailReasons, x.Reason) && !httpReason.MatchString(x.Reason):
+				known := FailReasons
+				want := strings.Join(FailReasons, ", ") + " or http-<code>"
+				if grpc || port == nil {
+					known = append(slices.Clone(FailReasons), GRPCFailReasons...)
+					want += "; for gRPC also unavailable or grpc-<code> (grpc-permission-denied, grpc-unimplemented, ...)"
+				}
+				v.errorf(x.Source.At("reason"), xpath+".reason", "unknown reason %q; want one of %s%s", x.Reason, want, suggest(x.Reason, known))
 			}
 		}
 		key := fmt.Sprintf("%s>%s:%d", x.From, x.To, x.Port)

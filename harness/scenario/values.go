@@ -223,8 +223,18 @@ func (Result) Values() []string {
 }
 
 // FailReasons are the reasons a probe gives for a failed request, besides
-// http-<code>.
+// http-<code> and, for gRPC, GRPCFailReasons.
 var FailReasons = []string{"reset", "refused", "timeout", "eof", "tls", "dns", "upstream-503"}
+
+// GRPCFailReasons are the reasons only a gRPC call gives: unavailable (an
+// UNAVAILABLE status no transport reason explains, e.g. an xDS target
+// istiod does not know) and grpc-<code> for the other statuses but
+// DEADLINE_EXCEEDED, which is timeout (fixtures/echo/echoapi's
+// GRPCErrorReason).
+var GRPCFailReasons = []string{"unavailable",
+	"grpc-canceled", "grpc-unknown", "grpc-invalid-argument", "grpc-not-found", "grpc-already-exists",
+	"grpc-permission-denied", "grpc-resource-exhausted", "grpc-failed-precondition", "grpc-aborted",
+	"grpc-out-of-range", "grpc-unimplemented", "grpc-internal", "grpc-data-loss", "grpc-unauthenticated"}
 
 // Duration is a time.Duration written as a Go duration string ("90s", "2m").
 type Duration struct{ time.Duration }
