@@ -193,7 +193,8 @@ func writePredictJSON(w io.Writer, steps []predictedStep) error {
 // asserts end in * when the expectation agrees and ! when it does not; the
 // disagreements are listed under the matrix.
 func writePredictTable(w io.Writer, s *scenario.Suite, steps []predictedStep) error {
-	fmt.Fprintln(w, "Predicted by meshproof's model of Istio (sidecar mode, auto mTLS). * = asserted by the step's expect table and agrees, ! = asserted and disagrees.")
+	fmt.Fprintf(w, "Predicted by meshproof's model of Istio (the oracle, harness/oracle), without a cluster, for %s.\n", dataPlanes(s))
+	fmt.Fprintln(w, "* = asserted by the step's expect table and agrees, ! = asserted and disagrees.")
 	var last *scenario.Scenario
 	for _, st := range steps {
 		sc := st.scenario
@@ -216,6 +217,33 @@ func writePredictTable(w io.Writer, s *scenario.Suite, steps []predictedStep) er
 		}
 	}
 	return nil
+}
+
+// dataPlanes says which data plane the oracle modelled for which of the
+// file's workloads.
+func dataPlanes(s *scenario.Suite) string {
+	var sidecar, proxyless, none []string
+	for _, w := range s.Fixtures.Workloads {
+		switch {
+		case !w.InMesh():
+			none = append(none, w.Name)
+		case w.Proxyless:
+			proxyless = append(proxyless, w.Name)
+		default:
+			sidecar = append(sidecar, w.Name)
+		}
+	}
+	var parts []string
+	if len(sidecar) > 0 {
+		parts = append(parts, "Envoy sidecars with auto mTLS ("+strings.Join(sidecar, ", ")+")")
+	}
+	if len(proxyless) > 0 {
+		parts = append(parts, "proxyless gRPC, grpc-go with pilot-agent, no auto mTLS: its client sends mTLS only under a DestinationRule ISTIO_MUTUAL ("+strings.Join(proxyless, ", ")+")")
+	}
+	if len(none) > 0 {
+		parts = append(parts, "no mesh ("+strings.Join(none, ", ")+")")
+	}
+	return strings.Join(parts, "; ")
 }
 
 // writeMatrix prints one step's matrix and returns the disagreements with

@@ -364,3 +364,29 @@ func TestPredictProxylessContradiction(t *testing.T) {
 		t.Errorf("stderr lacks\n%s\nin:\n%s", want, errOut)
 	}
 }
+
+// The header says which data plane the prediction modelled for which
+// workload: sidecars only, proxyless only, or both with the workloads out
+// of the mesh.
+func TestPredictHeaderNamesTheDataPlanes(t *testing.T) {
+	for name, tc := range map[string]struct{ workloads, want, not string }{
+		"sidecars": {"[{name: a}, {name: b}]", "for Envoy sidecars with auto mTLS (a, b).\n", "proxyless"},
+		"proxyless": {"[{name: a, proxyless: true}, {name: b, proxyless: true}]",
+			"for proxyless gRPC, grpc-go with pilot-agent, no auto mTLS: its client sends mTLS only under a DestinationRule ISTIO_MUTUAL (a, b).\n", "sidecar"},
+		"both": {"[{name: a}, {name: b, proxyless: true}, {name: c, mesh: false}]",
+			"for Envoy sidecars with auto mTLS (a); proxyless gRPC, grpc-go with pilot-agent, no auto mTLS: its client sends mTLS only under a DestinationRule ISTIO_MUTUAL (b); no mesh (c).\n", "(sidecar mode"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			stdin = strings.NewReader("apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters: [{name: c, istio: {version: 1.30.3}}]\nfixtures: {workloads: " + tc.workloads + "}\nscenarios: [{name: s, steps: [{mtls: {}}]}]\n")
+			t.Cleanup(func() { stdin = os.Stdin })
+			code, out, errOut := runCLI("predict", "-")
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			header, _, _ := strings.Cut(out, "* = asserted")
+			if !strings.HasSuffix(header, tc.want) || strings.Contains(header, tc.not) {
+				t.Errorf("header %q, want it to end in %q and not say %q", header, tc.want, tc.not)
+			}
+		})
+	}
+}
