@@ -267,9 +267,12 @@ func (f runFolder) bannerTells(t *testing.T, sum run.Summary) {
 	if m[1] != strings.ToLower(headline) || m[2] != headline || !strings.HasSuffix(m[3], ": "+sum.Counts()+setup) {
 		t.Errorf("banner %q %q, want %s ending in %q (the CLI's counts)", m[2], m[3], headline, sum.Counts()+setup)
 	}
-	steps := sum.Passed + sum.Failed + sum.Skipped
-	if !strings.Contains(m[3], fmt.Sprintf(" %d steps: ", steps)) || strings.Contains(m[3], "without a verdict") {
-		t.Errorf("banner %q, want %d steps, each with a verdict", m[3], steps)
+	steps := fmt.Sprintf("%d steps", sum.Passed+sum.Failed+sum.Skipped)
+	if steps == "1 steps" {
+		steps = "1 step"
+	}
+	if !strings.Contains(m[3], " "+steps+": ") || strings.Contains(m[3], "without a verdict") {
+		t.Errorf("banner %q, want %s, each with a verdict", m[3], steps)
 	}
 	section := regexp.MustCompile(`(?s)<section class="setup" id="setup">.*?</section>`).FindString(f.html)
 	if section == "" || strings.Contains(section, "<svg") || !strings.Contains(section, "setup-phase") {
