@@ -178,3 +178,44 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		}
 	}
 }
+
+// validate is the gate run trusts: what the engine cannot run (a proxyless
+// workload's rotation, a root rotation beside proxyless workloads) and a
+// rotation that can never finish within its bound are refused here, each
+// at its file:line:col with the numbers.
+func TestValidateRefusesWhatRunCannotDo(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "gate.yaml")
+	if err := os.WriteFile(file, []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3, pluggedCA: true}}]
+fixtures:
+  workloads:
+  - {name: service-a}
+  - {name: grpc-a, proxyless: true}
+scenarios:
+- name: s
+  steps:
+  - {timeout: 13h, rotate: {workload: grpc-a, within: 12h30m}}
+  - rotateRoot: {}
+  - {timeout: 1h, rotate: {workload: service-a, within: 2m}}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI("validate", file)
+	if code != exitInvalid || out != "" {
+		t.Fatalf("exit %d (want 1), stdout %q, stderr:\n%s", code, out, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	for i, want := range []string{
+		file + `:11:39: scenarios[0].steps[0].rotate.workload: workload "grpc-a" is proxyless gRPC, and a rotate step needs to read the certificate it serves: a proxyless pod has no Envoy`,
+		file + `:12:17: scenarios[0].steps[1].rotateRoot: rotateRoot needs to read the certificate it serves for every in-mesh workload, which meshproof cannot for proxyless gRPC grpc-a`,
+		file + `:13:57: scenarios[0].steps[2].rotate.within: rotate.within 2m0s is shorter than a renewal can take: workload certificates on cluster c live 24h0m0s (Istio's default; istio.workloadCertTTL sets it), and istio-agent renews one up to 24h0m0s × (1 − 0.5 + 0.01) = 12h14m24s after it was issued`,
+	} {
+		if i >= len(lines) || !strings.HasPrefix(lines[i], want) {
+			t.Errorf("line %d of:\n%s\nwant it to begin %q", i+1, errOut, want)
+		}
+	}
+	if len(lines) != 3 {
+		t.Errorf("%d lines, want 3:\n%s", len(lines), errOut)
+	}
+}

@@ -42,7 +42,7 @@ func TestMain(m *testing.M) { os.Exit(kube.Main(m)) }
 const runSuite = `apiVersion: meshproof.dev/v1alpha1
 kind: Suite
 defaults: {interval: 50ms, consecutive: 2, requests: 2, timeout: 20s, requestTimeout: 200ms}
-clusters: [{name: c, istio: {version: 1.30.3}}]
+clusters: [{name: c, istio: {version: 1.30.3, workloadCertTTL: 1s}}]
 fixtures:
   namespace: %s
   workloads: [{name: service-a}, {name: service-b}, {name: legacy, mesh: false}]
@@ -61,7 +61,7 @@ scenarios:
     - {from: service-a, to: service-b, port: 9090, result: mtls}
     - {from: legacy, to: service-b, port: 9090, result: fail, reason: reset}
   - name: rotate-service-b
-    rotate: {workload: service-b, within: 1s}
+    rotate: {workload: service-b, within: 2s}
 - name: migrate
   steps:
   - name: plaintext-first
@@ -276,7 +276,7 @@ func checkRealRunPage(t *testing.T, page []byte) {
 	if r := text(find(rotate, by("pre", "reason"))[0]); !strings.Contains(r, "service-b still serves serial") {
 		t.Errorf("the failed rotation's text reads %q", r)
 	}
-	if d := find(rotate, by("tr", "deadline-row-missed")); len(d) != 1 || !strings.HasPrefix(text(d[0]), "new serial within 1s") {
+	if d := find(rotate, by("tr", "deadline-row-missed")); len(d) != 1 || !strings.HasPrefix(text(d[0]), "new serial within 2s") {
 		t.Errorf("the failed rotation's missed deadline %q", texts(d))
 	}
 

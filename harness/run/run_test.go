@@ -309,12 +309,13 @@ func keys[V any](m map[string]V) []string {
 }
 
 // A suite whose steps the engine cannot run with proxyless workloads (a
-// rotation of one, a root rotation next to them) is refused before
-// anything exists: no run folder, no cluster. The error names each step at
-// its line and what is missing. gRPC ports and proxyless workloads as such
-// are not refused.
+// rotation of one, a root rotation next to them) is refused by validation,
+// each step at its line and saying what is missing; a suite built in code
+// that holds them anyway (so validation never saw it) is refused by New
+// from the same table, before anything exists: no run folder, no cluster.
+// gRPC ports and proxyless workloads as such are not refused.
 func TestProxylessCertificateStepsAreRefusedBeforeAnything(t *testing.T) {
-	s, err := scenario.Load("grpc.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+	const file = `apiVersion: meshproof.dev/v1alpha1
 kind: Suite
 clusters: [{name: c, istio: {version: 1.30.3, pluggedCA: true}}]
 fixtures:
@@ -323,20 +324,26 @@ fixtures:
   - {name: grpc-a, proxyless: true}
   - {name: legacy, mesh: false}
 scenarios:
-- {name: s, steps: [{name: wait, wait: {duration: 1s}}, {name: rot, rotate: {workload: grpc-a}}, {name: root, rotateRoot: {}}]}
-`))
+- {name: s, steps: [{name: wait, wait: {duration: 1s}}, {name: rot, timeout: 1h, rotate: {workload: grpc-a}}, {name: root, rotateRoot: {}}]}
+`
+	_, err := scenario.Load("grpc.yaml", []byte(file))
+	for _, want := range []string{`grpc.yaml:10:101: scenarios[0].steps[1].rotate.workload: workload "grpc-a" is proxyless gRPC, and a rotate step needs to read the certificate it serves`,
+		`grpc.yaml:10:136: scenarios[0].steps[2].rotateRoot: rotateRoot needs to read the certificate it serves for every in-mesh workload, which meshproof cannot for proxyless gRPC grpc-a: a proxyless pod has no Envoy`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("validation: %v\nwant it to say %q", err, want)
+		}
+	}
+	// The same file with a sidecar workload to rotate passes validation;
+	// made proxyless in code, New refuses it.
+	s, err := scenario.Load("grpc.yaml", []byte(strings.Replace(strings.Replace(file, "rotate: {workload: grpc-a}", "rotate: {workload: service-a}", 1), ", {name: root, rotateRoot: {}}", "", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Fixtures.Workloads[0].Proxyless = true
 	reports := t.TempDir()
 	_, err = New(s, WithReports(reports))
-	if err == nil {
-		t.Fatal("New accepted a rotation of a proxyless workload")
-	}
-	for _, want := range []string{`grpc.yaml:10:`, `step "rot" rotates proxyless workload "grpc-a"`, `step "root" checks every in-mesh workload's served certificate`, "proxyless workloads (grpc-a)"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not say %q", err, want)
-		}
+	if err == nil || !strings.Contains(err.Error(), `workload "service-a" is proxyless gRPC, and a rotate step needs to read the certificate it serves`) {
+		t.Fatalf("New: %v, want the rotation of a proxyless workload refused", err)
 	}
 	if strings.Contains(err.Error(), `"wait"`) || strings.Contains(err.Error(), "7070") {
 		t.Errorf("error %q names what runs: the wait step or the grpc port", err)

@@ -2,7 +2,6 @@ package scenario
 
 import (
 	"fmt"
-	"strings"
 )
 
 // This file holds the checks of ambient mode: where an ambient workload
@@ -145,15 +144,4 @@ func (m *MTLSStep) ClientTLS(server *Workload, port int) (DestinationRule, bool)
 	}
 	dr, ok, _ := pick(DRScopeMesh, func(DestinationRule) bool { return true })
 	return dr, ok
-}
-
-// ambientNames lists the ambient workloads, for messages.
-func (v *validator) ambientNames() string {
-	var out []string
-	for _, w := range v.s.Fixtures.Workloads {
-		if w.Ambient() {
-			out = append(out, w.Name)
-		}
-	}
-	return strings.Join(out, ", ")
 }

@@ -79,7 +79,7 @@ func TestAmbientValidation(t *testing.T) {
 			"scenarios[0].steps[0].upgrade.method", "Istio upgrades in place only", "test.yaml:9:35"},
 		{"rotateRoot with ambient workloads", "apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters:\n- name: c1\n  istio: {version: 1.30.3, profile: ambient, pluggedCA: true}\n" +
 			"fixtures:\n  workloads:\n  - {name: a, dataPlane: ambient}\n  - {name: s}\nscenarios:\n- name: s\n  steps:\n  - rotateRoot: {}\n",
-			"scenarios[0].steps[0].rotateRoot", "which ambient workloads (a) do not have", "test.yaml:13:17"},
+			"scenarios[0].steps[0].rotateRoot", "which meshproof cannot for ambient a: an ambient pod has no sidecar: its certificates live in its node's ztunnel", "test.yaml:13:17"},
 		{"DR DISABLE between ambient workloads", ambientHeader + twoAmbient + drStep("DISABLE", "{from: a, to: b, result: plaintext}"),
 			"scenarios[0].steps[1].expect[0].result", "both ambient: their ztunnels always speak HBONE mutual TLS to each other and ignore the DestinationRule DISABLE for b (at test.yaml:14:31)", "test.yaml:16:32"},
 		{"DR SIMPLE between ambient workloads", ambientHeader + twoAmbient + drStep("SIMPLE", "{from: a, to: b, result: fail}"),

@@ -10,7 +10,7 @@ import (
 // every tenth one a 2x2 matrix.
 func generatedSuite(n int) []byte {
 	var b strings.Builder
-	b.WriteString(header + "scenarios:\n")
+	b.WriteString(shortCertsHeader + "scenarios:\n")
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(&b, "- name: s%d\n  labels: [generated, n%d]\n", i, i%7)
 		mode := "STRICT"

@@ -127,7 +127,7 @@ kind: Suite
 clusters:
 - name: c1
   kind: {configFile: kind.yaml}
-  istio: {version: 1.30.3, charts: charts/1.30.3}
+  istio: {version: 1.30.3, charts: charts/1.30.3, workloadCertTTL: 1m}
 scenarios:
 - name: remove-every-policy
   steps:

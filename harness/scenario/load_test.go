@@ -11,6 +11,10 @@ import (
 
 const header = "apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters:\n- name: c1\n  istio: {version: 1.30.3}\n"
 
+// shortCertsHeader is header with workload certificates that live a
+// minute, so that a rotate step can finish within minutes.
+var shortCertsHeader = strings.Replace(header, "{version: 1.30.3}", "{version: 1.30.3, workloadCertTTL: 1m}", 1)
+
 func mustLoad(t *testing.T, src string) *Suite {
 	t.Helper()
 	s, err := Load("test.yaml", []byte(src))
@@ -180,7 +184,7 @@ func TestErrorsAreSortedByPosition(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	s := mustLoad(t, header+"scenarios:\n- name: s\n  steps:\n  - expect: [{from: service-a, to: service-b, result: mtls}]\n  - {rotate: {workload: service-b}, timeout: 5m}\n  - mtls: {peerAuthentications: [{scope: mesh, mode: STRICT}, {scope: workload, workload: service-b, mode: STRICT}]}\n")
+	s := mustLoad(t, shortCertsHeader+"scenarios:\n- name: s\n  steps:\n  - expect: [{from: service-a, to: service-b, result: mtls}]\n  - {rotate: {workload: service-b}, timeout: 5m}\n  - mtls: {peerAuthentications: [{scope: mesh, mode: STRICT}, {scope: workload, workload: service-b, mode: STRICT}]}\n")
 	if s.Defaults.Timeout.Duration != 2*time.Minute || s.Defaults.Requests != 3 || s.Defaults.Consecutive != 3 ||
 		s.Defaults.Interval.Duration != 2*time.Second || s.Defaults.RequestTimeout.Duration != 3*time.Second {
 		t.Errorf("defaults = %+v", s.Defaults)

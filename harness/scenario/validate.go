@@ -330,14 +330,14 @@ func (v *validator) step(st *Step, sc *Scenario, index int, path string) {
 		return
 	}
 	kinds[0].validate(v, st, sc, index, path)
+	v.capabilities(st, path)
 }
 
-func (v *validator) rotate(st *Step, _ *Scenario, _ int, path string) {
+func (v *validator) rotate(st *Step, sc *Scenario, _ int, path string) {
 	r := st.Rotate
 	v.withinTimeout(st, r.Within, r.Source.At("within"), path+".rotate.within", "rotate.within")
-	if w := v.workload(r.Workload, r.Source, "workload", path+".rotate"); w != nil && !w.InMesh() {
-		v.errorf(r.Source.At("workload"), path+".rotate.workload", "workload %q is out of the mesh: it has no workload certificate to rotate", r.Workload)
-	}
+	v.rotateWithin(st, sc, path)
+	v.workload(r.Workload, r.Source, "workload", path+".rotate") // its data plane: capabilities
 }
 
 func (v *validator) restart(st *Step, _ *Scenario, _ int, path string) {
@@ -402,13 +402,7 @@ func (v *validator) rotateRoot(st *Step, sc *Scenario, _ int, path string) {
 		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA needs a CA meshproof controls: set istio.pluggedCA: true on cluster %s", c.Name)
 	}
 	v.traffic(st.RotateRoot.Traffic, path+".rotateRoot.traffic")
-	if names := v.ambientNames(); names != "" {
-		// rotateRoot proves every workload ends on the new root by a
-		// handshake with its sidecar and its sidecar's config dump; an
-		// ambient pod's certificate lives in its node's ztunnel, which
-		// serves it only over HBONE.
-		v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotating the root CA checks every in-mesh workload's served certificate through its sidecar, which ambient workloads (%s) do not have: their certificates live in their node's ztunnel; run the rotation in a suite without ambient workloads", names)
-	}
+	// Which workloads' certificates it can read: capabilities.
 }
 
 // traffic checks the pairs of a continuous probe.

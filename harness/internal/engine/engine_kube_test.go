@@ -51,7 +51,7 @@ func suiteIn(t *testing.T, steps string) (*scenario.Suite, string) {
 	src := fmt.Sprintf(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
 defaults: {interval: 50ms, consecutive: 3, requests: 2, timeout: 20s, requestTimeout: 100ms}
-clusters: [{name: c, istio: {version: 1.29.6}}]
+clusters: [{name: c, istio: {version: 1.29.6, workloadCertTTL: 8s}}]
 fixtures:
   namespace: %s
   workloads: [{name: service-a}, {name: service-b}, {name: legacy, mesh: false}]
