@@ -12,7 +12,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
-	"github.com/meshproof/meshproof/harness/internal/lease"
 	"github.com/meshproof/meshproof/harness/internal/policy"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -126,7 +125,7 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		}
 		add("use existing cluster %q from %s (%s); never deleted", c.Name, kc, ctx)
 	}
-	add("take the cluster's Lease %s/%s (one meshproof run per cluster at a time; wait while another run holds it)", lease.Namespace, lease.Name)
+	add("take the cluster's Lease (one meshproof run per cluster at a time; wait while another run holds it)")
 	add("undo the ledgers of earlier runs that are over (their Lease expired): delete what each recorded creating, if it is still that run's, and restore the namespace labels it set; then delete objects labelled %s=%s whose %s is another run's", ownership.ManagedByLabel, ownership.ManagedByValue, ownership.RunIDLabel)
 	in := c.Istio
 	if in.Mode == scenario.IstioUseExisting {
