@@ -324,11 +324,11 @@ fixtures:
   - {name: grpc-a, proxyless: true}
   - {name: legacy, mesh: false}
 scenarios:
-- {name: s, steps: [{name: wait, wait: {duration: 1s}}, {name: rot, timeout: 1h, rotate: {workload: grpc-a}}, {name: root, rotateRoot: {}}]}
+- {name: s, steps: [{name: wait, wait: {duration: 1s}}, {name: rot, timeout: 13h, rotate: {workload: grpc-a}}, {name: root, rotateRoot: {}}]}
 `
 	_, err := scenario.Load("grpc.yaml", []byte(file))
-	for _, want := range []string{`grpc.yaml:10:101: scenarios[0].steps[1].rotate.workload: workload "grpc-a" is proxyless gRPC, and a rotate step needs to read the certificate it serves`,
-		`grpc.yaml:10:136: scenarios[0].steps[2].rotateRoot: rotateRoot needs to read the certificate it serves for every in-mesh workload, which meshproof cannot for proxyless gRPC grpc-a: a proxyless pod has no Envoy`} {
+	for _, want := range []string{`grpc.yaml:10:102: scenarios[0].steps[1].rotate.workload: workload "grpc-a" is proxyless gRPC, and a rotate step needs to read the certificate it serves`,
+		`grpc.yaml:10:137: scenarios[0].steps[2].rotateRoot: rotateRoot needs to read the certificate it serves for every in-mesh workload, which meshproof cannot for proxyless gRPC grpc-a: a proxyless pod has no Envoy`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("validation: %v\nwant it to say %q", err, want)
 		}
