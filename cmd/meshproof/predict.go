@@ -222,13 +222,15 @@ func writePredictTable(w io.Writer, s *scenario.Suite, steps []predictedStep) er
 // dataPlanes says which data plane the oracle modelled for which of the
 // file's workloads.
 func dataPlanes(s *scenario.Suite) string {
-	var sidecar, proxyless, none []string
+	var sidecar, ambient, proxyless, none []string
 	for _, w := range s.Fixtures.Workloads {
-		switch {
-		case !w.InMesh():
+		switch w.Plane() {
+		case scenario.DataPlaneNone:
 			none = append(none, w.Name)
-		case w.Proxyless:
+		case scenario.DataPlaneProxyless:
 			proxyless = append(proxyless, w.Name)
+		case scenario.DataPlaneAmbient:
+			ambient = append(ambient, w.Name)
 		default:
 			sidecar = append(sidecar, w.Name)
 		}
@@ -236,6 +238,9 @@ func dataPlanes(s *scenario.Suite) string {
 	var parts []string
 	if len(sidecar) > 0 {
 		parts = append(parts, "Envoy sidecars with auto mTLS ("+strings.Join(sidecar, ", ")+")")
+	}
+	if len(ambient) > 0 {
+		parts = append(parts, "ambient, ztunnel on each node speaking HBONE mutual TLS ("+strings.Join(ambient, ", ")+")")
 	}
 	if len(proxyless) > 0 {
 		parts = append(parts, "proxyless gRPC, grpc-go with pilot-agent, no auto mTLS: its client sends mTLS only under a DestinationRule ISTIO_MUTUAL ("+strings.Join(proxyless, ", ")+")")

@@ -375,9 +375,15 @@ func TestPredictHeaderNamesTheDataPlanes(t *testing.T) {
 			"for proxyless gRPC, grpc-go with pilot-agent, no auto mTLS: its client sends mTLS only under a DestinationRule ISTIO_MUTUAL (a, b).\n", "sidecar"},
 		"both": {"[{name: a}, {name: b, proxyless: true}, {name: c, mesh: false}]",
 			"for Envoy sidecars with auto mTLS (a); proxyless gRPC, grpc-go with pilot-agent, no auto mTLS: its client sends mTLS only under a DestinationRule ISTIO_MUTUAL (b); no mesh (c).\n", "(sidecar mode"},
+		"ambient": {"[{name: a, dataPlane: ambient}, {name: b}]",
+			"for Envoy sidecars with auto mTLS (b); ambient, ztunnel on each node speaking HBONE mutual TLS (a).\n", "proxyless"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			stdin = strings.NewReader("apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters: [{name: c, istio: {version: 1.30.3}}]\nfixtures: {workloads: " + tc.workloads + "}\nscenarios: [{name: s, steps: [{mtls: {}}]}]\n")
+			istio := "{version: 1.30.3}"
+			if name == "ambient" {
+				istio = "{version: 1.30.3, profile: ambient}"
+			}
+			stdin = strings.NewReader("apiVersion: meshproof.dev/v1alpha1\nkind: Suite\nclusters: [{name: c, istio: " + istio + "}]\nfixtures: {workloads: " + tc.workloads + "}\nscenarios: [{name: s, steps: [{mtls: {}}]}]\n")
 			t.Cleanup(func() { stdin = os.Stdin })
 			code, out, errOut := runCLI("predict", "-")
 			if code != exitOK {
