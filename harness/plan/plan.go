@@ -35,6 +35,9 @@ type ClusterPlan struct {
 	Cluster  *scenario.Cluster
 	Setup    []string
 	Fixtures []client.Object
+	// Witness are the wire witness's objects (its namespace and one pod
+	// per node), when the cluster's steps watch the wire.
+	Witness []client.Object
 }
 
 // ScenarioPlan is one scenario's steps.
@@ -206,6 +209,15 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		ws = append(ws, fmt.Sprintf("%s/%s (%s; %s)", w.Namespace, w.Name, where, strings.Join(ports, ", ")))
 	}
 	add("deploy fixtures: %s; wait for their rollout", strings.Join(ws, ", "))
+	switch w := s.DeployWireWitness(c, false); w {
+	case scenario.WitnessOn, scenario.WitnessRequired:
+		cp.Witness = manifests.WireWitness(runID, PlaceholderImage)
+		refused := "if admission refuses it, say so and judge nothing on the wire"
+		if w == scenario.WitnessRequired {
+			refused = "if admission refuses it, fail the setup"
+		}
+		add("deploy the wire witness (wireWitness %s): namespace %s, DaemonSet %s, one pod per node in the host network with NET_RAW and NET_ADMIN, `echo witness serve` from the echo image; %s", w, manifests.WitnessNamespace, manifests.WitnessDaemonSet, refused)
+	}
 	return cp, nil
 }
 
@@ -395,6 +407,7 @@ func (p *Plan) Objects() []client.Object {
 	var out []client.Object
 	for _, c := range p.Clusters {
 		out = append(out, c.Fixtures...)
+		out = append(out, c.Witness...)
 	}
 	for _, sc := range p.Scenarios {
 		for _, st := range sc.Steps {

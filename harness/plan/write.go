@@ -101,6 +101,11 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 				return err
 			}
 		}
+		for _, o := range c.Witness {
+			if err := doc("cluster "+c.Cluster.Name+": wire witness", o); err != nil {
+				return err
+			}
+		}
 	}
 	for _, sc := range p.Scenarios {
 		for _, st := range sc.Steps {

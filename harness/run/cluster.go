@@ -225,6 +225,16 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 		return err
 	}
 
+	var witness engine.WireWitness
+	if !r.o.transportWitness && r.suite.DeployWireWitness(c, false) != scenario.WitnessOff {
+		if err := r.phase(c, "wire witness", func() (err error) {
+			witness, err = r.wireWitness(ctx, c, st, ref)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+
 	opts := []engine.Option{engine.WithRecorder(r.rec), engine.WithCertReader(probe.NewCertReader(st.execer)),
 		engine.WithConnectionWitness(probe.NewStatsReader(st.execer)), engine.WithLogger(r.log(c.Name))}
 	if st.mesh != nil && st.mesh.Istio != nil {
@@ -233,8 +243,11 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 			opts = append(opts, engine.WithPluggedCA(st.mesh.CA))
 		}
 	}
-	if r.o.transportWitness {
+	switch {
+	case r.o.transportWitness:
 		opts = append(opts, engine.WithWireWitness(nil, true))
+	case witness != nil:
+		opts = append(opts, engine.WithWireWitness(witness, false))
 	}
 	st.engine, err = engine.New(r.suite, c.Name, st.kube, probe.NewProber(st.execer), r.ID(), opts...)
 	return err
