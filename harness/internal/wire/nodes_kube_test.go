@@ -195,4 +195,6 @@ func (s socketExecer) Exec(ctx context.Context, cmd probe.Command) ([]byte, []by
 	return s.inner.Exec(ctx, cmd)
 }
 
-func resultsPod(ns, name, ip string) results.Pod { return results.Pod{Namespace: ns, Name: name, IP: ip} }
+func resultsPod(ns, name, ip string) results.Pod {
+	return results.Pod{Namespace: ns, Name: name, IP: ip}
+}
