@@ -48,7 +48,8 @@ type Traffic struct {
 	done   chan struct{}
 	mu     sync.Mutex
 	obs    []results.Observation
-	errs   []error // clients unobservable for longer than the gap limit
+	errs   []error // clients unobservable for longer than the gap limit, wire leaks
+	leaked bool    // a WireLeakError is among errs
 	// expect are the expectations the step judges the traffic against, in
 	// the order they took effect; each observation carries the one in
 	// force at its time as Observation.Expected.
@@ -236,7 +237,17 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 				obs[i].Expected = tr.expected(obs[i])
 			}
 			tr.obs = append(tr.obs, obs...)
+			var leak string
+			for _, o := range obs {
+				if l := wireLeak(o); l != "" && !tr.leaked {
+					tr.leaked, leak = true, l
+				}
+			}
 			tr.mu.Unlock()
+			if leak != "" {
+				// The step fails for it whatever else it sees (Err).
+				tr.fail(&WireLeakError{Leak: leak})
+			}
 			for _, o := range obs {
 				e.rec.Record(o)
 			}

@@ -33,6 +33,10 @@ func Verdict(sc *scenario.Scenario, index int, started time.Time, took time.Dura
 			v.Failure = results.FailureWirePlaintext
 		}
 	}
+	var le *WireLeakError
+	if errors.As(err, &le) {
+		v.Failure = results.FailureWirePlaintext
+	}
 	var de *DeadlineError
 	if errors.As(err, &de) {
 		v.Deadlines = de.Deadlines

@@ -116,3 +116,10 @@ func (e *Engine) runningPods(ctx context.Context, w *scenario.Workload) ([]resul
 	}
 	return out, nil
 }
+
+// WireLeakError fails a step of continuous traffic at whose first request
+// the mesh reported as mTLS while its canary crossed in cleartext
+// (results.FailureWirePlaintext); Verdict names the failure's kind.
+type WireLeakError struct{ Leak string }
+
+func (e *WireLeakError) Error() string { return e.Leak }

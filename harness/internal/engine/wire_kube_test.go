@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/results"
@@ -92,5 +93,34 @@ func TestExpectJudgedOnTheWire_ScriptedTransport(t *testing.T) {
 				t.Errorf("a leak took %d rounds (want the first to end the step); reason %q", p.rounds["service-a-0"], v.Reason)
 			}
 		})
+	}
+}
+
+// Continuous traffic: a request reported as mTLS whose canary the witness
+// saw in cleartext fails a transition however it converged, and its
+// verdict names the failure's kind.
+func TestTransitionFailsOnAWireLeak_ScriptedTransport(t *testing.T) {
+	s, ns := suiteIn(t, `  - mtls: {peerAuthentications: [{scope: namespace, mode: DISABLE}]}
+  - transition:
+      to: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+      observe: 2s
+      noPlaintextAfter: 1s
+      traffic: {every: 100ms, maxFailures: 1000}
+`)
+	readyPod(t, ns, "service-a", "10.0.0.1")
+	readyPod(t, ns, "service-b", "10.0.0.2")
+	stub := &meshStub{ns: ns, delay: 400 * time.Millisecond, since: map[string]time.Time{}}
+	e := newEngine(t, s, stub, WithWireWitness(&scriptedWire{verdict: echoapi.WitnessPlaintext}, false))
+	sc := &s.Scenarios[0]
+	if err := e.RunStep(context.Background(), sc, 0); err != nil {
+		t.Fatal(err)
+	}
+	err := e.RunStep(context.Background(), sc, 1)
+	var le *WireLeakError
+	if !errors.As(err, &le) || !strings.Contains(err.Error(), results.FailureWirePlaintext) {
+		t.Fatalf("transition: %v, want a wire leak", err)
+	}
+	if v := Verdict(sc, 1, time.Now(), time.Second, err); v.Failure != results.FailureWirePlaintext {
+		t.Errorf("verdict failure %q", v.Failure)
 	}
 }
