@@ -417,6 +417,7 @@ func TestDefaultScenariosPass(t *testing.T) {
 	// towards them, is answered by their real processes; the rest by the
 	// simulation.
 	f.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
+	f.wireVerdicts(t)
 	for _, s := range f.junit.TestSuites {
 		for _, tc := range s.TestCases {
 			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: data plane") {
