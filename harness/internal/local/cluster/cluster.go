@@ -79,6 +79,8 @@ type Cluster struct {
 	// sidecars runs the Envoy sidecars' xDS clients (nil without
 	// WithIstiod).
 	sidecars *Sidecars
+	// ambient plays ambient mode's node agents (nil without WithIstiod).
+	ambient *Ambient
 
 	mu sync.Mutex
 	// images are the tags of the image archives loaded (LoadImageArchive).
@@ -234,6 +236,9 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 			return "", err
 		}
 		if err := c.startSidecars(ctx); err != nil {
+			return "", err
+		}
+		if err := c.startAmbient(ctx); err != nil {
 			return "", err
 		}
 	}
@@ -396,6 +401,10 @@ func nodeReady(n *corev1.Node) bool {
 // SIGKILL after a bound, and removes the cluster's directory.
 func (c *Cluster) Destroy(context.Context) error {
 	var errs []error
+	if c.ambient != nil {
+		c.ambient.stop()
+		c.ambient = nil
+	}
 	if c.sidecars != nil {
 		c.sidecars.stop()
 		c.sidecars = nil
@@ -482,6 +491,24 @@ func (c *Cluster) startSidecars(ctx context.Context) error {
 		return fmt.Errorf("local cluster %s: starting the sidecars' xDS clients: %w", c.name, err)
 	}
 	c.sidecars = s
+	return nil
+}
+
+// Ambient plays ambient mode's ztunnels and istio-cni's enrolment (nil
+// without WithIstiod or before Create).
+func (c *Cluster) Ambient() *Ambient { return c.ambient }
+
+// startAmbient starts ambient mode's supervisor.
+func (c *Cluster) startAmbient(ctx context.Context) error {
+	kube, err := kubernetes.NewForConfig(c.env.Config)
+	if err != nil {
+		return err
+	}
+	a := newAmbient(c.istiod, kube, c.logger.With("cluster", c.name))
+	if err := a.run(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("local cluster %s: starting ambient mode's node agents: %w", c.name, err)
+	}
+	c.ambient = a
 	return nil
 }
 

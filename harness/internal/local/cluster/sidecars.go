@@ -61,9 +61,13 @@ func (s *Sidecars) stop() {
 	}
 }
 
-// envoySidecar reports whether a pod runs Istio's Envoy sidecar.
+// envoySidecar reports whether a pod runs Istio's Envoy sidecar: the
+// injector gave it an istio-proxy container (and recorded it in
+// sidecar.istio.io/status), not with the grpc-agent template. ztunnel's
+// pods name their container istio-proxy too, but were never injected.
 func envoySidecar(pod *corev1.Pod) bool {
-	return injection.Proxy(pod) != nil && !proxylessTemplate(pod)
+	_, injected := pod.Annotations["sidecar.istio.io/status"]
+	return injected && injection.Proxy(pod) != nil && !proxylessTemplate(pod)
 }
 
 // reconcile starts a client for every running Envoy-sidecar pod with an

@@ -47,6 +47,8 @@ type Mesh struct {
 	// Services are the fixtures' Services by workload name.
 	Services map[string]*corev1.Service
 	Suite    *scenario.Suite
+	// workloads are the fixtures, as Start got them.
+	workloads []manifests.Workload
 }
 
 // Start brings a mesh up for t and tears it down at its end: a local
@@ -54,6 +56,19 @@ type Mesh struct {
 // CA, and the suite's fixtures
 // (default: service-a, service-b, legacy) in namespace ns, rolled out.
 func Start(ctx context.Context, t *testing.T, name, ns string, workloads ...manifests.Workload) *Mesh {
+	t.Helper()
+	return start(ctx, t, name, ns, scenario.ProfileDefault, workloads)
+}
+
+// StartAmbient is Start with Istio's ambient profile: istiod, istio-cni
+// and ztunnel's charts, so that the local cluster runs its simulated
+// ztunnels (cluster.Ambient) and ambient workloads are enrolled.
+func StartAmbient(ctx context.Context, t *testing.T, name, ns string, workloads ...manifests.Workload) *Mesh {
+	t.Helper()
+	return start(ctx, t, name, ns, scenario.ProfileAmbient, workloads)
+}
+
+func start(ctx context.Context, t *testing.T, name, ns string, profile scenario.IstioProfile, workloads []manifests.Workload) *Mesh {
 	t.Helper()
 	start := time.Now()
 	lc := cluster.New(cluster.WithName(name), cluster.WithIstiod(), cluster.WithLogger(testsupport.Logger(t)))
@@ -71,7 +86,7 @@ func Start(ctx context.Context, t *testing.T, name, ns string, workloads ...mani
 	}
 	suite, err := scenario.Load("xdstest.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
 kind: Suite
-clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true}}]
+clusters: [{name: c, istio: {version: `+istio.DefaultVersion+`, pluggedCA: true, profile: `+string(profile)+`}}]
 scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 `))
 	if err != nil {
@@ -113,7 +128,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err := deploy.WaitRolledOut(ctx, env.Client, keys...); err != nil {
 		t.Fatal(err)
 	}
-	out := &Mesh{Cluster: lc, Kube: kube, Client: env.Client, Namespace: ns, XDS: addr, Pods: map[string]*corev1.Pod{}, Services: map[string]*corev1.Service{}, Suite: suite}
+	out := &Mesh{Cluster: lc, Kube: kube, Client: env.Client, Namespace: ns, XDS: addr, Pods: map[string]*corev1.Pod{}, Services: map[string]*corev1.Service{}, Suite: suite, workloads: workloads}
 	for _, w := range workloads {
 		pods, err := kube.CoreV1().Pods(w.Namespace).List(ctx, metav1.ListOptions{LabelSelector: manifests.AppLabel + "=" + w.Name})
 		if err != nil {
@@ -128,7 +143,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		if out.Pods[w.Name] == nil {
 			t.Fatalf("no running pod of %s", w.Name)
 		}
-		if w.InMesh && sidecar.Proxy(out.Pods[w.Name]) == nil {
+		if w.InMesh && !w.Ambient && sidecar.Proxy(out.Pods[w.Name]) == nil {
 			t.Fatalf("pod %s was not injected", out.Pods[w.Name].Name)
 		}
 		svc, err := kube.CoreV1().Services(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
@@ -177,8 +192,10 @@ func (m *Mesh) Sidecar(ctx context.Context, t *testing.T, workload string) *xds.
 func (m *Mesh) Apply(ctx context.Context, t *testing.T, step *scenario.MTLSStep, index int) time.Time {
 	t.Helper()
 	s := &scenario.Suite{Fixtures: scenario.Fixtures{Namespace: m.Namespace}}
-	for _, w := range manifests.StandardWorkloads(m.Namespace) {
-		s.Fixtures.Workloads = append(s.Fixtures.Workloads, scenario.Workload{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.Name, Mesh: &w.InMesh})
+	for _, w := range append(manifests.StandardWorkloads(m.Namespace), m.workloads...) {
+		if s.Workload(w.Name) == nil {
+			s.Fixtures.Workloads = append(s.Fixtures.Workloads, scenario.Workload{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.Name, Mesh: &w.InMesh})
+		}
 	}
 	ps := policy.Step{RunID: "xdstest", Scenario: "xdstest", Index: index}
 	ours := client.MatchingLabels(ownership.Labels(ps.RunID))
