@@ -240,7 +240,7 @@ func TestMetricsExposition(t *testing.T) {
 	}
 	want := map[string]float64{
 		"destination mutual_tls spiffe://cluster.local/ns/meshproof/sa/a spiffe://cluster.local/ns/meshproof/sa/b": 2,
-		"destination unknown unknown spiffe://cluster.local/ns/meshproof/sa/b":                                        1,
+		"destination unknown unknown spiffe://cluster.local/ns/meshproof/sa/b":                                     1,
 	}
 	for k, v := range want {
 		if counts[k] != v {
