@@ -339,7 +339,7 @@ scenarios:
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Fixtures.Workloads[0].Proxyless = true
+	s.Fixtures.Workloads[0].DataPlane, s.Fixtures.Workloads[0].Proxyless = scenario.DataPlaneProxyless, true
 	reports := t.TempDir()
 	_, err = New(s, WithReports(reports))
 	if err == nil || !strings.Contains(err.Error(), `workload "service-a" is proxyless gRPC, and a rotate step needs to read the certificate it serves`) {
