@@ -2,17 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	meshrun "github.com/meshproof/meshproof/harness/run"
+	"github.com/meshproof/meshproof/harness/scenario"
 )
 
 // cleanupTimeout bounds Teardown after the steps: deleting a kind cluster
@@ -73,17 +76,18 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 			fmt.Fprintf(stderr, "meshproof run: %v\n", err)
 			return exitInvalid
 		}
-		logger.Info(rehearsal.Label())
 		opts = append(opts, rehearsal.New(rehearsal.WithLogger(logger), rehearsal.WithBuildLog(stderr)).RunOptions()...)
 	}
 	r, err := meshrun.New(s, opts...)
-	if err != nil {
+	switch {
+	case errors.Is(err, meshrun.ErrNothingSelected):
+		return c.usageError("no scenario of %s matches --label-filter %q; its scenarios' labels are %s", inputName(file), *labelFilter, labelsOf(s))
+	case err != nil:
 		fmt.Fprintf(stderr, "meshproof run: %v\n", err)
 		return exitInvalid
 	}
-	if len(r.Scenarios()) == 0 {
-		fmt.Fprintf(stderr, "meshproof run: no scenario of %s matches --label-filter %q\n", file, *labelFilter)
-		return exitUsage
+	if *rehearse {
+		logger.Info(rehearsal.Label())
 	}
 
 	ctx, interrupt := context.WithCancel(context.Background())
@@ -142,6 +146,24 @@ func printSummary(w io.Writer, r *meshrun.Run, s meshrun.Summary, took time.Dura
 	}
 	fmt.Fprintf(w, "%s in %s: %s%s\n", outcome, took.Round(time.Second), s.Counts(), setup)
 	fmt.Fprintf(w, "run %s: %s (%s)\n", r.ID(), r.Dir(), strings.Join(written(r.Dir()), ", "))
+}
+
+// labelsOf lists the labels the scenarios of s carry, for a filter that
+// selects none of them.
+func labelsOf(s *scenario.Suite) string {
+	var labels []string
+	for _, sc := range s.Scenarios {
+		for _, l := range sc.Labels {
+			if !slices.Contains(labels, l) {
+				labels = append(labels, l)
+			}
+		}
+	}
+	if len(labels) == 0 {
+		return "none: it has no labels"
+	}
+	slices.Sort(labels)
+	return strings.Join(labels, ", ")
 }
 
 // written lists what the run folder holds, folders with a trailing slash:

@@ -122,6 +122,23 @@ scenarios:
 		t.Errorf("the summary does not say what failed:\n%s", out.String())
 	}
 	finalLinesTellTheFolder(t, out.String(), folder)
+	noRepeatedKeys(t, out.String())
+}
+
+// noRepeatedKeys fails on a progress line that carries an attribute twice
+// ("cluster=dev cluster=dev").
+func noRepeatedKeys(t *testing.T, stdout string) {
+	t.Helper()
+	key := regexp.MustCompile(` ([A-Za-z][\w.-]*)=`)
+	for _, line := range strings.Split(stdout, "\n") {
+		seen := map[string]bool{}
+		for _, m := range key.FindAllStringSubmatch(line, -1) {
+			if seen[m[1]] {
+				t.Errorf("key %s twice in %q", m[1], line)
+			}
+			seen[m[1]] = true
+		}
+	}
 }
 
 // finalLinesTellTheFolder checks the CLI's last two lines against the run

@@ -2,14 +2,17 @@ package run
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/onsi/ginkgo/v2/types"
 	"helm.sh/helm/v4/pkg/postrenderer"
@@ -146,9 +149,28 @@ func WithLabelFilter(expr string) (Option, error) {
 	}
 	f, err := types.ParseLabelFilter(expr)
 	if err != nil {
-		return nil, fmt.Errorf("label filter %q: %w", expr, err)
+		return nil, labelFilterError(expr, err)
 	}
 	return func(s *settings) { s.labelFilter = f }, nil
+}
+
+// styleTag is one of the formatting tags of Ginkgo's messages ({{red}}).
+var styleTag = regexp.MustCompile(`\{\{[a-z/-]*\}\}`)
+
+// labelFilterError says what is wrong with a label filter in plain text
+// (Ginkgo's error colours it for a terminal whatever the output is), with
+// a caret under the character Ginkgo points at.
+func labelFilterError(expr string, err error) error {
+	var ge types.GinkgoError
+	if !errors.As(err, &ge) {
+		return fmt.Errorf("label filter %q: %w", expr, err)
+	}
+	input, why, _ := strings.Cut(ge.Message, "\n")
+	caret := ""
+	if i := strings.Index(input, "{{red}}{{bold}}{{underline}}"); i >= 0 {
+		caret = fmt.Sprintf("\n  %s\n  %s^", expr, strings.Repeat(" ", utf8.RuneCountInString(styleTag.ReplaceAllString(input[:i], ""))))
+	}
+	return fmt.Errorf("label filter %q: %s: %s%s", expr, strings.ToLower(styleTag.ReplaceAllString(ge.Heading, "")), strings.TrimSpace(styleTag.ReplaceAllString(why, "")), caret)
 }
 
 // WithProviders makes the cluster providers (default DefaultProvider: kind

@@ -34,6 +34,7 @@ import (
 	"github.com/meshproof/meshproof/harness/report"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
+	"github.com/onsi/ginkgo/v2/types"
 )
 
 // Defaults of the bounds a run keeps.
@@ -100,6 +101,11 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	if err := engine.Unsupported(suite); err != nil {
 		return nil, err
 	}
+	if len(selected(suite, s.labelFilter)) == 0 {
+		// Before the run folder: a run of nothing leaves none behind and
+		// does not move <reports>/latest off the last real run.
+		return nil, ErrNothingSelected
+	}
 	folder, err := report.Open(s.reports, s.runID)
 	if err != nil {
 		return nil, err
@@ -146,11 +152,18 @@ func (r *Run) Dir() string { return r.folder.Dir }
 func (r *Run) JUnitPath() string { return r.folder.JUnitPath() }
 
 // Scenarios are the scenarios the label filter selects, in file order.
-func (r *Run) Scenarios() []*scenario.Scenario {
+func (r *Run) Scenarios() []*scenario.Scenario { return selected(r.suite, r.o.labelFilter) }
+
+// ErrNothingSelected is New's error when the label filter selects no
+// scenario of the suite: a mistake on the command line, not a run.
+var ErrNothingSelected = errors.New("the label filter selects no scenario")
+
+// selected are the scenarios of suite filter selects, in file order.
+func selected(suite *scenario.Suite, filter types.LabelFilter) []*scenario.Scenario {
 	var out []*scenario.Scenario
-	for i := range r.suite.Scenarios {
-		sc := &r.suite.Scenarios[i]
-		if r.o.labelFilter == nil || r.o.labelFilter(junit.Labels(sc)) {
+	for i := range suite.Scenarios {
+		sc := &suite.Scenarios[i]
+		if filter == nil || filter(junit.Labels(sc)) {
 			out = append(out, sc)
 		}
 	}
