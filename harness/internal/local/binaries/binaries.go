@@ -150,16 +150,17 @@ func checkExecutable(path string) error {
 
 // build produces every missing binary of binariesToBuild in dir.
 func build(ctx context.Context, root, dir string, log io.Writer) error {
-	if err := buildInto(ctx, root, dir, binariesToBuild, log); err != nil {
+	if err := buildInto(ctx, root, dir, binariesToBuild, log, nil); err != nil {
 		return err
 	}
 	return checkComplete(dir)
 }
 
-// buildInto produces every missing one of bins in dir. A file lock serialises
+// buildInto produces every missing one of bins in dir, reporting to p (a
+// progress of bins' missing ones when nil). A file lock serialises
 // concurrent callers (parallel test binaries of `go test ./...`), so a
 // multi-minute build happens once and the others wait for it.
-func buildInto(ctx context.Context, root, dir string, bins []binary, log io.Writer) error {
+func buildInto(ctx context.Context, root, dir string, bins []binary, log io.Writer, p *progress) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -176,17 +177,26 @@ func buildInto(ctx context.Context, root, dir string, bins []binary, log io.Writ
 	}
 	defer lock.Unlock()
 
+	var missing []binary
 	for _, b := range bins {
-		target := filepath.Join(dir, b.name)
-		if checkExecutable(target) == nil {
-			continue
+		if checkExecutable(filepath.Join(dir, b.name)) != nil {
+			missing = append(missing, b)
 		}
-		start := time.Now()
-		fmt.Fprintf(log, "binaries: building %s (%s) into %s (minutes when the Go build cache is cold)\n", b.name, b.pkg, target)
-		if err := buildOne(ctx, filepath.Join(root, wrapperModulesDir, b.module), b, target, log); err != nil {
+	}
+	if p == nil {
+		names := make([]string, len(missing))
+		for i, b := range missing {
+			names[i] = b.name
+		}
+		p = newProgress(log, names)
+	}
+	for _, b := range missing {
+		done := p.building(b)
+		err := buildFunc(ctx, filepath.Join(root, wrapperModulesDir, b.module), b, filepath.Join(dir, b.name), log)
+		done(err)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(log, "binaries: built %s in %s\n", b.name, time.Since(start).Round(time.Second))
 	}
 	return nil
 }

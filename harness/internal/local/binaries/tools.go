@@ -74,7 +74,7 @@ func EnsureTool(ctx context.Context, t Tool, log io.Writer) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s is not built yet: %w (or set %s to a directory holding it)", t.name, err, ToolsEnv)
 	}
-	if err := buildInto(ctx, root, dir, []binary{t.binary}, log); err != nil {
+	if err := buildInto(ctx, root, dir, []binary{t.binary}, log, nil); err != nil {
 		return "", fmt.Errorf("building %s from source into %s: %w (alternatively set %s to a directory holding it)", t.name, dir, err, ToolsEnv)
 	}
 	return path, checkExecutable(path)

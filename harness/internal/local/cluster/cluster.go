@@ -251,31 +251,22 @@ type binaryPaths struct {
 	pilotDiscovery, pilotAgent                     string // "" without WithIstiod
 }
 
-// ensureBinaries builds what the cache lacks (minutes each on a cold machine).
+// ensureBinaries builds what the cache lacks (minutes each on a cold
+// machine), numbered and timed on the build log.
 func (c *Cluster) ensureBinaries(ctx context.Context) (binaryPaths, error) {
-	if _, err := binaries.EnsureWithLog(ctx, c.buildLog); err != nil {
-		return binaryPaths{}, fmt.Errorf("local cluster: kube-apiserver and etcd: %w", err)
-	}
 	var paths binaryPaths
-	type toolPath struct {
-		tool binaries.Tool
-		path *string
-	}
-	tools := []toolPath{
-		{binaries.KubeControllerManager, &paths.controllerManager},
-		{binaries.KubeScheduler, &paths.scheduler},
-		{binaries.Kwok, &paths.kwok},
-		{binaries.KwokStages, &paths.kwokStages},
-	}
+	tools := []binaries.Tool{binaries.KubeControllerManager, binaries.KubeScheduler, binaries.Kwok, binaries.KwokStages}
+	into := []*string{&paths.controllerManager, &paths.scheduler, &paths.kwok, &paths.kwokStages}
 	if c.withIstiod {
-		tools = append(tools, toolPath{binaries.PilotDiscovery, &paths.pilotDiscovery}, toolPath{binaries.PilotAgent, &paths.pilotAgent})
+		tools = append(tools, binaries.PilotDiscovery, binaries.PilotAgent)
+		into = append(into, &paths.pilotDiscovery, &paths.pilotAgent)
 	}
-	for _, b := range tools {
-		path, err := binaries.EnsureTool(ctx, b.tool, c.buildLog)
-		if err != nil {
-			return binaryPaths{}, fmt.Errorf("local cluster: %w", err)
-		}
-		*b.path = path
+	_, built, err := binaries.EnsureAll(ctx, c.buildLog, tools...)
+	if err != nil {
+		return binaryPaths{}, fmt.Errorf("local cluster: %w", err)
+	}
+	for i, p := range built {
+		*into[i] = p
 	}
 	return paths, nil
 }

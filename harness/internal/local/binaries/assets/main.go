@@ -40,18 +40,13 @@ func main() {
 			os.Exit(2)
 		}
 	}
-	dir, err := binaries.Ensure(ctx)
+	dir, paths, err := binaries.EnsureAll(ctx, os.Stderr, tools...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "assets:", err)
 		os.Exit(1)
 	}
 	fmt.Println(dir)
-	for _, tool := range tools {
-		path, err := binaries.EnsureTool(ctx, tool, os.Stderr)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "assets:", err)
-			os.Exit(1)
-		}
+	for _, path := range paths {
 		fmt.Println(path)
 	}
 }
