@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -207,13 +208,38 @@ func versionCmd(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// version says which meshproof this is: the module version when it was
+// installed from a release, else the commit it was built from (the VCS
+// stamp go build records), with its date and whether the tree had
+// uncommitted changes.
 func version() string {
+	bi, _ := debug.ReadBuildInfo()
+	return versionOf(bi)
+}
+
+// versionOf is version from the build info bi (nil when there is none).
+func versionOf(bi *debug.BuildInfo) string {
 	v := "(devel)"
 	goVersion := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
+	if bi != nil {
 		goVersion = bi.GoVersion
 		if bi.Main.Version != "" {
 			v = bi.Main.Version
+		}
+		vcs := map[string]string{}
+		for _, s := range bi.Settings {
+			vcs[s.Key] = s.Value
+		}
+		if rev := vcs["vcs.revision"]; rev != "" && (v == "(devel)" || strings.Contains(v, "-0.")) {
+			// A development build, or a pseudo-version: the commit says it.
+			commit := rev[:min(12, len(rev))]
+			if vcs["vcs.time"] != "" {
+				commit += " " + vcs["vcs.time"]
+			}
+			if vcs["vcs.modified"] == "true" {
+				commit += ", with uncommitted changes"
+			}
+			v += " commit " + commit
 		}
 	}
 	return fmt.Sprintf("meshproof %s (%s, scenarios %s)", v, goVersion, scenario.APIVersion)

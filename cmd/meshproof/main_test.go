@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -217,5 +218,22 @@ scenarios:
 	}
 	if len(lines) != 3 {
 		t.Errorf("%d lines, want 3:\n%s", len(lines), errOut)
+	}
+}
+
+// The version line of a development build carries the VCS stamp of the
+// build info: the commit, its time and whether the tree was modified.
+func TestVersionReadsTheVCSStamp(t *testing.T) {
+	bi, err := debug.ParseBuildInfo("path\tgithub.com/meshproof/meshproof/cmd/meshproof\nmod\tgithub.com/meshproof/meshproof\t(devel)\t\nbuild\tvcs=git\nbuild\tvcs.revision=773aad1d5a70188b693beddf7f34e1793d5bd557\nbuild\tvcs.time=2026-12-07T12:20:44Z\nbuild\tvcs.modified=true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bi.GoVersion = "go1.26.8"
+	if got, want := versionOf(bi), "meshproof (devel) commit 773aad1d5a70 2026-12-07T12:20:44Z, with uncommitted changes (go1.26.8, scenarios "+scenario.APIVersion+")"; got != want {
+		t.Errorf("versionOf = %q, want %q", got, want)
+	}
+	bi.Main.Version = "v0.3.0"
+	if got := versionOf(bi); !strings.HasPrefix(got, "meshproof v0.3.0 (go1.26.8") {
+		t.Errorf("a release: %q", got)
 	}
 }
