@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,9 @@ type decoder struct {
 	visited int
 	// combination names the matrix combination being decoded, if any.
 	combination string
+	// unresolved marks scalars holding a matrix variable the matrix does
+	// not define: that error is theirs, their value is not checked.
+	unresolved map[*yaml.Node]bool
 }
 
 func (d *decoder) pos(n *yaml.Node) Position {
@@ -98,7 +102,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		defer delete(d.active, target)
 	}
 	n, ok := d.resolve(n)
-	if !ok {
+	if !ok || d.unresolved[n] {
 		return
 	}
 	if v.CanAddr() {
@@ -304,6 +308,7 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		defer func() { v.Field(info.sourceIndex).Set(reflect.ValueOf(src)) }()
 	}
 	pairs, explicit := d.mappingPairs(n, path)
+	owners := misindented(v.Type(), info, pairs)
 	seen := map[string]*yaml.Node{}
 	for _, kv := range pairs {
 		k, val := kv[0], kv[1]
@@ -313,7 +318,21 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		}
 		f, ok := info.byName[k.Value]
 		if !ok {
+			if owner := owners[k.Value]; owner != nil {
+				// What belongs inside an empty sibling sits beside it:
+				// the sibling's emptiness and what it leaves unset are
+				// this one mistake.
+				d.errorf(k, join(path, k.Value), "%s is a field of %s (line %d), but it is indented as a field beside it, so %s is empty: indent %s (and what follows it) further than %s",
+					k.Value, owner.Value, owner.Line, owner.Value, k.Value, owner.Value)
+				d.failed[path] = true
+				continue
+			}
 			d.errorf(k, join(path, k.Value), "unknown field %q%s", k.Value, suggest(k.Value, info.names))
+			continue
+		}
+		if isNull(val) && slices.ContainsFunc(pairs, func(p [2]*yaml.Node) bool { return owners[p[0].Value] == k }) {
+			src.fields[k.Value] = d.pos(val)
+			seen[k.Value] = k
 			continue
 		}
 		if prev, dup := seen[k.Value]; dup && explicit[prev] && explicit[k] {
@@ -332,6 +351,44 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			d.failed[join(path, f.name)] = true
 		}
 	}
+}
+
+// misindented finds the fields of a mapping that belong inside a sibling
+// left empty (a mis-indented block: "mtls:" with its fields at its own
+// level): for each such unknown key, the key of the empty sibling whose
+// struct type has a field of that name.
+func misindented(t reflect.Type, info *structInfo, pairs [][2]*yaml.Node) map[string]*yaml.Node {
+	var out map[string]*yaml.Node
+	for _, kv := range pairs {
+		k := kv[0]
+		if k.Kind != yaml.ScalarNode {
+			continue
+		}
+		if _, known := info.byName[k.Value]; known {
+			continue
+		}
+		for _, sib := range pairs {
+			f, ok := info.byName[sib[0].Value]
+			if !ok || !isNull(sib[1]) {
+				continue
+			}
+			ft := t.Field(f.index).Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() != reflect.Struct {
+				continue
+			}
+			if _, has := infoOf(ft).byName[k.Value]; has {
+				if out == nil {
+					out = map[string]*yaml.Node{}
+				}
+				out[k.Value] = sib[0]
+				break
+			}
+		}
+	}
+	return out
 }
 
 func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
@@ -387,12 +444,20 @@ func contains(list []string, s string) bool {
 
 // decodeYAML reads a Go duration string.
 func (dur *Duration) decodeYAML(d *decoder, n *yaml.Node, path string) {
+	if n.Kind == yaml.ScalarNode && (n.ShortTag() == "!!int" || n.ShortTag() == "!!float") && !d.substituted[n] {
+		d.errorf(n, path, "a duration needs a unit: write %[1]ss (seconds), %[1]sm (minutes) or %[1]sh (hours), not the bare number %[1]s", n.Value)
+		return
+	}
 	s, ok := d.scalar(n, path, "!!str", "a duration such as 90s or 2m")
 	if !ok {
 		return
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
+		if _, numErr := strconv.ParseFloat(s, 64); numErr == nil {
+			d.errorf(n, path, "a duration needs a unit: write %[1]ss (seconds), %[1]sm (minutes) or %[1]sh (hours), not the bare number %[1]s", s)
+			return
+		}
 		d.errorf(n, path, "invalid duration %q; write it like 90s, 2m or 1h30m", s)
 		return
 	}

@@ -79,13 +79,13 @@ func parse(name string, data []byte) (*yaml.Node, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, ErrorList{{Pos: Position{File: name, Line: 1, Column: 1}, Message: "the file is empty; want a Suite document (apiVersion: " + APIVersion + ")"}}
 		}
-		return nil, ErrorList{syntaxError(name, err)}
+		return nil, ErrorList{syntaxError(name, data, err)}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
 		return nil, ErrorList{{Pos: Position{File: name, Line: extra.Line, Column: extra.Column}, Message: "a scenario file holds one document; found a second"}}
 	} else if !errors.Is(err, io.EOF) {
-		return nil, ErrorList{syntaxError(name, err)}
+		return nil, ErrorList{syntaxError(name, data, err)}
 	}
 	if len(doc.Content) == 0 {
 		return nil, ErrorList{{Pos: Position{File: name, Line: 1, Column: 1}, Message: "the file is empty"}}
@@ -95,8 +95,9 @@ func parse(name string, data []byte) (*yaml.Node, error) {
 
 var yamlLine = regexp.MustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
 
-// syntaxError turns a YAML parser error into an Error with the line it names.
-func syntaxError(name string, err error) *Error {
+// syntaxError turns a YAML parser error into an Error with the line it
+// names; a tab where YAML wants indentation gets its column and the fix.
+func syntaxError(name string, data []byte, err error) *Error {
 	msg := err.Error()
 	line := 1
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
@@ -105,7 +106,13 @@ func syntaxError(name string, err error) *Error {
 		}
 		msg = m[2]
 	}
-	return &Error{Pos: Position{File: name, Line: line, Column: 1}, Message: "YAML syntax error: " + msg}
+	column := 1
+	if lines := strings.Split(string(data), "\n"); line >= 1 && line <= len(lines) && strings.Contains(msg, "cannot start any token") {
+		if i := strings.IndexByte(lines[line-1], '\t'); i >= 0 {
+			return &Error{Pos: Position{File: name, Line: line, Column: i + 1}, Message: "YAML syntax error: a tab character; YAML indents with spaces only: replace the tab with spaces"}
+		}
+	}
+	return &Error{Pos: Position{File: name, Line: line, Column: column}, Message: "YAML syntax error: " + msg}
 }
 
 // DefaultWorkloads are deployed when a file lists none: two workloads in the

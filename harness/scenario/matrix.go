@@ -295,7 +295,11 @@ func (d *decoder) substitute(n *yaml.Node, c Combination, path string) *yaml.Nod
 				name := ref[2 : len(ref)-1]
 				v, ok := c.values[name]
 				if !ok {
-					d.errorf(n, "", "unknown matrix variable %q%s", name, suggest(name, c.names))
+					d.errorf(n, path, "unknown matrix variable %q%s; this scenario's matrix defines %s", name, suggest(name, c.names), strings.Join(c.names, ", "))
+					if d.unresolved == nil {
+						d.unresolved = map[*yaml.Node]bool{}
+					}
+					d.unresolved[&cp] = true // its value would only repeat the mistake
 					return ref
 				}
 				return v
@@ -306,7 +310,14 @@ func (d *decoder) substitute(n *yaml.Node, c Combination, path string) *yaml.Nod
 	}
 	cp.Content = make([]*yaml.Node, len(n.Content))
 	for i, child := range n.Content {
-		cp.Content[i] = d.substitute(child, c, path)
+		childPath := path
+		switch {
+		case n.Kind == yaml.SequenceNode:
+			childPath = fmt.Sprintf("%s[%d]", path, i)
+		case n.Kind == yaml.MappingNode && i%2 == 1:
+			childPath = join(path, n.Content[i-1].Value)
+		}
+		cp.Content[i] = d.substitute(child, c, childPath)
 	}
 	return &cp
 }

@@ -294,6 +294,8 @@ func (v *validator) scenarios() {
 		}
 		seen[sc.Name] = sc.Source.At("name")
 		switch {
+		case sc.Cluster == "" && len(v.s.Clusters) == 0:
+			// The file names no cluster at all: that has its own error.
 		case sc.Cluster == "":
 			v.errorf(sc.Source.Position, path, "with several clusters, each scenario must name its cluster (one of %s)", strings.Join(clusterNames, ", "))
 		case v.s.Cluster(sc.Cluster) == nil:
@@ -351,7 +353,8 @@ func (v *validator) restart(st *Step, _ *Scenario, _ int, path string) {
 
 func (v *validator) wait(st *Step, _ *Scenario, _ int, path string) {
 	w := st.Wait
-	if (len(w.Workloads) == 0) == w.Duration.IsZero() {
+	// A duration written but unreadable has its own error.
+	if (len(w.Workloads) == 0) == w.Duration.IsZero() && !(w.Duration.IsZero() && w.Source.has("duration")) {
 		v.errorf(w.Source.Position, path+".wait", "set either workloads or duration")
 	}
 	if !w.Duration.IsZero() && w.Duration.Duration >= st.Timeout.Duration {
