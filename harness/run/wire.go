@@ -9,6 +9,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/apply"
 	"github.com/meshproof/meshproof/harness/internal/engine"
 	"github.com/meshproof/meshproof/harness/internal/wire"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -29,6 +30,8 @@ func (r *Run) wireWitness(ctx context.Context, c *scenario.Cluster, st *clusterS
 			return nil, fmt.Errorf("wireWitness is required, but %w", err)
 		}
 		r.log(c.Name).Warn("the wire witness cannot run: every request carries not-captured, and no verdict rests on the wire", "error", err)
+		r.rec.RecordEvent(results.Event{Time: time.Now(), Step: results.SetupStep, Kind: results.EventSetupPhase,
+			Detail: fmt.Sprintf("%s: the wire witness cannot run (every request carries not-captured): %v", c.Name, err)})
 		return wire.Refused("the wire witness cannot run on this cluster: " + err.Error()), nil
 	}
 	objs, err := r.claimNamespaces(ctx, st, manifests.WireWitness(r.ID(), echoImage))
