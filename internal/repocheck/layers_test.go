@@ -49,7 +49,7 @@ var layers = []layer{
 		"harness/internal/local/binaries/assets", "meshtest",
 	}},
 	{"Tests only", []string{
-		"harness/internal/testsupport", "internal/leakcheck", "harness/oracle/conformance",
+		"harness/internal/testsupport", "harness/internal/local/xds/xdstest", "internal/leakcheck", "harness/oracle/conformance",
 		"internal/repocheck",
 	}},
 }
@@ -63,4 +63,4 @@ var onlyImporter = map[string]string{
 }
 
 // testOnly are packages no program may link: they exist for tests.
-var testOnly = []string{"harness/internal/testsupport", "internal/leakcheck", "harness/oracle/conformance", "internal/repocheck"}
+var testOnly = []string{"harness/internal/testsupport", "harness/internal/local/xds/xdstest", "internal/leakcheck", "harness/oracle/conformance", "internal/repocheck"}
