@@ -43,11 +43,13 @@ func TestRunUsageErrors(t *testing.T) {
 // step skipped), results.json and report.html.
 func TestRunUnreachableExistingCluster(t *testing.T) {
 	dir := t.TempDir()
+	cache := t.TempDir()
+	t.Setenv("MESHPROOF_CACHE", cache)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
 kind: Config
 clusters: [{name: gone, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: x}}]
+users: [{name: u, user: {token: `+credential+`}}]
 contexts: [{name: gone, context: {cluster: gone, user: u}}]
 current-context: gone
 `), 0o600); err != nil {
@@ -123,6 +125,44 @@ scenarios:
 	}
 	finalLinesTellTheFolder(t, out.String(), folder)
 	noRepeatedKeys(t, out.String())
+	holdsNoCredential(t, reports, out.String()+errOut.String())
+	if entries, _ := os.ReadDir(filepath.Join(cache, "kubeconfigs")); len(entries) != 0 {
+		t.Errorf("the run's private kubeconfigs outlive it: %v", entries)
+	}
+}
+
+// credential is a distinctive token the tests' kubeconfigs carry, to find
+// any copy of it.
+const credential = "meshproof-test-credential-7c1e5d0a93b2"
+
+// holdsNoCredential fails when a file under dir, or output, holds the
+// credential.
+func holdsNoCredential(t *testing.T, dir, output string) {
+	t.Helper()
+	if strings.Contains(output, credential) {
+		t.Error("the credential was printed")
+	}
+	files := 0
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err // folders, and latest (a link to the run folder, walked itself)
+		}
+		files++
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(data, []byte(credential)) {
+			t.Errorf("%s holds the kubeconfig's credential", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files == 0 {
+		t.Errorf("no file under %s: nothing was checked", dir)
+	}
 }
 
 // noRepeatedKeys fails on a progress line that carries an attribute twice

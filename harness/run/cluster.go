@@ -27,6 +27,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/kube"
 	"github.com/meshproof/meshproof/harness/internal/lease"
 	"github.com/meshproof/meshproof/harness/internal/ledger"
+	"github.com/meshproof/meshproof/harness/internal/local/binaries"
 	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -120,7 +121,7 @@ func (r *Run) phase(c *scenario.Cluster, what string, f func() error) error {
 }
 
 func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
-	p, err := r.o.providers(c, r.folder.Path("kubeconfig"), r.o.logger.With("cluster", c.Name))
+	p, err := r.o.providers(c, r.kubeconfigDir(), r.o.logger.With("cluster", c.Name))
 	if err != nil {
 		return err
 	}
@@ -366,7 +367,40 @@ func (st *clusterState) reach(ctx context.Context, timeout time.Duration) error 
 	if last == nil {
 		last = err
 	}
-	return fmt.Errorf("the API server at %s (kubeconfig %s) did not answer within %s: %w", st.rest.Host, st.kubeconfig, timeout, last)
+	return fmt.Errorf("the API server at %s (%s) did not answer within %s: %w", st.rest.Host, st.kubeconfigName(), timeout, last)
+}
+
+// kubectlFlags are kubectl's flags that reach the cluster: the user's own
+// kubeconfig and context for an existing cluster, else the provider's file.
+func (st *clusterState) kubectlFlags() string {
+	if st.spec.Provider != scenario.ProviderExisting {
+		return "--kubeconfig " + st.kubeconfig
+	}
+	var flags []string
+	if e := st.spec.Existing; e != nil && e.Kubeconfig != "" {
+		flags = append(flags, "--kubeconfig "+e.Kubeconfig)
+	}
+	if e := st.spec.Existing; e != nil && e.Context != "" {
+		flags = append(flags, "--context "+e.Context)
+	}
+	return strings.Join(flags, " ")
+}
+
+// kubeconfigName says which kubeconfig reaches the cluster, for messages:
+// the user's own file and context for an existing cluster (the run's copy
+// of it is gone after the run), else the file the provider wrote.
+func (st *clusterState) kubeconfigName() string {
+	if st.spec.Provider != scenario.ProviderExisting {
+		return "kubeconfig " + st.kubeconfig
+	}
+	kubeconfig, context := "$KUBECONFIG or ~/.kube/config", "its current context"
+	if e := st.spec.Existing; e != nil && e.Kubeconfig != "" {
+		kubeconfig = e.Kubeconfig
+	}
+	if e := st.spec.Existing; e != nil && e.Context != "" {
+		context = "context " + e.Context
+	}
+	return "kubeconfig " + kubeconfig + ", " + context
 }
 
 // Teardown leaves nothing of the run behind, unless WithKeep: on every
@@ -381,10 +415,11 @@ func (r *Run) Teardown(ctx context.Context) error {
 	r.tornDown = true
 	if r.o.keep {
 		for _, name := range r.order {
-			r.log(name).Info("--keep: cluster left as it is; reach it with kubectl --kubeconfig KUBECONFIG get pods -A", "kubeconfig", r.clusters[name].kubeconfig)
+			r.keepMessage(name, r.clusters[name])
 		}
 		return nil
 	}
+	defer r.forgetKubeconfigs()
 	var errs []error
 	for i := len(r.order) - 1; i >= 0; i-- {
 		name := r.order[i]
@@ -402,6 +437,56 @@ func (r *Run) Teardown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// kubeconfigDir is where providers write the kubeconfigs of the run's
+// clusters: under meshproof's cache (<cache>/kubeconfigs/<run id>, mode
+// 0700), never in the run folder. A kubeconfig holds credentials (a copy of
+// the user's for an existing cluster, the admin certificate of a kind
+// cluster), and users publish their reports folder to share JUnit.
+func (r *Run) kubeconfigDir() string {
+	if r.kubeconfigs == "" {
+		root, err := binaries.CacheRoot()
+		if err != nil {
+			root = os.TempDir()
+		}
+		r.kubeconfigs = filepath.Join(root, "kubeconfigs", r.ID())
+	}
+	return r.kubeconfigs
+}
+
+// ownKubeconfig reports whether path is a kubeconfig a provider wrote for
+// this run (in kubeconfigDir).
+func (r *Run) ownKubeconfig(path string) bool {
+	return r.kubeconfigs != "" && path != "" && strings.HasPrefix(path, r.kubeconfigs+string(filepath.Separator))
+}
+
+// forgetKubeconfigs removes the kubeconfigs written for the run.
+func (r *Run) forgetKubeconfigs() {
+	if r.kubeconfigs == "" {
+		return
+	}
+	if err := os.RemoveAll(r.kubeconfigs); err != nil {
+		r.log().Warn("could not remove the run's kubeconfigs", "dir", r.kubeconfigs, "error", err)
+	}
+}
+
+// keepMessage says, under --keep, how to reach a cluster left as it is: an
+// existing cluster through the user's own kubeconfig (the run's copy of it
+// goes), a cluster the run made through the kubeconfig kept for it, said
+// loudly since it holds the cluster's credentials.
+func (r *Run) keepMessage(name string, st *clusterState) {
+	switch {
+	case st.spec.Provider == scenario.ProviderExisting:
+		if r.ownKubeconfig(st.kubeconfig) {
+			_ = os.Remove(st.kubeconfig)
+		}
+		r.log(name).Info("--keep: cluster left as it is; reach it with your own " + st.kubeconfigName())
+	case r.ownKubeconfig(st.kubeconfig):
+		r.log(name).Info("--keep: cluster left running. Its kubeconfig holds the cluster's admin credentials; it is kept outside the reports folder (so that publishing reports never publishes it): delete it with the cluster", "kubeconfig", st.kubeconfig)
+	default:
+		r.log(name).Info("--keep: cluster left as it is; reach it with kubectl --kubeconfig KUBECONFIG get pods -A", "kubeconfig", st.kubeconfig)
+	}
 }
 
 // cleanUp removes the run's objects from a cluster that stays (by label:
@@ -458,8 +543,8 @@ func (r *Run) Remains() []string {
 			continue
 		}
 		if st.reached {
-			out = append(out, fmt.Sprintf("objects of this run on cluster %s: the next run removes them, or: kubectl --kubeconfig %s delete all,namespaces,peerauthentications.security.istio.io,destinationrules.networking.istio.io -A -l %s",
-				name, st.kubeconfig, ownership.RunSelector(r.ID())))
+			out = append(out, fmt.Sprintf("objects of this run on cluster %s: the next run removes them, or: kubectl %s delete all,namespaces,peerauthentications.security.istio.io,destinationrules.networking.istio.io -A -l %s",
+				name, st.kubectlFlags(), ownership.RunSelector(r.ID())))
 		}
 	}
 	return out

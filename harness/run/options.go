@@ -31,8 +31,10 @@ import (
 )
 
 // ProviderFunc makes the provider of a scenario cluster. kubeconfigDir is
-// the run folder's kubeconfig directory, where a provider should write the
-// kubeconfig it creates.
+// where a provider should write the kubeconfig it creates: a private
+// directory of the run under meshproof's cache, outside the reports folder
+// (kubeconfigs hold credentials), removed at the end of the run unless
+// --keep.
 type ProviderFunc func(c *scenario.Cluster, kubeconfigDir string, logger *slog.Logger) (support.E2EClusterProvider, error)
 
 // target is a reached cluster, as the mesh installer sees it.

@@ -81,6 +81,9 @@ type Run struct {
 	closeOnce     sync.Once
 	closeErr      error
 	logFile       *os.File // the run folder's debug log (report.LogFile)
+	// kubeconfigs is where the clusters' kubeconfigs are written
+	// (kubeconfigDir); "" until the first cluster is set up.
+	kubeconfigs string
 }
 
 // New prepares a run of suite: it opens the run folder

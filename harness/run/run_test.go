@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -350,5 +351,60 @@ scenarios:
 	}
 	if entries, _ := os.ReadDir(reports); len(entries) != 0 {
 		t.Errorf("the refused run left %v in the reports folder", entries)
+	}
+}
+
+// A kubeconfig a provider writes for a cluster the run creates (as kind
+// does, with the cluster's admin credentials) goes to a private directory
+// under meshproof's cache, never the run folder; it is removed with the
+// run, and under --keep it stays and the run says where and why.
+func TestClusterKubeconfigsStayOutOfTheRunFolder(t *testing.T) {
+	const kindLike = `apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c1, istio: {version: 1.30.3}}]
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`
+	const token = "meshproof-run-test-credential-41d7"
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keep=%t", keep), func(t *testing.T) {
+			cache, reports := t.TempDir(), t.TempDir()
+			t.Setenv("MESHPROOF_CACHE", cache)
+			p := &fakeProvider{kubeconfig: []byte(strings.Replace(unreachableKubeconfig, "token: x", "token: "+token, 1))}
+			var log bytes.Buffer
+			r, err := New(loadSuite(t, kindLike), WithReports(reports), WithKeep(keep), WithReachTimeout(time.Second),
+				WithLogger(slog.New(NewProgressHandler(&log))), withMesh(noMesh(t)), WithImageDelivery(noImage{t}), WithTransport(noTransport),
+				WithProviders(func(_ *scenario.Cluster, dir string, _ *slog.Logger) (support.E2EClusterProvider, error) {
+					p.dir = dir
+					return p, os.MkdirAll(dir, 0o700)
+				}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Execute(t.Context(), t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if want := filepath.Join(cache, "kubeconfigs", r.ID()); p.dir != want {
+				t.Errorf("kubeconfig directory %s, want %s", p.dir, want)
+			}
+			filepath.WalkDir(reports, func(path string, d os.DirEntry, err error) error {
+				if err == nil && d.Type().IsRegular() {
+					if data, _ := os.ReadFile(path); bytes.Contains(data, []byte(token)) {
+						t.Errorf("%s holds the cluster's credential", path)
+					}
+				}
+				return err
+			})
+			kubeconfig := filepath.Join(p.dir, "fake.kubeconfig")
+			_, statErr := os.Stat(kubeconfig)
+			switch {
+			case !keep && !errors.Is(statErr, os.ErrNotExist):
+				t.Errorf("the run's kubeconfig outlives it: %v", statErr)
+			case keep && statErr != nil:
+				t.Errorf("--keep: the kubeconfig of the cluster left running is gone: %v", statErr)
+			case keep && (!strings.Contains(log.String(), "Its kubeconfig holds the cluster's admin credentials; it is kept outside the reports folder (so that publishing reports never publishes it): delete it with the cluster") ||
+				!strings.Contains(log.String(), kubeconfig)):
+				t.Errorf("--keep does not say where the kubeconfig is and why:\n%s", log.String())
+			}
+		})
 	}
 }
