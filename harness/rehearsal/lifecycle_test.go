@@ -365,3 +365,39 @@ func TestCanaryUpgrade(t *testing.T) {
 	}
 	f.labelled(t)
 }
+
+// The upgrade-validation recipe the README shows, examples/upgrade.yaml,
+// passes as written: Istio 1.29.6 upgraded to 1.30.3 by a canary revision
+// and in place, each under continuous traffic, then STRICT and certificate
+// rotation checked on the new version. One method per local cluster, as
+// `meshproof run --label-filter` selects them.
+func TestUpgradeExample(t *testing.T) {
+	for _, method := range []string{"canary", "in-place"} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel()
+			c := takeCluster(t)
+			r := newRunSelecting(t, c, "../../examples/upgrade.yaml", method, testWriter{t})
+			if got := len(r.Scenarios()); got != 1 {
+				t.Fatalf("--label-filter %s selects %d scenarios, want 1", method, got)
+			}
+			sum := execute(t, c, r)
+			f := readFolder(t, r.Dir())
+			if !sum.OK() || sum.Passed != 5 {
+				t.Errorf("summary %+v, want the 5 steps passed; failed: %q", sum, f.failedCases())
+			}
+			kinds := map[string]bool{}
+			for _, v := range f.verdicts {
+				if v.Status == results.Passed {
+					kinds[v.Kind] = true
+				}
+			}
+			for _, k := range []string{"upgrade", "expect", "rotate"} {
+				if !kinds[k] {
+					t.Errorf("no passed %s step: %v", k, f.verdicts)
+				}
+			}
+			f.bannerTells(t, sum)
+			f.labelled(t)
+		})
+	}
+}

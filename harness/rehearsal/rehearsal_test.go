@@ -128,6 +128,17 @@ func newRun(t *testing.T, c *testCluster, path string, opts ...rehearsal.Option)
 // newRunLogging is newRun with the progress lines written to w.
 func newRunLogging(t *testing.T, c *testCluster, path string, w io.Writer, opts ...rehearsal.Option) *run.Run {
 	t.Helper()
+	return newRunSelecting(t, c, path, "", w, opts...)
+}
+
+// newRunSelecting is newRunLogging of the scenarios labelFilter selects
+// ("" for all), as `meshproof run --label-filter` selects them.
+func newRunSelecting(t *testing.T, c *testCluster, path, labelFilter string, w io.Writer, opts ...rehearsal.Option) *run.Run {
+	t.Helper()
+	filter, err := run.WithLabelFilter(labelFilter)
+	if err != nil {
+		t.Fatal(err)
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +148,7 @@ func newRunLogging(t *testing.T, c *testCluster, path string, w io.Writer, opts 
 		t.Fatal(err)
 	}
 	logger := slog.New(run.NewProgressHandler(w))
-	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger)},
+	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger), filter},
 		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(c.Cluster), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
 	if err != nil {
 		t.Fatal(err)
