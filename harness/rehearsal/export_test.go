@@ -11,3 +11,6 @@ func TransportFor(r *Rehearsal, lc *cluster.Cluster) (probe.Execer, error) {
 	r.register(lc)
 	return r.transport(lc.KubernetesRestConfig())
 }
+
+// Borrow is lc as a Cluster, for WithCluster.
+func Borrow(lc *cluster.Cluster) *Cluster { return &Cluster{local: lc} }

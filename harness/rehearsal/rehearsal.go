@@ -85,12 +85,14 @@ func WithLogger(l *slog.Logger) Option { return func(r *Rehearsal) { r.logger = 
 // binaries (default os.Stderr).
 func WithBuildLog(w io.Writer) Option { return func(r *Rehearsal) { r.buildLog = w } }
 
-// WithCluster runs every run on lc, a local cluster created WithIstiod by
-// the caller, instead of a new local cluster per run; the runs leave it
-// running (as they leave an existing cluster). Successive runs on one
-// cluster show what a rerun meets: the earlier run's namespaces still
-// terminating, its Lease. The file must use one cluster.
-func WithCluster(lc *cluster.Cluster) Option { return func(r *Rehearsal) { r.borrowed = lc } }
+// WithCluster runs every run on c, a local cluster the caller created
+// (NewCluster, e.g. through an e2e-framework environment), instead of a new
+// local cluster per run; the runs leave it running, as they leave an
+// existing cluster, and remove from it only what their ledgers list.
+// Successive runs on one cluster show what a rerun meets: the earlier
+// run's namespaces still terminating, its Lease. The file must use one
+// cluster.
+func WithCluster(c *Cluster) Option { return func(r *Rehearsal) { r.borrowed = c.local } }
 
 // WithIstioReadyTimeout bounds the wait for istiod to serve and inject
 // after Istio is installed (default: the installer's).

@@ -149,7 +149,7 @@ func newRunSelecting(t *testing.T, c *testCluster, path, labelFilter string, w i
 	}
 	logger := slog.New(run.NewProgressHandler(w))
 	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger), filter},
-		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(c.Cluster), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
+		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(rehearsal.Borrow(c.Cluster)), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
