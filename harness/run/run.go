@@ -161,6 +161,19 @@ func (r *Run) Scenarios() []*scenario.Scenario { return selected(r.suite, r.o.la
 // scenario of the suite: a mistake on the command line, not a run.
 var ErrNothingSelected = errors.New("the label filter selects no scenario")
 
+// Select is what a run of suite WithLabelFilter(expr) runs: the scenarios
+// the label filter expression selects (every one for ""), in file order,
+// before any run exists (a test framework declares its tests from them).
+func Select(suite *scenario.Suite, expr string) ([]*scenario.Scenario, error) {
+	var s settings
+	opt, err := WithLabelFilter(expr)
+	if err != nil {
+		return nil, err
+	}
+	opt(&s)
+	return selected(suite, s.labelFilter), nil
+}
+
 // selected are the scenarios of suite filter selects, in file order.
 func selected(suite *scenario.Suite, filter types.LabelFilter) []*scenario.Scenario {
 	var out []*scenario.Scenario
