@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/report"
 	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/internal/proctree"
 )
 
 // A setup whose istiod never runs (its pods select no node) fails with the
@@ -189,7 +189,7 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	var descendants []process
+	var descendants []proctree.Process
 	deadline := time.After(10 * time.Minute)
 	interrupted := false
 	for !interrupted {
@@ -202,7 +202,9 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 			if strings.Contains(line, "step passed") && strings.Contains(line, `step="1 mtls`) {
 				// The expect step has begun; let it run a little.
 				time.Sleep(3 * time.Second)
-				descendants = descendantsOf(t, cmd.Process.Pid)
+				if descendants, err = proctree.Descendants(cmd.Process.Pid); err != nil {
+					t.Fatal(err)
+				}
 				if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 					t.Fatal(err)
 				}
@@ -225,16 +227,13 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 		t.Errorf("only %d processes under meshproof before the interrupt (%v), want the local cluster's parts and istiod", len(descendants), descendants)
 	}
 	// grpc-a's pod and its client pod: a pilot-agent and an echo each.
-	names := map[string]int{}
-	for _, p := range descendants {
-		names[p.name]++
-	}
+	names := proctree.Names(descendants)
 	if names["pilot-agent"] != 2 || names["echo"] != 2 {
 		t.Errorf("processes under meshproof before the interrupt: %v, want the pilot-agent and echo of grpc-a's two pods", names)
 	}
 	for _, p := range descendants {
-		if p.alive() {
-			t.Errorf("process %d (%s) outlived meshproof", p.pid, p.name)
+		if p.Alive() {
+			t.Errorf("process %d (%s) outlived meshproof", p.Pid, p.Name)
 		}
 	}
 	for _, bad := range []string{"clean-up stopped", "teardown:", "undoing what the run created"} {
@@ -263,78 +262,6 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 		t.Error("junit.xml has no testcase")
 	}
 	f.labelled(t)
-}
-
-// process is a process seen under meshproof: pid, name and start time (so
-// a reused pid is not mistaken for it).
-type process struct {
-	pid   int
-	name  string
-	start string
-}
-
-func (p process) alive() bool {
-	cur, ok := readProcess(p.pid)
-	return ok && cur.start == p.start
-}
-
-// readProcess reads /proc/<pid>/stat: the name, the parent and the start
-// time (field 22).
-func readProcess(pid int) (process, bool) {
-	p, _, ok := readStat(pid)
-	return p, ok
-}
-
-func readStat(pid int) (process, int, bool) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return process{}, 0, false
-	}
-	s := string(data)
-	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || end < open {
-		return process{}, 0, false
-	}
-	fields := strings.Fields(s[end+1:])
-	if len(fields) < 20 {
-		return process{}, 0, false
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	// fields[0] is the state (field 3); the start time is field 22.
-	if fields[0] == "Z" {
-		return process{}, 0, false
-	}
-	return process{pid: pid, name: s[open+1 : end], start: fields[19]}, ppid, true
-}
-
-// descendantsOf lists every live process below pid.
-func descendantsOf(t *testing.T, pid int) []process {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	children := map[int][]process{}
-	for _, e := range entries {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if p, ppid, ok := readStat(n); ok {
-			children[ppid] = append(children[ppid], p)
-		}
-	}
-	var out []process
-	queue := []int{pid}
-	for len(queue) > 0 {
-		next := queue[0]
-		queue = queue[1:]
-		for _, c := range children[next] {
-			out = append(out, c)
-			queue = append(queue, c.pid)
-		}
-	}
-	return out
 }
 
 // The root CA is rotated (Istio's multi-root procedure) and Istio upgraded

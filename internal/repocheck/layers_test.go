@@ -50,7 +50,7 @@ var layers = []layer{
 	}},
 	{"Tests only", []string{
 		"harness/internal/testsupport", "harness/internal/local/xds/xdstest", "internal/leakcheck", "harness/oracle/conformance",
-		"internal/repocheck",
+		"internal/repocheck", "internal/proctree",
 	}},
 }
 
@@ -63,4 +63,4 @@ var onlyImporter = map[string]string{
 }
 
 // testOnly are packages no program may link: they exist for tests.
-var testOnly = []string{"harness/internal/testsupport", "harness/internal/local/xds/xdstest", "internal/leakcheck", "harness/oracle/conformance", "internal/repocheck"}
+var testOnly = []string{"harness/internal/testsupport", "harness/internal/local/xds/xdstest", "internal/leakcheck", "harness/oracle/conformance", "internal/repocheck", "internal/proctree"}

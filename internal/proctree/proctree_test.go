@@ -1,0 +1,37 @@
+package proctree
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// A child started here is listed below this process while it runs, and is
+// not alive once it has been waited for.
+func TestDescendantsListsAChildUntilItEnds(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := Descendants(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var child *Process
+	for i := range ps {
+		if ps[i].Pid == cmd.Process.Pid {
+			child = &ps[i]
+		}
+	}
+	if child == nil || child.Name != "sleep" || !child.Alive() {
+		t.Fatalf("descendants %+v, want the running sleep %d", ps, cmd.Process.Pid)
+	}
+	if Names(ps)["sleep"] != 1 {
+		t.Errorf("names %v, want one sleep", Names(ps))
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if child.Alive() {
+		t.Error("the killed child is still alive")
+	}
+}
