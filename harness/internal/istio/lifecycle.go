@@ -457,9 +457,20 @@ func (i *Installer) uninstallRelease(ctx context.Context, name string) error {
 	}
 }
 
-// ensureNamespace creates the Istio namespace if it is missing, labelled as
-// meshproof's so that a purge removes it and nothing else.
+// ensureNamespace creates the Istio namespace if it is missing. With the
+// run's ledger it is recorded first and created with the run's labels, as
+// the run's other namespaces are: teardown deletes it, with what istiod
+// wrote into it (leader-election and CA ConfigMaps, istio-ca-secret), from a
+// cluster that stays, and the next run's sweep of leftovers waits until it
+// is gone before installing into it. Without a ledger it is labelled as
+// meshproof's, so that a purge removes it and nothing else.
 func (i *Installer) ensureNamespace(ctx context.Context) error {
+	if i.s.ledger != nil {
+		if _, err := i.s.ledger.EnsureNamespace(ctx, i.s.namespace, nil); err != nil {
+			return fmt.Errorf("istio: %w", err)
+		}
+		return nil
+	}
 	cs, err := i.clientset()
 	if err != nil {
 		return err
