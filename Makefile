@@ -28,18 +28,25 @@ TEST_PACKAGES ?= 4
 SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/internal/istio ./harness/internal/engine \
 	./harness/internal/local/cluster ./harness/oracle/conformance
 
-.PHONY: test test-packages compile-suites e2e rehearse validate lint generate envtest clean
+.PHONY: test test-packages compile-suites test-examples e2e rehearse validate lint generate envtest clean
 
 # The package tests, and beside them (not after them) the e2e suites'
-# compilation.
+# compilation and the go test examples.
 test: lint
-	@$(MAKE) --no-print-directory -j2 test-packages compile-suites
+	@$(MAKE) --no-print-directory -j3 test-packages compile-suites test-examples
 
 test-packages:
 	@# envtest binaries (kube-apiserver, etcd) are built from source once and
 	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
 	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/internal/local/binaries/assets)" && export KUBEBUILDER_ASSETS && \
 	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) $(SLOW_TEST_PACKAGES) ./...
+
+# meshproof inside a user's own go test (examples/gotest, a module of its
+# own, README: Use it from go test), rehearsed so that it cannot rot: the
+# default scenarios as subtests, an e2e-framework feature on its
+# environment's cluster, and gotestsum's JUnit of a -run selection.
+test-examples:
+	cd examples/gotest && MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # The e2e suites need a cluster; here they are only compiled, so they cannot rot.
 compile-suites:
@@ -63,13 +70,17 @@ lint:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
 	$(GO) mod tidy -diff
+	cd examples/gotest && $(GO) vet ./... && { $(GO) mod tidy -diff || { echo "examples/gotest's go.mod or go.sum lags meshproof's: run make generate"; exit 1; }; }
 	$(GO) tool actionlint .github/workflows/*.yaml
 
-# Regenerates the files generated from the scenario API types and the
-# README's Layout section from the package docs.
+# Regenerates the files generated from the scenario API types, the
+# README's Layout section from the package docs, and examples/gotest's
+# go.mod and go.sum from meshproof's.
 generate:
 	$(GO) test ./harness/scenario -run 'IsCurrent' -update
 	$(GO) test ./internal/repocheck -run 'LayoutIsCurrent' -update
+	@# The examples' module follows meshproof's dependencies (a replace).
+	cd examples/gotest && $(GO) mod tidy
 
 envtest:
 	$(GO) run ./harness/internal/local/binaries/assets
