@@ -14,6 +14,7 @@ const (
 	childFileEnv    = "MESHTEST_CHILD_FILE"
 	childReportsEnv = "MESHTEST_CHILD_REPORTS"
 	childGraceEnv   = "MESHTEST_CHILD_GRACE"
+	childLabelsEnv  = "MESHTEST_CHILD_LABELS"
 )
 
 // TestChild rehearses the file $MESHTEST_CHILD_FILE with meshtest.Run; the
@@ -23,7 +24,7 @@ func TestChild(t *testing.T) {
 	if file == "" {
 		t.Skip("runs only as the child process of this package's other tests")
 	}
-	opts := []meshtest.Option{meshtest.Rehearse(), meshtest.WithReports(os.Getenv(childReportsEnv))}
+	opts := []meshtest.Option{meshtest.Rehearse(), meshtest.WithReports(os.Getenv(childReportsEnv)), meshtest.WithLabelFilter(os.Getenv(childLabelsEnv))}
 	if grace := os.Getenv(childGraceEnv); grace != "" {
 		d, err := time.ParseDuration(grace)
 		if err != nil {

@@ -71,12 +71,19 @@ func runChild(t *testing.T, file, runPattern string, env []string, flags ...stri
 	if t.Failed() || len(r.final) == 0 {
 		t.Logf("child output:\n%s\nstderr:\n%s", out, stderr.String())
 	}
-	dir, err := filepath.EvalSymlinks(filepath.Join(reports, report.LatestLink))
-	if err != nil {
-		t.Fatalf("the child wrote no run folder: %v\nstderr:\n%s", err, stderr.String())
+	if dir, err := filepath.EvalSymlinks(filepath.Join(reports, report.LatestLink)); err == nil {
+		r.dir = dir
 	}
-	r.dir = dir
 	return r
+}
+
+// folder is the run folder the child wrote.
+func (r childRun) folder(t *testing.T) string {
+	t.Helper()
+	if r.dir == "" {
+		t.Fatal("the child wrote no run folder")
+	}
+	return r.dir
 }
 
 // with are the tests that ended with action, sorted.
@@ -164,7 +171,7 @@ func TestContradictionsFailExactlyTheirStepsSubtests(t *testing.T) {
 	}
 	// Each failed subtest says what junit.xml says of its testcase.
 	failures := 0
-	for _, c := range junitCases(t, r.dir) {
+	for _, c := range junitCases(t, r.folder(t)) {
 		if c.Failure == nil {
 			continue
 		}
@@ -202,7 +209,7 @@ func TestRunSelectsScenariosAndSteps(t *testing.T) {
 	if got := slices.Sorted(maps.Keys(r.final)); !slices.Equal(got, wantRun) || len(r.with("pass")) != len(wantRun) {
 		t.Errorf("subtests ended: %v, want %q passed", r.final, wantRun)
 	}
-	_, verdicts, err := report.ReadResults(filepath.Join(r.dir, report.ResultsFile))
+	_, verdicts, err := report.ReadResults(filepath.Join(r.folder(t), report.ResultsFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +267,7 @@ func TestShortSkipsSlowAndTheDeadlineStopsTheSteps(t *testing.T) {
 			}
 		}
 	}
-	_, verdicts, err := report.ReadResults(filepath.Join(r.dir, report.ResultsFile))
+	_, verdicts, err := report.ReadResults(filepath.Join(r.folder(t), report.ResultsFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,4 +286,17 @@ func TestShortSkipsSlowAndTheDeadlineStopsTheSteps(t *testing.T) {
 		t.Errorf("no verdict says the deadline stopped the step never (or the setup): %v", verdicts)
 	}
 	t.Logf("stopped by the deadline: %s", stopped)
+}
+
+// A label filter that selects no scenario of the file fails the test
+// saying so, before anything is set up or written.
+func TestLabelFilterSelectingNothingFailsTheTest(t *testing.T) {
+	t.Parallel()
+	r := runChild(t, "../scenarios.yaml", "^TestChild$", []string{childLabelsEnv + "=no-such-label"})
+	if r.final["TestChild"] != "fail" || !r.hasLine("TestChild", `no scenario of ../scenarios.yaml matches the label filter "no-such-label"`) {
+		t.Errorf("TestChild ended %q with %q, want it failed naming the label filter", r.final["TestChild"], r.output["TestChild"])
+	}
+	if r.dir != "" {
+		t.Errorf("the child wrote a run folder: %s", r.dir)
+	}
 }

@@ -90,16 +90,14 @@ func newSession(parent context.Context, t *testing.T, file string, suite *scenar
 		return nil, err
 	}
 	r, err := run.New(suite, append(opts, more...)...)
+	if errors.Is(err, run.ErrNothingSelected) {
+		err = fmt.Errorf("no scenario of %s matches the label filter %q", file, set.labelFilter)
+	}
 	if err != nil {
 		popTop()
 		return nil, err
 	}
 	s.r = r
-	if len(r.Scenarios()) == 0 {
-		err := fmt.Errorf("no scenario of %s matches the label filter %q", file, set.labelFilter)
-		popTop()
-		return nil, errors.Join(err, r.Close())
-	}
 	t.Logf("meshproof run folder: %s", r.Dir())
 
 	s.ctx, s.stop = context.WithCancelCause(parent)
