@@ -26,7 +26,7 @@ TEST_PACKAGES ?= 4
 # (each several minutes of local clusters, istiod and Helm installs) go
 # first, so that none of them starts last and runs alone at the end.
 SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/internal/istio ./harness/internal/engine \
-	./harness/internal/local/cluster ./harness/oracle/conformance
+	./harness/internal/local/cluster ./harness/oracle/conformance ./meshtest
 
 .PHONY: test test-packages compile-suites test-examples e2e rehearse validate lint generate envtest clean
 

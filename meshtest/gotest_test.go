@@ -249,7 +249,7 @@ func (r childRun) hasLine(test, s string) bool {
 func TestShortSkipsSlowAndTheDeadlineStopsTheSteps(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	const timeout, grace = 4 * time.Minute, 100 * time.Second
+	const timeout, grace = 150 * time.Second, 70 * time.Second
 	r := runChild(t, "testdata/short-deadline.yaml", "^TestChild$", []string{childGraceEnv + "=" + grace.String()}, "-test.short", "-test.timeout="+timeout.String())
 	if took := time.Since(start); took >= timeout {
 		t.Errorf("the child took %s, its -timeout is %s", took.Round(time.Second), timeout)
