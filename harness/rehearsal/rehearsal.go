@@ -43,6 +43,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
 	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/internal/wire"
+	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -265,12 +266,30 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 		return nil, fmt.Errorf("rehearsal: a client for cluster %s: %w", lc.Name(), err)
 	}
 	certs := &revisionCA{kube: kube, istiod: lc.Istiod(), byAddr: map[string]*istiodClient{}}
-	simulated := dataplane.New(kube, certs, dataplane.WithLogger(r.logger.With("cluster", lc.Name())))
-	if lc.Proxyless() == nil {
-		return unwitnessed{simulated}, nil
+	opts := []dataplane.Option{dataplane.WithLogger(r.logger.With("cluster", lc.Name()))}
+	if lc.Ambient() != nil {
+		opts = append(opts, dataplane.WithZtunnels(lc.Ambient(), certs))
 	}
-	return unwitnessed{&proxylessRouter{simulated: simulated, local: lc.Proxyless(), kube: kube, witness: r.witness}}, nil
+	simulated := dataplane.New(kube, certs, opts...)
+	if lc.Proxyless() == nil {
+		return withPorts{unwitnessed{simulated}, simulated}, nil
+	}
+	return withPorts{unwitnessed{&proxylessRouter{simulated: simulated, local: lc.Proxyless(), kube: kube, witness: r.witness}}, simulated}, nil
 }
+
+// withPorts is the rehearsal's transport with the simulated ztunnels'
+// ports (their metrics and config dump) reachable as a port-forward would
+// reach a real ztunnel's.
+type withPorts struct {
+	probe.Execer
+	ports probe.PodPortGetter
+}
+
+func (w withPorts) GetPodPort(ctx context.Context, pod results.Pod, port int, path string) ([]byte, error) {
+	return w.ports.GetPodPort(ctx, pod, port, path)
+}
+
+var _ probe.PodPortGetter = withPorts{}
 
 // revisionCA issues a simulated sidecar's certificates as its istio-agent
 // would get them: from the istiod of the revision that injected the pod,
@@ -317,6 +336,31 @@ func (c *revisionCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Durati
 		return nil, err
 	}
 	return ca.Issue(ctx, pod, ttl)
+}
+
+// IssueFor issues a ztunnel's certificate for a workload of its node as
+// ztunnel asks it: from the istiod of the default revision (the ztunnel
+// chart's CA_ADDRESS), verified against the roots istiod gave ztunnel's
+// namespace, with the ztunnel pod's token impersonating the workload.
+func (c *revisionCA) IssueFor(ctx context.Context, ztunnelPod, workload *corev1.Pod, ttl time.Duration) (*dataplane.Certs, error) {
+	addr, err := c.istiod.CAAddress("")
+	if err != nil {
+		return nil, fmt.Errorf("the istiod ztunnel asks for certificates: %w", err)
+	}
+	var roots corev1.ConfigMap
+	if err := c.kube.Get(ctx, client.ObjectKey{Namespace: ztunnelPod.Namespace, Name: rootCertConfigMap}, &roots); err != nil {
+		return nil, fmt.Errorf("the mesh's roots for ztunnel %s/%s (ConfigMap %s): %w", ztunnelPod.Namespace, ztunnelPod.Name, rootCertConfigMap, err)
+	}
+	pemRoots := roots.Data["root-cert.pem"]
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(pemRoots)) {
+		return nil, fmt.Errorf("ConfigMap %s/%s holds no root certificate", ztunnelPod.Namespace, rootCertConfigMap)
+	}
+	ca, err := c.client(addr, pemRoots, pool)
+	if err != nil {
+		return nil, err
+	}
+	return ca.IssueFor(ctx, ztunnelPod, workload, ttl)
 }
 
 // client is the connection to the istiod at addr trusting roots; one made

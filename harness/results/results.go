@@ -62,6 +62,47 @@ type Observation struct {
 	// Wire is what the wire witness saw of the request on the network;
 	// nil when no witness watched the step (wireWitness off).
 	Wire *Wire `json:"wire,omitempty"`
+	// Ztunnel is ztunnel's evidence of how the request's connection went,
+	// for a pair with an ambient side (no sidecar adds X-Forwarded-Client-
+	// Cert there): what a node's ztunnel counted during the request's
+	// window. Nil for other pairs.
+	Ztunnel *ZtunnelEvidence `json:"ztunnel,omitempty"`
+}
+
+// ZtunnelEvidence is what one ztunnel counted of a request's connections
+// in istio_tcp_connections_opened_total (and, for connections a client's
+// sidecar pools, istio_tcp_received_bytes_total) between a read before the
+// request and a read after it.
+type ZtunnelEvidence struct {
+	// Pod is the ztunnel pod ("<namespace>/<name>") and Node its node.
+	Pod  string `json:"pod"`
+	Node string `json:"node,omitempty"`
+	// Reporter is "destination" (the server's ztunnel) or "source" (the
+	// client's, when the server is not ambient).
+	Reporter string `json:"reporter"`
+	// SecurityPolicy is the connection_security_policy counted: mutual_tls,
+	// or unknown for plaintext.
+	SecurityPolicy string `json:"securityPolicy"`
+	// SourcePrincipal and DestinationPrincipal are the principals counted.
+	SourcePrincipal      string `json:"sourcePrincipal,omitempty"`
+	DestinationPrincipal string `json:"destinationPrincipal,omitempty"`
+	// Opened is the growth of the connection count, Bytes of the bytes
+	// received (a pooled connection is counted once, its bytes each time).
+	Opened uint64 `json:"opened"`
+	Bytes  uint64 `json:"bytes,omitempty"`
+}
+
+// String is the evidence in a line, e.g. "ztunnel istio-system/ztunnel-x
+// (reporter destination): +3 mutual_tls from spiffe://... to spiffe://...".
+func (z ZtunnelEvidence) String() string {
+	s := fmt.Sprintf("ztunnel %s (reporter %s): +%d %s", z.Pod, z.Reporter, z.Opened, z.SecurityPolicy)
+	if z.Bytes > 0 {
+		s += fmt.Sprintf(", +%d bytes", z.Bytes)
+	}
+	if z.SecurityPolicy == "mutual_tls" {
+		s += " from " + z.SourcePrincipal + " to " + z.DestinationPrincipal
+	}
+	return s
 }
 
 // Outcome renders the observed outcome the way expectations are written:

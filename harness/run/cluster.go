@@ -238,6 +238,11 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 
 	opts := []engine.Option{engine.WithRecorder(r.rec), engine.WithCertReader(probe.NewCertReader(st.execer)),
 		engine.WithConnectionWitness(probe.NewStatsReader(st.execer)), engine.WithLogger(r.log(c.Name))}
+	if pods, ok := st.execer.(probe.PodPortGetter); ok {
+		// ztunnel's metrics and config dump, through the transport's
+		// port-forward: ztunnel's image has no shell to exec.
+		opts = append(opts, engine.WithZtunnelWitness(probe.NewZtunnelReader(pods)))
+	}
 	if st.mesh != nil && st.mesh.Istio != nil {
 		opts = append(opts, engine.WithMeshControl(st.mesh.Istio))
 		if st.mesh.CA != nil {

@@ -11,4 +11,5 @@ var (
 	_ engine.Prober            = (*probe.Prober)(nil)
 	_ engine.CertReader        = (*probe.CertReader)(nil)
 	_ engine.ConnectionWitness = (*probe.StatsReader)(nil)
+	_ engine.ZtunnelWitness    = (*probe.ZtunnelReader)(nil)
 )

@@ -15,6 +15,7 @@ import (
 func (v *validator) dataPlane(w Workload, path string) {
 	dp := w.Plane()
 	if w.Source.has("dataPlane") {
+		dp = w.DataPlane
 		if w.Source.has("mesh") && w.Mesh != nil && *w.Mesh != (dp != DataPlaneNone) {
 			v.errorf(w.Source.At("mesh"), path+".mesh", "mesh: %t contradicts dataPlane: %s; remove mesh (dataPlane: none is outside the mesh, any other data plane inside it)", *w.Mesh, dp)
 		}

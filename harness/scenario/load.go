@@ -412,24 +412,20 @@ func (w *Workload) defaultDataPlane() {
 // InMesh reports whether the workload is in the mesh: it has an Istio
 // identity and Istio carries its traffic, through a sidecar, ztunnel
 // (ambient) or grpc-go (proxyless).
-func (w *Workload) InMesh() bool {
-	if w.DataPlane != "" {
-		return w.DataPlane != DataPlaneNone
-	}
-	return w.Mesh == nil || *w.Mesh
-}
+func (w *Workload) InMesh() bool { return w.Plane() != DataPlaneNone }
 
-// Plane is the workload's data plane, also for a Workload built in code
-// without DataPlane set: proxyless, else out of the mesh when Mesh says
-// so, else a sidecar.
+// Plane is the workload's data plane, also for a Workload built or
+// changed in code: the older fields, when they say proxyless or out of the
+// mesh, win (loading keeps them in step with DataPlane), then DataPlane,
+// else a sidecar.
 func (w *Workload) Plane() DataPlane {
 	switch {
-	case w.DataPlane != "":
-		return w.DataPlane
 	case w.Proxyless:
 		return DataPlaneProxyless
 	case w.Mesh != nil && !*w.Mesh:
 		return DataPlaneNone
+	case w.DataPlane != "":
+		return w.DataPlane
 	}
 	return DataPlaneSidecar
 }

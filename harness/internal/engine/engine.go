@@ -97,7 +97,9 @@ type Engine struct {
 	gapLimit time.Duration
 	// witness proves how TCP connections arrived; tcpLocks keeps one
 	// witness window per server workload at a time (tcp.go).
-	witness  ConnectionWitness
+	witness ConnectionWitness
+	// ztunnel proves pairs with an ambient side (ambient.go).
+	ztunnel  ZtunnelWitness
 	tcpLocks keyedLocks
 	// xdsLocks keeps one probe at a time in a proxyless client's pod
 	// (proxyless.go).
@@ -150,8 +152,19 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 	if !ok {
 		return fmt.Errorf("step %q: no step kind the engine knows (%q)", st.Name, st.Kind())
 	}
+	if probesTraffic[st.Kind()] && e.suite.AmbientWorkloads() {
+		// Before any expectation: every ambient pod really is enrolled.
+		if err := e.checkEnrolment(ctx); err != nil {
+			return err
+		}
+	}
 	return run(e, ctx, sc, index)
 }
+
+// probesTraffic are the kinds of step that send requests between the
+// fixtures.
+var probesTraffic = map[string]bool{scenario.KindExpect: true, scenario.KindTransition: true, scenario.KindUpgrade: true,
+	scenario.KindRotate: true, scenario.KindRotateRoot: true}
 
 // stepRunner runs step index of a scenario, of the kind it is keyed by.
 type stepRunner func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error

@@ -132,11 +132,16 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, from string, pod results.Pod, rows []*rowHistory, td string) error {
 	// HTTP rows go in one batch; each TCP row is probed in a witness
 	// window of its own (tcp.go).
-	var httpRows, tcpRows []*rowHistory
+	// A row with an ambient side is probed in a ztunnel window of its own
+	// (ambient.go).
+	var httpRows, tcpRows, ambientRows []*rowHistory
 	for _, r := range rows {
-		if e.isTCP(r.expectation.To, r.expectation.Port) {
+		switch {
+		case e.ambientPair(from, r.expectation.To):
+			ambientRows = append(ambientRows, r)
+		case e.isTCP(r.expectation.To, r.expectation.Port):
 			tcpRows = append(tcpRows, r)
-		} else {
+		default:
 			httpRows = append(httpRows, r)
 		}
 	}
@@ -165,6 +170,13 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 	}
 	for _, r := range tcpRows {
 		o, err := e.probeTCP(ctx, sc, st, from, pod, r.expectation, e.suite.Defaults.Requests)
+		if err != nil {
+			return err
+		}
+		obs = append(obs, o...)
+	}
+	for _, r := range ambientRows {
+		o, err := e.probeAmbient(ctx, sc, st, from, pod, r.expectation, e.suite.Defaults.Requests)
 		if err != nil {
 			return err
 		}

@@ -303,11 +303,14 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 	if err != nil {
 		return nil, err
 	}
-	var httpPairs, tcpPairs []scenario.Pair
+	var httpPairs, tcpPairs, ambientPairs []scenario.Pair
 	for _, p := range pairs {
-		if e.isTCP(p.To, p.Port) {
+		switch {
+		case e.ambientPair(from, p.To):
+			ambientPairs = append(ambientPairs, p)
+		case e.isTCP(p.To, p.Port):
 			tcpPairs = append(tcpPairs, p)
-		} else {
+		default:
 			httpPairs = append(httpPairs, p)
 		}
 	}
@@ -338,6 +341,15 @@ func (e *Engine) probePairs(ctx context.Context, sc *scenario.Scenario, st *scen
 	// connection as for HTTP.
 	for _, p := range tcpPairs {
 		obs, err := e.probeTCP(ctx, sc, st, from, pod, scenario.Expectation{To: p.To, Port: p.Port}, 1)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, obs...)
+	}
+	// Each pair with an ambient side in a ztunnel window of its own
+	// (ambient.go).
+	for _, p := range ambientPairs {
+		obs, err := e.probeAmbient(ctx, sc, st, from, pod, scenario.Expectation{To: p.To, Port: p.Port}, 1)
 		if err != nil {
 			return nil, err
 		}

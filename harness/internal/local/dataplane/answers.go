@@ -80,6 +80,7 @@ func (e *Execer) probe(ctx context.Context, client *corev1.Pod, stdin []byte) ([
 // probeHTTP is one HTTP request of a batch.
 func (e *Execer) probeHTTP(ctx context.Context, client *corev1.Pod, t echoapi.Target, attempt int) (echoapi.ProbeResult, error) {
 	start := time.Now()
+	ctx, decided := withAmbientMark(ctx)
 	status, body, reqErr, err := e.request(ctx, client, t)
 	if err != nil {
 		return echoapi.ProbeResult{}, err
@@ -99,6 +100,7 @@ func (e *Execer) probeHTTP(ctx context.Context, client *corev1.Pod, t echoapi.Ta
 	}
 	nearest := outcome.Nearest()
 	res.PeerURI, res.ProxyURI = nearest.URI, nearest.By
+	e.labelAmbient(&res, *decided)
 	return res, nil
 }
 
@@ -136,6 +138,23 @@ func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Targ
 	case dst.pod == nil:
 		// kube-proxy rejects connections to a Service without endpoints.
 		return 0, nil, wrap(connError("dial", syscall.ECONNREFUSED)), nil
+	}
+	switch out, err := e.ambient(ctx, client, dst, httpRequestBytes(u), 512); {
+	case err != nil:
+		return 0, nil, nil, err
+	case out.handled:
+		markAmbient(ctx)
+		switch {
+		case out.answered:
+			return 200, echoBody(client, dst, u, ""), nil, nil
+		case out.upstream503:
+			return 503, []byte(echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"), nil, nil
+		}
+		return 0, nil, wrap(connError("read", syscall.ECONNRESET)), nil
+	case enrolled(client):
+		// The client's ztunnel passed it as plain TCP: the server's own
+		// data plane decides, as for a client without a sidecar.
+		markAmbient(ctx)
 	}
 	pred, err := e.predict(ctx, client, dst)
 	if err != nil {

@@ -73,6 +73,12 @@ type Execer struct {
 	// tcpCounts are the inbound TCP connections each simulated sidecar
 	// counted, by peer (tcpanswers.go).
 	tcpCounts map[types.UID]map[tcpPeer]uint64
+
+	// ztunnels decide ambient pairs (ambient.go); ztunnelHeld are the
+	// certificates each ztunnel holds, by ztunnel pod and identity.
+	ztunnels     ZtunnelNodes
+	ztunnelCerts ZtunnelCertSource
+	ztunnelHeld  map[ztunnelCertKey]*workloadCerts
 }
 
 var _ probe.Execer = (*Execer)(nil)
@@ -100,6 +106,8 @@ func New(kube client.Reader, certs CertSource, opts ...Option) *Execer {
 		now:      time.Now,
 		log:      slog.New(slog.DiscardHandler),
 		sidecars: map[types.UID]*sidecar{},
+
+		ztunnelHeld: map[ztunnelCertKey]*workloadCerts{},
 	}
 	for _, o := range opts {
 		o(e)

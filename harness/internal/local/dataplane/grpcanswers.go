@@ -101,6 +101,7 @@ func prefaceError(err error) *grpcStatus {
 // probeGRPC is one gRPC call of a batch.
 func (e *Execer) probeGRPC(ctx context.Context, client *corev1.Pod, t echoapi.Target, attempt int) (echoapi.ProbeResult, error) {
 	start := time.Now()
+	ctx, decided := withAmbientMark(ctx)
 	reply, st, err := e.call(ctx, client, t)
 	if err != nil {
 		return echoapi.ProbeResult{}, err
@@ -124,6 +125,7 @@ func (e *Execer) probeGRPC(ctx context.Context, client *corev1.Pod, t echoapi.Ta
 	if outcome.Echo != nil {
 		res.ServerPod, res.ServerNamespace, res.ServerServiceAccount = outcome.Echo.Pod, outcome.Echo.Namespace, outcome.Echo.ServiceAccount
 	}
+	e.labelAmbient(&res, *decided)
 	return res, nil
 }
 
@@ -158,6 +160,21 @@ func (e *Execer) call(ctx context.Context, client *corev1.Pod, t echoapi.Target)
 		return nil, &grpcStatus{code: "Unavailable", message: "no healthy upstream"}, nil
 	case dst.pod == nil:
 		return nil, unavailable(connError("dial", syscall.ECONNREFUSED)), nil
+	}
+	switch out, err := e.ambient(ctx, client, dst, 256, 512); {
+	case err != nil:
+		return nil, nil, err
+	case out.handled:
+		markAmbient(ctx)
+		switch {
+		case out.answered:
+			return grpcEchoReply(client, dst, u, "", ""), nil, nil
+		case out.upstream503:
+			return nil, &grpcStatus{code: "Unavailable", message: echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"}, nil
+		}
+		return nil, prefaceError(connError("read", syscall.ECONNRESET)), nil
+	case enrolled(client):
+		markAmbient(ctx)
 	}
 	pred, err := e.predict(ctx, client, dst)
 	if err != nil {

@@ -132,6 +132,64 @@ func (c *IstiodCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration
 	return &Certs{Chain: chain, Roots: roots, Issued: issued}, nil
 }
 
+// ImpersonatedIdentity is the CSR metadata key ztunnel sets to ask for a
+// certificate of a workload it serves (istio.io/istio pkg/security
+// ImpersonatedIdentity; ztunnel src/identity/caclient.rs).
+const ImpersonatedIdentity = "ImpersonatedIdentity"
+
+// IssueFor asks istiod for a certificate for workload's identity as
+// ztunnel does: authorised by a token of the ztunnel pod's ServiceAccount
+// bound to that pod, impersonating the workload's SPIFFE ID in the
+// request's metadata. istiod's node authorizer allows it only to a
+// ServiceAccount in CA_TRUSTED_NODE_ACCOUNTS (the istiod chart names
+// ztunnel's) and only for an identity with a pod on the caller's node
+// (security/pkg/server/ca/node_auth.go).
+func (c *IstiodCA) IssueFor(ctx context.Context, ztunnelPod, workload *corev1.Pod, ttl time.Duration) (*Certs, error) {
+	token, err := c.token(ctx, ztunnelPod)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := c.csr(workload)
+	if err != nil {
+		return nil, err
+	}
+	id := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", c.trustDomain, workload.Namespace, serviceAccount(workload))
+	req := &pb.IstioCertificateRequest{
+		Csr:              string(csr),
+		ValidityDuration: int64(ttl / time.Second),
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+			ImpersonatedIdentity: structpb.NewStringValue(id),
+		}},
+	}
+	md := metadata.Pairs("ClusterID", c.clusterID, "authorization", "Bearer "+token)
+	issued := time.Now()
+	resp, err := c.svc.CreateCertificate(metadata.NewOutgoingContext(ctx, md), req)
+	if err != nil {
+		return nil, fmt.Errorf("istiod CreateCertificate for %s by ztunnel %s/%s: %w", id, ztunnelPod.Namespace, ztunnelPod.Name, err)
+	}
+	return chainOf(resp.GetCertChain(), issued, id)
+}
+
+// chainOf reads istiod's answer: the workload chain and, as its last
+// element, the mesh's roots.
+func chainOf(elems []string, issued time.Time, who string) (*Certs, error) {
+	if len(elems) < 2 {
+		return nil, fmt.Errorf("istiod CreateCertificate for %s: a chain of %d certificates, want the leaf and its root at least", who, len(elems))
+	}
+	var chain, roots []*x509.Certificate
+	for i, p := range elems {
+		certs, err := ca.ParseCertificatesPEM([]byte(p))
+		if err != nil {
+			return nil, fmt.Errorf("istiod's certificate %d: %w", i, err)
+		}
+		chain = append(chain, certs...)
+		if i == len(elems)-1 {
+			roots = certs
+		}
+	}
+	return &Certs{Chain: chain, Roots: roots, Issued: issued}, nil
+}
+
 // token is a TokenRequest for the pod's ServiceAccount, bound to the pod,
 // with istiod's audience: what the kubelet projects into istio-proxy.
 func (c *IstiodCA) token(ctx context.Context, pod *corev1.Pod) (string, error) {

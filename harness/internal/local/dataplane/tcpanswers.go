@@ -30,6 +30,7 @@ import (
 func (e *Execer) probeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Target, attempt int) (echoapi.ProbeResult, error) {
 	start := time.Now()
 	nonce := newNonce()
+	ctx, decided := withAmbientMark(ctx)
 	reply, reqErr, err := e.exchangeTCP(ctx, client, t, nonce)
 	if err != nil {
 		return echoapi.ProbeResult{}, err
@@ -47,6 +48,7 @@ func (e *Execer) probeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Tar
 	if echo != nil {
 		res.ServerPod, res.ServerNamespace, res.ServerServiceAccount = echo.Pod, echo.Namespace, echo.ServiceAccount
 	}
+	e.labelAmbient(&res, *decided)
 	return res, nil
 }
 
@@ -103,6 +105,21 @@ func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.
 		return nil, connError("read", syscall.ECONNRESET), nil
 	case dst.pod == nil:
 		return nil, connError("dial", syscall.ECONNREFUSED), nil
+	}
+	switch out, err := e.ambient(ctx, client, dst, uint64(len(nonce)+1), 256); {
+	case err != nil:
+		return nil, nil, err
+	case out.handled:
+		markAmbient(ctx)
+		switch {
+		case out.answered:
+			return tcpEchoReply(client, dst, nonce), nil, nil
+		case out.upstream503:
+			return nil, io.EOF, nil
+		}
+		return nil, connError("read", syscall.ECONNRESET), nil
+	case enrolled(client):
+		markAmbient(ctx)
 	}
 	pred, err := e.predict(ctx, client, dst)
 	if err != nil {

@@ -1,7 +1,9 @@
 // Package configdump reads the SDS secrets out of an Envoy admin config
 // dump (GET /config_dump?mask=dynamic_active_secrets), which is how the
-// harness sees the certificates an Istio sidecar holds. It depends on the
-// standard library only.
+// harness sees the certificates an Istio sidecar holds, and the
+// certificates out of a ztunnel's config dump (its admin GET /config_dump,
+// ztunnel.go), which is how it sees those an ambient workload's ztunnel
+// holds. It depends on the standard library only.
 package configdump
 
 import (

@@ -304,7 +304,7 @@ func InboundTCP(samples []Sample) (Counts, error) {
 }
 
 // Since is what was counted after before: the positive differences by
-// peer. A counter lower than before means the sidecar restarted (Envoy's
+// peer. A counter lower than before means the proxy restarted (Envoy's
 // counters start again from zero), which makes the difference meaningless:
 // an error.
 func (c Counts) Since(before Counts) (Counts, error) {
@@ -312,14 +312,14 @@ func (c Counts) Since(before Counts) (Counts, error) {
 	for p, n := range c {
 		switch b := before[p]; {
 		case n < b:
-			return nil, fmt.Errorf("the count of %s went down from %d to %d: the sidecar restarted", p, b, n)
+			return nil, fmt.Errorf("the count of %s went down from %d to %d: the proxy (sidecar or ztunnel) restarted", p, b, n)
 		case n > b:
 			out[p] = n - b
 		}
 	}
 	for p, b := range before {
 		if _, ok := c[p]; !ok && b > 0 {
-			return nil, fmt.Errorf("the count of %s disappeared (was %d): the sidecar restarted", p, b)
+			return nil, fmt.Errorf("the count of %s disappeared (was %d): the proxy (sidecar or ztunnel) restarted", p, b)
 		}
 	}
 	return out, nil
@@ -345,4 +345,63 @@ func (c Counts) String() string {
 	}
 	slices.Sort(parts)
 	return strings.Join(parts, ", ")
+}
+
+// ztunnel's metrics (src/proxy/metrics.rs) use the same names and labels
+// as the sidecars' stats filter, with "unknown" where a sidecar writes
+// "none" for a connection without mutual TLS, and one ztunnel counts for
+// every pod of its node: its counts are told apart by workload.
+const (
+	// TCPReceivedBytes is the bytes a proxy received of its connections.
+	TCPReceivedBytes = "istio_tcp_received_bytes_total"
+
+	ReporterSource = "source"
+	// PolicyUnknown is ztunnel's connection_security_policy of a
+	// connection without mutual TLS (plaintext passed through).
+	PolicyUnknown = "unknown"
+
+	LabelSourceWorkload               = "source_workload"
+	LabelSourceWorkloadNamespace      = "source_workload_namespace"
+	LabelDestinationWorkload          = "destination_workload"
+	LabelDestinationWorkloadNamespace = "destination_workload_namespace"
+)
+
+// Workload names a workload in ztunnel's labels: its namespace and its
+// workload name (the Deployment's).
+type Workload struct{ Namespace, Name string }
+
+// ZtunnelSelector picks the samples of one pair of workloads from a
+// ztunnel's metrics: reporter "destination" with the server workload, or
+// "source" with the client workload and, when set, the server.
+type ZtunnelSelector struct {
+	Reporter            string
+	Source, Destination Workload
+}
+
+func (sel ZtunnelSelector) matches(s Sample) bool {
+	l := s.Labels
+	if l[LabelReporter] != sel.Reporter {
+		return false
+	}
+	if sel.Destination.Name != "" && (l[LabelDestinationWorkload] != sel.Destination.Name || l[LabelDestinationWorkloadNamespace] != sel.Destination.Namespace) {
+		return false
+	}
+	return sel.Source.Name == "" || l[LabelSourceWorkload] == sel.Source.Name && l[LabelSourceWorkloadNamespace] == sel.Source.Namespace
+}
+
+// ZtunnelTCP sums, by peer, the samples of name (TCPConnectionsOpened or
+// TCPReceivedBytes) sel picks from a ztunnel's metrics.
+func ZtunnelTCP(samples []Sample, name string, sel ZtunnelSelector) (Counts, error) {
+	out := Counts{}
+	for _, s := range samples {
+		if s.Name != name || !sel.matches(s) {
+			continue
+		}
+		if s.Value < 0 || s.Value != math.Trunc(s.Value) || s.Value > 1<<53 {
+			return nil, fmt.Errorf("%s: counter value %v is not a count", name, s.Value)
+		}
+		p := Peer{SecurityPolicy: s.Labels[LabelSecurityPolicy], SourcePrincipal: s.Labels[LabelSourcePrincipal], DestinationPrincipal: s.Labels[LabelDestinationPrincipal]}
+		out[p] += uint64(s.Value)
+	}
+	return out, nil
 }
