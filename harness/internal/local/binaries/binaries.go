@@ -157,48 +157,52 @@ func build(ctx context.Context, root, dir string, log io.Writer) error {
 }
 
 // buildInto produces every missing one of bins in dir, reporting to p (a
-// progress of bins' missing ones when nil). A file lock serialises
-// concurrent callers (parallel test binaries of `go test ./...`), so a
-// multi-minute build happens once and the others wait for it.
+// progress of bins' missing ones when nil). A file lock per binary
+// serialises concurrent callers (parallel test binaries of `go test ./...`),
+// so a multi-minute build happens once and the others wait for it, while
+// builds of other binaries go on beside it.
 func buildInto(ctx context.Context, root, dir string, bins []binary, log io.Writer, p *progress) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	lock := flock.New(dir + ".lock")
+	if p == nil {
+		var names []string
+		for _, b := range bins {
+			if checkExecutable(filepath.Join(dir, b.name)) != nil {
+				names = append(names, b.name)
+			}
+		}
+		p = newProgress(log, names)
+	}
+	for _, b := range bins {
+		if err := buildLocked(ctx, root, filepath.Join(dir, b.name), b, log, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildLocked builds b into target unless it is there, under target's lock.
+func buildLocked(ctx context.Context, root, target string, b binary, log io.Writer, p *progress) error {
+	lock := flock.New(filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".lock"))
 	locked, err := lock.TryLock()
 	if err != nil {
 		return fmt.Errorf("locking %s: %w", lock.Path(), err)
 	}
 	if !locked {
-		fmt.Fprintf(log, "binaries: another process is building into %s; waiting for it\n", dir)
+		fmt.Fprintf(log, "binaries: another process is building %s; waiting for it\n", target)
 		if locked, err = lock.TryLockContext(ctx, time.Second); err != nil || !locked {
 			return fmt.Errorf("waiting for lock %s: %w", lock.Path(), errors.Join(err, ctx.Err()))
 		}
 	}
 	defer lock.Unlock()
-
-	var missing []binary
-	for _, b := range bins {
-		if checkExecutable(filepath.Join(dir, b.name)) != nil {
-			missing = append(missing, b)
-		}
+	if checkExecutable(target) == nil {
+		return nil
 	}
-	if p == nil {
-		names := make([]string, len(missing))
-		for i, b := range missing {
-			names[i] = b.name
-		}
-		p = newProgress(log, names)
-	}
-	for _, b := range missing {
-		done := p.building(b)
-		err := buildFunc(ctx, filepath.Join(root, wrapperModulesDir, b.module), b, filepath.Join(dir, b.name), log)
-		done(err)
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	done := p.building(b)
+	err = buildFunc(ctx, filepath.Join(root, wrapperModulesDir, b.module), b, target, log)
+	done(err)
+	return err
 }
 
 // buildOne compiles b into a temporary file beside target and renames it into place,
