@@ -59,7 +59,19 @@ type kubeLogHandler struct {
 	group string
 }
 
-func (kubeLogHandler) Enabled(context.Context, slog.Level) bool {
+// kubeLogLevel is the lowest level of Kubernetes' records a run keeps:
+// klog's V(2) (logr's V(n) is slog level -n), what client-go says of its
+// own progress besides warnings and errors. From V(6) on client-go logs
+// every request's URL, headers and, at V(8), its request and response
+// bodies: the Secrets a run reads and writes (its CA's key, Helm's
+// releases) would land in the run folder, and formatting them cost a
+// rehearsal a sixth of its CPU.
+const kubeLogLevel = slog.Level(-2)
+
+func (kubeLogHandler) Enabled(_ context.Context, l slog.Level) bool {
+	if l < kubeLogLevel {
+		return false
+	}
 	kubeLogs.mu.Lock()
 	defer kubeLogs.mu.Unlock()
 	return len(kubeLogs.sinks) > 0
