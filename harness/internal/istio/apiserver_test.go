@@ -15,7 +15,6 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -264,8 +263,6 @@ func newInstaller(t *testing.T, env *testsupport.Env, root, version string, opts
 	return in
 }
 
-// deleteCRDs removes the Istio CRDs the test control plane preinstalled and waits until
-// the API server has dropped them.
 func istiodImage(t *testing.T, env *testsupport.Env, ns, name string) string {
 	t.Helper()
 	d := &appsv1.Deployment{}
@@ -302,30 +299,5 @@ func wantSecret(t *testing.T, env *testsupport.Env, ns, name string) {
 	t.Helper()
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &corev1.Secret{}); err != nil {
 		t.Errorf("Secret %s/%s: %v", ns, name, err)
-	}
-}
-
-// deleteCRDs deletes the Istio CRDs the test control plane installed and waits until they
-// are gone.
-func deleteCRDs(t *testing.T, env *testsupport.Env) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	for _, crd := range env.IstioCRDs {
-		if err := env.Client.Delete(ctx, crd.DeepCopy()); err != nil && !apierrors.IsNotFound(err) {
-			t.Fatal(err)
-		}
-	}
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		for _, crd := range env.IstioCRDs {
-			err := env.Client.Get(ctx, client.ObjectKey{Name: crd.Name}, &apiextensionsv1.CustomResourceDefinition{})
-			if !apierrors.IsNotFound(err) {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("the control plane's Istio CRDs were not deleted: %v", err)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/istio"
 	"github.com/meshproof/meshproof/harness/internal/lease"
 	"github.com/meshproof/meshproof/harness/internal/ledger"
+	"github.com/meshproof/meshproof/harness/internal/local/controlplane"
 	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/run"
@@ -56,7 +57,9 @@ func TestUsersIstioIsLeftAlone(t *testing.T) {
 	// manager, which the other tests' installs would then use.
 	root := testsupport.IstioCharts(t)
 	ctrllog.SetLogger(logr.Discard())
-	env := testsupport.Start(t)
+	// No Istio CRDs from the test control plane: the user's base release
+	// creates (and owns) them, as on the user's cluster.
+	env := testsupport.Start(t, controlplane.WithoutIstioCRDs())
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	cs, err := kubernetes.NewForConfig(env.Config)
@@ -263,8 +266,25 @@ scenarios:
 		if want := []ledger.Release{{Namespace: "istio-system", Name: "istio-base"}, {Namespace: "istio-system", Name: "istiod"}}; !slices.Equal(rec.Releases, want) {
 			t.Errorf("ledger releases %v, want %v", rec.Releases, want)
 		}
-		if len(rec.CRDs) != len(env.IstioCRDs) {
-			t.Errorf("ledger lists %d CRDs, want the %d the base release created", len(rec.CRDs), len(env.IstioCRDs))
+		// The cluster had no CRDs of Istio's before (the control purged the
+		// user's): every one it has now, the base release created.
+		var crds apiextensionsv1.CustomResourceDefinitionList
+		if err := env.Client.List(ctx, &crds); err != nil {
+			t.Fatal(err)
+		}
+		var created, listed []string
+		for _, crd := range crds.Items {
+			if strings.HasSuffix(crd.Spec.Group, "istio.io") {
+				created = append(created, crd.Name)
+			}
+		}
+		for _, o := range rec.CRDs {
+			listed = append(listed, o.Name)
+		}
+		slices.Sort(created)
+		slices.Sort(listed)
+		if len(created) == 0 || !slices.Equal(listed, created) {
+			t.Errorf("ledger lists CRDs %v, want the %d the base release created: %v", listed, len(created), created)
 		}
 		if foreign, err := in.ForeignReleases(ctx); err != nil || len(foreign) != 0 {
 			t.Errorf("ForeignReleases after meshproof's own install = %v, %v", foreign, err)
@@ -287,7 +307,6 @@ func installUsersIstio(t *testing.T, ctx context.Context, env *testsupport.Env, 
 	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system", Labels: map[string]string{"owner": "platform-team"}}}); err != nil {
 		t.Fatal(err)
 	}
-	deleteCRDs(t, env) // the user's base release creates (and owns) them
 	closed := closedPort(t)
 	validation := map[string]any{"validationURL": fmt.Sprintf("https://127.0.0.1:%d/validate", closed), "validationFailurePolicy": "Ignore"}
 	kube.ManagedFieldsManager = "helm"
