@@ -18,39 +18,90 @@ REPORTS ?= reports
 ISTIO_VERSION ?=
 GINKGO_FLAGS ?=
 TEST_TIMEOUT ?= 30m
-# Test packages run at once. Most of their time is spent waiting on API
-# servers, local clusters and rehearsals, not computing, so twice the
-# cores' count keeps two cores busy.
+# Test packages run at once, half of them from each list below. Most of
+# their time is spent waiting on API servers, local clusters and
+# rehearsals, not computing, so twice the cores' count keeps two cores busy.
 TEST_PACKAGES ?= 4
+# go test caches a package's result and runs its tests again only when its
+# test binary, the environment variables or the files its tests read have
+# changed (the local stack's binaries are exec'd from paths named by their
+# versions). These packages' tests read what the cache cannot see, so they
+# run every time (-count=1); internal/repocheck checks that a package whose
+# tests run go or need CAP_NET_RAW is listed here.
+#   harness/rehearsal           builds cmd/meshproof in a child go build (its
+#                               main package is not in the test binary), and
+#                               needs CAP_NET_RAW for the wire witness
+#   meshtest                    runs go tool test2json and actionlint, whose
+#                               versions go.mod pins outside the test binary
+#   harness/oracle/conformance, harness/internal/probe
+#                               build fixtures/echo in a child go build
+#   cmd/meshproof               builds itself stamped with the commit, which
+#                               git knows and the test binary does not
+#   fixtures/echo, fixtures/echo/wire, harness/internal/wire
+#                               whether the process has CAP_NET_RAW decides
+#                               what their wire witness tests do
+#   harness/internal/cluster    asks the machine's container engine
+#   harness/internal/local/binaries
+#                               go list reads the wrapper modules' go.sum and
+#                               module graph
+#   suites/spec                 go run builds testdata/tiny, not in the binary
+#   internal/repocheck          go list reads the whole tree
+UNCACHED_TEST_PACKAGES = ./harness/rehearsal ./meshtest ./harness/oracle/conformance \
+	./harness/internal/probe ./cmd/meshproof ./fixtures/echo ./fixtures/echo/wire ./harness/internal/wire \
+	./harness/internal/cluster ./harness/internal/local/binaries ./suites/spec ./internal/repocheck
 # go test starts packages in the order it is given them: the longest ones
-# (each several minutes of local clusters, istiod and Helm installs) go
-# first, so that none of them starts last and runs alone at the end.
-SLOW_TEST_PACKAGES = ./harness/rehearsal ./harness/internal/istio ./harness/internal/engine \
-	./harness/internal/local/cluster ./harness/oracle/conformance ./meshtest
+# (each minutes of API servers, Helm installs and local clusters) go
+# first, so that none of them starts last and runs alone at the end. The
+# uncached list above starts with its own long ones.
+SLOW_TEST_PACKAGES = ./harness/internal/istio ./harness/internal/engine \
+	./harness/internal/local/cluster ./harness/internal/local/dataplane
+# Test binaries are linked by Go's own linker: a dependency (kustomize, via
+# Helm) imports package plugin, whose C part makes go choose the system
+# linker, which costs a test binary half again as much CPU; nothing in the
+# tests uses plugin. Child go builds in the tests inherit it through GOFLAGS.
+TEST_GOFLAGS = $(strip $(shell $(GO) env GOFLAGS) -ldflags=-linkmode=internal)
 
-.PHONY: test test-packages compile-suites test-examples e2e rehearse validate lint generate envtest clean
+.PHONY: test test-packages test-cached test-uncached binaries compile-suites test-examples e2e rehearse validate lint generate envtest clean
 
-# The package tests, and beside them (not after them) the e2e suites'
-# compilation and the go test examples.
-test: lint
-	@$(MAKE) --no-print-directory -j3 test-packages compile-suites test-examples
+# The local stack's binaries are built (first use only) beside the lint,
+# then the package tests run, and beside them (not after them) the e2e
+# suites' compilation and the go test examples.
+test:
+	@$(MAKE) --no-print-directory -j2 lint binaries
+	@$(MAKE) --no-print-directory -j4 test-uncached test-cached compile-suites test-examples
 
-test-packages:
-	@# envtest binaries (kube-apiserver, etcd) are built from source once and
-	@# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
-	KUBEBUILDER_ASSETS="$$($(GO) run ./harness/internal/local/binaries/assets)" && export KUBEBUILDER_ASSETS && \
-	$(GO) test -count=1 -p $(TEST_PACKAGES) -timeout $(TEST_TIMEOUT) $(SLOW_TEST_PACKAGES) ./...
+test-packages: test-uncached test-cached
+
+# envtest binaries (kube-apiserver, etcd) are built from source once and
+# cached; a user's own KUBEBUILDER_ASSETS is used as it is.
+KUBEBUILDER_ASSETS_FROM_CACHE = KUBEBUILDER_ASSETS="$$($(GO) run ./harness/internal/local/binaries/assets)" && export KUBEBUILDER_ASSETS
+
+test-uncached:
+	@$(KUBEBUILDER_ASSETS_FROM_CACHE) && export GOFLAGS="$(TEST_GOFLAGS)" && set -x && \
+	$(GO) test -count=1 -p $$(( ($(TEST_PACKAGES) + 1) / 2 )) -timeout $(TEST_TIMEOUT) $(UNCACHED_TEST_PACKAGES)
+
+test-cached:
+	@$(KUBEBUILDER_ASSETS_FROM_CACHE) && export GOFLAGS="$(TEST_GOFLAGS)" && \
+	uncached="$$($(GO) list $(UNCACHED_TEST_PACKAGES))" && \
+	cached="$$($(GO) list $(SLOW_TEST_PACKAGES) ./... | grep -vxF "$$uncached")" && set -x && \
+	$(GO) test -p $$(( $(TEST_PACKAGES) / 2 )) -timeout $(TEST_TIMEOUT) $$cached
+
+# Every binary of the local stack (kube-apiserver, etcd, the local
+# cluster's controllers, kwok, istiod, pilot-agent), built from source on
+# first use into $$HOME/.cache/meshproof, two wrapper modules at a time.
+binaries:
+	$(GO) run ./harness/internal/local/binaries/assets local-cluster istiod >/dev/null
 
 # meshproof inside a user's own go test (examples/gotest, a module of its
 # own, README: Use it from go test), rehearsed so that it cannot rot: the
 # default scenarios as subtests, an e2e-framework feature on its
 # environment's cluster, and gotestsum's JUnit of a -run selection.
 test-examples:
-	cd examples/gotest && MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd examples/gotest && GOFLAGS="$(TEST_GOFLAGS)" MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # The e2e suites need a cluster; here they are only compiled, so they cannot rot.
 compile-suites:
-	$(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
+	GOFLAGS="$(TEST_GOFLAGS)" $(GO) test -tags e2e -count=1 -run '^$$' ./suites/...
 
 e2e:
 	$(GO) tool ginkgo -tags e2e -v --timeout 2h $(GINKGO_FLAGS) ./suites/mtls -- \
