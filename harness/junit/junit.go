@@ -60,6 +60,11 @@ type Property struct{ Name, Value string }
 // stood in for the cluster's sidecars (results.Verdict.DataPlane).
 const DataPlaneProperty = "dataPlane"
 
+// EnforcedAfterProperty is the name of the testcase property that says, on
+// the first expect step after an mtls step, how long after the apply each
+// pair was at its new outcome (results.Verdict.EnforcedAfter).
+const EnforcedAfterProperty = "enforcedAfter"
+
 // properties are the testcase properties a verdict carries, in this order;
 // a verdict whose value is empty carries none. To carry a new verdict field
 // into JUnit, add a row.
@@ -68,6 +73,13 @@ var properties = []struct {
 	value func(results.Verdict) string
 }{
 	{DataPlaneProperty, func(v results.Verdict) string { return v.DataPlane }},
+	{EnforcedAfterProperty, func(v results.Verdict) string {
+		parts := make([]string, len(v.EnforcedAfter))
+		for i, e := range v.EnforcedAfter {
+			parts[i] = e.String()
+		}
+		return strings.Join(parts, "; ")
+	}},
 }
 
 // FromVerdicts is the JUnit report of a run of scenarios: the setup's case

@@ -58,6 +58,15 @@ func Label() string {
 	return dataplane.Label + "; istiod " + binaries.IstioVersion + " (one build for every Istio version the file names)"
 }
 
+// EnvoyLabel is what the observations of requests between pods with an
+// Envoy sidecar or none say (results.Observation.DataPlane): no Envoy ran,
+// but each request was decided by evaluating what Envoy does with the
+// configuration the real istiod served the sidecars on its way (the local
+// cluster's xDS client per sidecar, package envoy).
+func EnvoyLabel() string {
+	return "rehearsal: Envoy simulated on the configuration istiod " + binaries.IstioVersion + " served"
+}
+
 // Rehearsal makes runs into rehearsals: its RunOptions give a run local
 // clusters, Istio installed on them with a real istiod serving it, and the
 // simulated data plane as the pod transport.
@@ -269,6 +278,9 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 	opts := []dataplane.Option{dataplane.WithLogger(r.logger.With("cluster", lc.Name()))}
 	if lc.Ambient() != nil {
 		opts = append(opts, dataplane.WithZtunnels(lc.Ambient(), certs))
+	}
+	if lc.Sidecars() != nil {
+		opts = append(opts, dataplane.WithSidecars(lc.Sidecars(), EnvoyLabel()))
 	}
 	simulated := dataplane.New(kube, certs, opts...)
 	if lc.Proxyless() == nil {

@@ -266,6 +266,14 @@ type cellView struct {
 	Wire      string
 	Witnessed bool
 	WireLeak  bool
+	// DecidedBy names the configuration that decided the cell's requests
+	// when a rehearsal's Envoy evaluator decided them
+	// (Observation.DecidedBy), the distinct ones joined.
+	DecidedBy string
+	// Enforced is how long after the mtls step before this step the pair
+	// was at its new outcome (Verdict.EnforcedAfter), "" when the step
+	// measured none.
+	Enforced string
 }
 
 type outcomeView struct {
@@ -708,6 +716,14 @@ func buildStep(d *stepData, id string) stepView {
 		for _, c := range cols {
 			k := pairKey{client, c.to, c.port}
 			cell := buildCell(k, byPair[k])
+			if d.verdict != nil {
+				for _, en := range d.verdict.EnforcedAfter {
+					if en.From == k.from && en.To == k.to && en.Port == k.port {
+						cell.Enforced = enforcedText(en)
+						cell.Label += "; " + cell.Enforced
+					}
+				}
+			}
 			row.Cells = append(row.Cells, cell)
 		}
 		st.Rows = append(st.Rows, row)
@@ -793,11 +809,15 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	identities := map[string]bool{}
 	errs := map[string]bool{}
 	dataPlanes := map[string]bool{}
+	decidedBy := map[string]bool{}
 	wire := map[string]int{}
 	differing, withExpectation := 0, 0
 	for _, o := range obs {
 		if o.DataPlane != "" {
 			dataPlanes[dataPlaneShort(o.DataPlane)] = true
+		}
+		if o.DecidedBy != "" {
+			decidedBy[o.DecidedBy] = true
 		}
 		if o.Wire != nil {
 			v := o.Wire.Verdict
@@ -866,6 +886,10 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	if dp := sortedKeys(dataPlanes); len(dp) > 0 {
 		c.DataPlane = "data plane: " + strings.Join(dp, " / ")
 		fmt.Fprintf(&label, "; %s", c.DataPlane)
+	}
+	if d := sortedKeys(decidedBy); len(d) > 0 {
+		c.DecidedBy = "decided by " + strings.Join(d, " | ")
+		fmt.Fprintf(&label, "; %s", c.DecidedBy)
 	}
 	if len(wire) > 0 {
 		var parts []string
@@ -1101,6 +1125,9 @@ func dataPlaneNotes(c Contents) []string {
 // "rehearsal: data plane real (proxyless gRPC): pilot-agent …" is
 // "real (proxyless gRPC)". A label of another shape is shown whole.
 func dataPlaneShort(label string) string {
+	if strings.Contains(label, "Envoy simulated") {
+		return "Envoy simulated on istiod's configuration"
+	}
 	_, rest, ok := strings.Cut(label, "data plane ")
 	if !ok {
 		return label
@@ -1109,4 +1136,12 @@ func dataPlaneShort(label string) string {
 		rest = rest[:i]
 	}
 	return strings.TrimSpace(rest)
+}
+
+// enforcedText is an Enforcement as a cell shows it.
+func enforcedText(e results.Enforcement) string {
+	if e.Unchanged {
+		return "unchanged by " + e.Policies
+	}
+	return fmt.Sprintf("enforced %s after %s (%s)", formatDuration(e.After), e.Policies, e.By)
 }

@@ -215,6 +215,9 @@ func TestRoundTripEveryField(t *testing.T) {
 	want := observation(3)
 	want.Canary = "meshproof-canary-0123456789abcdef0123456789abcdef"
 	want.Wire = &results.Wire{Verdict: results.WireNotCaptured, Detail: "simulated data plane", Packet: "10.0.0.1:1 > 10.0.0.2:2: Flags [P.]", Node: "n1", Unavailable: true}
+	want.DecidedBy = "client sidecar: listener 0.0.0.0_8080, cluster outbound|8080||b.ns.svc.cluster.local; server sidecar: listener virtualInbound, filter chain 0.0.0.0_8080"
+	decided := time.Date(2026, 11, 26, 23, 49, 1, 0, time.UTC)
+	want.DecidedAt = &decided
 	// Every field must be set, or the round trip would not prove it is kept.
 	v := reflect.ValueOf(want)
 	for i := range v.NumField() {
@@ -251,7 +254,8 @@ func TestRoundTripVerdict(t *testing.T) {
 		Started: at, Duration: 3 * time.Second, Source: "scenarios.yaml:3:7",
 		Table:       []results.Row{{From: "a", To: "b", Port: 1, Expected: "mtls", LastObserved: "plaintext x1", OverTheWait: "plaintext x3", Why: "got plaintext", Wire: "plaintext x3"}},
 		Deadlines:   []results.Deadline{{Name: "new serial within 1s", At: at.Add(time.Second), Detail: "b still serves serial 1f"}},
-		Diagnostics: "diagnostics/s/rotate", DataPlane: "rehearsal: data plane simulated", Failure: results.FailureWirePlaintext}
+		Diagnostics: "diagnostics/s/rotate", DataPlane: "rehearsal: data plane simulated", Failure: results.FailureWirePlaintext,
+		EnforcedAfter: []results.Enforcement{{Policies: "1 mtls", From: "a", To: "b", Port: 1, After: 112 * time.Millisecond, By: results.EnforcedByPush}}}
 	v := reflect.ValueOf(want)
 	for i := range v.NumField() {
 		if v.Field(i).IsZero() {

@@ -67,6 +67,15 @@ type Observation struct {
 	// Cert there): what a node's ztunnel counted during the request's
 	// window. Nil for other pairs.
 	Ztunnel *ZtunnelEvidence `json:"ztunnel,omitempty"`
+	// DecidedBy names the configuration that decided the request when a
+	// transport decided it from the proxies' configuration (a rehearsal's
+	// Envoy evaluator): the client sidecar's listener, filter chain,
+	// cluster and transport socket, the server sidecar's listener and
+	// filter chain.
+	DecidedBy string `json:"decidedBy,omitempty"`
+	// DecidedAt is when the configuration push arrived after which the
+	// decision has been what it is (set with DecidedBy).
+	DecidedAt *time.Time `json:"decidedAt,omitempty"`
 }
 
 // ZtunnelEvidence is what one ztunnel counted of a request's connections
@@ -213,6 +222,44 @@ type Verdict struct {
 	// Failure names a failure of its own kind, which reports show before
 	// every other: FailureWirePlaintext.
 	Failure string `json:"failure,omitempty"`
+	// EnforcedAfter is, on the first expect step after an mtls step, how
+	// long after that step applied its policies each row's pair was at the
+	// outcome the expect step confirmed.
+	EnforcedAfter []Enforcement `json:"enforcedAfter,omitempty"`
+}
+
+// Enforcement is how long after an mtls step's apply one pair was at its
+// new outcome.
+type Enforcement struct {
+	// Policies is the mtls step whose apply it measures.
+	Policies string `json:"policies"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Port     int    `json:"port"`
+	// After is the time from the apply to the change: in a rehearsal, to
+	// the configuration push after which the evaluated decision was the
+	// new one (By EnforcedByPush); on a real data plane, to the first probe
+	// round at the new outcome (By EnforcedByProbe, an upper bound at the
+	// probing interval's resolution).
+	After time.Duration `json:"afterNs"`
+	By    string        `json:"by"`
+	// Unchanged says the pair was at that outcome already before the
+	// apply (After is then 0).
+	Unchanged bool `json:"unchanged,omitempty"`
+}
+
+// The sources of an Enforcement's figure.
+const (
+	EnforcedByPush  = "istiod push"
+	EnforcedByProbe = "first probe round"
+)
+
+func (e Enforcement) String() string {
+	pair := fmt.Sprintf("%s -> %s:%d", e.From, e.To, e.Port)
+	if e.Unchanged {
+		return pair + " unchanged by " + e.Policies
+	}
+	return fmt.Sprintf("%s %s after %s (%s)", pair, e.After.Round(time.Millisecond), e.Policies, e.By)
 }
 
 // Wire verdicts (Wire.Verdict), as the witness gives them.

@@ -241,6 +241,7 @@ func (r *Run) RunStep(ctx context.Context, sc *scenario.Scenario, index int) err
 	err = st.engine.RunStep(ctx, sc, index)
 	took := time.Since(started)
 	v := engine.Verdict(sc, index, started, took, err)
+	v.EnforcedAfter = st.engine.EnforcedAfter(sc.Name, step.Name)
 	if err != nil {
 		r.noteInterrupt(ctx)
 		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {

@@ -109,6 +109,9 @@ type Engine struct {
 	wire      WireWitness
 	wireSet   bool
 	rehearsal bool
+	// enforcement is what expect steps measured of the mtls steps before
+	// them (enforce.go).
+	enforcement enforcement
 }
 
 // Option configures an Engine.
@@ -218,6 +221,7 @@ func (e *Engine) applyPolicies(ctx context.Context, sc *scenario.Scenario, index
 	if err := apply.Policies(ctx, e.kube, objs...); err != nil {
 		return err
 	}
+	e.noteApplied(sc, sc.Steps[index].Name, e.now())
 	keep := map[string]bool{}
 	for _, o := range objs {
 		keep[apply.Describe(o.Object)] = true

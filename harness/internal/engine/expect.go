@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
@@ -51,6 +52,12 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 		}
 		lastErr = err
 		switch {
+		case errors.Is(err, probe.ErrHarnessLimit):
+			// The transport cannot answer these requests at all (a
+			// rehearsal meeting a configuration its Envoy evaluator does
+			// not decide): probing on until the timeout would change
+			// nothing.
+			return false, err
 		case err != nil:
 			streak = 0
 			e.log.Info("probe round failed", "step", st.Name, "round", rounds, "error", err)
@@ -63,6 +70,7 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(timeLeft(ctx)))
 	if err == nil {
 		e.log.Info("expectations held", "step", st.Name, "consecutive", need, "rounds", rounds, "took", e.now().Sub(start).Round(time.Millisecond))
+		e.enforced(sc, st, rows)
 		return nil
 	}
 	if leak := firstLeak(rows); leak != "" {
@@ -70,6 +78,9 @@ func (e *Engine) expect(ctx context.Context, sc *scenario.Scenario, index int) e
 	}
 	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return ctx.Err() // interrupted, not timed out
+	}
+	if errors.Is(err, probe.ErrHarnessLimit) {
+		return fmt.Errorf("step %s: a limit of the harness, not a verdict on the mesh: %w", st.Name, err)
 	}
 	return &ExpectationError{Step: st.Name, Timeout: st.Timeout.Duration, Rounds: rounds, rows: rows, Cause: lastErr}
 }
@@ -199,8 +210,13 @@ func (e *Engine) probeClient(ctx context.Context, sc *scenario.Scenario, st *sce
 			if leak := wireLeak(o); leak != "" && r.leak == "" {
 				r.leak = leak
 			}
-			if why := mismatch(x, ids, o); why != "" && r.lastWhy == "" {
+			why := mismatch(x, ids, o)
+			if why != "" && r.lastWhy == "" {
 				r.lastWhy = why
+			}
+			if why == "" && r.first == nil {
+				first := o
+				r.first = &first
 			}
 		}
 		if len(r.last) == 0 {

@@ -59,6 +59,7 @@ func observation(now time.Time, scenarioName, step, from string, e scenario.Expe
 			o.Wire.Packet = w.Packet.String()
 		}
 	}
+	o.DecidedBy, o.DecidedAt = r.DecidedBy, r.DecidedAt
 	return o
 }
 
@@ -156,6 +157,9 @@ type rowHistory struct {
 	lastWhy     string
 	wire        map[string]int // wire verdict → count over the whole wait
 	leak        string         // the first wire leak seen (wireLeak)
+	// first is the first observation at the expected outcome, which
+	// enforcement (enforce.go) measures from.
+	first *results.Observation
 }
 
 // ExpectationError is an expect step that did not hold within its timeout:

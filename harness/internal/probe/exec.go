@@ -91,6 +91,13 @@ func (e *ExecError) Error() string {
 
 func (e *ExecError) Unwrap() error { return e.Err }
 
+// ErrHarnessLimit marks an exec error where the transport met what it does
+// not stand for (a rehearsal's simulated data plane meeting a proxy
+// configuration its Envoy evaluator cannot decide): the step fails at once
+// as a limit of the harness, not of the mesh, rather than probing on until
+// its timeout.
+var ErrHarnessLimit = errors.New("harness limit")
+
 // ExitCode reports the exit status of a command that ran to completion and
 // exited non-zero; exited is false for every other error (and for nil).
 func ExitCode(err error) (code int, exited bool) {

@@ -25,6 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/internal/local/envoy"
 	"github.com/meshproof/meshproof/harness/internal/probe/configdump"
 	"github.com/meshproof/meshproof/harness/scenario"
 
@@ -81,7 +82,7 @@ func (e *Execer) probe(ctx context.Context, client *corev1.Pod, stdin []byte) ([
 func (e *Execer) probeHTTP(ctx context.Context, client *corev1.Pod, t echoapi.Target, attempt int) (echoapi.ProbeResult, error) {
 	start := time.Now()
 	ctx, decided := withAmbientMark(ctx)
-	status, body, reqErr, err := e.request(ctx, client, t)
+	status, body, reqErr, d, err := e.request(ctx, client, t)
 	if err != nil {
 		return echoapi.ProbeResult{}, err
 	}
@@ -100,6 +101,7 @@ func (e *Execer) probeHTTP(ctx context.Context, client *corev1.Pod, t echoapi.Ta
 	}
 	nearest := outcome.Nearest()
 	res.PeerURI, res.ProxyURI = nearest.URI, nearest.By
+	e.label(&res, d)
 	e.labelAmbient(&res, *decided)
 	return res, nil
 }
@@ -107,14 +109,14 @@ func (e *Execer) probeHTTP(ctx context.Context, client *corev1.Pod, t echoapi.Ta
 // request decides one GET: what status and body, or which transport error,
 // the probe would have seen. err is a failure of the simulation itself
 // (the API server unreadable, a policy it cannot model).
-func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Target) (status int, body []byte, reqErr, err error) {
+func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Target) (status int, body []byte, reqErr error, d *decision, err error) {
 	u, err := url.Parse(t.URL)
 	if err != nil {
-		return 0, nil, nil, fmt.Errorf("target URL %q: %w", t.URL, err)
+		return 0, nil, nil, nil, fmt.Errorf("target URL %q: %w", t.URL, err)
 	}
 	host, port, err := hostPort(u.Host)
 	if err != nil {
-		return 0, nil, nil, err
+		return 0, nil, nil, nil, err
 	}
 	if t.Port != 0 {
 		port = t.Port
@@ -124,37 +126,56 @@ func (e *Execer) request(ctx context.Context, client *corev1.Pod, t echoapi.Targ
 	var noHost *errNoSuchHost
 	switch {
 	case errors.As(err, &noHost):
-		return 0, nil, wrap(&net.DNSError{Err: "no such host", Name: host, IsNotFound: true}), nil
+		return 0, nil, wrap(&net.DNSError{Err: "no such host", Name: host, IsNotFound: true}), nil, nil
 	case err != nil && dst != nil:
 		// A port the Service does not serve: nothing listens behind it.
-		return 0, nil, wrap(connError("dial", syscall.ECONNREFUSED)), nil
+		return 0, nil, wrap(connError("dial", syscall.ECONNREFUSED)), nil, nil
 	case err != nil:
-		return 0, nil, nil, err
+		return 0, nil, nil, nil, err
 	case protocol(dst.port) == scenario.ProtocolGRPC:
-		return 0, nil, nil, errWrongProtocol(t, dst)
+		return 0, nil, nil, nil, errWrongProtocol(t, dst)
+	}
+	if dst.pod != nil {
+		switch out, err := e.ambient(ctx, client, dst, httpRequestBytes(u), 512); {
+		case err != nil:
+			return 0, nil, nil, nil, err
+		case out.handled:
+			markAmbient(ctx)
+			switch {
+			case out.answered:
+				return 200, echoBody(client, dst, u, ""), nil, nil, nil
+			case out.upstream503:
+				return 503, []byte(echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"), nil, nil, nil
+			}
+			return 0, nil, wrap(connError("read", syscall.ECONNRESET)), nil, nil
+		case enrolled(client):
+			// The client's ztunnel passed it as plain TCP: the server's
+			// own data plane decides, as for a client without a sidecar.
+			markAmbient(ctx)
+		}
+	}
+	if e.decidesByEnvoy(client, dst) {
+		d, err := e.evaluated(ctx, client, dst, envoy.HTTP1, u.Host, cmpOr(u.Path, "/"))
+		if err != nil {
+			return 0, nil, nil, nil, err
+		}
+		status, body, reqErr := e.renderHTTP(client, dst, u, d)
+		return status, body, reqErr, d, nil
+	}
+	status, body, reqErr, err = e.requestByOracle(ctx, client, dst, u, wrap)
+	return status, body, reqErr, nil, err
+}
+
+// requestByOracle decides a request from the oracle's rules: for a
+// proxyless end, or without the Envoy evaluator (WithSidecars).
+func (e *Execer) requestByOracle(ctx context.Context, client *corev1.Pod, dst *destination, u *url.URL, wrap func(error) error) (status int, body []byte, reqErr, err error) {
+	switch {
 	case dst.pod == nil && hasEnvoy(client):
 		// Envoy's local reply for a cluster without endpoints.
 		return 503, []byte("no healthy upstream"), nil, nil
 	case dst.pod == nil:
 		// kube-proxy rejects connections to a Service without endpoints.
 		return 0, nil, wrap(connError("dial", syscall.ECONNREFUSED)), nil
-	}
-	switch out, err := e.ambient(ctx, client, dst, httpRequestBytes(u), 512); {
-	case err != nil:
-		return 0, nil, nil, err
-	case out.handled:
-		markAmbient(ctx)
-		switch {
-		case out.answered:
-			return 200, echoBody(client, dst, u, ""), nil, nil
-		case out.upstream503:
-			return 503, []byte(echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"), nil, nil
-		}
-		return 0, nil, wrap(connError("read", syscall.ECONNRESET)), nil
-	case enrolled(client):
-		// The client's ztunnel passed it as plain TCP: the server's own
-		// data plane decides, as for a client without a sidecar.
-		markAmbient(ctx)
 	}
 	pred, err := e.predict(ctx, client, dst)
 	if err != nil {
@@ -311,6 +332,10 @@ func (e *Execer) peercert(ctx context.Context, args []string) ([]byte, error) {
 		// The echo server answers a ClientHello in plain HTTP.
 		report.HandshakeError = "tls: first record does not look like a TLS handshake"
 		report.VerifyError = "no certificate was received"
+	case e.envoys != nil && !proxyless(server):
+		if err := e.peercertByEnvoy(ctx, server, *addr, port, *sni, &report); err != nil {
+			return nil, err
+		}
 	default:
 		terminates, err := e.terminatesMTLS(ctx, server, port)
 		if err != nil {

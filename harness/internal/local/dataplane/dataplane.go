@@ -68,6 +68,12 @@ type Execer struct {
 	now         func() time.Time
 	log         *slog.Logger
 
+	// envoys, when set, stand in for the Envoy sidecars: requests are
+	// decided from the configuration istiod served them (envoy.go), and
+	// their observations say envoyLabel.
+	envoys     SidecarSource
+	envoyLabel string
+
 	mu       sync.Mutex
 	sidecars map[types.UID]*sidecar
 	// tcpCounts are the inbound TCP connections each simulated sidecar

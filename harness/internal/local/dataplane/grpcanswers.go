@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/internal/local/envoy"
 	"github.com/meshproof/meshproof/harness/scenario"
 
 	injection "github.com/meshproof/meshproof/harness/internal/sidecar"
@@ -102,7 +103,7 @@ func prefaceError(err error) *grpcStatus {
 func (e *Execer) probeGRPC(ctx context.Context, client *corev1.Pod, t echoapi.Target, attempt int) (echoapi.ProbeResult, error) {
 	start := time.Now()
 	ctx, decided := withAmbientMark(ctx)
-	reply, st, err := e.call(ctx, client, t)
+	reply, st, d, err := e.call(ctx, client, t)
 	if err != nil {
 		return echoapi.ProbeResult{}, err
 	}
@@ -125,20 +126,21 @@ func (e *Execer) probeGRPC(ctx context.Context, client *corev1.Pod, t echoapi.Ta
 	if outcome.Echo != nil {
 		res.ServerPod, res.ServerNamespace, res.ServerServiceAccount = outcome.Echo.Pod, outcome.Echo.Namespace, outcome.Echo.ServiceAccount
 	}
+	e.label(&res, d)
 	e.labelAmbient(&res, *decided)
 	return res, nil
 }
 
 // call decides one gRPC call: the echo's reply, or the status it ended
 // with. err is a failure of the simulation itself.
-func (e *Execer) call(ctx context.Context, client *corev1.Pod, t echoapi.Target) (reply []byte, st *grpcStatus, err error) {
+func (e *Execer) call(ctx context.Context, client *corev1.Pod, t echoapi.Target) (reply []byte, st *grpcStatus, d *decision, err error) {
 	u, err := url.Parse(t.URL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("target URL %q: %w", t.URL, err)
+		return nil, nil, nil, fmt.Errorf("target URL %q: %w", t.URL, err)
 	}
 	host, port, err := hostPort(u.Host)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if t.Port != 0 {
 		port = t.Port
@@ -147,34 +149,53 @@ func (e *Execer) call(ctx context.Context, client *corev1.Pod, t echoapi.Target)
 	var noHost *errNoSuchHost
 	switch {
 	case errors.As(err, &noHost):
-		return nil, unavailable(&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}}), nil
+		return nil, unavailable(&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}}), nil, nil
 	case err != nil && dst != nil:
-		return nil, unavailable(connError("dial", syscall.ECONNREFUSED)), nil
+		return nil, unavailable(connError("dial", syscall.ECONNREFUSED)), nil, nil
 	case err != nil:
-		return nil, nil, err
+		return nil, nil, nil, err
 	case protocol(dst.port) != scenario.ProtocolGRPC:
-		return nil, nil, errWrongProtocol(t, dst)
+		return nil, nil, nil, errWrongProtocol(t, dst)
+	}
+	if dst.pod != nil {
+		switch out, err := e.ambient(ctx, client, dst, 256, 512); {
+		case err != nil:
+			return nil, nil, nil, err
+		case out.handled:
+			markAmbient(ctx)
+			switch {
+			case out.answered:
+				return grpcEchoReply(client, dst, u, "", ""), nil, nil, nil
+			case out.upstream503:
+				return nil, &grpcStatus{code: "Unavailable", message: echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"}, nil, nil
+			}
+			return nil, prefaceError(connError("read", syscall.ECONNRESET)), nil, nil
+		case enrolled(client):
+			markAmbient(ctx)
+		}
+	}
+	if e.decidesByEnvoy(client, dst) {
+		d, err := e.evaluated(ctx, client, dst, envoy.GRPC, u.Host, echoapi.GRPCEchoMethod)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		reply, st := e.renderGRPC(client, dst, u, d)
+		return reply, st, d, nil
+	}
+	reply, st, err = e.callByOracle(ctx, client, dst, u)
+	return reply, st, nil, err
+}
+
+// callByOracle decides a gRPC call from the oracle's rules: for a
+// proxyless end, or without the Envoy evaluator (WithSidecars).
+func (e *Execer) callByOracle(ctx context.Context, client *corev1.Pod, dst *destination, u *url.URL) (reply []byte, st *grpcStatus, err error) {
+	switch {
 	case dst.pod == nil && hasEnvoy(client):
 		// Envoy's local reply for a cluster without endpoints, which it
 		// sends a gRPC client as UNAVAILABLE.
 		return nil, &grpcStatus{code: "Unavailable", message: "no healthy upstream"}, nil
 	case dst.pod == nil:
 		return nil, unavailable(connError("dial", syscall.ECONNREFUSED)), nil
-	}
-	switch out, err := e.ambient(ctx, client, dst, 256, 512); {
-	case err != nil:
-		return nil, nil, err
-	case out.handled:
-		markAmbient(ctx)
-		switch {
-		case out.answered:
-			return grpcEchoReply(client, dst, u, "", ""), nil, nil
-		case out.upstream503:
-			return nil, &grpcStatus{code: "Unavailable", message: echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"}, nil
-		}
-		return nil, prefaceError(connError("read", syscall.ECONNRESET)), nil
-	case enrolled(client):
-		markAmbient(ctx)
 	}
 	pred, err := e.predict(ctx, client, dst)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/internal/local/envoy"
 	"github.com/meshproof/meshproof/harness/internal/probe/istiostats"
 	"github.com/meshproof/meshproof/harness/scenario"
 
@@ -31,7 +32,7 @@ func (e *Execer) probeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Tar
 	start := time.Now()
 	nonce := newNonce()
 	ctx, decided := withAmbientMark(ctx)
-	reply, reqErr, err := e.exchangeTCP(ctx, client, t, nonce)
+	reply, reqErr, d, err := e.exchangeTCP(ctx, client, t, nonce)
 	if err != nil {
 		return echoapi.ProbeResult{}, err
 	}
@@ -48,6 +49,7 @@ func (e *Execer) probeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Tar
 	if echo != nil {
 		res.ServerPod, res.ServerNamespace, res.ServerServiceAccount = echo.Pod, echo.Namespace, echo.ServiceAccount
 	}
+	e.label(&res, d)
 	e.labelAmbient(&res, *decided)
 	return res, nil
 }
@@ -75,14 +77,14 @@ func newNonce() string {
 // e.g. plaintext a STRICT server resets (the oracle's [TCPCLOSE]). The
 // simulation renders both as an EOF; the oracle leaves a TCP failure's
 // reason open, so no expectation depends on which.
-func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Target, nonce string) (reply []byte, reqErr, err error) {
+func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.Target, nonce string) (reply []byte, reqErr error, d *decision, err error) {
 	u, err := url.Parse(t.URL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("target URL %q: %w", t.URL, err)
+		return nil, nil, nil, fmt.Errorf("target URL %q: %w", t.URL, err)
 	}
 	host, port, err := hostPort(u.Host)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if t.Port != 0 {
 		port = t.Port
@@ -92,34 +94,53 @@ func (e *Execer) exchangeTCP(ctx context.Context, client *corev1.Pod, t echoapi.
 	var noHost *errNoSuchHost
 	switch {
 	case errors.As(err, &noHost):
-		return nil, dialErr(&net.DNSError{Err: "no such host", Name: host, IsNotFound: true}), nil
+		return nil, dialErr(&net.DNSError{Err: "no such host", Name: host, IsNotFound: true}), nil, nil
 	case err != nil && dst != nil:
-		return nil, connError("dial", syscall.ECONNREFUSED), nil
+		return nil, connError("dial", syscall.ECONNREFUSED), nil, nil
 	case err != nil:
-		return nil, nil, err
+		return nil, nil, nil, err
 	case protocol(dst.port) == scenario.ProtocolGRPC:
-		return nil, nil, errWrongProtocol(t, dst)
+		return nil, nil, nil, errWrongProtocol(t, dst)
+	}
+	if dst.pod != nil {
+		switch out, err := e.ambient(ctx, client, dst, uint64(len(nonce)+1), 256); {
+		case err != nil:
+			return nil, nil, nil, err
+		case out.handled:
+			markAmbient(ctx)
+			switch {
+			case out.answered:
+				return tcpEchoReply(client, dst, nonce), nil, nil, nil
+			case out.upstream503:
+				return nil, io.EOF, nil, nil
+			}
+			return nil, connError("read", syscall.ECONNRESET), nil, nil
+		case enrolled(client):
+			markAmbient(ctx)
+		}
+	}
+	if e.decidesByEnvoy(client, dst) {
+		d, err := e.evaluated(ctx, client, dst, envoy.TCP, u.Host, "")
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		reply, reqErr := e.renderTCP(client, dst, nonce, d)
+		return reply, reqErr, d, nil
+	}
+	reply, reqErr, err = e.exchangeByOracle(ctx, client, dst, nonce)
+	return reply, reqErr, nil, err
+}
+
+// exchangeByOracle decides a TCP exchange from the oracle's rules: for a
+// proxyless end, or without the Envoy evaluator (WithSidecars).
+func (e *Execer) exchangeByOracle(ctx context.Context, client *corev1.Pod, dst *destination, nonce string) (reply []byte, reqErr, err error) {
+	switch {
 	case dst.pod == nil && hasEnvoy(client):
 		// tcp_proxy finds no healthy upstream and closes the connection
 		// it has not read from yet.
 		return nil, connError("read", syscall.ECONNRESET), nil
 	case dst.pod == nil:
 		return nil, connError("dial", syscall.ECONNREFUSED), nil
-	}
-	switch out, err := e.ambient(ctx, client, dst, uint64(len(nonce)+1), 256); {
-	case err != nil:
-		return nil, nil, err
-	case out.handled:
-		markAmbient(ctx)
-		switch {
-		case out.answered:
-			return tcpEchoReply(client, dst, nonce), nil, nil
-		case out.upstream503:
-			return nil, io.EOF, nil
-		}
-		return nil, connError("read", syscall.ECONNRESET), nil
-	case enrolled(client):
-		markAmbient(ctx)
 	}
 	pred, err := e.predict(ctx, client, dst)
 	if err != nil {

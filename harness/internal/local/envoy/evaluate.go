@@ -301,11 +301,27 @@ func sortedListeners(cfg *xds.Snapshot) []*listenerv3.Listener {
 	return out
 }
 
+// chainName is a filter chain's name or, for an unnamed one (Istio names
+// its inbound chains, not its outbound ones), its match.
 func chainName(fc *listenerv3.FilterChain) string {
 	if fc.GetName() != "" {
 		return fc.GetName()
 	}
-	return "(unnamed)"
+	m := fc.GetFilterChainMatch()
+	var parts []string
+	if t := m.GetTransportProtocol(); t != "" {
+		parts = append(parts, t)
+	}
+	if a := m.GetApplicationProtocols(); len(a) > 0 {
+		parts = append(parts, strings.Join(a, ","))
+	}
+	if p := m.GetDestinationPort(); p != nil {
+		parts = append(parts, fmt.Sprintf("port %d", p.GetValue()))
+	}
+	if len(parts) == 0 {
+		return "[any]"
+	}
+	return "[" + strings.Join(parts, " ") + "]"
 }
 
 // outboundHTTP routes an HTTP request through the client's connection
@@ -849,4 +865,65 @@ func xfccHeader(hcm *hcmv3.HttpConnectionManager, mtls *Session) (string, string
 		return "", "the connection manager forwards the certificate PEM, which the evaluator does not render"
 	}
 	return strings.Join(parts, ";"), mode.String() + " with By, Hash and the fields set_current_client_cert_details asks [XFCC]"
+}
+
+// Hello is what a TLS client without a certificate sends to a sidecar's
+// inbound port and reads back: the certificate chain the matching filter
+// chain presents, and whether it goes on to demand a client certificate
+// (echo peercert's view of a sidecar).
+type Hello struct {
+	// Closed: no filter chain took the connection, and it was closed.
+	Closed bool
+	// Plaintext: the filter chain does not terminate TLS; the application
+	// behind it answers the ClientHello in plaintext.
+	Plaintext bool
+	// Chain is what the server presented (nil when it has no
+	// certificate).
+	Chain             []*x509.Certificate
+	RequireClientCert bool
+	Trace             Trace
+}
+
+// InboundHello evaluates a TLS ClientHello with sni and alpn, from src, to
+// port on the host h's sidecar intercepts: the filter chain it matches and
+// what that chain's transport socket presents.
+func InboundHello(h *Host, src netip.Addr, port uint16, sni string, alpn []string) (Hello, error) {
+	e := &evaluation{}
+	s := h.Sidecar
+	if s == nil {
+		return Hello{}, undecidable("%s has no sidecar", h.Name)
+	}
+	side := "server " + s.Name
+	l := s.Config.Listeners[virtualInbound]
+	if l == nil {
+		return Hello{}, undecidable("%s holds no %s listener (snapshot %d)", s.Name, virtualInbound, s.Config.Seq)
+	}
+	e.step(side, "listener", l.GetName(), "inbound connections are redirected to it")
+	conn := Connection{Destination: netip.AddrPortFrom(h.IP, port), Source: netip.AddrPortFrom(src, 40000), TLS: &ClientHello{SNI: sni, ALPN: alpn}}
+	d, err := inspect(l, conn)
+	if err != nil {
+		return Hello{}, err
+	}
+	fc, err := matchFilterChain(l, conn, d)
+	if err != nil {
+		return Hello{}, err
+	}
+	if fc == nil {
+		e.step(side, "filter chain", "", fmt.Sprintf("none matches port %d, transport %s, ALPN %v: the connection is closed [DEFAULT-CHAIN]", port, d.transport, d.alpn))
+		return Hello{Closed: true, Trace: e.trace}, nil
+	}
+	t, err := transportSocket(fc.GetTransportSocket())
+	if err != nil {
+		return Hello{}, err
+	}
+	if t == nil {
+		e.step(side, "filter chain", chainName(fc), "does not terminate TLS [FCM]")
+		return Hello{Plaintext: true, Trace: e.trace}, nil
+	}
+	chain, err := secretChain(t.certificate, s.Identity)
+	if err != nil {
+		return Hello{}, err
+	}
+	e.step(side, "filter chain", chainName(fc), fmt.Sprintf("TLS with certificate %q, client certificate required: %v [DOWNSTREAM-TLS]", t.certificate, t.requireClientCert))
+	return Hello{Chain: chain, RequireClientCert: t.requireClientCert, Trace: e.trace}, nil
 }

@@ -206,6 +206,7 @@ func (s *Stream) run(ctx context.Context, conn *grpc.ClientConn) {
 	// known are the resources held per type (incremental), announced in
 	// initial_resource_versions on a new stream.
 	known := map[string]map[string]string{}
+	opened := 0
 	for {
 		start := time.Now()
 		var err error
@@ -223,7 +224,14 @@ func (s *Stream) run(ctx context.Context, conn *grpc.ClientConn) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.logger.Info("xds stream ended; reopening", "address", s.address, "node", s.node.GetId(), "error", err, "after", pause)
+		// A stream that was open is news; the redials while the server is
+		// away are not.
+		log := s.logger.Debug
+		if s.Status().Opened > opened {
+			log = s.logger.Info
+		}
+		opened = s.Status().Opened
+		log("xds stream ended; reopening", "address", s.address, "node", s.node.GetId(), "error", err, "after", pause)
 		if time.Since(start) > 16*s.backoff {
 			pause = s.backoff // it had been up a while: start over
 		}
