@@ -304,26 +304,39 @@ func (f runFolder) bannerTells(t *testing.T, sum run.Summary) {
 // labelled checks that everything the run wrote says it was a rehearsal.
 func (f runFolder) labelled(t *testing.T) {
 	t.Helper()
-	label := rehearsal.Label()
+	label, envoyLabel := rehearsal.Label(), rehearsal.EnvoyLabel()
 	for _, o := range f.observations {
-		if o.DataPlane != label {
-			t.Fatalf("observation %s→%s:%d says data plane %q, want %q", o.From, o.To, o.Port, o.DataPlane, label)
-		}
+		f.envoyDecided(t, o)
 	}
 	for _, v := range f.verdicts {
-		if v.DataPlane != label {
-			t.Fatalf("verdict %s/%s says data plane %q, want %q", v.Scenario, v.Step, v.DataPlane, label)
+		if v.DataPlane != label && v.DataPlane != envoyLabel {
+			t.Fatalf("verdict %s/%s says data plane %q, want %q or %q", v.Scenario, v.Step, v.DataPlane, label, envoyLabel)
 		}
 	}
 	for _, s := range f.junit.TestSuites {
 		for _, tc := range s.TestCases {
-			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "data plane simulated") {
-				t.Fatalf("testcase %q has no %s property saying the data plane was simulated", tc.Name, junit.DataPlaneProperty)
+			if tc.Properties == nil || !strings.HasPrefix(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: ") {
+				t.Fatalf("testcase %q has no %s property saying what stood in for the data plane", tc.Name, junit.DataPlaneProperty)
 			}
 		}
 	}
-	if !strings.Contains(f.html, "rehearsal: data plane simulated") {
-		t.Fatal("report.html does not say the data plane was simulated")
+	for _, want := range []string{"rehearsal: data plane simulated", "data plane: Envoy simulated on istiod's configuration", "decided by client sidecar: listener"} {
+		if !strings.Contains(f.html, want) {
+			t.Fatalf("report.html does not say %q", want)
+		}
+	}
+}
+
+// envoyDecided checks that an observation between pods with an Envoy
+// sidecar or none was decided by the Envoy evaluator on istiod's
+// configuration: its label, and the configuration that decided it.
+func (f runFolder) envoyDecided(t *testing.T, o results.Observation) {
+	t.Helper()
+	if o.DataPlane != rehearsal.EnvoyLabel() {
+		t.Fatalf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.EnvoyLabel())
+	}
+	if o.DecidedBy == "" || (o.From != "legacy" && !strings.Contains(o.DecidedBy, "client sidecar: listener")) {
+		t.Fatalf("observation %s %s→%s:%d says it was decided by %q", o.Step, o.From, o.To, o.Port, o.DecidedBy)
 	}
 }
 
@@ -336,17 +349,28 @@ func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...st
 	t.Helper()
 	counts := map[string]int{}
 	for _, o := range f.observations {
-		want := rehearsal.Label()
-		if (slices.Contains(workloads, o.From) && o.Port == grpcPort) || (o.From == "legacy" && slices.Contains(workloads, o.To)) {
-			want = rehearsal.ProxylessLabel()
-		}
-		if o.DataPlane != want {
-			t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, want)
-		}
 		counts[o.DataPlane]++
+		switch {
+		case (slices.Contains(workloads, o.From) && o.Port == grpcPort) || (o.From == "legacy" && slices.Contains(workloads, o.To)):
+			if o.DataPlane != rehearsal.ProxylessLabel() {
+				t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.ProxylessLabel())
+			}
+		case slices.Contains(workloads, o.From) || slices.Contains(workloads, o.To):
+			// A proxyless end that no real process answers here (a
+			// sidecar client towards a proxyless server, a proxyless
+			// pod's HTTP): the oracle's mixed rules.
+			if o.DataPlane != rehearsal.Label() {
+				t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.Label())
+			}
+		default:
+			f.envoyDecided(t, o)
+		}
 	}
 	if counts[rehearsal.ProxylessLabel()] == 0 {
 		t.Error("no observation came from the real proxyless processes")
+	}
+	if counts[rehearsal.EnvoyLabel()] == 0 {
+		t.Error("no observation was decided on istiod's configuration")
 	}
 	t.Logf("observations by data plane: %v", counts)
 }
@@ -431,12 +455,12 @@ func TestDefaultScenariosPass(t *testing.T) {
 	f.wireVerdicts(t)
 	for _, s := range f.junit.TestSuites {
 		for _, tc := range s.TestCases {
-			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: data plane") {
+			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: ") {
 				t.Fatalf("testcase %q has no %s property saying what answered it", tc.Name, junit.DataPlaneProperty)
 			}
 		}
 	}
-	for _, want := range []string{"data plane: real (proxyless gRPC)", "data plane: simulated"} {
+	for _, want := range []string{"data plane: real (proxyless gRPC)", "data plane: Envoy simulated on istiod's configuration", "data plane: simulated", "enforced "} {
 		if !strings.Contains(f.html, want) {
 			t.Errorf("report.html marks no cell %q", want)
 		}

@@ -1,72 +1,26 @@
 package envoy_test
 
 import (
-	"crypto/x509"
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/meshproof/meshproof/harness/internal/ca"
 	"github.com/meshproof/meshproof/harness/internal/local/envoy"
-	"github.com/meshproof/meshproof/harness/internal/local/xds"
+	"github.com/meshproof/meshproof/harness/internal/local/xds/xdstest"
 )
 
-// testNetwork is a capture's pods and Services as an envoy.Network, with
-// workload certificates from a test CA standing in for istio-agent's SDS
-// (certificates are not part of what istiod serves over xDS).
-type testNetwork struct {
-	hosts    map[netip.Addr]*envoy.Host
-	byName   map[string]*envoy.Host
-	services map[netip.AddrPort]netip.AddrPort
-	vips     map[string]netip.Addr // by Service name
-}
-
-func (n *testNetwork) Host(ip netip.Addr) *envoy.Host { return n.hosts[ip] }
-
-func (n *testNetwork) KubeProxy(vip netip.AddrPort) (netip.AddrPort, bool) {
-	ep, ok := n.services[vip]
-	return ep, ok
-}
-
-func newNetwork(t *testing.T, c *capture, snaps map[string]*xds.Snapshot, bundle *ca.Bundle) *testNetwork {
+// loadCapture reads a cell's capture as the evaluator's network.
+func loadCapture(t *testing.T, cell string, bundle *ca.Bundle) *xdstest.Network {
 	t.Helper()
-	n := &testNetwork{hosts: map[netip.Addr]*envoy.Host{}, byName: map[string]*envoy.Host{}, services: map[netip.AddrPort]netip.AddrPort{}, vips: map[string]netip.Addr{}}
-	ips := map[string]netip.Addr{}
-	for _, h := range c.Hosts {
-		ip := netip.MustParseAddr(h.IP)
-		ips[h.Workload] = ip
-		ports := h.Ports
-		host := &envoy.Host{Name: h.Namespace + "/" + h.Pod, IP: ip, Listens: func(p uint16) []envoy.Protocol {
-			// The echo serves HTTP and its TCP echo on every port but the
-			// gRPC ones (it sorts connections by their first bytes).
-			switch proto, ok := ports[p]; {
-			case !ok:
-				return nil
-			case proto == "grpc":
-				return []envoy.Protocol{envoy.GRPC}
-			}
-			return []envoy.Protocol{envoy.HTTP1, envoy.TCP}
-		}}
-		if h.Sidecar {
-			_, _, chain, err := bundle.IssueWorkloadCert(fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", h.Namespace, h.ServiceAccount), time.Hour)
-			if err != nil {
-				t.Fatal(err)
-			}
-			host.Sidecar = &envoy.Proxy{Name: host.Name, Config: snaps[h.Workload], Identity: &envoy.Identity{Chain: chain, Roots: []*x509.Certificate{bundle.Root}}}
-			if host.Sidecar.Config == nil {
-				t.Fatalf("the capture has no snapshot of %s's sidecar", h.Workload)
-			}
-		}
-		n.hosts[ip], n.byName[h.Workload] = host, host
+	file := xdstest.CaptureFile(cell)
+	c, snaps, err := xdstest.ReadCapture(file)
+	if err != nil {
+		t.Fatalf("%v (regenerate with go test ./harness/internal/local/envoy -run TestCaptureFromIstiod -update)", err)
 	}
-	for _, s := range c.Services {
-		vip := netip.MustParseAddr(s.ClusterIP)
-		n.vips[s.Name] = vip
-		for _, p := range s.Ports {
-			n.services[netip.AddrPortFrom(vip, p.Port)] = netip.AddrPortFrom(ips[s.Name], p.TargetPort)
-		}
+	n, err := xdstest.NewNetwork(c, snaps, bundle)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return n
 }
@@ -140,18 +94,10 @@ func TestEvaluateCaptures(t *testing.T) {
 	}
 	for _, cell := range captureCells {
 		t.Run(cell.name, func(t *testing.T) {
-			c, snaps := loadCapture(t, cell.name)
-			n := newNetwork(t, c, snaps, bundle)
+			n := loadCapture(t, cell.name, bundle)
 			for p, w := range cases[cell.name] {
-				proto := envoy.HTTP1
-				switch p.port {
-				case 9000:
-					proto = envoy.TCP
-				case 7070:
-					proto = envoy.GRPC
-				}
-				req := envoy.Request{Client: n.byName[p.from], Destination: netip.AddrPortFrom(n.vips[p.to], p.port), Protocol: proto,
-					Authority: fmt.Sprintf("%s:%d", p.to, p.port), Path: "/"}
+				req := n.Request(p.from, p.to, p.port)
+				proto := req.Protocol
 				out, err := envoy.Evaluate(n, req)
 				if err != nil {
 					t.Errorf("%s -> %s:%d: %v\ntrace: %s", p.from, p.to, p.port, err, out.Trace)
