@@ -55,7 +55,9 @@ func TestWrongOracleRuleFailsNamedCells(t *testing.T) {
 		}
 		suite := c.Suite()
 		cell := sidecarCell{name: c.Cell, policies: c.Policies}
-		predict := func(_ *scenario.Suite, m *scenario.MTLSStep) ([]oracle.Prediction, error) { return oracle.PredictPolicies(suite, m) }
+		predict := func(_ *scenario.Suite, m *scenario.MTLSStep) ([]oracle.Prediction, error) {
+			return oracle.PredictPolicies(suite, m)
+		}
 		observed, ds, err := judgeCell(cell, predict, nw)
 		if err != nil {
 			t.Fatal(err)
