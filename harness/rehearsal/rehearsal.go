@@ -7,16 +7,18 @@
 //
 // What is real: the cluster's API and controllers (Deployments, rollouts,
 // namespace termination, garbage collection), Istio's charts installed
-// with the Helm SDK, istiod's injection of every fixture pod and its
-// validation of every policy meshproof applies, and every workload
-// certificate, issued by istiod's CA from the plugged root. What is
-// simulated: the kubelet (kwok: pods become Running and Ready, no
-// container runs) and the sidecars, whose answers the simulated data
-// plane decides from the objects as stored in the API server with Istio's
-// rules. A rehearsal therefore proves the harness, the policies as Istio
-// stores and validates them and the identities istiod issues; only a run
-// on real sidecars (make e2e) proves that Envoy enforces them. Every report
-// of a rehearsal says so (Label).
+// with the Helm SDK, istiod's injection of every fixture pod, its
+// validation of every policy meshproof applies, the Envoy configuration it
+// computes and pushes for every sidecar (the local cluster runs an xDS
+// client in each sidecar's place), and every workload certificate, issued
+// by istiod's CA from the plugged root; proxyless gRPC pods run the real
+// pilot-agent and grpc-go. What is simulated: the kubelet (kwok: pods
+// become Running and Ready, no container runs) and Envoy itself, whose
+// answers the simulated data plane decides by evaluating what Envoy does
+// with the configuration istiod served (EnvoyLabel). A rehearsal therefore
+// proves the harness and Istio's own decisions; only a run on real
+// sidecars (make e2e) proves that Envoy's runtime applies them. Every
+// report of a rehearsal says so (Label, EnvoyLabel).
 package rehearsal
 
 import (

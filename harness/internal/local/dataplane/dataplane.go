@@ -5,16 +5,21 @@
 // `echo peercert` and the sidecar's `pilot-agent request GET config_dump`
 // and `... GET stats/prometheus`.
 //
-// Every answer is decided from the objects as stored in the API server at
-// the time of the exec, never from a scenario file: the client and server
-// pods (whether injection really gave them an istio-proxy container, their
-// ServiceAccounts), the Services and their ports, and the
-// PeerAuthentications and DestinationRules. The stored policies are
-// converted to the oracle's inputs and the oracle (harness/oracle) applies
-// Istio's rules, so they live in one place. Identities come from the
-// certificates each simulated sidecar holds, which a CertSource issues
-// (IstiodCA asks a real istiod) with the TTL the pod's SECRET_TTL asks and
-// renews at SECRET_GRACE_PERIOD_RATIO as istio-agent does.
+// Every answer is decided from the cluster as it is at the time of the
+// exec, never from a scenario file. With WithSidecars (a rehearsal), a
+// request between pods with an Envoy sidecar or none is decided by
+// evaluating what Envoy does with the configuration the real istiod served
+// each sidecar on its way (envoy.go; packages envoy and xds): the
+// listeners, filter chains, routes, clusters, endpoints and transport
+// sockets istiod computed, the certificates each sidecar holds; the
+// answer says which configuration decided it. Otherwise, and for a pair
+// with a proxyless end, the stored policies (PeerAuthentications,
+// DestinationRules, which pods really got a sidecar, their ServiceAccounts)
+// are converted to the oracle's inputs and the oracle (harness/oracle)
+// applies Istio's rules. Identities come from the certificates each
+// simulated sidecar holds, which a CertSource issues (IstiodCA asks a real
+// istiod) with the TTL the pod's SECRET_TTL asks and renews at
+// SECRET_GRACE_PERIOD_RATIO as istio-agent does.
 //
 // gRPC calls (grpc://) towards sidecar and proxyless servers are answered
 // the same way, the proxyless ones by the oracle's proxyless rules; what
@@ -22,10 +27,12 @@
 // any gRPC call from a proxyless pod) is refused, never pretended
 // (grpcanswers.go).
 //
-// What it cannot show: anything Envoy itself would get wrong. A rehearsal
-// proves the harness, the policies as Istio stores and validates them and
-// the identities istiod issues; only a run with real sidecars proves Envoy
-// enforces them. Reports of a rehearsal must say Label.
+// What it cannot show: Envoy's runtime (the handshake on the wire,
+// timeouts, retries, how long a push takes to apply). A rehearsal proves
+// the harness, the policies as Istio stores, validates and compiles them
+// and the identities istiod issues; only a run with real sidecars proves
+// Envoy applies its configuration as documented. Reports of a rehearsal
+// must say Label (or the label given to WithSidecars).
 package dataplane
 
 import (
