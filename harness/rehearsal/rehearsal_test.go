@@ -320,9 +320,13 @@ func (f runFolder) labelled(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"rehearsal: data plane simulated", "data plane: Envoy simulated on istiod's configuration", "decided by client sidecar: listener"} {
-		if !strings.Contains(f.html, want) {
-			t.Fatalf("report.html does not say %q", want)
+	want := []string{"rehearsal: data plane simulated"}
+	if len(f.observations) > 0 {
+		want = append(want, "data plane: Envoy simulated on the configuration istiod served", "decided by ")
+	}
+	for _, w := range want {
+		if !strings.Contains(f.html, w) {
+			t.Fatalf("report.html does not say %q", w)
 		}
 	}
 }
@@ -453,14 +457,21 @@ func TestDefaultScenariosPass(t *testing.T) {
 	// simulation.
 	f.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
 	f.wireVerdicts(t)
+	enforced := 0
 	for _, s := range f.junit.TestSuites {
 		for _, tc := range s.TestCases {
+			if tc.Properties != nil && tc.Properties.WithName(junit.EnforcedAfterProperty) != "" {
+				enforced++
+			}
 			if tc.Properties == nil || !strings.Contains(tc.Properties.WithName(junit.DataPlaneProperty), "rehearsal: ") {
 				t.Fatalf("testcase %q has no %s property saying what answered it", tc.Name, junit.DataPlaneProperty)
 			}
 		}
 	}
-	for _, want := range []string{"data plane: real (proxyless gRPC)", "data plane: Envoy simulated on istiod's configuration", "data plane: simulated", "enforced "} {
+	if enforced == 0 {
+		t.Errorf("no testcase has a %s property", junit.EnforcedAfterProperty)
+	}
+	for _, want := range []string{"data plane: real (proxyless gRPC)", "data plane: Envoy simulated on the configuration istiod served", "data plane: simulated", "enforced "} {
 		if !strings.Contains(f.html, want) {
 			t.Errorf("report.html marks no cell %q", want)
 		}

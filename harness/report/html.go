@@ -1126,7 +1126,7 @@ func dataPlaneNotes(c Contents) []string {
 // "real (proxyless gRPC)". A label of another shape is shown whole.
 func dataPlaneShort(label string) string {
 	if strings.Contains(label, "Envoy simulated") {
-		return "Envoy simulated on istiod's configuration"
+		return "Envoy simulated on the configuration istiod served"
 	}
 	_, rest, ok := strings.Cut(label, "data plane ")
 	if !ok {

@@ -12,6 +12,7 @@ import (
 	apiwait "k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
@@ -258,9 +259,17 @@ func (e *Engine) probeContinuously(ctx context.Context, tr *Traffic, sc *scenari
 				e.event(sc, st, results.EventHarnessError, "%s observed again after %s without observation (%d rounds lost)", from, roundGap(now.Sub(gap.lastSeen)), gap.lost)
 			}
 			gap = observationGap{client: gap.client, limit: gap.limit, lastSeen: now}
+		} else if last := errs[len(errs)-1]; errors.Is(last, probe.ErrHarnessLimit) {
+			// The transport cannot answer these requests at all (a
+			// rehearsal meeting a configuration it does not decide):
+			// waiting out the gap limit would change nothing.
+			err := fmt.Errorf("a limit of the harness, not a verdict on the mesh: %w", last)
+			tr.fail(err)
+			e.event(sc, st, results.EventHarnessError, "%v", err)
+			return
 		} else {
 			gap.lost++
-			gap.lastErr = errs[len(errs)-1]
+			gap.lastErr = last
 			if gap.lost == 1 {
 				e.event(sc, st, results.EventHarnessError, "cannot observe %s (%d attempts): %v; its requests are not counted until it is observed again (limit %s)", from, attempts, gap.lastErr, gap.limit)
 			} else {

@@ -453,13 +453,13 @@ func (c *Cluster) startIstiod(ctx context.Context, binary string) error {
 func (c *Cluster) Proxyless() *Proxyless { return c.proxyless }
 
 // startSlices starts writing the EndpointSlices of every Service, without
-// the proxyless pods.
+// the pods whose WorkloadEntries stand for them.
 func (c *Cluster) startSlices(ctx context.Context) error {
 	kube, err := kubernetes.NewForConfig(c.env.Config)
 	if err != nil {
 		return err
 	}
-	w := newSliceWriter(kube, proxylessTemplate, c.logger.With("cluster", c.name))
+	w := newSliceWriter(kube, servedByWorkloadEntry, c.logger.With("cluster", c.name))
 	if err := w.start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("local cluster %s: starting the EndpointSlice writer: %w", c.name, err)
 	}

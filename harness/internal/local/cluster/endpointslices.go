@@ -27,7 +27,7 @@ import (
 // EndpointSlice controller would (k8s.io/kubernetes
 // pkg/controller/endpointslice, with k8s.io/endpointslice's reconciler),
 // for every Service with a selector and the pods it selects, except the
-// proxyless pods.
+// pods the proxyless supervisor registers with WorkloadEntries.
 //
 // It cannot run the real controller: a proxyless gRPC pod is reached at
 // its WorkloadEntry's loopback address (Proxyless), and the controller
@@ -38,6 +38,14 @@ import (
 // istiod takes from the pod's labels, and strips where the pod's
 // PeerAuthentication disables mTLS). So the local cluster writes the
 // slices itself, leaving out the pods WorkloadEntries stand for.
+
+// servedByWorkloadEntry reports whether the proxyless supervisor runs pod's
+// gRPC server at a loopback address of its own and registers it with a
+// WorkloadEntry (a proxyless pod, or an out-of-mesh pod serving gRPC that
+// proxyless clients reach): its kwok IP must not be a second endpoint.
+func servedByWorkloadEntry(pod *corev1.Pod) bool {
+	return proxylessTemplate(pod) || plainGRPCServer(pod)
+}
 
 // SlicesManagedBy is the endpointslice.kubernetes.io/managed-by value of the
 // slices written here: not the real controller's

@@ -390,7 +390,7 @@ func certInfo(c *x509.Certificate) echoapi.CertInfo {
 // bytes as base64, private keys redacted the way Envoy redacts them.
 type (
 	dumpOut struct {
-		Configs []secretsDump `json:"configs"`
+		Configs []any `json:"configs"`
 		// Simulated is not Envoy's: it labels a dump read by hand.
 		Simulated string `json:"meshproof_simulated"`
 	}
@@ -424,10 +424,12 @@ type (
 
 // configDump answers `pilot-agent request GET config_dump[?mask=...]`: the
 // sidecar's SDS secrets "default" and "ROOTCA", or none while it has no
-// certificates (as Envoy before its first SDS push). The simulation has no
-// listeners or clusters, so the full dump is the same.
-func (e *Execer) configDump(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
-	dump := dumpOut{Configs: []secretsDump{{Type: configdump.SecretsConfigDumpType}}, Simulated: Label}
+// certificates (as Envoy before its first SDS push); the full dump (full)
+// also has the clusters, endpoints, listeners and routes istiod served
+// the sidecar, when the Envoy evaluator stands in for it (WithSidecars).
+func (e *Execer) configDump(ctx context.Context, pod *corev1.Pod, full bool) ([]byte, error) {
+	secrets := secretsDump{Type: configdump.SecretsConfigDumpType}
+	dump := dumpOut{Simulated: Label}
 	if certs, err := e.certsOf(ctx, pod); err != nil {
 		e.log.Info("simulated sidecar has no secrets to dump", "pod", pod.Namespace+"/"+pod.Name, "why", err)
 	} else {
@@ -439,7 +441,7 @@ func (e *Execer) configDump(ctx context.Context, pod *corev1.Pod) ([]byte, error
 			}
 			return dataSource{InlineBytes: base64.StdEncoding.EncodeToString(buf.Bytes())}
 		}
-		dump.Configs[0].Secrets = []dynamicSecret{
+		secrets.Secrets = []dynamicSecret{
 			{Name: configdump.WorkloadSecretName, VersionInfo: version, LastUpdated: version, Secret: tlsSecret{
 				Type: configdump.TLSSecretType, Name: configdump.WorkloadSecretName,
 				TLSCertificate: &tlsCertificate{CertificateChain: b64(certs.Chain),
@@ -450,6 +452,17 @@ func (e *Execer) configDump(ctx context.Context, pod *corev1.Pod) ([]byte, error
 				ValidationContext: &validation{TrustedCA: b64(certs.Roots)},
 			}},
 		}
+	}
+	dump.Configs = append(dump.Configs, secrets)
+	if full && e.envoys != nil && hasEnvoy(pod) && !proxyless(pod) {
+		xdsDumps, err := e.xdsDumps(pod)
+		if err != nil {
+			e.log.Info("simulated sidecar has no xDS configuration to dump", "pod", pod.Namespace+"/"+pod.Name, "why", err)
+		}
+		for _, d := range xdsDumps {
+			dump.Configs = append(dump.Configs, d)
+		}
+		dump.Simulated = e.envoyLabel
 	}
 	out, err := json.MarshalIndent(dump, "", " ")
 	if err != nil {

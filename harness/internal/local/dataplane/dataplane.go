@@ -195,7 +195,7 @@ func (e *Execer) exec(ctx context.Context, cmd probe.Command) ([]byte, error) {
 		return e.peercert(ctx, argv[2:])
 	case cmd.Container == injection.ContainerName && len(argv) == 4 && argv[0] == "pilot-agent" && argv[1] == "request" && argv[2] == "GET" &&
 		(argv[3] == "config_dump" || argv[3] == "config_dump?mask=dynamic_active_secrets"):
-		return e.configDump(ctx, pod)
+		return e.configDump(ctx, pod, argv[3] == "config_dump")
 	case cmd.Container == injection.ContainerName && len(argv) == 4 && argv[0] == "pilot-agent" && argv[1] == "request" && argv[2] == "GET" &&
 		argv[3] == probe.StatsPath:
 		return e.stats(pod), nil

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/local/envoy"
@@ -130,6 +132,28 @@ func (e *Execer) network(ctx context.Context, dst *destination) (*network, error
 			return nil, err
 		}
 		n.hosts[ip] = h
+	}
+	// A pod the local cluster registers with a WorkloadEntry at an address
+	// of its own (its gRPC server runs there for proxyless clients) is
+	// that address in istiod's endpoints: the same pod.
+	var entries networkingv1.WorkloadEntryList
+	if err := e.kube.List(ctx, &entries); err != nil {
+		return nil, fmt.Errorf("listing WorkloadEntries: %w", err)
+	}
+	byUID := map[types.UID]netip.Addr{}
+	for ip, p := range n.pods {
+		byUID[p.UID] = ip
+	}
+	for _, we := range entries.Items {
+		addr, err := netip.ParseAddr(we.Spec.GetAddress())
+		if err != nil {
+			continue
+		}
+		for _, ref := range we.OwnerReferences {
+			if ip, ok := byUID[ref.UID]; ok && ref.Kind == "Pod" {
+				n.pods[addr], n.hosts[addr] = n.pods[ip], n.hosts[ip]
+			}
+		}
 	}
 	return n, nil
 }

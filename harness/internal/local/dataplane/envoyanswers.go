@@ -2,17 +2,26 @@ package dataplane
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"net/url"
+	"slices"
 	"syscall"
 
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/internal/local/envoy"
+	"github.com/meshproof/meshproof/harness/internal/local/xds"
 	"github.com/meshproof/meshproof/harness/internal/probe"
 	"github.com/meshproof/meshproof/harness/internal/probe/istiostats"
 )
@@ -194,4 +203,70 @@ func negotiated(offered []string) string {
 func podIP(pod *corev1.Pod) netip.Addr {
 	ip, _ := netip.ParseAddr(pod.Status.PodIP)
 	return ip
+}
+
+// xdsDumps are the configuration the pod's sidecar holds, as Envoy's
+// admin config dump shows it (admin.v3 ClustersConfigDump,
+// EndpointsConfigDump, ListenersConfigDump, RoutesConfigDump, in the
+// order Envoy writes them), each in protobuf JSON.
+func (e *Execer) xdsDumps(pod *corev1.Pod) ([]json.RawMessage, error) {
+	c, err := e.envoys.Client(pod)
+	if err != nil {
+		return nil, err
+	}
+	snap := c.Snapshot()
+	stamp := func(typeURL string) (string, *timestamppb.Timestamp) {
+		p := snap.Accepted[typeURL]
+		return p.Version, timestamppb.New(p.Received)
+	}
+	clusters := &adminv3.ClustersConfigDump{}
+	v, at := stamp(xds.ClusterType)
+	for _, name := range slices.Sorted(maps.Keys(snap.Clusters)) {
+		a, err := anypb.New(snap.Clusters[name])
+		if err != nil {
+			return nil, err
+		}
+		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: v, Cluster: a, LastUpdated: at})
+	}
+	endpoints := &adminv3.EndpointsConfigDump{}
+	v, at = stamp(xds.EndpointType)
+	for _, name := range slices.Sorted(maps.Keys(snap.Endpoints)) {
+		a, err := anypb.New(snap.Endpoints[name])
+		if err != nil {
+			return nil, err
+		}
+		endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{VersionInfo: v, EndpointConfig: a, LastUpdated: at})
+	}
+	listeners := &adminv3.ListenersConfigDump{}
+	v, at = stamp(xds.ListenerType)
+	for _, name := range slices.Sorted(maps.Keys(snap.Listeners)) {
+		a, err := anypb.New(snap.Listeners[name])
+		if err != nil {
+			return nil, err
+		}
+		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{Name: name,
+			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: v, Listener: a, LastUpdated: at}})
+	}
+	routes := &adminv3.RoutesConfigDump{}
+	v, at = stamp(xds.RouteType)
+	for _, name := range slices.Sorted(maps.Keys(snap.Routes)) {
+		a, err := anypb.New(snap.Routes[name])
+		if err != nil {
+			return nil, err
+		}
+		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: v, RouteConfig: a, LastUpdated: at})
+	}
+	var out []json.RawMessage
+	for _, m := range []proto.Message{clusters, endpoints, listeners, routes} {
+		a, err := anypb.New(m)
+		if err != nil {
+			return nil, err
+		}
+		b, err := protojson.Marshal(a)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }
