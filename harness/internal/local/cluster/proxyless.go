@@ -567,6 +567,9 @@ func downwardAPIFile(m map[string]string) []byte {
 	return b.Bytes()
 }
 
+// tlsModeLabel is the label Istio reads an endpoint's TLS mode from.
+const tlsModeLabel = "security.istio.io/tlsMode"
+
 // createWorkloadEntry registers the pod's address with Istio (see
 // Proxyless). One left by an earlier pod of the same name is replaced.
 func (p *Proxyless) createWorkloadEntry(ctx context.Context, pp *proxylessPod, pod *corev1.Pod) error {
@@ -579,6 +582,18 @@ func (p *Proxyless) createWorkloadEntry(ctx context.Context, pp *proxylessPod, p
 			}},
 		},
 		Spec: networkingapi.WorkloadEntry{Address: pp.addr, Labels: maps.Clone(pod.Labels), ServiceAccount: pod.Spec.ServiceAccountName},
+	}
+	// istiod gives a WorkloadEntry with a ServiceAccount and no tlsMode
+	// label the endpoint metadata tlsMode=istio (getTLSModeFromWorkloadEntry
+	// in pilot/pkg/serviceregistry/serviceentry/conversion.go), whereas the
+	// pod's own endpoint, from an EndpointSlice, has the pod's label or
+	// none (disabled): a sidecar client's auto mTLS would send mTLS to a
+	// pod without a sidecar. The entry says the pod's mode.
+	if _, ok := we.Spec.Labels[tlsModeLabel]; !ok {
+		if we.Spec.Labels == nil {
+			we.Spec.Labels = map[string]string{}
+		}
+		we.Spec.Labels[tlsModeLabel] = "disabled"
 	}
 	entries := p.istio.NetworkingV1().WorkloadEntries(pod.Namespace)
 	_, err := entries.Create(ctx, we, metav1.CreateOptions{})

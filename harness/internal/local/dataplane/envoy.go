@@ -53,6 +53,10 @@ type decision struct {
 	// at is when the push arrived after which the decision has been what
 	// it is.
 	at time.Time
+	// nacks are the pushes a sidecar on the way rejected since the
+	// configuration it decided with: a finding, since a real Envoy would
+	// go on with its older configuration too, and istiod would log it.
+	nacks []string
 }
 
 // evaluated decides a request of protocol p from client to dst (whose
@@ -87,6 +91,14 @@ func (e *Execer) evaluated(ctx context.Context, client *corev1.Pod, dst *destina
 		d.server = nw.pods[out.Server.IP]
 	}
 	d.at = nw.decidedAt(req, out)
+	for ip, c := range nw.clients {
+		used := nw.hosts[ip].Sidecar.Config
+		for _, n := range c.NACKs() {
+			if n.Push.Received.After(used.Push.Received) {
+				d.nacks = append(d.nacks, nw.hosts[ip].Name+": "+n.String())
+			}
+		}
+	}
 	return d, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"syscall"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
@@ -47,6 +48,9 @@ func (e *Execer) label(res *echoapi.ProbeResult, d *decision) {
 	res.DataPlane, res.DecidedBy = e.envoyLabel, d.out.Trace.DecidedBy()
 	if res.DecidedBy == "" {
 		res.DecidedBy = "no sidecar on the way (" + d.out.Trace.String() + ")"
+	}
+	if len(d.nacks) > 0 {
+		res.DecidedBy += "; the sidecars rejected later pushes (NACK): " + strings.Join(d.nacks, "; ")
 	}
 	if !d.at.IsZero() {
 		at := d.at

@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -250,7 +251,7 @@ func (e *evaluation) outbound(c *Proxy) (Outcome, error) {
 			return Outcome{}, err
 		}
 		e.step(side, "tcp_proxy", t.GetStatPrefix(), "cluster "+cluster+" [TCP-PROXY]")
-		return e.outboundCluster(c, side, cluster, nil)
+		return e.outboundCluster(c, side, cluster, nil, nil)
 	}
 	return Outcome{}, undecidable("filter chain %s ends in %T", chainName(fc), term)
 }
@@ -362,19 +363,27 @@ func (e *evaluation) outboundHTTP(c *Proxy, side string, hcm *hcmv3.HttpConnecti
 		return Outcome{}, err
 	}
 	e.step(side, "route", rcName+"/"+vh.GetName()+"/"+r.GetName(), "cluster "+cluster+" [VHOST] [ROUTE]")
-	return e.outboundCluster(c, side, cluster, hcm)
+	retry := r.GetRoute().GetRetryPolicy()
+	if retry == nil {
+		retry = vh.GetRetryPolicy()
+	}
+	return e.outboundCluster(c, side, cluster, hcm, retry)
 }
 
 // outboundCluster connects the client's sidecar to an endpoint of cluster
-// and follows the connection to the server.
-func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.HttpConnectionManager) (Outcome, error) {
+// and follows the connection to the server. An HTTP request whose route
+// retries connect failures (retry before its upstream connection is
+// established: refused, or its TLS handshake failed) is retried on another
+// endpoint, as Envoy's router does ([RETRY]).
+func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.HttpConnectionManager, retry *routev3.RetryPolicy) (Outcome, error) {
 	cl := c.Config.Clusters[name]
 	if cl == nil {
 		e.step(side, "cluster", name, "not in the configuration held")
 		return e.clientFailure(hcm, "no cluster "+name+" (NC)", false)
 	}
-	var ep netip.AddrPort
-	var epMeta *corev3.Metadata
+	var eps []netip.AddrPort
+	var metas []*corev3.Metadata
+	first := 0
 	switch cl.GetType() {
 	case clusterv3.Cluster_ORIGINAL_DST:
 		// [ORIGDST-CLUSTER]: the Service's cluster IP, which kube-proxy
@@ -385,7 +394,7 @@ func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.Htt
 			return e.clientFailure(hcm, "connection refused", false)
 		}
 		e.step(side, "cluster", name, "original destination "+e.req.Destination.String()+", forwarded by kube-proxy to "+target.String()+" [ORIGDST-CLUSTER]")
-		ep = target
+		eps, metas = []netip.AddrPort{target}, []*corev3.Metadata{nil}
 	case clusterv3.Cluster_EDS, clusterv3.Cluster_STATIC:
 		cla := cl.GetLoadAssignment()
 		if cl.GetType() == clusterv3.Cluster_EDS {
@@ -395,7 +404,7 @@ func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.Htt
 			}
 			cla = c.Config.Endpoints[svc]
 		}
-		eps, metas := healthyEndpoints(cla)
+		eps, metas = healthyEndpoints(cla)
 		if len(eps) == 0 {
 			e.step(side, "cluster", name, "no healthy endpoint [LB-HEALTH]")
 			if hcm != nil {
@@ -403,22 +412,87 @@ func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.Htt
 			}
 			return Outcome{Kind: Closed, Reset: true, Why: "no healthy upstream (UH)"}, nil
 		}
-		i := e.req.Pick(eps)
-		if i < 0 || i >= len(eps) {
-			i = 0
+		if first = e.req.Pick(eps); first < 0 || first >= len(eps) {
+			first = 0
 		}
-		ep, epMeta = eps[i], metas[i]
-		e.step(side, "cluster", name, fmt.Sprintf("endpoint %s of %d healthy [LB-HEALTH]", ep, len(eps)))
 	default:
 		return Outcome{}, undecidable("cluster %s of type %s", name, cl.GetType())
 	}
-	ts, tsName, err := pickTransportSocket(cl, epMeta)
+	retries, err := connectRetries(retry, len(eps))
 	if err != nil {
 		return Outcome{}, err
 	}
+	var out Outcome
+	for attempt := 0; attempt <= retries; attempt++ {
+		i := (first + attempt) % len(eps)
+		why := fmt.Sprintf("endpoint %s of %d healthy [LB-HEALTH]", eps[i], len(eps))
+		if attempt > 0 {
+			why = fmt.Sprintf("retry %d on endpoint %s, not tried before (retry_on connect-failure, previous_hosts) [RETRY]", attempt, eps[i])
+		}
+		if cl.GetType() != clusterv3.Cluster_ORIGINAL_DST {
+			e.step(side, "cluster", name, why)
+		}
+		var connectFailed bool
+		out, connectFailed, err = e.attempt(c, side, cl, hcm, eps[i], metas[i])
+		if err != nil || !connectFailed || hcm == nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// connectRetries is how many times a route's retry policy retries a
+// request whose upstream connection failed, on another endpoint each time
+// (there are n): its num_retries (1 when unset) when retry_on includes
+// connect-failure (or 5xx or gateway-error, which include it) and the
+// previous_hosts predicate makes each retry pick an endpoint not tried
+// yet; no retries without a policy. Retries that may land on an endpoint
+// already tried (no previous_hosts predicate, more than one endpoint)
+// depend on the load balancer's state: undecidable.
+func connectRetries(p *routev3.RetryPolicy, n int) (int, error) {
+	if p == nil {
+		return 0, nil
+	}
+	on := false
+	for _, c := range strings.Split(p.GetRetryOn(), ",") {
+		switch strings.TrimSpace(c) {
+		case "connect-failure", "5xx", "gateway-error":
+			on = true
+		}
+	}
+	if !on || n == 1 {
+		return 0, nil
+	}
+	retries := 1
+	if p.GetNumRetries() != nil {
+		retries = int(p.GetNumRetries().GetValue())
+	}
+	previousHosts := false
+	for _, pr := range p.GetRetryHostPredicate() {
+		if pr.GetTypedConfig().GetTypeUrl() == previousHostsType {
+			previousHosts = true
+		}
+	}
+	if !previousHosts {
+		return 0, undecidable("a retry policy (%s) without the previous_hosts predicate over %d endpoints: which endpoint a retry reaches depends on the load balancer's state", p.GetRetryOn(), n)
+	}
+	return min(retries, n-1), nil
+}
+
+const previousHostsType = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+// attempt is one upstream connection of the client's sidecar to endpoint
+// ep of cluster cl: connectFailed says the connection failed before it was
+// established (refused, or its TLS handshake failed), which a retry policy
+// may retry.
+func (e *evaluation) attempt(c *Proxy, side string, cl *clusterv3.Cluster, hcm *hcmv3.HttpConnectionManager, ep netip.AddrPort, epMeta *corev3.Metadata) (Outcome, bool, error) {
+	ts, tsName, err := pickTransportSocket(cl, epMeta)
+	if err != nil {
+		return Outcome{}, false, err
+	}
 	tlsCtx, err := transportSocket(ts)
 	if err != nil {
-		return Outcome{}, err
+		return Outcome{}, false, err
 	}
 	alpnWhy := ""
 	if tlsCtx == nil {
@@ -427,7 +501,7 @@ func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.Htt
 		if hcm != nil {
 			alpn, why, err := alpnOverride(cl, hcm, e.req.Protocol)
 			if err != nil {
-				return Outcome{}, err
+				return Outcome{}, false, err
 			}
 			if alpn != nil {
 				tlsCtx.alpn = alpn
@@ -438,17 +512,20 @@ func (e *evaluation) outboundCluster(c *Proxy, side, name string, hcm *hcmv3.Htt
 	}
 	res, err := e.upstream(ep, c, tlsCtx, hcm)
 	if err != nil {
-		return Outcome{}, err
+		return Outcome{}, false, err
 	}
 	switch {
 	case res.refused:
-		return e.clientFailure(hcm, "connection failure, transport failure reason: delayed connect error: Connection refused", true)
+		out, err := e.clientFailure(hcm, "connection failure, transport failure reason: delayed connect error: Connection refused", true)
+		return out, true, err
 	case res.tlsFailure != "":
-		return e.clientFailure(hcm, "remote connection failure, transport failure reason: TLS_error: "+res.tlsFailure, true)
+		out, err := e.clientFailure(hcm, "remote connection failure, transport failure reason: TLS_error: "+res.tlsFailure, true)
+		return out, true, err
 	case res.closed:
-		return e.clientFailure(hcm, "connection termination", false)
+		out, err := e.clientFailure(hcm, "connection termination", false)
+		return out, false, err
 	}
-	return res.delivered(), nil
+	return res.delivered(), false, nil
 }
 
 // clientFailure is what the client sees when its sidecar could not get a

@@ -2,8 +2,13 @@ package envoy_test
 
 import (
 	"fmt"
+	"maps"
+	"net/netip"
 	"strings"
 	"testing"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshproof/meshproof/harness/internal/ca"
 	"github.com/meshproof/meshproof/harness/internal/local/envoy"
@@ -134,5 +139,43 @@ func checkDetails(t *testing.T, p pair, proto envoy.Protocol, out envoy.Outcome)
 		t.Errorf("%s -> %s:%d: XFCC %q, want By=%s and URI=%s", p.from, p.to, p.port, out.XFCC, serverID, clientID)
 	case proto != envoy.TCP && out.MTLS == nil && out.XFCC != "":
 		t.Errorf("%s -> %s:%d: plaintext with XFCC %q", p.from, p.to, p.port, out.XFCC)
+	}
+}
+
+// An endpoint EDS still lists after its pod went away (the client's
+// sidecar has not had the push yet) refuses the connection; the route's
+// retry policy (Istio's: retry_on connect-failure, two retries, the
+// previous_hosts predicate) sends the request to another endpoint, as
+// Envoy's router does.
+func TestRetryOnAnotherEndpoint(t *testing.T) {
+	bundle, err := ca.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := loadCapture(t, "namespace STRICT", bundle)
+	a := n.Hosts["service-a"]
+	snap := *a.Sidecar.Config
+	cluster := "outbound|80||service-b." + captureNamespace + ".svc.cluster.local"
+	cla := proto.Clone(snap.Endpoints[cluster]).(*endpointv3.ClusterLoadAssignment)
+	gone := proto.Clone(cla.GetEndpoints()[0].GetLbEndpoints()[0]).(*endpointv3.LbEndpoint)
+	gone.GetEndpoint().GetAddress().GetSocketAddress().Address = "10.244.9.9" // no pod has it
+	cla.Endpoints[0].LbEndpoints = append([]*endpointv3.LbEndpoint{gone}, cla.Endpoints[0].LbEndpoints...)
+	snap.Endpoints = maps.Clone(snap.Endpoints)
+	snap.Endpoints[cluster] = cla
+	sc := *a.Sidecar
+	sc.Config = &snap
+	a.Sidecar = &sc
+	out, err := envoy.Evaluate(n, n.Request("service-a", "service-b", 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Kind != envoy.Delivered || out.MTLS == nil || !strings.Contains(out.Trace.String(), "retry 1 on endpoint") {
+		t.Errorf("%s (mTLS %v), want mTLS delivered after a retry; trace: %s", out.Kind, out.MTLS != nil, out.Trace)
+	}
+	// The load balancer's own pick is the live endpoint: no retry.
+	out, err = envoy.Evaluate(n, envoy.Request{Client: a, Destination: n.Request("service-a", "service-b", 80).Destination, Protocol: envoy.HTTP1, Authority: "service-b:80", Path: "/",
+		Pick: func([]netip.AddrPort) int { return 1 }})
+	if err != nil || out.Kind != envoy.Delivered {
+		t.Errorf("picking the live endpoint: %s, %v", out.Kind, err)
 	}
 }

@@ -98,6 +98,15 @@ package envoy
 //	    APPEND_FORWARD set or append it "if the client connection is
 //	    mTLS",
 //	    https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers
+//	[RETRY] a route's retry policy: retry_on connect-failure ("Envoy will
+//	    attempt a retry if a request is failed because of a connection
+//	    failure to the upstream server (connect timeout, etc.)"; 5xx and
+//	    gateway-error include it), num_retries (default 1), and the
+//	    previous_hosts retry host predicate, which "will reject any host
+//	    that has been previously attempted",
+//	    https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
+//	    https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto
+//	    https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/retry/host/previous_hosts/v3/previous_hosts.proto
 //	[TCP-PROXY] the TCP proxy filter proxies a connection to its cluster's
 //	    upstream host; an upstream that cannot be connected closes the
 //	    downstream connection,
