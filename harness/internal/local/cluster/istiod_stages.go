@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
@@ -107,4 +108,60 @@ func writeYAMLDoc(out *bytes.Buffer, obj map[string]any) error {
 	out.WriteString("---\n")
 	out.Write(data)
 	return nil
+}
+
+// sidecarDrain is how long a pod with an Istio sidecar takes to go once it
+// is deleted: its istio-proxy drains for ProxyConfig's
+// terminationDrainDuration (5s by default, pkg/config/mesh
+// DefaultProxyConfig) and serves meanwhile. kwok's pod-delete stage would
+// remove the pod at once, while the sidecars of its clients may still be
+// sending to it until istiod's push of its removal reaches them.
+const sidecarDrain = 5 * time.Second
+
+// delayInjectedDeletion edits kwok's stages so that a deleted pod with
+// an Istio sidecar (sidecar.istio.io/status) is removed sidecarDrain after
+// its deletion, as a kubelet would once istio-proxy has drained; other
+// pods go at once, as before.
+func delayInjectedDeletion(file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	found := false
+	key := `.metadata.annotations["` + injectionStatusAnnotation + `"]`
+	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
+		var stage map[string]any
+		if err := yaml.Unmarshal(doc, &stage); err != nil {
+			return fmt.Errorf("local cluster: parsing kwok's stages: %w", err)
+		}
+		if len(stage) == 0 {
+			continue
+		}
+		u := unstructured.Unstructured{Object: stage}
+		if u.GetKind() == "Stage" && u.GetName() == "pod-delete" {
+			found = true
+			delayed := u.DeepCopy()
+			delayed.SetName("meshproof-sidecar-pod-delete")
+			if err := addSelectorExpressions(delayed.Object, map[string]any{"key": key, "operator": "Exists"}); err != nil {
+				return err
+			}
+			if err := unstructured.SetNestedField(delayed.Object, sidecarDrain.Milliseconds(), "spec", "delay", "durationMilliseconds"); err != nil {
+				return err
+			}
+			if err := addSelectorExpressions(stage, map[string]any{"key": key, "operator": "DoesNotExist"}); err != nil {
+				return err
+			}
+			if err := writeYAMLDoc(&out, delayed.Object); err != nil {
+				return err
+			}
+		}
+		if err := writeYAMLDoc(&out, stage); err != nil {
+			return err
+		}
+	}
+	if !found {
+		return fmt.Errorf("local cluster: kwok's stages in %s have no pod-delete stage to delay", file)
+	}
+	return os.WriteFile(file, out.Bytes(), 0o600)
 }

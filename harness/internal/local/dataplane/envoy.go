@@ -13,6 +13,7 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/local/envoy"
@@ -80,10 +81,12 @@ func (e *Execer) evaluated(ctx context.Context, client *corev1.Pod, dst *destina
 	req := envoy.Request{Client: clientHost, Destination: netip.AddrPortFrom(vip, uint16(dst.port.Port)), Protocol: p, Authority: authority, Path: path,
 		Pick: nw.pick}
 	out, err := envoy.Evaluate(nw, req)
-	if err != nil {
-		if envoy.IsUndecidable(err) {
-			return nil, fmt.Errorf("%w: %v (trace: %s)", probe.ErrHarnessLimit, err, out.Trace)
-		}
+	switch {
+	case nw.err != nil:
+		return nil, nw.err
+	case envoy.IsUndecidable(err):
+		return nil, fmt.Errorf("%w: %v (trace: %s)", probe.ErrHarnessLimit, err, out.Trace)
+	case err != nil:
 		return nil, err
 	}
 	d := &decision{out: out}
@@ -116,8 +119,11 @@ type network struct {
 	pods     map[netip.Addr]*corev1.Pod
 	services []corev1.Service
 	hosts    map[netip.Addr]*envoy.Host
+	byUID    map[types.UID]*envoy.Host
 	clients  map[netip.Addr]*xds.Sidecar
-	err      error
+	ctx      context.Context
+	// err is the first error met making a host during an evaluation.
+	err error
 }
 
 func (e *Execer) network(ctx context.Context, dst *destination) (*network, error) {
@@ -129,22 +135,22 @@ func (e *Execer) network(ctx context.Context, dst *destination) (*network, error
 	if err := e.kube.List(ctx, &svcs); err != nil {
 		return nil, fmt.Errorf("listing Services: %w", err)
 	}
-	n := &network{e: e, dst: dst, pods: map[netip.Addr]*corev1.Pod{}, services: svcs.Items, hosts: map[netip.Addr]*envoy.Host{}, clients: map[netip.Addr]*xds.Sidecar{}}
+	n := &network{e: e, dst: dst, pods: map[netip.Addr]*corev1.Pod{}, services: svcs.Items, hosts: map[netip.Addr]*envoy.Host{}, byUID: map[types.UID]*envoy.Host{}, clients: map[netip.Addr]*xds.Sidecar{}}
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		ip, err := netip.ParseAddr(p.Status.PodIP)
-		if err != nil || p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
+		if err != nil || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		// A terminating pod still serves until it is gone: its sidecar
+		// drains (the local cluster keeps such a pod for the drain), and
+		// clients whose configuration still lists it reach it.
+		if cur := n.pods[ip]; cur != nil && cur.DeletionTimestamp == nil {
 			continue
 		}
 		n.pods[ip] = p
 	}
-	for ip, p := range n.pods {
-		h, err := n.host(ctx, p)
-		if err != nil {
-			return nil, err
-		}
-		n.hosts[ip] = h
-	}
+	n.ctx = ctx
 	// A pod the local cluster registers with a WorkloadEntry at an address
 	// of its own (its gRPC server runs there for proxyless clients) is
 	// that address in istiod's endpoints: the same pod.
@@ -163,7 +169,7 @@ func (e *Execer) network(ctx context.Context, dst *destination) (*network, error
 		}
 		for _, ref := range we.OwnerReferences {
 			if ip, ok := byUID[ref.UID]; ok && ref.Kind == "Pod" {
-				n.pods[addr], n.hosts[addr] = n.pods[ip], n.hosts[ip]
+				n.pods[addr] = n.pods[ip]
 			}
 		}
 	}
@@ -172,12 +178,21 @@ func (e *Execer) network(ctx context.Context, dst *destination) (*network, error
 
 // host is pod as the evaluator sees it: its sidecar's configuration (the
 // local cluster's xDS client's, once warm) and certificates, and the ports
-// its echo serves.
+// its echo serves. Hosts are made when the evaluator first meets them.
 func (n *network) host(ctx context.Context, pod *corev1.Pod) (*envoy.Host, error) {
 	ip, _ := netip.ParseAddr(pod.Status.PodIP)
-	if h := n.hosts[ip]; h != nil && h.Name == pod.Namespace+"/"+pod.Name {
+	if h := n.byUID[pod.UID]; h != nil {
 		return h, nil
 	}
+	h, err := n.makeHost(ctx, pod, ip)
+	if err == nil {
+		n.byUID[pod.UID] = h
+		n.hosts[ip] = h
+	}
+	return h, err
+}
+
+func (n *network) makeHost(ctx context.Context, pod *corev1.Pod, ip netip.Addr) (*envoy.Host, error) {
 	h := &envoy.Host{Name: pod.Namespace + "/" + pod.Name, IP: ip, Listens: listens(pod)}
 	if !hasEnvoy(pod) {
 		return h, nil
@@ -185,15 +200,24 @@ func (n *network) host(ctx context.Context, pod *corev1.Pod) (*envoy.Host, error
 	if proxyless(pod) {
 		return nil, fmt.Errorf("%w: %s is a proxyless gRPC pod, which the Envoy evaluator does not stand for", probe.ErrHarnessLimit, h.Name)
 	}
-	c, err := n.e.envoys.Client(pod)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", probe.ErrHarnessLimit, err)
-	}
+	// A pod that just started may not have its Envoy's configuration yet,
+	// as a real pod's Envoy is still starting: wait, bounded, then say so
+	// (a transient the engine retries, not a limit of the harness).
 	wctx, cancel := context.WithTimeout(ctx, warmWait)
-	snap, err := c.Wait(wctx, (*xds.Snapshot).Warm)
-	cancel()
+	defer cancel()
+	var c *xds.Sidecar
+	err := wait.PollUntilContextCancel(wctx, 50*time.Millisecond, true, func(context.Context) (bool, error) {
+		var err error
+		c, err = n.e.envoys.Client(pod)
+		return err == nil, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: the Envoy of %s holds no complete configuration from istiod: %v (stream %+v, NACKs %v)", probe.ErrHarnessLimit, h.Name, err, c.Status(), c.NACKs())
+		_, why := n.e.envoys.Client(pod)
+		return nil, fmt.Errorf("the Envoy of %s has no configuration within %s: %v", h.Name, warmWait, why)
+	}
+	snap, err := c.Wait(wctx, (*xds.Snapshot).Warm)
+	if err != nil {
+		return nil, fmt.Errorf("the Envoy of %s holds no complete configuration from istiod: %v (stream %+v, NACKs %v)", h.Name, err, c.Status(), c.NACKs())
 	}
 	certs, err := n.e.certsOf(ctx, pod)
 	var id *envoy.Identity
@@ -209,8 +233,20 @@ func (n *network) host(ctx context.Context, pod *corev1.Pod) (*envoy.Host, error
 	return h, nil
 }
 
-// Host is the envoy.Network's: who answers at ip.
-func (n *network) Host(ip netip.Addr) *envoy.Host { return n.hosts[ip] }
+// Host is the envoy.Network's: who answers at ip. A host that cannot be
+// made (its sidecar has no configuration yet) is nil, and the error is
+// what the evaluation returns (n.err).
+func (n *network) Host(ip netip.Addr) *envoy.Host {
+	p := n.pods[ip]
+	if p == nil {
+		return nil
+	}
+	h, err := n.host(n.ctx, p)
+	if err != nil && n.err == nil {
+		n.err = err
+	}
+	return h
+}
 
 // KubeProxy forwards a Service's cluster IP and port to the endpoint the
 // simulation picks for the Service (the newest ready pod, see endpoint):

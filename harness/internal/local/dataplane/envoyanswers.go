@@ -159,6 +159,9 @@ func (e *Execer) peercertByEnvoy(ctx context.Context, server *corev1.Pod, addr s
 		return err
 	}
 	h := nw.Host(podIP(server))
+	if nw.err != nil {
+		return nw.err
+	}
 	if h == nil {
 		return fmt.Errorf("%w: pod %s/%s is not running", probe.ErrHarnessLimit, server.Namespace, server.Name)
 	}
