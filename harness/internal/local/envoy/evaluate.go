@@ -829,7 +829,10 @@ func (e *evaluation) inbound(h *Host, ep netip.AddrPort, client *Proxy, clientID
 		if err != nil {
 			return upstreamResult{}, err
 		}
-		xfcc, why := xfccHeader(t, mtls)
+		xfcc, why, err := xfccHeader(t, mtls)
+		if err != nil {
+			return upstreamResult{}, err
+		}
 		e.step(side, "x-forwarded-client-cert", t.GetForwardClientCertDetails().String(), why)
 		res, err := e.application(h, port, nil, mtls, xfcc)
 		if res.refused {
@@ -913,14 +916,14 @@ func handshake(tlsCtx *tlsContext, cid *Identity, serverTLS *tlsContext, sid *Id
 
 // xfccHeader is the x-forwarded-client-cert the application receives from
 // an inbound connection manager ([XFCC]).
-func xfccHeader(hcm *hcmv3.HttpConnectionManager, mtls *Session) (string, string) {
+func xfccHeader(hcm *hcmv3.HttpConnectionManager, mtls *Session) (string, string, error) {
 	mode := hcm.GetForwardClientCertDetails()
 	switch mode {
 	case hcmv3.HttpConnectionManager_SANITIZE, hcmv3.HttpConnectionManager_FORWARD_ONLY, hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY:
-		return "", "the connection manager adds none (" + mode.String() + ")"
+		return "", "the connection manager adds none (" + mode.String() + ")", nil
 	}
 	if mtls == nil {
-		return "", "the connection is not mutual TLS: no element is added [XFCC]"
+		return "", "the connection is not mutual TLS: no element is added [XFCC]", nil
 	}
 	sum := sha256.Sum256(mtls.ClientLeaf.Raw)
 	parts := []string{"By=" + mtls.ServerID, "Hash=" + hex.EncodeToString(sum[:])}
@@ -939,9 +942,9 @@ func xfccHeader(hcm *hcmv3.HttpConnectionManager, mtls *Session) (string, string
 		}
 	}
 	if d.GetCert() || d.GetChain() {
-		return "", "the connection manager forwards the certificate PEM, which the evaluator does not render"
+		return "", "", undecidable("the connection manager forwards the client certificate's PEM in x-forwarded-client-cert (set_current_client_cert_details cert or chain), which the evaluator does not render")
 	}
-	return strings.Join(parts, ";"), mode.String() + " with By, Hash and the fields set_current_client_cert_details asks [XFCC]"
+	return strings.Join(parts, ";"), mode.String() + " with By, Hash and the fields set_current_client_cert_details asks [XFCC]", nil
 }
 
 // Hello is what a TLS client without a certificate sends to a sidecar's
