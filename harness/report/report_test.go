@@ -218,6 +218,8 @@ func TestRoundTripEveryField(t *testing.T) {
 	want.DecidedBy = "client sidecar: listener 0.0.0.0_8080, cluster outbound|8080||b.ns.svc.cluster.local; server sidecar: listener virtualInbound, filter chain 0.0.0.0_8080"
 	decided := time.Date(2026, 11, 26, 23, 49, 1, 0, time.UTC)
 	want.DecidedAt = &decided
+	want.Ztunnel = &results.ZtunnelEvidence{Pod: "istio-system/ztunnel-x", Node: "n1", Reporter: "destination", SecurityPolicy: "mutual_tls",
+		SourcePrincipal: "spiffe://cluster.local/ns/a/sa/a", DestinationPrincipal: "spiffe://cluster.local/ns/b/sa/b", Opened: 1, Bytes: 42}
 	// Every field must be set, or the round trip would not prove it is kept.
 	v := reflect.ValueOf(want)
 	for i := range v.NumField() {
