@@ -377,9 +377,15 @@ func (r *rewound) Host(ip netip.Addr) *envoy.Host {
 	if h == nil || h.Sidecar == nil {
 		return h
 	}
+	// A host the evaluation met only now (made while rewinding) has no
+	// earlier configuration in configs: it keeps the one it was made with.
+	c, ok := r.configs[ip]
+	if !ok {
+		return h
+	}
 	cp := *h
 	sc := *h.Sidecar
-	sc.Config = r.configs[ip]
+	sc.Config = c
 	cp.Sidecar = &sc
 	return &cp
 }

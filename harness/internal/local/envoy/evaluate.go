@@ -703,6 +703,9 @@ func (e *evaluation) application(h *Host, port uint16, tlsCtx *tlsContext, mtls 
 func (e *evaluation) inbound(h *Host, ep netip.AddrPort, client *Proxy, clientID *Identity, tlsCtx *tlsContext) (upstreamResult, error) {
 	s := h.Sidecar
 	side := "server " + s.Name
+	if s.Config == nil {
+		return upstreamResult{}, undecidable("%s holds no configuration", s.Name)
+	}
 	l := s.Config.Listeners[virtualInbound]
 	if l == nil {
 		return upstreamResult{}, undecidable("%s holds no %s listener (snapshot %d)", s.Name, virtualInbound, s.Config.Seq)
