@@ -123,6 +123,11 @@ lint:
 	$(GO) mod tidy -diff
 	cd examples/gotest && $(GO) vet ./... && { $(GO) mod tidy -diff || { echo "examples/gotest's go.mod or go.sum lags meshproof's: run make generate"; exit 1; }; }
 	$(GO) tool actionlint .github/workflows/*.yaml
+	@# Dead code: a function no test and no command reaches. Internal
+	@# packages and commands only; the public packages are the library API
+	@# users call (examples/gotest), which this module need not reach.
+	@out="$$($(GO) tool deadcode -test -filter '^github.com/meshproof/meshproof/(cmd|internal|harness/internal)/' ./...)"; \
+	if [ -n "$$out" ]; then echo "unreachable functions (delete them, or use them):"; echo "$$out"; exit 1; fi
 
 # Regenerates the files generated from the scenario API types, the
 # README's Layout section from the package docs, and examples/gotest's

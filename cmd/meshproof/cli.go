@@ -125,19 +125,6 @@ func parseArgs(fl *flag.FlagSet, args []string) (files []string, err error) {
 	}
 }
 
-// parseInterleaved is parseArgs for a flag set of its own, for commands
-// that print their own usage; it reports (and prints) errors as before.
-func parseInterleaved(fl *flag.FlagSet, args []string) (positional []string, ok bool) {
-	files, err := parseArgs(fl, args)
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(fl.Output(), "%v\n", err)
-		}
-		return nil, false
-	}
-	return files, true
-}
-
 // readInput reads a file argument: "-" is standard input.
 func readInput(path string) ([]byte, error) {
 	if path == stdinName {

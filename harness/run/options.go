@@ -128,9 +128,6 @@ func WithReports(dir string) Option { return func(s *settings) { s.reports = dir
 // use SuiteName of the file the suite was read from).
 func WithSuiteName(name string) Option { return func(s *settings) { s.suiteName = name } }
 
-// WithRunID sets the run id (default: a new one, ownership.NewRunID).
-func WithRunID(id string) Option { return func(s *settings) { s.runID = id } }
-
 // WithLogger receives the run's progress lines (default: none).
 func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l } }
 

@@ -117,19 +117,6 @@ func WithRunID(id string) Option { return func(c *Collector) { c.runID = id } }
 // (DefaultIstioNamespace if not given).
 func WithIstioNamespace(ns string) Option { return func(c *Collector) { c.istioNS = ns } }
 
-// WithLogLimits bounds each container log to limitBytes and its last
-// tailLines lines; zero keeps the default of either.
-func WithLogLimits(limitBytes, tailLines int64) Option {
-	return func(c *Collector) {
-		if limitBytes > 0 {
-			c.limitBytes = limitBytes
-		}
-		if tailLines > 0 {
-			c.tailLines = tailLines
-		}
-	}
-}
-
 // WithItemTimeout bounds each single item (DefaultItemTimeout if not given).
 func WithItemTimeout(d time.Duration) Option {
 	return func(c *Collector) {

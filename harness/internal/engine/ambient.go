@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -359,16 +358,4 @@ func (e *Engine) probeAmbient(ctx context.Context, sc *scenario.Scenario, st *sc
 		out = append(out, o)
 	}
 	return out, nil
-}
-
-// ambientNames lists the ambient workloads, for messages.
-func (e *Engine) ambientNames() []string {
-	var out []string
-	for _, w := range e.suite.Fixtures.Workloads {
-		if w.Ambient() {
-			out = append(out, w.Name)
-		}
-	}
-	sort.Strings(out)
-	return out
 }

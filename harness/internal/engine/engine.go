@@ -126,9 +126,6 @@ func WithLogger(l *slog.Logger) Option { return func(e *Engine) { e.log = l } }
 // WithCertReader reads served certificates for rotate steps.
 func WithCertReader(c CertReader) Option { return func(e *Engine) { e.certs = c } }
 
-// WithClock replaces time.Now, for observation timestamps.
-func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
-
 // New returns an engine for the scenarios that run on cluster clusterName.
 func New(suite *scenario.Suite, clusterName string, kube client.Client, prober Prober, runID string, opts ...Option) (*Engine, error) {
 	c := suite.Cluster(clusterName)

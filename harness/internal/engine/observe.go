@@ -18,8 +18,6 @@ type pair struct {
 	port     int
 }
 
-func (p pair) String() string { return fmt.Sprintf("%s -> %s:%d", p.from, p.to, p.port) }
-
 func pairOf(e scenario.Expectation) pair { return pair{e.From, e.To, e.Port} }
 
 // targetName is how a pair's target is named in a probe batch; the echo

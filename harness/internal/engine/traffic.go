@@ -127,17 +127,6 @@ func (t *Traffic) fail(err error) {
 	t.mu.Unlock()
 }
 
-// Failures are the observations that failed.
-func Failures(obs []results.Observation) []results.Observation {
-	var out []results.Observation
-	for _, o := range obs {
-		if o.Result == scenario.ResultFail {
-			out = append(out, o)
-		}
-	}
-	return out
-}
-
 // StartTraffic starts probing t's pairs until Stop.
 func (e *Engine) StartTraffic(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, t scenario.Traffic, opts ...TrafficOption) *Traffic {
 	ctx, cancel := context.WithCancel(ctx)

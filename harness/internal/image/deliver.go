@@ -37,17 +37,6 @@ func PushTo(repository string) DeliverOption { return func(d *Delivery) { d.push
 // run gets the same image.
 func UseRef(ref string) DeliverOption { return func(d *Delivery) { d.ref = ref } }
 
-// WithKeychain sets where registry credentials come from. Default
-// authn.DefaultKeychain: the docker config ($DOCKER_CONFIG or
-// ~/.docker/config.json) with its credential helpers, as docker uses them.
-func WithKeychain(k authn.Keychain) DeliverOption { return func(d *Delivery) { d.keychain = k } }
-
-// WithTransport sets the HTTP transport to registries (a proxy, a custom CA).
-// Default: remote.DefaultTransport.
-func WithTransport(rt http.RoundTripper) DeliverOption {
-	return func(d *Delivery) { d.transport = rt }
-}
-
 // Deliver makes the echo image pullable by an existing cluster and returns
 // the digest reference (repository@sha256:...) its pods must use. With
 // PushTo, built is pushed; with UseRef, built is not used (it may be nil)

@@ -76,15 +76,6 @@ type ControlPlane struct {
 	State     string
 }
 
-// Detect reads the Istio installation in namespace, changing nothing.
-func Detect(ctx context.Context, restConfig *rest.Config, namespace string) (*Installation, error) {
-	in, err := New(restConfig, WithNamespace(namespace))
-	if err != nil {
-		return nil, err
-	}
-	return in.detect(ctx)
-}
-
 func (i *Installer) detect(ctx context.Context) (*Installation, error) {
 	cs, err := i.clientset()
 	if err != nil {

@@ -61,9 +61,6 @@ type options struct {
 // sharing a cluster must agree on both).
 func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
 
-// WithName sets the Lease's name.
-func WithName(name string) Option { return func(o *options) { o.name = name } }
-
 // WithDuration is how long the Lease stays valid without renewal: a crashed
 // run blocks the cluster that long. Default 60s. The Lease is renewed every
 // third of it.
@@ -373,9 +370,6 @@ func (h *Held) renew(ctx context.Context) error {
 	_, err = leases.Update(ctx, cur, metav1.UpdateOptions{})
 	return err
 }
-
-// Holder is the run id holding the Lease.
-func (h *Held) Holder() string { return h.holder }
 
 // CreatedNamespace reports that Acquire created Namespace, for the run's
 // ledger.

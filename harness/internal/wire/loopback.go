@@ -24,9 +24,6 @@ type Loopback struct {
 // LoopbackOption configures a Loopback.
 type LoopbackOption func(*Loopback)
 
-// WithLimits bounds each capture (default: fixtures/echo/wire's).
-func WithLimits(l echowire.Limits) LoopbackOption { return func(w *Loopback) { w.limits = l } }
-
 // WithLogger receives the one line saying the witness cannot capture.
 func WithLogger(l *slog.Logger) LoopbackOption { return func(w *Loopback) { w.log = l } }
 

@@ -48,9 +48,6 @@ var (
 	PilotAgent     = Tool{binary{name: "pilot-agent", module: "istiod", pkg: "istio.io/istio/pilot/cmd/pilot-agent", ldflags: istioVersionLDFlags}, "istio-" + IstioVersion}
 )
 
-// Name is the binary's file name.
-func (t Tool) Name() string { return t.name }
-
 // EnsureTool returns the path of t's binary, building it from source through
 // the Go module proxy first when neither $MESHPROOF_TOOLS nor the cache
 // (<cache>/tools/<release>/) holds it. Builds take minutes on a cold machine;

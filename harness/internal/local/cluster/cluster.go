@@ -95,17 +95,11 @@ type Option func(*Cluster)
 // WithName names the cluster (as it appears in logs and the run folder).
 func WithName(name string) Option { return func(c *Cluster) { c.name = name } }
 
-// WithNodes sets how many fake nodes kwok manages (default 1).
-func WithNodes(n int) Option { return func(c *Cluster) { c.nodes = n } }
-
 // WithLogger sets where progress goes (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(c *Cluster) { c.logger = l } }
 
 // WithBuildLog sets where the output of first-use builds goes (default os.Stderr).
 func WithBuildLog(w io.Writer) Option { return func(c *Cluster) { c.buildLog = w } }
-
-// WithStartTimeout bounds the start of the parts, not counting builds (default 3m).
-func WithStartTimeout(d time.Duration) Option { return func(c *Cluster) { c.startTimeout = d } }
 
 // WithIstiod also runs the real istiod (pilot-discovery) for every istiod
 // Deployment installed in istio-system, the real pilot-agent and echo of
@@ -117,11 +111,6 @@ func WithStartTimeout(d time.Duration) Option { return func(c *Cluster) { c.star
 // sidecars' clients and proxyless pods first. Install Istio's charts with
 // Istiod().PostRenderer().
 func WithIstiod() Option { return func(c *Cluster) { c.withIstiod = true } }
-
-// WithEchoBinary is the echo binary proxyless pods run when no image archive
-// loaded (LoadImageArchive) is their app container's image (default: none;
-// such a pod then does not start).
-func WithEchoBinary(path string) Option { return func(c *Cluster) { c.echoBinaryPath = path } }
 
 // New returns a cluster that Create starts.
 func New(opts ...Option) *Cluster {

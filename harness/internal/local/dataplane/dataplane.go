@@ -99,10 +99,6 @@ var _ probe.Execer = (*Execer)(nil)
 // Option configures an Execer.
 type Option func(*Execer)
 
-// WithRootNamespace sets Istio's root namespace, where mesh-wide policies
-// live. Default istio-system.
-func WithRootNamespace(ns string) Option { return func(e *Execer) { e.rootNS = ns } }
-
 // WithClock sets the clock certificate renewal is judged by.
 func WithClock(now func() time.Time) Option { return func(e *Execer) { e.now = now } }
 
@@ -126,18 +122,6 @@ func New(kube client.Reader, certs CertSource, opts ...Option) *Execer {
 		o(e)
 	}
 	return e
-}
-
-// Transport adapts New to the run library's pod-transport seam
-// (run.WithTransport): the Execer reads the cluster the run set up.
-func Transport(certs CertSource, opts ...Option) func(*rest.Config) (probe.Execer, error) {
-	return func(cfg *rest.Config) (probe.Execer, error) {
-		kube, err := newClient(cfg)
-		if err != nil {
-			return nil, err
-		}
-		return New(kube, certs, opts...), nil
-	}
 }
 
 // newClient is a client for the cluster knowing Istio's policy types.

@@ -47,14 +47,6 @@ var _ CertSource = (*IstiodCA)(nil)
 // IstiodOption configures an IstiodCA.
 type IstiodOption func(*IstiodCA)
 
-// WithClusterID sets the ClusterID header (istio-agent's CLUSTER_ID;
-// default Kubernetes, as for istiod).
-func WithClusterID(id string) IstiodOption { return func(c *IstiodCA) { c.clusterID = id } }
-
-// WithTrustDomain sets the trust domain of the SPIFFE ID the CSR asks for
-// (default cluster.local). istiod's answer decides the real one.
-func WithTrustDomain(td string) IstiodOption { return func(c *IstiodCA) { c.trustDomain = td } }
-
 // tokenAudience is the audience istiod's CA accepts tokens for.
 const tokenAudience = "istio-ca"
 

@@ -115,9 +115,6 @@ type sidecarConfig struct {
 	stream  []StreamOption
 }
 
-// WithHistory sets how many snapshots the client keeps (default 1024).
-func WithHistory(n int) SidecarOption { return func(c *sidecarConfig) { c.history = max(n, 1) } }
-
 // WithStreamOptions configures the client's stream.
 func WithStreamOptions(opts ...StreamOption) SidecarOption {
 	return func(c *sidecarConfig) { c.stream = append(c.stream, opts...) }

@@ -129,12 +129,6 @@ type StreamOption func(*Stream)
 // (default: none).
 func WithLogger(l *slog.Logger) StreamOption { return func(s *Stream) { s.logger = l } }
 
-// WithDialOptions replaces the gRPC dial options (default: plaintext,
-// which istiod's --grpcAddr port serves).
-func WithDialOptions(opts ...grpc.DialOption) StreamOption {
-	return func(s *Stream) { s.dialOpts = opts }
-}
-
 // WithReconnectBackoff sets the first pause before a broken stream is
 // opened again; it doubles up to 16 times that (default 200ms).
 func WithReconnectBackoff(d time.Duration) StreamOption { return func(s *Stream) { s.backoff = d } }

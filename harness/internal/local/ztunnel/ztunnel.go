@@ -74,11 +74,6 @@ type options struct {
 // WithLogger receives the ztunnel's stream events and decisions.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
-// WithStreamOptions passes options to the xDS stream.
-func WithStreamOptions(opts ...xds.StreamOption) Option {
-	return func(o *options) { o.stream = append(o.stream, opts...) }
-}
-
 // New returns the ztunnel of pod, to connect to istiod's xDS at address as
 // node (see Node). Start connects it.
 func New(address string, pod *corev1.Pod, node *corev3.Node, opts ...Option) *Ztunnel {

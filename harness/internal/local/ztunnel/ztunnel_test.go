@@ -34,15 +34,6 @@ func (e enc) varint(num protowire.Number, v uint64) enc {
 	return protowire.AppendVarint(e, v)
 }
 
-func (e enc) packed(num protowire.Number, vs ...uint64) enc {
-	var b []byte
-	for _, v := range vs {
-		b = protowire.AppendVarint(b, v)
-	}
-	e = protowire.AppendTag(e, num, protowire.BytesType)
-	return protowire.AppendBytes(e, b)
-}
-
 // workloadMsg is an istio.workload.Workload for pod name, as istiod sends
 // an ambient pod (HBONE) or a sidecar pod (tunnel NONE).
 func workloadMsg(name, ip string, hbone bool, policies ...string) enc {
