@@ -109,8 +109,9 @@ func TestPlanYAMLDocuments(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^kind: (\w+)$`).FindAllStringSubmatch(out, -1) {
 		kinds[m[1]]++
 	}
-	// Five workloads, two of them proxyless with a client Deployment each.
-	want := map[string]int{"Namespace": 1, "ServiceAccount": 5, "Deployment": 7, "Service": 5, "PeerAuthentication": 12, "DestinationRule": 4}
+	// Five workloads, two of them proxyless with a client Deployment each;
+	// the wire witness's namespace and DaemonSet.
+	want := map[string]int{"Namespace": 2, "DaemonSet": 1, "ServiceAccount": 5, "Deployment": 7, "Service": 5, "PeerAuthentication": 12, "DestinationRule": 4}
 	for k, n := range want {
 		if kinds[k] != n {
 			t.Errorf("%d objects of kind %s, want %d (all: %v)", kinds[k], k, n, kinds)
