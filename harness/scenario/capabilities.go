@@ -1,6 +1,7 @@
 package scenario
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -30,6 +31,11 @@ const (
 	// reads it through the workload's Envoy: a handshake offering Istio's
 	// ALPN, and the config dump of its SDS secrets.
 	CapServedCertificate Capability = "read the certificate it serves"
+	// CapRootRotation: see the workload's served certificate and trust
+	// bundle move to a new root (rotateRoot), which meshproof checks
+	// through the workload's Envoy (handshakes and SDS secrets) as the
+	// rotation proceeds.
+	CapRootRotation Capability = "follow a root rotation through its proxy"
 )
 
 // capabilities lists, per data plane, what meshproof cannot do with its
@@ -42,7 +48,9 @@ var capabilities = map[DataPlane]map[Capability]string{
 		CapServedCertificate: "a proxyless pod has no Envoy to handshake with or dump its secrets: pilot-agent hands its certificates to grpc-go, which answers neither",
 	},
 	DataPlaneAmbient: {
-		CapServedCertificate: "an ambient pod has no sidecar: its certificates live in its node's ztunnel, which serves them only over HBONE",
+		// A rotate step reads an ambient workload's certificate from its
+		// node's ztunnel (config dump, port 15000, through a port-forward).
+		CapRootRotation: "an ambient pod has no sidecar: its certificates live in its node's ztunnel, which serves them only over HBONE, and meshproof follows a root rotation through Envoy",
 	},
 	DataPlaneNone: {
 		CapServedCertificate: "it has no workload certificate",
@@ -70,8 +78,9 @@ func (v *validator) capabilities(st *Step, path string) {
 		// Every in-mesh workload's served certificate and trust bundle
 		// must move to the new root.
 		byPlane := map[DataPlane][]string{}
+		cannot := func(d DataPlane) string { return cmp.Or(d.Cannot(CapServedCertificate), d.Cannot(CapRootRotation)) }
 		for _, w := range v.s.Fixtures.Workloads {
-			if d := w.Plane(); d != DataPlaneNone && d.Cannot(CapServedCertificate) != "" {
+			if d := w.Plane(); d != DataPlaneNone && cannot(d) != "" {
 				byPlane[d] = append(byPlane[d], w.Name)
 			}
 		}
@@ -82,7 +91,7 @@ func (v *validator) capabilities(st *Step, path string) {
 		slices.Sort(planes)
 		for _, d := range planes {
 			v.errorf(st.Source.At("rotateRoot"), path+".rotateRoot", "rotateRoot needs to %s for every in-mesh workload, which meshproof cannot for %s %s: %s; move them to a suite without rotateRoot",
-				CapServedCertificate, d.describe(), strings.Join(byPlane[d], ", "), d.Cannot(CapServedCertificate))
+				CapServedCertificate, d.describe(), strings.Join(byPlane[d], ", "), cannot(d))
 		}
 	}
 }

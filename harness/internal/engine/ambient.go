@@ -2,7 +2,10 @@ package engine
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/probe/configdump"
 	"github.com/meshproof/meshproof/harness/internal/probe/istiostats"
+	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -358,4 +362,94 @@ func (e *Engine) probeAmbient(ctx context.Context, sc *scenario.Scenario, st *sc
 		out = append(out, o)
 	}
 	return out, nil
+}
+
+// rotateAmbient is a rotate step of an ambient workload: its certificate
+// lives in its node's ztunnel, read from ztunnel's config dump (its admin
+// port, bound to localhost in the pod: through a port-forward) for the
+// workload's identity, while mTLS traffic from another in-mesh workload
+// keeps flowing to it (witnessed by ztunnel). ztunnel renews it at half
+// its life (src/tls/certificate.rs refresh_at), with the TTL its chart's
+// env.SECRET_TTL gives (istio.workloadCertTTL).
+func (e *Engine) rotateAmbient(ctx context.Context, sc *scenario.Scenario, st *scenario.Step) error {
+	if e.ztunnel == nil {
+		return errors.New("the engine has no ztunnel witness: it cannot read an ambient workload's certificate")
+	}
+	w := e.suite.Workload(st.Rotate.Workload)
+	_, inside := e.observers(w.Name)
+	if inside == "" {
+		return fmt.Errorf("a rotate step needs another in-mesh workload to keep traffic flowing to %s", w.Name)
+	}
+	ref, err := e.readyPod(ctx, w.Name)
+	if err != nil {
+		return err
+	}
+	var pod corev1.Pod
+	if err := e.kube.Get(ctx, client2key(ref), &pod); err != nil {
+		return fmt.Errorf("reading pod %s: %w", ref, err)
+	}
+	zpod, err := e.ztunnelOn(ctx, pod.Spec.NodeName)
+	if err != nil {
+		return err
+	}
+	id := w.SPIFFEID(e.cluster.Istio.TrustDomain)
+	var dumpRoots []*x509.Certificate
+	read := func(ctx context.Context) (ServedCert, error) {
+		certs, err := e.ztunnel.ZtunnelCertificates(ctx, zpod)
+		if err != nil {
+			return ServedCert{}, err
+		}
+		c, ok := certs[id]
+		switch {
+		case !ok:
+			return ServedCert{}, fmt.Errorf("ztunnel %s holds no certificate for %s", zpod, id)
+		case c.State != "Available":
+			return ServedCert{}, fmt.Errorf("ztunnel %s's certificate for %s is %s", zpod, id, c.State)
+		}
+		dumpRoots = c.Roots
+		return servedCert(append(slices.Clone(c.Chain), c.Roots...))
+	}
+	before, err := read(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the certificate of %s from ztunnel's config dump: %w", w.Name, err)
+	}
+	e.event(sc, st, results.EventSerial, "ztunnel %s holds serial %s for %s (%s), valid %s to %s", zpod, before.Serial, w.Name, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
+	port := w.Ports[0].Number
+	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
+		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
+		Every: e.suite.Defaults.Interval,
+	}, Expecting([]oracle.Prediction{{From: inside, To: w.Name, Port: port, Result: scenario.ResultMTLS}}))
+	var after ServedCert
+	bound := results.Deadline{Name: "new serial within " + st.Rotate.Within.String(), At: e.now().Add(st.Rotate.Within.Duration)}
+	waitErr := wait.For(func(ctx context.Context) (bool, error) {
+		c, err := read(ctx)
+		if err != nil {
+			e.log.Info("reading ztunnel's certificate failed", "step", st.Name, "error", err)
+			return false, nil
+		}
+		after = c
+		return c.Serial != before.Serial, nil
+	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
+	seen := traffic.Stop()
+	failed, total := len(notMTLS(seen)), len(seen)
+	if waitErr != nil {
+		bound.Detail = fmt.Sprintf("ztunnel %s still holds serial %s for %s", zpod, before.Serial, w.Name)
+		err := fmt.Errorf("ztunnel %s still holds serial %s for %s after %s (%d of %d mTLS requests failed meanwhile): %w", zpod, before.Serial, w.Name, st.Rotate.Within, failed, total, waitErr)
+		return &DeadlineError{Deadlines: []results.Deadline{e.deadline(sc, st, bound)}, Err: err}
+	}
+	e.event(sc, st, results.EventSerial, "ztunnel %s now holds serial %s for %s, valid from %s", zpod, after.Serial, w.Name, after.NotBefore.Format(time.RFC3339))
+	bound.Met, bound.Detail = true, "serial "+after.Serial
+	met := e.deadline(sc, st, bound)
+	check := RotationCheck{WantID: id, Before: before, After: after, CrossReads: []CertRead{{FromZtunnel, after}}, OneSource: FromZtunnel,
+		TrafficFailed: failed, TrafficTotal: total}
+	if check.Roots, err = e.meshRoots(ctx, w.Namespace); err != nil {
+		return err
+	}
+	if len(dumpRoots) > 0 && !sameCerts(dumpRoots, check.Roots) {
+		e.log.Info("ztunnel's roots differ from the root ConfigMap (a root rotation may be in progress)", "workload", w.Name, "configMap", RootCertConfigMap)
+	}
+	if err := errors.Join(check.Verify(), traffic.Err()); err != nil {
+		return &DeadlineError{Deadlines: []results.Deadline{met}, Err: err}
+	}
+	return nil
 }
