@@ -274,6 +274,10 @@ type cellView struct {
 	// was at its new outcome (Verdict.EnforcedAfter), "" when the step
 	// measured none.
 	Enforced string
+	// Ztunnel sums ztunnel's evidence of an ambient pair's requests
+	// ("ztunnel (destination) mutual_tls 6"); empty for other pairs, whose
+	// cells it sets apart.
+	Ztunnel string
 }
 
 type outcomeView struct {
@@ -811,6 +815,7 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	dataPlanes := map[string]bool{}
 	decidedBy := map[string]bool{}
 	wire := map[string]int{}
+	ztunnel := map[string]int{}
 	differing, withExpectation := 0, 0
 	for _, o := range obs {
 		if o.DataPlane != "" {
@@ -818,6 +823,9 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 		}
 		if o.DecidedBy != "" {
 			decidedBy[o.DecidedBy] = true
+		}
+		if z := o.Ztunnel; z != nil {
+			ztunnel[fmt.Sprintf("(%s) %s", z.Reporter, z.SecurityPolicy)]++
 		}
 		if o.Wire != nil {
 			v := o.Wire.Verdict
@@ -890,6 +898,14 @@ func buildCell(k pairKey, obs []results.Observation) cellView {
 	if d := sortedKeys(decidedBy); len(d) > 0 {
 		c.DecidedBy = "decided by " + strings.Join(d, " | ")
 		fmt.Fprintf(&label, "; %s", c.DecidedBy)
+	}
+	if len(ztunnel) > 0 {
+		var parts []string
+		for _, v := range sortedKeys(ztunnel) {
+			parts = append(parts, fmt.Sprintf("%s %d", v, ztunnel[v]))
+		}
+		c.Ztunnel = "ztunnel " + strings.Join(parts, ", ")
+		fmt.Fprintf(&label, "; ambient, proven by %s", c.Ztunnel)
 	}
 	if len(wire) > 0 {
 		var parts []string
