@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
+	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/local/binaries"
 	"github.com/meshproof/meshproof/harness/internal/local/cluster"
 	"github.com/meshproof/meshproof/harness/internal/local/dataplane"
@@ -109,8 +110,9 @@ func (r *proxylessRouter) probe(ctx context.Context, cmd probe.Command, fromProx
 	if err := r.kube.Get(ctx, clientKey(cmd), &client); err != nil {
 		return nil, nil, execError(cmd, nil, fmt.Errorf("reading the pod: %w", err))
 	}
-	if !fromProxyless && injection.Proxy(&client) != nil {
-		// A simulated sidecar's client: Envoy would carry the call.
+	if !fromProxyless && (injection.Proxy(&client) != nil || client.Annotations[manifests.AmbientRedirectionAnnotation] == manifests.AmbientRedirectionEnabled) {
+		// A simulated sidecar's client: Envoy would carry the call; an
+		// ambient client's: its simulated ztunnel would.
 		return r.simulated.Exec(ctx, cmd)
 	}
 	var local []localTarget

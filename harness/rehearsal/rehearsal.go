@@ -69,6 +69,12 @@ func EnvoyLabel() string {
 	return "rehearsal: Envoy simulated on the configuration istiod " + binaries.IstioVersion + " served"
 }
 
+// AmbientLabel is what every probe result a simulated ztunnel decided says
+// (a pair with an ambient side): ztunnel's decisions were taken, by this
+// package's simulation, from the workloads and authorizations the real
+// istiod served it; no HBONE or istio-cni redirection ran.
+func AmbientLabel() string { return dataplane.AmbientLabel(binaries.IstioVersion) }
+
 // Rehearsal makes runs into rehearsals: its RunOptions give a run local
 // clusters, Istio installed on them with a real istiod serving it, and the
 // simulated data plane as the pod transport.
@@ -165,8 +171,12 @@ func Refuse(suite *scenario.Suite) error {
 		}
 		for _, p := range w.Ports {
 			if p.Protocol == scenario.ProtocolGRPC {
-				errs = append(errs, fmt.Errorf("%s: port %s (%d) of workload %s is gRPC behind a sidecar, and proxyless workloads (%s) would call it: a rehearsal has no Envoy to answer a proxyless client's gRPC (make e2e has); give the gRPC port to a proxyless or out-of-mesh workload, or rehearse without the proxyless workloads",
-					p.Source.Position, p.Name, p.Number, w.Name, proxyless))
+				behind, what := "a sidecar", "Envoy"
+				if w.Ambient() {
+					behind, what = "ztunnel (ambient)", "pod network"
+				}
+				errs = append(errs, fmt.Errorf("%s: port %s (%d) of workload %s is gRPC behind %s, and proxyless workloads (%s) would call it: a rehearsal has no %s to answer a proxyless client's gRPC (make e2e has); give the gRPC port to a proxyless or out-of-mesh workload, or rehearse without the proxyless workloads",
+					p.Source.Position, p.Name, p.Number, w.Name, behind, proxyless, what))
 			}
 		}
 	}

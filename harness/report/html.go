@@ -1144,6 +1144,9 @@ func dataPlaneShort(label string) string {
 	if strings.Contains(label, "Envoy simulated") {
 		return "Envoy simulated on the configuration istiod served"
 	}
+	if strings.Contains(label, "ztunnel simulated") {
+		return "ztunnel simulated on the configuration istiod served"
+	}
 	_, rest, ok := strings.Cut(label, "data plane ")
 	if !ok {
 		return label
