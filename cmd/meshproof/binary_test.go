@@ -78,7 +78,7 @@ func TestRunUsageErrorLeavesTheReportsAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ filter, want string }{
-		{"nothing", `no scenario of ` + scenarios + ` matches --label-filter "nothing"; its scenarios' labels are destination-rule, disable,`},
+		{"nothing", `no scenario of ` + scenarios + ` matches --label-filter "nothing"; its scenarios' labels are ambient, destination-rule, disable,`},
 		{"((", "label filter \"((\": syntax error parsing label filter: Mismatched '(' - could not find matching ')'.\n  ((\n  ^\n"},
 	} {
 		code, stdout, stderr := runBinary(t, t.TempDir(), "run", scenarios, "--label-filter", tc.filter, "--reports", reports)

@@ -25,7 +25,7 @@ func TestValidateDefaultScenarios(t *testing.T) {
 	if code != exitOK || errOut != "" {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
 	}
-	if !strings.Contains(out, "valid: 10 scenarios, 25 steps, 1 cluster") {
+	if !strings.Contains(out, "valid: 11 scenarios, 30 steps, 1 cluster") {
 		t.Errorf("stdout = %q", out)
 	}
 }
@@ -85,7 +85,7 @@ func TestPlanText(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	for _, want := range []string{
-		"Run r1: 10 scenarios, 25 steps, 1 cluster",
+		"Run r1: 11 scenarios, 30 steps, 1 cluster",
 		`install Istio 1.30.3`,
 		"Scenario strict [strict, peer-authentication] on meshproof",
 		"apply PeerAuthentication STRICT for meshproof namespace",
@@ -109,9 +109,10 @@ func TestPlanYAMLDocuments(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^kind: (\w+)$`).FindAllStringSubmatch(out, -1) {
 		kinds[m[1]]++
 	}
-	// Five workloads, two of them proxyless with a client Deployment each;
-	// the wire witness's namespace and DaemonSet.
-	want := map[string]int{"Namespace": 2, "DaemonSet": 1, "ServiceAccount": 5, "Deployment": 7, "Service": 5, "PeerAuthentication": 12, "DestinationRule": 4}
+	// Seven workloads, two of them proxyless with a client Deployment each;
+	// the wire witness's namespace and DaemonSet (the proxyless scenario
+	// watches the wire).
+	want := map[string]int{"Namespace": 2, "DaemonSet": 1, "ServiceAccount": 7, "Deployment": 9, "Service": 7, "PeerAuthentication": 14, "DestinationRule": 4}
 	for k, n := range want {
 		if kinds[k] != n {
 			t.Errorf("%d objects of kind %s, want %d (all: %v)", kinds[k], k, n, kinds)

@@ -40,8 +40,8 @@ func TestPredictTableEveryStep(t *testing.T) {
 	}
 	// Rows are clients; the strict scenario's first matrix reads:
 	for _, row := range []string{
-		"    service-a        -               -               mtls            mtls            plaintext    plaintext    fail(upstream-503)  mtls\n",
-		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -            fail(eof)           fail(eof)\n",
+		"    service-a        -               -               mtls            mtls            plaintext    plaintext    fail(upstream-503)  mtls         mtls        mtls        mtls        mtls\n",
+		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -            fail(eof)           fail(eof)    fail        fail        fail        fail\n",
 	} {
 		if !strings.Contains(out, row) {
 			t.Errorf("table lacks the row\n%s\nin:\n%s", row, out)
@@ -79,9 +79,10 @@ func TestPredictJSON(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	// 25 steps, each with every client towards every other workload's
-	// ports: three workloads with two ports, two proxyless ones with one.
-	if want := 25 * (3*(2*2+2) + 2*(3*2+1)); len(rows) != want {
+	// 30 steps, each with every client towards every other workload's
+	// ports: five workloads with two ports (two of them ambient), two
+	// proxyless ones with one.
+	if want := 30 * (5*(4*2+2) + 2*(5*2+1)); len(rows) != want {
 		t.Errorf("%d rows, want %d", len(rows), want)
 	}
 	found := false
@@ -91,7 +92,7 @@ func TestPredictJSON(t *testing.T) {
 			found = true
 			if r.Result != scenario.ResultFail || r.Reason != "reset" || !r.Asserted || r.Agrees == nil || !*r.Agrees ||
 				r.Expected == nil || r.Expected.Reason != "reset" || !strings.Contains(r.Rule, "namespace STRICT") ||
-				!strings.HasPrefix(r.At, defaultScenarios+":58:") || r.StepName == "" {
+				!strings.HasPrefix(r.At, defaultScenarios+":71:") || r.StepName == "" {
 				t.Errorf("strict step 2 legacy -> service-b:8080 = %+v", r)
 			}
 		}
@@ -129,8 +130,8 @@ func TestPredictOneStep(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	rows := decodeRows(t, out)
-	if len(rows) != 32 {
-		t.Fatalf("%d rows, want 32", len(rows))
+	if len(rows) != 72 {
+		t.Fatalf("%d rows, want 72", len(rows))
 	}
 	got := map[string]scenario.Result{}
 	for _, r := range rows {

@@ -360,6 +360,8 @@ func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...st
 	for _, o := range f.observations {
 		counts[o.DataPlane]++
 		switch {
+		case o.Ztunnel != nil || strings.HasPrefix(o.From, "amb-") || strings.HasPrefix(o.To, "amb-"):
+			// A pair with an ambient side: ambientProven checks it.
 		case (slices.Contains(workloads, o.From) && o.Port == grpcPort) || (o.From == "legacy" && slices.Contains(workloads, o.To)):
 			if o.DataPlane != rehearsal.ProxylessLabel() {
 				t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.ProxylessLabel())
@@ -382,6 +384,57 @@ func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...st
 		t.Error("no observation was decided on istiod's configuration")
 	}
 	t.Logf("observations by data plane: %v", counts)
+}
+
+// ambientProven checks the observations of pairs with an ambient side
+// (workloads named amb-*): every one says the simulated ztunnel decided
+// it; every answered one carries ztunnel's evidence, the server's ztunnel
+// (reporter destination) towards an ambient server, the client's (reporter
+// source) otherwise, mutual_tls with both identities for an mtls result,
+// unknown for plaintext; and report.html sets their cells apart.
+func (f runFolder) ambientProven(t *testing.T) {
+	t.Helper()
+	td := "spiffe://cluster.local/ns/"
+	n := 0
+	for _, o := range f.observations {
+		if !strings.HasPrefix(o.From, "amb-") && !strings.HasPrefix(o.To, "amb-") {
+			continue
+		}
+		n++
+		where := fmt.Sprintf("observation %s %s→%s:%d (%s)", o.Step, o.From, o.To, o.Port, o.Outcome())
+		if o.DataPlane != rehearsal.AmbientLabel() {
+			t.Errorf("%s says data plane %q, want %q", where, o.DataPlane, rehearsal.AmbientLabel())
+		}
+		z := o.Ztunnel
+		if o.Result == scenario.ResultFail {
+			if z != nil {
+				t.Errorf("%s failed, yet carries ztunnel evidence %s", where, z)
+			}
+			continue
+		}
+		wantReporter := "source"
+		if strings.HasPrefix(o.To, "amb-") {
+			wantReporter = "destination"
+		}
+		switch {
+		case z == nil:
+			t.Errorf("%s carries no ztunnel evidence", where)
+		case z.Reporter != wantReporter || z.Opened+z.Bytes == 0 || !strings.HasPrefix(z.Pod, "istio-system/ztunnel-"):
+			t.Errorf("%s: evidence %s, want reporter %s with growth from a ztunnel pod", where, z, wantReporter)
+		case o.Result == scenario.ResultMTLS && (z.SecurityPolicy != "mutual_tls" || !strings.HasPrefix(z.SourcePrincipal, td) || !strings.HasSuffix(z.SourcePrincipal, "/sa/"+o.From) ||
+			!strings.HasSuffix(z.DestinationPrincipal, "/sa/"+o.To) || o.ClientID != z.SourcePrincipal || o.ServerID != z.DestinationPrincipal):
+			t.Errorf("%s: evidence %s, identities %s → %s; want mutual_tls from %s to %s", where, z, o.ClientID, o.ServerID, o.From, o.To)
+		case o.Result == scenario.ResultPlaintext && z.SecurityPolicy != "unknown":
+			t.Errorf("%s: evidence %s, want connection_security_policy unknown", where, z)
+		}
+	}
+	if n == 0 {
+		t.Error("no observation of a pair with an ambient side")
+	}
+	if !strings.Contains(f.html, "cell-ambient") || !strings.Contains(f.html, `<span class="ztunnel">◇ ztunnel (destination) mutual_tls`) ||
+		!strings.Contains(f.html, "data plane: ztunnel simulated") {
+		t.Error("report.html does not set the ambient cells apart with ztunnel's evidence and their data plane")
+	}
 }
 
 // wireVerdicts checks what the wire witness says of every observation:
@@ -461,6 +514,9 @@ func TestDefaultScenariosPass(t *testing.T) {
 	// towards them, is answered by their real processes; the rest by the
 	// simulation.
 	f.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
+	// amb-a and amb-b are ambient: the simulated ztunnels decided their
+	// pairs, and the ztunnels' counts proved them.
+	f.ambientProven(t)
 	f.wireVerdicts(t)
 	enforced := 0
 	for _, s := range f.junit.TestSuites {

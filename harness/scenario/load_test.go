@@ -44,7 +44,7 @@ func TestDefaultScenariosLoad(t *testing.T) {
 		names = append(names, sc.Name)
 	}
 	want := []string{"strict", "permissive", "disable", "client-tls-towards-strict[tls=DISABLE]",
-		"client-tls-towards-strict[tls=ISTIO_MUTUAL]", "mtls-forced-towards-legacy", "port-level-override", "workload-cert-rotation", "migrate-to-strict", "proxyless-grpc"}
+		"client-tls-towards-strict[tls=ISTIO_MUTUAL]", "mtls-forced-towards-legacy", "port-level-override", "workload-cert-rotation", "migrate-to-strict", "proxyless-grpc", "ambient"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("scenarios = %v, want %v", names, want)
 	}
