@@ -33,8 +33,11 @@ TEST_PACKAGES ?= 4
 #                               needs CAP_NET_RAW for the wire witness
 #   meshtest                    runs go tool test2json and actionlint, whose
 #                               versions go.mod pins outside the test binary
-#   harness/oracle/conformance, harness/internal/probe
+#   harness/oracle/conformance, harness/internal/probe,
+#   harness/internal/local/envoy
 #                               build fixtures/echo in a child go build
+#                               (testsupport.EchoBinary; xdstest.Start for a
+#                               pod outside the mesh serving gRPC)
 #   cmd/meshproof               builds itself stamped with the commit, which
 #                               git knows and the test binary does not
 #   fixtures/echo, fixtures/echo/wire, harness/internal/wire
@@ -47,7 +50,7 @@ TEST_PACKAGES ?= 4
 #   suites/spec                 go run builds testdata/tiny, not in the binary
 #   internal/repocheck          go list reads the whole tree
 UNCACHED_TEST_PACKAGES = ./harness/rehearsal ./meshtest ./harness/oracle/conformance \
-	./harness/internal/probe ./cmd/meshproof ./fixtures/echo ./fixtures/echo/wire ./harness/internal/wire \
+	./harness/internal/probe ./harness/internal/local/envoy ./cmd/meshproof ./fixtures/echo ./fixtures/echo/wire ./harness/internal/wire \
 	./harness/internal/cluster ./harness/internal/local/binaries ./suites/spec ./internal/repocheck
 # go test starts packages in the order it is given them: the longest ones
 # (each minutes of API servers, Helm installs and local clusters) go

@@ -57,6 +57,9 @@ func hiddenInput(fset *token.FileSet, file *ast.File) string {
 					}
 				}
 			}
+			if fun.Sel.Name == "EchoBinary" {
+				found = fset.Position(call.Pos()).String() + ": builds fixtures/echo with go (testsupport.EchoBinary)"
+			}
 			if fun.Sel.Name == "CheckCapability" {
 				found = fset.Position(call.Pos()).String() + ": asks whether the process has CAP_NET_RAW"
 			}

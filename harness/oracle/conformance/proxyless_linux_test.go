@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -183,7 +182,7 @@ func TestProxylessConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoBinary := buildEcho(t)
+	echoBinary := testsupport.EchoBinary(t)
 	useAddresses()
 
 	start := time.Now()
@@ -534,18 +533,6 @@ func stopProcess(t *testing.T, p *proc.Process) {
 	if err := p.Stop(); err != nil {
 		t.Errorf("stopping %s: %v", p.Name(), err)
 	}
-}
-
-// buildEcho builds the echo program the way its image is built.
-func buildEcho(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "echo")
-	cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-o", bin, "github.com/meshproof/meshproof/fixtures/echo")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building echo: %v\n%s", err, out)
-	}
-	return bin
 }
 
 func freePort(t *testing.T) int {

@@ -112,6 +112,12 @@ func WithBuildLog(w io.Writer) Option { return func(c *Cluster) { c.buildLog = w
 // Istiod().PostRenderer().
 func WithIstiod() Option { return func(c *Cluster) { c.withIstiod = true } }
 
+// WithEchoBinary is the echo binary proxyless pods (and out-of-mesh pods
+// serving gRPC, which WorkloadEntries stand for) run when no image archive
+// loaded (LoadImageArchive) is their app container's image (default: none;
+// such a pod then does not start). Tests without image delivery use it.
+func WithEchoBinary(path string) Option { return func(c *Cluster) { c.echoBinaryPath = path } }
+
 // New returns a cluster that Create starts.
 func New(opts ...Option) *Cluster {
 	c := &Cluster{name: "meshproof-local", nodes: 1, logger: slog.Default(), buildLog: os.Stderr, startTimeout: defaultStartTimeout, echoBinaries: map[string]string{}}

@@ -71,7 +71,14 @@ func StartAmbient(ctx context.Context, t *testing.T, name, ns string, workloads 
 func start(ctx context.Context, t *testing.T, name, ns string, profile scenario.IstioProfile, workloads []manifests.Workload) *Mesh {
 	t.Helper()
 	start := time.Now()
-	lc := cluster.New(cluster.WithName(name), cluster.WithIstiod(), cluster.WithLogger(testsupport.Logger(t)))
+	if len(workloads) == 0 {
+		workloads = manifests.StandardWorkloads(ns)
+	}
+	opts := []cluster.Option{cluster.WithName(name), cluster.WithIstiod(), cluster.WithLogger(testsupport.Logger(t))}
+	if needsEcho(workloads) {
+		opts = append(opts, cluster.WithEchoBinary(testsupport.EchoBinary(t)))
+	}
+	lc := cluster.New(opts...)
 	t.Cleanup(func() {
 		if err := lc.Destroy(context.Background()); err != nil {
 			t.Errorf("destroying the local cluster: %v", err)
@@ -111,9 +118,6 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	}
 	t.Logf("local cluster and istiod (module %s, xDS %s) ready in %s", lc.Istiod().Module(), addr, time.Since(start).Round(100*time.Millisecond))
 
-	if len(workloads) == 0 {
-		workloads = manifests.StandardWorkloads(ns)
-	}
 	objs, err := manifests.Render(manifests.Options{RunID: "xdstest", Image: "meshproof.local/echo:test", Namespaces: []manifests.Namespace{{Name: ns}}, Workloads: workloads})
 	if err != nil {
 		t.Fatal(err)
@@ -269,4 +273,27 @@ func Settle(ctx context.Context, applied time.Time, clients ...*xds.Sidecar) (ti
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// needsEcho says whether a workload runs as a process of the local cluster
+// (a proxyless pod, or a pod outside the mesh serving gRPC, which a
+// WorkloadEntry stands for): its echo must serve before istiod gives its
+// endpoint as healthy. The echo is built with go (testsupport.EchoBinary),
+// which Go's test cache does not see: a package whose tests start such
+// workloads is in make test's UNCACHED_TEST_PACKAGES.
+func needsEcho(workloads []manifests.Workload) bool {
+	for _, w := range workloads {
+		if w.Proxyless {
+			return true
+		}
+		if w.InMesh {
+			continue
+		}
+		for _, p := range w.Ports {
+			if p.Protocol == "grpc" {
+				return true
+			}
+		}
+	}
+	return false
 }

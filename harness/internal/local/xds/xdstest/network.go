@@ -1,6 +1,7 @@
 package xdstest
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,10 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/fixtures/manifests"
@@ -38,6 +43,10 @@ type Capture struct {
 type Host struct {
 	Workload, Namespace, Pod, IP, ServiceAccount string
 	Sidecar                                      bool
+	// EntryIP is the address of the WorkloadEntry the local cluster
+	// registers for a pod whose process serves at an address of its own
+	// (out of the mesh, serving gRPC): istiod's endpoints name the pod by it.
+	EntryIP string `json:",omitempty"`
 	// Ports are the application's container ports and what it speaks
 	// there (http, tcp, grpc).
 	Ports map[uint16]string
@@ -137,9 +146,10 @@ func (c *Capture) Write(file string) error {
 func (m *Mesh) hostsAndServices(workloads []manifests.Workload) ([]Host, []Service) {
 	var hosts []Host
 	var services []Service
+	entries := m.entryIPs()
 	for _, w := range workloads {
 		pod := m.Pods[w.Name]
-		h := Host{Workload: w.Name, Namespace: pod.Namespace, Pod: pod.Name, IP: pod.Status.PodIP,
+		h := Host{Workload: w.Name, Namespace: pod.Namespace, Pod: pod.Name, IP: pod.Status.PodIP, EntryIP: entries[pod.UID],
 			ServiceAccount: pod.Spec.ServiceAccountName, Sidecar: injection.Proxy(pod) != nil, Ports: map[uint16]string{}}
 		for _, p := range w.Ports {
 			h.Ports[uint16(p.Target())] = p.Protocol
@@ -208,6 +218,13 @@ func NewNetwork(c *Capture, snaps map[string]*xds.Snapshot, bundle *ca.Bundle) (
 			host.Sidecar = &envoy.Proxy{Name: host.Name, Config: snap, Identity: &envoy.Identity{Chain: chain, Roots: []*x509.Certificate{bundle.Root}}}
 		}
 		n.Hosts[h.Workload], n.byIP[ip] = host, host
+		if h.EntryIP != "" {
+			entry, err := netip.ParseAddr(h.EntryIP)
+			if err != nil {
+				return nil, fmt.Errorf("host %s's WorkloadEntry: %w", h.Pod, err)
+			}
+			n.byIP[entry] = host
+		}
 	}
 	for _, s := range c.Services {
 		vip, err := netip.ParseAddr(s.ClusterIP)
@@ -258,4 +275,24 @@ func (m *Mesh) Network(workloads []manifests.Workload, clients map[string]*xds.S
 		snaps[w] = sc.Snapshot()
 	}
 	return NewNetwork(c, snaps, bundle)
+}
+
+// entryIPs are the addresses of the WorkloadEntries the local cluster
+// registered for the fixtures' pods, by pod UID (its owner reference).
+func (m *Mesh) entryIPs() map[types.UID]string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var entries networkingv1.WorkloadEntryList
+	out := map[types.UID]string{}
+	if err := m.Client.List(ctx, &entries, client.InNamespace(m.Namespace)); err != nil {
+		return out // no WorkloadEntry type or none: pods are at their own IPs
+	}
+	for _, we := range entries.Items {
+		for _, ref := range we.OwnerReferences {
+			if ref.Kind == "Pod" {
+				out[ref.UID] = we.Spec.GetAddress()
+			}
+		}
+	}
+	return out
 }
