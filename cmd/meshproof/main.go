@@ -29,6 +29,7 @@ import (
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/scenario"
+	"golang.org/x/mod/module"
 )
 
 const defaultFile = "scenarios.yaml"
@@ -230,8 +231,11 @@ func versionOf(bi *debug.BuildInfo) string {
 		for _, s := range bi.Settings {
 			vcs[s.Key] = s.Value
 		}
-		if rev := vcs["vcs.revision"]; rev != "" && (v == "(devel)" || strings.Contains(v, "-0.")) {
-			// A development build, or a pseudo-version: the commit says it.
+		if rev := vcs["vcs.revision"]; rev != "" && (v == "(devel)" || module.IsPseudoVersion(strings.TrimSuffix(v, "+dirty"))) {
+			// A build in a clone: go build stamps a pseudo-version
+			// (v0.0.0-<time>-<commit>, +dirty when modified) since Go 1.24
+			// where an earlier Go said (devel). The commit says it either way.
+			v = "(devel)"
 			commit := rev[:min(12, len(rev))]
 			if vcs["vcs.time"] != "" {
 				commit += " " + vcs["vcs.time"]

@@ -234,6 +234,12 @@ func TestVersionReadsTheVCSStamp(t *testing.T) {
 	if got, want := versionOf(bi), "meshproof (devel) commit 773aad1d5a70 2026-12-07T12:20:44Z, with uncommitted changes (go1.26.8, scenarios "+scenario.APIVersion+")"; got != want {
 		t.Errorf("versionOf = %q, want %q", got, want)
 	}
+	// Go ≥ 1.24 stamps a build in a clone with a pseudo-version (+dirty
+	// when modified): still a development build, named by its commit.
+	bi.Main.Version = "v0.0.0-20261207122044-773aad1d5a70+dirty"
+	if got, want := versionOf(bi), "meshproof (devel) commit 773aad1d5a70 2026-12-07T12:20:44Z, with uncommitted changes (go1.26.8, scenarios "+scenario.APIVersion+")"; got != want {
+		t.Errorf("versionOf a pseudo-version = %q, want %q", got, want)
+	}
 	bi.Main.Version = "v0.3.0"
 	if got := versionOf(bi); !strings.HasPrefix(got, "meshproof v0.3.0 (go1.26.8") {
 		t.Errorf("a release: %q", got)
