@@ -13,7 +13,7 @@ import (
 
 // headerCommand is a command an example's header comment shows:
 // "#   meshproof run examples/x.yaml --label-filter canary   # comment".
-var headerCommand = regexp.MustCompile(`(?m)^#\s+(meshproof [^#\n]*?)\s*(?:#.*)?$`)
+var headerCommand = regexp.MustCompile(`(?m)^#[ \t]+(meshproof [^#\n]*?)[ \t]*(?:#.*)?$`)
 
 // Every command the examples' headers show means what they say: validate,
 // plan and predict run as shown; a run's label filter selects scenarios of
