@@ -387,17 +387,17 @@ func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...st
 }
 
 // ambientProven checks the observations of pairs with an ambient side
-// (workloads named amb-*): every one says the simulated ztunnel decided
-// it; every answered one carries ztunnel's evidence, the server's ztunnel
+// (one of the workloads named): every one says the simulated ztunnel
+// decided it; every answered one carries ztunnel's evidence, the server's ztunnel
 // (reporter destination) towards an ambient server, the client's (reporter
 // source) otherwise, mutual_tls with both identities for an mtls result,
 // unknown for plaintext; and report.html sets their cells apart.
-func (f runFolder) ambientProven(t *testing.T) {
+func (f runFolder) ambientProven(t *testing.T, ambient ...string) {
 	t.Helper()
 	td := "spiffe://cluster.local/ns/"
 	n := 0
 	for _, o := range f.observations {
-		if !strings.HasPrefix(o.From, "amb-") && !strings.HasPrefix(o.To, "amb-") {
+		if !slices.Contains(ambient, o.From) && !slices.Contains(ambient, o.To) {
 			continue
 		}
 		n++
@@ -413,7 +413,7 @@ func (f runFolder) ambientProven(t *testing.T) {
 			continue
 		}
 		wantReporter := "source"
-		if strings.HasPrefix(o.To, "amb-") {
+		if slices.Contains(ambient, o.To) {
 			wantReporter = "destination"
 		}
 		switch {
@@ -516,7 +516,7 @@ func TestDefaultScenariosPass(t *testing.T) {
 	f.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
 	// amb-a and amb-b are ambient: the simulated ztunnels decided their
 	// pairs, and the ztunnels' counts proved them.
-	f.ambientProven(t)
+	f.ambientProven(t, "amb-a", "amb-b")
 	f.wireVerdicts(t)
 	enforced := 0
 	for _, s := range f.junit.TestSuites {
@@ -537,6 +537,43 @@ func TestDefaultScenariosPass(t *testing.T) {
 			t.Errorf("report.html marks no cell %q", want)
 		}
 	}
+}
+
+// The ambient migration recipe, examples/ambient-migration.yaml, passes as
+// written: a namespace half moved to ambient under STRICT (every pair and
+// port as predicted, each data plane's certificates rotated under
+// traffic), and tightened from PERMISSIVE to STRICT while sidecar and
+// ambient workloads call each other. Its ambient pairs are decided by the
+// simulated ztunnels and proven by their counts; its sidecar pairs by the
+// Envoy evaluator.
+func TestAmbientMigrationExample(t *testing.T) {
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "../../examples/ambient-migration.yaml")
+	sum := execute(t, c, r)
+	f := readFolder(t, r.Dir())
+	if !sum.OK() || sum.Passed != 8 {
+		t.Errorf("summary %+v, want the 8 steps passed; failed: %q", sum, f.failedCases())
+	}
+	kinds := map[string]int{}
+	for _, v := range f.verdicts {
+		if v.Status == results.Passed {
+			kinds[v.Kind]++
+		}
+	}
+	for k, n := range map[string]int{"expect": 3, "rotate": 2, "transition": 1} {
+		if kinds[k] != n {
+			t.Errorf("%d passed %s steps, want %d: %v", kinds[k], k, n, kinds)
+		}
+	}
+	ambient := []string{"cart", "payments"}
+	f.ambientProven(t, ambient...)
+	for _, o := range f.observations {
+		if !slices.Contains(ambient, o.From) && !slices.Contains(ambient, o.To) && o.DataPlane != rehearsal.EnvoyLabel() {
+			t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.EnvoyLabel())
+		}
+	}
+	f.bannerTells(t, sum)
 }
 
 // Expectations that contradict Istio fail exactly the steps that hold them,
