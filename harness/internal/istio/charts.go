@@ -142,7 +142,7 @@ func (c chartSource) load(name string) (*chart.Chart, error) {
 // the cache.
 func (c chartSource) pull(name, path string) error {
 	if err := istiocharts.Pull(c.repoURL, name, c.version, path); err != nil {
-		return fmt.Errorf("%w (offline? use local charts with WithChartsDir)", err)
+		return fmt.Errorf("%w (offline? point %s at a directory holding Istio's charts as <version>/<chart>, or istio.charts in the scenario file at one version's charts)", err, istiocharts.Env)
 	}
 	return nil
 }
