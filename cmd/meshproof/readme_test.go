@@ -17,7 +17,7 @@ import (
 var (
 	fence      = regexp.MustCompile("(?ms)^```(sh|console|yaml)\n(.*?)^```")
 	inlineCode = regexp.MustCompile("`(meshproof [a-z]+ [^`]*\\.yaml[^`]*)`")
-	mdLink     = regexp.MustCompile(`\]\(((?:\.\./)?(?:docs/|examples/)?[A-Za-z][^):#]*\.(?:md|yaml))\)`)
+	mdLink     = regexp.MustCompile(`\]\(((?:\.\./)?(?:docs/|examples/)?[A-Za-z][^):#]*\.(?:md|yaml))(?:#[^)]*)?\)`)
 )
 
 // Every command the README and the pages under docs/ show runs as shown:
