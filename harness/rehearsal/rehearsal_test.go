@@ -344,7 +344,7 @@ func (f runFolder) envoyDecided(t *testing.T, o results.Observation) {
 	if o.DataPlane != rehearsal.EnvoyLabel() {
 		t.Fatalf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.EnvoyLabel())
 	}
-	if o.DecidedBy == "" || (o.From != "legacy" && !strings.Contains(o.DecidedBy, "client sidecar: listener")) {
+	if o.DecidedBy == "" || (o.From != "legacy" && !strings.HasPrefix(o.From, "grpc-") && !strings.Contains(o.DecidedBy, "client sidecar: listener")) {
 		t.Fatalf("observation %s %s→%s:%d says it was decided by %q", o.Step, o.From, o.To, o.Port, o.DecidedBy)
 	}
 }
@@ -366,10 +366,11 @@ func (f runFolder) proxylessLabelled(t *testing.T, grpcPort int, workloads ...st
 			if o.DataPlane != rehearsal.ProxylessLabel() {
 				t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.ProxylessLabel())
 			}
-		case slices.Contains(workloads, o.From) || slices.Contains(workloads, o.To):
-			// A proxyless end that no real process answers here (a
-			// sidecar client towards a proxyless server, a proxyless
-			// pod's HTTP): the oracle's mixed rules.
+		case slices.Contains(workloads, o.To):
+			// A proxyless server that no real process answers here (a
+			// sidecar client's call): the oracle's mixed rules. A
+			// proxyless pod's HTTP and TCP leave it without Envoy and
+			// are decided as a plain client's (default).
 			if o.DataPlane != rehearsal.Label() {
 				t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.Label())
 			}

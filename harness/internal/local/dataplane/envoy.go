@@ -195,10 +195,9 @@ func (n *network) host(ctx context.Context, pod *corev1.Pod) (*envoy.Host, error
 func (n *network) makeHost(ctx context.Context, pod *corev1.Pod, ip netip.Addr) (*envoy.Host, error) {
 	h := &envoy.Host{Name: pod.Namespace + "/" + pod.Name, IP: ip, Listens: listens(pod)}
 	if !hasEnvoy(pod) {
+		// No sidecar, or a proxyless pod: it runs no Envoy, and what it
+		// sends other than its gRPC leaves it as from outside the mesh.
 		return h, nil
-	}
-	if proxyless(pod) {
-		return nil, fmt.Errorf("%w: %s is a proxyless gRPC pod, which the Envoy evaluator does not stand for", probe.ErrHarnessLimit, h.Name)
 	}
 	// A pod that just started may not have its Envoy's configuration yet,
 	// as a real pod's Envoy is still starting: wait, bounded, then say so

@@ -33,11 +33,14 @@ import (
 // ClassifyGRPCReply) turn into results, exactly as on kind.
 
 // decidesByEnvoy reports whether a request is decided by the evaluator:
-// when the Execer has the sidecars' configurations, for every pair whose
-// ends are a pod with an Envoy sidecar or none (a proxyless end keeps the
-// real processes or the oracle's mixed rules).
+// when the Execer has the sidecars' configurations, for every request
+// towards a pod with an Envoy sidecar or none. A proxyless client's HTTP
+// and TCP reach here (its gRPC goes to its real processes) and leave it
+// as from a pod without a sidecar: pilot-agent intercepts nothing. A
+// proxyless server keeps the oracle's mixed rules: grpc-go's side of the
+// handshake is not Envoy's.
 func (e *Execer) decidesByEnvoy(client *corev1.Pod, dst *destination) bool {
-	return e.envoys != nil && !proxyless(client) && (dst.pod == nil || !proxyless(dst.pod))
+	return e.envoys != nil && (dst.pod == nil || !proxyless(dst.pod))
 }
 
 // label says on a result what decided it, when the evaluator did.
