@@ -65,6 +65,9 @@ func WithZtunnelWitness(w ZtunnelWitness) Option { return func(e *Engine) { e.zt
 const (
 	ztunnelNamespace = scenario.IstioRootNamespace
 	ztunnelApp       = "ztunnel"
+	// ztunnelContainer is the ztunnel chart's container (it keeps the
+	// sidecar's name, istio-proxy: charts/ztunnel/templates/daemonset.yaml).
+	ztunnelContainer = "istio-proxy"
 )
 
 // enrolmentWait bounds how long a step waits for istio-cni to enrol a

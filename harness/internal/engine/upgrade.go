@@ -46,7 +46,7 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 	if err != nil {
 		return fmt.Errorf("%s: predicting the traffic under the policies in force: %w", st.Source.At("upgrade"), err)
 	}
-	from, charts, workloads := mc.Version(), upgradeCharts(u), e.inMeshWorkloads()
+	from, charts, workloads := mc.Version(), upgradeCharts(u), e.restartedByUpgrade()
 
 	traffic := e.StartTraffic(ctx, sc, st, u.Traffic, Expecting(predictions))
 	defer traffic.Stop()
@@ -83,7 +83,11 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 		if err := mc.Upgrade(ctx, u.To, charts); err != nil {
 			return fmt.Errorf("in-place upgrade to %s: %w", u.To, err)
 		}
-		e.event(sc, st, results.EventControlPlaneUpgraded, "base and istiod releases upgraded to %s", u.To)
+		releases := "base and istiod releases"
+		if e.cluster.Ambient() {
+			releases = "base, istiod, istio-cni and ztunnel releases"
+		}
+		e.event(sc, st, results.EventControlPlaneUpgraded, "%s upgraded to %s", releases, u.To)
 		if err := mc.WaitReady(ctx); err != nil {
 			return fmt.Errorf("in-place upgrade to %s: the upgraded control plane is not ready: %w", u.To, err)
 		}
@@ -100,7 +104,22 @@ func (e *Engine) upgrade(ctx context.Context, sc *scenario.Scenario, index int) 
 		return fmt.Errorf("no traffic observed after the upgrade: %w", err)
 	}
 	verdict := JudgeContinuous(traffic.Stop(), predictions)
-	return errors.Join(verdict.Verify("the upgrade", u.Traffic.MaxFailures, start), traffic.Err(), e.checkProxyVersions(ctx, workloads, u.To))
+	return errors.Join(verdict.Verify("the upgrade", u.Traffic.MaxFailures, start), traffic.Err(), e.checkProxyVersions(ctx, e.inMeshWorkloads(), u.To))
+}
+
+// restartedByUpgrade are the workloads an upgrade restarts onto the new
+// proxy: those istiod injects (sidecar, proxyless). Ambient workloads have
+// no proxy of their own: upgrading the ztunnel DaemonSet moves their
+// traffic onto the new version without restarting them (Istio's ambient
+// upgrade guide, https://istio.io/latest/docs/ambient/upgrade/helm/).
+func (e *Engine) restartedByUpgrade() []string {
+	var out []string
+	for _, name := range e.inMeshWorkloads() {
+		if !e.suite.Workload(name).Ambient() {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func revisionName(rev string) string {
@@ -204,6 +223,10 @@ func (e *Engine) checkProxyVersions(ctx context.Context, workloads []string, ver
 			errs = append(errs, fmt.Errorf("reading pod %s: %w", p, err))
 			continue
 		}
+		if e.suite.Workload(name).Ambient() {
+			errs = append(errs, e.checkZtunnelVersion(ctx, name, &pod, version))
+			continue
+		}
 		proxy := sidecar.Proxy(&pod)
 		switch {
 		case proxy == nil:
@@ -215,4 +238,28 @@ func (e *Engine) checkProxyVersions(ctx context.Context, workloads []string, ver
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkZtunnelVersion checks that the ztunnel carrying an ambient
+// workload's traffic, the one on its pod's node, runs the given version.
+func (e *Engine) checkZtunnelVersion(ctx context.Context, name string, pod *corev1.Pod, version string) error {
+	ref, err := e.ztunnelOn(ctx, pod.Spec.NodeName)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	var zpod corev1.Pod
+	if err := e.kube.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, &zpod); err != nil {
+		return fmt.Errorf("%s: reading its ztunnel %s: %w", name, ref, err)
+	}
+	for _, c := range zpod.Spec.Containers {
+		if c.Name != ztunnelContainer {
+			continue
+		}
+		if !sidecar.TagIsVersion(sidecar.ImageTag(c.Image), version) {
+			return fmt.Errorf("%s: its node's ztunnel %s runs %s, want the ztunnel of Istio %s", name, ref, c.Image, version)
+		}
+		e.log.Info("ztunnel version checked", "workload", name, "pod", pod.Namespace+"/"+pod.Name, "ztunnel", ref.String(), "image", c.Image)
+		return nil
+	}
+	return fmt.Errorf("%s: its node's ztunnel %s has no %s container", name, ref, ztunnelContainer)
 }
