@@ -577,6 +577,36 @@ func TestAmbientMigrationExample(t *testing.T) {
 	f.bannerTells(t, sum)
 }
 
+// The ambient upgrade recipe, examples/ambient-upgrade.yaml, passes as
+// written: istiod, istio-cni and ztunnel upgraded in place from 1.29.6 to
+// 1.30.3 under traffic between ambient and sidecar workloads, the sidecar
+// restarted onto the new proxy and the ambient workloads left running,
+// each ambient workload's node running the new ztunnel after, then STRICT
+// and a ztunnel-held certificate's rotation checked on 1.30.3.
+func TestAmbientUpgradeExample(t *testing.T) {
+	t.Parallel()
+	c := takeCluster(t)
+	r := newRun(t, c, "../../examples/ambient-upgrade.yaml")
+	sum := execute(t, c, r)
+	f := readFolder(t, r.Dir())
+	if !sum.OK() || sum.Passed != 5 {
+		t.Errorf("summary %+v, want the 5 steps passed; failed: %q", sum, f.failedCases())
+	}
+	kinds := map[string]int{}
+	for _, v := range f.verdicts {
+		if v.Status == results.Passed {
+			kinds[v.Kind]++
+		}
+	}
+	for k, n := range map[string]int{"expect": 2, "upgrade": 1, "rotate": 1} {
+		if kinds[k] != n {
+			t.Errorf("%d passed %s steps, want %d: %v", kinds[k], k, n, kinds)
+		}
+	}
+	f.ambientProven(t, "amb-a", "amb-b")
+	f.bannerTells(t, sum)
+}
+
 // Expectations that contradict Istio fail exactly the steps that hold them,
 // with red cells in report.html and a diagnostics folder per failure.
 func TestContradictionsFailExactlyTheirSteps(t *testing.T) {
