@@ -24,7 +24,7 @@ var layers = []layer{
 		"", // the module root: go.mod and go.sum, embedded
 	}},
 	{"Plans, predictions and reports, without a cluster", []string{
-		"harness/plan", "harness/oracle", "harness/report", "harness/junit",
+		"harness/plan", "harness/oracle", "harness/report", "harness/junit", "harness/internal/schedule",
 	}},
 	{"Reaching clusters: kind, Istio, fixtures, pods", []string{
 		"harness/internal/cluster", "harness/internal/lease", "harness/internal/ledger",
