@@ -154,6 +154,11 @@ const (
 	EventHarnessError         EventKind = "harness-error"
 	EventDeadline             EventKind = "deadline"
 	EventSetupPhase           EventKind = "setup-phase"
+	// EventScenarioStarted and EventScenarioEnded bracket a scenario: with
+	// whom it ran (in namespaces of its own beside others, or alone, and
+	// why), so that the timeline shows which scenarios overlapped.
+	EventScenarioStarted EventKind = "scenario-started"
+	EventScenarioEnded   EventKind = "scenario-ended"
 )
 
 // Event is something a step did at a point in time, recorded next to the
@@ -298,6 +303,7 @@ func (w *Wire) Witnessed() bool {
 // a request the mesh reported as mTLS whose canary the wire witness saw in
 // cleartext.
 const FailureWirePlaintext = "mTLS claimed, plaintext on the wire"
+
 
 // Row is one row of an expect step's table: the pair, what was expected,
 // what the last round saw, the counts over the whole wait and why it did

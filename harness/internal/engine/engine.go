@@ -54,6 +54,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"time"
 
@@ -91,7 +92,14 @@ type Engine struct {
 	rec     results.Recorder
 	log     *slog.Logger
 	now     func() time.Time
-	mesh    meshState // upgrade and rotateRoot: meshcontrol.go
+	// mesh is shared by every engine For derives: an upgrade or a root
+	// rotation changes it for all of them (meshcontrol.go).
+	mesh *meshState
+	// policyScope, when set, limits the policies RemovePolicies and an
+	// mtls step's clean-up remove to those with these labels (For: one
+	// scenario's), so that scenarios running at once never remove each
+	// other's.
+	policyScope map[string]string
 	// gapLimit bounds how long continuous traffic may not observe a
 	// client (traffic.go); 0 means defaultGapLimit.
 	gapLimit time.Duration
@@ -110,8 +118,9 @@ type Engine struct {
 	wireSet   bool
 	rehearsal bool
 	// enforcement is what expect steps measured of the mtls steps before
-	// them (enforce.go).
-	enforcement enforcement
+	// them (enforce.go); shared by the engines For derives, since the run
+	// reads it by scenario and step.
+	enforcement *enforcement
 }
 
 // Option configures an Engine.
@@ -136,11 +145,29 @@ func New(suite *scenario.Suite, clusterName string, kube client.Client, prober P
 		return nil, err
 	}
 	e := &Engine{suite: suite, cluster: c, kube: kube, prober: prober, runID: runID,
-		rec: results.Discard{}, log: slog.New(slog.DiscardHandler), now: time.Now}
+		rec: results.Discard{}, log: slog.New(slog.DiscardHandler), now: time.Now, mesh: &meshState{}, enforcement: &enforcement{}}
 	for _, o := range opts {
 		o(e)
 	}
 	return e, nil
+}
+
+// For returns an engine for one scenario, sc, that runs against suite —
+// the file's, or an isolated copy of it whose fixtures live in the
+// scenario's own namespaces — on the same cluster, with the same
+// transports, recorder and mesh state. Its policy clean-up removes only
+// sc's policies, so that scenarios running at once never touch each
+// other's.
+func (e *Engine) For(suite *scenario.Suite, sc *scenario.Scenario) *Engine {
+	d := &Engine{suite: suite, cluster: e.cluster, kube: e.kube, prober: e.prober, certs: e.certs, runID: e.runID,
+		rec: e.rec, log: e.log.With("scenario", sc.Name), now: e.now, mesh: e.mesh, gapLimit: e.gapLimit,
+		witness: e.witness, ztunnel: e.ztunnel, wire: e.wire, wireSet: e.wireSet, rehearsal: e.rehearsal,
+		enforcement: e.enforcement,
+		policyScope: map[string]string{ownership.ScenarioLabel: ownership.LabelValue(sc.Name)}}
+	if c := suite.Cluster(e.cluster.Name); c != nil {
+		d.cluster = c
+	}
+	return d
 }
 
 // RunStep runs step index of a scenario.
@@ -241,7 +268,9 @@ func (e *Engine) RemovePolicies(ctx context.Context) error {
 }
 
 func (e *Engine) removePolicies(ctx context.Context, keep map[string]bool) ([]string, error) {
-	sel := client.MatchingLabels(ownership.Labels(e.runID))
+	labels := ownership.Labels(e.runID)
+	maps.Copy(labels, e.policyScope)
+	sel := client.MatchingLabels(labels)
 	var pas securityv1.PeerAuthenticationList
 	if err := e.kube.List(ctx, &pas, sel); err != nil {
 		return nil, fmt.Errorf("listing this run's PeerAuthentications: %w", err)

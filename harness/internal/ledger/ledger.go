@@ -65,6 +65,10 @@ type Record struct {
 	Objects []Object `json:"objects,omitempty"`
 	// Labels the run set on namespaces that existed before it.
 	Labels []LabelChange `json:"labels,omitempty"`
+	// Removed are namespaces the run created and removed before its
+	// teardown (isolated scenarios' own, when each ended): kept for the
+	// record, nothing left to undo.
+	Removed []Object `json:"removed,omitempty"`
 	// TornDown is when Undo removed everything, nil before.
 	TornDown *time.Time `json:"tornDown,omitempty"`
 }
@@ -282,18 +286,64 @@ var crdGVK = schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1
 // before creating; obj must carry ownership.Labels(runID), which teardown
 // checks) or has created (then its UID is kept).
 func (l *Ledger) RecordObject(ctx context.Context, obj client.Object) error {
-	gvk, err := l.c.GroupVersionKindFor(obj)
-	if err != nil {
-		return fmt.Errorf("ledger: kind of %s: %w", obj.GetName(), err)
-	}
-	o := Object{APIVersion: gvk.GroupVersion().String(), Kind: gvk.Kind, Namespace: obj.GetNamespace(), Name: obj.GetName(), UID: obj.GetUID()}
-	return l.update(ctx, func(rec *Record) {
-		if gvk.Kind == "Namespace" && gvk.Group == "" {
-			rec.Namespaces = appendObject(rec.Namespaces, o)
-			return
+	return l.RecordObjects(ctx, obj)
+}
+
+// RecordObjects records several objects as RecordObject does, in one write
+// of the ledger.
+func (l *Ledger) RecordObjects(ctx context.Context, objs ...client.Object) error {
+	entries := make([]Object, len(objs))
+	for i, obj := range objs {
+		gvk, err := l.c.GroupVersionKindFor(obj)
+		if err != nil {
+			return fmt.Errorf("ledger: kind of %s: %w", obj.GetName(), err)
 		}
-		rec.Objects = appendObject(rec.Objects, o)
+		entries[i] = Object{APIVersion: gvk.GroupVersion().String(), Kind: gvk.Kind, Namespace: obj.GetNamespace(), Name: obj.GetName(), UID: obj.GetUID()}
+	}
+	return l.update(ctx, func(rec *Record) {
+		for _, o := range entries {
+			if o.Kind == "Namespace" && o.APIVersion == "v1" {
+				rec.Namespaces = appendObject(rec.Namespaces, o)
+				continue
+			}
+			rec.Objects = appendObject(rec.Objects, o)
+		}
 	})
+}
+
+// RemoveNamespaces deletes namespaces the run created before its teardown
+// (an isolated scenario's, when it ends), with everything in them, and
+// takes them and the objects recorded in them off the ledger. Only what is
+// still the run's is deleted, as in Undo; it does not wait for the
+// deletions to finish.
+func (l *Ledger) RemoveNamespaces(ctx context.Context, names ...string) error {
+	rec := l.Record()
+	var errs []error
+	var gone []string
+	for _, o := range rec.Namespaces {
+		if !slices.Contains(names, o.Name) || o.Name == l.namespace {
+			continue
+		}
+		if err := l.deleteOwned(ctx, o); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		gone = append(gone, o.Name)
+	}
+	if len(gone) > 0 {
+		if err := l.update(ctx, func(rec *Record) {
+			for _, o := range rec.Namespaces {
+				if slices.Contains(gone, o.Name) {
+					rec.Removed = append(rec.Removed, o)
+				}
+			}
+			rec.Namespaces = slices.DeleteFunc(rec.Namespaces, func(o Object) bool { return slices.Contains(gone, o.Name) })
+			rec.Objects = slices.DeleteFunc(rec.Objects, func(o Object) bool { return slices.Contains(gone, o.Namespace) })
+		}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // appendObject adds o, or replaces the entry of the same object (a UID
