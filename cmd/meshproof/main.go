@@ -144,11 +144,12 @@ func validate(args []string, stdout, stderr io.Writer) int {
 }
 
 func planCmd(args []string, stdout, stderr io.Writer) int {
-	c := newCommandLine("plan", "[FILE] [-o text|yaml] [--run-id ID]",
+	c := newCommandLine("plan", "[FILE] [-o text|yaml] [--run-id ID] [--parallel N]",
 		"Prints what a run of FILE (default scenarios.yaml; - reads standard input) would do,\nwithout touching a cluster: the ordered operations, or every object it would apply.",
 		1, stdout, stderr)
 	output := c.String("o", "text", "output format: text (the ordered operations) or yaml (every object meshproof would apply)")
 	runID := c.String("run-id", "", "run id to label objects with (default: a new one)")
+	parallel := c.Int("parallel", plan.DefaultParallel, "plan the schedule of a run with --parallel N")
 	files, code, ok := c.parse(args)
 	if !ok {
 		return code
@@ -164,7 +165,10 @@ func planCmd(args []string, stdout, stderr io.Writer) int {
 	if *runID == "" {
 		*runID = ownership.NewRunID(time.Now())
 	}
-	p, err := plan.Build(s, *runID)
+	if *parallel < 1 {
+		return c.usageError("--parallel %d: want 1 or more", *parallel)
+	}
+	p, err := plan.Build(s, *runID, plan.WithParallel(*parallel))
 	if err != nil {
 		fmt.Fprintf(stderr, "meshproof plan: %v\n", err)
 		return exitInvalid

@@ -25,6 +25,9 @@ var defaultResults = filepath.Join("reports", report.LatestLink, report.ResultsF
 // links the run folder's junit.xml and diagnostics, relative to where it
 // goes.
 func reportCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "merge" {
+		return reportMergeCmd(args[1:], stdout, stderr)
+	}
 	c := newCommandLine("report", "[RUN|RESULTS|-] [-o FILE|-] [--force]",
 		"Renders a run's results.json (and the events.json beside it) into one HTML page.\nRUN is a run folder (default reports/latest), RESULTS its results.json, - reads\nresults from standard input (and writes the page to standard output unless -o says\notherwise). The page goes next to the results as report.html; an existing one is\nkept unless --force or -o names the destination.",
 		1, stdout, stderr)
@@ -163,4 +166,27 @@ func spoolStdin() (path string, cleanup func(), err error) {
 		return "", nil, err
 	}
 	return path, cleanup, nil
+}
+
+// reportMergeCmd is `meshproof report merge`: the run folders of the
+// shards of one run combined into one folder.
+func reportMergeCmd(args []string, stdout, stderr io.Writer) int {
+	c := newCommandLine("report merge", "DIR... [-o OUT]",
+		"Combines the run folders of the shards of one run (meshproof run --shard i/n,\none CI job each) into one folder, as if one run had run them all: junit.xml\nwith every planned testcase exactly once, results.json, events.json,\nreport.html, and each shard's diagnostics under shards/<i>/. It refuses folders\nthat are not every shard of one run of one file.",
+		-1, stdout, stderr)
+	output := c.String("o", filepath.Join("reports", "merged"), "the merged run folder to write (it must not hold a run yet)")
+	dirs, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	if len(dirs) == 0 {
+		return c.usageError("give the shards' run folders")
+	}
+	info, err := report.Merge(*output, dirs...)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshproof report merge: %v\n", err)
+		return exitInvalid
+	}
+	fmt.Fprintf(stdout, "merged %d run folders (%d scenarios) into %s (junit.xml, results.json, report.html)\n", len(dirs), len(info.Planned), *output)
+	return exitOK
 }

@@ -34,6 +34,23 @@ real istiod), built from source on first use and cached: the whole job
 runs without Docker, with only the data plane simulated, and every report
 says so. Only a run on real sidecars proves that Envoy enforces mTLS.
 
+Scenarios run up to --parallel at once (default %d, for a CI runner of two
+cores: most of a scenario's time is spent waiting on probe rounds, observe
+windows and certificate renewals). A scenario whose policies touch only its
+own namespaces runs in its own copy of the fixtures it uses, in namespaces
+named from the run and the scenario; one that changes what every namespace
+shares (a mesh-scope PeerAuthentication, a mesh-wide DestinationRule,
+rotateRoot, upgrade) runs alone, after the others. meshproof plan shows the
+schedule. --parallel 1 runs every scenario on the fixtures' own
+namespaces, one after the other, in file order.
+
+--shard i/n runs the i-th of n parts of the selected scenarios (each CI job
+of a matrix its own part, on its own cluster); the split depends only on
+the scenarios' names and estimated durations, not on their order, and
+puts matrix expansions wherever they balance the shards. meshproof report
+merge combines the shards' run folders into one. A shard that gets no
+scenario says so and passes.
+
 Ctrl-C (or SIGTERM) stops the run and cleans up, still writing JUnit and
 results; a second one stops the clean-up and prints what may be left.
 
@@ -49,15 +66,27 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
-	c := newCommandLine("run", "[FILE|-] [--reports DIR] [--label-filter EXPR] [--keep] [--istio-version V] [--rehearse]", runAbout, 1, stdout, stderr)
+	c := newCommandLine("run", "[FILE|-] [--reports DIR] [--label-filter EXPR] [--parallel N] [--shard I/N] [--keep] [--istio-version V] [--rehearse]", fmt.Sprintf(runAbout, meshrun.DefaultParallel), 1, stdout, stderr)
 	reports := c.String("reports", "reports", "the folder run folders are written under")
 	labelFilter := c.String("label-filter", "", "run only the scenarios whose labels match this Ginkgo label filter, e.g. 'smoke && !slow'")
 	keep := c.Bool("keep", false, "leave clusters, Istio and fixtures in place after the run, for debugging")
 	istioVersion := c.String("istio-version", "", "install this Istio version on every cluster instead of the file's")
 	rehearse := c.Bool("rehearse", false, "rehearse on local clusters of real parts with the data plane simulated (no Docker needed)")
+	parallel := c.Int("parallel", meshrun.DefaultParallel, "run up to N scenarios at once, isolated ones in namespaces of their own (1: one after the other, in the fixtures' own namespaces)")
+	shardFlag := c.String("shard", "", "run only the I-th of N parts of the selected scenarios, e.g. 1/2 (one CI job each; merge their folders with meshproof report merge)")
 	files, code, ok := c.parse(args)
 	if !ok {
 		return code
+	}
+	if *parallel < 1 {
+		return c.usageError("--parallel %d: want 1 or more", *parallel)
+	}
+	var shard meshrun.Shard
+	if *shardFlag != "" {
+		var err error
+		if shard, err = meshrun.ParseShard(*shardFlag); err != nil {
+			return c.usageError("--shard: %v", err)
+		}
 	}
 	file := fileArg(files)
 	filter, err := meshrun.WithLabelFilter(*labelFilter)
@@ -70,7 +99,7 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 	}
 	logger := slog.New(meshrun.NewProgressHandler(stdout))
 	opts := []meshrun.Option{meshrun.WithReports(*reports), meshrun.WithSuiteName(meshrun.SuiteName(file)), meshrun.WithKeep(*keep), meshrun.WithIstioVersion(*istioVersion), filter,
-		meshrun.WithLogger(logger)}
+		meshrun.WithLogger(logger), meshrun.WithParallel(*parallel), meshrun.WithShard(shard)}
 	if *rehearse {
 		if err := rehearsal.Refuse(s); err != nil {
 			fmt.Fprintf(stderr, "meshproof run: %v\n", err)
@@ -88,6 +117,13 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 	}
 	if *rehearse {
 		logger.Info(rehearsal.Label())
+	}
+	if shard.Count > 0 {
+		if n := len(r.Scenarios()); n == 0 {
+			logger.Info(fmt.Sprintf("shard %s gets none of the %d selected scenarios of %s: nothing to run, it passes", shard, len(r.Planned()), file))
+		} else {
+			logger.Info(fmt.Sprintf("shard %s runs %d of the %d selected scenarios of %s", shard, n, len(r.Planned()), file))
+		}
 	}
 
 	ctx, interrupt := context.WithCancel(context.Background())

@@ -267,3 +267,127 @@ func Write(report Report, path string) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// Read reads a JUnit report that Write wrote (its first suite).
+func Read(path string) (Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Report{}, err
+	}
+	var doc xmlSuites
+	if err := xml.Unmarshal(data, &doc); err != nil {
+		return Report{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(doc.Suites) == 0 {
+		return Report{Suite: doc.Name}, nil
+	}
+	s := doc.Suites[0]
+	report := Report{Suite: s.Name, Duration: time.Duration(s.Time)}
+	if t, err := time.Parse("2006-01-02T15:04:05", s.Timestamp); err == nil {
+		report.Start = t
+	}
+	for _, x := range s.Cases {
+		c := Case{Name: x.Name, Status: results.Status(x.Status), Duration: time.Duration(x.Time)}
+		switch {
+		case x.Skipped != nil:
+			c.Status, c.Reason = results.Skipped, x.Skipped.Message
+		case x.Failure != nil:
+			c.Status, c.Reason = results.Failed, x.Failure.Text
+			if i := strings.LastIndex(c.Reason, "\n(step written at "); i >= 0 && strings.HasSuffix(c.Reason, ")") {
+				c.Source = strings.TrimSuffix(c.Reason[i+len("\n(step written at "):], ")")
+				c.Reason = c.Reason[:i]
+			}
+		}
+		if x.Properties != nil {
+			for _, p := range x.Properties.Properties {
+				c.Properties = append(c.Properties, Property(p))
+			}
+		}
+		report.Cases = append(report.Cases, c)
+	}
+	return report, nil
+}
+
+// UnmarshalXMLAttr reads a duration written as seconds.
+func (s *seconds) UnmarshalXMLAttr(attr xml.Attr) error {
+	f, err := strconv.ParseFloat(attr.Value, 64)
+	if err != nil {
+		return err
+	}
+	*s = seconds(time.Duration(f * float64(time.Second)))
+	return nil
+}
+
+// Merge combines the reports of the shards of one run into the report
+// one run of every shard's scenarios would have written: one setup case
+// (failed when any shard's setup failed, with each failure), then every
+// step's case, scenario by scenario in the order of scenarios (their names,
+// as the file lists them); a case two shards both hold is an error. The
+// run took as long as its longest shard.
+func Merge(suite string, scenarios []string, shards []Report, names []string) (Report, error) {
+	out := Report{Suite: suite}
+	var setup *Case
+	byScenario := map[string][]Case{}
+	seen := map[string]string{}
+	for i, r := range shards {
+		if out.Start.IsZero() || (!r.Start.IsZero() && r.Start.Before(out.Start)) {
+			out.Start = r.Start
+		}
+		out.Duration = max(out.Duration, r.Duration)
+		for _, c := range r.Cases {
+			if c.Name == SetupCase {
+				setup = mergeSetup(setup, c, names[i])
+				continue
+			}
+			if prev, ok := seen[c.Name]; ok {
+				return Report{}, fmt.Errorf("testcase %q is in both %s and %s", c.Name, prev, names[i])
+			}
+			seen[c.Name] = names[i]
+			sc := scenarioOf(c.Name, scenarios)
+			if sc == "" {
+				return Report{}, fmt.Errorf("%s: testcase %q belongs to no planned scenario", names[i], c.Name)
+			}
+			byScenario[sc] = append(byScenario[sc], c)
+		}
+	}
+	if setup != nil {
+		out.Cases = append(out.Cases, *setup)
+	}
+	for _, sc := range scenarios {
+		out.Cases = append(out.Cases, byScenario[sc]...)
+	}
+	return out, nil
+}
+
+// scenarioOf is the scenario (of names) a step's case name is of: the
+// longest name it starts with, as CaseName writes it.
+func scenarioOf(caseName string, names []string) string {
+	best := ""
+	for _, n := range names {
+		if strings.HasPrefix(caseName, "[It] "+n+" ") && len(n) > len(best) {
+			best = n
+		}
+	}
+	return best
+}
+
+// mergeSetup folds one shard's setup case into the merged one.
+func mergeSetup(into *Case, c Case, shard string) *Case {
+	if into == nil {
+		merged := c
+		merged.Properties = slices.Clone(c.Properties)
+		if c.Status == results.Failed {
+			merged.Reason = shard + ": " + c.Reason
+		}
+		return &merged
+	}
+	into.Duration = max(into.Duration, c.Duration)
+	if c.Status == results.Failed {
+		if into.Status == results.Failed {
+			into.Reason += "\n" + shard + ": " + c.Reason
+		} else {
+			into.Status, into.Reason, into.Source = results.Failed, shard+": "+c.Reason, c.Source
+		}
+	}
+	return into
+}

@@ -7,12 +7,14 @@ package plan
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/policy"
+	"github.com/meshproof/meshproof/harness/internal/schedule"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/scenario"
@@ -28,7 +30,23 @@ type Plan struct {
 	Suite     *scenario.Suite
 	Clusters  []ClusterPlan
 	Scenarios []ScenarioPlan
+	// Schedule says which scenarios run together, each in namespaces of
+	// its own, and which run alone and why (WithParallel).
+	Schedule schedule.Schedule
 }
+
+// DefaultParallel is how many scenarios a run starts at once unless told
+// otherwise (meshproof run --parallel).
+const DefaultParallel = schedule.DefaultParallel
+
+// Option adjusts Build.
+type Option func(*options)
+
+type options struct{ parallel int }
+
+// WithParallel plans a run of up to n scenarios at once (default
+// schedule.DefaultParallel, as meshproof run).
+func WithParallel(n int) Option { return func(o *options) { o.parallel = n } }
 
 // ClusterPlan is the setup of one cluster and the fixtures deployed on it.
 type ClusterPlan struct {
@@ -54,8 +72,28 @@ type StepPlan struct {
 }
 
 // Build computes the plan of a loaded, valid suite.
-func Build(s *scenario.Suite, runID string) (*Plan, error) {
+func Build(s *scenario.Suite, runID string, opts ...Option) (*Plan, error) {
+	o := options{parallel: schedule.DefaultParallel}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	p := &Plan{RunID: runID, Suite: s}
+	all := make([]*scenario.Scenario, len(s.Scenarios))
+	for i := range s.Scenarios {
+		all[i] = &s.Scenarios[i]
+	}
+	p.Schedule = schedule.Build(s, all, o.parallel)
+	defer func() {
+		// Fixtures no scenario runs on are not deployed at setup: each
+		// isolated scenario deploys its own copy.
+		for i := range p.Clusters {
+			cp := &p.Clusters[i]
+			if !slices.ContainsFunc(p.Schedule.Alone, func(pl schedule.Placement) bool { return pl.Scenario.Cluster == cp.Cluster.Name }) && len(cp.Setup) > 0 {
+				last := &cp.Setup[len(cp.Setup)-1]
+				*last = "no fixtures at setup: each scenario deploys its own copy of those it uses, in namespaces of its own (see the schedule), of " + strings.TrimPrefix(*last, "deploy fixtures: ")
+			}
+		}
+	}()
 	for i := range s.Clusters {
 		cp, err := clusterPlan(s, &s.Clusters[i], runID)
 		if err != nil {

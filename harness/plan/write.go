@@ -9,6 +9,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshproof/meshproof/harness/internal/schedule"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -28,6 +29,10 @@ func (p *Plan) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  %d. %s\n", i+1, op)
 		}
 	}
+	fmt.Fprintf(&b, "\nSchedule (--parallel %d)\n", p.Schedule.Parallel)
+	for _, line := range p.Schedule.Lines() {
+		fmt.Fprintf(&b, "  %s\n", line)
+	}
 	for _, sc := range p.Scenarios {
 		s := sc.Scenario
 		labels := ""
@@ -35,6 +40,9 @@ func (p *Plan) WriteText(w io.Writer) error {
 			labels = " [" + strings.Join(s.Labels, ", ") + "]"
 		}
 		fmt.Fprintf(&b, "\nScenario %s%s on %s (%s)\n", s.Name, labels, s.Cluster, s.Source.Position)
+		if where := p.where(s); where != "" {
+			fmt.Fprintf(&b, "  %s\n", where)
+		}
 		for _, st := range sc.Steps {
 			fmt.Fprintf(&b, "  Step %s (at most %s, %s)\n", st.Step.Name, st.Step.Timeout, st.Step.Source.Position)
 			for _, op := range st.Operations {
@@ -129,4 +137,21 @@ func count(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// where says where an isolated scenario's fixtures run: a copy of the
+// workloads it uses, in namespaces of its own.
+func (p *Plan) where(sc *scenario.Scenario) string {
+	for _, pl := range p.Schedule.Together {
+		if pl.Scenario != sc {
+			continue
+		}
+		c := schedule.Isolate(p.Suite, sc, p.RunID)
+		var ws []string
+		for _, w := range c.Suite.Fixtures.Workloads {
+			ws = append(ws, w.Name)
+		}
+		return fmt.Sprintf("in its own copy of %s, in namespace %s (removed when it ends)", strings.Join(ws, ", "), strings.Join(c.CopyNamespaces(), ", "))
+	}
+	return ""
 }

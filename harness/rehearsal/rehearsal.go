@@ -232,6 +232,15 @@ type ownCluster struct {
 	register func(*cluster.Cluster)
 }
 
+// Ephemeral: Destroy stops every process of the local cluster, which takes
+// all of the run's objects with it, so the run does not sweep them first.
+func (c *ownCluster) Ephemeral() bool { return true }
+
+// Remains: the local cluster's processes end with meshproof's.
+func (c *ownCluster) Remains() string {
+	return fmt.Sprintf("local cluster %s: its processes end with meshproof's; nothing else is left", c.Name())
+}
+
 func (c *ownCluster) Create(ctx context.Context, args ...string) (string, error) {
 	kubeconfig, err := c.Cluster.Create(ctx, args...)
 	if err == nil {

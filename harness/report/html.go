@@ -220,6 +220,7 @@ type deadlineView struct {
 type scenarioView struct {
 	Name  string
 	ID    string
+	Where string // with whom it ran, from its scenario-started event
 	Steps []stepView
 }
 
@@ -411,8 +412,15 @@ func buildPage(c Contents, o htmlOptions) page {
 		}
 	}
 	var setupEvents []results.Event
+	where := map[string]string{}
 	for _, e := range c.Events {
-		if e.Scenario == "" && e.Step == results.SetupStep {
+		switch {
+		case e.Kind == results.EventScenarioStarted:
+			where[e.Scenario] = e.Detail
+			continue
+		case e.Kind == results.EventScenarioEnded:
+			continue
+		case e.Scenario == "" && e.Step == results.SetupStep:
 			setupEvents = append(setupEvents, e)
 			continue
 		}
@@ -475,7 +483,7 @@ func buildPage(c Contents, o htmlOptions) page {
 			}
 			return list[i].key.step < list[j].key.step
 		})
-		sv := scenarioView{Name: s, ID: fmt.Sprintf("scenario-%d", si+1)}
+		sv := scenarioView{Name: s, ID: fmt.Sprintf("scenario-%d", si+1), Where: where[s]}
 		for ti, d := range list {
 			st := buildStep(d, fmt.Sprintf("%s-step-%d", sv.ID, ti+1))
 			b.Steps++

@@ -304,7 +304,6 @@ func (w *Wire) Witnessed() bool {
 // cleartext.
 const FailureWirePlaintext = "mTLS claimed, plaintext on the wire"
 
-
 // Row is one row of an expect step's table: the pair, what was expected,
 // what the last round saw, the counts over the whole wait and why it did
 // not match ("" when it did).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/local/binaries"
 	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/probe"
+	"github.com/meshproof/meshproof/harness/internal/schedule"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
 	"github.com/meshproof/meshproof/harness/results"
@@ -53,12 +55,23 @@ type clusterState struct {
 	ledger     *ledger.Ledger // what the run created on the cluster
 	mesh       *mesh.Mesh     // set once the installer returned one, even partly installed
 	engine     *engine.Engine
+	image      string // the echo image's reference, for isolated scenarios' fixtures
+	// serial says why every scenario on the cluster runs alone despite
+	// WithParallel (a fixture namespace that was there before the run).
+	serial string
+	// lock is held shared by isolated scenarios and exclusively by those
+	// that run alone.
+	lock schedule.Lock
 }
 
 // ephemeral is implemented by providers whose Destroy removes the whole
-// cluster (a kind cluster the run created): sweeping it first is wasted
-// time.
+// cluster (a kind cluster the run created, a rehearsal's local cluster):
+// sweeping it first is wasted time.
 type ephemeral interface{ Ephemeral() bool }
+
+// remainer is an ephemeral provider that says itself what is left of its
+// cluster when teardown could not finish, and how to remove it.
+type remainer interface{ Remains() string }
 
 // usedClusters are the clusters some selected scenario runs on.
 func (r *Run) usedClusters() []*scenario.Cluster {
@@ -89,6 +102,9 @@ func (r *Run) Setup(ctx context.Context) error {
 			err = fmt.Errorf("cluster %s: %w", c.Name, err)
 			break
 		}
+	}
+	if err == nil {
+		r.settleSchedule()
 	}
 	v := results.Verdict{Step: results.SetupStep, Kind: results.SetupStep, Status: results.Passed, Started: started, Duration: time.Since(started)}
 	if err != nil {
@@ -204,7 +220,20 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 		return err
 	}
 
-	if err := r.phase(c, "fixtures", func() error {
+	st.image = ref
+	if r.o.parallel > 1 {
+		mine, err := r.existingFixtureNamespaces(ctx, st)
+		if err != nil {
+			return err
+		}
+		if len(mine) > 0 {
+			st.serial = fmt.Sprintf("namespace %s was there before the run (yours): copies of it would not be it, so every scenario runs in it, one at a time", strings.Join(mine, ", "))
+			r.log(c.Name).Info("scenarios run one at a time", "why", st.serial)
+		}
+	}
+	if !r.sharedFixtures(c.Name, st.serial) {
+		r.log(c.Name).Info("fixtures deploy with each scenario, in namespaces of its own")
+	} else if err := r.phase(c, "fixtures", func() error {
 		objs, err := manifests.Render(plan.FixtureOptions(r.suite, c, r.ID(), ref))
 		if err != nil {
 			return err
@@ -213,10 +242,8 @@ func (r *Run) setupCluster(ctx context.Context, c *scenario.Cluster) error {
 		if err != nil {
 			return fmt.Errorf("deploying fixtures: %w", err)
 		}
-		for _, o := range objs {
-			if err := st.ledger.RecordObject(ctx, o); err != nil {
-				return err
-			}
+		if err := st.ledger.RecordObjects(ctx, objs...); err != nil {
+			return err
 		}
 		if err := deploy.Fixtures(ctx, st.kube, objs, deploy.WithTerminatingTimeout(r.o.terminatingTimeout)); err != nil {
 			return fmt.Errorf("deploying fixtures: %w", err)
@@ -544,7 +571,11 @@ func (r *Run) Remains() []string {
 	for _, name := range r.order {
 		st := r.clusters[name]
 		if e, ok := st.provider.(ephemeral); ok && e.Ephemeral() {
-			out = append(out, fmt.Sprintf("kind cluster %s: kind delete cluster --name %s", name, name))
+			if rm, ok := st.provider.(remainer); ok {
+				out = append(out, rm.Remains())
+			} else {
+				out = append(out, fmt.Sprintf("kind cluster %s: kind delete cluster --name %s", name, name))
+			}
 			continue
 		}
 		if st.reached {
@@ -575,14 +606,16 @@ func (r *Run) Kubeconfigs() map[string]string {
 func (r *Run) diagnose(ctx context.Context, sc *scenario.Scenario, step string) string {
 	rel := filepath.Join("diagnostics", "setup")
 	clusters := r.order
+	namespaces := r.namespaces(nil)
 	if sc != nil {
 		rel = filepath.Join("diagnostics", ownership.LabelValue(sc.Name), ownership.LabelValue(step))
 		clusters = []string{sc.Cluster}
+		namespaces = r.namespaces(sc)
 	}
 	budget := diagnosticsTimeout
-	if !r.interruptedAt.IsZero() {
+	if at := r.interrupted(); !at.IsZero() {
 		// Leave half of what remains for the clean-up that follows.
-		budget = (r.o.gracePeriod - time.Since(r.interruptedAt)) / 2
+		budget = (r.o.gracePeriod - time.Since(at)) / 2
 		if budget <= time.Second {
 			r.log().Info("diagnostics skipped: the run was interrupted and its grace period is spent")
 			return ""
@@ -598,7 +631,7 @@ func (r *Run) diagnose(ctx context.Context, sc *scenario.Scenario, step string) 
 		}
 		// A provider that cannot export node logs says so with
 		// errors.ErrUnsupported, which the index notes.
-		opts := []diagnose.Option{diagnose.WithRunID(r.ID()), diagnose.WithExecer(st.execer), diagnose.WithNamespaces(r.namespaces()...),
+		opts := []diagnose.Option{diagnose.WithRunID(r.ID()), diagnose.WithExecer(st.execer), diagnose.WithNamespaces(namespaces...),
 			diagnose.WithNodeLogs(func(dir string) error { return st.provider.ExportLogs(dctx, dir) })}
 		dir := r.folder.Path(rel, name)
 		summary, err := diagnose.New(st.kube, st.clientset, opts...).Collect(dctx, dir)
@@ -615,13 +648,34 @@ func (r *Run) diagnose(ctx context.Context, sc *scenario.Scenario, step string) 
 	return rel
 }
 
-// namespaces are the fixture namespaces and Istio's.
-func (r *Run) namespaces() []string {
-	seen := map[string]bool{scenario.IstioRootNamespace: true}
+// namespaces are Istio's and the fixture namespaces a scenario runs in
+// (its own copies when it is isolated), or those of every scenario that
+// has begun besides the fixtures' own, for the setup (sc nil).
+func (r *Run) namespaces(sc *scenario.Scenario) []string {
 	out := []string{scenario.IstioRootNamespace}
+	add := func(ns ...string) {
+		for _, n := range ns {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	if sc != nil {
+		if st := r.state(sc); st != nil && st.copy != nil {
+			add(st.copy.CopyNamespaces()...)
+			return out
+		}
+	}
+	add(r.fixtureNamespaces()...)
+	return out
+}
+
+// fixtureNamespaces are the namespaces of the file's fixtures, in file
+// order.
+func (r *Run) fixtureNamespaces() []string {
+	var out []string
 	for _, w := range r.suite.Fixtures.Workloads {
-		if !seen[w.Namespace] {
-			seen[w.Namespace] = true
+		if !slices.Contains(out, w.Namespace) {
 			out = append(out, w.Namespace)
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/ledger"
 	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/probe"
+	"github.com/meshproof/meshproof/harness/internal/schedule"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -101,6 +102,9 @@ type settings struct {
 	leaseDuration      time.Duration
 	terminatingTimeout time.Duration
 	gracePeriod        time.Duration
+	parallel           int
+	shard              schedule.Shard
+	scenarioFilter     func(*scenario.Scenario) bool
 }
 
 func defaultSettings() settings {
@@ -117,6 +121,7 @@ func defaultSettings() settings {
 		leaseDuration:      DefaultLeaseDuration,
 		terminatingTimeout: deploy.DefaultTerminatingTimeout,
 		gracePeriod:        DefaultGracePeriod,
+		parallel:           1,
 	}
 }
 
@@ -236,6 +241,36 @@ func WithTerminatingTimeout(d time.Duration) Option {
 // (default DefaultGracePeriod); match it to the caller's own grace period,
 // e.g. Ginkgo's --grace-period.
 func WithGracePeriod(d time.Duration) Option { return func(s *settings) { s.gracePeriod = d } }
+
+// WithParallel runs up to n scenarios at once (default 1; meshproof run
+// and the Ginkgo suite use DefaultParallel). With n > 1 a scenario whose
+// policies touch only its own namespaces runs in a copy of the fixtures it
+// uses, in namespaces named from the run and the scenario, beside others;
+// one that changes what every namespace shares (mesh-scope policies,
+// upgrades, root rotations) runs alone, after them, on the fixtures' own
+// namespaces (package schedule says which and why; Run.Schedule shows
+// it). With 1 every scenario runs on the fixtures' own namespaces, one
+// after the other, in file order.
+func WithParallel(n int) Option { return func(s *settings) { s.parallel = max(n, 1) } }
+
+// Shard is one of Count parts of a file's scenarios (Index from 1), each
+// run by a CI job of its own on a cluster of its own; the zero Shard is the
+// whole run.
+type Shard = schedule.Shard
+
+// ParseShard reads "i/n", as `meshproof run --shard` takes it.
+func ParseShard(s string) (Shard, error) { return schedule.ParseShard(s) }
+
+// WithShard runs only shard's part of the scenarios the label filter
+// selects (schedule.Shard.Select), e.g. one CI job of a matrix; `meshproof
+// report merge` combines the shards' run folders.
+func WithShard(shard schedule.Shard) Option { return func(s *settings) { s.shard = shard } }
+
+// WithScenarioFilter runs only the scenarios keep selects, besides the
+// label filter (the Ginkgo suite passes its --focus and --skip).
+func WithScenarioFilter(keep func(*scenario.Scenario) bool) Option {
+	return func(s *settings) { s.scenarioFilter = keep }
+}
 
 // DefaultProvider is kind for kind clusters and cluster.Existing for
 // existing ones.

@@ -24,11 +24,13 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/meshproof/meshproof/harness/internal/deploy"
 	"github.com/meshproof/meshproof/harness/internal/engine"
+	"github.com/meshproof/meshproof/harness/internal/schedule"
 	"github.com/meshproof/meshproof/harness/junit"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/report"
@@ -75,6 +77,12 @@ type Run struct {
 	life    context.Context
 	endLife context.CancelFunc
 
+	// mu guards what scenarios running at once share: the schedule, their
+	// states, the moment of an interrupt.
+	mu        sync.Mutex
+	sched     *schedule.Schedule
+	scenarios map[string]*scenarioState
+
 	interruptedAt time.Time // when the context of a step or setup ended early
 	setupErr      error
 	tornDown      bool
@@ -104,7 +112,7 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	if err := engine.Unsupported(suite); err != nil {
 		return nil, err
 	}
-	if len(selected(suite, s.labelFilter)) == 0 {
+	if len(selected(suite, s.labelFilter, s.scenarioFilter)) == 0 {
 		// Before the run folder: a run of nothing leaves none behind and
 		// does not move <reports>/latest off the last real run.
 		return nil, ErrNothingSelected
@@ -120,11 +128,31 @@ func New(suite *scenario.Suite, opts ...Option) (*Run, error) {
 	}
 	debugLog := slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})
 	s.logger = slog.New(teeHandler{s.logger.Handler(), debugLog})
-	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder, dataPlane: s.dataPlane}, start: time.Now(), clusters: map[string]*clusterState{}, logFile: logFile}
+	r := &Run{suite: suite, o: s, folder: folder, rec: &recorder{to: folder, dataPlane: s.dataPlane}, start: time.Now(), clusters: map[string]*clusterState{},
+		scenarios: map[string]*scenarioState{}, logFile: logFile}
+	if err := r.writeRunInfo(); err != nil {
+		return nil, errors.Join(err, folder.Close(), logFile.Close())
+	}
 	addKubeLogSink(r, debugLog)
 	r.life, r.endLife = context.WithCancel(context.Background())
 	r.log().Info("run started", "run", folder.ID, "reports", folder.Dir)
 	return r, nil
+}
+
+// writeRunInfo writes run.json: the scenarios planned, this run's part of
+// them, and its shard, which `meshproof report merge` checks.
+func (r *Run) writeRunInfo() error {
+	info := report.RunInfo{ID: r.ID(), Suite: r.o.suiteName, Planned: []string{}, Scenarios: []string{}}
+	if r.o.shard.Count > 0 {
+		info.Shard = r.o.shard.String()
+	}
+	for _, sc := range r.Planned() {
+		info.Planned = append(info.Planned, sc.Name)
+	}
+	for _, sc := range r.Scenarios() {
+		info.Scenarios = append(info.Scenarios, sc.Name)
+	}
+	return report.WriteRunInfo(r.Dir(), info)
 }
 
 // OverrideIstioVersion installs version on every cluster instead of the
@@ -154,8 +182,17 @@ func (r *Run) Dir() string { return r.folder.Dir }
 // JUnitPath is where the run's JUnit report goes.
 func (r *Run) JUnitPath() string { return r.folder.JUnitPath() }
 
-// Scenarios are the scenarios the label filter selects, in file order.
-func (r *Run) Scenarios() []*scenario.Scenario { return selected(r.suite, r.o.labelFilter) }
+// Scenarios are the scenarios the run runs, in file order: those the
+// label filter (and WithScenarioFilter) selects, and of them the shard's
+// (WithShard).
+func (r *Run) Scenarios() []*scenario.Scenario {
+	return r.o.shard.Select(r.suite, r.Planned())
+}
+
+// Planned are the scenarios the label filter (and WithScenarioFilter)
+// selects, in file order, before a shard takes its part: what the shards
+// of one run cover together.
+func (r *Run) Planned() []*scenario.Scenario { return selected(r.suite, r.o.labelFilter, r.o.scenarioFilter) }
 
 // ErrNothingSelected is New's error when the label filter selects no
 // scenario of the suite: a mistake on the command line, not a run.
@@ -171,20 +208,25 @@ func Select(suite *scenario.Suite, expr string) ([]*scenario.Scenario, error) {
 		return nil, err
 	}
 	opt(&s)
-	return selected(suite, s.labelFilter), nil
+	return selected(suite, s.labelFilter, nil), nil
 }
 
-// selected are the scenarios of suite filter selects, in file order.
-func selected(suite *scenario.Suite, filter types.LabelFilter) []*scenario.Scenario {
+// selected are the scenarios of suite filter (and keep, when set) select,
+// in file order.
+func selected(suite *scenario.Suite, filter types.LabelFilter, keep func(*scenario.Scenario) bool) []*scenario.Scenario {
 	var out []*scenario.Scenario
 	for i := range suite.Scenarios {
 		sc := &suite.Scenarios[i]
-		if filter == nil || filter(junit.Labels(sc)) {
+		if (filter == nil || filter(junit.Labels(sc))) && (keep == nil || keep(sc)) {
 			out = append(out, sc)
 		}
 	}
 	return out
 }
+
+// Shard is the part of the planned scenarios this run runs (WithShard);
+// Count is 0 for a run of all of them.
+func (r *Run) Shard() schedule.Shard { return r.o.shard }
 
 // Verdicts are the verdicts recorded so far.
 func (r *Run) Verdicts() []results.Verdict { return r.rec.verdictList() }
@@ -201,47 +243,110 @@ func (r *Run) log(cluster ...string) *slog.Logger {
 // noteInterrupt remembers when the run was first interrupted: what is left
 // of the grace period bounds diagnostics and clean-up.
 func (r *Run) noteInterrupt(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) && r.interruptedAt.IsZero() {
 		r.interruptedAt = time.Now()
 	}
 }
 
-// BeginScenario prepares a scenario: it removes every policy of this run,
-// so that each scenario starts from Istio's defaults.
+// interrupted is when the run was first interrupted, zero if never.
+func (r *Run) interrupted() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.interruptedAt
+}
+
+// BeginScenario prepares a scenario. An isolated one (Schedule) gets its
+// own copy of the fixtures it uses, in namespaces named from the run and
+// the scenario and written in the ledger first; either way the scenario's
+// policies of any earlier attempt are removed, so that it starts from
+// Istio's defaults.
 func (r *Run) BeginScenario(ctx context.Context, sc *scenario.Scenario) error {
 	st, err := r.ready(sc)
 	if err != nil {
 		return err
 	}
-	r.log(sc.Cluster).Info("scenario", "scenario", sc.Name)
 	started := time.Now()
-	if err := st.engine.RemovePolicies(ctx); err != nil {
-		r.noteInterrupt(ctx)
-		err = fmt.Errorf("preparing scenario %s: %w", sc.Name, err)
-		// The scenario's first step fails with it, as under Ginkgo (its
-		// BeforeAll failing fails the first spec): a scenario that could
-		// not start is a failure, not a skip.
-		v := engine.Verdict(sc, 0, started, time.Since(started), err)
-		v.Diagnostics = r.diagnose(ctx, sc, "begin")
-		r.rec.RecordVerdict(v)
-		return err
+	state := &scenarioState{sc: sc}
+	isolated := r.isolated(sc)
+	if isolated {
+		cp, err := r.beginIsolated(ctx, st, sc)
+		state.copy = cp // its namespaces go at the end, also after a failure
+		if err == nil {
+			state.sc = cp.Scenario
+		}
+		r.setState(sc, state)
+		if err != nil {
+			return r.beginFailed(ctx, sc, started, err)
+		}
+		state.engine = st.engine.For(cp.Suite, cp.Scenario)
+		where := "in namespaces of its own: " + strings.Join(cp.CopyNamespaces(), ", ")
+		r.log(sc.Cluster).Info("scenario", "scenario", sc.Name, "namespaces", strings.Join(cp.CopyNamespaces(), ","), "took", time.Since(started).Round(time.Millisecond))
+		r.scenarioEvent(sc, results.EventScenarioStarted, where+", beside others")
+	} else {
+		state.engine = st.engine.For(r.suite, sc)
+		r.setState(sc, state)
+		why := r.aloneWhy(sc)
+		r.log(sc.Cluster).Info("scenario", "scenario", sc.Name, "alone", why)
+		r.scenarioEvent(sc, results.EventScenarioStarted, "alone, on the fixtures' own namespaces: "+why)
+	}
+	if err := state.engine.RemovePolicies(ctx); err != nil {
+		return r.beginFailed(ctx, sc, started, err)
 	}
 	return nil
+}
+
+// beginFailed records why sc could not start as its first step's failure,
+// as under Ginkgo (its BeforeAll failing fails the first spec): a scenario
+// that could not start is a failure, not a skip.
+func (r *Run) beginFailed(ctx context.Context, sc *scenario.Scenario, started time.Time, err error) error {
+	r.noteInterrupt(ctx)
+	err = fmt.Errorf("preparing scenario %s: %w", sc.Name, err)
+	v := engine.Verdict(sc, 0, started, time.Since(started), err)
+	v.Diagnostics = r.diagnose(ctx, sc, "begin")
+	r.rec.RecordVerdict(v)
+	return err
+}
+
+// aloneWhy is why sc runs alone, as the schedule says.
+func (r *Run) aloneWhy(sc *scenario.Scenario) string {
+	for _, p := range r.Schedule().Alone {
+		if p.Scenario.Name == sc.Name {
+			return p.Alone
+		}
+	}
+	return "not scheduled"
+}
+
+func (r *Run) setState(sc *scenario.Scenario, s *scenarioState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.scenarios[sc.Name] = s
+}
+
+func (r *Run) state(sc *scenario.Scenario) *scenarioState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.scenarios[sc.Name]
 }
 
 // RunStep runs step index of sc, records its verdict and, when it failed,
 // collects diagnostics into diagnostics/<scenario>/<step>/.
 func (r *Run) RunStep(ctx context.Context, sc *scenario.Scenario, index int) error {
-	st, err := r.ready(sc)
-	if err != nil {
+	if _, err := r.ready(sc); err != nil {
 		return err
+	}
+	state := r.state(sc)
+	if state == nil || state.engine == nil {
+		return fmt.Errorf("scenario %s has not begun: call BeginScenario first", sc.Name)
 	}
 	step := &sc.Steps[index]
 	started := time.Now()
-	err = st.engine.RunStep(ctx, sc, index)
+	err := state.engine.RunStep(ctx, state.sc, index)
 	took := time.Since(started)
 	v := engine.Verdict(sc, index, started, took, err)
-	v.EnforcedAfter = st.engine.EnforcedAfter(sc.Name, step.Name)
+	v.EnforcedAfter = state.engine.EnforcedAfter(sc.Name, step.Name)
 	if err != nil {
 		r.noteInterrupt(ctx)
 		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
@@ -263,15 +368,35 @@ func (r *Run) SkipStep(sc *scenario.Scenario, index int, reason string) {
 		Reason: reason, Started: time.Now(), Source: st.Source.Position.String()})
 }
 
-// EndScenario removes the scenario's policies, also after it failed.
+// EndScenario removes the scenario's policies and, for an isolated one,
+// its namespaces (through the ledger), also after it failed.
 func (r *Run) EndScenario(ctx context.Context, sc *scenario.Scenario) error {
 	st := r.clusters[sc.Cluster]
-	if st == nil || st.engine == nil {
+	state := r.state(sc)
+	if st == nil || state == nil {
 		return nil
 	}
-	if err := st.engine.RemovePolicies(ctx); err != nil {
+	var errs []error
+	if state.engine != nil {
+		if err := state.engine.RemovePolicies(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	detail := "its policies removed"
+	if state.copy != nil {
+		names := state.copy.CopyNamespaces()
+		if err := st.ledger.RemoveNamespaces(ctx, names...); err != nil {
+			errs = append(errs, err)
+		} else {
+			detail += "; namespaces " + strings.Join(names, ", ") + " removed"
+			r.log(sc.Cluster).Info("scenario's namespaces removed", "scenario", sc.Name, "namespaces", strings.Join(names, ","))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		r.scenarioEvent(sc, results.EventScenarioEnded, "clean-up failed: "+err.Error())
 		return fmt.Errorf("cleaning up after scenario %s: %w", sc.Name, err)
 	}
+	r.scenarioEvent(sc, results.EventScenarioEnded, detail)
 	return nil
 }
 
@@ -339,7 +464,7 @@ func (r *Run) Summary() Summary {
 // what Ginkgo saw (suites/spec): the same report.
 func (r *Run) Close() error {
 	r.closeOnce.Do(func() {
-		for _, v := range results.NotRun(r.Scenarios(), r.rec.verdictList(), !r.interruptedAt.IsZero(), time.Now()) {
+		for _, v := range results.NotRun(r.Scenarios(), r.rec.verdictList(), !r.interrupted().IsZero(), time.Now()) {
 			r.rec.RecordVerdict(v)
 		}
 		report := junit.FromVerdicts(r.o.suiteName, r.Scenarios(), r.rec.verdictList(), r.start, time.Since(r.start))
@@ -352,7 +477,8 @@ func (r *Run) Close() error {
 }
 
 // Execute runs the whole job: Setup, every selected scenario's steps in
-// order (after a failed step the scenario's remaining steps are skipped),
+// order under the schedule (Start: up to WithParallel scenarios at once;
+// after a failed step the scenario's remaining steps are skipped),
 // Teardown and Close (which writes junit.xml and report.html). ctx
 // ends the run early (the first Ctrl-C); cleanup bounds Teardown (a second
 // Ctrl-C cancels it). The error is the first failure of the run's own
@@ -361,12 +487,7 @@ func (r *Run) Close() error {
 func (r *Run) Execute(ctx, cleanup context.Context) (Summary, error) {
 	var errs []error
 	if r.Setup(ctx) == nil {
-		for _, sc := range r.Scenarios() {
-			if ctx.Err() != nil {
-				break
-			}
-			r.runScenario(ctx, cleanup, sc)
-		}
+		r.Start(ctx, cleanup).Wait()
 	}
 	if err := r.Teardown(cleanup); err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
@@ -375,20 +496,30 @@ func (r *Run) Execute(ctx, cleanup context.Context) (Summary, error) {
 	return r.Summary(), errors.Join(errs...)
 }
 
-func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario) {
+// runScenario runs sc from its beginning to its end, telling p as it goes.
+func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario, p *Progress) {
 	// A step not run gets its skipped verdict, with the reason, in Close.
-	if r.BeginScenario(ctx, sc) == nil {
+	err := r.BeginScenario(ctx, sc)
+	p.mark(sc, func(p *scenarioProgress) { closeWith(p.began, &p.beginErr, err) })
+	if err == nil {
 		for i := range sc.Steps {
-			if ctx.Err() != nil || r.RunStep(ctx, sc, i) != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			err := r.RunStep(ctx, sc, i)
+			p.mark(sc, func(p *scenarioProgress) { closeWith(p.steps[i], &p.stepErrs[i], err) })
+			if err != nil {
 				break
 			}
 		}
 	}
-	// Policies go even when the run was interrupted: the cleanup context
-	// still runs.
-	if err := r.EndScenario(cleanup, sc); err != nil {
+	// Policies and namespaces go even when the run was interrupted: the
+	// cleanup context still runs.
+	err = r.EndScenario(cleanup, sc)
+	if err != nil {
 		r.log(sc.Cluster).Error("ending the scenario failed", "scenario", sc.Name, "error", err)
 	}
+	p.mark(sc, func(p *scenarioProgress) { closeWith(p.ended, &p.endErr, err) })
 }
 
 // recorder keeps the verdicts (for JUnit and the summary) and passes

@@ -17,6 +17,7 @@ var (
 	reportsDir    = flag.String("reports", "../../reports", "where run folders (junit.xml, results.json, diagnostics) are written")
 	keep          = flag.Bool("keep", false, "leave clusters, Istio and fixtures in place after the run, for debugging")
 	istioVersion  = flag.String("istio-version", "", "install this Istio version on every cluster instead of the file's (CI's version matrix)")
+	parallel      = flag.Int("parallel", run.DefaultParallel, "run up to N scenarios at once in this process, isolated ones in namespaces of their own (1: one after the other)")
 )
 
 func TestMTLS(t *testing.T) {

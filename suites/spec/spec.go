@@ -99,8 +99,10 @@ func Declare(s *scenario.Suite, r Runner, opts ...Option) bool {
 }
 
 func declareScenario(sc *scenario.Scenario, r Runner) {
-	// Serial: scenarios on one cluster share its mesh-wide and namespace
-	// policies, so two of them must never run at once.
+	// Serial: Ginkgo's parallel processes never run scenarios at once. A
+	// runner that does (the run library's schedule: isolated scenarios
+	// beside each other, the others alone) runs them in one process and
+	// its specs report each step as it ends.
 	Describe(sc.Name, Ordered, Serial, Label(sc.Labels...), func() {
 		BeforeAll(func(ctx SpecContext) {
 			progress("scenario %s on %s", sc.Name, sc.Cluster)
