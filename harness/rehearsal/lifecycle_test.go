@@ -3,6 +3,7 @@ package rehearsal_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/meshproof/meshproof/harness/internal/ledger"
 	"github.com/meshproof/meshproof/harness/rehearsal"
 	"github.com/meshproof/meshproof/harness/report"
 	"github.com/meshproof/meshproof/harness/results"
@@ -157,8 +159,10 @@ func (w lineWatcher) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// SIGINT to `meshproof run --rehearse` in the middle of a step: the run
-// stops, cleans up, still writes junit.xml and results.json, exits 1, and
+// SIGINT to `meshproof run --rehearse` in the middle of two scenarios
+// running at once, each in namespaces of its own with its own proxyless
+// processes: the run stops, removes each scenario's namespaces through the
+// ledger, cleans up, still writes junit.xml and results.json, exits 1, and
 // no process it started is left.
 func TestInterruptedCommandLeavesNothing(t *testing.T) {
 	t.Parallel()
@@ -192,6 +196,7 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 	var descendants []proctree.Process
 	deadline := time.After(10 * time.Minute)
 	interrupted := false
+	begun := map[string]bool{} // scenarios whose first step passed
 	for !interrupted {
 		select {
 		case line, ok := <-lines:
@@ -200,7 +205,12 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 			}
 			output.WriteString(line + "\n")
 			if strings.Contains(line, "step passed") && strings.Contains(line, `step="1 mtls`) {
-				// The expect step has begun; let it run a little.
+				_, name, _ := strings.Cut(line, "scenario=")
+				name, _, _ = strings.Cut(name, " ")
+				begun[name] = true
+			}
+			if len(begun) == 2 {
+				// Both expect steps have begun; let them run a little.
 				time.Sleep(3 * time.Second)
 				if descendants, err = proctree.Descendants(cmd.Process.Pid); err != nil {
 					t.Fatal(err)
@@ -226,10 +236,11 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 	if len(descendants) < 6 {
 		t.Errorf("only %d processes under meshproof before the interrupt (%v), want the local cluster's parts and istiod", len(descendants), descendants)
 	}
-	// grpc-a's pod and its client pod: a pilot-agent and an echo each.
+	// grpc-a's pod and its client pod in each scenario's copy: a
+	// pilot-agent and an echo each.
 	names := proctree.Names(descendants)
-	if names["pilot-agent"] != 2 || names["echo"] != 2 {
-		t.Errorf("processes under meshproof before the interrupt: %v, want the pilot-agent and echo of grpc-a's two pods", names)
+	if names["pilot-agent"] != 4 || names["echo"] != 4 {
+		t.Errorf("processes under meshproof before the interrupt: %v, want the pilot-agent and echo of grpc-a's two pods in each of the two scenarios' namespaces", names)
 	}
 	for _, p := range descendants {
 		if p.Alive() {
@@ -241,27 +252,39 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 			t.Errorf("the clean-up did not finish cleanly (%q in the output)", bad)
 		}
 	}
-	if !strings.Contains(output.String(), "removed") {
-		t.Error("the output shows no clean-up of the run's objects")
+	if n := strings.Count(output.String(), "scenario's namespaces removed"); n != 2 {
+		t.Errorf("the output shows %d scenarios' namespaces removed, want both", n)
 	}
 	dir, err := filepath.EvalSymlinks(filepath.Join(reports, report.LatestLink))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := readFolder(t, dir)
-	var never *results.Verdict
-	for i, v := range f.verdicts {
-		if v.Step == "never" {
-			never = &f.verdicts[i]
+	nevers := 0
+	for _, v := range f.verdicts {
+		if v.Step != "never" {
+			continue
+		}
+		nevers++
+		if v.Status == results.Passed {
+			t.Errorf("the interrupted step of %s passed", v.Scenario)
 		}
 	}
-	if never == nil || never.Status == results.Passed {
-		t.Errorf("the interrupted step's verdict is %+v, want failed or skipped", never)
+	if nevers != 2 {
+		t.Errorf("%d verdicts of the interrupted steps, want 2 (failed or skipped)", nevers)
+	}
+	var rec ledger.Record
+	if data, err := os.ReadFile(filepath.Join(dir, ledger.FileName)); err != nil {
+		t.Error(err)
+	} else if err := json.Unmarshal(data, &rec); err != nil {
+		t.Error(err)
+	} else if len(rec.Removed) != 2 {
+		t.Errorf("the ledger lists %d namespaces removed (%v), want each scenario's", len(rec.Removed), rec.Removed)
 	}
 	if f.junit.Tests == 0 {
 		t.Error("junit.xml has no testcase")
 	}
-	f.labelled(t)
+	f.proxylessLabelled(t, 7070, "grpc-a")
 }
 
 // The root CA is rotated (Istio's multi-root procedure) and Istio upgraded

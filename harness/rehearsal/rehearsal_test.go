@@ -139,6 +139,13 @@ func newRunSelecting(t *testing.T, c *testCluster, path, labelFilter string, w i
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newRunWith(t, c, path, w, []run.Option{filter}, opts...)
+}
+
+// newRunWith is newRunLogging with run options of the test's own (given
+// before the rehearsal's, which win).
+func newRunWith(t *testing.T, c *testCluster, path string, w io.Writer, runOpts []run.Option, opts ...rehearsal.Option) *run.Run {
+	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +155,7 @@ func newRunSelecting(t *testing.T, c *testCluster, path, labelFilter string, w i
 		t.Fatal(err)
 	}
 	logger := slog.New(run.NewProgressHandler(w))
-	r, err := run.New(suite, append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger), filter},
+	r, err := run.New(suite, append(append([]run.Option{run.WithReports(t.TempDir()), run.WithSuiteName(run.SuiteName(path)), run.WithLogger(logger)}, runOpts...),
 		rehearsal.New(append([]rehearsal.Option{rehearsal.WithCluster(rehearsal.Borrow(c.Cluster)), rehearsal.WithLogger(logger)}, opts...)...).RunOptions()...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -488,11 +495,15 @@ func (f runFolder) wireVerdicts(t *testing.T) {
 }
 
 // The default scenarios pass on the rehearsal, end to end, through the same
-// run library as meshproof run; every observation carries its expectation.
+// run library as meshproof run, as many at once as meshproof run runs them;
+// every observation carries its expectation, and the expect steps after
+// mtls steps say how long their policies took to be enforced. Then
+// the same file in two shards, merged, gives the JUnit testcases of the
+// unsharded run, each once.
 func TestDefaultScenariosPass(t *testing.T) {
 	t.Parallel()
 	c := takeCluster(t)
-	r := newRun(t, c, "../../scenarios.yaml")
+	r := newRunWith(t, c, "../../scenarios.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel)})
 	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() || sum.Passed == 0 {
@@ -538,6 +549,54 @@ func TestDefaultScenariosPass(t *testing.T) {
 			t.Errorf("report.html marks no cell %q", want)
 		}
 	}
+	shardsMergeToTheWholeRun(t, c, f)
+}
+
+// shardsMergeToTheWholeRun rehearses scenarios.yaml again in two shards on
+// c, merges their folders and checks that the merged JUnit holds exactly
+// the testcases of the unsharded run whole, none twice.
+func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
+	t.Helper()
+	var dirs []string
+	for i := 1; i <= 2; i++ {
+		sh := run.Shard{Index: i, Count: 2}
+		r := newRunWith(t, c, "../../scenarios.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel), run.WithShard(sh)})
+		if n := len(r.Scenarios()); n == 0 || n == len(r.Planned()) {
+			t.Errorf("shard %s runs %d of %d scenarios", sh, n, len(r.Planned()))
+		}
+		if sum := execute(t, c, r); !sum.OK() {
+			t.Errorf("shard %s: %+v", sh, sum)
+		}
+		dirs = append(dirs, r.Dir())
+	}
+	out := filepath.Join(t.TempDir(), "merged")
+	if _, err := report.Merge(out, dirs...); err != nil {
+		t.Fatal(err)
+	}
+	merged := readFolder(t, out)
+	names := func(f runFolder) []string {
+		var out []string
+		for _, s := range f.junit.TestSuites {
+			for _, tc := range s.TestCases {
+				out = append(out, tc.Name)
+			}
+		}
+		return out
+	}
+	got, want := names(merged), names(whole)
+	seen := map[string]int{}
+	for _, n := range got {
+		if seen[n]++; seen[n] == 2 {
+			t.Errorf("the merged JUnit holds %q twice", n)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the merged JUnit's testcases differ from the unsharded run's:\n got  %q\n want %q", got, want)
+	}
+	if merged.junit.Failures != 0 || len(merged.verdicts) != len(whole.verdicts) {
+		t.Errorf("merged: %d failures, %d verdicts; the whole run had %d verdicts", merged.junit.Failures, len(merged.verdicts), len(whole.verdicts))
+	}
+	merged.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
 }
 
 // The ambient migration recipe, examples/ambient-migration.yaml, passes as
