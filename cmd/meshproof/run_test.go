@@ -16,7 +16,7 @@ func TestRunHelp(t *testing.T) {
 	if code := run([]string{"run", "--help"}, &out, &errOut); code != exitOK {
 		t.Fatalf("run --help exit %d, stderr %s", code, errOut.String())
 	}
-	for _, want := range []string{"Usage: meshproof run", "--label-filter", "--reports", "Exit status"} {
+	for _, want := range []string{"Usage: meshproof run", "--label-filter", "--reports", "Exit status", "--parallel", "(default 4, for a CI runner of two\ncores", "--shard", "report\nmerge"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("run --help does not mention %q:\n%s", want, out.String())
 		}
@@ -29,6 +29,9 @@ func TestRunUsageErrors(t *testing.T) {
 		"bad flag":     {"run", "--no-such-flag"},
 		"bad filter":   {"run", "../../scenarios.yaml", "--label-filter", "strict &&"},
 		"filters none": {"run", "../../scenarios.yaml", "--label-filter", "no-such-label", "--reports", t.TempDir()},
+		"parallel 0":   {"run", "../../scenarios.yaml", "--parallel", "0"},
+		"bad shard":    {"run", "../../scenarios.yaml", "--shard", "3/2"},
+		"shard words":  {"run", "../../scenarios.yaml", "--shard", "first"},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(args, &out, &errOut); code != exitUsage {
@@ -224,5 +227,93 @@ func finalLinesTellTheFolder(t *testing.T, stdout, folder string) {
 	}
 	if last := lines[len(lines)-1]; !strings.HasSuffix(last, "("+strings.Join(want, ", ")+")") || !strings.Contains(last, "events.json") {
 		t.Errorf("the last line %q does not list what the run folder holds: %q", last, want)
+	}
+}
+
+// A shard that gets none of the file's scenarios says so and passes,
+// touching no cluster (the file's is unreachable), and still writes its run
+// folder, which report merge counts as that shard's; merging it without
+// the other shard, or twice, is refused.
+func TestRunEmptyShardPasses(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "one.yaml")
+	if err := os.WriteFile(file, []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters:
+- name: gone
+  provider: existing
+  existing: {kubeconfig: nowhere, image: {ref: "example.com/echo:1"}}
+  istio: {version: 1.30.3}
+scenarios:
+- name: only
+  steps:
+  - mtls: {peerAuthentications: [{scope: namespace, mode: STRICT}]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reports := filepath.Join(dir, "reports")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"run", file, "--shard", "2/2", "--reports", reports}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d, want 0\n%s%s", code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "shard 2/2 gets none of the 1 selected scenarios") || !strings.Contains(out.String(), "PASSED") {
+		t.Errorf("the empty shard does not say so:\n%s", out.String())
+	}
+	latest := filepath.Join(reports, "latest")
+	info, err := os.ReadFile(filepath.Join(latest, "run.json"))
+	if err != nil || !strings.Contains(string(info), `"shard": "2/2"`) || !strings.Contains(string(info), `"scenarios": []`) {
+		t.Errorf("run.json: %s, %v", info, err)
+	}
+	for name, args := range map[string][]string{
+		"shard 1/2 missing": {"report", "merge", latest, "-o", filepath.Join(dir, "m1")},
+		"shard twice":       {"report", "merge", latest, latest, "-o", filepath.Join(dir, "m2")},
+	} {
+		out.Reset()
+		errOut.Reset()
+		if code := run(args, &out, &errOut); code != exitInvalid {
+			t.Errorf("%s: exit %d, want 1", name, code)
+		}
+		t.Logf("%s: %s", name, errOut.String())
+		if !strings.Contains(errOut.String(), "1/2") && !strings.Contains(errOut.String(), "twice") {
+			t.Errorf("%s: the error names no shard: %s", name, errOut.String())
+		}
+	}
+	if code := run([]string{"report", "merge"}, &out, &errOut); code != exitUsage {
+		t.Errorf("report merge without folders: exit %d, want 2", code)
+	}
+}
+
+// plan shows the schedule a run follows: the default scenarios together,
+// each in namespaces of its own; a file whose scenarios all change
+// mesh-wide state one at a time, each saying why; --parallel 1 one at a
+// time in file order.
+func TestPlanShowsTheSchedule(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"plan", "../../scenarios.yaml"}, &out, &errOut); code != exitOK {
+		t.Fatalf("plan: exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"Schedule (--parallel 4)", "up to 4 at once, each in namespaces of its own, longest first:", "workload-cert-rotation (about 38s)",
+		"in its own copy of service-a, service-b, legacy, in namespace meshproof-strict-"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("plan of scenarios.yaml lacks %q", want)
+		}
+	}
+	out.Reset()
+	if code := run([]string{"plan", "../../harness/rehearsal/testdata/mesh-only.yaml"}, &out, &errOut); code != exitOK {
+		t.Fatalf("plan: exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"every scenario runs alone, one after the other, on the fixtures' own namespaces:",
+		`mesh-strict: step "1 mtls mesh STRICT" (../../harness/rehearsal/testdata/mesh-only.yaml:19:5) applies a mesh-scope PeerAuthentication`,
+		"mesh-dr: step", "mesh-wide DestinationRule"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("plan of mesh-only.yaml lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	if code := run([]string{"plan", "../../scenarios.yaml", "--parallel", "1"}, &out, &errOut); code != exitOK {
+		t.Fatalf("plan: exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "every scenario runs alone: --parallel 1") {
+		t.Errorf("plan --parallel 1 does not say it runs one at a time")
 	}
 }

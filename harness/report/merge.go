@@ -244,4 +244,3 @@ func copyTree(src, dst string) error {
 		return os.WriteFile(target, data, fileMode)
 	})
 }
-
