@@ -17,6 +17,8 @@ REPORTS ?= reports
 # ISTIO_VERSION, when set, overrides the Istio version of every cluster.
 ISTIO_VERSION ?=
 GINKGO_FLAGS ?=
+# More meshproof run flags for make rehearse, e.g. '--parallel 1'.
+REHEARSE_FLAGS ?=
 TEST_TIMEOUT ?= 30m
 # Test packages run at once, half of them from each list below. Most of
 # their time is spent waiting on API servers, local clusters and
@@ -113,7 +115,7 @@ e2e:
 # The first rehearsal builds the local cluster's binaries from source
 # (minutes; cached under $$HOME/.cache/meshproof).
 rehearse:
-	$(GO) run ./cmd/meshproof run $(SCENARIOS) --reports $(REPORTS) --rehearse
+	$(GO) run ./cmd/meshproof run $(SCENARIOS) --reports $(REPORTS) --rehearse $(REHEARSE_FLAGS)
 
 validate:
 	$(GO) run ./cmd/meshproof validate $(SCENARIOS)

@@ -72,6 +72,11 @@ func Fixtures(ctx context.Context, c client.Client, objs []client.Object, opts .
 	return WaitRolledOut(ctx, c, deployments...)
 }
 
+// rolloutPollInterval is how often WaitRolledOut reads the Deployments: a
+// few reads a second, since each scenario running in namespaces of its own
+// waits for its fixtures' rollout before its first step.
+const rolloutPollInterval = 250 * time.Millisecond
+
 // WaitRolledOut waits until every Deployment has rolled out its latest
 // template with all replicas available, as `kubectl rollout status` does.
 // It is bounded by ctx.
@@ -90,7 +95,7 @@ func WaitRolledOut(ctx context.Context, c client.Client, deployments ...client.O
 			}
 		}
 		return true, nil
-	}, wait.WithContext(ctx), wait.WithInterval(time.Second), wait.WithTimeout(timeLeft(ctx)), wait.WithImmediate())
+	}, wait.WithContext(ctx), wait.WithInterval(rolloutPollInterval), wait.WithTimeout(timeLeft(ctx)), wait.WithImmediate())
 	if err != nil {
 		return fmt.Errorf("waiting for rollout: %s: %w", pending, err)
 	}

@@ -20,7 +20,9 @@ import (
 )
 
 const (
-	readyPollInterval = 2 * time.Second
+	// readyPollInterval is how often the readiness waits look: a few
+	// times a second, since they are on the path to a run's first step.
+	readyPollInterval = 500 * time.Millisecond
 	// probeImage is never pulled: the probe pod is only created in dry-run.
 	probeImage = "registry.k8s.io/pause:3.10"
 )
