@@ -72,10 +72,11 @@ func Fixtures(ctx context.Context, c client.Client, objs []client.Object, opts .
 	return WaitRolledOut(ctx, c, deployments...)
 }
 
-// rolloutPollInterval is how often WaitRolledOut reads the Deployments: a
-// few reads a second, since each scenario running in namespaces of its own
-// waits for its fixtures' rollout before its first step.
-const rolloutPollInterval = 250 * time.Millisecond
+// rolloutPollInterval is how often WaitRolledOut reads the Deployments:
+// twice a second, since each scenario running in namespaces of its own
+// waits for its fixtures' rollout before its first step, yet within what a
+// client of client-go's default rate (5 requests a second) keeps up with.
+const rolloutPollInterval = 500 * time.Millisecond
 
 // WaitRolledOut waits until every Deployment has rolled out its latest
 // template with all replicas available, as `kubectl rollout status` does.
