@@ -192,7 +192,9 @@ func (r *Run) Scenarios() []*scenario.Scenario {
 // Planned are the scenarios the label filter (and WithScenarioFilter)
 // selects, in file order, before a shard takes its part: what the shards
 // of one run cover together.
-func (r *Run) Planned() []*scenario.Scenario { return selected(r.suite, r.o.labelFilter, r.o.scenarioFilter) }
+func (r *Run) Planned() []*scenario.Scenario {
+	return selected(r.suite, r.o.labelFilter, r.o.scenarioFilter)
+}
 
 // ErrNothingSelected is New's error when the label filter selects no
 // scenario of the suite: a mistake on the command line, not a run.
