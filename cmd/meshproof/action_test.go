@@ -194,7 +194,7 @@ exit 1
 	cmd.Env = append(os.Environ(),
 		"GITHUB_OUTPUT="+outputs, "ARGS_FILE="+argsFile,
 		"MESHPROOF="+fake, "SCENARIOS=my scenarios.yaml", "REPORTS=out",
-		"LABEL_FILTER=mtls && !slow", "ISTIO_VERSION=1.29.6")
+		"LABEL_FILTER=mtls && !slow", "ISTIO_VERSION=1.29.6", "PARALLEL=2", "SHARD=1/2")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("run step: %v\n%s", err, out)
 	}
@@ -202,7 +202,7 @@ exit 1
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"run", "my scenarios.yaml", "--reports", "out", "--label-filter", "mtls && !slow", "--istio-version", "1.29.6"}
+	want := []string{"run", "my scenarios.yaml", "--reports", "out", "--label-filter", "mtls && !slow", "--istio-version", "1.29.6", "--parallel", "2", "--shard", "1/2"}
 	if got := strings.Split(strings.TrimSuffix(string(args), "\n"), "\n"); !slices.Equal(got, want) {
 		t.Errorf("meshproof called with %q, want %q", got, want)
 	}
@@ -220,7 +220,7 @@ exit 1
 	cmd = exec.Command(bash, "-c", runStep.Run)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "GITHUB_OUTPUT="+outputs, "ARGS_FILE="+argsFile,
-		"MESHPROOF="+fake, "SCENARIOS=scenarios.yaml", "REPORTS=r", "LABEL_FILTER=", "ISTIO_VERSION=")
+		"MESHPROOF="+fake, "SCENARIOS=scenarios.yaml", "REPORTS=r", "LABEL_FILTER=", "ISTIO_VERSION=", "PARALLEL=", "SHARD=")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("run step: %v\n%s", err, out)
 	}
@@ -238,7 +238,7 @@ exit 1
 	cmd = exec.Command(bash, "-c", runStep.Run)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "GITHUB_OUTPUT="+outputs, "ARGS_FILE="+argsFile,
-		"MESHPROOF="+fake, "SCENARIOS="+scenarios, "REPORTS="+t.TempDir(), "LABEL_FILTER=no-such-label", "ISTIO_VERSION=1.29.6")
+		"MESHPROOF="+fake, "SCENARIOS="+scenarios, "REPORTS="+t.TempDir(), "LABEL_FILTER=no-such-label", "ISTIO_VERSION=1.29.6", "PARALLEL=2", "SHARD=2/2")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("run step: %v\n%s", err, out)
 	}
