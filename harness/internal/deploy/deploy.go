@@ -81,26 +81,38 @@ const rolloutPollInterval = 500 * time.Millisecond
 // WaitRolledOut waits until every Deployment has rolled out its latest
 // template with all replicas available, as `kubectl rollout status` does.
 // It is bounded by ctx.
+//
+// The error names the Deployment last seen pending and why; a read that
+// failed after that is named after it, not instead of it: the last read
+// of a wait often fails only because the wait is ending (client-go's rate
+// limiter refuses to wait past the deadline).
 func WaitRolledOut(ctx context.Context, c client.Client, deployments ...client.ObjectKey) error {
 	var pending string
+	var readErr error // a failed read after pending
 	err := wait.For(func(ctx context.Context) (bool, error) {
 		for _, key := range deployments {
 			var d appsv1.Deployment
 			if err := c.Get(ctx, key, &d); err != nil {
-				pending = fmt.Sprintf("%s: %v", key, err)
+				readErr = fmt.Errorf("reading %s: %w", key, err)
 				return false, nil
 			}
 			if why := RolloutPending(&d); why != "" {
-				pending = fmt.Sprintf("%s: %s", key, why)
+				pending, readErr = fmt.Sprintf("%s: %s", key, why), nil
 				return false, nil
 			}
 		}
 		return true, nil
 	}, wait.WithContext(ctx), wait.WithInterval(rolloutPollInterval), wait.WithTimeout(timeLeft(ctx)), wait.WithImmediate())
-	if err != nil {
-		return fmt.Errorf("waiting for rollout: %s: %w", pending, err)
+	if err == nil {
+		return nil
 	}
-	return nil
+	switch {
+	case pending == "" && readErr != nil:
+		return fmt.Errorf("waiting for rollout: %w: %w", readErr, err)
+	case readErr != nil:
+		return fmt.Errorf("waiting for rollout: %s; then %w: %w", pending, readErr, err)
+	}
+	return fmt.Errorf("waiting for rollout: %s: %w", pending, err)
 }
 
 // WaitNamespacesGone waits, up to timeout, until none of the named

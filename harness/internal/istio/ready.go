@@ -113,27 +113,39 @@ func daemonSetRolledOut(ctx context.Context, cs kubernetes.Interface, ns, name s
 // readyPollInterval until it reports done or ctx ends, and then names what
 // it waited for and the last state it saw. Errors from check are treated as
 // "not yet" (the API server or a webhook may be briefly unavailable) and
-// reported as the last state.
+// reported after the last state, never instead of it: the last read of a
+// wait often fails only because the wait is ending (client-go's rate
+// limiter refuses to wait past the deadline), which says nothing of what
+// was waited for.
 func poll(ctx context.Context, what string, check func(context.Context) (done bool, state string, err error)) error {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return fmt.Errorf("waiting for %s: no deadline set (internal error: every wait must be bounded)", what)
 	}
-	last := "not checked yet"
+	var last string
+	var lastErr error // a failed check after last
 	err := wait.PollUntilContextTimeout(ctx, readyPollInterval, time.Until(deadline), true, func(ctx context.Context) (bool, error) {
 		done, state, err := check(ctx)
-		switch {
-		case err != nil:
-			last = "error: " + err.Error()
-		default:
-			last = state
+		if err != nil {
+			lastErr = err
+			return false, nil
 		}
-		return done && err == nil, nil
+		last, lastErr = state, nil
+		return done, nil
 	})
-	if err != nil {
-		return fmt.Errorf("timed out waiting for %s; last observed: %s (%w)", what, last, err)
+	if err == nil {
+		return nil
 	}
-	return nil
+	observed := last
+	switch {
+	case last == "" && lastErr == nil:
+		observed = "not checked yet"
+	case last == "":
+		observed = "error: " + lastErr.Error()
+	case lastErr != nil:
+		observed += "; then error: " + lastErr.Error()
+	}
+	return fmt.Errorf("timed out waiting for %s; last observed: %s (%w)", what, observed, err)
 }
 
 // deploymentAvailable reports whether the Deployment has observed its
