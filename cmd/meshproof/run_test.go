@@ -293,9 +293,19 @@ func TestPlanShowsTheSchedule(t *testing.T) {
 		t.Fatalf("plan: exit %d: %s", code, errOut.String())
 	}
 	for _, want := range []string{"Schedule (--parallel 4)", "up to 4 at once, each in namespaces of its own, longest first:", "workload-cert-rotation (about 38s)",
-		"in its own copy of service-a, service-b, legacy, in namespace meshproof-strict-"} {
+		"in its own copy of service-a, service-b, legacy, in namespace meshproof-strict-",
+		"in its own copy of service-a, service-b, legacy, amb-a, amb-b, in namespace meshproof-ambient-"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("plan of scenarios.yaml lacks %q", want)
+		}
+	}
+	// Setup says that the fixtures are deployed by each scenario, in the
+	// operation that deploys them, and keeps its other operations (the
+	// wire witness after it) as they are.
+	for _, want := range []string{`(?m)^  \d+\. no fixtures at setup: each scenario deploys its own copy of those it uses, in namespaces of its own \(see the schedule\), of meshproof/service-a `,
+		`(?m)^  \d+\. deploy the wire witness \(wireWitness on\)`} {
+		if !regexp.MustCompile(want).MatchString(out.String()) {
+			t.Errorf("plan of scenarios.yaml: no setup operation matches %s:\n%s", want, out.String())
 		}
 	}
 	out.Reset()

@@ -88,9 +88,11 @@ func Build(s *scenario.Suite, runID string, opts ...Option) (*Plan, error) {
 		// isolated scenario deploys its own copy.
 		for i := range p.Clusters {
 			cp := &p.Clusters[i]
-			if !slices.ContainsFunc(p.Schedule.Alone, func(pl schedule.Placement) bool { return pl.Scenario.Cluster == cp.Cluster.Name }) && len(cp.Setup) > 0 {
-				last := &cp.Setup[len(cp.Setup)-1]
-				*last = "no fixtures at setup: each scenario deploys its own copy of those it uses, in namespaces of its own (see the schedule), of " + strings.TrimPrefix(*last, "deploy fixtures: ")
+			if slices.ContainsFunc(p.Schedule.Alone, func(pl schedule.Placement) bool { return pl.Scenario.Cluster == cp.Cluster.Name }) {
+				continue
+			}
+			if i := slices.IndexFunc(cp.Setup, func(op string) bool { return strings.HasPrefix(op, deployFixtures) }); i >= 0 {
+				cp.Setup[i] = "no fixtures at setup: each scenario deploys its own copy of those it uses, in namespaces of its own (see the schedule), of " + strings.TrimPrefix(cp.Setup[i], deployFixtures)
 			}
 		}
 	}()
@@ -246,7 +248,7 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		}
 		ws = append(ws, fmt.Sprintf("%s/%s (%s; %s)", w.Namespace, w.Name, where, strings.Join(ports, ", ")))
 	}
-	add("deploy fixtures: %s; wait for their rollout", strings.Join(ws, ", "))
+	add(deployFixtures+"%s; wait for their rollout", strings.Join(ws, ", "))
 	switch w := s.DeployWireWitness(c, false); w {
 	case scenario.WitnessOn, scenario.WitnessRequired:
 		cp.Witness = manifests.WireWitness(runID, PlaceholderImage)
@@ -258,6 +260,10 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 	}
 	return cp, nil
 }
+
+// deployFixtures begins the setup operation that deploys the fixtures,
+// which Build rewrites when every scenario deploys its own copy.
+const deployFixtures = "deploy fixtures: "
 
 func prefixed(prefix, s string) string {
 	if s == "" {
