@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -175,9 +176,18 @@ func checkRun(t *testing.T, dir, line string, args []string) {
 	file, filter := "scenarios.yaml", ""
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; {
-		case a == "--label-filter" || a == "--reports" || a == "--istio-version":
-			if a == "--label-filter" {
+		case a == "--label-filter" || a == "--reports" || a == "--istio-version" || a == "--parallel" || a == "--shard":
+			switch a {
+			case "--label-filter":
 				filter = args[i+1]
+			case "--parallel":
+				if n, err := strconv.Atoi(args[i+1]); err != nil || n < 1 {
+					t.Errorf("%s: --parallel %s is not a number of scenarios", line, args[i+1])
+				}
+			case "--shard":
+				if _, err := meshrun.ParseShard(args[i+1]); err != nil {
+					t.Errorf("%s: %v", line, err)
+				}
 			}
 			i++
 		case strings.HasPrefix(a, "--"):
