@@ -143,7 +143,7 @@ func TestPullFromChartRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := in.Render(t.Context()); err == nil || !strings.Contains(err.Error(), "http://127.0.0.1:1/charts") || !strings.Contains(err.Error(), "WithChartsDir") {
+	if _, err := in.Render(t.Context()); err == nil || !strings.Contains(err.Error(), "http://127.0.0.1:1/charts") || !strings.Contains(err.Error(), istiocharts.Env) || !strings.Contains(err.Error(), "istio.charts") {
 		t.Errorf("unreachable repository: err = %v, want one naming the repository and the offline alternative", err)
 	}
 }
