@@ -65,6 +65,15 @@ func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
 	}
 	certs, err := e.certs.Issue(ctx, pod, ttl)
 	if err != nil {
+		if sc != nil && now.Before(sc.certs.Leaf().NotAfter) {
+			// istio-agent keeps serving the secret it holds while a
+			// renewal fails (istiod restarting, e.g. for a root rotation
+			// or an upgrade) and retries: the certificate is valid until
+			// its NotAfter.
+			e.log.Debug("simulated sidecar keeps its certificate: renewal failed", "pod", pod.Namespace+"/"+pod.Name,
+				"serial", sc.certs.Leaf().SerialNumber.Text(16), "notAfter", sc.certs.Leaf().NotAfter, "error", err)
+			return sc.certs, nil
+		}
 		return nil, fmt.Errorf("the sidecar of %s/%s has no certificate: %w", pod.Namespace, pod.Name, err)
 	}
 	if len(certs.Chain) == 0 || len(certs.Roots) == 0 {

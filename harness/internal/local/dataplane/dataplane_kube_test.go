@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -375,7 +376,7 @@ func TestCertificatesFollowSecretTTLAndGracePeriod(t *testing.T) {
 	var clockMu sync.Mutex
 	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
 	advance := func(d time.Duration) { clockMu.Lock(); now = now.Add(d); clockMu.Unlock() }
-	certs := newTestCA(t)
+	certs := &failingCA{CertSource: newTestCA(t)}
 	r := probe.NewCertReader(dataplane.New(env.Client, certs, dataplane.WithClock(clock)))
 	legacy := results.Pod{Namespace: ns, Name: "legacy-0", IP: fx[2].ip}
 	server := results.Pod{Namespace: ns, Name: "service-b-0", IP: fx[1].ip}
@@ -415,9 +416,35 @@ func TestCertificatesFollowSecretTTLAndGracePeriod(t *testing.T) {
 		t.Fatalf("renewed at %s, before the grace period began at %s", now, renewAt)
 	}
 	advance(2 * time.Minute)
-	if again := read(); again.Equal(first) {
+	second := read()
+	if second.Equal(first) {
 		t.Fatalf("not renewed at %s, after the grace period began at %s", now, renewAt)
 	}
+	// istiod unreachable (restarting): istio-agent keeps the certificate it
+	// holds past its renewal time, until it expires.
+	certs.fail.Store(true)
+	advance(second.NotAfter.Sub(now) - time.Minute)
+	if again := read(); !again.Equal(second) {
+		t.Fatalf("with istiod unreachable the sidecar holds serial %x, want the one it had, %x, until its NotAfter", again.SerialNumber, second.SerialNumber)
+	}
+	advance(2 * time.Minute)
+	if _, err := r.HandshakeChain(ctx, legacy, server, 8080); err == nil {
+		t.Fatal("a handshake succeeded with an expired certificate and istiod unreachable")
+	}
+}
+
+// failingCA is a CertSource whose issuance fails while fail is set, as
+// istiod's CA does while istiod restarts.
+type failingCA struct {
+	dataplane.CertSource
+	fail atomic.Bool
+}
+
+func (c *failingCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration) (*dataplane.Certs, error) {
+	if c.fail.Load() {
+		return nil, errors.New("istiod unreachable")
+	}
+	return c.CertSource.Issue(ctx, pod, ttl)
 }
 
 // Commands the simulation does not answer fail, and so does an exec into
