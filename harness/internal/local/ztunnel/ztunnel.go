@@ -130,8 +130,9 @@ type Upstream struct {
 // chosen is the workload at dst (src/proxy/outbound.rs build_request): it
 // finds the service by its address and the workload by its address, the
 // workload's port behind the service port, and the protocol is the
-// workload's (HBONE, or TCP for anything else). A destination ztunnel
-// does not know is passed through as plain TCP to the address as given.
+// workload's (HBONE, or TCP for anything else). A destination that is no
+// service ztunnel knows is passed through as plain TCP to the address as
+// given; a service's endpoint it does not know yet is an error to retry.
 func (z *Ztunnel) Outbound(src netip.Addr, serviceVIP netip.Addr, port uint16, dst netip.Addr) (Upstream, error) {
 	snap := z.Snapshot()
 	source := snap.WorkloadByIP(src)
@@ -140,6 +141,13 @@ func (z *Ztunnel) Outbound(src netip.Addr, serviceVIP netip.Addr, port uint16, d
 	}
 	svc := snap.ServiceByVIP(serviceVIP)
 	w := snap.WorkloadByIP(dst)
+	if svc != nil && w == nil {
+		// A real ztunnel picks the service's endpoint among the workloads
+		// istiod sent it; the rehearsal picked dst (the newest ready pod)
+		// before this ztunnel heard of it, as just after a rollout. Not an
+		// answer: the probe tries again once istiod has pushed it.
+		return Upstream{}, fmt.Errorf("ztunnel %s/%s does not know %s, the endpoint of service %s chosen for the request, yet (istiod has not sent it)", z.Namespace, z.Name, dst, svc.Key())
+	}
 	if svc == nil || w == nil {
 		return Upstream{Protocol: TunnelNone, Port: uint32(port)}, nil
 	}
