@@ -17,7 +17,6 @@ import (
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/probe/configdump"
 	"github.com/meshproof/meshproof/harness/internal/probe/istiostats"
-	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/results"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
@@ -417,32 +416,11 @@ func (e *Engine) rotateAmbient(ctx context.Context, sc *scenario.Scenario, st *s
 		return fmt.Errorf("reading the certificate of %s from ztunnel's config dump: %w", w.Name, err)
 	}
 	e.event(sc, st, results.EventSerial, "ztunnel %s holds serial %s for %s (%s), valid %s to %s", zpod, before.Serial, w.Name, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
-	port := w.Ports[0].Number
-	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
-		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
-		Every: e.suite.Defaults.Interval,
-	}, Expecting([]oracle.Prediction{{From: inside, To: w.Name, Port: port, Result: scenario.ResultMTLS}}))
-	var after ServedCert
-	bound := results.Deadline{Name: "new serial within " + st.Rotate.Within.String(), At: e.now().Add(st.Rotate.Within.Duration)}
-	waitErr := wait.For(func(ctx context.Context) (bool, error) {
-		c, err := read(ctx)
-		if err != nil {
-			e.log.Info("reading ztunnel's certificate failed", "step", st.Name, "error", err)
-			return false, nil
-		}
-		after = c
-		return c.Serial != before.Serial, nil
-	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
-	seen := traffic.Stop()
-	failed, total := len(notMTLS(seen)), len(seen)
-	if waitErr != nil {
-		bound.Detail = fmt.Sprintf("ztunnel %s still holds serial %s for %s", zpod, before.Serial, w.Name)
-		err := fmt.Errorf("ztunnel %s still holds serial %s for %s after %s (%d of %d mTLS requests failed meanwhile): %w", zpod, before.Serial, w.Name, st.Rotate.Within, failed, total, waitErr)
-		return &DeadlineError{Deadlines: []results.Deadline{e.deadline(sc, st, bound)}, Err: err}
+	after, traffic, met, failed, total, err := e.awaitNewSerial(ctx, sc, st, certHolder{subject: "ztunnel " + zpod.String(), verb: "holds", of: " for " + w.Name},
+		inside, w.Name, w.Ports[0].Number, before, read)
+	if err != nil {
+		return err
 	}
-	e.event(sc, st, results.EventSerial, "ztunnel %s now holds serial %s for %s, valid from %s", zpod, after.Serial, w.Name, after.NotBefore.Format(time.RFC3339))
-	bound.Met, bound.Detail = true, "serial "+after.Serial
-	met := e.deadline(sc, st, bound)
 	check := RotationCheck{WantID: id, Before: before, After: after, CrossReads: []CertRead{{FromZtunnel, after}}, OneSource: FromZtunnel,
 		TrafficFailed: failed, TrafficTotal: total}
 	if check.Roots, err = e.meshRoots(ctx, w.Namespace); err != nil {

@@ -192,32 +192,10 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		return fmt.Errorf("reading the certificate %s serves: %w", w.Name, err)
 	}
 	e.event(sc, st, results.EventSerial, "%s serves serial %s (%s), valid %s to %s", w.Name, before.Serial, before.SPIFFEID, before.NotBefore.Format(time.RFC3339), before.NotAfter.Format(time.RFC3339))
-
-	traffic := e.StartTraffic(ctx, sc, st, scenario.Traffic{
-		Pairs: []scenario.Pair{{From: inside, To: w.Name, Port: port}},
-		Every: e.suite.Defaults.Interval,
-	}, Expecting([]oracle.Prediction{{From: inside, To: w.Name, Port: port, Result: scenario.ResultMTLS}}))
-	var after ServedCert
-	bound := results.Deadline{Name: "new serial within " + st.Rotate.Within.String(), At: e.now().Add(st.Rotate.Within.Duration)}
-	waitErr := wait.For(func(ctx context.Context) (bool, error) {
-		c, err := read(ctx)
-		if err != nil {
-			e.log.Info("reading the served certificate failed", "step", st.Name, "error", err)
-			return false, nil
-		}
-		after = c
-		return c.Serial != before.Serial, nil
-	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
-	seen := traffic.Stop()
-	failed, total := len(notMTLS(seen)), len(seen)
-	if waitErr != nil {
-		bound.Detail = fmt.Sprintf("%s still serves serial %s", w.Name, before.Serial)
-		err := fmt.Errorf("%s still serves serial %s after %s (%d of %d mTLS requests failed meanwhile): %w", w.Name, before.Serial, st.Rotate.Within, failed, total, waitErr)
-		return &DeadlineError{Deadlines: []results.Deadline{e.deadline(sc, st, bound)}, Err: err}
+	after, traffic, met, failed, total, err := e.awaitNewSerial(ctx, sc, st, certHolder{subject: w.Name, verb: "serves"}, inside, w.Name, port, before, read)
+	if err != nil {
+		return err
 	}
-	e.event(sc, st, results.EventSerial, "%s now serves serial %s, valid from %s", w.Name, after.Serial, after.NotBefore.Format(time.RFC3339))
-	bound.Met, bound.Detail = true, "serial "+after.Serial
-	met := e.deadline(sc, st, bound)
 
 	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, TrafficFailed: failed, TrafficTotal: total}
 	var sidecarRoots []*x509.Certificate
@@ -327,4 +305,42 @@ func notMTLS(obs []results.Observation) []results.Observation {
 		}
 	}
 	return out
+}
+
+// certHolder names who holds a rotating certificate in messages: "service-b
+// serves serial 1f", "ztunnel istio-system/ztunnel-x holds serial 1f for
+// amb-b".
+type certHolder struct{ subject, verb, of string }
+
+// awaitNewSerial keeps mTLS traffic flowing from inside to workload's port
+// while it waits, up to the step's within, for read to return a serial
+// other than before's: the new certificate, the traffic (stopped; its Err
+// is the caller's), the deadline met, and how many of the requests
+// meanwhile were not mTLS. A missed deadline is a DeadlineError.
+func (e *Engine) awaitNewSerial(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, h certHolder, inside, workload string, port int, before ServedCert,
+	read func(context.Context) (ServedCert, error)) (after ServedCert, traffic *Traffic, met results.Deadline, failed, total int, err error) {
+	traffic = e.StartTraffic(ctx, sc, st, scenario.Traffic{
+		Pairs: []scenario.Pair{{From: inside, To: workload, Port: port}},
+		Every: e.suite.Defaults.Interval,
+	}, Expecting([]oracle.Prediction{{From: inside, To: workload, Port: port, Result: scenario.ResultMTLS}}))
+	bound := results.Deadline{Name: "new serial within " + st.Rotate.Within.String(), At: e.now().Add(st.Rotate.Within.Duration)}
+	waitErr := wait.For(func(ctx context.Context) (bool, error) {
+		c, err := read(ctx)
+		if err != nil {
+			e.log.Info("reading the certificate failed", "step", st.Name, "holder", h.subject, "error", err)
+			return false, nil
+		}
+		after = c
+		return c.Serial != before.Serial, nil
+	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
+	seen := traffic.Stop()
+	failed, total = len(notMTLS(seen)), len(seen)
+	if waitErr != nil {
+		bound.Detail = fmt.Sprintf("%s still %s serial %s%s", h.subject, h.verb, before.Serial, h.of)
+		err := fmt.Errorf("%s still %s serial %s%s after %s (%d of %d mTLS requests failed meanwhile): %w", h.subject, h.verb, before.Serial, h.of, st.Rotate.Within, failed, total, waitErr)
+		return after, traffic, met, failed, total, &DeadlineError{Deadlines: []results.Deadline{e.deadline(sc, st, bound)}, Err: err}
+	}
+	e.event(sc, st, results.EventSerial, "%s now %s serial %s%s, valid from %s", h.subject, h.verb, after.Serial, h.of, after.NotBefore.Format(time.RFC3339))
+	bound.Met, bound.Detail = true, "serial "+after.Serial
+	return after, traffic, e.deadline(sc, st, bound), failed, total, nil
 }
