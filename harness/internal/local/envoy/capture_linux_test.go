@@ -3,7 +3,9 @@
 package envoy_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"testing"
 	"time"
@@ -19,10 +21,14 @@ var update = flag.Bool("update", false, "capture testdata/*.json from the real i
 // real istiod serves: a local cluster with istiod and Istio's charts, the
 // capture fixtures, and for every capture cell its policies applied as a
 // run applies them and the sidecars' configurations once istiod has
-// pushed. It runs with -update only; the unit tests read what it wrote.
+// pushed. It captures with -update only (minutes of a local cluster);
+// without it, it checks that the captures the unit tests read are those
+// of today's cells: one per cell, taken under the cell's policies, with a
+// snapshot of every in-mesh capture workload.
 func TestCaptureFromIstiod(t *testing.T) {
 	if !*update {
-		t.Skip("regenerates testdata: run with -update")
+		capturesMatchCells(t)
+		return
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
@@ -57,5 +63,30 @@ func TestCaptureFromIstiod(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%s: settled %s after the apply; wrote %s", cell.name, last.Sub(applied).Round(time.Millisecond), file)
+	}
+}
+
+// capturesMatchCells fails when a cell has no capture, or its capture was
+// taken under other policies or other fixtures than the cell's now (run
+// with -update to capture again).
+func capturesMatchCells(t *testing.T) {
+	t.Helper()
+	for _, cell := range captureCells {
+		file := xdstest.CaptureFile(cell.name)
+		c, snaps, err := xdstest.ReadCapture(file)
+		if err != nil {
+			t.Errorf("cell %q: %v (run with -update to capture it)", cell.name, err)
+			continue
+		}
+		want, _ := json.Marshal(cell.policies)
+		got, _ := json.Marshal(c.Policies)
+		if c.Cell != cell.name || !bytes.Equal(got, want) {
+			t.Errorf("cell %q: %s holds cell %q under policies %s, want %s (run with -update)", cell.name, file, c.Cell, got, want)
+		}
+		for _, w := range captureWorkloads() {
+			if _, ok := snaps[w.Name]; ok != w.InMesh {
+				t.Errorf("cell %q: %s has a sidecar snapshot of %s: %t, want %t (run with -update)", cell.name, file, w.Name, ok, w.InMesh)
+			}
+		}
 	}
 }
