@@ -101,27 +101,7 @@ func (c *IstiodCA) Issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration
 	if err != nil {
 		return nil, fmt.Errorf("istiod CreateCertificate for %s/%s: %w", pod.Namespace, serviceAccount(pod), err)
 	}
-	if len(resp.GetCertChain()) < 2 {
-		return nil, fmt.Errorf("istiod CreateCertificate for %s/%s: a chain of %d certificates, want the leaf and its root at least", pod.Namespace, serviceAccount(pod), len(resp.GetCertChain()))
-	}
-	// istiod flattens the signed chain to one certificate per element but
-	// sends its whole root-cert.pem as the last element (several roots
-	// during a multi-root rotation); istio-agent's ROOTCA is that element
-	// (security/pkg/server/ca/server.go CreateCertificate,
-	// security/pkg/nodeagent/cache/secretcache.go generateNewSecret).
-	elems := resp.GetCertChain()
-	var chain, roots []*x509.Certificate
-	for i, p := range elems {
-		certs, err := ca.ParseCertificatesPEM([]byte(p))
-		if err != nil {
-			return nil, fmt.Errorf("istiod's certificate %d: %w", i, err)
-		}
-		chain = append(chain, certs...)
-		if i == len(elems)-1 {
-			roots = certs
-		}
-	}
-	return &Certs{Chain: chain, Roots: roots, Issued: issued}, nil
+	return chainOf(resp.GetCertChain(), issued, pod.Namespace+"/"+serviceAccount(pod))
 }
 
 // ImpersonatedIdentity is the CSR metadata key ztunnel sets to ask for a
@@ -163,7 +143,12 @@ func (c *IstiodCA) IssueFor(ctx context.Context, ztunnelPod, workload *corev1.Po
 }
 
 // chainOf reads istiod's answer: the workload chain and, as its last
-// element, the mesh's roots.
+// element, the mesh's roots. istiod flattens the signed chain to one
+// certificate per element but sends its whole root-cert.pem as the last
+// element (several roots during a multi-root rotation); istio-agent's
+// ROOTCA is that element (security/pkg/server/ca/server.go
+// CreateCertificate, security/pkg/nodeagent/cache/secretcache.go
+// generateNewSecret).
 func chainOf(elems []string, issued time.Time, who string) (*Certs, error) {
 	if len(elems) < 2 {
 		return nil, fmt.Errorf("istiod CreateCertificate for %s: a chain of %d certificates, want the leaf and its root at least", who, len(elems))
