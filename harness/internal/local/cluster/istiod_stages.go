@@ -45,6 +45,35 @@ var proxylessGate = readinessGate{stage: "meshproof-proxyless-pod-ready", key: `
 // kwok's pod-ready stage skips the pods of every gate, and a copy of it per
 // gate takes only those the gate's supervisor marked with its annotation.
 func gateReadiness(file string, gates ...readinessGate) error {
+	return editStage(file, "pod-ready", "gate readiness on", func(stage map[string]any, out *bytes.Buffer) error {
+		original := (&unstructured.Unstructured{Object: stage}).DeepCopy() // before the edits of stage below
+		for _, g := range gates {
+			gated := original.DeepCopy()
+			gated.SetName(g.stage)
+			if err := addSelectorExpressions(gated.Object,
+				map[string]any{"key": g.key, "operator": "In", "values": g.values},
+				map[string]any{"key": `.metadata.annotations["` + g.annotation + `"]`, "operator": "In", "values": []any{"true"}},
+			); err != nil {
+				return err
+			}
+			if err := addSelectorExpressions(stage,
+				map[string]any{"key": g.key, "operator": "NotIn", "values": g.values},
+			); err != nil {
+				return err
+			}
+			if err := writeYAMLDoc(out, gated.Object); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// editStage rewrites kwok's stages in file: edit gets the stage named
+// name (it may change it and write stages of its own to out before it);
+// every stage is written back in order. A file without that stage is an
+// error saying what the edit was for.
+func editStage(file, name, purpose string, edit func(stage map[string]any, out *bytes.Buffer) error) error {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -60,26 +89,10 @@ func gateReadiness(file string, gates ...readinessGate) error {
 			continue
 		}
 		u := unstructured.Unstructured{Object: stage}
-		if u.GetKind() == "Stage" && u.GetName() == "pod-ready" {
+		if u.GetKind() == "Stage" && u.GetName() == name {
 			found = true
-			original := u.DeepCopy()
-			for _, g := range gates {
-				gated := original.DeepCopy()
-				gated.SetName(g.stage)
-				if err := addSelectorExpressions(gated.Object,
-					map[string]any{"key": g.key, "operator": "In", "values": g.values},
-					map[string]any{"key": `.metadata.annotations["` + g.annotation + `"]`, "operator": "In", "values": []any{"true"}},
-				); err != nil {
-					return err
-				}
-				if err := addSelectorExpressions(stage,
-					map[string]any{"key": g.key, "operator": "NotIn", "values": g.values},
-				); err != nil {
-					return err
-				}
-				if err := writeYAMLDoc(&out, gated.Object); err != nil {
-					return err
-				}
+			if err := edit(stage, &out); err != nil {
+				return err
 			}
 		}
 		if err := writeYAMLDoc(&out, stage); err != nil {
@@ -87,7 +100,7 @@ func gateReadiness(file string, gates ...readinessGate) error {
 		}
 	}
 	if !found {
-		return fmt.Errorf("local cluster: kwok's stages in %s have no pod-ready stage to gate readiness on", file)
+		return fmt.Errorf("local cluster: kwok's stages in %s have no %s stage to %s", file, name, purpose)
 	}
 	return os.WriteFile(file, out.Bytes(), 0o600)
 }
@@ -123,45 +136,19 @@ const sidecarDrain = 5 * time.Second
 // its deletion, as a kubelet would once istio-proxy has drained; other
 // pods go at once, as before.
 func delayInjectedDeletion(file string) error {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return err
-	}
-	var out bytes.Buffer
-	found := false
 	key := `.metadata.annotations["` + injectionStatusAnnotation + `"]`
-	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
-		var stage map[string]any
-		if err := yaml.Unmarshal(doc, &stage); err != nil {
-			return fmt.Errorf("local cluster: parsing kwok's stages: %w", err)
-		}
-		if len(stage) == 0 {
-			continue
-		}
-		u := unstructured.Unstructured{Object: stage}
-		if u.GetKind() == "Stage" && u.GetName() == "pod-delete" {
-			found = true
-			delayed := u.DeepCopy()
-			delayed.SetName("meshproof-sidecar-pod-delete")
-			if err := addSelectorExpressions(delayed.Object, map[string]any{"key": key, "operator": "Exists"}); err != nil {
-				return err
-			}
-			if err := unstructured.SetNestedField(delayed.Object, sidecarDrain.Milliseconds(), "spec", "delay", "durationMilliseconds"); err != nil {
-				return err
-			}
-			if err := addSelectorExpressions(stage, map[string]any{"key": key, "operator": "DoesNotExist"}); err != nil {
-				return err
-			}
-			if err := writeYAMLDoc(&out, delayed.Object); err != nil {
-				return err
-			}
-		}
-		if err := writeYAMLDoc(&out, stage); err != nil {
+	return editStage(file, "pod-delete", "delay", func(stage map[string]any, out *bytes.Buffer) error {
+		delayed := (&unstructured.Unstructured{Object: stage}).DeepCopy()
+		delayed.SetName("meshproof-sidecar-pod-delete")
+		if err := addSelectorExpressions(delayed.Object, map[string]any{"key": key, "operator": "Exists"}); err != nil {
 			return err
 		}
-	}
-	if !found {
-		return fmt.Errorf("local cluster: kwok's stages in %s have no pod-delete stage to delay", file)
-	}
-	return os.WriteFile(file, out.Bytes(), 0o600)
+		if err := unstructured.SetNestedField(delayed.Object, sidecarDrain.Milliseconds(), "spec", "delay", "durationMilliseconds"); err != nil {
+			return err
+		}
+		if err := addSelectorExpressions(stage, map[string]any{"key": key, "operator": "DoesNotExist"}); err != nil {
+			return err
+		}
+		return writeYAMLDoc(out, delayed.Object)
+	})
 }
