@@ -304,6 +304,12 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 		opts = append(opts, dataplane.WithSidecars(lc.Sidecars(), EnvoyLabel()))
 	}
 	simulated := dataplane.New(kube, certs, opts...)
+	if lc.Sidecars() != nil {
+		// A sidecar pod turns Ready once its simulated istio-agent holds
+		// certificates from istiod, as a real one's readiness waits for
+		// Envoy's SDS secrets.
+		lc.Sidecars().CertifyWith(simulated.IssueSidecarCertificates)
+	}
 	if lc.Proxyless() == nil {
 		return withPorts{unwitnessed{simulated}, simulated}, nil
 	}

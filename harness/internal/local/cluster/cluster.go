@@ -198,6 +198,9 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		if err := gateReadiness(stages, istiodGate, proxylessGate); err != nil {
 			return "", err
 		}
+		if err := gateSidecars(stages); err != nil {
+			return "", err
+		}
 		if err := delayInjectedDeletion(stages); err != nil {
 			return "", err
 		}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"maps"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,6 +91,53 @@ func TestIstiodServesTheLocalCluster(t *testing.T) {
 	var pod corev1.Pod
 	t.Run("a Deployment's pods are stored injected with a native sidecar", func(t *testing.T) {
 		pod = injectedPod(t, kube, ns, sa)
+	})
+
+	t.Run("an injected pod turns Ready only once its Envoy's configuration is complete and its certificates are issued", func(t *testing.T) {
+		var mu sync.Mutex
+		issued, asked := false, 0
+		lc.Sidecars().CertifyWith(func(_ context.Context, p *corev1.Pod) error {
+			mu.Lock()
+			defer mu.Unlock()
+			asked++
+			if !issued {
+				return errors.New("istiod's CA does not answer (this test's certifier)")
+			}
+			return nil
+		})
+		defer lc.Sidecars().CertifyWith(nil)
+		gated, gatedSA := injectedNamespace(t, kube, map[string]string{"istio-injection": "enabled"})
+		p := injectedPod(t, kube, gated, gatedSA)
+		until(t, time.Minute, "the sidecar to ask for its certificates", func(context.Context) (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return asked > 1, nil // asked, refused and asked again
+		})
+		got, err := kube.CoreV1().Pods(gated).Get(t.Context(), p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Phase != corev1.PodRunning || got.Status.PodIP == "" || podReady(got) {
+			t.Fatalf("without certificates: pod %s phase %s, IP %q, Ready %v; want Running with an IP and not Ready", got.Name, got.Status.Phase, got.Status.PodIP, podReady(got))
+		}
+		c, err := lc.Sidecars().Client(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap := c.Snapshot(); snap == nil || !snap.Warm() {
+			t.Fatalf("the pod's Envoy holds no complete configuration though the certificates were asked for")
+		}
+		ip := got.Status.PodIP
+		mu.Lock()
+		issued = true
+		mu.Unlock()
+		until(t, 30*time.Second, "the pod to turn Ready once its certificates are issued", func(ctx context.Context) (bool, error) {
+			got, err = kube.CoreV1().Pods(gated).Get(ctx, p.Name, metav1.GetOptions{})
+			return err == nil && podReady(got), err
+		})
+		if got.Status.PodIP != ip {
+			t.Errorf("the pod's IP changed from %s to %s when it turned Ready", ip, got.Status.PodIP)
+		}
 	})
 
 	t.Run("Istio's validation webhook refuses an invalid object and admits a valid one", func(t *testing.T) {

@@ -14,6 +14,12 @@ import (
 // process answers GET /ready; kwok makes the pod Running and Ready only then.
 const servingAnnotation = "meshproof.dev/istiod-serving"
 
+// sidecarServingAnnotation is set by the sidecars' supervisor on a pod
+// with an Envoy sidecar once the xDS client standing in for its Envoy holds
+// a complete configuration from istiod and its certificates are issued
+// (Sidecars); kwok makes the pod Ready only then.
+const sidecarServingAnnotation = "meshproof.dev/sidecar-serving"
+
 // proxylessServingAnnotation is set by the proxyless supervisor on a pod
 // asking for the grpc-agent template once its echo serves gRPC with
 // istiod's listeners (or at once when it was not injected); kwok makes the
@@ -151,4 +157,154 @@ func delayInjectedDeletion(file string) error {
 		}
 		return writeYAMLDoc(out, delayed.Object)
 	})
+}
+
+// The sidecar gate. A pod with an Envoy sidecar is not Ready until its
+// Envoy is: istio-proxy's readiness probe (pilot-agent's /healthz/ready)
+// fails until Envoy has its listeners and clusters from istiod, and a
+// listener warms only once its SDS secrets (the workload certificate from
+// istiod's CA) are there. Unlike istiod and proxyless pods, the supervisor
+// needs the pod's IP before it can be ready (the xDS node ID holds it),
+// while kwok gives the IP in the same stage that makes a pod Ready. So an
+// injected pod goes through two stages of its own: Running with an IP and
+// not ready; then, once sidecarServingAnnotation is set, Ready with the IP
+// it has.
+const (
+	sidecarRunningStage = "meshproof-sidecar-pod-running"
+	sidecarReadyStage   = "meshproof-sidecar-pod-ready"
+)
+
+// sidecarPodSelector selects the pods with an Envoy sidecar: injected (the
+// injector's status annotation), and not with the grpc-agent template
+// (proxylessGate's).
+func sidecarPodSelector() []any {
+	return []any{
+		map[string]any{"key": `.metadata.deletionTimestamp`, "operator": "DoesNotExist"},
+		map[string]any{"key": `.metadata.annotations["` + injectionStatusAnnotation + `"]`, "operator": "Exists"},
+		map[string]any{"key": `.metadata.annotations["` + injectTemplatesAnnotation + `"]`, "operator": "NotIn", "values": []any{GRPCAgentTemplate}},
+	}
+}
+
+// sidecarPodStatus is kwok's pod status template with the pod's containers
+// ready or not, and its IP: the one it has, or a new one from kwok's pool.
+func sidecarPodStatus(ready bool) string {
+	r, status := "false", "False"
+	if ready {
+		r, status = "true", "True"
+	}
+	return `{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "` + status + `"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "` + status + `"
+  type: ContainersReady
+{{ range .spec.readinessGates }}
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: {{ .conditionType | Quote }}
+{{ end }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: ` + r + `
+  restartCount: 0
+  started: true
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  restartCount: 0
+  {{ if eq .restartPolicy "Always" }}
+  ready: ` + r + `
+  started: true
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+  {{ else }}
+  ready: true
+  state:
+    terminated:
+      exitCode: 0
+      finishedAt: {{ $now | Quote }}
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+  {{ end }}
+{{ end }}
+{{ $hostIPs := NodeIPsWith .spec.nodeName }}
+{{ with $hostIPs }}
+hostIP: {{ index . 0 | Quote }}
+hostIPs:
+{{ range . }}
+- ip: {{ . | Quote }}
+{{ end }}
+{{ end }}
+{{ with .status.podIP }}
+podIP: {{ . | Quote }}
+{{ else }}
+{{ $podIPs := PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
+{{ with $podIPs }}
+podIP: {{ index . 0 | Quote }}
+podIPs:
+{{ range . }}
+- ip: {{ . | Quote }}
+{{ end }}
+{{ end }}
+{{ end }}
+phase: Running
+{{ with .status.startTime }}
+startTime: {{ . | Quote }}
+{{ else }}
+startTime: {{ $now | Quote }}
+{{ end }}
+`
+}
+
+// gateSidecars edits kwok's stages so that kwok's pod-ready stage skips
+// the pods with an Envoy sidecar, and two stages of their own (see
+// sidecarRunningStage) take them.
+func gateSidecars(file string) error {
+	return editStage(file, "pod-ready", "gate the sidecars' readiness on", func(stage map[string]any, out *bytes.Buffer) error {
+		running := sidecarStage(sidecarRunningStage, false,
+			map[string]any{"key": ".status.phase", "operator": "In", "values": []any{"Pending"}})
+		ready := sidecarStage(sidecarReadyStage, true,
+			map[string]any{"key": ".status.phase", "operator": "In", "values": []any{"Running"}},
+			map[string]any{"key": `.status.conditions.[] | select( .type == "Ready" ) | .status`, "operator": "NotIn", "values": []any{"True"}},
+			map[string]any{"key": `.metadata.annotations["` + sidecarServingAnnotation + `"]`, "operator": "In", "values": []any{"true"}})
+		if err := addSelectorExpressions(stage,
+			map[string]any{"key": `.metadata.annotations["` + injectionStatusAnnotation + `"]`, "operator": "DoesNotExist"},
+		); err != nil {
+			return err
+		}
+		// An injected proxyless pod is its gate's (it was skipped by
+		// pod-ready's selector before, and still is).
+		for _, s := range []map[string]any{running, ready} {
+			if err := writeYAMLDoc(out, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func sidecarStage(name string, ready bool, exprs ...any) map[string]any {
+	return map[string]any{
+		"apiVersion": "kwok.x-k8s.io/v1alpha1",
+		"kind":       "Stage",
+		"metadata":   map[string]any{"name": name},
+		"spec": map[string]any{
+			"resourceRef": map[string]any{"apiGroup": "v1", "kind": "Pod"},
+			"selector":    map[string]any{"matchExpressions": append(sidecarPodSelector(), exprs...)},
+			"next":        map[string]any{"statusTemplate": sidecarPodStatus(ready)},
+		},
+	}
 }

@@ -8,8 +8,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 
@@ -26,6 +29,10 @@ import (
 // it), and keeping it current as istiod pushes, from the moment the pod
 // has an IP until it is gone. The rehearsal's data plane evaluates what
 // these clients hold (package envoy).
+//
+// Such a pod turns Ready (see gateSidecars) once its client holds a
+// complete configuration and, when a certifier is set (CertifyWith), its
+// certificates are issued: what istio-proxy's readiness probe waits for.
 type Sidecars struct {
 	istiod *Istiod
 	kube   kubernetes.Interface
@@ -34,12 +41,26 @@ type Sidecars struct {
 
 	mu      sync.Mutex
 	clients map[types.UID]*sidecarClient
+	certify func(context.Context, *corev1.Pod) error
 }
 
 // sidecarClient is one pod's xDS client.
 type sidecarClient struct {
 	namespace, name, revision string
 	client                    *xds.Sidecar
+	// stopReadiness ends the wait for the pod's readiness.
+	stopReadiness context.CancelFunc
+}
+
+// CertifyWith makes a pod's readiness also wait for certify to succeed:
+// the simulated istio-agent getting the pod's certificates from istiod's
+// CA (a listener of a real Envoy warms only once its SDS secrets are
+// there). It is retried until it succeeds or the pod is gone. Without it a
+// pod turns Ready once its Envoy's configuration is complete.
+func (s *Sidecars) CertifyWith(certify func(context.Context, *corev1.Pod) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.certify = certify
 }
 
 func newSidecars(istiod *Istiod, kube kubernetes.Interface, logger *slog.Logger) *Sidecars {
@@ -56,9 +77,14 @@ func (s *Sidecars) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for uid, c := range s.clients {
-		c.client.Stop()
+		c.stop()
 		delete(s.clients, uid)
 	}
+}
+
+func (c *sidecarClient) stop() {
+	c.stopReadiness()
+	c.client.Stop()
 }
 
 // envoySidecar reports whether a pod runs Istio's Envoy sidecar: the
@@ -90,7 +116,7 @@ func (s *Sidecars) reconcile(ctx context.Context, lister listersv1.PodLister) {
 	s.mu.Lock()
 	for uid, c := range s.clients {
 		if !seen[uid] {
-			c.client.Stop()
+			c.stop()
 			delete(s.clients, uid)
 			s.logger.Debug("sidecar xDS client stopped: its pod is gone", "pod", c.namespace+"/"+c.name)
 		}
@@ -138,11 +164,57 @@ func (s *Sidecars) startClient(ctx context.Context, pod *corev1.Pod) error {
 	if err := c.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
+	readyCtx, stopReadiness := context.WithCancel(ctx)
 	s.mu.Lock()
-	s.clients[pod.UID] = &sidecarClient{namespace: pod.Namespace, name: pod.Name, revision: rev, client: c}
+	s.clients[pod.UID] = &sidecarClient{namespace: pod.Namespace, name: pod.Name, revision: rev, client: c, stopReadiness: stopReadiness}
 	s.mu.Unlock()
 	logger.Debug("sidecar xDS client started", "node", node.GetId(), "istiod", addr)
+	if pod.Annotations[sidecarServingAnnotation] != "true" {
+		go s.markServing(readyCtx, pod, c, logger)
+	}
 	return nil
+}
+
+// sidecarRetry is how often a pod's readiness retries its certificates.
+const sidecarRetry = 500 * time.Millisecond
+
+// markServing waits until c holds a complete configuration and the pod's
+// certificates are issued, then annotates the pod with
+// sidecarServingAnnotation, the sign for kwok to make it Ready. It gives up
+// only when ctx ends (the pod is gone, the cluster stops): a pod whose
+// istiod never answers stays unready, as its readiness probe would keep it.
+func (s *Sidecars) markServing(ctx context.Context, pod *corev1.Pod, c *xds.Sidecar, logger *slog.Logger) {
+	if _, err := c.Wait(ctx, (*xds.Snapshot).Warm); err != nil {
+		return
+	}
+	var last error
+	err := wait.PollUntilContextCancel(ctx, sidecarRetry, true, func(ctx context.Context) (bool, error) {
+		s.mu.Lock()
+		certify := s.certify
+		s.mu.Unlock()
+		if certify == nil {
+			return true, nil
+		}
+		if err := certify(ctx, pod); err != nil {
+			if last == nil || last.Error() != err.Error() {
+				logger.Info("sidecar not ready yet: no certificates", "why", err)
+			}
+			last = err
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		return
+	}
+	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:"true"}}}`, sidecarServingAnnotation)
+	if _, err := s.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if ctx.Err() == nil && !apierrors.IsNotFound(err) {
+			logger.Error("marking a sidecar pod ready", "error", err)
+		}
+		return
+	}
+	logger.Debug("sidecar ready: configuration complete, certificates issued; the pod turns Ready")
 }
 
 // Client is the xDS client standing in for pod's Envoy, or why there is

@@ -98,3 +98,12 @@ func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
 func verifyPeer(chain, roots []*x509.Certificate) (string, error) {
 	return ca.VerifyWorkloadChain(chain, roots...)
 }
+
+// IssueSidecarCertificates gets pod's sidecar its certificates now, as
+// istio-agent does when the pod starts (before its Envoy is ready), so that
+// the pod turns Ready only with them (cluster.Sidecars.CertifyWith). The
+// simulated sidecar then serves them until their renewal.
+func (e *Execer) IssueSidecarCertificates(ctx context.Context, pod *corev1.Pod) error {
+	_, err := e.certsOf(ctx, pod)
+	return err
+}
