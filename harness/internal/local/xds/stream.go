@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -219,9 +220,11 @@ func (s *Stream) run(ctx context.Context, conn *grpc.ClientConn) {
 			return
 		}
 		// A stream that was open is news; the redials while the server is
-		// away are not.
+		// away are not, nor is a server that stopped gracefully (istiod
+		// restarted or replaced, as in a root rotation or an upgrade: a
+		// GOAWAY with "graceful_stop"), which Envoy also just redials.
 		log := s.logger.Debug
-		if s.Status().Opened > opened {
+		if s.Status().Opened > opened && (err == nil || !strings.Contains(err.Error(), "graceful_stop")) {
 			log = s.logger.Info
 		}
 		opened = s.Status().Opened
