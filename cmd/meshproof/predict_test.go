@@ -92,7 +92,7 @@ func TestPredictJSON(t *testing.T) {
 			found = true
 			if r.Result != scenario.ResultFail || r.Reason != "reset" || !r.Asserted || r.Agrees == nil || !*r.Agrees ||
 				r.Expected == nil || r.Expected.Reason != "reset" || !strings.Contains(r.Rule, "namespace STRICT") ||
-				!strings.HasPrefix(r.At, defaultScenarios+":71:") || r.StepName == "" {
+				!strings.HasPrefix(r.At, defaultScenarios+":78:") || r.StepName == "" {
 				t.Errorf("strict step 2 legacy -> service-b:8080 = %+v", r)
 			}
 		}

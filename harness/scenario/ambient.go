@@ -2,6 +2,8 @@ package scenario
 
 import (
 	"fmt"
+	"strings"
+	"time"
 )
 
 // This file holds the checks of ambient mode: where an ambient workload
@@ -53,7 +55,24 @@ func (v *validator) ambientProfile(c *Cluster, path string) {
 		// meshproof does not manage.
 		v.errorf(in.Source.At("revision"), path+".istio.revision", "a revision with profile ambient is not supported: istio-cni and ztunnel are one per node for every revision, and meshproof installs them for the default revision only; remove revision")
 	}
+	if ttl := in.WorkloadCertTTL.Duration; ttl > 0 && ttl <= istiodBackdate {
+		// ztunnel refreshes a certificate at half its validity counted
+		// from NotBefore (src/tls/certificate.rs refresh_at), and istiod
+		// backdates NotBefore by 2 minutes (measured: a 1m certificate is
+		// valid from 2m before it was issued). At or under 2m, refresh_at
+		// is already past when the certificate arrives: ztunnel would ask
+		// istiod for a new one at once, again and again, and a rotate
+		// step would prove nothing.
+		v.errorf(in.Source.At("workloadCertTTL"), path+".istio.workloadCertTTL",
+			"workloadCertTTL %s with profile ambient: ztunnel renews a certificate at half its validity counted from NotBefore, which istiod backdates by 2m, so it would ask istiod for a new one continuously; use more than 2m (ztunnel then renews every (TTL - 2m) / 2: every 30s with 3m, and sidecars at half the TTL: every 90s with 3m)",
+			strings.TrimSuffix(strings.TrimSuffix(in.WorkloadCertTTL.String(), "0s"), "0m"))
+	}
 }
+
+// istiodBackdate is how far before its issue istiod dates a workload
+// certificate's NotBefore (for clock skew), measured on the local
+// cluster's istiod (1.29 and 1.30).
+const istiodBackdate = 2 * time.Minute
 
 // ambientUpgrade refuses a canary upgrade of an ambient cluster: Istio
 // upgrades ztunnel in place only (its DaemonSet serves every revision on

@@ -48,8 +48,8 @@ func TestDefaultScenariosLoad(t *testing.T) {
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("scenarios = %v, want %v", names, want)
 	}
-	if got := s.Clusters[0].Istio.WorkloadCertTTL.Duration; got != time.Minute {
-		t.Errorf("workloadCertTTL = %v, want 1m", got)
+	if got := s.Clusters[0].Istio.WorkloadCertTTL.Duration; got != 3*time.Minute {
+		t.Errorf("workloadCertTTL = %v, want 3m (the least that lets ztunnel renew every 30s rather than continuously)", got)
 	}
 }
 

@@ -92,10 +92,51 @@ func (v *validator) rotateWithin(st *Step, sc *Scenario, path string) {
 	if !st.Rotate.Source.has("within") {
 		pos, what = st.Source.At("rotate"), "rotate.within (unset: the step's timeout, "+st.Timeout.String()+")"
 	}
+	if w := v.s.Workload(st.Rotate.Workload); w != nil && w.Ambient() {
+		// ztunnel holds an ambient workload's certificate and renews it
+		// at half its validity counted from NotBefore, without jitter
+		// (src/tls/certificate.rs refresh_at); istiod backdates NotBefore
+		// (ambientProfile refuses a TTL at or under the backdate).
+		ttl, from := ztunnelTTL(c.Istio), "istio.workloadCertTTL"
+		if c.Istio.WorkloadCertTTL.IsZero() {
+			from = "Istio's default; istio.workloadCertTTL sets it"
+		}
+		latest := max(0, (ttl-istiodBackdate)/2)
+		need := latest + renewalPropagation + v.s.Defaults.Interval.Duration
+		if within.Duration < need {
+			v.errorf(pos, path+".rotate.within", "%s is shorter than a renewal can take: ztunnel's certificates on cluster %s live %s (%s), and ztunnel renews %s's at half its validity counted from NotBefore, which istiod backdates by 2m: (%s + 2m) / 2 − 2m = %s after it was issued; with %s for the new certificate to reach ztunnel and one probe interval (%s), within must be at least %s",
+				what, c.Name, ttl, from, w.Name, ttl, latest.Round(time.Second), renewalPropagation, v.s.Defaults.Interval, need.Round(time.Second))
+		}
+		return
+	}
 	need := r.latest + renewalPropagation + v.s.Defaults.Interval.Duration
 	if within.Duration >= need {
 		return
 	}
 	v.errorf(pos, path+".rotate.within", "%s is shorter than a renewal can take: workload certificates on cluster %s live %s (%s), and istio-agent renews one up to %s × (1 − %g + %g) = %s after it was issued (SECRET_GRACE_PERIOD_RATIO %g, its jitter %g); with %s for the new certificate to reach the sidecar and one probe interval (%s), within must be at least %s",
 		what, c.Name, r.ttl, r.ttlFrom, r.ttl, r.ratio, r.jitter, r.latest.Round(time.Second), r.ratio, r.jitter, renewalPropagation, v.s.Defaults.Interval, need.Round(time.Second))
+}
+
+// ztunnelTTL is the lifetime ztunnel asks for its workloads' certificates:
+// workloadCertTTL (its chart's env SECRET_TTL), not the sidecars'
+// proxyMetadata.
+func ztunnelTTL(in Istio) time.Duration {
+	if !in.WorkloadCertTTL.IsZero() {
+		return in.WorkloadCertTTL.Duration
+	}
+	return defaultCertTTL
+}
+
+// RenewalAfter is roughly how long after its issue a certificate of w on
+// cluster c is renewed: by ztunnel, for an ambient workload, at half its
+// validity counted from NotBefore, which istiod backdates by 2 minutes
+// (src/tls/certificate.rs refresh_at); by istio-agent otherwise, when
+// SECRET_GRACE_PERIOD_RATIO of its lifetime is left (without the agent's
+// jitter). Values the suite's validation refused give Istio's defaults.
+func (c *Cluster) RenewalAfter(w *Workload) time.Duration {
+	if w != nil && w.Ambient() {
+		return max(0, (ztunnelTTL(c.Istio)-istiodBackdate)/2)
+	}
+	r, _ := renewalOf(c.Istio)
+	return time.Duration(float64(r.ttl) * (1 - r.ratio))
 }

@@ -143,8 +143,11 @@ type Istio struct {
 	// spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
 	// Default cluster.local.
 	TrustDomain string `json:"trustDomain,omitempty"`
-	// WorkloadCertTTL sets istio-agent's SECRET_TTL, the lifetime of
-	// workload certificates; they rotate at half of it. Default: Istio's (24h).
+	// WorkloadCertTTL sets SECRET_TTL, the lifetime of workload
+	// certificates, for istio-agent (sidecars renew at half of it) and, with
+	// profile ambient, for ztunnel (it renews at half the validity counted
+	// from NotBefore, which istiod backdates by 2m: more than 2m is needed).
+	// Default: Istio's (24h).
 	WorkloadCertTTL Duration `json:"workloadCertTTL,omitempty"`
 	// PluggedCA makes meshproof generate a root and intermediate CA and
 	// create the cacerts secret before istiod starts.

@@ -95,8 +95,10 @@ func (i *Installer) cniValues(p plane) map[string]any {
 // the ambient profile, the images of p (this chart reads hub and tag at
 // its top level, not under global), and the workload certificate TTL,
 // which ztunnel reads from its SECRET_TTL environment variable (src/
-// config.rs, parsed by duration_str) and renews at half of, as istio-agent
-// does.
+// config.rs, parsed by duration_str). Unlike istio-agent, ztunnel renews at
+// half the validity counted from NotBefore (src/tls/certificate.rs
+// refresh_at), which istiod backdates by 2 minutes; the scenario's
+// validation refuses a TTL at which that is already past.
 func (i *Installer) ztunnelValues(p plane) map[string]any {
 	v := map[string]any{
 		"profile":        AmbientProfile,

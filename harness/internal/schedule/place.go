@@ -87,12 +87,10 @@ func sharedState(s *scenario.Suite, sc *scenario.Scenario) string {
 
 // estimate is roughly how long sc takes: an expect step's consecutive
 // rounds, a transition's observe window, a rotation's wait for the
-// renewal (half the certificate TTL), and a little for everything else.
+// renewal (by the workload's sidecar or ztunnel, Cluster.RenewalAfter),
+// and a little for everything else.
 func estimate(s *scenario.Suite, sc *scenario.Scenario) time.Duration {
-	ttl := 24 * time.Hour // Istio's default workload certificate TTL
-	if c := s.Cluster(sc.Cluster); c != nil && !c.Istio.WorkloadCertTTL.IsZero() {
-		ttl = c.Istio.WorkloadCertTTL.Duration
-	}
+	c := s.Cluster(sc.Cluster)
 	round := s.Defaults.Interval.Duration
 	var d time.Duration
 	for i := range sc.Steps {
@@ -103,7 +101,11 @@ func estimate(s *scenario.Suite, sc *scenario.Scenario) time.Duration {
 		case scenario.KindTransition:
 			d += st.Transition.Observe.Duration
 		case scenario.KindRotate:
-			d += min(st.Rotate.Within.Duration, ttl/2)
+			renewal := 12 * time.Hour // half Istio's default TTL
+			if c != nil {
+				renewal = c.RenewalAfter(s.Workload(st.Rotate.Workload))
+			}
+			d += min(st.Rotate.Within.Duration, renewal)
 		case scenario.KindWait:
 			d += st.Wait.Duration.Duration
 		case scenario.KindUpgrade, scenario.KindRotateRoot:
