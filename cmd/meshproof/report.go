@@ -187,6 +187,6 @@ func reportMergeCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshproof report merge: %v\n", err)
 		return exitInvalid
 	}
-	fmt.Fprintf(stdout, "merged %d run folders (%d scenarios) into %s (junit.xml, results.json, report.html)\n", len(dirs), len(info.Planned), *output)
+	fmt.Fprintf(stdout, "merged %s (%s) into %s (junit.xml, results.json, report.html)\n", plural(len(dirs), "run folder"), plural(len(info.Planned), "scenario"), *output)
 	return exitOK
 }
