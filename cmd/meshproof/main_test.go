@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -88,11 +90,12 @@ func TestPlanText(t *testing.T) {
 		"Run r1: 11 scenarios, 30 steps, 1 cluster",
 		`install Istio 1.30.3`,
 		"Scenario strict [strict, peer-authentication] on meshproof",
-		"apply PeerAuthentication STRICT for meshproof namespace",
+		// The scenario runs isolated, in its own copy of the namespace.
+		"apply PeerAuthentication STRICT for meshproof-strict-",
 		"legacy -> service-b:8080",
 		"fail (reset)",
 		"Scenario client-tls-towards-strict[tls=DISABLE]",
-		"wait up to 2m0s for a new serial with the same identity spiffe://cluster.local/ns/meshproof/sa/service-b",
+		"wait up to 2m0s for a new serial with the same identity spiffe://cluster.local/ns/meshproof-workload-cert-rotation-",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan lacks %q:\n%s", want, out)
@@ -109,17 +112,43 @@ func TestPlanYAMLDocuments(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^kind: (\w+)$`).FindAllStringSubmatch(out, -1) {
 		kinds[m[1]]++
 	}
-	// Seven workloads, two of them proxyless with a client Deployment each;
-	// the wire witness's namespace and DaemonSet (the proxyless scenario
-	// watches the wire).
-	want := map[string]int{"Namespace": 2, "DaemonSet": 1, "ServiceAccount": 7, "Deployment": 9, "Service": 7, "PeerAuthentication": 14, "DestinationRule": 4}
+	// Every scenario runs isolated (--parallel 4), so each has its own copy
+	// of the workloads it uses, in a namespace of its own (11), beside the
+	// wire witness's namespace and DaemonSet (the proxyless scenario watches
+	// the wire); none of the fixtures is deployed at setup.
+	want := map[string]int{"Namespace": 12, "DaemonSet": 1, "PeerAuthentication": 14, "DestinationRule": 4}
 	for k, n := range want {
 		if kinds[k] != n {
 			t.Errorf("%d objects of kind %s, want %d (all: %v)", kinds[k], k, n, kinds)
 		}
 	}
-	if strings.Count(out, "meshproof.dev/run-id: r1") < 21 {
+	if strings.Count(out, "meshproof.dev/run-id: r1") < kinds["Namespace"]+kinds["Deployment"]+kinds["Service"] {
 		t.Error("every object must carry the run id")
+	}
+	// Each policy is applied in a namespace the plan creates before it: the
+	// scenario's copy, as the run applies it.
+	created := map[string]bool{}
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var obj struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name, Namespace string
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		switch obj.Kind {
+		case "Namespace":
+			created[obj.Metadata.Name] = true
+		case "PeerAuthentication", "DestinationRule", "Deployment", "Service", "ServiceAccount":
+			if !created[obj.Metadata.Namespace] && obj.Metadata.Namespace != scenario.IstioRootNamespace {
+				t.Errorf("%s %s/%s comes before its namespace is created", obj.Kind, obj.Metadata.Namespace, obj.Metadata.Name)
+			}
+		}
+	}
+	if created["meshproof"] {
+		t.Error("the fixtures' own namespace is deployed though every scenario runs in a copy")
 	}
 }
 

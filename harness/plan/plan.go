@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
@@ -61,6 +62,9 @@ type ClusterPlan struct {
 // ScenarioPlan is one scenario's steps.
 type ScenarioPlan struct {
 	Scenario *scenario.Scenario
+	// Fixtures are the scenario's own copy of the fixtures it uses, when
+	// it runs isolated (in namespaces of its own), deployed as it begins.
+	Fixtures []client.Object
 	Steps    []StepPlan
 }
 
@@ -94,6 +98,7 @@ func Build(s *scenario.Suite, runID string, opts ...Option) (*Plan, error) {
 			if i := slices.IndexFunc(cp.Setup, func(op string) bool { return strings.HasPrefix(op, deployFixtures) }); i >= 0 {
 				cp.Setup[i] = "no fixtures at setup: each scenario deploys its own copy of those it uses, in namespaces of its own (see the schedule), of " + strings.TrimPrefix(cp.Setup[i], deployFixtures)
 			}
+			cp.Fixtures = nil // the scenarios' copies are theirs (ScenarioPlan.Fixtures)
 		}
 	}()
 	for i := range s.Clusters {
@@ -106,8 +111,25 @@ func Build(s *scenario.Suite, runID string, opts ...Option) (*Plan, error) {
 	for i := range s.Scenarios {
 		sc := &s.Scenarios[i]
 		sp := ScenarioPlan{Scenario: sc}
+		// An isolated scenario's steps act on its copy: its policies in the
+		// copy's namespaces, its identities the copy's (as the run does).
+		steps, stepsOf := s, sc
+		if slices.ContainsFunc(p.Schedule.Together, func(pl schedule.Placement) bool { return pl.Scenario == sc }) {
+			c := schedule.Isolate(s, sc, runID)
+			steps, stepsOf = c.Suite, c.Scenario
+			objs, err := manifests.Render(CopyFixtureOptions(c, s.Cluster(sc.Cluster), runID, PlaceholderImage))
+			if err != nil {
+				return nil, fmt.Errorf("scenario %s: rendering its copy of the fixtures: %w", sc.Name, err)
+			}
+			for _, o := range objs {
+				if ns, ok := o.(*corev1.Namespace); ok { // as the run's ledger makes it
+					ns.Labels[ownership.ScenarioLabel] = ownership.LabelValue(sc.Name)
+				}
+			}
+			sp.Fixtures = objs
+		}
 		for j := range sc.Steps {
-			st, err := stepPlan(s, sc, j, runID)
+			st, err := stepPlan(steps, stepsOf, j, runID)
 			if err != nil {
 				return nil, err
 			}
@@ -133,6 +155,20 @@ func FixtureOptions(s *scenario.Suite, c *scenario.Cluster, runID, image string)
 			mw.Ports = append(mw.Ports, manifests.Port{Name: port.Name, Number: int32(port.Number), TargetPort: int32(port.Target()), Protocol: string(port.Protocol)})
 		}
 		opts.Workloads = append(opts.Workloads, mw)
+	}
+	return opts
+}
+
+// CopyFixtureOptions are the manifests options for an isolated scenario's
+// copy of the fixtures (schedule.Isolate): FixtureOptions of the copy's
+// suite, and every namespace of the copy even where it holds no workload
+// the scenario uses, since its policies are applied there.
+func CopyFixtureOptions(cp *schedule.Copy, c *scenario.Cluster, runID, image string) manifests.Options {
+	opts := FixtureOptions(cp.Suite, c, runID, image)
+	for _, ns := range cp.CopyNamespaces() {
+		if !slices.ContainsFunc(opts.Namespaces, func(n manifests.Namespace) bool { return n.Name == ns }) {
+			opts.Namespaces = append(opts.Namespaces, manifests.Namespace{Name: ns, Revision: c.Istio.Revision})
+		}
 	}
 	return opts
 }
@@ -446,7 +482,8 @@ func describeResult(s *scenario.Suite, e scenario.Expectation, trustDomain strin
 }
 
 // Objects lists every object of the plan: each cluster's fixtures, then
-// every step's policies in run order.
+// each scenario's copy of them (if it runs isolated) and every step's
+// policies, in file order.
 func (p *Plan) Objects() []client.Object {
 	var out []client.Object
 	for _, c := range p.Clusters {
@@ -454,6 +491,7 @@ func (p *Plan) Objects() []client.Object {
 		out = append(out, c.Witness...)
 	}
 	for _, sc := range p.Scenarios {
+		out = append(out, sc.Fixtures...)
 		for _, st := range sc.Steps {
 			for _, o := range st.Policies {
 				out = append(out, o.Object)

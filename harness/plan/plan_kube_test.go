@@ -29,6 +29,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/apply"
 	"github.com/meshproof/meshproof/harness/internal/policy"
+	"github.com/meshproof/meshproof/harness/internal/schedule"
 	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/oracle"
 	"github.com/meshproof/meshproof/harness/ownership"
@@ -477,7 +478,10 @@ scenarios:
 	ctx := context.Background()
 	c := kube.Get(t).Client
 	dep := &appsv1.Deployment{}
-	if err := c.Get(ctx, client.ObjectKey{Namespace: "plan-proxyless", Name: "grpc-l"}, dep); err != nil {
+	// The scenario runs isolated (--parallel's default): in its own copy
+	// of the fixtures' namespace.
+	copyNS := schedule.Namespace("plan-proxyless", "proxyless", "plan-proxyless")
+	if err := c.Get(ctx, client.ObjectKey{Namespace: copyNS, Name: "grpc-l"}, dep); err != nil {
 		t.Fatal(err)
 	}
 	pod := dep.Spec.Template
@@ -491,7 +495,7 @@ scenarios:
 	}
 	for name, port := range map[string]int32{"grpc-a": 7070, "grpc-l": 80, "service-a": 7070} {
 		svc := &corev1.Service{}
-		if err := c.Get(ctx, client.ObjectKey{Namespace: "plan-proxyless", Name: name}, svc); err != nil {
+		if err := c.Get(ctx, client.ObjectKey{Namespace: copyNS, Name: name}, svc); err != nil {
 			t.Fatal(err)
 		}
 		found := false

@@ -116,6 +116,11 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 		}
 	}
 	for _, sc := range p.Scenarios {
+		for _, o := range sc.Fixtures {
+			if err := doc(fmt.Sprintf("scenario %s: its own copy of the fixtures, deployed as it begins", sc.Scenario.Name), o); err != nil {
+				return err
+			}
+		}
 		for _, st := range sc.Steps {
 			for _, o := range st.Policies {
 				u, err := o.Unstructured() // what is sent: every mode written out

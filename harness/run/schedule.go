@@ -121,7 +121,7 @@ func (r *Run) beginIsolated(ctx context.Context, st *clusterState, sc *scenario.
 	if st.mesh != nil && st.mesh.Istio != nil {
 		c.Istio.Revision = st.mesh.Istio.Revision() // after a canary upgrade, the new one injects
 	}
-	objs, err := manifests.Render(plan.FixtureOptions(cp.Suite, &c, r.ID(), st.image))
+	objs, err := manifests.Render(plan.CopyFixtureOptions(cp, &c, r.ID(), st.image))
 	if err != nil {
 		return cp, err
 	}
