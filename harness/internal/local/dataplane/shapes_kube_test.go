@@ -32,7 +32,9 @@ func deployRendered(t *testing.T, s *scenario.Suite, ips ...string) {
 	t.Helper()
 	ctx := context.Background()
 	env.EnsureNamespace(t, scenario.IstioRootNamespace)
-	p, err := plan.Build(s, "dataplane-shapes")
+	// The engine runs these scenarios in the fixtures' own namespace,
+	// one at a time, as --parallel 1 plans them.
+	p, err := plan.Build(s, "dataplane-shapes", plan.WithParallel(1))
 	if err != nil {
 		t.Fatal(err)
 	}
