@@ -102,7 +102,8 @@ func Table(s *scenario.Suite, sc *scenario.Scenario, index int) ([]scenario.Expe
 
 // Predict returns the expected outcome of every (client, server, port) with
 // client != server, in the order of the suite's workloads and the server's
-// ports, while step stepIndex (0-based) of the scenario runs.
+// ports, while step stepIndex (0-based) of the scenario runs (after it,
+// for a step that moves workloads between data planes).
 //
 // It fails when the policies leave the outcome to timing (several
 // DestinationRules for one workload, several PeerAuthentications for one
@@ -113,7 +114,9 @@ func Predict(s *scenario.Suite, sc *scenario.Scenario, stepIndex int) ([]Predict
 	if err != nil {
 		return nil, err
 	}
-	return PredictPolicies(s, m)
+	// The workloads on the data planes the scenario's moveDataPlane steps
+	// left them on by then.
+	return PredictPolicies(s.AtStep(sc, stepIndex), m)
 }
 
 // PredictPolicies is Predict for a given authentication state; nil means no

@@ -7,9 +7,11 @@ package plan
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -68,11 +70,14 @@ type ScenarioPlan struct {
 	Steps    []StepPlan
 }
 
-// StepPlan is what one step does, and the policies it applies.
+// StepPlan is what one step does, and the objects it applies.
 type StepPlan struct {
 	Step       *scenario.Step
 	Operations []string
 	Policies   []policy.Object
+	// Patched are fixtures as the step leaves them (a moveDataPlane's
+	// Deployments with their new pod template labels).
+	Patched []client.Object
 }
 
 // Build computes the plan of a loaded, valid suite.
@@ -316,7 +321,7 @@ func stepPlan(s *scenario.Suite, sc *scenario.Scenario, index int, runID string)
 		return sp, fmt.Errorf("scenario %s, step %q: no plan for a step of kind %q", sc.Name, st.Name, st.Kind())
 	}
 	b := &stepBuilder{suite: s, sc: sc, index: index, st: st, runID: runID, plan: &sp,
-		trustDomain: s.Cluster(sc.Cluster).Istio.TrustDomain}
+		cluster: s.Cluster(sc.Cluster), trustDomain: s.Cluster(sc.Cluster).Istio.TrustDomain}
 	if err := planner(b); err != nil {
 		return sp, err
 	}
@@ -330,6 +335,7 @@ type stepBuilder struct {
 	index       int
 	st          *scenario.Step
 	runID       string
+	cluster     *scenario.Cluster
 	trustDomain string
 	plan        *StepPlan
 }
@@ -405,8 +411,12 @@ var stepPlanners = map[string]func(b *stepBuilder) error{
 	},
 	scenario.KindRotate: func(b *stepBuilder) error {
 		r := b.st.Rotate
-		w := b.suite.Workload(r.Workload)
-		b.add("record the certificate %s serves (TLS handshake from an out-of-mesh client, and its sidecar's config dump)", w.Name)
+		w := b.suite.AtStep(b.sc, b.index).Workload(r.Workload)
+		if w.Ambient() {
+			b.add("record the certificate %s's node's ztunnel holds for it (ztunnel's config dump, through a port-forward)", w.Name)
+		} else {
+			b.add("record the certificate %s serves (TLS handshake from an out-of-mesh client, and its sidecar's config dump)", w.Name)
+		}
 		b.add("wait up to %s for a new serial with the same identity %s, a later notBefore, a chain to the mesh root, and no failed mTLS request meanwhile", r.Within, w.SPIFFEID(b.trustDomain))
 		return nil
 	},
@@ -420,6 +430,39 @@ var stepPlanners = map[string]func(b *stepBuilder) error{
 		b.add("record each pair's timeline and the time until every pair settled; at most %d failed requests", tr.Traffic.MaxFailures)
 		if !tr.NoPlaintextAfter.IsZero() {
 			b.add("fail if a STRICT server still accepts plaintext %s after the change", tr.NoPlaintextAfter)
+		}
+		return nil
+	},
+	scenario.KindMove: func(b *stepBuilder) error {
+		m := b.st.MoveDataPlane
+		labels, annotations := manifests.AmbientPodMetadata()
+		change := "set pod template labels " + keyValues(labels) + " and annotation " + keyValues(annotations)
+		check := "enrolled by istio-cni (annotation " + manifests.AmbientRedirectionAnnotation + "=" + manifests.AmbientRedirectionEnabled + ") and without an istio-proxy container"
+		if m.To == scenario.DataPlaneSidecar {
+			change = "remove pod template labels " + keys(labels) + " and annotation " + keys(annotations) + " (the namespace's injection gives the pods a sidecar)"
+			check = "with an injected istio-proxy container and not enrolled in ambient"
+		}
+		before := b.suite.AtStep(b.sc, b.index-1)
+		addTraffic(b.add, m.Traffic)
+		for _, name := range m.Workloads {
+			w := before.Workload(name)
+			b.add("move %s/%s from %s to %s: patch its Deployment's pod template (%s; nothing else changes), which rolls its pods", w.Namespace, w.Name, w.Plane(), m.To, change)
+		}
+		b.add("wait up to %s for the rollout, each new pod %s", m.Within, check)
+		b.add("keep probing for %s; judge each request against the outcome predicted for the data planes before the move, then after it; at most %d failed requests",
+			m.Observe, m.Traffic.MaxFailures)
+		b.add("at the end of the scenario, move %s back to the data plane the file gives (not needed in namespaces of its own, which are removed)", strings.Join(m.Workloads, ", "))
+		objs, err := manifests.Render(FixtureOptions(b.suite.AtStep(b.sc, b.index), b.cluster, b.runID, PlaceholderImage))
+		if err != nil {
+			return fmt.Errorf("scenario %s, step %q: rendering the moved workloads: %w", b.sc.Name, b.st.Name, err)
+		}
+		for _, o := range objs {
+			if d, ok := o.(*appsv1.Deployment); ok && slices.ContainsFunc(m.Workloads, func(name string) bool {
+				w := b.suite.Workload(name)
+				return w.Name == d.Name && w.Namespace == d.Namespace
+			}) {
+				b.plan.Patched = append(b.plan.Patched, d)
+			}
 		}
 		return nil
 	},
@@ -457,6 +500,18 @@ var stepPlanners = map[string]func(b *stepBuilder) error{
 		return nil
 	},
 }
+
+// keyValues is "k=v, k2=v2" of a map, sorted by key.
+func keyValues(m map[string]string) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, k+"="+m[k])
+	}
+	return strings.Join(out, ", ")
+}
+
+// keys is "k, k2" of a map, sorted.
+func keys(m map[string]string) string { return strings.Join(slices.Sorted(maps.Keys(m)), ", ") }
 
 // addTraffic describes the continuous probing of a step.
 func addTraffic(add func(string, ...any), t scenario.Traffic) {

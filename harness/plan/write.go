@@ -122,6 +122,11 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 			}
 		}
 		for _, st := range sc.Steps {
+			for _, o := range st.Patched {
+				if err := doc(fmt.Sprintf("scenario %s, step %s (%s): fixture as the step patches it", sc.Scenario.Name, st.Step.Name, st.Step.Source.Position), o); err != nil {
+					return err
+				}
+			}
 			for _, o := range st.Policies {
 				u, err := o.Unstructured() // what is sent: every mode written out
 				if err != nil {

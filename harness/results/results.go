@@ -154,6 +154,11 @@ const (
 	EventHarnessError         EventKind = "harness-error"
 	EventDeadline             EventKind = "deadline"
 	EventSetupPhase           EventKind = "setup-phase"
+	// EventDataPlaneMove and EventDataPlaneMoved bracket a moveDataPlane
+	// step's move: the pod templates patched, then every pod rolled out on
+	// its new data plane.
+	EventDataPlaneMove  EventKind = "data-plane-move"
+	EventDataPlaneMoved EventKind = "data-plane-moved"
 	// EventScenarioStarted and EventScenarioEnded bracket a scenario: with
 	// whom it ran (in namespaces of its own beside others, or alone, and
 	// why), so that the timeline shows which scenarios overlapped.

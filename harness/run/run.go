@@ -371,7 +371,9 @@ func (r *Run) SkipStep(sc *scenario.Scenario, index int, reason string) {
 }
 
 // EndScenario removes the scenario's policies and, for an isolated one,
-// its namespaces (through the ledger), also after it failed.
+// its namespaces (through the ledger), also after it failed; on the
+// fixtures' own namespaces, workloads it moved between data planes go
+// back to the file's.
 func (r *Run) EndScenario(ctx context.Context, sc *scenario.Scenario) error {
 	st := r.clusters[sc.Cluster]
 	state := r.state(sc)
@@ -379,12 +381,21 @@ func (r *Run) EndScenario(ctx context.Context, sc *scenario.Scenario) error {
 		return nil
 	}
 	var errs []error
+	detail := "its policies removed"
 	if state.engine != nil {
 		if err := state.engine.RemovePolicies(ctx); err != nil {
 			errs = append(errs, err)
 		}
+		// The fixtures' own namespaces outlive the scenario: workloads it
+		// moved between data planes go back to the file's.
+		if moved := sc.Moved(); state.copy == nil && len(moved) > 0 {
+			if err := state.engine.RestoreDataPlanes(ctx, state.sc); err != nil {
+				errs = append(errs, err)
+			} else {
+				detail += "; " + strings.Join(moved, ", ") + " back on the data planes the file gives"
+			}
+		}
 	}
-	detail := "its policies removed"
 	if state.copy != nil {
 		names := state.copy.CopyNamespaces()
 		if err := st.ledger.RemoveNamespaces(ctx, names...); err != nil {

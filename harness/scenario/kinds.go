@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -15,6 +16,7 @@ const (
 	KindUpgrade    = "upgrade"
 	KindRotateRoot = "rotateRoot"
 	KindTransition = "transition"
+	KindMove       = "moveDataPlane"
 )
 
 // stepKind is everything the loader knows of one kind of step. Every
@@ -155,6 +157,31 @@ func init() {
 			describe: func(st *Step) string { return "to " + st.Transition.To.Summary() },
 			// Its policies stay in force after it.
 			policies: func(st *Step) *MTLSStep { return &st.Transition.To },
+		},
+		{
+			name: KindMove,
+			of:   func(st *Step) any { return nilIfNil(st.MoveDataPlane) },
+			defaults: func(s *Suite, st *Step, _ string) {
+				m := st.MoveDataPlane
+				orDuration(&m.Observe, "10s")
+				if m.Within.IsZero() && st.Timeout.Duration > m.Observe.Duration {
+					m.Within.Duration = st.Timeout.Duration - m.Observe.Duration
+				}
+				defaulted := len(m.Traffic.Pairs) == 0
+				s.defaultTraffic(&m.Traffic)
+				if defaulted {
+					// No TCP pair of a moved workload (validation
+					// says why when one is written).
+					m.Traffic.Pairs = slices.DeleteFunc(m.Traffic.Pairs, func(p Pair) bool {
+						return (slices.Contains(m.Workloads, p.From) || slices.Contains(m.Workloads, p.To)) && s.Workload(p.To).Port(p.Port).Protocol == ProtocolTCP
+					})
+				}
+			},
+			validate: (*validator).moveDataPlane,
+			describe: func(st *Step) string {
+				return strings.Join(st.MoveDataPlane.Workloads, ", ") + " to " + string(st.MoveDataPlane.To)
+			},
+			policies: noPolicies,
 		},
 	}
 }

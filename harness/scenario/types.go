@@ -317,6 +317,9 @@ type Step struct {
 	// Transition changes the mTLS policies under continuous traffic and
 	// measures how the mesh converges.
 	Transition *TransitionStep `json:"transition,omitempty"`
+	// MoveDataPlane moves workloads from sidecars to ambient (or back)
+	// under continuous traffic, as Istio's migration guide does.
+	MoveDataPlane *MoveDataPlaneStep `json:"moveDataPlane,omitempty"`
 
 	// Source is where the step was written, for error messages.
 	Source Source `json:"-"`
@@ -478,6 +481,41 @@ type TransitionStep struct {
 	// STRICT still accepts plaintext this long after the change.
 	NoPlaintextAfter Duration `json:"noPlaintextAfter,omitempty"`
 	// Traffic probed through the transition.
+	Traffic Traffic `json:"traffic,omitempty"`
+
+	Source Source `json:"-"`
+}
+
+// MoveDataPlaneStep moves workloads from one data plane to another while
+// traffic flows, as Istio's "Migrate from sidecars to ambient" guide does:
+// each workload's pod template is labelled istio.io/dataplane-mode=ambient
+// and sidecar.istio.io/inject=false (or loses both labels, to move back to
+// a sidecar), which rolls its pods; every moved pod must then be on its new
+// data plane (enrolled by istio-cni and without an istio-proxy container,
+// or injected with one). The traffic is judged as a transition's: each
+// request against the outcome predicted for the data planes before the
+// move, then for those after it, and no request may fail beyond
+// maxFailures. Later steps, expect: auto and meshproof predict see the
+// workloads on their new data plane. At the end of the scenario the
+// workloads go back to the data plane the file gives them, unless the
+// scenario ran in namespaces of its own (which are removed).
+type MoveDataPlaneStep struct {
+	// Workloads to move: sidecar workloads when moving to ambient, ambient
+	// ones when moving to sidecar. A proxyless or out-of-mesh workload
+	// cannot be moved.
+	Workloads []string `json:"workloads"`
+	// To is the data plane they move to: ambient (needs istio.profile:
+	// ambient) or sidecar.
+	To DataPlane `json:"to"`
+	// Within bounds the move: the new pods rolled out and each on its new
+	// data plane. Default: the step's timeout less observe.
+	Within Duration `json:"within,omitempty"`
+	// Observe is how long traffic is still sampled once the move is done,
+	// so that every pair is seen on the new data planes. Default 10s.
+	Observe Duration `json:"observe,omitempty"`
+	// Traffic probed through the move. Its pairs may not use a tcp port of
+	// a moved workload: how a TCP connection is witnessed depends on the
+	// server's data plane, which is mixed while the pods roll.
 	Traffic Traffic `json:"traffic,omitempty"`
 
 	Source Source `json:"-"`

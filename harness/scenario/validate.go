@@ -310,9 +310,14 @@ func (v *validator) scenarios() {
 			v.errorf(sc.Source.At("steps"), path+".steps", "a scenario needs at least one step")
 		}
 		v.stepNames(sc)
+		file := v.s
 		for j := range sc.Steps {
+			// Each step is checked against the data planes it finds its
+			// workloads on (moveDataPlane steps before it).
+			v.s = file.AtStep(sc, j-1)
 			v.step(&sc.Steps[j], sc, j, fmt.Sprintf("%s.steps[%d]", path, j))
 		}
+		v.s = file
 	}
 }
 

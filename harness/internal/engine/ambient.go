@@ -73,10 +73,12 @@ const (
 // new ambient pod (it annotates the pod once it has redirected it).
 const enrolmentWait = 30 * time.Second
 
-// ambientPair reports whether a pair has an ambient side.
+// ambientPair reports whether a pair has an ambient side, or may have one:
+// a side that a moveDataPlane step is moving has pods of both data planes
+// until its rollout ends, and probeAmbient reads each pod's.
 func (e *Engine) ambientPair(from, to string) bool {
 	f, t := e.suite.Workload(from), e.suite.Workload(to)
-	return f != nil && f.Ambient() || t != nil && t.Ambient()
+	return f != nil && f.Ambient() || t != nil && t.Ambient() || e.moving[from] || e.moving[to]
 }
 
 // checkEnrolment fails naming every running pod of an ambient workload
@@ -159,23 +161,57 @@ func (e *Engine) readZtunnel(ctx context.Context, w *ztunnelWindow) (opened, byt
 }
 
 // ambientWindows finds the witnessing ztunnels of a row and reads their
-// counts before the probe.
-func (e *Engine) ambientWindows(ctx context.Context, from string, clientPod results.Pod, x scenario.Expectation) ([]*ztunnelWindow, error) {
+// counts before the probe. For a side being moved (e.moving) the data
+// plane is each pod's own (podPlane): the server's ambient pods are
+// witnessed by their ztunnels, its other pods by the client's ztunnel when
+// the client pod is ambient; a server pod that answers a sidecar client
+// with a sidecar of its own needs no ztunnel, and is listed in direct (its
+// X-Forwarded-Client-Cert proves the request, as for any sidecar pair).
+func (e *Engine) ambientWindows(ctx context.Context, from string, clientPod results.Pod, x scenario.Expectation) (windows []*ztunnelWindow, direct map[string]bool, err error) {
 	client, server := e.suite.Workload(from), e.suite.Workload(x.To)
-	pooled := client.HasSidecar() && !e.isTCP(x.To, x.Port)
-	var windows []*ztunnelWindow
-	if server.Ambient() {
+	clientPlane := client.Plane()
+	var clientNode string
+	if e.moving[from] || !server.Ambient() || e.moving[x.To] {
+		var pod corev1.Pod
+		if err := e.kube.Get(ctx, client2key(clientPod), &pod); err != nil {
+			return nil, nil, fmt.Errorf("reading client pod %s: %w", clientPod, err)
+		}
+		clientNode = pod.Spec.NodeName
+		if e.moving[from] {
+			clientPlane = podPlane(&pod)
+		}
+	}
+	pooled := clientPlane == scenario.DataPlaneSidecar && !e.isTCP(x.To, x.Port)
+	// The server's pods by data plane: all ambient or all not, unless it
+	// is moving.
+	var ambientPods, otherPods []corev1.Pod
+	switch {
+	case e.moving[x.To]:
 		pods, err := e.serverPods(ctx, x.To)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		for _, p := range pods {
+			if podPlane(&p) == scenario.DataPlaneAmbient {
+				ambientPods = append(ambientPods, p)
+			} else {
+				otherPods = append(otherPods, p)
+			}
+		}
+	case server.Ambient():
+		if ambientPods, err = e.serverPods(ctx, x.To); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(ambientPods) > 0 {
+		pods := ambientPods
 		byNode := map[string]*ztunnelWindow{}
 		for _, p := range pods {
 			w := byNode[p.Spec.NodeName]
 			if w == nil {
 				zp, err := e.ztunnelOn(ctx, p.Spec.NodeName)
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				w = &ztunnelWindow{pod: zp, node: p.Spec.NodeName, pooledByClient: pooled,
 					sel: istiostats.ZtunnelSelector{Reporter: istiostats.ReporterDestination, Destination: istiostats.Workload{Namespace: server.Namespace, Name: server.Name}}}
@@ -184,26 +220,41 @@ func (e *Engine) ambientWindows(ctx context.Context, from string, clientPod resu
 			}
 			w.servedPods = append(w.servedPods, p.Name)
 		}
-	} else {
-		var pod corev1.Pod
-		if err := e.kube.Get(ctx, client2key(clientPod), &pod); err != nil {
-			return nil, fmt.Errorf("reading client pod %s: %w", clientPod, err)
+	}
+	// The server's pods that are not ambient: any of them when it is not
+	// moving, else those listed.
+	others := []string{""}
+	if e.moving[x.To] {
+		others = others[:0]
+		for _, p := range otherPods {
+			others = append(others, p.Name)
 		}
-		zp, err := e.ztunnelOn(ctx, pod.Spec.NodeName)
+	}
+	switch {
+	case server.Ambient() && !e.moving[x.To] || len(others) == 0:
+	case clientPlane == scenario.DataPlaneAmbient:
+		zp, err := e.ztunnelOn(ctx, clientNode)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		windows = append(windows, &ztunnelWindow{pod: zp, node: pod.Spec.NodeName, servedPods: []string{""},
+		windows = append(windows, &ztunnelWindow{pod: zp, node: clientNode, servedPods: others,
 			sel: istiostats.ZtunnelSelector{Reporter: istiostats.ReporterSource,
 				Source: istiostats.Workload{Namespace: client.Namespace, Name: client.Name}, Destination: istiostats.Workload{Namespace: server.Namespace, Name: server.Name}}})
+	default:
+		// Neither end of these requests is ambient (only a moving pair
+		// gets here): the server's own data plane proves them.
+		direct = map[string]bool{}
+		for _, name := range others {
+			direct[name] = true
+		}
 	}
 	for _, w := range windows {
 		var err error
 		if w.opened, w.bytes, err = e.readZtunnel(ctx, w); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return windows, nil
+	return windows, direct, nil
 }
 
 func client2key(p results.Pod) client.ObjectKey {
@@ -288,15 +339,22 @@ func (e *Engine) probeAmbient(ctx context.Context, sc *scenario.Scenario, st *sc
 		return nil, fmt.Errorf("%s -> %s:%d has an ambient side, and this engine has no ztunnel witness to prove how its connections go", from, x.To, x.Port)
 	}
 	server := e.suite.Workload(x.To)
-	key := "ztunnel/" + x.To
-	if !server.Ambient() {
-		key = "ztunnel-source/" + from
+	// One window per witness at a time; a moving pair may have both kinds
+	// of witness, always locked in this order.
+	var keys []string
+	if server.Ambient() || e.moving[x.To] {
+		keys = append(keys, "ztunnel/"+x.To)
 	}
-	lock := e.tcpLocks.of(key)
-	lock.Lock()
-	defer lock.Unlock()
+	if !server.Ambient() || e.moving[x.To] {
+		keys = append(keys, "ztunnel-source/"+from)
+	}
+	for _, key := range keys {
+		lock := e.tcpLocks.of(key)
+		lock.Lock()
+		defer lock.Unlock()
+	}
 
-	windows, err := e.ambientWindows(ctx, from, clientPod, x)
+	windows, direct, err := e.ambientWindows(ctx, from, clientPod, x)
 	if err != nil {
 		return nil, err
 	}
@@ -346,6 +404,16 @@ func (e *Engine) probeAmbient(ctx context.Context, sc *scenario.Scenario, st *sc
 	out := make([]results.Observation, 0, len(answers))
 	for _, r := range answers {
 		o := e.observe(observation(now, sc.Name, st.Name, from, x, clientPod.Name, r), st)
+		if answered(r) && (direct[r.ServerPod] || direct[""]) {
+			out = append(out, o) // the echo server's own evidence
+			continue
+		}
+		if answered(r) && windowOf(r) == nil && len(e.moving) > 0 {
+			// A pod of a rolling workload turned ready after the windows
+			// opened: no count has a baseline for it, and the mesh did
+			// nothing wrong. The harness tries the round again.
+			return nil, fmt.Errorf("%s -> %s:%d was answered by pod %q, which was not ready when the probe's ztunnel windows opened (%s is rolling)", from, x.To, x.Port, r.ServerPod, x.To)
+		}
 		if answered(r) {
 			w := windowOf(r)
 			v, ok := verdicts[w]

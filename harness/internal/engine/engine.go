@@ -117,6 +117,10 @@ type Engine struct {
 	wire      WireWitness
 	wireSet   bool
 	rehearsal bool
+	// moving are the workloads a moveDataPlane step is moving: their pods
+	// are of two data planes until the rollout ends, so each probe reads
+	// the data plane of the pods it meets (move.go).
+	moving map[string]bool
 	// enforcement is what expect steps measured of the mtls steps before
 	// them (enforce.go); shared by the engines For derives, since the run
 	// reads it by scenario and step.
@@ -159,15 +163,35 @@ func New(suite *scenario.Suite, clusterName string, kube client.Client, prober P
 // sc's policies, so that scenarios running at once never touch each
 // other's.
 func (e *Engine) For(suite *scenario.Suite, sc *scenario.Scenario) *Engine {
-	d := &Engine{suite: suite, cluster: e.cluster, kube: e.kube, prober: e.prober, certs: e.certs, runID: e.runID,
-		rec: e.rec, log: e.log.With("scenario", sc.Name), now: e.now, mesh: e.mesh, gapLimit: e.gapLimit,
-		witness: e.witness, ztunnel: e.ztunnel, wire: e.wire, wireSet: e.wireSet, rehearsal: e.rehearsal,
-		enforcement: e.enforcement,
-		policyScope: map[string]string{ownership.ScenarioLabel: ownership.LabelValue(sc.Name)}}
+	d := e.withSuite(suite)
+	d.log = e.log.With("scenario", sc.Name)
+	d.policyScope = map[string]string{ownership.ScenarioLabel: ownership.LabelValue(sc.Name)}
 	if c := suite.Cluster(e.cluster.Name); c != nil {
 		d.cluster = c
 	}
 	return d
+}
+
+// withSuite is an engine like e that runs against suite: the same
+// transports, witnesses, recorder, clock, mesh state, logger and policy
+// scope, with lock sets of its own.
+func (e *Engine) withSuite(suite *scenario.Suite) *Engine {
+	return &Engine{suite: suite, cluster: e.cluster, kube: e.kube, prober: e.prober, certs: e.certs, runID: e.runID,
+		rec: e.rec, log: e.log, now: e.now, mesh: e.mesh, gapLimit: e.gapLimit,
+		witness: e.witness, ztunnel: e.ztunnel, wire: e.wire, wireSet: e.wireSet, rehearsal: e.rehearsal,
+		enforcement: e.enforcement, policyScope: e.policyScope}
+}
+
+// at is the engine step index of sc runs with: e, seeing the workloads on
+// the data planes that sc's moveDataPlane steps before index left them on
+// (scenario.Suite.AtStep). e.suite must be the scenario's suite as the file
+// (or its isolated copy) gives it.
+func (e *Engine) at(sc *scenario.Scenario, index int) *Engine {
+	view := e.suite.AtStep(sc, index-1)
+	if view == e.suite {
+		return e
+	}
+	return e.withSuite(view)
 }
 
 // RunStep runs step index of a scenario.
@@ -179,6 +203,9 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 	if !ok {
 		return fmt.Errorf("step %q: no step kind the engine knows (%q)", st.Name, st.Kind())
 	}
+	// The workloads as the step finds them: a moveDataPlane step before it
+	// moved some (a move step itself sees them before its own move).
+	e = e.at(sc, index)
 	if probesTraffic[st.Kind()] && e.suite.AmbientWorkloads() {
 		// Before any expectation: every ambient pod really is enrolled.
 		if err := e.checkEnrolment(ctx); err != nil {
@@ -191,7 +218,7 @@ func (e *Engine) RunStep(ctx context.Context, sc *scenario.Scenario, index int) 
 // probesTraffic are the kinds of step that send requests between the
 // fixtures.
 var probesTraffic = map[string]bool{scenario.KindExpect: true, scenario.KindTransition: true, scenario.KindUpgrade: true,
-	scenario.KindRotate: true, scenario.KindRotateRoot: true}
+	scenario.KindRotate: true, scenario.KindRotateRoot: true, scenario.KindMove: true}
 
 // stepRunner runs step index of a scenario, of the kind it is keyed by.
 type stepRunner func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error
@@ -216,6 +243,9 @@ var stepRunners = map[string]stepRunner{
 	},
 	scenario.KindRotateRoot: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
 		return e.rotateRoot(ctx, sc, index)
+	},
+	scenario.KindMove: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
+		return e.moveDataPlane(ctx, sc, index)
 	},
 	scenario.KindRestart: func(e *Engine, ctx context.Context, sc *scenario.Scenario, index int) error {
 		return e.restart(ctx, sc.Steps[index].Restart.Workloads)

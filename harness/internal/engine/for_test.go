@@ -39,8 +39,9 @@ func TestForKeepsTheRunsEngine(t *testing.T) {
 	sc := &suite.Scenarios[0]
 	d := e.For(suite, sc)
 	// The scenario's own: its logger says which scenario, its policy clean-up
-	// is limited to its policies, and its lock sets serve its own pods.
-	own := map[string]bool{"log": true, "policyScope": true, "tcpLocks": true, "xdsLocks": true}
+	// is limited to its policies, and its lock sets serve its own pods (the
+	// moving set is a move step's own, set on the engine it runs with).
+	own := map[string]bool{"log": true, "policyScope": true, "tcpLocks": true, "xdsLocks": true, "moving": true}
 	pv, dv := reflect.ValueOf(e).Elem(), reflect.ValueOf(d).Elem()
 	for i := range pv.NumField() {
 		name := pv.Type().Field(i).Name

@@ -161,6 +161,11 @@ func usedWorkloads(s *scenario.Suite, sc *scenario.Scenario) map[string]bool {
 			}
 		case scenario.KindTransition:
 			pairs(st.Transition.Traffic.Pairs)
+		case scenario.KindMove:
+			for _, w := range st.MoveDataPlane.Workloads {
+				used[w] = true
+			}
+			pairs(st.MoveDataPlane.Traffic.Pairs)
 		case scenario.KindUpgrade, scenario.KindRotateRoot:
 			return nil
 		}

@@ -86,9 +86,10 @@ func sharedState(s *scenario.Suite, sc *scenario.Scenario) string {
 }
 
 // estimate is roughly how long sc takes: an expect step's consecutive
-// rounds, a transition's observe window, a rotation's wait for the
-// renewal (by the workload's sidecar or ztunnel, Cluster.RenewalAfter),
-// and a little for everything else.
+// rounds, a transition's observe window, a move's rollout and window, a
+// rotation's wait for the renewal (by the workload's sidecar or ztunnel,
+// Cluster.RenewalAfter, on the data plane it has by then), and a little
+// for everything else.
 func estimate(s *scenario.Suite, sc *scenario.Scenario) time.Duration {
 	c := s.Cluster(sc.Cluster)
 	round := s.Defaults.Interval.Duration
@@ -100,10 +101,13 @@ func estimate(s *scenario.Suite, sc *scenario.Scenario) time.Duration {
 			d += time.Duration(max(s.Defaults.Consecutive-1, 0)) * round
 		case scenario.KindTransition:
 			d += st.Transition.Observe.Duration
+		case scenario.KindMove:
+			// A rollout of the moved workloads, then the window.
+			d += 10*time.Second + st.MoveDataPlane.Observe.Duration
 		case scenario.KindRotate:
 			renewal := 12 * time.Hour // half Istio's default TTL
 			if c != nil {
-				renewal = c.RenewalAfter(s.Workload(st.Rotate.Workload))
+				renewal = c.RenewalAfter(s.AtStep(sc, i).Workload(st.Rotate.Workload))
 			}
 			d += min(st.Rotate.Within.Duration, renewal)
 		case scenario.KindWait:
