@@ -638,18 +638,24 @@ func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
 // The ambient migration recipe, examples/ambient-migration.yaml, passes as
 // written: a namespace half moved to ambient under STRICT (every pair and
 // port as predicted, each data plane's certificates rotated under
-// traffic), and tightened from PERMISSIVE to STRICT while sidecar and
-// ambient workloads call each other. Its ambient pairs are decided by the
-// simulated ztunnels and proven by their counts; its sidecar pairs by the
-// Envoy evaluator.
+// traffic), tightened from PERMISSIVE to STRICT while sidecar and ambient
+// workloads call each other, and then its sidecar workloads (frontend,
+// orders) moved to ambient by a moveDataPlane step under continuous
+// traffic with STRICT kept. Its ambient pairs are decided by the simulated
+// ztunnels and proven by their counts; its sidecar pairs by the Envoy
+// evaluator. After the move, frontend's and orders' pairs are ambient's
+// (ztunnel's label and evidence, no X-Forwarded-Client-Cert), which shows
+// the move happened: the pods were relabelled, the real istiod's injector
+// left them without a sidecar, the simulated istio-cni enrolled them and
+// the simulated ztunnels decided their requests on istiod's configuration.
 func TestAmbientMigrationExample(t *testing.T) {
 	t.Parallel()
 	c := takeCluster(t)
 	r := newRun(t, c, "../../examples/ambient-migration.yaml")
 	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
-	if !sum.OK() || sum.Passed != 8 {
-		t.Errorf("summary %+v, want the 8 steps passed; failed: %q", sum, f.failedCases())
+	if !sum.OK() || sum.Passed != 13 {
+		t.Errorf("summary %+v, want the 13 steps passed; failed: %q", sum, f.failedCases())
 	}
 	kinds := map[string]int{}
 	for _, v := range f.verdicts {
@@ -657,16 +663,75 @@ func TestAmbientMigrationExample(t *testing.T) {
 			kinds[v.Kind]++
 		}
 	}
-	for k, n := range map[string]int{"expect": 3, "rotate": 2, "transition": 1} {
+	for k, n := range map[string]int{"expect": 5, "rotate": 3, "transition": 1, "moveDataPlane": 1} {
 		if kinds[k] != n {
 			t.Errorf("%d passed %s steps, want %d: %v", kinds[k], k, n, kinds)
 		}
 	}
-	ambient := []string{"cart", "payments"}
-	f.ambientProven(t, ambient...)
+	const moving, moveStep = "move-sidecars-to-ambient", "move frontend and orders to ambient"
+	// Before the move (and in the other scenarios) cart and payments are
+	// the ambient workloads; after it, every workload in the mesh.
+	afterMove := map[string]bool{"4 expect auto": true, "5 rotate orders": true}
+	var mixed, moved runFolder
+	mixed.html, moved.html = f.html, f.html
+	var during []results.Observation
 	for _, o := range f.observations {
+		switch {
+		case o.Scenario == moving && o.Step == moveStep:
+			during = append(during, o)
+		case o.Scenario == moving && afterMove[o.Step]:
+			moved.observations = append(moved.observations, o)
+		default:
+			mixed.observations = append(mixed.observations, o)
+		}
+	}
+	ambient := []string{"cart", "payments"}
+	mixed.ambientProven(t, ambient...)
+	for _, o := range mixed.observations {
 		if !slices.Contains(ambient, o.From) && !slices.Contains(ambient, o.To) && o.DataPlane != rehearsal.EnvoyLabel() {
 			t.Errorf("observation %s %s→%s:%d says data plane %q, want %q", o.Step, o.From, o.To, o.Port, o.DataPlane, rehearsal.EnvoyLabel())
+		}
+	}
+	// After the move: frontend's and orders' pairs carry ztunnel's label
+	// and evidence, mtls proven by the destination's ztunnel.
+	moved.ambientProven(t, "frontend", "orders", "cart", "payments")
+	for _, o := range moved.observations {
+		if (o.From == "frontend" || o.To == "orders") && o.Result == scenario.ResultMTLS && (o.Ztunnel == nil || o.Ztunnel.Reporter != "destination" && o.To != "batch") {
+			t.Errorf("after the move, %s %s→%s:%d is not proven by ztunnel: %+v", o.Step, o.From, o.To, o.Port, o.Ztunnel)
+		}
+	}
+	// During the move: requests on every pair, none failed that the
+	// policies do not refuse, frontend's and orders' pods on sidecars first
+	// and on ambient last.
+	byPair := map[string][]results.Observation{}
+	for _, o := range during {
+		key := fmt.Sprintf("%s→%s:%d", o.From, o.To, o.Port)
+		byPair[key] = append(byPair[key], o)
+		if o.Result == scenario.ResultFail && o.From != "batch" {
+			t.Errorf("during the move, %s failed: %s (%s)", key, o.Reason, o.Error)
+		}
+		if o.From == "batch" && o.Result != scenario.ResultFail {
+			t.Errorf("during the move, %s was %s, want refused", key, o.Result)
+		}
+	}
+	for _, key := range []string{"frontend→orders:8080", "cart→orders:8080", "frontend→cart:8080"} {
+		obs := byPair[key]
+		if len(obs) < 2 {
+			t.Errorf("during the move, %d observations of %s, want several", len(obs), key)
+			continue
+		}
+		first, last := obs[0], obs[len(obs)-1]
+		if strings.HasPrefix(key, "frontend→orders") && (first.Ztunnel != nil || first.DataPlane != rehearsal.EnvoyLabel()) {
+			t.Errorf("%s before the move: data plane %q, ztunnel %v; want the sidecars' X-Forwarded-Client-Cert", key, first.DataPlane, first.Ztunnel)
+		}
+		if last.Ztunnel == nil || last.Ztunnel.Reporter != "destination" || last.Result != scenario.ResultMTLS {
+			t.Errorf("%s at the end of the move: %s, ztunnel %v; want mtls counted by orders' or cart's ztunnel", key, last.Result, last.Ztunnel)
+		}
+	}
+	t.Logf("the move step saw %d requests: %d pairs", len(during), len(byPair))
+	for _, v := range f.verdicts {
+		if v.Step == moveStep {
+			t.Logf("the move step took %s; deadlines %+v", v.Duration, v.Deadlines)
 		}
 	}
 	f.bannerTells(t, sum)
