@@ -195,7 +195,7 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		return "", err
 	}
 	if c.withIstiod {
-		if err := gateReadiness(stages, istiodGate, proxylessGate); err != nil {
+		if err := gateReadiness(stages, istiodGate, proxylessGate, ambientGate); err != nil {
 			return "", err
 		}
 		if err := gateSidecars(stages); err != nil {

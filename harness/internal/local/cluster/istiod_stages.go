@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"os"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshproof/meshproof/harness/internal/local/ztunnel"
 )
 
 // servingAnnotation is set by the supervisor on an istiod pod once its
@@ -28,12 +31,13 @@ const proxylessServingAnnotation = "meshproof.dev/proxyless-serving"
 
 // readinessGate holds back kwok's pod-ready stage for the pods whose key
 // (a kwok stage expression) has one of values until a supervisor has set
-// annotation to "true".
+// annotation to "true" (or to value, when set).
 type readinessGate struct {
 	stage      string
 	key        string
 	values     []any
 	annotation string
+	value      string
 }
 
 // istiodGate: an istiod pod turns Ready when its istiod process is ready,
@@ -47,6 +51,17 @@ var istiodGate = readinessGate{stage: "meshproof-istiod-pod-ready", key: ".metad
 // its readiness probe on the gRPC port would make a kubelet do.
 var proxylessGate = readinessGate{stage: "meshproof-proxyless-pod-ready", key: `.metadata.annotations["` + injectTemplatesAnnotation + `"]`, values: []any{GRPCAgentTemplate}, annotation: proxylessServingAnnotation}
 
+// ambientGate: a pod labelled istio.io/dataplane-mode=ambient turns Ready
+// only once istio-cni's stand-in (Ambient) has enrolled it. The real
+// istio-cni enrols a pod in its CNI ADD, before any of its containers
+// starts, so a running ambient pod whose traffic bypasses ztunnel is not a
+// state traffic meets on a real cluster; kwok would make it Ready before
+// the stand-in annotates it (a pod rolled onto ambient by a moveDataPlane
+// step would serve, and call, outside the mesh for a moment). meshproof's
+// ambient pods are never injected, which istio-cni's enrolment excludes.
+var ambientGate = readinessGate{stage: "meshproof-ambient-pod-ready", key: `.metadata.labels["` + dataplaneModeLabel + `"]`, values: []any{"ambient"},
+	annotation: ztunnel.RedirectionAnnotation, value: ztunnel.RedirectionEnabled}
+
 // gateReadiness edits kwok's stages (the file written for --config) so that
 // kwok's pod-ready stage skips the pods of every gate, and a copy of it per
 // gate takes only those the gate's supervisor marked with its annotation.
@@ -58,7 +73,7 @@ func gateReadiness(file string, gates ...readinessGate) error {
 			gated.SetName(g.stage)
 			if err := addSelectorExpressions(gated.Object,
 				map[string]any{"key": g.key, "operator": "In", "values": g.values},
-				map[string]any{"key": `.metadata.annotations["` + g.annotation + `"]`, "operator": "In", "values": []any{"true"}},
+				map[string]any{"key": `.metadata.annotations["` + g.annotation + `"]`, "operator": "In", "values": []any{cmp.Or(g.value, "true")}},
 			); err != nil {
 				return err
 			}
