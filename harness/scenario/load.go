@@ -260,7 +260,7 @@ func (s *Suite) setDefaults(dir string) {
 }
 
 // defaultTraffic fills in the defaults of the continuous probing of a
-// transition, upgrade or rotateRoot step.
+// transition, upgrade, rotateRoot or moveDataPlane step.
 func (s *Suite) defaultTraffic(t *Traffic) {
 	orDuration(&t.Every, "500ms")
 	if len(t.Pairs) == 0 {

@@ -445,7 +445,7 @@ type WaitStep struct {
 }
 
 // Traffic is the continuous probing that runs through a transition,
-// upgrade or root rotation.
+// upgrade, root rotation or move between data planes.
 type Traffic struct {
 	// Pairs to probe. Default: every in-mesh client to every other in-mesh
 	// workload, on its first port.

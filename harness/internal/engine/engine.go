@@ -6,8 +6,10 @@
 // timeline of what was seen; rotate waits for and checks workload
 // certificate rotation; upgrade moves the control plane to another Istio
 // version (in place or canary) and rotateRoot replaces the mesh's root CA,
-// both while traffic flows and through MeshControl; restart restarts
-// workloads and wait waits for their rollout or for a duration. Every
+// both while traffic flows and through MeshControl; moveDataPlane moves
+// workloads between sidecars and ambient while traffic flows (move.go);
+// restart restarts workloads and wait waits for their rollout or for a
+// duration. Every
 // observation, timeline event and certificate serial goes to a
 // results.Recorder (WithRecorder), and Verdict turns a step's error into its
 // results.Verdict. It is independent of Ginkgo: the suites drive it, and so
