@@ -127,6 +127,14 @@ func testAmbientLifecycle(t *testing.T, env *testsupport.Env, root string) {
 	}
 	wantReleases(t, env, ns, istio.BaseReleaseName, istio.IstiodReleaseName, istio.CNIReleaseName, istio.ZtunnelReleaseName)
 	events.wantOrder(t, "install", "ADDED istio-base.v1", "ADDED istiod.v1", "ADDED istio-cni.v1", "ADDED ztunnel.v1")
+	// The order Render and `meshproof plan -o yaml` follow is this one.
+	var planned []string
+	for _, r := range in.ChartReleases() {
+		planned = append(planned, r.Name)
+	}
+	if want := []string{istio.BaseReleaseName, istio.IstiodReleaseName, istio.CNIReleaseName, istio.ZtunnelReleaseName}; !slices.Equal(planned, want) {
+		t.Errorf("ChartReleases() = %v, want the install order %v", planned, want)
+	}
 	checkAmbientObjects(t, env, ns, "1.29.6")
 	var recorded []string
 	for _, r := range l.Record().Releases {

@@ -102,7 +102,7 @@ func (c chartSource) describe() string {
 	if c.dir != "" {
 		return c.dir
 	}
-	return fmt.Sprintf("%s (version %s, cache %s)", c.repoURL, c.version, filepath.Join(c.cacheRoot, c.version))
+	return fmt.Sprintf("chart repository %s (version %s, archives cached in %s)", c.repoURL, c.version, filepath.Join(c.cacheRoot, c.version))
 }
 
 // load returns chart name ("base" or "istiod"), pulling and caching it first

@@ -46,54 +46,56 @@ func (i *Installer) clientset() (*kubernetes.Clientset, error) {
 	return cs, nil
 }
 
-// planeCharts are the charts of one control plane; cni and ztunnel only
-// for ambient mode.
-type planeCharts struct {
-	base, istiod, cni, ztunnel *chart.Chart
-}
+// planeCharts are the charts of one control plane by chart name; cni and
+// ztunnel only for ambient mode.
+type planeCharts map[string]*chart.Chart
 
-// loadCharts loads every chart of a control plane before anything touches
+// loadCharts loads every chart of control plane p before anything touches
 // the cluster, so that a bad chart source fails without a half install.
-func (i *Installer) loadCharts(src chartSource) (planeCharts, error) {
-	var pc planeCharts
-	var err error
-	if pc.base, err = src.load(baseChart); err != nil {
-		return pc, err
-	}
-	if pc.istiod, err = src.load(istiodChart); err != nil {
-		return pc, err
-	}
-	if !i.s.ambient {
-		return pc, nil
-	}
-	if pc.cni, err = src.load(cniChart); err != nil {
-		return pc, err
-	}
-	if pc.ztunnel, err = src.load(ztunnelChart); err != nil {
-		return pc, err
+func (i *Installer) loadCharts(p plane) (planeCharts, error) {
+	pc := planeCharts{}
+	for _, r := range i.releasesOf(p) {
+		ch, err := p.charts.load(r.Chart)
+		if err != nil {
+			return nil, err
+		}
+		pc[r.Chart] = ch
 	}
 	return pc, nil
 }
 
-// applyAmbient installs or upgrades ambient mode's node agents of control
-// plane p after its istiod, in the order of Istio's ambient Helm guide:
-// istio-cni, then ztunnel. istio-cni first, so that no ambient pod starts
-// before something redirects its traffic, and ztunnel after istiod, whose
-// xDS and CA it needs. Readiness is WaitReady's, in the same order.
-func (i *Installer) applyAmbient(ctx context.Context, pc planeCharts, p plane, apply func(context.Context, *chart.Chart, string, map[string]any) error, verb string) error {
-	if !i.s.ambient {
-		return nil
+// applyReleases installs or upgrades the releases of control plane p in
+// releasesOf's order, Istio's documented one: base (the CRDs, which the
+// API server must know before anything uses them), istiod, then for
+// ambient mode istio-cni, so that no ambient pod starts before something
+// redirects its traffic, and ztunnel after istiod, whose xDS and CA it
+// needs. Readiness is WaitReady's, in the same order.
+func (i *Installer) applyReleases(ctx context.Context, pc planeCharts, p plane, apply func(context.Context, *chart.Chart, string, map[string]any) error, verb string, attrs ...any) error {
+	for _, r := range i.releasesOf(p) {
+		log := i.s.log.With("release", r.Name, "version", p.version).With(attrs...)
+		switch r.Chart {
+		case baseChart:
+			log.Info(verb+" Istio's CRDs", "namespace", r.Namespace)
+		case istiodChart:
+			log.Info(verb+" istiod", "revision", revisionLabelValue(p.revision))
+		case cniChart:
+			log.Info(verb+" the istio-cni node agent", "profile", AmbientProfile)
+		default:
+			log.Info(verb+" "+r.Chart, "profile", AmbientProfile)
+		}
+		if err := apply(ctx, pc[r.Chart], r.Name, r.values); err != nil {
+			return err
+		}
+		if r.Chart == baseChart {
+			i.getter.resetMapper()
+		}
 	}
-	i.s.log.Info(verb+" the istio-cni node agent", "release", CNIReleaseName, "version", p.version, "profile", AmbientProfile)
-	if err := apply(ctx, pc.cni, CNIReleaseName, i.cniValues(p)); err != nil {
-		return err
-	}
-	i.s.log.Info(verb+" ztunnel", "release", ZtunnelReleaseName, "version", p.version, "profile", AmbientProfile)
-	return apply(ctx, pc.ztunnel, ZtunnelReleaseName, i.ztunnelValues(p))
+	return nil
 }
 
 // Install installs the base release (CRDs, default validating webhook) and
-// then the istiod release, creating the namespace if it is missing. It does
+// then the istiod release (and for ambient mode istio-cni and ztunnel),
+// creating the namespace if it is missing. It does
 // not wait for istiod to run: that is WaitReady, a separate phase, because
 // applying and becoming ready fail for different reasons (API objects versus
 // images, scheduling, webhooks).
@@ -101,24 +103,14 @@ func (i *Installer) Install(ctx context.Context) error {
 	if i.getter == nil {
 		return errNoCluster
 	}
-	pc, err := i.loadCharts(i.current.charts)
+	pc, err := i.loadCharts(i.current)
 	if err != nil {
 		return err
 	}
 	if err := i.ensureNamespace(ctx); err != nil {
 		return err
 	}
-	i.s.log.Info("installing Istio's CRDs", "release", BaseReleaseName, "version", i.current.version, "namespace", i.s.namespace)
-	if err := i.installRelease(ctx, pc.base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
-		return err
-	}
-	i.getter.resetMapper()
-	name := istiodReleaseName(i.current.revision)
-	i.s.log.Info("installing istiod", "release", name, "version", i.current.version, "revision", revisionLabelValue(i.current.revision))
-	if err := i.installRelease(ctx, pc.istiod, name, i.istiodValues(i.current)); err != nil {
-		return err
-	}
-	return i.applyAmbient(ctx, pc, i.current, i.installRelease, "installing")
+	return i.applyReleases(ctx, pc, i.current, i.installRelease, "installing")
 }
 
 // Upgrade upgrades the control plane in place to toVersion: base (CRDs)
@@ -136,24 +128,14 @@ func (i *Installer) Upgrade(ctx context.Context, toVersion, chartsDir string) er
 	if err != nil {
 		return err
 	}
-	pc, err := i.loadCharts(target.charts)
+	pc, err := i.loadCharts(target)
 	if err != nil {
 		return err
 	}
-	i.s.log.Info("upgrading Istio's CRDs", "release", BaseReleaseName, "from", i.current.version, "to", toVersion)
-	if err := i.upgradeRelease(ctx, pc.base, BaseReleaseName, i.baseValues(target.revision)); err != nil {
-		return err
-	}
-	i.getter.resetMapper()
-	name := istiodReleaseName(target.revision)
-	i.s.log.Info("upgrading istiod", "release", name, "from", i.current.version, "to", toVersion)
-	if err := i.upgradeRelease(ctx, pc.istiod, name, i.istiodValues(target)); err != nil {
-		return err
-	}
-	// Istio's ambient upgrade guide: the control plane first, then
+	// Istio's upgrade guides: the CRDs, then the control plane, then
 	// istio-cni, then ztunnel (whose pods' restart resets the connections
 	// they carry).
-	if err := i.applyAmbient(ctx, pc, target, i.upgradeRelease, "upgrading"); err != nil {
+	if err := i.applyReleases(ctx, pc, target, i.upgradeRelease, "upgrading", "from", i.current.version); err != nil {
 		return err
 	}
 	i.current = target
@@ -188,18 +170,18 @@ func (i *Installer) InstallCanary(ctx context.Context, revision, toVersion, char
 	if err != nil {
 		return err
 	}
-	pc, err := i.loadCharts(target.charts)
+	pc, err := i.loadCharts(target)
 	if err != nil {
 		return err
 	}
 	i.s.log.Info("upgrading Istio's CRDs for a canary", "release", BaseReleaseName, "to", toVersion, "revision", revision)
-	if err := i.upgradeRelease(ctx, pc.base, BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
+	if err := i.upgradeRelease(ctx, pc[baseChart], BaseReleaseName, i.baseValues(i.current.revision)); err != nil {
 		return err
 	}
 	i.getter.resetMapper()
 	name := istiodReleaseName(revision)
 	i.s.log.Info("installing a canary istiod", "release", name, "version", toVersion)
-	if err := i.installRelease(ctx, pc.istiod, name, i.istiodValues(target)); err != nil {
+	if err := i.installRelease(ctx, pc[istiodChart], name, i.istiodValues(target)); err != nil {
 		return err
 	}
 	i.canary = &target

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"helm.sh/helm/v4/pkg/action"
@@ -23,21 +24,21 @@ type Manifests struct {
 	Ztunnel RenderedRelease
 }
 
-// Releases are the rendered releases in install order.
+// Releases are the rendered releases in install order (after an error
+// of Render, those rendered before it).
 func (m Manifests) Releases() []RenderedRelease {
-	out := []RenderedRelease{m.Base, m.Istiod}
-	if m.CNI.Name != "" {
-		out = append(out, m.CNI, m.Ztunnel)
+	var out []RenderedRelease
+	for _, r := range []RenderedRelease{m.Base, m.Istiod, m.CNI, m.Ztunnel} {
+		if r.Name != "" {
+			out = append(out, r)
+		}
 	}
 	return out
 }
 
 // RenderedRelease is the rendered manifest of one Helm release.
 type RenderedRelease struct {
-	Name      string // Helm release name, e.g. "istio-base", "istiod-canary"
-	Namespace string
-	Chart     string // "base" or "istiod"
-	Version   string // Istio version of the chart
+	ChartRelease
 	// YAML is the multi-document manifest Helm applies.
 	YAML string
 	// Objects are the documents of YAML, in order.
@@ -66,33 +67,100 @@ func (r RenderedRelease) OfKind(kind string) []*unstructured.Unstructured {
 	return out
 }
 
+// ChartRelease is one Helm release of a control plane, named as Install
+// names it.
+type ChartRelease struct {
+	Name      string // Helm release name, e.g. "istio-base", "istiod-canary"
+	Namespace string
+	Chart     string // "base", "istiod", "cni" or "ztunnel"
+	Version   string // Istio version of the chart
+}
+
+// releaseValues is a release of a control plane with its values.
+type releaseValues struct {
+	ChartRelease
+	values map[string]any
+}
+
+// releasesOf are the releases of control plane p in the order Install
+// and Upgrade apply them (base, istiod, and for ambient mode istio-cni then
+// ztunnel), each with the values they give it: the one list Install,
+// Upgrade and Render follow.
+func (i *Installer) releasesOf(p plane) []releaseValues {
+	rel := func(name, chartName string, values map[string]any) releaseValues {
+		return releaseValues{ChartRelease{Name: name, Namespace: i.s.namespace, Chart: chartName, Version: p.version}, values}
+	}
+	out := []releaseValues{
+		rel(BaseReleaseName, baseChart, i.baseValues(p.revision)),
+		rel(istiodReleaseName(p.revision), istiodChart, i.istiodValues(p)),
+	}
+	if i.s.ambient {
+		out = append(out, rel(CNIReleaseName, cniChart, i.cniValues(p)), rel(ZtunnelReleaseName, ztunnelChart, i.ztunnelValues(p)))
+	}
+	return out
+}
+
+// ChartReleases are the releases Install installs, in its order: base
+// (CRDs), istiod, and for ambient mode istio-cni then ztunnel.
+func (i *Installer) ChartReleases() []ChartRelease {
+	var out []ChartRelease
+	for _, r := range i.releasesOf(i.current) {
+		out = append(out, r.ChartRelease)
+	}
+	return out
+}
+
+// ChartSource says where the Installer's charts come from: a local
+// directory, or a chart repository with the cache its archives are pulled
+// into.
+func (i *Installer) ChartSource() string { return i.current.charts.describe() }
+
+// UncachedCharts are the charts of the control plane that come from a
+// chart repository and are not in the cache yet: Install and Render pull
+// them first. None for local charts.
+func (i *Installer) UncachedCharts() []string {
+	src := i.current.charts
+	if src.dir != "" {
+		return nil
+	}
+	var out []string
+	for _, r := range i.releasesOf(i.current) {
+		if _, err := os.Stat(src.archivePath(r.Chart)); err != nil {
+			out = append(out, r.Chart)
+		}
+	}
+	return out
+}
+
 // Render renders the base and istiod releases (and for ambient mode the
 // istio-cni and ztunnel ones) with the Installer's values, without a
-// cluster (like `helm template`). It is what Install would apply.
+// cluster (like `helm template`). It is what Install would apply. On an
+// error (a chart that cannot be loaded or pulled, values a template
+// refuses), the releases rendered before it are returned with it, in
+// order; ChartReleases says which ones follow.
 func (i *Installer) Render(ctx context.Context) (Manifests, error) {
-	p := i.current
-	base, err := i.renderRelease(ctx, p.charts, baseChart, BaseReleaseName, i.baseValues(p.revision))
-	if err != nil {
-		return Manifests{}, err
-	}
-	istiod, err := i.renderRelease(ctx, p.charts, istiodChart, istiodReleaseName(p.revision), i.istiodValues(p))
-	if err != nil {
-		return Manifests{}, err
-	}
-	m := Manifests{Base: base, Istiod: istiod}
-	if !i.s.ambient {
-		return m, nil
-	}
-	if m.CNI, err = i.renderRelease(ctx, p.charts, cniChart, CNIReleaseName, i.cniValues(p)); err != nil {
-		return Manifests{}, err
-	}
-	if m.Ztunnel, err = i.renderRelease(ctx, p.charts, ztunnelChart, ZtunnelReleaseName, i.ztunnelValues(p)); err != nil {
-		return Manifests{}, err
+	var m Manifests
+	for _, r := range i.releasesOf(i.current) {
+		rendered, err := i.renderRelease(ctx, i.current.charts, r.ChartRelease, r.values)
+		if err != nil {
+			return m, err
+		}
+		switch r.Chart {
+		case baseChart:
+			m.Base = rendered
+		case istiodChart:
+			m.Istiod = rendered
+		case cniChart:
+			m.CNI = rendered
+		case ztunnelChart:
+			m.Ztunnel = rendered
+		}
 	}
 	return m, nil
 }
 
-func (i *Installer) renderRelease(ctx context.Context, src chartSource, chartName, releaseName string, values map[string]any) (RenderedRelease, error) {
+func (i *Installer) renderRelease(ctx context.Context, src chartSource, planned ChartRelease, values map[string]any) (RenderedRelease, error) {
+	chartName, releaseName := planned.Chart, planned.Name
 	ch, err := src.load(chartName)
 	if err != nil {
 		return RenderedRelease{}, err
@@ -121,14 +189,7 @@ func (i *Installer) renderRelease(ctx context.Context, src chartSource, chartNam
 	if err != nil {
 		return RenderedRelease{}, fmt.Errorf("parsing rendered istio %s chart: %w", chartName, err)
 	}
-	return RenderedRelease{
-		Name:      releaseName,
-		Namespace: i.s.namespace,
-		Chart:     chartName,
-		Version:   src.version,
-		YAML:      manifest,
-		Objects:   objs,
-	}, nil
+	return RenderedRelease{ChartRelease: planned, YAML: manifest, Objects: objs}, nil
 }
 
 // parseManifest splits a multi-document YAML manifest into objects, skipping
