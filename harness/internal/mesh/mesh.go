@@ -46,6 +46,35 @@ type Mesh struct {
 // removes only what it did.
 func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scenario.Cluster, log *slog.Logger, extra ...istio.Option) (*Mesh, error) {
 	m := &Mesh{}
+	var err error
+	if m.Istio, err = istio.New(cfg, append(installerOptions(c, log), extra...)...); err != nil {
+		return nil, err
+	}
+	if c.Istio.PluggedCA {
+		if m.CA, err = pluggedCA(ctx, kube, m.Istio.Namespace(), log); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.Istio.Install(ctx); err != nil {
+		return m, fmt.Errorf("installing Istio %s: %w", c.Istio.Version, err)
+	}
+	return m, nil
+}
+
+// Renderer is an Installer without a cluster for the Istio cluster c asks
+// meshproof to install, with the options Install gives it: its
+// ChartReleases are the releases Install installs, in that order, and its
+// Render the objects Install applies (`meshproof plan -o yaml`). Only the
+// options of a run's own settings (its ledger, a Helm post-renderer of the
+// rehearsal) are not there: they decide which releases may be touched and,
+// in a rehearsal, where webhooks point, not what a cluster is given.
+func Renderer(c *scenario.Cluster) (*istio.Installer, error) {
+	return istio.New(nil, installerOptions(c, slog.New(slog.DiscardHandler))...)
+}
+
+// installerOptions are the Installer's options for the Istio cluster c
+// asks for: the one place Install and Renderer take them from.
+func installerOptions(c *scenario.Cluster, log *slog.Logger) []istio.Option {
 	opts := []istio.Option{istio.WithVersion(c.Istio.Version), istio.WithHub(c.Istio.Hub), istio.WithTag(c.Istio.Tag),
 		istio.WithTrustDomain(c.Istio.TrustDomain), istio.WithLogger(log)}
 	if charts := ChartsDir(c); charts != "" {
@@ -68,20 +97,7 @@ func Install(ctx context.Context, kube client.Client, cfg *rest.Config, c *scena
 	if c.Ambient() {
 		opts = append(opts, istio.WithAmbient(true))
 	}
-	opts = append(opts, extra...)
-	var err error
-	if m.Istio, err = istio.New(cfg, opts...); err != nil {
-		return nil, err
-	}
-	if c.Istio.PluggedCA {
-		if m.CA, err = pluggedCA(ctx, kube, m.Istio.Namespace(), log); err != nil {
-			return nil, err
-		}
-	}
-	if err := m.Istio.Install(ctx); err != nil {
-		return m, fmt.Errorf("installing Istio %s: %w", c.Istio.Version, err)
-	}
-	return m, nil
+	return opts
 }
 
 // pluggedCA creates the cacerts secret, or keeps the one a reused
