@@ -18,6 +18,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -145,9 +146,13 @@ func validate(args []string, stdout, stderr io.Writer) int {
 
 func planCmd(args []string, stdout, stderr io.Writer) int {
 	c := newCommandLine("plan", "[FILE] [-o text|yaml] [--run-id ID] [--parallel N]",
-		"Prints what a run of FILE (default scenarios.yaml; - reads standard input) would do,\nwithout touching a cluster: the ordered operations, or every object it would apply.",
+		"Prints what a run of FILE (default scenarios.yaml; - reads standard input) would do,\nwithout touching a cluster: the ordered operations, or every object it would apply.\n"+
+			"With -o yaml that includes, where meshproof installs Istio, the objects of Istio's Helm\n"+
+			"charts rendered with the run's values, from where the run takes the charts (istio.charts,\n"+
+			"$MESHPROOF_ISTIO_CHARTS, else Istio's chart repository through meshproof's cache, pulled\n"+
+			"into it when missing); a release that cannot be rendered is named with the reason.",
 		1, stdout, stderr)
-	output := c.String("o", "text", "output format: text (the ordered operations) or yaml (every object meshproof would apply)")
+	output := c.String("o", "text", "output format: text (the ordered operations) or yaml (every object meshproof would apply, Istio's charts included)")
 	runID := c.String("run-id", "", "run id to label objects with (default: a new one)")
 	parallel := c.Int("parallel", plan.DefaultParallel, "plan the schedule of a run with --parallel N")
 	files, code, ok := c.parse(args)
@@ -174,6 +179,12 @@ func planCmd(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	if *output == "yaml" {
+		// The objects of Istio's charts, from where a run takes them; a
+		// release that cannot be rendered (offline, no cache) is named in
+		// the YAML with the reason, and said here too.
+		if err := p.RenderCharts(context.Background()); err != nil {
+			fmt.Fprintf(stderr, "meshproof plan: warning: some of Istio's releases are not rendered (the YAML names them): %v\n", err)
+		}
 		err = p.WriteYAML(stdout)
 	} else {
 		err = p.WriteText(stdout)

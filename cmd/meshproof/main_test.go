@@ -108,9 +108,31 @@ func TestPlanYAMLDocuments(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
+	// Each document's first comment says where it comes from: Istio's
+	// charts apart, the kinds of the run's own objects are counted.
 	kinds := map[string]int{}
-	for _, m := range regexp.MustCompile(`(?m)^kind: (\w+)$`).FindAllStringSubmatch(out, -1) {
-		kinds[m[1]]++
+	chartKinds := map[string]int{}
+	var releases []string // chart headers, in order, once each
+	istioNamespace := 0
+	for _, doc := range strings.Split(out, "\n---\n")[1:] {
+		header, _, _ := strings.Cut(doc, "\n")
+		m := regexp.MustCompile(`(?m)^kind: (\w+)$`).FindStringSubmatch(doc)
+		switch origin := strings.TrimPrefix(header, "# cluster meshproof: "); {
+		case strings.HasPrefix(origin, "chart "):
+			if len(releases) == 0 || releases[len(releases)-1] != origin {
+				releases = append(releases, origin)
+			}
+			if m != nil {
+				chartKinds[m[1]]++
+			}
+		case strings.HasPrefix(origin, "Istio's namespace, created by the install when it is missing"):
+			istioNamespace++
+		case m != nil:
+			kinds[m[1]]++
+		}
+	}
+	if istioNamespace != 1 {
+		t.Errorf("Istio's namespace printed %d times, want once", istioNamespace)
 	}
 	// Every scenario runs isolated (--parallel 4), so each has its own copy
 	// of the workloads it uses, in a namespace of its own (11), beside the
@@ -122,7 +144,7 @@ func TestPlanYAMLDocuments(t *testing.T) {
 			t.Errorf("%d objects of kind %s, want %d (all: %v)", kinds[k], k, n, kinds)
 		}
 	}
-	if strings.Count(out, "meshproof.dev/run-id: r1") < kinds["Namespace"]+kinds["Deployment"]+kinds["Service"] {
+	if strings.Count(out, "meshproof.dev/run-id: r1") < kinds["Namespace"]+kinds["Deployment"]+kinds["Service"]+istioNamespace {
 		t.Error("every object must carry the run id")
 	}
 	// Each policy is applied in a namespace the plan creates before it: the
@@ -149,6 +171,38 @@ func TestPlanYAMLDocuments(t *testing.T) {
 	}
 	if created["meshproof"] {
 		t.Error("the fixtures' own namespace is deployed though every scenario runs in a copy")
+	}
+	// The cluster installs Istio in ambient mode: the four releases in
+	// install order, rendered from where a run takes the charts. Without
+	// MESHPROOF_ISTIO_CHARTS, a machine that cannot pull them gets each
+	// release named as not rendered, and a warning.
+	wantReleases := []string{
+		"chart base 1.30.3 (release istio-base, namespace istio-system)",
+		"chart istiod 1.30.3 (release istiod, namespace istio-system)",
+		"chart cni 1.30.3 (release istio-cni, namespace istio-system)",
+		"chart ztunnel 1.30.3 (release ztunnel, namespace istio-system)",
+	}
+	if os.Getenv("MESHPROOF_ISTIO_CHARTS") == "" && strings.Contains(out, "NOT RENDERED") {
+		for _, r := range wantReleases {
+			if !strings.Contains(out, "# cluster meshproof: "+r+": not rendered (see above)") {
+				t.Errorf("the unrendered release %s is not named:\n%s", r, out)
+			}
+		}
+		if !strings.Contains(errOut, "some of Istio's releases are not rendered") {
+			t.Errorf("no warning on stderr: %q", errOut)
+		}
+		return
+	}
+	if strings.Join(releases, "\n") != strings.Join(wantReleases, "\n") {
+		t.Errorf("chart releases printed:\n%s\nwant, in this order:\n%s", strings.Join(releases, "\n"), strings.Join(wantReleases, "\n"))
+	}
+	for kind, n := range map[string]int{"CustomResourceDefinition": 15, "Deployment": 1, "DaemonSet": 2, "MutatingWebhookConfiguration": 1} {
+		if chartKinds[kind] < n {
+			t.Errorf("%d chart objects of kind %s, want at least %d (all: %v)", chartKinds[kind], kind, n, chartKinds)
+		}
+	}
+	if errOut != "" {
+		t.Errorf("stderr: %s", errOut)
 	}
 }
 

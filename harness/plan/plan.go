@@ -1,6 +1,8 @@
 // Package plan computes what a run of a scenario file does, without a
 // cluster: the setup of each cluster, the ordered operations of every
-// scenario step, and every Kubernetes object meshproof would apply. The
+// scenario step, and every Kubernetes object meshproof would apply, the
+// objects of Istio's Helm charts included where meshproof installs Istio
+// (rendered by RenderCharts with the installer's own values). The
 // `meshproof plan` command prints it; the Ginkgo suite names its specs after
 // the same scenarios and steps, so the two listings agree.
 package plan
@@ -59,6 +61,9 @@ type ClusterPlan struct {
 	// Witness are the wire witness's objects (its namespace and one pod
 	// per node), when the cluster's steps watch the wire.
 	Witness []client.Object
+	// Istio is the Istio the run installs there; nil when the cluster's
+	// file says to use the Istio already installed (mode use-existing).
+	Istio *IstioInstall
 }
 
 // ScenarioPlan is one scenario's steps.
@@ -215,13 +220,11 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 	if in.Mode == scenario.IstioUseExisting {
 		add("use the Istio installed in %s: detect its istiod Deployments (revision, version, plugged CA) and wait until they are healthy; install, upgrade and remove nothing of Istio (the version found is logged; the file's %s is not enforced)", scenario.IstioRootNamespace, in.Version)
 	} else {
+		cp.Istio = istioInstall(c, runID)
 		if in.PluggedCA {
 			add("generate a root and an intermediate CA; create secret istio-system/cacerts before istiod starts")
 		}
-		charts := "the official Istio chart repository"
-		if in.Charts != "" {
-			charts = in.Charts
-		}
+		charts := cp.Istio.Charts
 		var extra []string
 		if in.Revision != "" {
 			extra = append(extra, "revision "+in.Revision)
@@ -235,13 +238,19 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		if len(in.Values) > 0 {
 			extra = append(extra, "with Helm values from the file")
 		}
+		wait := "wait until istiod is Available and the sidecar injector injects"
 		if c.Ambient() {
 			add("install Istio %s from %s with profile ambient: base (CRDs), then istiod, istio-cni and ztunnel; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
-			add("wait until istiod is Available and the sidecar injector injects, istio-cni is ready on every node and ztunnel is Ready on every node")
+			wait += ", istio-cni is ready on every node and ztunnel is Ready on every node"
 		} else {
 			add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
-			add("wait until istiod is Available and the sidecar injector injects")
 		}
+		if cp.Istio.Err != nil {
+			add("Istio's charts cannot be used as the file says: %v", cp.Istio.Err)
+		} else {
+			add("%s; `meshproof plan -o yaml` prints their objects%s", cp.Istio.describeReleases(), cp.Istio.uncached())
+		}
+		add("%s", wait)
 	}
 	var source *scenario.ImageSource
 	if c.Existing != nil {
@@ -536,12 +545,21 @@ func describeResult(s *scenario.Suite, e scenario.Expectation, trustDomain strin
 	return string(e.Result)
 }
 
-// Objects lists every object of the plan: each cluster's fixtures, then
-// each scenario's copy of them (if it runs isolated) and every step's
-// policies, in file order.
+// Objects lists every object of the plan: each cluster's Istio install
+// (Istio's namespace and the objects of its releases rendered by
+// RenderCharts), its fixtures and wire witness, then each scenario's copy
+// of them (if it runs isolated) and every step's policies, in file order.
 func (p *Plan) Objects() []client.Object {
 	var out []client.Object
 	for _, c := range p.Clusters {
+		if c.Istio != nil {
+			out = append(out, c.Istio.Namespace)
+			for _, r := range c.Istio.Releases {
+				for _, o := range r.Objects {
+					out = append(out, o)
+				}
+			}
+		}
 		out = append(out, c.Fixtures...)
 		out = append(out, c.Witness...)
 	}

@@ -90,8 +90,15 @@ func alignArrows(text []byte) []byte {
 }
 
 // WriteYAML prints every object of the plan as multi-document YAML, each
-// introduced by a comment saying where it comes from, ready for
-// `kubectl apply --dry-run=server -f -`.
+// introduced by a comment saying where it comes from, in the order a run
+// applies them: for each cluster where meshproof installs Istio, Istio's
+// namespace and the objects of its Helm releases (base, istiod, and for
+// ambient mode istio-cni and ztunnel; rendered by RenderCharts: a release
+// it could not render is named in a comment saying why), then the
+// cluster's fixtures and wire witness, then every step's policies. The
+// objects apply in that order with `kubectl apply --server-side -f -` (a
+// server-side dry run accepts the custom resources once the base chart's
+// CRDs exist).
 func (p *Plan) WriteYAML(w io.Writer) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# meshproof plan, run %s. The echo image is built at run time; it shows here as %s.\n", p.RunID, PlaceholderImage)
@@ -100,10 +107,40 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&b, "---\n# %s\n%s", comment, y)
+		fmt.Fprintf(&b, "---\n%s%s", commented(comment), y)
 		return nil
 	}
 	for _, c := range p.Clusters {
+		name := c.Cluster.Name
+		switch in := c.Istio; {
+		case in == nil:
+			fmt.Fprintf(&b, "---\n%s", commented(fmt.Sprintf("cluster %s: Istio is used as installed there (mode %s): meshproof installs none of its charts, so none is shown", name, scenario.IstioUseExisting)))
+		default:
+			if err := doc(fmt.Sprintf("cluster %s: Istio's namespace, created by the install when it is missing (the run's: teardown deletes it)", name), in.Namespace); err != nil {
+				return err
+			}
+			if c.Cluster.Istio.PluggedCA {
+				fmt.Fprintf(&b, "---\n%s", commented(fmt.Sprintf("cluster %s: Secret %s/cacerts (the plugged CA: a root and an intermediate generated at run time, created before istiod) is not shown", name, in.Namespace.Name)))
+			}
+			fmt.Fprintf(&b, "---\n%s", commented(fmt.Sprintf("cluster %s: Istio's charts from %s, rendered as `helm template` renders them, with the values and in the order the run installs them", name, in.Charts)))
+			if missing, why := in.missing(); len(missing) > 0 || len(in.Releases) == 0 {
+				what := "releases " + strings.Join(missing, ", ")
+				if len(in.Releases) == 0 {
+					what = "Istio's releases"
+				}
+				fmt.Fprintf(&b, "---\n%s", commented(fmt.Sprintf("cluster %s: NOT RENDERED, so their objects are missing below: %s, because %v", name, what, why)))
+			}
+			for _, r := range in.Releases {
+				if len(r.Objects) == 0 {
+					fmt.Fprintf(&b, "---\n%s", commented(fmt.Sprintf("cluster %s: %s: not rendered (see above)", name, r)))
+				}
+				for _, o := range r.Objects {
+					if err := doc(fmt.Sprintf("cluster %s: %s", name, r), o.Object); err != nil {
+						return err
+					}
+				}
+			}
+		}
 		for _, o := range c.Fixtures {
 			if err := doc("cluster "+c.Cluster.Name+": fixture", o); err != nil {
 				return err
@@ -140,6 +177,15 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 	}
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// commented turns text into YAML comment lines, one per line of text.
+func commented(text string) string {
+	var b strings.Builder
+	for line := range strings.SplitSeq(strings.TrimRight(text, "\n"), "\n") {
+		b.WriteString(strings.TrimRight("# "+line, " ") + "\n")
+	}
+	return b.String()
 }
 
 func count(n int, noun string) string {
