@@ -248,7 +248,7 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		if cp.Istio.Err != nil {
 			add("Istio's charts cannot be used as the file says: %v", cp.Istio.Err)
 		} else {
-			add("%s; `meshproof plan -o yaml` prints their objects%s", cp.Istio.describeReleases(), cp.Istio.uncached())
+			add("%s; `meshproof plan -o yaml` prints their objects, or says why it cannot%s", cp.Istio.describeReleases(), cp.Istio.uncached())
 		}
 		add("%s", wait)
 	}
