@@ -29,6 +29,7 @@ import (
 
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/plan"
+	meshrun "github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
 	"golang.org/x/mod/module"
 )
@@ -173,7 +174,8 @@ func planCmd(args []string, stdout, stderr io.Writer) int {
 	if *parallel < 1 {
 		return c.usageError("--parallel %d: want 1 or more", *parallel)
 	}
-	p, err := plan.Build(s, *runID, plan.WithParallel(*parallel))
+	// The Istio a run installs, as the run's installer makes it.
+	p, err := plan.Build(s, *runID, plan.WithParallel(*parallel), plan.WithIstioCharts(meshrun.IstioCharts))
 	if err != nil {
 		fmt.Fprintf(stderr, "meshproof plan: %v\n", err)
 		return exitInvalid

@@ -44,6 +44,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/plan"
+	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -54,9 +55,10 @@ type printedDoc struct {
 	obj    *unstructured.Unstructured
 }
 
-// planYAML runs what `meshproof plan -o yaml FILE` runs (Build, then
-// RenderCharts, then WriteYAML) on a file of the repository, with Istio's
-// charts where the tests keep them, and returns the output and its objects.
+// planYAML runs what `meshproof plan -o yaml FILE` runs (Build with the
+// run's installer's view of Istio's charts, then RenderCharts, then
+// WriteYAML) on a file of the repository, with Istio's charts where the
+// tests keep them, and returns the output and its objects.
 func planYAML(t *testing.T, file string) (string, []printedDoc) {
 	t.Helper()
 	t.Setenv(istiocharts.Env, testsupport.IstioCharts(t))
@@ -68,7 +70,7 @@ func planYAML(t *testing.T, file string) (string, []printedDoc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := plan.Build(s, "plan-charts", plan.WithParallel(plan.DefaultParallel))
+	p, err := plan.Build(s, "plan-charts", plan.WithParallel(plan.DefaultParallel), plan.WithIstioCharts(run.IstioCharts))
 	if err != nil {
 		t.Fatal(err)
 	}

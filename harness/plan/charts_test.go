@@ -10,6 +10,7 @@ import (
 	"github.com/meshproof/meshproof/harness/internal/istiocharts"
 	"github.com/meshproof/meshproof/harness/internal/testsupport"
 	"github.com/meshproof/meshproof/harness/plan"
+	"github.com/meshproof/meshproof/harness/run"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
@@ -46,7 +47,7 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := plan.Build(s, "r")
+	p, err := plan.Build(s, "r", plan.WithIstioCharts(run.IstioCharts))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,5 +87,43 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the text plan lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// A plan built without the installer's view of Istio's charts names no
+// release in its text and says in its YAML that Istio's releases are not
+// there and why, rather than printing the namespace alone as if that were
+// the install.
+func TestPlanWithoutIstioChartsSaysSo(t *testing.T) {
+	s, err := scenario.Load("bare.yaml", []byte(`apiVersion: meshproof.dev/v1alpha1
+kind: Suite
+clusters: [{name: c, istio: {version: 1.30.3, profile: ambient}}]
+scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(s, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RenderCharts(t.Context()); err != nil {
+		t.Errorf("RenderCharts without charts to render: %v", err)
+	}
+	var y, text bytes.Buffer
+	if err := p.WriteYAML(&y); err != nil {
+		t.Fatal(err)
+	}
+	if want := "# cluster c: NOT RENDERED, so their objects are missing below: Istio's releases, because the plan was built without Istio's charts (plan.WithIstioCharts)\n"; !strings.Contains(y.String(), want) {
+		t.Errorf("the YAML lacks %q:\n%s", want, y.String())
+	}
+	if err := p.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(text.String(), "Helm releases") {
+		t.Errorf("the text names releases it does not know:\n%s", text.String())
+	}
+	if want := "install Istio 1.30.3 from the charts a run takes (istio.charts, else $MESHPROOF_ISTIO_CHARTS/<version>, else Istio's chart repository) with profile ambient"; !strings.Contains(text.String(), want) {
+		t.Errorf("the text lacks %q:\n%s", want, text.String())
 	}
 }

@@ -10,17 +10,40 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/meshproof/meshproof/harness/internal/istio"
-	"github.com/meshproof/meshproof/harness/internal/mesh"
 	"github.com/meshproof/meshproof/harness/ownership"
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
+// IstioCharts is what a run's installer makes of Istio's charts on one
+// cluster: where they come from, its Helm releases in install order, and
+// their objects rendered with its values. run.IstioCharts is the run's own
+// (harness/internal/mesh's installer), for WithIstioCharts.
+type IstioCharts interface {
+	// Source says where the charts come from, as the run resolves them.
+	Source() string
+	// Releases are the Helm releases in install order, without objects.
+	Releases() []Release
+	// Uncached are the charts that come from a chart repository and are
+	// not in meshproof's cache yet: installing or rendering pulls them.
+	Uncached() []string
+	// Render renders the releases' objects; on an error, it returns the
+	// releases it rendered before it, in order.
+	Render(ctx context.Context) ([]Release, error)
+}
+
+// WithIstioCharts has the plan show, for each cluster whose file has
+// meshproof install Istio, the Helm releases charts(cluster) says a run
+// installs there, where their charts come from, and (RenderCharts) their
+// objects. `meshproof plan` passes run.IstioCharts, the run's installer.
+// Without it the plan names no release and renders none.
+func WithIstioCharts(charts func(*scenario.Cluster) (IstioCharts, error)) Option {
+	return func(o *options) { o.charts = charts }
+}
+
 // IstioInstall is the Istio a run installs on a cluster whose file has
 // meshproof install it (never on one that says use-existing): Istio's
 // namespace, and the Helm releases of Istio's charts in the order the run
-// installs them, with the values it gives them (the installer's own,
-// harness/internal/mesh).
+// installs them, with the values it gives them (WithIstioCharts).
 type IstioInstall struct {
 	// Namespace is Istio's namespace as the run creates it when it is
 	// missing: labelled as the run's, so that teardown deletes it.
@@ -33,11 +56,12 @@ type IstioInstall struct {
 	// for ambient mode istio-cni then ztunnel.
 	Releases []Release
 	// Err says why the releases without objects have none: the charts
-	// could not be found, pulled or rendered (RenderCharts), or the
-	// installer refused the cluster's Istio settings (Build).
+	// could not be found, pulled or rendered (RenderCharts), the installer
+	// refused the cluster's Istio settings (Build), or the plan was built
+	// without WithIstioCharts.
 	Err error
 
-	renderer *istio.Installer
+	charts IstioCharts
 }
 
 // Release is one Helm release of Istio's charts a run installs.
@@ -61,9 +85,12 @@ func (r Release) String() string {
 // errNotRendered is why a release has no objects before RenderCharts.
 var errNotRendered = errors.New("the plan was built without rendering Istio's charts (Plan.RenderCharts)")
 
+// errNoCharts is why a plan built without WithIstioCharts shows no release.
+var errNoCharts = errors.New("the plan was built without Istio's charts (plan.WithIstioCharts)")
+
 // istioInstall plans the Istio install of c, or returns nil when c's file
 // says to use the Istio already there.
-func istioInstall(c *scenario.Cluster, runID string) *IstioInstall {
+func istioInstall(c *scenario.Cluster, runID string, charts func(*scenario.Cluster) (IstioCharts, error)) *IstioInstall {
 	if c.Istio.Mode == scenario.IstioUseExisting {
 		return nil
 	}
@@ -73,17 +100,23 @@ func istioInstall(c *scenario.Cluster, runID string) *IstioInstall {
 			ObjectMeta: metav1.ObjectMeta{Name: scenario.IstioRootNamespace, Labels: ownership.Labels(runID)},
 		},
 	}
-	r, err := mesh.Renderer(c)
+	if charts == nil {
+		in.Err = errNoCharts
+		in.Charts = "the charts a run takes (istio.charts, else $MESHPROOF_ISTIO_CHARTS/<version>, else Istio's chart repository)"
+		if c.Istio.Charts != "" {
+			in.Charts = c.Istio.Charts
+		}
+		return in
+	}
+	ic, err := charts(c)
 	if err != nil {
 		in.Err = err
 		in.Charts = "(unknown: " + err.Error() + ")"
 		return in
 	}
-	in.renderer = r
-	in.Charts = r.ChartSource()
-	for _, cr := range r.ChartReleases() {
-		in.Releases = append(in.Releases, Release{Name: cr.Name, Chart: cr.Chart, Version: cr.Version, Namespace: cr.Namespace})
-	}
+	in.charts = ic
+	in.Charts = ic.Source()
+	in.Releases = ic.Releases()
 	return in
 }
 
@@ -99,17 +132,15 @@ func (p *Plan) RenderCharts(ctx context.Context) error {
 	var errs []error
 	for i := range p.Clusters {
 		in := p.Clusters[i].Istio
-		if in == nil || in.renderer == nil {
+		if in == nil || in.charts == nil {
 			continue
 		}
-		m, err := in.renderer.Render(ctx)
+		rendered, err := in.charts.Render(ctx)
 		for j := range in.Releases {
 			in.Releases[j].Objects = nil
-		}
-		for _, rendered := range m.Releases() {
-			for j := range in.Releases {
-				if in.Releases[j].Name == rendered.Name {
-					in.Releases[j].Objects = rendered.Objects
+			for _, r := range rendered {
+				if r.Name == in.Releases[j].Name {
+					in.Releases[j].Objects = r.Objects
 				}
 			}
 		}
@@ -140,10 +171,10 @@ func (in *IstioInstall) missing() ([]string, error) {
 // when they come from Istio's chart repository and are not in meshproof's
 // cache yet.
 func (in *IstioInstall) uncached() string {
-	if in.renderer == nil {
+	if in.charts == nil {
 		return ""
 	}
-	missing := in.renderer.UncachedCharts()
+	missing := in.charts.Uncached()
 	if len(missing) == 0 {
 		return ""
 	}

@@ -2,12 +2,14 @@
 // cluster: the setup of each cluster, the ordered operations of every
 // scenario step, and every Kubernetes object meshproof would apply, the
 // objects of Istio's Helm charts included where meshproof installs Istio
-// (rendered by RenderCharts with the installer's own values). The
+// (WithIstioCharts; rendered by RenderCharts with the installer's own
+// values). The
 // `meshproof plan` command prints it; the Ginkgo suite names its specs after
 // the same scenarios and steps, so the two listings agree.
 package plan
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -47,7 +49,10 @@ const DefaultParallel = schedule.DefaultParallel
 // Option adjusts Build.
 type Option func(*options)
 
-type options struct{ parallel int }
+type options struct {
+	parallel int
+	charts   func(*scenario.Cluster) (IstioCharts, error)
+}
 
 // WithParallel plans a run of up to n scenarios at once (default
 // schedule.DefaultParallel, as meshproof run).
@@ -112,7 +117,7 @@ func Build(s *scenario.Suite, runID string, opts ...Option) (*Plan, error) {
 		}
 	}()
 	for i := range s.Clusters {
-		cp, err := clusterPlan(s, &s.Clusters[i], runID)
+		cp, err := clusterPlan(s, &s.Clusters[i], runID, o.charts)
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +188,7 @@ func CopyFixtureOptions(cp *schedule.Copy, c *scenario.Cluster, runID, image str
 	return opts
 }
 
-func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterPlan, error) {
+func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string, charts func(*scenario.Cluster) (IstioCharts, error)) (ClusterPlan, error) {
 	cp := ClusterPlan{Cluster: c}
 	add := func(format string, args ...any) { cp.Setup = append(cp.Setup, fmt.Sprintf(format, args...)) }
 	switch c.Provider {
@@ -220,7 +225,7 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 	if in.Mode == scenario.IstioUseExisting {
 		add("use the Istio installed in %s: detect its istiod Deployments (revision, version, plugged CA) and wait until they are healthy; install, upgrade and remove nothing of Istio (the version found is logged; the file's %s is not enforced)", scenario.IstioRootNamespace, in.Version)
 	} else {
-		cp.Istio = istioInstall(c, runID)
+		cp.Istio = istioInstall(c, runID, charts)
 		if in.PluggedCA {
 			add("generate a root and an intermediate CA; create secret istio-system/cacerts before istiod starts")
 		}
@@ -245,9 +250,12 @@ func clusterPlan(s *scenario.Suite, c *scenario.Cluster, runID string) (ClusterP
 		} else {
 			add("install Istio %s from %s: base (CRDs), then istiod; images %s/*:%s%s", in.Version, charts, in.Hub, in.Tag, prefixed("; ", strings.Join(extra, ", ")))
 		}
-		if cp.Istio.Err != nil {
+		switch {
+		case errors.Is(cp.Istio.Err, errNoCharts):
+			// Built without the installer's view: no release to name.
+		case cp.Istio.Err != nil:
 			add("Istio's charts cannot be used as the file says: %v", cp.Istio.Err)
-		} else {
+		default:
 			add("%s; `meshproof plan -o yaml` prints their objects, or says why it cannot%s", cp.Istio.describeReleases(), cp.Istio.uncached())
 		}
 		add("%s", wait)
