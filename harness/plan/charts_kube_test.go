@@ -208,8 +208,9 @@ func envOf(c corev1.Container) map[string]string {
 }
 
 // checkAmbientInstall checks what the ambient suites' plan put on the API
-// server: istiod with ambient on, istio-cni and ztunnel DaemonSets with the
-// file's images and certificate TTL, Istio's namespace as the run's.
+// server: istiod with ambient on and the file's Helm values, istio-cni and
+// ztunnel DaemonSets with the file's images and certificate TTL, Istio's
+// namespace as the run's.
 func checkAmbientInstall(t *testing.T, c client.Client) {
 	t.Helper()
 	const ns = scenario.IstioRootNamespace
@@ -228,9 +229,14 @@ func checkAmbientInstall(t *testing.T, c client.Client) {
 		if got := ds.Spec.Template.Spec.Containers[0].Image; got != image {
 			t.Errorf("DaemonSet %s image %q, want %q", name, got, image)
 		}
-		if ttl := envOf(ds.Spec.Template.Spec.Containers[0])["SECRET_TTL"]; name == istio.ZtunnelDaemonSet && ttl != "60s" {
-			t.Errorf("ztunnel SECRET_TTL %q, want 60s (the file's workloadCertTTL 1m)", ttl)
+		if ttl := envOf(ds.Spec.Template.Spec.Containers[0])["SECRET_TTL"]; name == istio.ZtunnelDaemonSet && ttl != "180s" {
+			t.Errorf("ztunnel SECRET_TTL %q, want 180s (the file's workloadCertTTL 3m)", ttl)
 		}
+	}
+	// The file's own Helm values reach istiod's mesh config: the sidecars'
+	// SECRET_TTL 1m over meshproof's 3m.
+	if cm := stored(t, c, &corev1.ConfigMap{}, ns, "istio"); cm == nil || !strings.Contains(cm.Data["mesh"], "SECRET_TTL: 1m") {
+		t.Errorf("istio ConfigMap as stored lacks the file's SECRET_TTL: 1m: %v", cm)
 	}
 	got := stored(t, c, &corev1.Namespace{}, "", ns)
 	if got == nil || got.Labels["meshproof.dev/run-id"] != "plan-charts" {
