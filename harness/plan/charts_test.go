@@ -127,3 +127,34 @@ scenarios: [{name: s, steps: [{wait: {duration: 1s}}]}]
 		t.Errorf("the text lacks %q:\n%s", want, text.String())
 	}
 }
+
+// An upgrade step's releases are not rendered: the YAML says so at the
+// step, and the text says which releases an ambient in-place upgrade
+// upgrades.
+func TestUpgradeStepReleasesAreNamedNotRendered(t *testing.T) {
+	data, err := os.ReadFile("../../examples/ambient-upgrade.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := scenario.Load("examples/ambient-upgrade.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(s, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var y, text bytes.Buffer
+	if err := p.WriteYAML(&y); err != nil {
+		t.Fatal(err)
+	}
+	if want := "the Istio 1.30.3 releases this upgrade installs or upgrades are not rendered here; `meshproof plan` lists what it does\n"; !strings.Contains(y.String(), want) {
+		t.Errorf("the YAML lacks %q", want)
+	}
+	if err := p.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if want := "helm upgrade base, then istiod, istio-cni and ztunnel, to 1.30.3"; !strings.Contains(text.String(), want) {
+		t.Errorf("the text lacks %q:\n%s", want, text.String())
+	}
+}

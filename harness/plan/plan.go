@@ -491,7 +491,11 @@ var stepPlanners = map[string]func(b *stepBuilder) error{
 			b.add("install istiod %s as revision %s beside the current one; relabel the fixture namespaces istio.io/rev=%s", u.To, u.Revision, u.Revision)
 			b.add("restart every in-mesh workload onto the new proxies; remove the old istiod")
 		default:
-			b.add("helm upgrade base, then istiod, to %s; restart every in-mesh workload onto the new proxies", u.To)
+			releases := "base, then istiod,"
+			if b.suite.Cluster(b.sc.Cluster).Ambient() {
+				releases = "base, then istiod, istio-cni and ztunnel,"
+			}
+			b.add("helm upgrade %s to %s; restart every in-mesh workload onto the new proxies", releases, u.To)
 		}
 		b.add("check every sidecar runs proxy %s; at most %d failed requests and no plaintext accepted by a STRICT server", u.To, u.Traffic.MaxFailures)
 		return nil

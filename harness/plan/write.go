@@ -95,7 +95,8 @@ func alignArrows(text []byte) []byte {
 // namespace and the objects of its Helm releases (base, istiod, and for
 // ambient mode istio-cni and ztunnel; rendered by RenderCharts: a release
 // it could not render is named in a comment saying why), then the
-// cluster's fixtures and wire witness, then every step's policies. The
+// cluster's fixtures and wire witness, then every step's policies (an
+// upgrade step's releases are named in a comment, not rendered). The
 // objects apply in that order with `kubectl apply --server-side -f -` (a
 // server-side dry run accepts the custom resources once the base chart's
 // CRDs exist).
@@ -159,6 +160,9 @@ func (p *Plan) WriteYAML(w io.Writer) error {
 			}
 		}
 		for _, st := range sc.Steps {
+			if u := st.Step.Upgrade; u != nil {
+				fmt.Fprintf(&b, "---\n%s", commented(fmt.Sprintf("scenario %s, step %s (%s): the Istio %s releases this upgrade installs or upgrades are not rendered here; `meshproof plan` lists what it does", sc.Scenario.Name, st.Step.Name, st.Step.Source.Position, u.To)))
+			}
 			for _, o := range st.Patched {
 				if err := doc(fmt.Sprintf("scenario %s, step %s (%s): fixture as the step patches it", sc.Scenario.Name, st.Step.Name, st.Step.Source.Position), o); err != nil {
 					return err
