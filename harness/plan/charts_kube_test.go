@@ -262,9 +262,20 @@ func TestPlannedAmbientSuiteIsAcceptedByTheAPIServer(t *testing.T) {
 	env := testsupport.Start(t, controlplane.WithoutIstioCRDs())
 	applyInOrder(t, env.Client, docs)
 	checkAmbientInstall(t, env.Client)
-	// The migrating namespace, with its sidecar and ambient workloads.
-	if d := stored(t, env.Client, &appsv1.Deployment{}, "shop", "cart"); d == nil || d.Spec.Template.Labels["istio.io/dataplane-mode"] != "ambient" {
-		t.Errorf("ambient workload shop/cart as stored: %v", d)
+	// The migrating namespace, with its sidecar and ambient workloads (in
+	// each scenario's own copy of it, where the scenarios run isolated).
+	carts := 0
+	for _, d := range docs {
+		if d.obj.GetKind() != "Deployment" || d.obj.GetName() != "cart" {
+			continue
+		}
+		carts++
+		if got := stored(t, env.Client, &appsv1.Deployment{}, d.obj.GetNamespace(), "cart"); got == nil || got.Spec.Template.Labels["istio.io/dataplane-mode"] != "ambient" {
+			t.Errorf("ambient workload %s/cart as stored: %v", d.obj.GetNamespace(), got)
+		}
+	}
+	if carts == 0 {
+		t.Error("the plan prints no Deployment of the ambient workload cart")
 	}
 	t.Logf("%d documents accepted, %d of them Istio's charts, in %s", len(docs), countFunc(docs, isChartDoc), time.Since(start).Round(time.Millisecond))
 }

@@ -95,7 +95,8 @@ func alignArrows(text []byte) []byte {
 // namespace and the objects of its Helm releases (base, istiod, and for
 // ambient mode istio-cni and ztunnel; rendered by RenderCharts: a release
 // it could not render is named in a comment saying why), then the
-// cluster's fixtures and wire witness, then every step's policies (an
+// cluster's fixtures and wire witness, then each scenario's own copy of
+// the fixtures (when it runs isolated) and its steps' policies (an
 // upgrade step's releases are named in a comment, not rendered). The
 // objects apply in that order with `kubectl apply --server-side -f -` (a
 // server-side dry run accepts the custom resources once the base chart's
