@@ -560,7 +560,8 @@ func describeResult(s *scenario.Suite, e scenario.Expectation, trustDomain strin
 // Objects lists every object of the plan: each cluster's Istio install
 // (Istio's namespace and the objects of its releases rendered by
 // RenderCharts), its fixtures and wire witness, then each scenario's copy
-// of them (if it runs isolated) and every step's policies, in file order.
+// of them (if it runs isolated), every step's patched fixtures (a move
+// between data planes) and policies, in file order: what WriteYAML prints.
 func (p *Plan) Objects() []client.Object {
 	var out []client.Object
 	for _, c := range p.Clusters {
@@ -578,6 +579,7 @@ func (p *Plan) Objects() []client.Object {
 	for _, sc := range p.Scenarios {
 		out = append(out, sc.Fixtures...)
 		for _, st := range sc.Steps {
+			out = append(out, st.Patched...)
 			for _, o := range st.Policies {
 				out = append(out, o.Object)
 			}
