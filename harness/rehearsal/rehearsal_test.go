@@ -560,33 +560,17 @@ func TestDefaultScenariosPass(t *testing.T) {
 	shardsMergeToTheWholeRun(t, c, f)
 }
 
-// shardsLabelFilter selects the default scenarios the shards rehearse
-// again: the short ones (the whole file was just rehearsed; running it
-// twice more, the rotations' and the transition's waits included, cost
-// two minutes of both cores for nothing the merge does not show on these),
-// proxyless ones among them.
-const shardsLabelFilter = "peer-authentication || destination-rule || proxyless"
-
-// shardsMergeToTheWholeRun rehearses scenarios.yaml's scenarios that
-// shardsLabelFilter selects again in two shards on c, merges their folders
-// and checks that the merged JUnit holds exactly the testcases the
-// unsharded run whole had for them, none twice.
+// shardsMergeToTheWholeRun rehearses scenarios.yaml again in two shards on
+// c, merges their folders and checks that the merged JUnit holds exactly
+// the testcases of the unsharded run whole, none twice.
 func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
 	t.Helper()
-	filter, err := run.WithLabelFilter(shardsLabelFilter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dirs, selected []string
+	var dirs []string
 	for i := 1; i <= 2; i++ {
 		sh := run.Shard{Index: i, Count: 2}
-		r := newRunWith(t, c, "../../scenarios.yaml", testWriter{t}, []run.Option{filter, run.WithParallel(run.DefaultParallel), run.WithShard(sh)})
+		r := newRunWith(t, c, "../../scenarios.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel), run.WithShard(sh)})
 		if n := len(r.Scenarios()); n == 0 || n == len(r.Planned()) {
 			t.Errorf("shard %s runs %d of %d scenarios", sh, n, len(r.Planned()))
-		}
-		selected = selected[:0]
-		for _, sc := range r.Planned() {
-			selected = append(selected, sc.Name)
 		}
 		if sum := execute(t, c, r); !sum.OK() {
 			t.Errorf("shard %s: %+v", sh, sum)
@@ -607,13 +591,7 @@ func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
 		}
 		return out
 	}
-	inSelection := func(name string) bool { // the setup's testcase is every run's
-		return !strings.HasPrefix(name, "[It] ") || slices.ContainsFunc(selected, func(sc string) bool { return strings.HasPrefix(name, "[It] "+sc+" ") })
-	}
-	got, want := names(merged), slices.DeleteFunc(names(whole), func(n string) bool { return !inSelection(n) })
-	if len(selected) < 4 || len(want) == 0 {
-		t.Fatalf("the shards' selection %q plans %q, whose testcases in the whole run are %q: want several scenarios", shardsLabelFilter, selected, want)
-	}
+	got, want := names(merged), names(whole)
 	seen := map[string]int{}
 	for _, n := range got {
 		if seen[n]++; seen[n] == 2 {
@@ -623,14 +601,8 @@ func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
 	if !slices.Equal(got, want) {
 		t.Errorf("the merged JUnit's testcases differ from the unsharded run's:\n got  %q\n want %q", got, want)
 	}
-	wholeVerdicts := 0
-	for _, v := range whole.verdicts {
-		if v.Scenario == "" || slices.Contains(selected, v.Scenario) { // "": the setup's
-			wholeVerdicts++
-		}
-	}
-	if merged.junit.Failures != 0 || len(merged.verdicts) != wholeVerdicts {
-		t.Errorf("merged: %d failures, %d verdicts; the whole run had %d verdicts for those scenarios", merged.junit.Failures, len(merged.verdicts), wholeVerdicts)
+	if merged.junit.Failures != 0 || len(merged.verdicts) != len(whole.verdicts) {
+		t.Errorf("merged: %d failures, %d verdicts; the whole run had %d verdicts", merged.junit.Failures, len(merged.verdicts), len(whole.verdicts))
 	}
 	merged.proxylessLabelled(t, 7070, "grpc-a", "grpc-b")
 }
