@@ -46,8 +46,24 @@ func TestSidecarsAgainstIstiod(t *testing.T) {
 	}
 
 	// Endpoints: EDS lists each Service's pod, with tlsMode istio for the
-	// sidecar pods only (istiod reads the pod label injection sets).
-	snap := a.Snapshot()
+	// sidecar pods only (istiod reads the pod label injection sets). A
+	// sidecar pod is an endpoint once Ready, which is once its own Envoy's
+	// configuration is complete: the push that adds service-b's pod may
+	// reach service-a after service-a's first complete snapshot, as it
+	// reaches a real Envoy.
+	ectx, ecancel := context.WithTimeout(ctx, time.Minute)
+	defer ecancel()
+	snap, err := a.Wait(ectx, func(s *xds.Snapshot) bool {
+		for _, w := range []string{"service-b", "legacy"} {
+			if len(s.Endpoints["outbound|8080||"+w+"."+ns+".svc.cluster.local"].GetEndpoints()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatalf("service-a's Envoy got no endpoints of service-b and legacy within a minute: %v", err)
+	}
 	for w, wantMode := range map[string]string{"service-b": "istio", "legacy": ""} {
 		cluster := "outbound|8080||" + w + "." + ns + ".svc.cluster.local"
 		cla := snap.Endpoints[cluster]
