@@ -25,6 +25,7 @@ import (
 	listersv1 "k8s.io/client-go/listers/core/v1"
 
 	"github.com/meshproof/meshproof/harness/internal/local/binaries"
+	"github.com/meshproof/meshproof/harness/internal/local/controlplane"
 	"github.com/meshproof/meshproof/harness/internal/local/proc"
 )
 
@@ -209,7 +210,7 @@ func (s *Istiod) revision(name string) (*istiodRevision, error) {
 	if r, ok := s.revisions[name]; ok {
 		return r, nil
 	}
-	ports, err := freePorts(6)
+	ports, err := controlplane.FreePorts(6)
 	if err != nil {
 		return nil, err
 	}
@@ -230,27 +231,6 @@ func (s *Istiod) reserve(name string) (istiodPorts, error) {
 		return istiodPorts{}, err
 	}
 	return r.ports, nil
-}
-
-// freePorts finds n distinct free ports on 127.0.0.1, holding them all open
-// until every one is found so that none repeats.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var listeners []net.Listener
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port on 127.0.0.1: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // start runs istiod for pod. The caller holds s.mu.

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -97,7 +98,7 @@ func startControlPlane(ctx context.Context, assets string, o *options) (_ *contr
 }
 
 func (cp *controlPlane) startEtcd(ctx context.Context, path string) error {
-	ports, err := freePorts(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -127,7 +128,7 @@ type credentials struct {
 }
 
 func (cp *controlPlane) startAPIServer(ctx context.Context, path string, creds *credentials, o *options) error {
-	ports, err := freePorts(1)
+	ports, err := FreePorts(1)
 	if err != nil {
 		return err
 	}
@@ -228,20 +229,51 @@ func (cp *controlPlane) stop() error {
 	return errors.Join(errs...)
 }
 
-// freePorts asks the kernel for n free 127.0.0.1 ports, holding all of them
-// until each is known so that none is handed out twice.
-func freePorts(n int) ([]int, error) {
+// FreePorts finds n distinct free ports on 127.0.0.1 for the local stack's
+// servers, holding them all open until every one is found so that none
+// repeats. They are picked at random below Linux's default ephemeral range
+// (32768-60999), where the kernel never puts the local end of an outgoing
+// connection: a port from the ephemeral range, closed here and bound by the
+// server a moment later, could meanwhile be taken by any of the machine's
+// outgoing connections (CI: istiod's "bind: address already in use" while
+// other tests ran). Ports taken are skipped; when none is found in
+// portTries, the kernel picks one.
+func FreePorts(n int) ([]int, error) {
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
 		}
-		defer l.Close()
+	}()
+	for range n {
+		var l net.Listener
+		for range portTries {
+			port := lowPortMin + mathrand.IntN(lowPortMax-lowPortMin)
+			if c, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+				l = c
+				break
+			}
+		}
+		if l == nil {
+			c, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, fmt.Errorf("finding a free port on 127.0.0.1: %w", err)
+			}
+			l = c
+		}
+		listeners = append(listeners, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
 }
+
+// The range FreePorts picks from, and how many ports it tries there.
+const (
+	lowPortMin = 20000
+	lowPortMax = 32768
+	portTries  = 64
+)
 
 // writeCredentials writes a serving certificate for 127.0.0.1 and localhost, a
 // client CA with an admin client certificate, and the service-account key pair.
