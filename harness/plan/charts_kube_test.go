@@ -251,17 +251,27 @@ var ambientReleases = []string{
 	"chart ztunnel 1.30.3 (release ztunnel, namespace istio-system)",
 }
 
-// The ambient migration example on an API server with no Istio yet: every
-// document, Istio's four releases in install order first, is accepted.
-func TestPlannedAmbientSuiteIsAcceptedByTheAPIServer(t *testing.T) {
-	start := time.Now()
-	_, docs := planYAML(t, "examples/ambient-migration.yaml")
-	if got := chartReleases(docs, "ambient-migration"); !reflect.DeepEqual(got, ambientReleases) {
+// applyAmbientPlan prints the plan of file, checks that it names Istio's
+// four ambient releases of cluster in install order, applies every
+// document in order to a fresh API server with no Istio, and checks the
+// ambient install as stored.
+func applyAmbientPlan(t *testing.T, file, cluster string) ([]printedDoc, *testsupport.Env) {
+	t.Helper()
+	_, docs := planYAML(t, file)
+	if got := chartReleases(docs, cluster); !reflect.DeepEqual(got, ambientReleases) {
 		t.Errorf("chart releases printed:\n%s\nwant, in install order:\n%s", strings.Join(got, "\n"), strings.Join(ambientReleases, "\n"))
 	}
 	env := testsupport.Start(t, controlplane.WithoutIstioCRDs())
 	applyInOrder(t, env.Client, docs)
 	checkAmbientInstall(t, env.Client)
+	return docs, env
+}
+
+// The ambient migration example on an API server with no Istio yet: every
+// document, Istio's four releases in install order first, is accepted.
+func TestPlannedAmbientSuiteIsAcceptedByTheAPIServer(t *testing.T) {
+	start := time.Now()
+	docs, env := applyAmbientPlan(t, "examples/ambient-migration.yaml", "ambient-migration")
 	// The migrating namespace, with its sidecar and ambient workloads (in
 	// each scenario's own copy of it, where the scenarios run isolated).
 	carts := 0
@@ -284,13 +294,7 @@ func TestPlannedAmbientSuiteIsAcceptedByTheAPIServer(t *testing.T) {
 // out-of-mesh workloads) likewise.
 func TestPlannedScenariosAreAcceptedByTheAPIServer(t *testing.T) {
 	start := time.Now()
-	_, docs := planYAML(t, "scenarios.yaml")
-	if got := chartReleases(docs, "meshproof"); !reflect.DeepEqual(got, ambientReleases) {
-		t.Errorf("chart releases printed:\n%s\nwant, in install order:\n%s", strings.Join(got, "\n"), strings.Join(ambientReleases, "\n"))
-	}
-	env := testsupport.Start(t, controlplane.WithoutIstioCRDs())
-	applyInOrder(t, env.Client, docs)
-	checkAmbientInstall(t, env.Client)
+	docs, _ := applyAmbientPlan(t, "scenarios.yaml", "meshproof")
 	t.Logf("%d documents accepted, %d of them Istio's charts, in %s", len(docs), countFunc(docs, isChartDoc), time.Since(start).Round(time.Millisecond))
 }
 
