@@ -41,7 +41,7 @@ func TestPredictTableEveryStep(t *testing.T) {
 	// Rows are clients; the strict scenario's first matrix reads:
 	for _, row := range []string{
 		"    service-a        -               -               mtls            mtls            plaintext    plaintext    fail(upstream-503)  mtls         mtls        mtls        mtls        mtls\n",
-		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -            fail(eof)           fail(eof)    fail        fail        fail        fail\n",
+		"    legacy           fail(reset)     fail(reset)     fail(reset)     fail(reset)     -            -            fail                fail         fail        fail        fail        fail\n",
 	} {
 		if !strings.Contains(out, row) {
 			t.Errorf("table lacks the row\n%s\nin:\n%s", row, out)
@@ -285,7 +285,7 @@ func TestPredictProxylessPairs(t *testing.T) {
   - expect:
     - {from: grpc-a, to: grpc-l, port: 7070, result: mtls}
     - {from: service-a, to: grpc-a, port: 7070, result: plaintext}
-    - {from: legacy, to: grpc-l, port: 7070, result: fail, reason: eof}
+    - {from: legacy, to: grpc-l, port: 7070, result: fail}
     - {from: grpc-l, to: grpc-a, port: 7070, result: plaintext}
   - expect: auto
 `)
@@ -360,7 +360,7 @@ func TestPredictProxylessContradiction(t *testing.T) {
 	if code != exitInvalid {
 		t.Fatalf("exit %d, want %d: %s", code, exitInvalid, errOut)
 	}
-	want := file + ":15:7: no-dr step 2: grpc-a -> grpc-l:7070 expects mtls, Istio's rules give fail (eof): proxyless client without DestinationRule sends plaintext (no auto mTLS)"
+	want := file + ":15:7: no-dr step 2: grpc-a -> grpc-l:7070 expects mtls, Istio's rules give fail: proxyless client without DestinationRule sends plaintext (no auto mTLS)"
 	if !strings.Contains(errOut, want) {
 		t.Errorf("stderr lacks\n%s\nin:\n%s", want, errOut)
 	}

@@ -251,8 +251,12 @@ func (p *policies) proxylessAccepts(cp DataPlane, server *scenario.Workload, por
 	case mode == scenario.ModeStrict:
 		// grpc-go's TLS handshake reads the client's HTTP/2 preface as a
 		// bad record and closes the connection: the gRPC client sees it
-		// closed (measured: "error reading server preface: EOF").
-		return scenario.ResultFail, "eof", "proxyless server's " + from + " has no plaintext chain: it closes the plaintext connection"
+		// closed (measured: "error reading server preface: EOF"), and
+		// reset now and then (4 in 60 in one rehearsal) when part of the
+		// client's preface was still unread, so the kernel answered the
+		// close with RST rather than FIN. The result stands, the reason
+		// is left open.
+		return scenario.ResultFail, "", "proxyless server's " + from + " has no plaintext chain: it closes the plaintext connection (EOF, or a reset when the client's preface is still unread: reason not determinate)"
 	case mtls && cp == DataPlaneSidecar:
 		return scenario.ResultFail, "upstream-503", "proxyless server's " + from + " has no TLS chain: the client sidecar's handshake fails (503)"
 	case mtls:

@@ -66,27 +66,27 @@ func TestProxylessServerAndClient(t *testing.T) {
 		// Measured.
 		{"no policy: proxyless client in plaintext", nil, nil, "grpc-a", "grpc-b", grpcPort, plaintext, ""},
 		{"no policy: plain client in plaintext", nil, nil, "legacy", "grpc-b", grpcPort, plaintext, ""},
-		{"STRICT without DR: proxyless client refused (no auto mTLS)", ns(strict), nil, "grpc-a", "grpc-b", grpcPort, fail, "eof"},
-		{"STRICT without DR: plain client refused", ns(strict), nil, "legacy", "grpc-b", grpcPort, fail, "eof"},
+		{"STRICT without DR: proxyless client refused (no auto mTLS)", ns(strict), nil, "grpc-a", "grpc-b", grpcPort, fail, ""},
+		{"STRICT without DR: plain client refused", ns(strict), nil, "legacy", "grpc-b", grpcPort, fail, ""},
 		{"STRICT + ISTIO_MUTUAL: proxyless client over mTLS", ns(strict), im, "grpc-a", "grpc-b", grpcPort, mtls, ""},
-		{"STRICT + ISTIO_MUTUAL: plain client refused", ns(strict), im, "legacy", "grpc-b", grpcPort, fail, "eof"},
+		{"STRICT + ISTIO_MUTUAL: plain client refused", ns(strict), im, "legacy", "grpc-b", grpcPort, fail, ""},
 		{"PERMISSIVE + ISTIO_MUTUAL: proxyless client refused (plaintext-only server)", ns(permissive), im, "grpc-a", "grpc-b", grpcPort, fail, "tls"},
 		{"PERMISSIVE + ISTIO_MUTUAL: plain client in plaintext", ns(permissive), im, "legacy", "grpc-b", grpcPort, plaintext, ""},
 		{"PERMISSIVE without DR", ns(permissive), nil, "grpc-a", "grpc-b", grpcPort, plaintext, ""},
 		{"DISABLE without DR", ns(disable), nil, "grpc-a", "grpc-b", grpcPort, plaintext, ""},
-		{"workload STRICT by selector", pas{workload("grpc-b", strict)}, nil, "legacy", "grpc-b", grpcPort, fail, "eof"},
+		{"workload STRICT by selector", pas{workload("grpc-b", strict)}, nil, "legacy", "grpc-b", grpcPort, fail, ""},
 		// From grpcgen's source.
 		{"DISABLE + ISTIO_MUTUAL: no TLS chain", ns(disable), im, "grpc-a", "grpc-b", grpcPort, fail, "tls"},
-		{"mesh STRICT, namespace UNSET inherits", pas{mesh(strict), namespace("meshproof", unset)}, nil, "grpc-a", "grpc-b", grpcPort, fail, "eof"},
+		{"mesh STRICT, namespace UNSET inherits", pas{mesh(strict), namespace("meshproof", unset)}, nil, "grpc-a", "grpc-b", grpcPort, fail, ""},
 		{"namespace PERMISSIVE over mesh STRICT", pas{mesh(strict), namespace("meshproof", permissive)}, nil, "grpc-a", "grpc-b", grpcPort, plaintext, ""},
 		{"port-level PERMISSIVE under workload STRICT", pas{workload("grpc-b", strict, grpcPort, permissive)}, nil, "legacy", "grpc-b", grpcPort, plaintext, ""},
 		{"port-level STRICT under workload PERMISSIVE", pas{workload("grpc-b", permissive, grpcPort, strict)}, im, "grpc-a", "grpc-b", grpcPort, mtls, ""},
-		{"DR SIMPLE builds no TLS: plaintext to STRICT fails", ns(strict), drs{dr("grpc-b", scenario.TLSSimple, 0)}, "grpc-a", "grpc-b", grpcPort, fail, "eof"},
+		{"DR SIMPLE builds no TLS: plaintext to STRICT fails", ns(strict), drs{dr("grpc-b", scenario.TLSSimple, 0)}, "grpc-a", "grpc-b", grpcPort, fail, ""},
 		{"DR SIMPLE builds no TLS: plaintext to PERMISSIVE", nil, drs{dr("grpc-b", scenario.TLSSimple, 0)}, "grpc-a", "grpc-b", grpcPort, plaintext, ""},
-		{"DR DISABLE to STRICT", ns(strict), drs{dr("grpc-b", tlsDisable, 0)}, "grpc-a", "grpc-b", grpcPort, fail, "eof"},
+		{"DR DISABLE to STRICT", ns(strict), drs{dr("grpc-b", tlsDisable, 0)}, "grpc-a", "grpc-b", grpcPort, fail, ""},
 		{"port-level ISTIO_MUTUAL over destination DISABLE", ns(strict), drs{dr("grpc-b", tlsDisable, 0), dr("grpc-b", istioMutual, grpcPort)}, "grpc-a", "grpc-b", grpcPort, mtls, ""},
-		{"port-level DISABLE over destination ISTIO_MUTUAL", ns(strict), drs{dr("grpc-b", istioMutual, 0), dr("grpc-b", tlsDisable, grpcPort)}, "grpc-a", "grpc-b", grpcPort, fail, "eof"},
-		{"DR for another workload changes nothing", ns(strict), drs{dr("grpc-a", istioMutual, 0)}, "grpc-a", "grpc-b", grpcPort, fail, "eof"},
+		{"port-level DISABLE over destination ISTIO_MUTUAL", ns(strict), drs{dr("grpc-b", istioMutual, 0), dr("grpc-b", tlsDisable, grpcPort)}, "grpc-a", "grpc-b", grpcPort, fail, ""},
+		{"DR for another workload changes nothing", ns(strict), drs{dr("grpc-a", istioMutual, 0)}, "grpc-a", "grpc-b", grpcPort, fail, ""},
 	})
 }
 
@@ -120,8 +120,8 @@ func TestProxylessPortLevelModeByContainerPort(t *testing.T) {
 func TestProxylessTLSModeLabel(t *testing.T) {
 	im := drs{dr("grpc-l", istioMutual, 0)}
 	runProxylessRules(t, []ruleCase{
-		{"no policy: plaintext refused", nil, nil, "grpc-a", "grpc-l", grpcPort, fail, "eof"},
-		{"no policy: plain client refused", nil, nil, "legacy", "grpc-l", grpcPort, fail, "eof"},
+		{"no policy: plaintext refused", nil, nil, "grpc-a", "grpc-l", grpcPort, fail, ""},
+		{"no policy: plain client refused", nil, nil, "legacy", "grpc-l", grpcPort, fail, ""},
 		{"no policy + ISTIO_MUTUAL: mTLS", nil, im, "grpc-a", "grpc-l", grpcPort, mtls, ""},
 		{"PERMISSIVE + ISTIO_MUTUAL: mTLS", pas{namespace("meshproof", permissive)}, im, "grpc-a", "grpc-l", grpcPort, mtls, ""},
 		{"DISABLE stays plaintext", pas{namespace("meshproof", disable)}, nil, "grpc-a", "grpc-l", grpcPort, plaintext, ""},

@@ -456,7 +456,7 @@ scenarios:
   - expect:
     - {from: grpc-l, to: grpc-a, port: 7070, result: mtls}
     - {from: service-a, to: grpc-a, port: 7070, result: mtls}
-    - {from: grpc-a, to: grpc-l, port: 80, result: fail, reason: eof}
+    - {from: grpc-a, to: grpc-l, port: 80, result: fail}
     - {from: grpc-a, to: service-a, port: 8080, result: fail}
 `))
 	if err != nil {

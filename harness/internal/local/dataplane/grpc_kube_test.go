@@ -155,7 +155,7 @@ func TestGRPCProxylessServerThroughTheEngine(t *testing.T) {
       peerAuthentications: [{scope: namespace, mode: STRICT}]
   - expect:
     - {from: service-a, to: grpc-b, port: 7070, result: fail, reason: upstream-503}
-    - {from: legacy, to: grpc-b, port: 7070, result: fail, reason: eof}
+    - {from: legacy, to: grpc-b, port: 7070, result: fail}
     - {from: grpc-b, to: service-b, port: 8080, result: fail, reason: reset}
   - mtls:
       peerAuthentications: [{scope: namespace, mode: STRICT}]

@@ -217,7 +217,11 @@ func (e *Execer) callByOracle(ctx context.Context, client *corev1.Pod, dst *dest
 		return grpcEchoReply(client, dst, u, "", ""), nil, nil
 	case pred.Result == scenario.ResultFail && pred.Reason == echoapi.ReasonReset:
 		return nil, prefaceError(connError("read", syscall.ECONNRESET)), nil
-	case pred.Result == scenario.ResultFail && pred.Reason == echoapi.ReasonEOF:
+	case pred.Result == scenario.ResultFail && pred.Reason == echoapi.ReasonEOF,
+		pred.Result == scenario.ResultFail && pred.Reason == "" && proxyless(dst.pod):
+		// A proxyless server closing a plaintext connection: the oracle
+		// leaves open whether the client sees FIN or RST; grpc-go's
+		// usual one is EOF.
 		return nil, prefaceError(errors.New("EOF")), nil
 	case pred.Result == scenario.ResultFail && pred.Reason == echoapi.ReasonUpstream503:
 		return nil, &grpcStatus{code: "Unavailable", message: echoapi.EnvoyUpstreamResetBody + ". reset reason: connection termination"}, nil
