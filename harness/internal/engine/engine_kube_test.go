@@ -164,6 +164,19 @@ type scriptedProber struct {
 	rounds map[string]int // client pod → rounds served
 	script func(round int, client results.Pod, target echoapi.Target) echoapi.ProbeResult
 	specs  []echoapi.ProbeSpec
+	from   []string // client pod of each spec
+}
+
+// firstSpecOf is the first batch client pod name ran.
+func (p *scriptedProber) firstSpecOf(name string) echoapi.ProbeSpec {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, spec := range p.specs {
+		if p.from[i] == name {
+			return spec
+		}
+	}
+	return echoapi.ProbeSpec{}
 }
 
 func (p *scriptedProber) Probe(_ context.Context, client results.Pod, spec echoapi.ProbeSpec) ([]echoapi.ProbeResult, error) {
@@ -175,6 +188,7 @@ func (p *scriptedProber) Probe(_ context.Context, client results.Pod, spec echoa
 	n := p.rounds[client.Name]
 	p.rounds[client.Name]++
 	p.specs = append(p.specs, spec)
+	p.from = append(p.from, client.Name)
 	var out []echoapi.ProbeResult
 	for _, tgt := range spec.Targets {
 		for i := 0; i < spec.RequestsPerTarget; i++ {
@@ -219,11 +233,12 @@ func TestExpectHoldsAfterConsecutiveMatchingRounds_ScriptedTransport(t *testing.
 	if p.rounds["service-a-0"] != 5 || p.rounds["legacy-0"] != 5 {
 		t.Errorf("rounds = %v, want 5 per client (one exec per client per round)", p.rounds)
 	}
-	if len(p.specs[0].Targets) != 2 || p.specs[0].RequestsPerTarget != 2 {
-		t.Errorf("service-a's batch = %+v, want both its targets with 2 requests each", p.specs[0])
+	spec := p.firstSpecOf("service-a-0")
+	if len(spec.Targets) != 2 || spec.RequestsPerTarget != 2 {
+		t.Errorf("service-a's batch = %+v, want both its targets with 2 requests each", spec)
 	}
-	if !strings.HasPrefix(p.specs[0].Targets[0].URL, "http://service-b."+ns+".svc.cluster.local:8080/") {
-		t.Errorf("target URL = %s", p.specs[0].Targets[0].URL)
+	if len(spec.Targets) > 0 && !strings.HasPrefix(spec.Targets[0].URL, "http://service-b."+ns+".svc.cluster.local:8080/") {
+		t.Errorf("target URL = %s", spec.Targets[0].URL)
 	}
 	if n := len(rec.all()); n != 5*3*2 {
 		t.Errorf("%d observations recorded, want 30", n)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"sigs.k8s.io/e2e-framework/klient/wait"
@@ -99,7 +100,12 @@ func firstLeak(rows []*rowHistory) string {
 	return ""
 }
 
-// round runs one probe round and reports whether every row matched.
+// round runs one probe round and reports whether every row matched. The
+// clients probe at once, each its own rows one batch or window after the
+// other, as continuous traffic does: a witness window (TCP, ztunnel) is
+// still held by one probe at a time (tcpLocks), so concurrent clients
+// never share a count, and a round takes its slowest client's time rather
+// than the sum of all.
 func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, rows []*rowHistory) (bool, error) {
 	// One batch per client workload, in the order the table names them.
 	var clients []string
@@ -111,21 +117,28 @@ func (e *Engine) round(ctx context.Context, sc *scenario.Scenario, st *scenario.
 		byClient[r.expectation.From] = append(byClient[r.expectation.From], r)
 	}
 	td := e.cluster.Istio.TrustDomain
+	errs := make([]error, len(clients))
+	var wg sync.WaitGroup
+	for i, from := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pod, err := e.clientPod(ctx, from)
+			if err == nil {
+				err = e.probeClient(ctx, sc, st, from, pod, byClient[from], td)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
 	all := true
-	var errs []error
-	for _, from := range clients {
-		pod, err := e.clientPod(ctx, from)
-		if err == nil {
-			err = e.probeClient(ctx, sc, st, from, pod, byClient[from], td)
-		}
-		if err != nil && cutByDeadline(ctx, err) {
+	for i, from := range clients {
+		if err := errs[i]; err != nil && cutByDeadline(ctx, err) {
 			// Cut short by the step's timeout: the rows keep what the last
 			// full round saw (a TCP row's witness window can outlast the
 			// margin expect leaves before the deadline).
 			return false, context.DeadlineExceeded
-		}
-		if err != nil {
-			errs = append(errs, err)
+		} else if err != nil {
 			for _, r := range byClient[from] {
 				r.last, r.lastWhy = nil, "not observed: "+err.Error()
 			}

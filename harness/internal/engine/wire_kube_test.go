@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +19,14 @@ import (
 type scriptedWire struct {
 	verdict     echoapi.WitnessVerdict
 	unavailable bool
+	mu          sync.Mutex // continuous traffic's clients watch at once
 	watched     []string
+}
+
+func (w *scriptedWire) batches() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.watched...)
 }
 
 func (w *scriptedWire) Watch(_ context.Context, client results.Pod, servers []results.Pod) (func(context.Context, []echoapi.ProbeResult), error) {
@@ -26,7 +34,9 @@ func (w *scriptedWire) Watch(_ context.Context, client results.Pod, servers []re
 	for _, s := range servers {
 		ips = append(ips, s.IP)
 	}
+	w.mu.Lock()
 	w.watched = append(w.watched, client.IP+">"+strings.Join(ips, ","))
+	w.mu.Unlock()
 	return func(_ context.Context, rs []echoapi.ProbeResult) {
 		for i := range rs {
 			a := echoapi.WitnessAnswer{ID: fmt.Sprint(i), Verdict: w.verdict, Detail: "scripted", Unavailable: w.unavailable}
@@ -64,7 +74,7 @@ func TestExpectJudgedOnTheWire_ScriptedTransport(t *testing.T) {
 			}}
 			w := &scriptedWire{verdict: c.verdict, unavailable: c.unavailable}
 			var rec recorded
-			started := len(w.watched)
+			started := len(w.batches())
 			err := newEngine(t, s, p, WithRecorder(&rec), WithWireWitness(w, false)).RunStep(context.Background(), &s.Scenarios[0], 0)
 			switch {
 			case c.wantErr == "" && err != nil:
@@ -72,8 +82,8 @@ func TestExpectJudgedOnTheWire_ScriptedTransport(t *testing.T) {
 			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
 				t.Fatalf("step error %v, want one saying %q", err, c.wantErr)
 			}
-			if c.wantWire && (len(w.watched) == started || w.watched[0] != "10.0.0.1>10.0.0.3") {
-				t.Errorf("batches watched between %q, want service-a's pod and service-b's", w.watched)
+			if watched := w.batches(); c.wantWire && (len(watched) == started || watched[0] != "10.0.0.1>10.0.0.3") {
+				t.Errorf("batches watched between %q, want service-a's pod and service-b's", watched)
 			}
 			for _, o := range rec.all() {
 				if (o.Wire != nil) != c.wantWire || c.wantWire && o.Wire.Verdict != string(c.verdict) {
