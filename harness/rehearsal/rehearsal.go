@@ -297,6 +297,9 @@ func (r *Rehearsal) transport(cfg *rest.Config) (probe.Execer, error) {
 	}
 	certs := &revisionCA{kube: kube, istiod: lc.Istiod(), byAddr: map[string]*istiodClient{}}
 	opts := []dataplane.Option{dataplane.WithLogger(r.logger.With("cluster", lc.Name()))}
+	if w := lc.World(); w != nil {
+		opts = append(opts, dataplane.WithWorld(w))
+	}
 	if lc.Ambient() != nil {
 		opts = append(opts, dataplane.WithZtunnels(lc.Ambient(), certs))
 	}

@@ -81,6 +81,9 @@ type Cluster struct {
 	sidecars *Sidecars
 	// ambient plays ambient mode's node agents (nil without WithIstiod).
 	ambient *Ambient
+	// world caches the cluster's objects for the simulated data plane (nil
+	// without WithIstiod).
+	world *world
 
 	mu sync.Mutex
 	// images are the tags of the image archives loaded (LoadImageArchive).
@@ -242,6 +245,9 @@ func (c *Cluster) Create(ctx context.Context, args ...string) (_ string, err err
 		if err := c.startAmbient(ctx); err != nil {
 			return "", err
 		}
+		if err := c.startWorld(ctx); err != nil {
+			return "", err
+		}
 	}
 	c.logger.Info("local cluster ready", "cluster", c.name, "kubernetes", env.ServerVersion.GitVersion, "nodes", c.nodes, "took", time.Since(start).Round(100*time.Millisecond))
 	return kubeconfig, nil
@@ -393,6 +399,10 @@ func nodeReady(n *corev1.Node) bool {
 // SIGKILL after a bound, and removes the cluster's directory.
 func (c *Cluster) Destroy(context.Context) error {
 	var errs []error
+	if c.world != nil {
+		c.world.stop()
+		c.world = nil
+	}
 	if c.ambient != nil {
 		c.ambient.stop()
 		c.ambient = nil

@@ -444,7 +444,7 @@ func (e *Execer) ztunnelDump(ctx context.Context, z *ztunnel.Ztunnel) ([]byte, e
 // ambientPodsOn are the enrolled running pods of a node.
 func (e *Execer) ambientPodsOn(ctx context.Context, node string) ([]*corev1.Pod, error) {
 	var list corev1.PodList
-	if err := e.kube.List(ctx, &list); err != nil {
+	if err := e.world.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("listing pods: %w", err)
 	}
 	var out []*corev1.Pod

@@ -68,7 +68,10 @@ const simulatedNote = "meshproof: " + Label + "\n"
 // Execer answers the harness's in-pod commands from the stored objects. It
 // implements probe.Execer and is safe for concurrent use.
 type Execer struct {
+	// kube reads what must be current (the pod a command runs in); world
+	// reads what a request is decided from (kube unless WithWorld).
 	kube        client.Reader
+	world       client.Reader
 	certs       CertSource
 	trustDomain string
 	rootNS      string
@@ -102,6 +105,11 @@ type Option func(*Execer)
 // WithClock sets the clock certificate renewal is judged by.
 func WithClock(now func() time.Time) Option { return func(e *Execer) { e.now = now } }
 
+// WithWorld reads the cluster-wide state each request is decided from
+// (pods, Services, WorkloadEntries, policies) through r, typically an
+// informer cache, instead of listing it from the API server per request.
+func WithWorld(r client.Reader) Option { return func(e *Execer) { e.world = r } }
+
 // WithLogger sets the logger renewals and failed issuances are logged to.
 func WithLogger(l *slog.Logger) Option { return func(e *Execer) { e.log = l } }
 
@@ -120,6 +128,9 @@ func New(kube client.Reader, certs CertSource, opts ...Option) *Execer {
 	}
 	for _, o := range opts {
 		o(e)
+	}
+	if e.world == nil {
+		e.world = kube
 	}
 	return e
 }

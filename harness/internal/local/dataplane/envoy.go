@@ -128,11 +128,11 @@ type network struct {
 
 func (e *Execer) network(ctx context.Context, dst *destination) (*network, error) {
 	var pods corev1.PodList
-	if err := e.kube.List(ctx, &pods); err != nil {
+	if err := e.world.List(ctx, &pods); err != nil {
 		return nil, fmt.Errorf("listing pods: %w", err)
 	}
 	var svcs corev1.ServiceList
-	if err := e.kube.List(ctx, &svcs); err != nil {
+	if err := e.world.List(ctx, &svcs); err != nil {
 		return nil, fmt.Errorf("listing Services: %w", err)
 	}
 	n := &network{e: e, dst: dst, pods: map[netip.Addr]*corev1.Pod{}, services: svcs.Items, hosts: map[netip.Addr]*envoy.Host{}, byUID: map[types.UID]*envoy.Host{}, clients: map[netip.Addr]*xds.Sidecar{}}
@@ -155,7 +155,7 @@ func (e *Execer) network(ctx context.Context, dst *destination) (*network, error
 	// of its own (its gRPC server runs there for proxyless clients) is
 	// that address in istiod's endpoints: the same pod.
 	var entries networkingv1.WorkloadEntryList
-	if err := e.kube.List(ctx, &entries); err != nil {
+	if err := e.world.List(ctx, &entries); err != nil {
 		return nil, fmt.Errorf("listing WorkloadEntries: %w", err)
 	}
 	byUID := map[types.UID]netip.Addr{}

@@ -57,7 +57,7 @@ func (e *Execer) resolve(ctx context.Context, clientNS, host string, port int) (
 		return nil, &errNoSuchHost{host: host}
 	}
 	var svc corev1.Service
-	if err := e.kube.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &svc); err != nil {
+	if err := e.world.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &svc); err != nil {
 		if client.IgnoreNotFound(err) == nil {
 			return nil, &errNoSuchHost{host: host}
 		}
@@ -103,7 +103,7 @@ func (e *Execer) endpoint(ctx context.Context, svc *corev1.Service) (*corev1.Pod
 		return nil, nil
 	}
 	var pods corev1.PodList
-	if err := e.kube.List(ctx, &pods, client.InNamespace(svc.Namespace), client.MatchingLabels(svc.Spec.Selector)); err != nil {
+	if err := e.world.List(ctx, &pods, client.InNamespace(svc.Namespace), client.MatchingLabels(svc.Spec.Selector)); err != nil {
 		return nil, fmt.Errorf("listing the pods of Service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}
 	var best *corev1.Pod
@@ -166,7 +166,7 @@ func protocol(p corev1.ServicePort) scenario.PortProtocol {
 // podByIP finds the running pod that has ip, as a connection to it would.
 func (e *Execer) podByIP(ctx context.Context, ip string) (*corev1.Pod, error) {
 	var pods corev1.PodList
-	if err := e.kube.List(ctx, &pods); err != nil {
+	if err := e.world.List(ctx, &pods); err != nil {
 		return nil, fmt.Errorf("listing pods: %w", err)
 	}
 	for i := range pods.Items {
@@ -226,7 +226,7 @@ func ptr[T any](v T) *T { return &v }
 // in the oracle, which maps the probed Service port to it.
 func (e *Execer) peerAuthentications(ctx context.Context, dst *destination) ([]scenario.PeerAuthentication, error) {
 	var list securityv1.PeerAuthenticationList
-	if err := e.kube.List(ctx, &list); err != nil {
+	if err := e.world.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("listing PeerAuthentications: %w", err)
 	}
 	serverNS := dst.service.Namespace
@@ -273,7 +273,7 @@ func (e *Execer) peerAuthentications(ctx context.Context, dst *destination) ([]s
 // rule using them is refused rather than guessed at.
 func (e *Execer) destinationRules(ctx context.Context, clientNS string, svc *corev1.Service) ([]scenario.DestinationRule, error) {
 	var list networkingv1.DestinationRuleList
-	if err := e.kube.List(ctx, &list); err != nil {
+	if err := e.world.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("listing DestinationRules: %w", err)
 	}
 	fqdn := svc.Name + "." + svc.Namespace + ".svc.cluster.local"
