@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshproof/meshproof/harness/internal/ca"
 	"github.com/meshproof/meshproof/harness/internal/istio"
@@ -138,6 +139,24 @@ func TestIstiodServesTheLocalCluster(t *testing.T) {
 		if got.Status.PodIP != ip {
 			t.Errorf("the pod's IP changed from %s to %s when it turned Ready", ip, got.Status.PodIP)
 		}
+	})
+
+	t.Run("the World cache follows the API server: the injected pod, Running with its IP", func(t *testing.T) {
+		w := lc.World()
+		if w == nil {
+			t.Fatal("a local cluster with istiod has no World cache")
+		}
+		until(t, 30*time.Second, "the cache to hold the pod as the API server does", func(ctx context.Context) (bool, error) {
+			var cached corev1.Pod
+			if err := w.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: pod.Name}, &cached); err != nil {
+				return false, client.IgnoreNotFound(err)
+			}
+			stored, err := kube.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			return cached.ResourceVersion == stored.ResourceVersion && cached.Status.PodIP != "" && cached.Status.Phase == corev1.PodRunning, nil
+		})
 	})
 
 	t.Run("Istio's validation webhook refuses an invalid object and admits a valid one", func(t *testing.T) {
