@@ -236,8 +236,10 @@ func (cp *controlPlane) stop() error {
 // connection: a port from the ephemeral range, closed here and bound by the
 // server a moment later, could meanwhile be taken by any of the machine's
 // outgoing connections (CI: istiod's "bind: address already in use" while
-// other tests ran). Ports taken are skipped; when none is found in
-// portTries, the kernel picks one.
+// other tests ran). Each port is claimed first (claimPort), so that no
+// other local stack, in this process or another meshproof process, is
+// handed it too. Ports taken or claimed are skipped; when none is found
+// in portTries, the kernel picks one.
 func FreePorts(n int) ([]int, error) {
 	var ports []int
 	var listeners []net.Listener
@@ -250,6 +252,9 @@ func FreePorts(n int) ([]int, error) {
 		var l net.Listener
 		for range portTries {
 			port := lowPortMin + mathrand.IntN(lowPortMax-lowPortMin)
+			if !claimPort(port) {
+				continue
+			}
 			if c, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
 				l = c
 				break
