@@ -18,10 +18,6 @@ import (
 	"github.com/meshproof/meshproof/harness/scenario"
 )
 
-// cleanupTimeout bounds Teardown after the steps: deleting a kind cluster
-// takes seconds, uninstalling Istio from an existing cluster minutes.
-const cleanupTimeout = 10 * time.Minute
-
 const runAbout = `Runs the scenarios of FILE (default scenarios.yaml) on the clusters it
 names: creates or reuses kind clusters or uses existing ones, installs
 Istio, deploys the fixtures, runs every step and removes what it created.
@@ -128,7 +124,10 @@ func runWithSignals(args []string, stdout, stderr io.Writer, sigs <-chan os.Sign
 
 	ctx, interrupt := context.WithCancel(context.Background())
 	defer interrupt()
-	cleanup, stopCleanup := context.WithTimeout(context.Background(), cleanupTimeout)
+	// The clean-ups' parent: only a second signal ends it. Each clean-up
+	// has its own bound from when it begins (meshrun.WithCleanupTimeout);
+	// a deadline set here would run out during a long run's steps.
+	cleanup, stopCleanup := context.WithCancel(context.Background())
 	defer stopCleanup()
 	done := make(chan struct{})
 	defer close(done)

@@ -102,6 +102,7 @@ type settings struct {
 	leaseDuration      time.Duration
 	terminatingTimeout time.Duration
 	gracePeriod        time.Duration
+	cleanupTimeout     time.Duration
 	parallel           int
 	shard              schedule.Shard
 	scenarioFilter     func(*scenario.Scenario) bool
@@ -121,6 +122,7 @@ func defaultSettings() settings {
 		leaseDuration:      DefaultLeaseDuration,
 		terminatingTimeout: deploy.DefaultTerminatingTimeout,
 		gracePeriod:        DefaultGracePeriod,
+		cleanupTimeout:     DefaultCleanupTimeout,
 		parallel:           1,
 	}
 }
@@ -241,6 +243,11 @@ func WithTerminatingTimeout(d time.Duration) Option {
 // (default DefaultGracePeriod); match it to the caller's own grace period,
 // e.g. Ginkgo's --grace-period.
 func WithGracePeriod(d time.Duration) Option { return func(s *settings) { s.gracePeriod = d } }
+
+// WithCleanupTimeout bounds each clean-up of Execute and Start (a
+// scenario's end, the teardown) from when it begins (default
+// DefaultCleanupTimeout).
+func WithCleanupTimeout(d time.Duration) Option { return func(s *settings) { s.cleanupTimeout = d } }
 
 // WithParallel runs up to n scenarios at once (default 1; meshproof run
 // and the Ginkgo suite use DefaultParallel). With n > 1 a scenario whose

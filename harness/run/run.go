@@ -54,6 +54,11 @@ const (
 	// diagnostics and clean-up before it gives up on them (Ginkgo's own
 	// default grace period is the same).
 	DefaultGracePeriod = 30 * time.Second
+	// DefaultCleanupTimeout bounds each clean-up Execute does (a
+	// scenario's policies and namespaces, the teardown), counted from when
+	// that clean-up begins: deleting a kind cluster takes seconds,
+	// uninstalling Istio from an existing cluster minutes.
+	DefaultCleanupTimeout = 10 * time.Minute
 	// diagnosticsTimeout bounds diagnostics of one failure in a run that
 	// was not interrupted.
 	diagnosticsTimeout = 2 * time.Minute
@@ -493,8 +498,9 @@ func (r *Run) Close() error {
 // order under the schedule (Start: up to WithParallel scenarios at once;
 // after a failed step the scenario's remaining steps are skipped),
 // Teardown and Close (which writes junit.xml and report.html). ctx
-// ends the run early (the first Ctrl-C); cleanup bounds Teardown (a second
-// Ctrl-C cancels it). The error is the first failure of the run's own
+// ends the run early (the first Ctrl-C); cleanup is the clean-ups' parent (a
+// second Ctrl-C cancels it), each bounded by WithCleanupTimeout from when it
+// begins, so a run that lasts longer than the bound still cleans up. The error is the first failure of the run's own
 // machinery (teardown, the run folder), not of a step: steps' outcomes are
 // in the Summary.
 func (r *Run) Execute(ctx, cleanup context.Context) (Summary, error) {
@@ -502,7 +508,9 @@ func (r *Run) Execute(ctx, cleanup context.Context) (Summary, error) {
 	if r.Setup(ctx) == nil {
 		r.Start(ctx, cleanup).Wait()
 	}
-	if err := r.Teardown(cleanup); err != nil {
+	teardown, cancel := context.WithTimeout(cleanup, r.o.cleanupTimeout)
+	defer cancel()
+	if err := r.Teardown(teardown); err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
 	errs = append(errs, r.Close())
@@ -528,7 +536,9 @@ func (r *Run) runScenario(ctx, cleanup context.Context, sc *scenario.Scenario, p
 	}
 	// Policies and namespaces go even when the run was interrupted: the
 	// cleanup context still runs.
-	err = r.EndScenario(cleanup, sc)
+	end, cancel := context.WithTimeout(cleanup, r.o.cleanupTimeout)
+	defer cancel()
+	err = r.EndScenario(end, sc)
 	if err != nil {
 		r.log(sc.Cluster).Error("ending the scenario failed", "scenario", sc.Name, "error", err)
 	}

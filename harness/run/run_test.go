@@ -37,6 +37,10 @@ type fakeProvider struct {
 	mu        sync.Mutex
 	created   int
 	destroyed int
+	// destroyLeft is how long Destroy's context had left when it was
+	// called (0: no deadline), and destroyErr its error then.
+	destroyLeft time.Duration
+	destroyErr  error
 }
 
 func (f *fakeProvider) Create(ctx context.Context, _ ...string) (string, error) {
@@ -54,10 +58,14 @@ func (f *fakeProvider) Create(ctx context.Context, _ ...string) (string, error) 
 	return path, os.WriteFile(path, f.kubeconfig, 0o600)
 }
 
-func (f *fakeProvider) Destroy(context.Context) error {
+func (f *fakeProvider) Destroy(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.destroyed++
+	if d, ok := ctx.Deadline(); ok {
+		f.destroyLeft = time.Until(d)
+	}
+	f.destroyErr = ctx.Err()
 	return nil
 }
 
@@ -221,6 +229,28 @@ func TestCreatedButUnreachableClusterIsDestroyed(t *testing.T) {
 		if !bytes.Contains(page, []byte(want)) {
 			t.Errorf("report.html lacks %q", want)
 		}
+	}
+}
+
+// A run that lasts longer than the clean-up bound still cleans up: the
+// bound counts from when the teardown begins, not from the run's start (a
+// deadline set at the start ran out during long runs' steps, and their
+// clusters and namespaces were left behind).
+func TestCleanupBoundStartsWithTheCleanup(t *testing.T) {
+	p := &fakeProvider{kubeconfig: []byte(unreachableKubeconfig)}
+	const bound = 1500 * time.Millisecond
+	r, log := newTestRun(t, loadSuite(t, twoScenarios), p, WithReachTimeout(2*time.Second), WithCleanupTimeout(bound))
+	start := time.Now()
+	if _, err := r.Execute(t.Context(), t.Context()); err != nil {
+		t.Fatalf("Execute: %v", err)
+	}
+	if took := time.Since(start); took <= bound {
+		t.Fatalf("the run took %s, not longer than the bound %s: the test proves nothing", took, bound)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.destroyed != 1 || p.destroyErr != nil || p.destroyLeft <= 0 || p.destroyLeft > bound {
+		t.Errorf("Destroy called %d times with %s of a %s bound left (%v); want once, within a bound that began with the teardown\n%s", p.destroyed, p.destroyLeft, bound, p.destroyErr, log)
 	}
 }
 

@@ -183,8 +183,9 @@ var errNotRun = errors.New("not run")
 // up to WithParallel at once, isolated ones each in namespaces of its own
 // under the cluster's shared lock, the others alone under its exclusive
 // lock. After a failed step a scenario's remaining steps do not run. ctx
-// ends it early; cleanup bounds each scenario's clean-up. Call it after
-// Setup succeeded.
+// ends it early; cleanup is the parent of each scenario's clean-up, which
+// WithCleanupTimeout bounds from when it begins. Call it after Setup
+// succeeded.
 func (r *Run) Start(ctx, cleanup context.Context) *Progress {
 	sch := r.Schedule()
 	ctx, cancel := context.WithCancelCause(ctx)
