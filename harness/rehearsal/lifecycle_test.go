@@ -195,9 +195,8 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 	}()
 	var descendants []proctree.Process
 	deadline := time.After(10 * time.Minute)
-	interrupted := false
 	begun := map[string]bool{} // scenarios whose first step passed
-	for !interrupted {
+	for len(begun) < 2 {
 		select {
 		case line, ok := <-lines:
 			if !ok {
@@ -209,26 +208,53 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 				name, _, _ = strings.Cut(name, " ")
 				begun[name] = true
 			}
-			if len(begun) == 2 {
-				// Both expect steps have begun; let them run a little.
-				time.Sleep(3 * time.Second)
-				if descendants, err = proctree.Descendants(cmd.Process.Pid); err != nil {
-					t.Fatal(err)
-				}
-				if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
-					t.Fatal(err)
-				}
-				interrupted = true
-			}
 		case <-deadline:
 			t.Fatalf("no step began within 10 minutes; output:\n%s", output.String())
 		}
+	}
+	// Both expect steps have begun; interrupt once each has recorded a
+	// round from both data planes (results.json is written as the run
+	// goes), so that the interrupt lands among running probes, not on a
+	// guess of how long a round takes on a loaded machine.
+	probed := func() bool {
+		dir, err := filepath.EvalSymlinks(filepath.Join(reports, report.LatestLink))
+		if err != nil {
+			return false
+		}
+		obs, _, _ := report.ReadResults(filepath.Join(dir, report.ResultsFile))
+		seen := map[string]bool{}
+		for _, o := range obs {
+			if o.Step == "never" {
+				seen[o.Scenario+"|"+o.DataPlane] = true
+			}
+		}
+		return len(seen) == 4
+	}
+	for tick := time.Tick(200 * time.Millisecond); !probed(); {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("meshproof ended before the interrupt; output:\n%s\nstderr:\n%s", output.String(), stderr.String())
+			}
+			output.WriteString(line + "\n")
+		case <-tick:
+		case <-deadline:
+			t.Fatalf("the interrupted steps recorded no round of both data planes within 10 minutes; output:\n%s", output.String())
+		}
+	}
+	if descendants, err = proctree.Descendants(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
 	}
 	for line := range lines {
 		output.WriteString(line + "\n")
 	}
 	err = cmd.Wait()
-	t.Logf("output:\n%s\nstderr:\n%s", output.String(), stderr.String())
+	// The output last, after what the checks say, so that a CI log cut to
+	// its first lines after the failure shows why.
+	defer func() { t.Logf("output:\n%s\nstderr:\n%s", output.String(), stderr.String()) }()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 		t.Errorf("meshproof exited with %v, want status 1", err)
