@@ -618,8 +618,8 @@ func upstreamHTTP(cl *clusterv3.Cluster, p Protocol) (string, error) {
 	if any == nil {
 		return "HTTP11", nil
 	}
-	opts := &httpv3.HttpProtocolOptions{}
-	if err := any.UnmarshalTo(opts); err != nil {
+	opts, err := xds.Unpack[*httpv3.HttpProtocolOptions](any)
+	if err != nil {
 		return "", err
 	}
 	switch {

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	alpnv2 "istio.io/api/envoy/config/filter/http/alpn/v2alpha1"
+
+	"github.com/meshproof/meshproof/harness/internal/local/xds"
 )
 
 // Filters by type URL.
@@ -59,14 +61,14 @@ var passiveHTTPFilters = map[string]bool{
 func filterType(a *anypb.Any) (string, error) {
 	switch a.GetTypeUrl() {
 	case udpaTypedStruct:
-		ts := &udpav1.TypedStruct{}
-		if err := a.UnmarshalTo(ts); err != nil {
+		ts, err := xds.Unpack[*udpav1.TypedStruct](a)
+		if err != nil {
 			return "", err
 		}
 		return ts.GetTypeUrl(), nil
 	case xdsTypedStruct:
-		ts := &xdsv3.TypedStruct{}
-		if err := a.UnmarshalTo(ts); err != nil {
+		ts, err := xds.Unpack[*xdsv3.TypedStruct](a)
+		if err != nil {
 			return "", err
 		}
 		return ts.GetTypeUrl(), nil
@@ -96,8 +98,8 @@ func terminalFilter(fc *listenerv3.FilterChain) (proto.Message, error) {
 			continue
 		}
 		if url == netRBACType {
-			r := &rbacnetv3.RBAC{}
-			if err := f.GetTypedConfig().UnmarshalTo(r); err != nil {
+			r, err := xds.Unpack[*rbacnetv3.RBAC](f.GetTypedConfig())
+			if err != nil {
 				return nil, err
 			}
 			if len(r.GetRules().GetPolicies()) > 0 || r.GetMatcher() != nil {
@@ -110,14 +112,14 @@ func terminalFilter(fc *listenerv3.FilterChain) (proto.Message, error) {
 	last := fs[len(fs)-1]
 	switch url := last.GetTypedConfig().GetTypeUrl(); url {
 	case hcmType:
-		h := &hcmv3.HttpConnectionManager{}
-		if err := last.GetTypedConfig().UnmarshalTo(h); err != nil {
+		h, err := xds.Unpack[*hcmv3.HttpConnectionManager](last.GetTypedConfig())
+		if err != nil {
 			return nil, err
 		}
 		return h, nil
 	case tcpProxyType:
-		t := &tcpv3.TcpProxy{}
-		if err := last.GetTypedConfig().UnmarshalTo(t); err != nil {
+		t, err := xds.Unpack[*tcpv3.TcpProxy](last.GetTypedConfig())
+		if err != nil {
 			return nil, err
 		}
 		return t, nil
@@ -155,8 +157,8 @@ func httpFiltersDecidable(hcm *hcmv3.HttpConnectionManager, side string) error {
 			continue
 		}
 		if url == httpFaultType {
-			fault := &faultv3.HTTPFault{}
-			if err := f.GetTypedConfig().UnmarshalTo(fault); err != nil {
+			fault, err := xds.Unpack[*faultv3.HTTPFault](f.GetTypedConfig())
+			if err != nil {
 				return err
 			}
 			if fault.GetAbort() != nil || fault.GetDelay() != nil {
@@ -167,8 +169,8 @@ func httpFiltersDecidable(hcm *hcmv3.HttpConnectionManager, side string) error {
 			continue
 		}
 		if url == httpRBACType {
-			r := &rbachttpv3.RBAC{}
-			if err := f.GetTypedConfig().UnmarshalTo(r); err != nil {
+			r, err := xds.Unpack[*rbachttpv3.RBAC](f.GetTypedConfig())
+			if err != nil {
 				return err
 			}
 			if len(r.GetRules().GetPolicies()) > 0 || r.GetMatcher() != nil {
@@ -188,8 +190,8 @@ func alpnFilter(hcm *hcmv3.HttpConnectionManager) (*alpnv2.FilterConfig, error) 
 		if f.GetTypedConfig().GetTypeUrl() != istioALPNType {
 			continue
 		}
-		c := &alpnv2.FilterConfig{}
-		if err := f.GetTypedConfig().UnmarshalTo(c); err != nil {
+		c, err := xds.Unpack[*alpnv2.FilterConfig](f.GetTypedConfig())
+		if err != nil {
 			return nil, fmt.Errorf("decoding %s: %w", f.GetName(), err)
 		}
 		return c, nil

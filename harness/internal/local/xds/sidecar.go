@@ -279,8 +279,7 @@ func apply(cur *Snapshot, r Response) (*Snapshot, error) {
 	case ListenerType:
 		out := map[string]*listenerv3.Listener{}
 		for _, res := range r.Resources {
-			l := &listenerv3.Listener{}
-			u, err := Decode(res.Body, l)
+			l, u, err := decode[*listenerv3.Listener](res.Body)
 			unknown = append(unknown, u...)
 			if err == nil {
 				err = checkListener(l)
@@ -303,8 +302,7 @@ func apply(cur *Snapshot, r Response) (*Snapshot, error) {
 	case ClusterType:
 		out := map[string]*clusterv3.Cluster{}
 		for _, res := range r.Resources {
-			c := &clusterv3.Cluster{}
-			u, err := Decode(res.Body, c)
+			c, u, err := decode[*clusterv3.Cluster](res.Body)
 			unknown = append(unknown, u...)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("cluster %q: %w", c.GetName(), err))
@@ -319,8 +317,7 @@ func apply(cur *Snapshot, r Response) (*Snapshot, error) {
 	case EndpointType:
 		out := maps.Clone(cur.Endpoints)
 		for _, res := range r.Resources {
-			e := &endpointv3.ClusterLoadAssignment{}
-			u, err := Decode(res.Body, e)
+			e, u, err := decode[*endpointv3.ClusterLoadAssignment](res.Body)
 			unknown = append(unknown, u...)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("endpoints %q: %w", e.GetClusterName(), err))
@@ -334,8 +331,7 @@ func apply(cur *Snapshot, r Response) (*Snapshot, error) {
 	case RouteType:
 		out := maps.Clone(cur.Routes)
 		for _, res := range r.Resources {
-			rc := &routev3.RouteConfiguration{}
-			u, err := Decode(res.Body, rc)
+			rc, u, err := decode[*routev3.RouteConfiguration](res.Body)
 			unknown = append(unknown, u...)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("route configuration %q: %w", rc.GetName(), err))
@@ -405,8 +401,8 @@ func rdsNames(listeners map[string]*listenerv3.Listener) ([]string, error) {
 				if f.GetTypedConfig().GetTypeUrl() != hcmType {
 					continue
 				}
-				hcm := &hcmv3.HttpConnectionManager{}
-				if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+				hcm, err := Unpack[*hcmv3.HttpConnectionManager](f.GetTypedConfig())
+				if err != nil {
 					errs = append(errs, fmt.Errorf("listener %q: %w", l.GetName(), err))
 					continue
 				}

@@ -1,0 +1,46 @@
+package envoy
+
+import (
+	"crypto/x509"
+	"testing"
+	"time"
+
+	"github.com/meshproof/meshproof/harness/internal/ca"
+)
+
+// A chain verified once is answered from the memo only while every
+// certificate of it is still valid, and only for the same roots.
+func TestVerifiedChainsAreRememberedWhileValid(t *testing.T) {
+	mesh, err := ca.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ca.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, chain, err := mesh.IssueWorkloadCert("spiffe://cluster.local/ns/a/sa/b", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &chainMemo{cur: map[[32]byte]validity{}}
+	now := time.Now()
+	roots := []*x509.Certificate{mesh.Root}
+	for range 2 {
+		if err := m.check(chain, roots, now); err != nil {
+			t.Fatalf("a chain of the mesh's root: %v", err)
+		}
+	}
+	if len(m.cur) != 1 {
+		t.Errorf("the memo holds %d chains, want the one verified", len(m.cur))
+	}
+	if err := m.check(chain, roots, chain[0].NotAfter.Add(time.Second)); err == nil {
+		t.Error("the remembered chain verified after its leaf expired")
+	}
+	if err := m.check(chain, roots, chain[0].NotBefore.Add(-time.Second)); err == nil {
+		t.Error("the remembered chain verified before its leaf's NotBefore")
+	}
+	if err := m.check(chain, []*x509.Certificate{other.Root}, now); err == nil {
+		t.Error("the chain verified against another mesh's root")
+	}
+}
