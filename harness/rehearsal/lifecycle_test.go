@@ -328,24 +328,12 @@ func TestRotateRootAndUpgradeInPlace(t *testing.T) {
 	f.labelled(t)
 }
 
-// A canary upgrade: a second istiod revision (its own real istiod process),
-// the namespaces relabelled, the workloads restarted onto it.
-func TestCanaryUpgrade(t *testing.T) {
-	t.Parallel()
-	c := takeCluster(t)
-	r := newRun(t, c, "testdata/upgrade-canary.yaml")
-	sum := execute(t, c, r)
-	f := readFolder(t, r.Dir())
-	if !sum.OK() {
-		t.Errorf("summary %+v; failed: %q", sum, f.failedCases())
-	}
-	f.labelled(t)
-}
-
 // The upgrade-validation recipe the README shows, examples/upgrade.yaml,
 // passes as written: Istio 1.29.6 upgraded to 1.30.3 by a canary revision
-// and in place, each under continuous traffic, then STRICT and certificate
-// rotation checked on the new version. One method per local cluster, as
+// (a second istiod revision, its own real istiod process, the namespaces
+// relabelled, the workloads restarted onto it) and in place, each under
+// continuous traffic, then STRICT and certificate rotation checked on the
+// new version. One method per local cluster, as
 // `meshproof run --label-filter` selects them.
 func TestUpgradeExample(t *testing.T) {
 	for _, method := range []string{"canary", "in-place"} {
