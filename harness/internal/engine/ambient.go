@@ -490,7 +490,7 @@ func (e *Engine) rotateAmbient(ctx context.Context, sc *scenario.Scenario, st *s
 		return err
 	}
 	check := RotationCheck{WantID: id, Before: before, After: after, CrossReads: []CertRead{{FromZtunnel, after}}, OneSource: FromZtunnel,
-		TrafficFailed: failed, TrafficTotal: total}
+		TrafficFailed: len(failed), TrafficTotal: total, FirstFailure: first(failed)}
 	if check.Roots, err = e.meshRoots(ctx, w.Namespace); err != nil {
 		return err
 	}

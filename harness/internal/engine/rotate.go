@@ -88,6 +88,9 @@ type RotationCheck struct {
 	Roots         []*x509.Certificate
 	TrafficFailed int // failed mTLS requests during the window
 	TrafficTotal  int
+	// FirstFailure is the first of the failed requests, which the error
+	// names so that a failed rotation says how its traffic failed.
+	FirstFailure *results.Observation
 	// OneSource, when set, is the only place the certificate can be read:
 	// an ambient workload's lives in its node's ztunnel, which presents it
 	// only inside HBONE's mutual TLS, so no handshake of meshproof's sees
@@ -149,7 +152,15 @@ func (r RotationCheck) Verify() error {
 		errs = append(errs, fmt.Errorf("the new chain verifies for %q, want %q", id, r.WantID))
 	}
 	if r.TrafficFailed > 0 {
-		errs = append(errs, fmt.Errorf("%d of %d mTLS requests failed during the rotation", r.TrafficFailed, r.TrafficTotal))
+		first := ""
+		if o := r.FirstFailure; o != nil {
+			first = fmt.Sprintf(" (the first at %s: %s→%s:%d %s", o.Time.UTC().Format("15:04:05.000"), o.From, o.To, o.Port, describe(*o))
+			if o.Error != "" {
+				first += ": " + o.Error
+			}
+			first += ")"
+		}
+		errs = append(errs, fmt.Errorf("%d of %d mTLS requests failed during the rotation%s", r.TrafficFailed, r.TrafficTotal, first))
 	}
 	if r.TrafficTotal == 0 {
 		errs = append(errs, errors.New("no mTLS request ran during the rotation window"))
@@ -197,7 +208,7 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		return err
 	}
 
-	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, TrafficFailed: failed, TrafficTotal: total}
+	check := RotationCheck{WantID: w.SPIFFEID(e.cluster.Istio.TrustDomain), Before: before, TrafficFailed: len(failed), TrafficTotal: total, FirstFailure: first(failed)}
 	var sidecarRoots []*x509.Certificate
 	readDump := func(ctx context.Context) (ServedCert, error) {
 		chain, roots, err := e.certs.SidecarSecrets(ctx, server)
@@ -296,6 +307,14 @@ func (e *Engine) meshRoots(ctx context.Context, namespace string) ([]*x509.Certi
 	return roots, nil
 }
 
+// first is the first of obs, nil when there is none.
+func first(obs []results.Observation) *results.Observation {
+	if len(obs) == 0 {
+		return nil
+	}
+	return &obs[0]
+}
+
 // notMTLS are the observations of in-mesh traffic that were not mTLS.
 func notMTLS(obs []results.Observation) []results.Observation {
 	var out []results.Observation
@@ -318,7 +337,7 @@ type certHolder struct{ subject, verb, of string }
 // is the caller's), the deadline met, and how many of the requests
 // meanwhile were not mTLS. A missed deadline is a DeadlineError.
 func (e *Engine) awaitNewSerial(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, h certHolder, inside, workload string, port int, before ServedCert,
-	read func(context.Context) (ServedCert, error)) (after ServedCert, traffic *Traffic, met results.Deadline, failed, total int, err error) {
+	read func(context.Context) (ServedCert, error)) (after ServedCert, traffic *Traffic, met results.Deadline, failed []results.Observation, total int, err error) {
 	traffic = e.StartTraffic(ctx, sc, st, scenario.Traffic{
 		Pairs: []scenario.Pair{{From: inside, To: workload, Port: port}},
 		Every: e.suite.Defaults.Interval,
@@ -334,10 +353,10 @@ func (e *Engine) awaitNewSerial(ctx context.Context, sc *scenario.Scenario, st *
 		return c.Serial != before.Serial, nil
 	}, wait.WithContext(ctx), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(st.Rotate.Within.Duration))
 	seen := traffic.Stop()
-	failed, total = len(notMTLS(seen)), len(seen)
+	failed, total = notMTLS(seen), len(seen)
 	if waitErr != nil {
 		bound.Detail = fmt.Sprintf("%s still %s serial %s%s", h.subject, h.verb, before.Serial, h.of)
-		err := fmt.Errorf("%s still %s serial %s%s after %s (%d of %d mTLS requests failed meanwhile): %w", h.subject, h.verb, before.Serial, h.of, st.Rotate.Within, failed, total, waitErr)
+		err := fmt.Errorf("%s still %s serial %s%s after %s (%d of %d mTLS requests failed meanwhile): %w", h.subject, h.verb, before.Serial, h.of, st.Rotate.Within, len(failed), total, waitErr)
 		return after, traffic, met, failed, total, &DeadlineError{Deadlines: []results.Deadline{e.deadline(sc, st, bound)}, Err: err}
 	}
 	e.event(sc, st, results.EventSerial, "%s now %s serial %s%s, valid from %s", h.subject, h.verb, after.Serial, h.of, after.NotBefore.Format(time.RFC3339))

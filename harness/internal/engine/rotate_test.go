@@ -14,6 +14,7 @@ import (
 	"github.com/meshproof/meshproof/fixtures/echo/echoapi"
 	"github.com/meshproof/meshproof/harness/internal/ca"
 	"github.com/meshproof/meshproof/harness/results"
+	"github.com/meshproof/meshproof/harness/scenario"
 )
 
 const wantID = "spiffe://cluster.local/ns/meshproof/sa/service-b"
@@ -65,7 +66,12 @@ func TestRotationCheck(t *testing.T) {
 		"wrong root":     {func(r *RotationCheck) { r.Roots = []*x509.Certificate{other.Root} }, "does not verify against the mesh root"},
 		"no root":        {func(r *RotationCheck) { r.Roots = nil }, "no mesh root"},
 		"traffic failed": {func(r *RotationCheck) { r.TrafficFailed = 2 }, "2 of 20 mTLS requests failed"},
-		"no traffic":     {func(r *RotationCheck) { r.TrafficTotal = 0 }, "no mTLS request ran"},
+		"traffic failed, the first named": {func(r *RotationCheck) {
+			r.TrafficFailed = 1
+			r.FirstFailure = &results.Observation{Time: time.Date(2026, 12, 8, 0, 3, 34, 120e6, time.UTC), From: "service-a", To: "service-b", Port: 8080,
+				Result: scenario.ResultFail, Reason: "timeout", Error: "context deadline exceeded"}
+		}, "1 of 20 mTLS requests failed during the rotation (the first at 00:03:34.120: service-a→service-b:8080 fail (timeout): context deadline exceeded)"},
+		"no traffic": {func(r *RotationCheck) { r.TrafficTotal = 0 }, "no mTLS request ran"},
 	} {
 		r := good
 		r.CrossReads = append([]CertRead(nil), good.CrossReads...)
