@@ -623,7 +623,9 @@ func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
 func TestAmbientMigrationExample(t *testing.T) {
 	t.Parallel()
 	c := takeCluster(t)
-	r := newRun(t, c, "../../examples/ambient-migration.yaml")
+	// As `meshproof run` runs it: its three scenarios at once, each in
+	// namespaces of its own.
+	r := newRunWith(t, c, "../../examples/ambient-migration.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel)})
 	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() || sum.Passed != 13 {
