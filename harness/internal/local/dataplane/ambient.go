@@ -97,12 +97,16 @@ type ambientOutcome struct {
 type workloadCerts struct {
 	certs *Certs
 	renew time.Time
+	// renewing is set while a renewal runs in the background.
+	renewing bool
 }
 
 // ztunnelCertsOf returns the certificates ztunnel z holds for workload's
 // identity, issuing them on first use and renewing them at half their
 // life (src/tls/certificate.rs refresh_at), with the TTL the ztunnel pod's
-// SECRET_TTL asks (src/config.rs; default 24h).
+// SECRET_TTL asks (src/config.rs; default 24h). As a sidecar's (certsOf),
+// the renewal runs in the background while ztunnel serves the certificate
+// it holds, until that expires.
 func (e *Execer) ztunnelCertsOf(ctx context.Context, z *ztunnel.Ztunnel, workload *corev1.Pod) (*Certs, error) {
 	zpod, err := e.podByName(ctx, z.Namespace, z.Name)
 	if err != nil {
@@ -123,10 +127,38 @@ func (e *Execer) ztunnelCertsOf(ctx context.Context, z *ztunnel.Ztunnel, workloa
 	if e.ztunnelCerts == nil {
 		return nil, errors.New("the simulated data plane has no CA for ztunnels")
 	}
+	if held != nil && now.Before(held.certs.Leaf().NotAfter) {
+		e.mu.Lock()
+		start := !held.renewing && e.ztunnelHeld[key] == held
+		held.renewing = true
+		e.mu.Unlock()
+		if start {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), renewalTimeout)
+				defer cancel()
+				_, err := e.issueForZtunnel(ctx, z, zpod, workload, key, ttl)
+				e.mu.Lock()
+				held.renewing = false
+				e.mu.Unlock()
+				if err != nil {
+					e.log.Debug("simulated ztunnel keeps its certificate: renewal failed", "ztunnel", z.Namespace+"/"+z.Name, "identity", key.identity,
+						"serial", held.certs.Leaf().SerialNumber.Text(16), "notAfter", held.certs.Leaf().NotAfter, "error", err)
+				}
+			}()
+		}
+		return held.certs, nil
+	}
+	return e.issueForZtunnel(ctx, z, zpod, workload, key, ttl)
+}
+
+// issueForZtunnel gets ztunnel z a new certificate for workload's identity
+// and makes it the one z holds.
+func (e *Execer) issueForZtunnel(ctx context.Context, z *ztunnel.Ztunnel, zpod, workload *corev1.Pod, key ztunnelCertKey, ttl time.Duration) (*Certs, error) {
 	certs, err := e.ztunnelCerts.IssueFor(ctx, zpod, workload, ttl)
 	if err != nil {
 		return nil, fmt.Errorf("ztunnel %s/%s has no certificate for %s: %w", z.Namespace, z.Name, key.identity, err)
 	}
+	now := e.now()
 	if certs.Issued.IsZero() {
 		certs.Issued = now
 	}

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 
@@ -36,14 +37,27 @@ type CertSource interface {
 type sidecar struct {
 	certs *Certs
 	renew time.Time
+	// renewing is set while a renewal runs in the background.
+	renewing bool
 }
+
+// renewalTimeout bounds one background renewal (a TokenRequest, a CSR to
+// istiod, istiod's TokenReview); a renewal that fails is tried again by
+// the next use after it.
+const renewalTimeout = 30 * time.Second
 
 // certsOf returns the certificates pod's sidecar holds now, issuing them on
 // first use and renewing them once the grace period is reached: istio-agent
 // rotates a secret when less than SECRET_GRACE_PERIOD_RATIO of its lifetime
 // is left (security/pkg/nodeagent/cache: rotateTime), here without the
-// agent's jitter. The pod's UID keys the cache, so a new pod of the same
-// name starts with new certificates.
+// agent's jitter. The renewal runs in the background, as istio-agent's
+// does, while the sidecar serves the certificates it holds until the new
+// ones arrive: a request never waits for istiod's CA (a renewal on the
+// request's path timed requests out on a loaded machine, failing rotate
+// steps for a delay no real sidecar has). Only a sidecar without a valid
+// certificate (the first use, or after expiry) waits for one. The pod's
+// UID keys the cache, so a new pod of the same name starts with new
+// certificates.
 func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
 	if injection.Proxy(pod) == nil {
 		return nil, fmt.Errorf("pod %s/%s has no %s container", pod.Namespace, pod.Name, injection.ContainerName)
@@ -63,24 +77,55 @@ func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
 	if sc != nil && now.Before(sc.renew) {
 		return sc.certs, nil
 	}
-	certs, err := e.certs.Issue(ctx, pod, ttl)
+	if sc != nil && now.Before(sc.certs.Leaf().NotAfter) {
+		e.renewInBackground(pod, ttl, ratio, sc)
+		return sc.certs, nil
+	}
+	certs, err := e.issue(ctx, pod, ttl, ratio)
 	if err != nil {
-		if sc != nil && now.Before(sc.certs.Leaf().NotAfter) {
-			// istio-agent keeps serving the secret it holds while a
-			// renewal fails (istiod restarting, e.g. for a root rotation
-			// or an upgrade) and retries: the certificate is valid until
-			// its NotAfter.
-			e.log.Debug("simulated sidecar keeps its certificate: renewal failed", "pod", pod.Namespace+"/"+pod.Name,
-				"serial", sc.certs.Leaf().SerialNumber.Text(16), "notAfter", sc.certs.Leaf().NotAfter, "error", err)
-			return sc.certs, nil
-		}
 		return nil, fmt.Errorf("the sidecar of %s/%s has no certificate: %w", pod.Namespace, pod.Name, err)
 	}
+	return certs, nil
+}
+
+// renewInBackground renews sc's certificates unless a renewal already
+// runs. A renewal that fails (istiod restarting, e.g. for a root rotation
+// or an upgrade) leaves the sidecar serving the certificate it holds,
+// valid until its NotAfter, as istio-agent does while it retries.
+func (e *Execer) renewInBackground(pod *corev1.Pod, ttl time.Duration, ratio float64, sc *sidecar) {
+	e.mu.Lock()
+	if sc.renewing || e.sidecars[pod.UID] != sc {
+		e.mu.Unlock()
+		return
+	}
+	sc.renewing = true
+	e.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), renewalTimeout)
+		defer cancel()
+		_, err := e.issue(ctx, pod, ttl, ratio)
+		e.mu.Lock()
+		sc.renewing = false
+		e.mu.Unlock()
+		if err != nil {
+			e.log.Debug("simulated sidecar keeps its certificate: renewal failed", "pod", pod.Namespace+"/"+pod.Name,
+				"serial", sc.certs.Leaf().SerialNumber.Text(16), "notAfter", sc.certs.Leaf().NotAfter, "error", err)
+		}
+	}()
+}
+
+// issue gets pod's sidecar new certificates from the CA and makes them the
+// ones it holds.
+func (e *Execer) issue(ctx context.Context, pod *corev1.Pod, ttl time.Duration, ratio float64) (*Certs, error) {
+	certs, err := e.certs.Issue(ctx, pod, ttl)
+	if err != nil {
+		return nil, err
+	}
 	if len(certs.Chain) == 0 || len(certs.Roots) == 0 {
-		return nil, fmt.Errorf("the sidecar of %s/%s got an empty chain or no roots", pod.Namespace, pod.Name)
+		return nil, errors.New("the CA returned an empty chain or no roots")
 	}
 	if certs.Issued.IsZero() {
-		certs.Issued = now
+		certs.Issued = e.now()
 	}
 	leaf := certs.Leaf()
 	grace := time.Duration(ratio * float64(leaf.NotAfter.Sub(certs.Issued)))
