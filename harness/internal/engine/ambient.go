@@ -479,6 +479,9 @@ func (e *Engine) rotateAmbient(ctx context.Context, sc *scenario.Scenario, st *s
 		dumpRoots = c.Roots
 		return servedCert(append(slices.Clone(c.Chain), c.Roots...))
 	}
+	if err := e.awaitFlowing(ctx, sc, st, inside, w.Name, w.Ports[0].Number); err != nil {
+		return err
+	}
 	before, err := read(ctx)
 	if err != nil {
 		return fmt.Errorf("reading the certificate of %s from ztunnel's config dump: %w", w.Name, err)

@@ -360,13 +360,17 @@ func TestRotateStep_ScriptedTransport(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		newCA   *ca.Bundle
+		refused int // first requests refused, as before the server is in the client's endpoints
 		wantErr string
 	}{
-		{"rotates within the mesh", mesh, ""},
-		{"new chain from another CA", impostor, "does not verify against the mesh root"},
+		{"rotates within the mesh", mesh, 0, ""},
+		{"new chain from another CA", impostor, 0, "does not verify against the mesh root"},
+		// Not yet flowing when the step begins: judged from when it flows.
+		{"traffic flows after two refusals", mesh, 2, ""},
+		{"traffic never flows", mesh, 1 << 30, "mTLS from service-a to service-b:8080 never flowed before the rotation (last: fail (reset)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, ns := suiteIn(t, "  - rotate: {workload: service-b, within: 10s}\n")
+			s, ns := suiteIn(t, "  - rotate: {workload: service-b, within: 10s}\n    timeout: 15s\n")
 			readyPod(t, ns, "service-a", "10.0.0.1")
 			readyPod(t, ns, "service-b", "10.0.0.2")
 			readyPod(t, ns, "legacy", "10.0.0.3")
@@ -380,10 +384,15 @@ func TestRotateStep_ScriptedTransport(t *testing.T) {
 			before[0].NotBefore = before[0].NotBefore.Add(-time.Minute) // issued "earlier"
 			after := chainFor(t, tc.newCA, id)
 			certs := &scriptedCerts{switchAfter: 3, before: before, after: after, sidecar: after}
-			p := &scriptedProber{script: func(int, results.Pod, echoapi.Target) echoapi.ProbeResult {
+			p := &scriptedProber{script: func(round int, _ results.Pod, _ echoapi.Target) echoapi.ProbeResult {
+				if round < tc.refused {
+					return echoapi.ProbeResult{Result: echoapi.ResultFail, Reason: "reset"}
+				}
 				return mtlsResult(ns, "service-a", "service-b")
 			}}
-			err := newEngine(t, s, p, WithCertReader(certs)).RunStep(context.Background(), &s.Scenarios[0], 0)
+			ctx, cancel := context.WithTimeout(context.Background(), s.Scenarios[0].Steps[0].Timeout.Duration)
+			defer cancel()
+			err := newEngine(t, s, p, WithCertReader(certs)).RunStep(ctx, &s.Scenarios[0], 0)
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("rotation failed: %v", err)

@@ -198,6 +198,9 @@ func (e *Engine) rotate(ctx context.Context, sc *scenario.Scenario, st *scenario
 		}
 		return servedCert(chain)
 	}
+	if err := e.awaitFlowing(ctx, sc, st, inside, w.Name, port); err != nil {
+		return err
+	}
 	before, err := read(ctx)
 	if err != nil {
 		return fmt.Errorf("reading the certificate %s serves: %w", w.Name, err)
@@ -305,6 +308,46 @@ func (e *Engine) meshRoots(ctx context.Context, namespace string) ([]*x509.Certi
 		return nil, fmt.Errorf("ConfigMap %s/%s: %w", namespace, RootCertConfigMap, err)
 	}
 	return roots, nil
+}
+
+// awaitFlowing waits, within the step's timeout, until a request from
+// inside to workload's port is mTLS, recording what it sees: a rotation's
+// traffic is judged from the moment it flows. Workloads deployed just
+// before (a scenario's first steps) may not be in each other's Envoy
+// endpoints yet (EndpointSlice, istiod's push): a first request fails so
+// on a real cluster too, and that is not the rotation's doing.
+func (e *Engine) awaitFlowing(ctx context.Context, sc *scenario.Scenario, st *scenario.Step, inside, workload string, port int) error {
+	pairs := []scenario.Pair{{From: inside, To: workload, Port: port}}
+	expected := results.ExpectedOutcome(scenario.Expectation{From: inside, To: workload, Port: port, Result: scenario.ResultMTLS})
+	last := "no request ran"
+	err := wait.For(func(ctx context.Context) (bool, error) {
+		obs, err := e.probePairs(ctx, sc, st, inside, pairs)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		if ctx.Err() != nil {
+			return false, nil // cut short: proves nothing
+		}
+		flowing := false
+		for _, o := range obs {
+			o.Expected = expected
+			e.rec.Record(o)
+			if o.Result == scenario.ResultMTLS {
+				flowing = true
+			} else {
+				last = describe(o)
+				if o.Error != "" {
+					last += ": " + o.Error
+				}
+			}
+		}
+		return flowing, nil
+	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(e.suite.Defaults.Interval.Duration), wait.WithTimeout(timeLeft(ctx)))
+	if err != nil {
+		return fmt.Errorf("mTLS from %s to %s:%d never flowed before the rotation (last: %s): %w", inside, workload, port, last, err)
+	}
+	return nil
 }
 
 // first is the first of obs, nil when there is none.
