@@ -34,7 +34,7 @@ var layers = []layer{
 	}},
 	{"The local stack: a cluster of real parts for rehearsals", []string{
 		"harness/internal/local/proc", "harness/internal/local/binaries",
-		"harness/internal/local/controlplane", "harness/internal/local/cluster",
+		"harness/internal/local/controlplane", "harness/internal/local/cluster", "harness/internal/local/memo",
 		"harness/internal/local/xds", "harness/internal/local/envoy",
 		"harness/internal/local/ztunnel", "harness/internal/local/dataplane",
 	}},

@@ -23,9 +23,8 @@ import (
 // exited with "bind: address already in use" on a port it had reserved).
 var portClaims struct {
 	sync.Mutex
-	held map[int]bool
-	file *os.File // nil when the cache cannot be used: the set alone then
-	open bool
+	held map[int]bool // nil until the first claim opens the file
+	file *os.File     // nil when the cache cannot be used: the set alone then
 }
 
 // portClaimFile is the file whose bytes are locked, one per port.
@@ -39,8 +38,7 @@ func claimPort(port int) bool {
 	if portClaims.held[port] {
 		return false
 	}
-	if !portClaims.open {
-		portClaims.open = true
+	if portClaims.held == nil {
 		portClaims.held = map[int]bool{}
 		if root, err := binaries.CacheRoot(); err == nil && os.MkdirAll(root, 0o755) == nil {
 			// Kept open for the process's life: closing any descriptor

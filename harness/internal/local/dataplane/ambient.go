@@ -128,24 +128,10 @@ func (e *Execer) ztunnelCertsOf(ctx context.Context, z *ztunnel.Ztunnel, workloa
 		return nil, errors.New("the simulated data plane has no CA for ztunnels")
 	}
 	if held != nil && now.Before(held.certs.Leaf().NotAfter) {
-		e.mu.Lock()
-		start := !held.renewing && e.ztunnelHeld[key] == held
-		held.renewing = true
-		e.mu.Unlock()
-		if start {
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), renewalTimeout)
-				defer cancel()
-				_, err := e.issueForZtunnel(ctx, z, zpod, workload, key, ttl)
-				e.mu.Lock()
-				held.renewing = false
-				e.mu.Unlock()
-				if err != nil {
-					e.log.Debug("simulated ztunnel keeps its certificate: renewal failed", "ztunnel", z.Namespace+"/"+z.Name, "identity", key.identity,
-						"serial", held.certs.Leaf().SerialNumber.Text(16), "notAfter", held.certs.Leaf().NotAfter, "error", err)
-				}
-			}()
-		}
+		e.renewInBackground(&held.renewing, func(ctx context.Context) error {
+			_, err := e.issueForZtunnel(ctx, z, zpod, workload, key, ttl)
+			return err
+		}, held.certs, "simulated ztunnel", "ztunnel", z.Namespace+"/"+z.Name, "identity", key.identity)
 		return held.certs, nil
 	}
 	return e.issueForZtunnel(ctx, z, zpod, workload, key, ttl)

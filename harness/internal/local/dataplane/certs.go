@@ -78,7 +78,10 @@ func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
 		return sc.certs, nil
 	}
 	if sc != nil && now.Before(sc.certs.Leaf().NotAfter) {
-		e.renewInBackground(pod, ttl, ratio, sc)
+		e.renewInBackground(&sc.renewing, func(ctx context.Context) error {
+			_, err := e.issue(ctx, pod, ttl, ratio)
+			return err
+		}, sc.certs, "simulated sidecar", "pod", pod.Namespace+"/"+pod.Name)
 		return sc.certs, nil
 	}
 	certs, err := e.issue(ctx, pod, ttl, ratio)
@@ -88,28 +91,30 @@ func (e *Execer) certsOf(ctx context.Context, pod *corev1.Pod) (*Certs, error) {
 	return certs, nil
 }
 
-// renewInBackground renews sc's certificates unless a renewal already
-// runs. A renewal that fails (istiod restarting, e.g. for a root rotation
-// or an upgrade) leaves the sidecar serving the certificate it holds,
-// valid until its NotAfter, as istio-agent does while it retries.
-func (e *Execer) renewInBackground(pod *corev1.Pod, ttl time.Duration, ratio float64, sc *sidecar) {
+// renewInBackground runs renew, bounded by renewalTimeout, unless a
+// renewal of the same holder already runs (*renewing, guarded by e.mu). A
+// renewal that fails (istiod restarting, e.g. for a root rotation or an
+// upgrade) leaves the holder serving held, valid until its NotAfter, as
+// istio-agent and ztunnel do while they retry; the failure is logged as
+// who's, with attrs.
+func (e *Execer) renewInBackground(renewing *bool, renew func(context.Context) error, held *Certs, who string, attrs ...any) {
 	e.mu.Lock()
-	if sc.renewing || e.sidecars[pod.UID] != sc {
+	if *renewing {
 		e.mu.Unlock()
 		return
 	}
-	sc.renewing = true
+	*renewing = true
 	e.mu.Unlock()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), renewalTimeout)
 		defer cancel()
-		_, err := e.issue(ctx, pod, ttl, ratio)
+		err := renew(ctx)
 		e.mu.Lock()
-		sc.renewing = false
+		*renewing = false
 		e.mu.Unlock()
 		if err != nil {
-			e.log.Debug("simulated sidecar keeps its certificate: renewal failed", "pod", pod.Namespace+"/"+pod.Name,
-				"serial", sc.certs.Leaf().SerialNumber.Text(16), "notAfter", sc.certs.Leaf().NotAfter, "error", err)
+			e.log.Debug(who+" keeps its certificate: renewal failed", append(attrs,
+				"serial", held.Leaf().SerialNumber.Text(16), "notAfter", held.Leaf().NotAfter, "error", err)...)
 		}
 	}()
 }

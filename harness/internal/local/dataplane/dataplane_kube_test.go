@@ -27,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/e2e-framework/klient/wait"
 
 	"github.com/meshproof/meshproof/fixtures/manifests"
 	"github.com/meshproof/meshproof/harness/internal/ca"
@@ -387,18 +388,18 @@ func TestCertificatesFollowSecretTTLAndGracePeriod(t *testing.T) {
 	read := func() *x509.Certificate {
 		t.Helper()
 		var presented, chain, roots []*x509.Certificate
-		for range 50 {
+		err := wait.For(func(ctx context.Context) (bool, error) {
 			var err error
 			if presented, err = r.HandshakeChain(ctx, legacy, server, 8080); err != nil {
-				t.Fatal(err)
+				return false, err
 			}
 			if chain, roots, err = r.SidecarSecrets(ctx, server); err != nil {
-				t.Fatal(err)
+				return false, err
 			}
-			if presented[0].Equal(chain[0]) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+			return presented[0].Equal(chain[0]), nil
+		}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(100*time.Millisecond), wait.WithTimeout(5*time.Second))
+		if presented == nil || chain == nil {
+			t.Fatalf("reading the certificate: %v", err)
 		}
 		if !presented[0].Equal(chain[0]) {
 			t.Fatalf("the handshake presented serial %x, the config dump holds %x", presented[0].SerialNumber, chain[0].SerialNumber)
@@ -433,10 +434,10 @@ func TestCertificatesFollowSecretTTLAndGracePeriod(t *testing.T) {
 		t.Fatalf("the use that started the renewal was answered with serial %x, want the held %x: no request waits for istiod's CA", presented[0].SerialNumber, first.SerialNumber)
 	}
 	second := first
-	for deadline := time.Now().Add(10 * time.Second); second.Equal(first) && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
+	_ = wait.For(func(context.Context) (bool, error) {
 		second = read()
-	}
+		return !second.Equal(first), nil
+	}, wait.WithContext(ctx), wait.WithInterval(100*time.Millisecond), wait.WithTimeout(10*time.Second))
 	if second.Equal(first) {
 		t.Fatalf("not renewed at %s, after the grace period began at %s", now, renewAt)
 	}

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
+	"github.com/meshproof/meshproof/harness/internal/local/memo"
 	"github.com/meshproof/meshproof/harness/internal/local/xds"
 )
 
@@ -282,14 +282,15 @@ func negotiateALPN(server, client []string) string {
 // rehearsal's in-process CPU (2.8 of 31.4 CPU-seconds in
 // harness/rehearsal's TestDefaultScenariosPass). Failures are not
 // remembered.
-var verified = &chainMemo{cur: map[[sha256.Size]byte]validity{}}
+var verified = chainMemo{memo.New[[sha256.Size]byte, validity](chainMemoGeneration)}
 
-// chainMemoGeneration bounds chainMemo as memoGeneration bounds xds's.
+// chainMemoGeneration bounds chainMemo's generations (memo.Map).
 const chainMemoGeneration = 1024
 
+// chainMemo is the chains verified, by the SHA-256 of the chain and the
+// roots.
 type chainMemo struct {
-	mu       sync.Mutex
-	cur, old map[[sha256.Size]byte]validity
+	valid *memo.Map[[sha256.Size]byte, validity]
 }
 
 // validity is when a verified chain holds: from the latest NotBefore to
@@ -299,7 +300,7 @@ type validity struct{ from, until time.Time }
 // check verifies chain (leaf first, then intermediates) against roots at
 // now, as x509.Certificate.Verify does, or answers from a chain it
 // verified before whose certificates are all still valid at now.
-func (m *chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error {
+func (m chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error {
 	h := sha256.New()
 	for _, c := range chain {
 		h.Write(c.Raw)
@@ -310,13 +311,7 @@ func (m *chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error
 	}
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
-	m.mu.Lock()
-	v, ok := m.cur[k]
-	if !ok {
-		v, ok = m.old[k]
-	}
-	m.mu.Unlock()
-	if ok && !now.Before(v.from) && !now.After(v.until) {
+	if v, ok := m.valid.Get(k); ok && !now.Before(v.from) && !now.After(v.until) {
 		return nil
 	}
 	pool, inter := x509.NewCertPool(), x509.NewCertPool()
@@ -330,7 +325,7 @@ func (m *chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error
 	if err != nil {
 		return err
 	}
-	v = validity{from: chains[0][0].NotBefore, until: chains[0][0].NotAfter}
+	v := validity{from: chains[0][0].NotBefore, until: chains[0][0].NotAfter}
 	for _, c := range chains[0][1:] {
 		if c.NotBefore.After(v.from) {
 			v.from = c.NotBefore
@@ -339,11 +334,6 @@ func (m *chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error
 			v.until = c.NotAfter
 		}
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.cur) >= chainMemoGeneration {
-		m.old, m.cur = m.cur, map[[sha256.Size]byte]validity{}
-	}
-	m.cur[k] = v
+	m.valid.Put(k, v)
 	return nil
 }

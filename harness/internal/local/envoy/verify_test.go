@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshproof/meshproof/harness/internal/ca"
+	"github.com/meshproof/meshproof/harness/internal/local/memo"
 )
 
 // A chain verified once is answered from the memo only while every
@@ -23,7 +24,7 @@ func TestVerifiedChainsAreRememberedWhileValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &chainMemo{cur: map[[32]byte]validity{}}
+	m := chainMemo{memo.New[[32]byte, validity](8)}
 	now := time.Now()
 	roots := []*x509.Certificate{mesh.Root}
 	for range 2 {
@@ -31,8 +32,8 @@ func TestVerifiedChainsAreRememberedWhileValid(t *testing.T) {
 			t.Fatalf("a chain of the mesh's root: %v", err)
 		}
 	}
-	if len(m.cur) != 1 {
-		t.Errorf("the memo holds %d chains, want the one verified", len(m.cur))
+	if n := m.valid.Len(); n != 1 {
+		t.Errorf("the memo holds %d chains, want the one verified", n)
 	}
 	if err := m.check(chain, roots, chain[0].NotAfter.Add(time.Second)); err == nil {
 		t.Error("the remembered chain verified after its leaf expired")

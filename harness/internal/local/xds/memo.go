@@ -3,11 +3,11 @@ package xds
 import (
 	"crypto/sha256"
 	"fmt"
-	"strings"
-	"sync"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshproof/meshproof/harness/internal/local/memo"
 )
 
 // Decoded messages are shared by content. istiod sends every sidecar of a
@@ -17,14 +17,13 @@ import (
 // in harness/rehearsal's TestDefaultScenariosPass, and its garbage much of
 // the collector's share; with the memo (and envoy's memo of verified
 // chains) that test's in-process CPU went from 31.4 to 19.4 CPU-seconds
-// (pprof, one run each, same machine). A message from the memo is shared by every snapshot and evaluation that
-// holds it: nobody may modify it, as nobody modifies a snapshot.
-var shared = &memo{cur: map[memoKey]*decoded{}}
+// (pprof, one run each, same machine). A message from the memo is shared
+// by every snapshot and evaluation that holds it: nobody may modify it, as
+// nobody modifies a snapshot.
+var shared = memo.New[memoKey, *decoded](memoGeneration)
 
-// memoGeneration bounds the memo: when the newer generation holds this
-// many messages it becomes the older one and the one before is dropped,
-// so messages no pod is sent any more go with it (a run's workloads are
-// sent a few hundred distinct resources).
+// memoGeneration bounds the memo's generations (memo.Map): a run's
+// workloads are sent a few hundred distinct resources.
 const memoGeneration = 4096
 
 // memoKey is a decoding's kind (Unpack's or Decode's, which also
@@ -42,11 +41,6 @@ type decoded struct {
 	err     error
 }
 
-type memo struct {
-	mu       sync.Mutex
-	cur, old map[memoKey]*decoded
-}
-
 func keyOf(a *anypb.Any, validated bool) memoKey {
 	h := sha256.New()
 	h.Write([]byte(a.GetTypeUrl()))
@@ -59,25 +53,12 @@ func keyOf(a *anypb.Any, validated bool) memoKey {
 
 // load is the memo's decoding of k, made by decode when it has none. Two
 // callers that miss at once both decode; the second result is kept.
-func (m *memo) load(k memoKey, decode func() *decoded) *decoded {
-	m.mu.Lock()
-	d, ok := m.cur[k]
-	if !ok {
-		if d, ok = m.old[k]; ok {
-			m.cur[k] = d
-		}
-	}
-	m.mu.Unlock()
-	if ok {
+func load(k memoKey, decode func() *decoded) *decoded {
+	if d, ok := shared.Get(k); ok {
 		return d
 	}
-	d = decode()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.cur) >= memoGeneration {
-		m.old, m.cur = m.cur, map[memoKey]*decoded{}
-	}
-	m.cur[k] = d
+	d := decode()
+	shared.Put(k, d)
 	return d
 }
 
@@ -86,10 +67,10 @@ func (m *memo) load(k memoKey, decode func() *decoded) *decoded {
 func Unpack[T proto.Message](a *anypb.Any) (T, error) {
 	var zero T
 	mt := zero.ProtoReflect().Type()
-	if !isType(a, typeURL(zero)) {
+	if !a.MessageIs(zero) {
 		return zero, fmt.Errorf("mismatched message type: got %q, want %q", a.GetTypeUrl(), mt.Descriptor().FullName())
 	}
-	d := shared.load(keyOf(a, false), func() *decoded {
+	d := load(keyOf(a, false), func() *decoded {
 		msg := mt.New().Interface()
 		return &decoded{msg: msg, err: proto.Unmarshal(a.GetValue(), msg)}
 	})
@@ -99,26 +80,13 @@ func Unpack[T proto.Message](a *anypb.Any) (T, error) {
 	return d.msg.(T), nil
 }
 
-// isType is anypb's test of an Any's type: the name after the URL's last
-// slash.
-func isType(a *anypb.Any, url string) bool {
-	got, want := a.GetTypeUrl(), url
-	if i := strings.LastIndexByte(got, '/'); i >= 0 {
-		got = got[i+1:]
-	}
-	if i := strings.LastIndexByte(want, '/'); i >= 0 {
-		want = want[i+1:]
-	}
-	return got == want
-}
-
 // decode is Decode's result for a, of type T, from the memo: the message
 // (shared; the caller must not modify it), the nested types it does not
 // know, and why Envoy would reject it. On an error the message may be
 // partial or nil; its getters still answer.
 func decode[T proto.Message](a *anypb.Any) (T, []string, error) {
 	var zero T
-	d := shared.load(keyOf(a, true), func() *decoded {
+	d := load(keyOf(a, true), func() *decoded {
 		msg := zero.ProtoReflect().Type().New().Interface()
 		unknown, err := Decode(a, msg)
 		return &decoded{msg: msg, unknown: unknown, err: err}

@@ -74,14 +74,3 @@ func TestDecodeFromTheMemoStillValidates(t *testing.T) {
 		t.Errorf("a valid listener decoded as %v and %v (%v)", a, b, err)
 	}
 }
-
-// The memo keeps at most two generations.
-func TestMemoIsBounded(t *testing.T) {
-	m := &memo{cur: map[memoKey]*decoded{}}
-	for i := range 3 * memoGeneration {
-		m.load(memoKey{sum: [32]byte{byte(i), byte(i >> 8), byte(i >> 16)}}, func() *decoded { return &decoded{} })
-	}
-	if n := len(m.cur) + len(m.old); n > 2*memoGeneration {
-		t.Errorf("the memo holds %d decodings, want at most %d", n, 2*memoGeneration)
-	}
-}
