@@ -10,11 +10,13 @@ import (
 	"strings"
 )
 
-// Process is a process seen below another: its pid, name and start time
-// (so that a reused pid is not mistaken for it).
+// Process is a process seen below another: its pid, name, command line
+// (argv, empty when it could not be read) and start time (so that a reused
+// pid is not mistaken for it).
 type Process struct {
 	Pid   int
 	Name  string
+	Args  []string
 	start string
 }
 
@@ -62,6 +64,21 @@ func Names(ps []Process) map[string]int {
 	return out
 }
 
+// Running counts processes by name and first argument ("echo serve"), the
+// way to tell a pod's long-running server from a short command run beside
+// it (an out-of-mesh client's probe is "echo probe").
+func Running(ps []Process) map[string]int {
+	out := map[string]int{}
+	for _, p := range ps {
+		key := p.Name
+		if len(p.Args) > 1 {
+			key += " " + p.Args[1]
+		}
+		out[key]++
+	}
+	return out
+}
+
 // read reads /proc/<pid>/stat: the name, the parent and the start time
 // (field 22); a zombie counts as gone.
 func read(pid int) (Process, int, bool) {
@@ -83,5 +100,14 @@ func read(pid int) (Process, int, bool) {
 	if fields[0] == "Z" {
 		return Process{}, 0, false
 	}
-	return Process{Pid: pid, Name: s[open+1 : end], start: fields[19]}, ppid, true
+	return Process{Pid: pid, Name: s[open+1 : end], Args: cmdline(pid), start: fields[19]}, ppid, true
+}
+
+// cmdline reads /proc/<pid>/cmdline: argv, each ended by a NUL.
+func cmdline(pid int) []string {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(data) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
 }

@@ -3,6 +3,7 @@ package proctree
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
 )
 
@@ -28,6 +29,9 @@ func TestDescendantsListsAChildUntilItEnds(t *testing.T) {
 	}
 	if Names(ps)["sleep"] != 1 {
 		t.Errorf("names %v, want one sleep", Names(ps))
+	}
+	if !slices.Equal(child.Args, []string{"sleep", "30"}) || Running(ps)["sleep 30"] != 1 {
+		t.Errorf("command line %q (running %v), want sleep 30", child.Args, Running(ps))
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
