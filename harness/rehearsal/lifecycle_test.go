@@ -263,10 +263,10 @@ func TestInterruptedCommandLeavesNothing(t *testing.T) {
 		t.Errorf("only %d processes under meshproof before the interrupt (%v), want the local cluster's parts and istiod", len(descendants), descendants)
 	}
 	// grpc-a's pod and its client pod in each scenario's copy: a
-	// pilot-agent and an echo server each. (legacy's probes run as "echo
+	// pilot-agent and an echo each, serving or idle. (legacy's probes run as "echo
 	// probe" for as long as a request, so the snapshot may hold one.)
-	if running := proctree.Running(descendants); proctree.Names(descendants)["pilot-agent"] != 4 || running["echo serve"] != 4 {
-		t.Errorf("processes under meshproof before the interrupt: %v, want the pilot-agent and echo server of grpc-a's two pods in each of the two scenarios' namespaces", running)
+	if running := proctree.Running(descendants); proctree.Names(descendants)["pilot-agent"] != 4 || running["echo serve"]+running["echo idle"] != 4 {
+		t.Errorf("processes under meshproof before the interrupt: %v, want the pilot-agent and echo (server or idle client) of grpc-a's two pods in each of the two scenarios' namespaces", running)
 	}
 	for _, p := range descendants {
 		if p.Alive() {
@@ -340,7 +340,7 @@ func TestUpgradeExample(t *testing.T) {
 		t.Run(method, func(t *testing.T) {
 			t.Parallel()
 			c := takeCluster(t)
-			r := newRunSelecting(t, c, "../../examples/upgrade.yaml", method, testWriter{t})
+			r := newRunSelecting(t, c, "../../examples/upgrade.yaml", method, progressLog(t))
 			if got := len(r.Scenarios()); got != 1 {
 				t.Fatalf("--label-filter %s selects %d scenarios, want 1", method, got)
 			}

@@ -66,8 +66,9 @@ func TestProxylessPodsRunForReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	progress := progressLog(t)
 	lc := cluster.New(cluster.WithName("rehearsal-proxyless"), cluster.WithIstiod(),
-		cluster.WithLogger(slog.New(slog.NewTextHandler(testWriter{t}, nil))), cluster.WithBuildLog(testWriter{t}))
+		cluster.WithLogger(slog.New(slog.NewTextHandler(progress, nil))), cluster.WithBuildLog(progress))
 	if _, err := lc.Create(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -119,6 +119,25 @@ func takeCluster(t *testing.T) *testCluster {
 	}
 }
 
+// progressLog is where a test's run writes its progress lines. With -v
+// they are logged as they come; otherwise they are kept and logged only if
+// the test fails, after its failures, so that a CI log cut to its first
+// and last lines shows why the test failed rather than how its run began.
+func progressLog(t *testing.T) io.Writer {
+	if testing.Verbose() {
+		return testWriter{t}
+	}
+	w := &keptLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			t.Logf("progress of the run:\n%s", w.text.String())
+		}
+	})
+	return w
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -126,11 +145,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// keptLog keeps what is written to it, for progressLog.
+type keptLog struct {
+	mu   sync.Mutex
+	text strings.Builder
+}
+
+func (w *keptLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.text.Write(p)
+}
+
 // newRun is a rehearsal run of the file at path (relative to this
 // package) on the shared local cluster, writing under a fresh folder.
 func newRun(t *testing.T, c *testCluster, path string, opts ...rehearsal.Option) *run.Run {
 	t.Helper()
-	return newRunLogging(t, c, path, testWriter{t}, opts...)
+	return newRunLogging(t, c, path, progressLog(t), opts...)
 }
 
 // newRunLogging is newRun with the progress lines written to w.
@@ -511,7 +542,7 @@ func (f runFolder) wireVerdicts(t *testing.T) {
 func TestDefaultScenariosPass(t *testing.T) {
 	t.Parallel()
 	c := takeCluster(t)
-	r := newRunWith(t, c, "../../scenarios.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel)})
+	r := newRunWith(t, c, "../../scenarios.yaml", progressLog(t), []run.Option{run.WithParallel(run.DefaultParallel)})
 	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() || sum.Passed == 0 {
@@ -568,7 +599,7 @@ func shardsMergeToTheWholeRun(t *testing.T, c *testCluster, whole runFolder) {
 	var dirs []string
 	for i := 1; i <= 2; i++ {
 		sh := run.Shard{Index: i, Count: 2}
-		r := newRunWith(t, c, "../../scenarios.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel), run.WithShard(sh)})
+		r := newRunWith(t, c, "../../scenarios.yaml", progressLog(t), []run.Option{run.WithParallel(run.DefaultParallel), run.WithShard(sh)})
 		if n := len(r.Scenarios()); n == 0 || n == len(r.Planned()) {
 			t.Errorf("shard %s runs %d of %d scenarios", sh, n, len(r.Planned()))
 		}
@@ -625,7 +656,7 @@ func TestAmbientMigrationExample(t *testing.T) {
 	c := takeCluster(t)
 	// As `meshproof run` runs it: its three scenarios at once, each in
 	// namespaces of its own.
-	r := newRunWith(t, c, "../../examples/ambient-migration.yaml", testWriter{t}, []run.Option{run.WithParallel(run.DefaultParallel)})
+	r := newRunWith(t, c, "../../examples/ambient-migration.yaml", progressLog(t), []run.Option{run.WithParallel(run.DefaultParallel)})
 	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() || sum.Passed != 13 {

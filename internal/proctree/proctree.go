@@ -64,19 +64,29 @@ func Names(ps []Process) map[string]int {
 	return out
 }
 
-// Running counts processes by name and first argument ("echo serve"), the
-// way to tell a pod's long-running server from a short command run beside
-// it (an out-of-mesh client's probe is "echo probe").
+// Running counts processes by name and subcommand, the first argument when
+// it is a word ("echo serve", "pilot-agent proxy"; a flag or path is left
+// out): the way to tell a pod's long-running server from a short command
+// run beside it (an out-of-mesh client's probe is "echo probe").
 func Running(ps []Process) map[string]int {
 	out := map[string]int{}
 	for _, p := range ps {
 		key := p.Name
-		if len(p.Args) > 1 {
+		if len(p.Args) > 1 && isWord(p.Args[1]) {
 			key += " " + p.Args[1]
 		}
 		out[key]++
 	}
 	return out
+}
+
+func isWord(s string) bool {
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && r != '-' {
+			return false
+		}
+	}
+	return s != "" && s[0] != '-'
 }
 
 // read reads /proc/<pid>/stat: the name, the parent and the start time

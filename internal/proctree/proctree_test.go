@@ -30,8 +30,11 @@ func TestDescendantsListsAChildUntilItEnds(t *testing.T) {
 	if Names(ps)["sleep"] != 1 {
 		t.Errorf("names %v, want one sleep", Names(ps))
 	}
-	if !slices.Equal(child.Args, []string{"sleep", "30"}) || Running(ps)["sleep 30"] != 1 {
-		t.Errorf("command line %q (running %v), want sleep 30", child.Args, Running(ps))
+	if !slices.Equal(child.Args, []string{"sleep", "30"}) || Running(ps)["sleep"] != 1 {
+		t.Errorf("command line %q (running %v), want sleep 30, counted as sleep", child.Args, Running(ps))
+	}
+	if got := Running([]Process{{Name: "echo", Args: []string{"/x/echo", "serve", "--ports"}}, {Name: "etcd", Args: []string{"etcd", "--name=x"}}}); got["echo serve"] != 1 || got["etcd"] != 1 {
+		t.Errorf("running %v, want echo serve and etcd", got)
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
