@@ -211,14 +211,14 @@ func (r *Run) Start(ctx, cleanup context.Context) *Progress {
 			if ctx.Err() != nil {
 				break
 			}
+			// The lock is requested here, in the schedule's order, and
+			// waited for in the scenario's goroutine: the isolated
+			// scenarios listed before one that runs alone hold it
+			// together before that one, however their goroutines start.
+			req := r.clusters[pl.Scenario.Cluster].lock.Request(!pl.Isolated)
 			wg.Go(func() {
 				defer func() { <-slots }()
-				lock := &r.clusters[pl.Scenario.Cluster].lock
-				take := lock.Shared
-				if !pl.Isolated {
-					take = lock.Exclusive
-				}
-				release, err := take(ctx)
+				release, err := req.Wait(ctx)
 				if err != nil {
 					return
 				}

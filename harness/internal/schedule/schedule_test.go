@@ -301,7 +301,7 @@ func TestLockKeepsExclusiveHoldersAlone(t *testing.T) {
 	for i := range 40 {
 		wg.Go(func() {
 			if i%5 == 0 {
-				release, err := l.Exclusive(ctx)
+				release, err := l.Request(true).Wait(ctx)
 				if err != nil {
 					t.Error(err)
 					return
@@ -314,7 +314,7 @@ func TestLockKeepsExclusiveHoldersAlone(t *testing.T) {
 				release()
 				return
 			}
-			release, err := l.Shared(ctx)
+			release, err := l.Request(false).Wait(ctx)
 			if err != nil {
 				t.Error(err)
 				return
@@ -334,46 +334,91 @@ func TestLockKeepsExclusiveHoldersAlone(t *testing.T) {
 	}
 }
 
-func TestLockPrefersAWaitingExclusiveHolder(t *testing.T) {
+// granted reports whether r has been granted.
+func granted(r *Request) bool {
+	select {
+	case <-r.granted:
+		return true
+	default:
+		return false
+	}
+}
+
+// Requests are granted in the order they were made, whichever goroutine
+// waits first: shared ones made before an exclusive one hold the lock
+// together at once (the schedule's isolated scenarios, then the one that
+// runs alone); shared ones made after it wait until it has had the lock.
+func TestLockGrantsInRequestOrder(t *testing.T) {
 	var l Lock
 	ctx := context.Background()
-	first, _ := l.Shared(ctx)
-	got := make(chan string, 2)
-	go func() {
-		release, _ := l.Exclusive(ctx)
-		got <- "exclusive"
-		release()
-	}()
-	for { // wait until the exclusive holder waits
-		l.mu.Lock()
-		w := l.waiting
-		l.mu.Unlock()
-		if w == 1 {
-			break
+	s1, s2, s3 := l.Request(false), l.Request(false), l.Request(false)
+	x := l.Request(true)
+	s4 := l.Request(false)
+	if !granted(s1) || !granted(s2) || !granted(s3) {
+		t.Fatal("shared requests made before the exclusive one are not all granted at once")
+	}
+	if granted(x) || granted(s4) {
+		t.Fatal("the exclusive request, or a shared one behind it, was granted while shared holders hold the lock")
+	}
+	var releases []func()
+	for _, r := range []*Request{s1, s2, s3} {
+		release, err := r.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
+		releases = append(releases, release)
 	}
-	go func() {
-		release, _ := l.Shared(ctx)
-		got <- "shared"
-		release()
-	}()
-	time.Sleep(20 * time.Millisecond)
-	first()
-	if a, b := <-got, <-got; a != "exclusive" || b != "shared" {
-		t.Errorf("order %s, %s; want the waiting exclusive holder first", a, b)
+	releases[0]()
+	releases[0]() // giving back twice counts once
+	releases[1]()
+	if granted(x) {
+		t.Fatal("the exclusive request was granted while a shared holder holds the lock")
 	}
-	// A wait ends with its context, and gives way to no one.
-	hold, _ := l.Shared(ctx)
+	releases[2]()
+	if !granted(x) || granted(s4) {
+		t.Fatalf("after the shared holders: exclusive granted %t, the shared one behind it %t; want only the exclusive", granted(x), granted(s4))
+	}
+	release, _ := x.Wait(ctx)
+	release()
+	if !granted(s4) {
+		t.Fatal("the shared request behind the exclusive one was not granted after it")
+	}
+	release, _ = s4.Wait(ctx)
+	release()
+}
+
+// A wait ends with its context and gives way to no one: a cancelled
+// exclusive request leaves the queue, and the shared ones behind it go in.
+func TestLockWaitEndsWithItsContext(t *testing.T) {
+	var l Lock
+	ctx := context.Background()
+	hold, _ := l.Request(false).Wait(ctx)
+	x := l.Request(true)
+	behind := l.Request(false)
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := l.Exclusive(cctx); err == nil {
-		t.Error("Exclusive returned while a shared holder held the lock")
+	if _, err := x.Wait(cctx); err == nil {
+		t.Error("the exclusive wait returned while a shared holder held the lock")
 	}
-	if release, err := l.Shared(ctx); err != nil {
-		t.Errorf("a cancelled exclusive wait still blocks shared holders: %v", err)
-	} else {
+	if !granted(behind) {
+		t.Error("a cancelled exclusive request still holds back the shared request behind it")
+	}
+	release, _ := behind.Wait(ctx)
+	release()
+	hold()
+	// With no one left, an exclusive request is granted at once.
+	x2 := l.Request(true)
+	if !granted(x2) {
+		t.Error("an exclusive request on a free lock is not granted")
+	}
+	// Cancelled after it was granted, it gives the lock back.
+	done, stop := context.WithCancel(ctx)
+	stop()
+	<-done.Done()
+	if release, err := x2.Wait(done); err == nil {
 		release()
 	}
-	hold()
+	if r := l.Request(false); !granted(r) {
+		t.Error("the lock was not given back")
+	}
 }
