@@ -24,6 +24,14 @@ TEST_TIMEOUT ?= 30m
 # their time is spent waiting on API servers, local clusters and
 # rehearsals, not computing, so twice the cores' count keeps two cores busy.
 TEST_PACKAGES ?= 4
+# The tests' Go processes (test binaries, and through the environment they
+# pass on, the local clusters' kube-apiservers, etcds, controllers and
+# istiods) collect garbage at 4x their live heap rather than 2x: measured
+# on TestDefaultScenariosPass and TestAmbientMigrationExample together, 13%
+# less CPU for all their processes (kube-apiserver 17% less), for a peak
+# RSS of 4.5 GiB instead of 2.8 GiB. The CPU, not the memory, bounds make
+# test on a 2-core runner. A GOGC of your own wins.
+TEST_GOGC ?= $(or $(GOGC),400)
 # go test caches a package's result and runs its tests again only when its
 # test binary, the environment variables or the files its tests read have
 # changed (the local stack's binaries are exec'd from paths named by their
@@ -82,11 +90,11 @@ test-packages: test-uncached test-cached
 KUBEBUILDER_ASSETS_FROM_CACHE = KUBEBUILDER_ASSETS="$$($(GO) run ./harness/internal/local/binaries/assets)" && export KUBEBUILDER_ASSETS
 
 test-uncached:
-	@$(KUBEBUILDER_ASSETS_FROM_CACHE) && export GOFLAGS="$(TEST_GOFLAGS)" && set -x && \
+	@$(KUBEBUILDER_ASSETS_FROM_CACHE) && export GOFLAGS="$(TEST_GOFLAGS)" GOGC=$(TEST_GOGC) && set -x && \
 	$(GO) test -count=1 -p $$(( ($(TEST_PACKAGES) + 1) / 2 )) -timeout $(TEST_TIMEOUT) $(UNCACHED_TEST_PACKAGES)
 
 test-cached:
-	@$(KUBEBUILDER_ASSETS_FROM_CACHE) && export GOFLAGS="$(TEST_GOFLAGS)" && \
+	@$(KUBEBUILDER_ASSETS_FROM_CACHE) && export GOFLAGS="$(TEST_GOFLAGS)" GOGC=$(TEST_GOGC) && \
 	uncached="$$($(GO) list $(UNCACHED_TEST_PACKAGES))" && \
 	cached="$$($(GO) list $(SLOW_TEST_PACKAGES) ./... | grep -vxF "$$uncached")" && set -x && \
 	$(GO) test -p $$(( $(TEST_PACKAGES) / 2 )) -timeout $(TEST_TIMEOUT) $$cached
@@ -108,10 +116,10 @@ EXAMPLE_SCENARIOS = ^TestMesh$$/^(strict|port-level-override|proxyless-grpc)$$
 test-examples: test-examples-mesh test-examples-others
 
 test-examples-mesh:
-	cd examples/gotest && GOFLAGS="$(TEST_GOFLAGS)" MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '$(EXAMPLE_SCENARIOS)' .
+	cd examples/gotest && GOFLAGS="$(TEST_GOFLAGS)" GOGC=$(TEST_GOGC) MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '$(EXAMPLE_SCENARIOS)' .
 
 test-examples-others:
-	cd examples/gotest && GOFLAGS="$(TEST_GOFLAGS)" MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./ci ./e2eframework
+	cd examples/gotest && GOFLAGS="$(TEST_GOFLAGS)" GOGC=$(TEST_GOGC) MESHPROOF_REHEARSE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./ci ./e2eframework
 
 # The e2e suites need a cluster; here they are only compiled, so they cannot rot.
 compile-suites:
