@@ -5,11 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,7 +92,7 @@ func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
 	}
 	sweepBegan := make(chan struct{})
 	progress := &lines{}
-	second := newRunLogging(t, c, "testdata/rerun.yaml", lineWatcher{t, "leftovers of earlier runs ...", sweepBegan, progress})
+	second := newRunLogging(t, c, "testdata/rerun.yaml", lineWatcher{progressLog(t), "leftovers of earlier runs ...", sweepBegan, progress})
 	var released time.Time
 	go func() {
 		select {
@@ -122,34 +122,19 @@ func TestRerunWaitsForTheFirstRunsNamespace(t *testing.T) {
 	}
 }
 
-// lineWatcher passes progress lines to the test's log and closes seen at
-// the first line holding want.
+// lineWatcher passes progress lines to log (progressLog) and to all, and
+// closes seen at the first line holding want.
 type lineWatcher struct {
-	t    *testing.T
+	log  io.Writer
 	want string
 	seen chan struct{}
 	all  *lines
 }
 
-// lines are the progress lines a run wrote.
-type lines struct {
-	mu   sync.Mutex
-	text strings.Builder
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.text.String()
-}
-
 func (w lineWatcher) Write(p []byte) (int, error) {
-	line := strings.TrimRight(string(p), "\n")
-	w.t.Log(line)
-	w.all.mu.Lock()
-	w.all.text.WriteString(line + "\n")
-	w.all.mu.Unlock()
-	if strings.Contains(line, w.want) {
+	w.log.Write(p)
+	w.all.Write(p)
+	if strings.Contains(string(p), w.want) {
 		select {
 		case <-w.seen:
 		default:

@@ -75,7 +75,7 @@ func TestIsolatedScenariosRunAtOnce(t *testing.T) {
 	t.Parallel()
 	c := takeCluster(t)
 	progress := &lines{}
-	r := newRunWith(t, c, "testdata/parallel.yaml", lineWatcher{t, "\x00", make(chan struct{}), progress}, []run.Option{run.WithParallel(run.DefaultParallel)})
+	r := newRunWith(t, c, "testdata/parallel.yaml", lineWatcher{progressLog(t), "\x00", make(chan struct{}), progress}, []run.Option{run.WithParallel(run.DefaultParallel)})
 	sum := execute(t, c, r)
 	f := readFolder(t, r.Dir())
 	if !sum.OK() {
@@ -182,7 +182,7 @@ func TestMeshScopeScenariosRunOneAtATime(t *testing.T) {
 	t.Parallel()
 	c := takeCluster(t)
 	progress := &lines{}
-	r := newRunWith(t, c, "testdata/mesh-only.yaml", lineWatcher{t, "\x00", make(chan struct{}), progress}, []run.Option{run.WithParallel(run.DefaultParallel)})
+	r := newRunWith(t, c, "testdata/mesh-only.yaml", lineWatcher{progressLog(t), "\x00", make(chan struct{}), progress}, []run.Option{run.WithParallel(run.DefaultParallel)})
 	if sch := r.Schedule(); len(sch.Together) != 0 || len(sch.Alone) != 2 {
 		t.Errorf("schedule:\n%s", sch)
 	}

@@ -127,15 +127,13 @@ func progressLog(t *testing.T) io.Writer {
 	if testing.Verbose() {
 		return testWriter{t}
 	}
-	w := &keptLog{}
+	kept := &lines{}
 	t.Cleanup(func() {
 		if t.Failed() {
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			t.Logf("progress of the run:\n%s", w.text.String())
+			t.Logf("progress of the run:\n%s", kept)
 		}
 	})
-	return w
+	return kept
 }
 
 type testWriter struct{ t *testing.T }
@@ -145,16 +143,22 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// keptLog keeps what is written to it, for progressLog.
-type keptLog struct {
+// lines are the progress lines a run wrote.
+type lines struct {
 	mu   sync.Mutex
 	text strings.Builder
 }
 
-func (w *keptLog) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.text.Write(p)
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.text.Write(p)
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.text.String()
 }
 
 // newRun is a rehearsal run of the file at path (relative to this

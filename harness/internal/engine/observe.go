@@ -143,6 +143,15 @@ func describe(o results.Observation) string {
 	return string(o.Result)
 }
 
+// describeWithError is describe with the observation's error after it,
+// when it has one: what a failure message names.
+func describeWithError(o results.Observation) string {
+	if o.Error != "" {
+		return describe(o) + ": " + o.Error
+	}
+	return describe(o)
+}
+
 // describeExpectation renders a row's expectation the way
 // Observation.Expected holds it, so the report can compare the two.
 func describeExpectation(e scenario.Expectation) string { return results.ExpectedOutcome(e) }

@@ -154,11 +154,7 @@ func (r RotationCheck) Verify() error {
 	if r.TrafficFailed > 0 {
 		first := ""
 		if o := r.FirstFailure; o != nil {
-			first = fmt.Sprintf(" (the first at %s: %s→%s:%d %s", o.Time.UTC().Format("15:04:05.000"), o.From, o.To, o.Port, describe(*o))
-			if o.Error != "" {
-				first += ": " + o.Error
-			}
-			first += ")"
+			first = fmt.Sprintf(" (the first at %s: %s→%s:%d %s)", o.Time.UTC().Format("15:04:05.000"), o.From, o.To, o.Port, describeWithError(*o))
 		}
 		errs = append(errs, fmt.Errorf("%d of %d mTLS requests failed during the rotation%s", r.TrafficFailed, r.TrafficTotal, first))
 	}
@@ -336,10 +332,7 @@ func (e *Engine) awaitFlowing(ctx context.Context, sc *scenario.Scenario, st *sc
 			if o.Result == scenario.ResultMTLS {
 				flowing = true
 			} else {
-				last = describe(o)
-				if o.Error != "" {
-					last += ": " + o.Error
-				}
+				last = describeWithError(o)
 			}
 		}
 		return flowing, nil

@@ -186,7 +186,7 @@ func verify(chain []*x509.Certificate, t *tlsContext, verifier *Identity) error 
 		if len(roots) == 0 {
 			return errors.New("no roots to verify with (the verifying sidecar has no ROOTCA secret)")
 		}
-		if err := verified.check(chain, roots, time.Now()); err != nil {
+		if err := checkChain(verified, chain, roots, time.Now()); err != nil {
 			return fmt.Errorf("CERTIFICATE_VERIFY_FAILED: %w", err)
 		}
 	}
@@ -282,25 +282,20 @@ func negotiateALPN(server, client []string) string {
 // rehearsal's in-process CPU (2.8 of 31.4 CPU-seconds in
 // harness/rehearsal's TestDefaultScenariosPass). Failures are not
 // remembered.
-var verified = chainMemo{memo.New[[sha256.Size]byte, validity](chainMemoGeneration)}
+// They are keyed by the SHA-256 of the chain and the roots.
+var verified = memo.New[[sha256.Size]byte, validity](chainMemoGeneration)
 
-// chainMemoGeneration bounds chainMemo's generations (memo.Map).
+// chainMemoGeneration bounds verified's generations (memo.Map).
 const chainMemoGeneration = 1024
-
-// chainMemo is the chains verified, by the SHA-256 of the chain and the
-// roots.
-type chainMemo struct {
-	valid *memo.Map[[sha256.Size]byte, validity]
-}
 
 // validity is when a verified chain holds: from the latest NotBefore to
 // the earliest NotAfter of its certificates.
 type validity struct{ from, until time.Time }
 
-// check verifies chain (leaf first, then intermediates) against roots at
-// now, as x509.Certificate.Verify does, or answers from a chain it
-// verified before whose certificates are all still valid at now.
-func (m chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error {
+// checkChain verifies chain (leaf first, then intermediates) against roots
+// at now, as x509.Certificate.Verify does, or answers from a chain in
+// valid (verified before) whose certificates are all still valid at now.
+func checkChain(valid *memo.Map[[sha256.Size]byte, validity], chain, roots []*x509.Certificate, now time.Time) error {
 	h := sha256.New()
 	for _, c := range chain {
 		h.Write(c.Raw)
@@ -311,7 +306,7 @@ func (m chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error 
 	}
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
-	if v, ok := m.valid.Get(k); ok && !now.Before(v.from) && !now.After(v.until) {
+	if v, ok := valid.Get(k); ok && !now.Before(v.from) && !now.After(v.until) {
 		return nil
 	}
 	pool, inter := x509.NewCertPool(), x509.NewCertPool()
@@ -334,6 +329,6 @@ func (m chainMemo) check(chain, roots []*x509.Certificate, now time.Time) error 
 			v.until = c.NotAfter
 		}
 	}
-	m.valid.Put(k, v)
+	valid.Put(k, v)
 	return nil
 }

@@ -24,24 +24,24 @@ func TestVerifiedChainsAreRememberedWhileValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := chainMemo{memo.New[[32]byte, validity](8)}
+	m := memo.New[[32]byte, validity](8)
 	now := time.Now()
 	roots := []*x509.Certificate{mesh.Root}
 	for range 2 {
-		if err := m.check(chain, roots, now); err != nil {
+		if err := checkChain(m, chain, roots, now); err != nil {
 			t.Fatalf("a chain of the mesh's root: %v", err)
 		}
 	}
-	if n := m.valid.Len(); n != 1 {
+	if n := m.Len(); n != 1 {
 		t.Errorf("the memo holds %d chains, want the one verified", n)
 	}
-	if err := m.check(chain, roots, chain[0].NotAfter.Add(time.Second)); err == nil {
+	if err := checkChain(m, chain, roots, chain[0].NotAfter.Add(time.Second)); err == nil {
 		t.Error("the remembered chain verified after its leaf expired")
 	}
-	if err := m.check(chain, roots, chain[0].NotBefore.Add(-time.Second)); err == nil {
+	if err := checkChain(m, chain, roots, chain[0].NotBefore.Add(-time.Second)); err == nil {
 		t.Error("the remembered chain verified before its leaf's NotBefore")
 	}
-	if err := m.check(chain, []*x509.Certificate{other.Root}, now); err == nil {
+	if err := checkChain(m, chain, []*x509.Certificate{other.Root}, now); err == nil {
 		t.Error("the chain verified against another mesh's root")
 	}
 }
